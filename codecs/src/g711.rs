@@ -4,8 +4,10 @@
 //! sample is first rounded to the nearest level of that width (clipping at the top), then
 //! companded with the G.711 segment tables. This is exactly what `sox` does; implementations
 //! that truncate instead (Python's `audioop`) differ only on inputs that fall within half a
-//! 14-/13-bit step of a decision value. Decoding is a 256-entry table built at compile time
-//! and agrees with every implementation.
+//! 14-/13-bit step of a decision value. Encoding looks the rounded level up in a
+//! table of every level's code, decoding in a table of every code's level; both tables are
+//! built at compile time from the G.711 segment rules. Decoding agrees with every
+//! implementation.
 
 /// The mu-law byte for digital silence (positive zero).
 pub const MULAW_SILENCE: u8 = 0xFF;
@@ -22,9 +24,15 @@ const fn bits(x: i32) -> i32 {
 
 /// Encodes one 16-bit sample as mu-law.
 #[inline]
-pub const fn encode_mulaw(sample: i16) -> u8 {
+pub fn encode_mulaw(sample: i16) -> u8 {
     // Round to 14 bits; the two top inputs would round past the largest 14-bit level.
-    let mut v = if sample >= 32766 { 8191 } else { (sample as i32 + 2) >> 2 };
+    let v = ((i32::from(sample) + 2) >> 2).min(8191);
+    MULAW_ENCODE[(v + 8192) as usize]
+}
+
+/// Compands one 14-bit level (-8192..=8191) with the mu-law segment table.
+const fn mulaw_from_14(level: i32) -> u8 {
+    let mut v = level;
     let mask: i32 = if v < 0 {
         v = -v;
         0x7F
@@ -53,9 +61,15 @@ const fn decode_mulaw_slow(code: u8) -> i16 {
 
 /// Encodes one 16-bit sample as A-law.
 #[inline]
-pub const fn encode_alaw(sample: i16) -> u8 {
+pub fn encode_alaw(sample: i16) -> u8 {
     // Round to 13 bits, clipping the four top inputs to the largest 13-bit level.
-    let mut v = if sample >= 32764 { 4095 } else { (sample as i32 + 4) >> 3 };
+    let v = ((i32::from(sample) + 4) >> 3).min(4095);
+    ALAW_ENCODE[(v + 4096) as usize]
+}
+
+/// Compands one 13-bit level (-4096..=4095) with the A-law segment table.
+const fn alaw_from_13(level: i32) -> u8 {
+    let mut v = level;
     let mask: i32 = if v >= 0 {
         0xD5
     } else {
@@ -97,6 +111,28 @@ const fn table(alaw: bool) -> [i16; 256] {
 
 const MULAW_TABLE: [i16; 256] = table(false);
 const ALAW_TABLE: [i16; 256] = table(true);
+
+/// mu-law code of every 14-bit level, offset by 8192 (16 KiB, stays in L1).
+static MULAW_ENCODE: [u8; 16384] = {
+    let mut out = [0u8; 16384];
+    let mut i = 0;
+    while i < 16384 {
+        out[i] = mulaw_from_14(i as i32 - 8192);
+        i += 1;
+    }
+    out
+};
+
+/// A-law code of every 13-bit level, offset by 4096.
+static ALAW_ENCODE: [u8; 8192] = {
+    let mut out = [0u8; 8192];
+    let mut i = 0;
+    while i < 8192 {
+        out[i] = alaw_from_13(i as i32 - 4096);
+        i += 1;
+    }
+    out
+};
 
 /// Decodes one mu-law byte.
 #[inline]

@@ -11,7 +11,7 @@ pub struct OddLength {
 
 /// Appends the samples of a little-endian payload to `out`.
 pub fn decode_into(bytes: &[u8], out: &mut Vec<i16>) -> Result<(), OddLength> {
-    if bytes.len() % 2 != 0 {
+    if !bytes.len().is_multiple_of(2) {
         return Err(OddLength { len: bytes.len() });
     }
     out.extend(bytes.chunks_exact(2).map(|b| i16::from_le_bytes([b[0], b[1]])));

@@ -226,6 +226,16 @@ impl AnyPcm {
     }
 }
 
+/// Handing 8 kHz audio to a 16 kHz consumer does not compile:
+///
+/// ```compile_fail
+/// use cxb_codecs::{Hz8, Hz16, Pcm};
+/// fn wants_wideband(_: &Pcm<Hz16>) {}
+/// wants_wideband(&Pcm::<Hz8>::new());
+/// ```
+#[doc(hidden)]
+pub fn _rate_mismatch_does_not_compile() {}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -257,12 +267,3 @@ mod tests {
     }
 }
 
-/// Handing 8 kHz audio to a 16 kHz consumer does not compile:
-///
-/// ```compile_fail
-/// use cxb_codecs::{Hz8, Hz16, Pcm};
-/// fn wants_wideband(_: &Pcm<Hz16>) {}
-/// wants_wideband(&Pcm::<Hz8>::new());
-/// ```
-#[doc(hidden)]
-pub fn _rate_mismatch_does_not_compile() {}

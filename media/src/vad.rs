@@ -157,7 +157,7 @@ impl<R: VadRate> VoiceDetector<R> {
     pub fn process(&mut self, now: Timestamp, frame: &Pcm<R>) -> Result<Option<VadEvent>, BadFrameLength> {
         let samples = frame.samples();
         let per_ms = R::RATE.samples_per(FrameDuration::MS_10) / 10;
-        if !matches!(samples.len() / per_ms, 10 | 20 | 30) || samples.len() % per_ms != 0 {
+        if !matches!(samples.len() / per_ms, 10 | 20 | 30) || !samples.len().is_multiple_of(per_ms) {
             return Err(BadFrameLength { samples: samples.len() });
         }
         let length = frame.duration();

@@ -1,1 +1,48 @@
-fn main(){}
+//! Developer workflows: `cargo xtask fuzz` (and, as the engine grows, `load`).
+//!
+//! Kept to the standard library so that it builds in seconds.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+
+mod fuzz;
+
+const USAGE: &str = "\
+usage: cargo xtask <command>
+
+commands:
+  fuzz [--seconds N] [--build-only] [TARGET...]
+        build every fuzz target (or those named) and run each for N seconds
+        (default 60) with cargo-fuzz, sanitizer off, on the stable toolchain;
+        new corpus entries go to fuzz/corpus/TARGET, seeds come from fuzz/seeds/TARGET
+";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let result = match args.first().map(String::as_str) {
+        Some("fuzz") => fuzz::run(&args[1..]),
+        Some("help" | "--help" | "-h") | None => {
+            eprint!("{USAGE}");
+            return ExitCode::SUCCESS;
+        }
+        Some(other) => Err(format!("unknown command `{other}`\n\n{USAGE}")),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The workspace root (the parent of this crate's directory).
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_default()
+}
+
+/// Runs a command, failing with its description if it does not succeed.
+fn run_command(cmd: &mut Command) -> Result<(), String> {
+    let status = cmd.status().map_err(|e| format!("cannot start {cmd:?}: {e}"))?;
+    if status.success() { Ok(()) } else { Err(format!("{cmd:?} failed: {status}")) }
+}
