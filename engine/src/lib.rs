@@ -1,1 +1,23 @@
-//! x
+//! `cxb core`: the media engine. Thread-per-core workers on io_uring carry live calls over
+//! the carriers' telephony WebSockets, each call living its whole life on one core.
+//!
+//! - [`server`]: start and stop; the acceptor, workers and control socket.
+//! - `worker`: a worker thread's runtime, connections and call loops.
+//! - [`call`]: one call, sans-IO: carrier messages and time in, messages out.
+//! - [`protocol`]: the Twilio / Cloudonix and Exotel wire formats, sans-IO.
+//! - [`ws`], [`http`]: WebSocket framing (tungstenite, driven in memory) and HTTP heads.
+//! - [`registry`]: the shared-memory slot registry other processes read.
+//! - [`metrics`]: per-worker counters and their Prometheus rendering.
+//! - [`bots`]: the built-in bots.
+
+pub mod bots;
+pub mod call;
+pub mod http;
+pub mod metrics;
+pub mod protocol;
+pub mod registry;
+pub mod server;
+mod worker;
+pub mod ws;
+
+pub use server::{Engine, EngineConfig};

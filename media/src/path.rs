@@ -120,6 +120,11 @@ impl Inbound {
     pub fn caller_speaking(&self) -> bool {
         self.vad.in_speech()
     }
+
+    /// True from the start of the caller's turn until its end has been reported.
+    pub fn in_turn(&self) -> bool {
+        self.turn.in_turn()
+    }
 }
 
 /// 16 kHz pipeline audio in, carrier-encoded frames out on the playout clock.

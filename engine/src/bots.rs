@@ -1,0 +1,34 @@
+//! The built-in bots that run until the AI pipeline lands, and the lookup of a bot id.
+
+/// A bot the engine can run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum BotKind {
+    /// Every inbound frame runs the whole media path and comes straight back out.
+    Echo,
+    /// Records the caller's turn and plays it back after it ends; barge-in clears playback.
+    TurnEcho,
+    /// Echo that panics on any DTMF digit: for proving that a panic ends only its own call.
+    /// Only available when the engine is started with fault injection enabled.
+    Fault,
+}
+
+impl BotKind {
+    /// The bot for an id from the URL path, if there is one.
+    pub fn lookup(id: &str, fault_injection: bool) -> Option<BotKind> {
+        match id {
+            "echo" => Some(BotKind::Echo),
+            "turn-echo" => Some(BotKind::TurnEcho),
+            "fault" if fault_injection => Some(BotKind::Fault),
+            _ => None,
+        }
+    }
+
+    /// The id the bot answers to.
+    pub const fn id(self) -> &'static str {
+        match self {
+            BotKind::Echo => "echo",
+            BotKind::TurnEcho => "turn-echo",
+            BotKind::Fault => "fault",
+        }
+    }
+}

@@ -1,0 +1,525 @@
+//! One call, sans-IO: the carrier's text frames and the clock go in; text frames for the
+//! carrier and the call's end come out. The worker owns the socket and the timer; everything
+//! that decides what to send lives here and runs the same under a test's virtual clock.
+//!
+//! Inbound audio is base64-decoded, ordered by the jitter buffer where the carrier numbers
+//! its frames, cut into 20 ms frames (Exotel sends ~100 ms chunks) and run through the media
+//! path; the bot decides what goes out through the playout clock.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use cxb_codecs::{Encoding, FrameDuration, Hz16, Pcm, SampleRate, payload};
+use cxb_media::Timestamp;
+use cxb_media::jitter::JitterBuffer;
+use cxb_media::path::{Inbound, InboundConfig, Outbound};
+use cxb_media::playout::PlayoutEvent;
+use cxb_media::turn::TurnEvent;
+use cxb_media::vad::VadConfig;
+
+use crate::bots::BotKind;
+use crate::metrics::WorkerMetrics;
+use crate::protocol::{CarrierEvent, ParseError, Protocol, StreamSid, exotel};
+
+/// Why a carrier's peer was cut off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ProtocolErrorKind {
+    /// A text frame that is not a message of the protocol.
+    MalformedJson,
+    /// A media payload that is not base64.
+    BadBase64,
+    /// Audio that cannot be decoded (LINEAR16 of odd length).
+    BadAudio,
+    /// A binary frame where the protocol sends only text.
+    BinaryFrame,
+    /// A frame or message over the size limit.
+    Oversized,
+    /// Media before `start`.
+    MediaBeforeStart,
+    /// A `start` announcing a format the engine cannot carry.
+    UnsupportedFormat,
+    /// A WebSocket protocol violation (bad framing, bad UTF-8, unmasked client frames).
+    WebSocket,
+}
+
+impl ProtocolErrorKind {
+    /// Every kind, for metrics.
+    pub const ALL: [ProtocolErrorKind; 8] = [
+        ProtocolErrorKind::MalformedJson,
+        ProtocolErrorKind::BadBase64,
+        ProtocolErrorKind::BadAudio,
+        ProtocolErrorKind::BinaryFrame,
+        ProtocolErrorKind::Oversized,
+        ProtocolErrorKind::MediaBeforeStart,
+        ProtocolErrorKind::UnsupportedFormat,
+        ProtocolErrorKind::WebSocket,
+    ];
+
+    /// The metric label.
+    pub const fn label(self) -> &'static str {
+        match self {
+            ProtocolErrorKind::MalformedJson => "malformed_json",
+            ProtocolErrorKind::BadBase64 => "bad_base64",
+            ProtocolErrorKind::BadAudio => "bad_audio",
+            ProtocolErrorKind::BinaryFrame => "binary_frame",
+            ProtocolErrorKind::Oversized => "oversized",
+            ProtocolErrorKind::MediaBeforeStart => "media_before_start",
+            ProtocolErrorKind::UnsupportedFormat => "unsupported_format",
+            ProtocolErrorKind::WebSocket => "websocket",
+        }
+    }
+
+    /// The WebSocket close code (RFC 6455 section 7.4.1).
+    pub const fn close_code(self) -> u16 {
+        match self {
+            ProtocolErrorKind::BinaryFrame => 1003,
+            ProtocolErrorKind::MalformedJson | ProtocolErrorKind::BadBase64 | ProtocolErrorKind::BadAudio => 1007,
+            ProtocolErrorKind::MediaBeforeStart | ProtocolErrorKind::UnsupportedFormat => 1008,
+            ProtocolErrorKind::Oversized => 1009,
+            ProtocolErrorKind::WebSocket => 1002,
+        }
+    }
+}
+
+/// How a call ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum EndReason {
+    /// The carrier sent `stop`.
+    Stopped,
+    /// The peer closed the socket or it failed.
+    PeerClosed,
+    /// A `hangup` command.
+    Hangup,
+    /// The engine is shutting down.
+    Shutdown,
+    /// The peer broke the protocol.
+    Protocol(ProtocolErrorKind),
+    /// The peer stopped reading and the send backlog hit its bound.
+    SlowConsumer,
+    /// The call's processing panicked.
+    Panicked,
+    /// Nothing arrived for too long.
+    IdleTimeout,
+}
+
+impl EndReason {
+    /// Every reason but the protocol ones, which are labelled by kind.
+    pub const SIMPLE: [EndReason; 7] = [
+        EndReason::Stopped,
+        EndReason::PeerClosed,
+        EndReason::Hangup,
+        EndReason::Shutdown,
+        EndReason::SlowConsumer,
+        EndReason::Panicked,
+        EndReason::IdleTimeout,
+    ];
+
+    /// The metric label.
+    pub const fn label(self) -> &'static str {
+        match self {
+            EndReason::Stopped => "stopped",
+            EndReason::PeerClosed => "peer_closed",
+            EndReason::Hangup => "hangup",
+            EndReason::Shutdown => "shutdown",
+            EndReason::Protocol(_) => "protocol_error",
+            EndReason::SlowConsumer => "slow_consumer",
+            EndReason::Panicked => "panicked",
+            EndReason::IdleTimeout => "idle_timeout",
+        }
+    }
+
+    /// The close frame to send, if one can be (a peer that stopped reading gets none).
+    pub fn close(self) -> Option<(u16, String)> {
+        Some(match self {
+            EndReason::Stopped => (1000, "stream stopped".to_string()),
+            EndReason::PeerClosed | EndReason::SlowConsumer => return None,
+            EndReason::Hangup => (1000, "hung up".to_string()),
+            EndReason::Shutdown => (1001, "engine shutting down".to_string()),
+            EndReason::Protocol(kind) => (kind.close_code(), format!("protocol error: {}", kind.label())),
+            EndReason::Panicked => (1011, "internal error".to_string()),
+            EndReason::IdleTimeout => (1000, "no media".to_string()),
+        })
+    }
+}
+
+/// Settings of a call.
+#[derive(Debug, Clone, Copy)]
+pub struct CallConfig {
+    /// The carrier protocol.
+    pub protocol: Protocol,
+    /// The bot.
+    pub bot: BotKind,
+    /// Voice detection.
+    pub vad: VadConfig,
+    /// Silence that ends the caller's turn.
+    pub end_of_turn: Duration,
+    /// Most frames the playout releases at once when catching up.
+    pub max_burst: usize,
+    /// Longest utterance `turn-echo` records.
+    pub max_utterance: Duration,
+}
+
+impl CallConfig {
+    /// Defaults for `bot` over `protocol`.
+    pub fn new(protocol: Protocol, bot: BotKind) -> CallConfig {
+        CallConfig {
+            protocol,
+            bot,
+            vad: VadConfig::default(),
+            end_of_turn: Duration::from_millis(700),
+            max_burst: 5,
+            max_utterance: Duration::from_secs(8),
+        }
+    }
+}
+
+/// Counters of one call.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CallStats {
+    /// 20 ms frames taken in.
+    pub frames_in: u64,
+    /// 20 ms frames sent out.
+    pub frames_out: u64,
+    /// Marks sent to the carrier.
+    pub marks_sent: u64,
+    /// Marks the carrier echoed back.
+    pub marks_confirmed: u64,
+    /// `clear` messages sent (barge-in).
+    pub clears_sent: u64,
+    /// DTMF digits received.
+    pub dtmf: u64,
+}
+
+enum Phase {
+    AwaitingStart,
+    Streaming { sid: StreamSid, encoding: Encoding },
+}
+
+/// `turn-echo`'s memory: recent audio before a turn is noticed, and the turn so far.
+struct Recorder {
+    preroll: VecDeque<i16>,
+    utterance: Vec<i16>,
+    limit: usize,
+}
+
+const PREROLL: usize = 16_000 * 3 / 10; // 300 ms at 16 kHz
+
+/// One live call.
+pub struct Call {
+    config: CallConfig,
+    phase: Phase,
+    inbound: Inbound,
+    outbound: Outbound<u64>,
+    jitter: JitterBuffer<u8>,
+    frame_bytes: usize,
+    /// Inbound bytes not yet making a whole 20 ms frame.
+    pending: Vec<u8>,
+    decoded: Vec<u8>,
+    released: Vec<u8>,
+    chunker: exotel::Chunker,
+    chunk: Vec<u8>,
+    b64: String,
+    tx: VecDeque<String>,
+    spare: Vec<String>,
+    recorder: Option<Recorder>,
+    scratch16: Pcm<Hz16>,
+    next_mark: u64,
+    stats: CallStats,
+    start_info: Option<Box<crate::protocol::Start>>,
+}
+
+impl std::fmt::Debug for Call {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Call").field("bot", &self.config.bot).field("stats", &self.stats).finish()
+    }
+}
+
+impl Call {
+    /// A call waiting for the carrier's `start`.
+    pub fn new(config: CallConfig) -> Call {
+        let encoding = config.protocol.default_format().encoding;
+        let capacity = match config.bot {
+            BotKind::TurnEcho => config.max_utterance + Duration::from_millis(200),
+            BotKind::Echo | BotKind::Fault => Duration::from_millis(400),
+        };
+        Call {
+            config,
+            phase: Phase::AwaitingStart,
+            inbound: Self::inbound(config, encoding),
+            outbound: Outbound::new(encoding, capacity, config.max_burst),
+            jitter: JitterBuffer::new(3, 64, encoding.silence_byte()),
+            frame_bytes: Self::frame_bytes(encoding),
+            pending: Vec::new(),
+            decoded: Vec::new(),
+            released: Vec::new(),
+            chunker: exotel::Chunker::default(),
+            chunk: Vec::new(),
+            b64: String::new(),
+            tx: VecDeque::new(),
+            spare: Vec::new(),
+            recorder: (config.bot == BotKind::TurnEcho).then(|| Recorder {
+                preroll: VecDeque::with_capacity(PREROLL),
+                utterance: Vec::new(),
+                limit: (config.max_utterance.as_millis() as usize) * 16,
+            }),
+            scratch16: Pcm::with_capacity(FrameDuration::MS_20),
+            next_mark: 0,
+            stats: CallStats::default(),
+            start_info: None,
+        }
+    }
+
+    fn inbound(config: CallConfig, encoding: Encoding) -> Inbound {
+        Inbound::new(InboundConfig { encoding, vad: config.vad, end_of_turn: config.end_of_turn })
+    }
+
+    fn frame_bytes(encoding: Encoding) -> usize {
+        SampleRate::Hz8000.samples_per(FrameDuration::MS_20) * encoding.bytes_per_sample()
+    }
+
+    /// The call's counters.
+    pub fn stats(&self) -> CallStats {
+        self.stats
+    }
+
+    /// The carrier's `start`, once received.
+    pub fn start_info(&self) -> Option<&crate::protocol::Start> {
+        self.start_info.as_deref()
+    }
+
+    /// Handles one text frame received at `now`. An error ends the call with that reason.
+    pub fn on_text(&mut self, now: Timestamp, text: &str, metrics: &WorkerMetrics) -> Result<(), EndReason> {
+        let event = self.config.protocol.parse(text).map_err(|e| {
+            EndReason::Protocol(match e {
+                ParseError::UnsupportedFormat(_) => ProtocolErrorKind::UnsupportedFormat,
+                _ => ProtocolErrorKind::MalformedJson,
+            })
+        })?;
+        match event {
+            CarrierEvent::Connected | CarrierEvent::Clear | CarrierEvent::Unknown { .. } => Ok(()),
+            CarrierEvent::Start(start) => {
+                if matches!(self.phase, Phase::AwaitingStart) {
+                    let format = start.media_format.unwrap_or(self.config.protocol.default_format());
+                    if format.encoding != self.config.protocol.default_format().encoding {
+                        self.reformat(format.encoding);
+                    }
+                    self.phase = Phase::Streaming { sid: start.stream_sid.clone(), encoding: format.encoding };
+                    self.start_info = Some(start);
+                }
+                Ok(())
+            }
+            CarrierEvent::Media { sequence, chunk, payload: text, .. } => {
+                let Phase::Streaming { encoding, .. } = self.phase else {
+                    return Err(EndReason::Protocol(ProtocolErrorKind::MediaBeforeStart));
+                };
+                self.decoded.clear();
+                payload::decode_into(&text, &mut self.decoded)
+                    .map_err(|_| EndReason::Protocol(ProtocolErrorKind::BadBase64))?;
+                if encoding == Encoding::L16 && !self.decoded.len().is_multiple_of(2) {
+                    return Err(EndReason::Protocol(ProtocolErrorKind::BadAudio));
+                }
+                self.take_media(now, chunk.or(sequence), metrics)
+            }
+            CarrierEvent::Dtmf { .. } => {
+                self.stats.dtmf += 1;
+                if self.config.bot == BotKind::Fault {
+                    panic!("fault bot: injected panic on DTMF");
+                }
+                Ok(())
+            }
+            CarrierEvent::Mark { .. } => {
+                self.stats.marks_confirmed += 1;
+                Ok(())
+            }
+            CarrierEvent::Stop { .. } => Err(EndReason::Stopped),
+        }
+    }
+
+    /// Rebuilds the encoding-dependent parts for a stream that announced another encoding.
+    fn reformat(&mut self, encoding: Encoding) {
+        self.inbound = Self::inbound(self.config, encoding);
+        let capacity = match self.config.bot {
+            BotKind::TurnEcho => self.config.max_utterance + Duration::from_millis(200),
+            _ => Duration::from_millis(400),
+        };
+        self.outbound = Outbound::new(encoding, capacity, self.config.max_burst);
+        self.jitter = JitterBuffer::new(3, 64, encoding.silence_byte());
+        self.frame_bytes = Self::frame_bytes(encoding);
+    }
+
+    fn take_media(&mut self, now: Timestamp, seq: Option<u64>, metrics: &WorkerMetrics) -> Result<(), EndReason> {
+        match seq {
+            Some(seq) => {
+                let before = self.jitter.stats();
+                self.jitter.push(seq, &self.decoded);
+                while self.jitter.pop(&mut self.pending).is_some() {}
+                let after = self.jitter.stats();
+                metrics.add_jitter(after.late - before.late, after.lost - before.lost);
+            }
+            None => self.pending.extend_from_slice(&self.decoded),
+        }
+        let whole = self.pending.len() / self.frame_bytes;
+        for i in 0..whole {
+            let at = i * self.frame_bytes;
+            let frame = &self.pending[at..at + self.frame_bytes];
+            let heard = self.inbound.process(now, frame).map_err(|_| EndReason::Protocol(ProtocolErrorKind::BadAudio))?;
+            self.stats.frames_in += 1;
+            self.after_frame(now, heard.turn);
+        }
+        self.pending.drain(..whole * self.frame_bytes);
+        metrics.frames_in.add(whole as u64);
+        self.pump(now, metrics);
+        Ok(())
+    }
+
+    /// The bot's reaction to one inbound frame.
+    fn after_frame(&mut self, now: Timestamp, turn: Option<TurnEvent>) {
+        match self.config.bot {
+            BotKind::Echo | BotKind::Fault => {
+                self.outbound.push(self.inbound.audio());
+            }
+            BotKind::TurnEcho => {
+                if let Some(TurnEvent::Started { .. }) = turn {
+                    self.barge_in();
+                }
+                let in_turn = self.inbound.in_turn();
+                let audio = self.inbound.audio().samples();
+                if let Some(rec) = self.recorder.as_mut() {
+                    if in_turn {
+                        if rec.utterance.is_empty() {
+                            rec.utterance.extend(rec.preroll.drain(..));
+                        }
+                        let room = rec.limit.saturating_sub(rec.utterance.len());
+                        rec.utterance.extend_from_slice(&audio[..audio.len().min(room)]);
+                    } else {
+                        rec.preroll.extend(audio);
+                        let excess = rec.preroll.len().saturating_sub(PREROLL);
+                        rec.preroll.drain(..excess);
+                    }
+                }
+                self.poll_turn(now);
+            }
+        }
+    }
+
+    /// Caller speech over our playback: drop what is queued and tell the carrier to drop
+    /// what it has buffered.
+    fn barge_in(&mut self) {
+        let queued = self.outbound.playout().queued() + self.chunker.pending();
+        if queued == 0 {
+            return;
+        }
+        self.outbound.playout().clear();
+        self.chunker.clear();
+        if let Phase::Streaming { sid, .. } = &self.phase {
+            let mut msg = self.spare.pop().unwrap_or_default();
+            self.config.protocol.clear(sid, &mut msg);
+            self.tx.push_back(msg);
+            self.stats.clears_sent += 1;
+        }
+    }
+
+    fn poll_turn(&mut self, now: Timestamp) {
+        if let Some(TurnEvent::Ended { .. }) = self.inbound.poll_turn(now)
+            && let Some(rec) = self.recorder.as_mut()
+        {
+            let utterance = std::mem::take(&mut rec.utterance);
+            for chunk in utterance.chunks(320) {
+                self.scratch16.clear();
+                self.scratch16.samples_mut().extend_from_slice(chunk);
+                self.outbound.push(&self.scratch16);
+            }
+            self.outbound.playout().pad_to_frame();
+            self.next_mark += 1;
+            self.outbound.playout().mark(self.next_mark);
+            if let Some(rec) = self.recorder.as_mut() {
+                rec.utterance = utterance;
+                rec.utterance.clear();
+                rec.utterance.shrink_to(0);
+            }
+        }
+    }
+
+    /// Sends what the playout clock releases at `now`, then any marks it has passed.
+    fn pump(&mut self, now: Timestamp, metrics: &WorkerMetrics) {
+        let Phase::Streaming { sid, .. } = &self.phase else { return };
+        self.released.clear();
+        let released = self.outbound.tick(now, &mut self.released);
+        for i in 0..released.frames {
+            metrics.lateness.observe(released.lateness(now, i));
+        }
+        self.stats.frames_out += released.frames as u64;
+        metrics.frames_out.add(released.frames as u64);
+        let protocol = self.config.protocol;
+        match protocol {
+            Protocol::Twilio => {
+                for frame in self.released.chunks(self.frame_bytes) {
+                    self.b64.clear();
+                    payload::encode_into(frame, &mut self.b64);
+                    let mut msg = self.spare.pop().unwrap_or_default();
+                    protocol.media(sid, &self.b64, &mut msg);
+                    self.tx.push_back(msg);
+                }
+            }
+            Protocol::Exotel => {
+                if self.chunker.push(&self.released) {
+                    self.send_exotel_chunk(false);
+                }
+            }
+        }
+        while let Some(event) = self.outbound.playout().poll_event() {
+            if let PlayoutEvent::MarkPlayed(id) = event {
+                if protocol == Protocol::Exotel {
+                    self.send_exotel_chunk(true);
+                }
+                let Phase::Streaming { sid, .. } = &self.phase else { return };
+                let mut msg = self.spare.pop().unwrap_or_default();
+                protocol.mark(sid, &format!("utterance-{id}"), &mut msg);
+                self.tx.push_back(msg);
+                self.stats.marks_sent += 1;
+            }
+        }
+    }
+
+    fn send_exotel_chunk(&mut self, flush: bool) {
+        let Phase::Streaming { sid, .. } = &self.phase else { return };
+        if self.chunker.take(flush, &mut self.chunk) {
+            self.b64.clear();
+            payload::encode_into(&self.chunk, &mut self.b64);
+            let mut msg = self.spare.pop().unwrap_or_default();
+            self.config.protocol.media(sid, &self.b64, &mut msg);
+            self.tx.push_back(msg);
+        }
+    }
+
+    /// When [`Call::on_timeout`] should next run, if the call has anything scheduled.
+    pub fn deadline(&mut self) -> Option<Timestamp> {
+        let playout = self.outbound.playout().deadline();
+        let turn = self.inbound.turn_deadline();
+        match (playout, turn) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Runs what is due at `now`: playout frames and the end of the caller's turn.
+    pub fn on_timeout(&mut self, now: Timestamp, metrics: &WorkerMetrics) {
+        if self.config.bot == BotKind::TurnEcho {
+            self.poll_turn(now);
+        }
+        self.pump(now, metrics);
+    }
+
+    /// The next text frame to send to the carrier.
+    pub fn poll_transmit(&mut self) -> Option<String> {
+        self.tx.pop_front()
+    }
+
+    /// Returns a sent frame's buffer for reuse.
+    pub fn recycle(&mut self, mut buf: String) {
+        if self.spare.len() < 8 {
+            buf.clear();
+            self.spare.push(buf);
+        }
+    }
+}

@@ -1,0 +1,165 @@
+//! Per-worker counters, written by their worker with relaxed atomics (no locks, no lookups on
+//! the media path) and rendered as Prometheus text by whichever worker serves `/metrics`.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
+
+use crate::call::{EndReason, ProtocolErrorKind};
+
+/// A monotonically increasing count.
+#[derive(Debug, Default)]
+pub struct Counter(AtomicU64);
+
+impl Counter {
+    /// Adds `n`.
+    pub fn add(&self, n: u64) {
+        self.0.fetch_add(n, Relaxed);
+    }
+
+    /// The current value.
+    pub fn get(&self) -> u64 {
+        self.0.load(Relaxed)
+    }
+}
+
+/// Upper bounds of the playout lateness buckets, in microseconds.
+const LATENESS_BUCKETS_US: [u64; 10] = [500, 1_000, 2_000, 5_000, 10_000, 20_000, 40_000, 80_000, 160_000, 320_000];
+
+/// A fixed-bucket histogram of playout lateness.
+#[derive(Debug, Default)]
+pub struct Histogram {
+    buckets: [AtomicU64; LATENESS_BUCKETS_US.len() + 1],
+    sum_us: AtomicU64,
+}
+
+impl Histogram {
+    /// Records one frame's lateness.
+    pub fn observe(&self, d: Duration) {
+        let us = u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+        let i = LATENESS_BUCKETS_US.iter().position(|&b| us <= b).unwrap_or(LATENESS_BUCKETS_US.len());
+        self.buckets[i].fetch_add(1, Relaxed);
+        self.sum_us.fetch_add(us, Relaxed);
+    }
+
+    /// Observations so far.
+    pub fn count(&self) -> u64 {
+        self.buckets.iter().map(|b| b.load(Relaxed)).sum()
+    }
+}
+
+/// What one worker counts.
+#[derive(Debug, Default)]
+pub struct WorkerMetrics {
+    /// Calls in progress.
+    pub live_calls: AtomicU64,
+    /// Calls accepted (WebSocket upgraded).
+    pub calls_started: Counter,
+    ended: [Counter; EndReason::SIMPLE.len()],
+    protocol_errors: [Counter; ProtocolErrorKind::ALL.len()],
+    /// 20 ms frames received.
+    pub frames_in: Counter,
+    /// 20 ms frames sent.
+    pub frames_out: Counter,
+    /// Inbound frames that arrived after their turn.
+    pub late_frames: Counter,
+    /// Inbound frames never received (filled with silence).
+    pub lost_frames: Counter,
+    /// How late outbound frames left relative to their playout schedule.
+    pub lateness: Histogram,
+    /// Upgrades refused with 503 because every slot was taken.
+    pub rejected_busy: Counter,
+    /// Requests for a bot that does not exist.
+    pub rejected_unknown_bot: Counter,
+}
+
+impl WorkerMetrics {
+    /// Counts a call's end.
+    pub fn call_ended(&self, reason: EndReason) {
+        match reason {
+            EndReason::Protocol(kind) => {
+                let i = ProtocolErrorKind::ALL.iter().position(|k| *k == kind).unwrap_or(0);
+                self.protocol_errors[i].add(1);
+            }
+            other => {
+                let i = EndReason::SIMPLE.iter().position(|r| *r == other).unwrap_or(0);
+                self.ended[i].add(1);
+            }
+        }
+    }
+
+    /// Calls ended for `reason` (protocol errors of every kind count together).
+    pub fn ended(&self, reason: EndReason) -> u64 {
+        match reason {
+            EndReason::Protocol(_) => self.protocol_errors.iter().map(Counter::get).sum(),
+            other => EndReason::SIMPLE.iter().position(|r| *r == other).map_or(0, |i| self.ended[i].get()),
+        }
+    }
+
+    /// Protocol errors of `kind`.
+    pub fn protocol_errors(&self, kind: ProtocolErrorKind) -> u64 {
+        ProtocolErrorKind::ALL.iter().position(|k| *k == kind).map_or(0, |i| self.protocol_errors[i].get())
+    }
+
+    /// Adds the jitter buffer's late and lost counts.
+    pub fn add_jitter(&self, late: u64, lost: u64) {
+        if late > 0 {
+            self.late_frames.add(late);
+        }
+        if lost > 0 {
+            self.lost_frames.add(lost);
+        }
+    }
+}
+
+/// Renders every worker's metrics in the Prometheus text format.
+pub fn render<'a>(workers: impl Iterator<Item = &'a WorkerMetrics> + Clone) -> String {
+    let mut out = String::with_capacity(8 * 1024);
+    let each = |out: &mut String, name: &str, kind: &str, help: &str, f: &dyn Fn(&WorkerMetrics) -> u64| {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for (w, m) in workers.clone().enumerate() {
+            let _ = writeln!(out, "{name}{{worker=\"{w}\"}} {}", f(m));
+        }
+    };
+    each(&mut out, "cxb_live_calls", "gauge", "Calls in progress.", &|m| m.live_calls.load(Relaxed));
+    each(&mut out, "cxb_calls_started_total", "counter", "Calls accepted.", &|m| m.calls_started.get());
+    let _ = writeln!(out, "# HELP cxb_calls_ended_total Calls ended, by reason.\n# TYPE cxb_calls_ended_total counter");
+    for (w, m) in workers.clone().enumerate() {
+        for (i, reason) in EndReason::SIMPLE.iter().enumerate() {
+            let _ = writeln!(out, "cxb_calls_ended_total{{worker=\"{w}\",reason=\"{}\"}} {}", reason.label(), m.ended[i].get());
+        }
+        let protocol: u64 = m.protocol_errors.iter().map(Counter::get).sum();
+        let _ = writeln!(out, "cxb_calls_ended_total{{worker=\"{w}\",reason=\"protocol_error\"}} {protocol}");
+    }
+    let _ = writeln!(
+        out,
+        "# HELP cxb_protocol_errors_total Peers cut off for breaking the protocol, by kind.\n# TYPE cxb_protocol_errors_total counter"
+    );
+    for (w, m) in workers.clone().enumerate() {
+        for (i, kind) in ProtocolErrorKind::ALL.iter().enumerate() {
+            let _ = writeln!(out, "cxb_protocol_errors_total{{worker=\"{w}\",kind=\"{}\"}} {}", kind.label(), m.protocol_errors[i].get());
+        }
+    }
+    each(&mut out, "cxb_frames_in_total", "counter", "20 ms frames received.", &|m| m.frames_in.get());
+    each(&mut out, "cxb_frames_out_total", "counter", "20 ms frames sent.", &|m| m.frames_out.get());
+    each(&mut out, "cxb_late_frames_total", "counter", "Inbound frames that arrived after their turn.", &|m| m.late_frames.get());
+    each(&mut out, "cxb_lost_frames_total", "counter", "Inbound frames never received.", &|m| m.lost_frames.get());
+    each(&mut out, "cxb_rejected_busy_total", "counter", "Upgrades refused: no free slot.", &|m| m.rejected_busy.get());
+    each(&mut out, "cxb_rejected_unknown_bot_total", "counter", "Requests for an unknown bot.", &|m| m.rejected_unknown_bot.get());
+    let _ = writeln!(
+        out,
+        "# HELP cxb_playout_lateness_seconds Outbound frame lateness against the playout schedule.\n# TYPE cxb_playout_lateness_seconds histogram"
+    );
+    for (w, m) in workers.enumerate() {
+        let mut cumulative = 0;
+        for (i, bound) in LATENESS_BUCKETS_US.iter().enumerate() {
+            cumulative += m.lateness.buckets[i].load(Relaxed);
+            let _ = writeln!(out, "cxb_playout_lateness_seconds_bucket{{worker=\"{w}\",le=\"{}\"}} {cumulative}", *bound as f64 / 1e6);
+        }
+        cumulative += m.lateness.buckets[LATENESS_BUCKETS_US.len()].load(Relaxed);
+        let _ = writeln!(out, "cxb_playout_lateness_seconds_bucket{{worker=\"{w}\",le=\"+Inf\"}} {cumulative}");
+        let _ = writeln!(out, "cxb_playout_lateness_seconds_sum{{worker=\"{w}\"}} {}", m.lateness.sum_us.load(Relaxed) as f64 / 1e6);
+        let _ = writeln!(out, "cxb_playout_lateness_seconds_count{{worker=\"{w}\"}} {cumulative}");
+    }
+    out
+}

@@ -1,0 +1,336 @@
+//! Starting and stopping the engine: the acceptor, the workers, the control socket.
+//!
+//! One acceptor thread takes connections from the listening socket and hands each to the
+//! worker with the most free slots (the workers publish their free count with an atomic).
+//! A worker that receives an upgrade with no slot left answers 503, so capacity is decided
+//! by the worker that owns the slots, never by a shared lock.
+
+use std::io::{self, BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde_json::{Value, json};
+
+use crate::metrics::WorkerMetrics;
+use crate::registry::Segment;
+
+/// How the engine runs.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// Where to listen for carriers and HTTP.
+    pub listen: SocketAddr,
+    /// Worker threads (one per core by default).
+    pub workers: usize,
+    /// Call slots per worker.
+    pub slots_per_worker: usize,
+    /// Use epoll even where io_uring is available.
+    pub force_epoll: bool,
+    /// Pin each worker to its own core.
+    pub pin: bool,
+    /// The slot registry's shared-memory file.
+    pub registry: PathBuf,
+    /// The Unix socket for commands.
+    pub control_socket: PathBuf,
+    /// Offer the `fault` bot (panics on DTMF), for isolation tests.
+    pub fault_injection: bool,
+    /// A call with no inbound bytes for this long ends.
+    pub idle_timeout: Duration,
+    /// A write the peer does not take within this long ends the call (it stopped reading).
+    pub write_timeout: Duration,
+}
+
+impl EngineConfig {
+    /// Defaults for listening on `listen`: every core, 1,000 slots each, files named after
+    /// the port under the runtime directory.
+    pub fn new(listen: SocketAddr) -> EngineConfig {
+        let dir = runtime_dir();
+        EngineConfig {
+            listen,
+            workers: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+            slots_per_worker: 1_000,
+            force_epoll: false,
+            pin: true,
+            registry: dir.join(format!("cxb-core-{}.slots", listen.port())),
+            control_socket: dir.join(format!("cxb-core-{}.sock", listen.port())),
+            fault_injection: false,
+            idle_timeout: Duration::from_secs(60),
+            write_timeout: Duration::from_secs(2),
+        }
+    }
+}
+
+/// Where the registry and control socket live by default: `/dev/shm` when present (memory,
+/// never written back to disk), else the temporary directory.
+pub fn runtime_dir() -> PathBuf {
+    let shm = PathBuf::from("/dev/shm");
+    if shm.is_dir() { shm } else { std::env::temp_dir() }
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn unix_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+/// A command for a worker.
+#[derive(Debug, Clone)]
+pub(crate) enum Command {
+    Reserve { ttl: Duration, token: u64 },
+    Release { token: u64 },
+    Hangup { call_id: String },
+    Drain { on: bool },
+}
+
+/// What a worker receives from other threads.
+#[derive(Debug)]
+pub(crate) enum Inbox {
+    Connection(TcpStream),
+    Command(Command, flume::Sender<Value>),
+    Shutdown,
+}
+
+/// What a worker shares with the other threads: atomics only.
+#[derive(Debug, Default)]
+pub(crate) struct WorkerShared {
+    pub(crate) free: AtomicUsize,
+    /// 0 starting, 1 io_uring, 2 epoll.
+    pub(crate) driver: AtomicU8,
+    pub(crate) metrics: WorkerMetrics,
+}
+
+/// State shared by all threads of the engine.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(crate) config: EngineConfig,
+    pub(crate) workers: Vec<WorkerShared>,
+    pub(crate) segment: Segment,
+    inboxes: Vec<flume::Sender<Inbox>>,
+    started: Instant,
+    stopping: AtomicBool,
+    tokens: AtomicU64,
+}
+
+impl Shared {
+    /// The `/health` document.
+    pub(crate) fn health(&self) -> Value {
+        let per = self.config.slots_per_worker;
+        let workers: Vec<Value> = self
+            .workers
+            .iter()
+            .enumerate()
+            .map(|(i, w)| {
+                let driver = match w.driver.load(Ordering::Relaxed) {
+                    1 => "io_uring",
+                    2 => "epoll",
+                    _ => "starting",
+                };
+                let rec = self.segment.worker(i);
+                json!({ "worker": i, "driver": driver, "slots": per, "free": rec.free,
+                        "live_calls": rec.live, "draining": rec.draining })
+            })
+            .collect();
+        let free: u64 = (0..self.workers.len()).map(|i| self.segment.worker(i).free).sum();
+        let live: u64 = (0..self.workers.len()).map(|i| self.segment.worker(i).live).sum();
+        json!({
+            "status": "ok",
+            "version": env!("CARGO_PKG_VERSION"),
+            "uptime_seconds": self.started.elapsed().as_secs_f64(),
+            "slots_total": per * self.workers.len(),
+            "slots_free": free,
+            "live_calls": live,
+            "workers": workers,
+        })
+    }
+
+    /// Asks the worker that holds reservation `token` to release it, unless that is `except`.
+    pub(crate) fn release_elsewhere(&self, except: usize, token: u64) {
+        let owner = (token >> 56) as usize;
+        if owner != except && owner < self.inboxes.len() {
+            let (tx, _rx) = flume::bounded(1);
+            let _ = self.inboxes[owner].send(Inbox::Command(Command::Release { token }, tx));
+        }
+    }
+
+    fn ask(&self, worker: usize, cmd: Command) -> Value {
+        let (tx, rx) = flume::bounded(1);
+        if self.inboxes.get(worker).is_none_or(|inbox| inbox.send(Inbox::Command(cmd, tx)).is_err()) {
+            return json!({ "ok": false, "error": "no such worker" });
+        }
+        rx.recv_timeout(Duration::from_secs(2)).unwrap_or_else(|_| json!({ "ok": false, "error": "worker did not answer" }))
+    }
+
+    fn most_free(&self, start: usize) -> usize {
+        let n = self.workers.len();
+        (0..n).map(|k| (start + k) % n).max_by_key(|&i| (self.workers[i].free.load(Ordering::Relaxed), n - i)).unwrap_or(0)
+    }
+
+    /// Handles one control command (a JSON object with `cmd`).
+    fn control(&self, request: &Value) -> Value {
+        match request.get("cmd").and_then(Value::as_str) {
+            Some("report") => self.health(),
+            Some("reserve") => {
+                let ttl = Duration::from_millis(request.get("ttl_ms").and_then(Value::as_u64).unwrap_or(30_000));
+                let worker = self.most_free(0);
+                let random = std::hash::BuildHasher::hash_one(
+                    &std::collections::hash_map::RandomState::new(),
+                    (self.tokens.fetch_add(1, Ordering::Relaxed), unix_ms()),
+                );
+                let token = ((worker as u64) << 56) | (random & ((1 << 56) - 1));
+                self.ask(worker, Command::Reserve { ttl, token })
+            }
+            Some("release") => match request.get("token").and_then(Value::as_str).and_then(|t| u64::from_str_radix(t, 16).ok()) {
+                Some(token) => self.ask((token >> 56) as usize, Command::Release { token }),
+                None => json!({ "ok": false, "error": "release needs a hex `token`" }),
+            },
+            Some("hangup") => {
+                let id = request.get("call_id").and_then(Value::as_str).unwrap_or("");
+                let worker = id.strip_prefix('w').and_then(|r| r.split_once('-')).and_then(|(w, _)| w.parse().ok());
+                match worker {
+                    Some(w) => self.ask(w, Command::Hangup { call_id: id.to_string() }),
+                    None => json!({ "ok": false, "error": "no such call" }),
+                }
+            }
+            Some(cmd @ ("drain" | "undrain")) => {
+                let on = cmd == "drain";
+                match request.get("worker").and_then(Value::as_u64) {
+                    Some(w) => self.ask(w as usize, Command::Drain { on }),
+                    None => {
+                        let answers: Vec<Value> = (0..self.workers.len()).map(|w| self.ask(w, Command::Drain { on })).collect();
+                        json!({ "ok": answers.iter().all(|a| a["ok"] == true), "workers": answers })
+                    }
+                }
+            }
+            _ => json!({ "ok": false, "error": "unknown command; try report, reserve, release, hangup, drain, undrain" }),
+        }
+    }
+}
+
+/// A running engine.
+#[derive(Debug)]
+pub struct Engine {
+    shared: Arc<Shared>,
+    addr: SocketAddr,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl Engine {
+    /// Binds, maps the registry, and starts the acceptor, the workers and the control socket.
+    pub fn start(config: EngineConfig) -> io::Result<Engine> {
+        let workers = config.workers.max(1);
+        let listener = TcpListener::bind(config.listen)?;
+        let addr = listener.local_addr()?;
+        let segment = Segment::create(&config.registry, workers, config.slots_per_worker, u64::from(std::process::id()), unix_ms())?;
+        let _ = std::fs::remove_file(&config.control_socket);
+        let control = UnixListener::bind(&config.control_socket)?;
+        let (senders, receivers): (Vec<_>, Vec<_>) = (0..workers).map(|_| flume::unbounded()).unzip();
+        let shared = Arc::new(Shared {
+            config: EngineConfig { workers, ..config },
+            workers: (0..workers).map(|_| WorkerShared::default()).collect(),
+            segment,
+            inboxes: senders,
+            started: Instant::now(),
+            stopping: AtomicBool::new(false),
+            tokens: AtomicU64::new(0),
+        });
+        for w in &shared.workers {
+            w.free.store(shared.config.slots_per_worker, Ordering::Relaxed);
+        }
+        let mut threads = Vec::new();
+        for (i, inbox) in receivers.into_iter().enumerate() {
+            let shared = shared.clone();
+            threads.push(std::thread::Builder::new().name(format!("cxb-worker-{i}")).spawn(move || {
+                if let Err(e) = crate::worker::run(i, shared, inbox) {
+                    eprintln!("cxb core: worker {i} failed to start: {e}");
+                }
+            })?);
+        }
+        let acceptor_shared = shared.clone();
+        threads.push(std::thread::Builder::new().name("cxb-acceptor".into()).spawn(move || accept(&acceptor_shared, &listener))?);
+        let control_shared = shared.clone();
+        threads.push(std::thread::Builder::new().name("cxb-control".into()).spawn(move || serve_control(&control_shared, &control))?);
+        // Wait until every worker has its runtime, so /health is complete from the start.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while shared.workers.iter().any(|w| w.driver.load(Ordering::Relaxed) == 0) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        Ok(Engine { shared, addr, threads })
+    }
+
+    /// The address carriers connect to.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The configuration in effect.
+    pub fn config(&self) -> &EngineConfig {
+        &self.shared.config
+    }
+
+    /// The `/health` document, without HTTP.
+    pub fn health(&self) -> Value {
+        self.shared.health()
+    }
+
+    /// Closes every call (1001), stops every thread and removes the registry and socket files.
+    pub fn shutdown(self) {
+        self.shared.stopping.store(true, Ordering::SeqCst);
+        let _ = TcpStream::connect(self.addr); // wakes the acceptor
+        let _ = UnixStream::connect(&self.shared.config.control_socket); // wakes the control thread
+        for inbox in &self.shared.inboxes {
+            let _ = inbox.send(Inbox::Shutdown);
+        }
+        for t in self.threads {
+            let _ = t.join();
+        }
+        let _ = std::fs::remove_file(&self.shared.config.registry);
+        let _ = std::fs::remove_file(&self.shared.config.control_socket);
+    }
+
+    /// Blocks until the engine's threads end (they do not, short of a shutdown).
+    pub fn wait(self) {
+        for t in self.threads {
+            let _ = t.join();
+        }
+    }
+}
+
+fn accept(shared: &Shared, listener: &TcpListener) {
+    let mut next = 0;
+    for conn in listener.incoming() {
+        if shared.stopping.load(Ordering::SeqCst) {
+            return;
+        }
+        let Ok(stream) = conn else { continue };
+        let worker = shared.most_free(next);
+        next = (next + 1) % shared.workers.len();
+        let _ = shared.inboxes[worker].send(Inbox::Connection(stream));
+    }
+}
+
+fn serve_control(shared: &Shared, listener: &UnixListener) {
+    for conn in listener.incoming() {
+        if shared.stopping.load(Ordering::SeqCst) {
+            return;
+        }
+        let Ok(stream) = conn else { continue };
+        let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
+        let Ok(mut writer) = stream.try_clone() else { continue };
+        for line in BufReader::new(stream).lines() {
+            let Ok(line) = line else { break };
+            if line.trim().is_empty() {
+                continue;
+            }
+            let answer = match serde_json::from_str::<Value>(&line) {
+                Ok(request) => shared.control(&request),
+                Err(e) => json!({ "ok": false, "error": format!("not JSON: {e}") }),
+            };
+            if writeln!(writer, "{answer}").is_err() {
+                break;
+            }
+        }
+    }
+}

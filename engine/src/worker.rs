@@ -1,0 +1,455 @@
+//! A worker: one thread, pinned to its core, running its own single-threaded compio runtime
+//! (io_uring, or epoll where io_uring is refused or `--force-epoll` asks). Every call it
+//! accepts lives here until it ends: socket, WebSocket framing, media path and timers. Per-call
+//! state is `!Send` and shared only within the thread (`Rc`, `RefCell`), never locked.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::panic::AssertUnwindSafe;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use compio::BufResult;
+use compio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use compio::net::TcpStream;
+use cxb_media::Timestamp;
+use futures_util::future::{Either, select};
+
+use crate::bots::BotKind;
+use crate::call::{Call, CallConfig, EndReason, ProtocolErrorKind};
+use crate::http::{self, HeadError, Request};
+use crate::protocol::Protocol;
+use crate::registry::{SlotState, WorkerRecord};
+use crate::server::{Command, Inbox, Shared, unix_ms};
+use crate::ws::{Incoming, ServerSocket};
+
+/// Bytes read from a socket at a time.
+const READ_BUF: usize = 8 * 1024;
+/// How long a client may take to send its request head.
+const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Messages to a live call from outside it.
+#[derive(Debug, Clone, Copy)]
+enum Control {
+    Hangup,
+    Shutdown,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Local {
+    Free,
+    Reserved { until_ms: u64, token: u64 },
+    Active,
+}
+
+/// The worker's slots; mirrored into the shared registry as they change.
+struct Slots {
+    state: Vec<Local>,
+    free: Vec<usize>,
+}
+
+/// Everything the worker's tasks share, on this thread only.
+struct Worker {
+    index: usize,
+    shared: Arc<Shared>,
+    slots: RefCell<Slots>,
+    calls: RefCell<HashMap<String, flume::Sender<Control>>>,
+    next_call: Cell<u64>,
+    draining: Cell<bool>,
+    epoch: Instant,
+}
+
+/// Runs worker `index` until shutdown. Called on the worker's own thread.
+pub(crate) fn run(index: usize, shared: Arc<Shared>, inbox: flume::Receiver<Inbox>) -> std::io::Result<()> {
+    let mut proactor = compio::driver::ProactorBuilder::new();
+    if shared.config.force_epoll {
+        proactor.driver_type(compio::driver::DriverType::Poll);
+    }
+    let mut builder = compio::runtime::RuntimeBuilder::new();
+    builder.with_proactor(proactor);
+    if let Some(cpu) = shared.config.pin.then(|| core_for(index)).flatten() {
+        builder.thread_affinity([cpu].into_iter().collect());
+    }
+    let runtime = builder.build()?;
+    let driver = if runtime.driver_type().is_iouring() { 1 } else { 2 };
+    shared.workers[index].driver.store(driver, Ordering::Relaxed);
+    eprintln!("cxb core: worker {index} running on {}", if driver == 1 { "io_uring" } else { "epoll" });
+    let slots = shared.config.slots_per_worker;
+    let worker = Rc::new(Worker {
+        index,
+        shared,
+        slots: RefCell::new(Slots { state: vec![Local::Free; slots], free: (0..slots).rev().collect() }),
+        calls: RefCell::new(HashMap::new()),
+        next_call: Cell::new(0),
+        draining: Cell::new(false),
+        epoch: Instant::now(),
+    });
+    worker.publish();
+    runtime.block_on(async move {
+        compio::runtime::spawn(housekeeping(worker.clone())).detach();
+        while let Ok(msg) = inbox.recv_async().await {
+            match msg {
+                Inbox::Connection(stream) => {
+                    compio::runtime::spawn(serve(worker.clone(), stream)).detach();
+                }
+                Inbox::Command(cmd, reply) => {
+                    let _ = reply.send(worker.command(cmd));
+                }
+                Inbox::Shutdown => {
+                    worker.draining.set(true);
+                    for tx in worker.calls.borrow().values() {
+                        let _ = tx.try_send(Control::Shutdown);
+                    }
+                    // Let calls send their close frames.
+                    let deadline = Instant::now() + Duration::from_secs(2);
+                    while !worker.calls.borrow().is_empty() && Instant::now() < deadline {
+                        compio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                    break;
+                }
+            }
+        }
+    });
+    Ok(())
+}
+
+/// The CPU to pin worker `index` to: the `index`-th CPU this process may run on.
+fn core_for(index: usize) -> Option<usize> {
+    let online = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    Some(index % online)
+}
+
+/// Once a second: lapse expired reservations, publish the worker's summary, beat.
+async fn housekeeping(worker: Rc<Worker>) {
+    loop {
+        compio::time::sleep(Duration::from_secs(1)).await;
+        let now = unix_ms();
+        let expired: Vec<usize> = {
+            let slots = worker.slots.borrow();
+            (0..slots.state.len())
+                .filter(|&i| matches!(slots.state[i], Local::Reserved { until_ms, .. } if until_ms <= now))
+                .collect()
+        };
+        for slot in expired {
+            worker.free_slot(slot);
+        }
+        worker.publish();
+        if worker.index == 0 {
+            worker.shared.segment.beat(now);
+        }
+    }
+}
+
+impl Worker {
+    fn now(&self) -> Timestamp {
+        Timestamp::from_micros(self.epoch.elapsed().as_micros() as u64)
+    }
+
+    fn instant(&self, t: Timestamp) -> Instant {
+        self.epoch + Duration::from_micros(t.as_micros())
+    }
+
+    fn metrics(&self) -> &crate::metrics::WorkerMetrics {
+        &self.shared.workers[self.index].metrics
+    }
+
+    /// Publishes free capacity to the acceptor and the registry.
+    fn publish(&self) {
+        let slots = self.slots.borrow();
+        let free = if self.draining.get() { 0 } else { slots.free.len() };
+        let live = slots.state.iter().filter(|s| **s == Local::Active).count();
+        let w = &self.shared.workers[self.index];
+        w.free.store(free, Ordering::Relaxed);
+        w.metrics.live_calls.store(live as u64, Ordering::Relaxed);
+        self.shared.segment.write_worker(self.index, WorkerRecord {
+            driver: u64::from(w.driver.load(Ordering::Relaxed)),
+            draining: self.draining.get(),
+            live: live as u64,
+            free: free as u64,
+        });
+    }
+
+    /// Takes a slot for a call: the reserved one named by `token` if it is ours, else a free
+    /// one (unless draining).
+    fn acquire(&self, call_id: &str, bot: &str, token: Option<u64>) -> Option<usize> {
+        let slot = {
+            let mut slots = self.slots.borrow_mut();
+            let reserved = token.and_then(|t| {
+                slots.state.iter().position(|s| matches!(s, Local::Reserved { token, .. } if *token == t))
+            });
+            match reserved {
+                Some(i) => Some(i),
+                None if self.draining.get() => None,
+                None => slots.free.pop(),
+            }
+        }?;
+        self.slots.borrow_mut().state[slot] = Local::Active;
+        self.shared.segment.write_slot(self.index, slot, SlotState::Active, unix_ms(), 0, call_id, bot);
+        self.publish();
+        Some(slot)
+    }
+
+    fn free_slot(&self, slot: usize) {
+        let mut slots = self.slots.borrow_mut();
+        if slots.state[slot] != Local::Free {
+            slots.state[slot] = Local::Free;
+            slots.free.push(slot);
+            self.shared.segment.write_slot(self.index, slot, SlotState::Free, 0, 0, "", "");
+        }
+        drop(slots);
+        self.publish();
+    }
+
+    fn command(&self, cmd: Command) -> serde_json::Value {
+        use serde_json::json;
+        match cmd {
+            Command::Reserve { ttl, token } => {
+                if self.draining.get() {
+                    return json!({ "ok": false, "error": "draining" });
+                }
+                let Some(slot) = self.slots.borrow_mut().free.pop() else {
+                    return json!({ "ok": false, "error": "no free slot" });
+                };
+                let until_ms = unix_ms() + ttl.as_millis() as u64;
+                self.slots.borrow_mut().state[slot] = Local::Reserved { until_ms, token };
+                self.shared.segment.write_slot(self.index, slot, SlotState::Reserved, unix_ms(), until_ms, "", "");
+                self.publish();
+                json!({ "ok": true, "worker": self.index, "slot": slot, "token": format!("{token:016x}"), "expires_unix_ms": until_ms })
+            }
+            Command::Release { token } => {
+                let slot = self.slots.borrow().state.iter().position(|s| matches!(s, Local::Reserved { token: t, .. } if *t == token));
+                match slot {
+                    Some(slot) => {
+                        self.free_slot(slot);
+                        json!({ "ok": true })
+                    }
+                    None => json!({ "ok": false, "error": "no such reservation" }),
+                }
+            }
+            Command::Hangup { call_id } => match self.calls.borrow().get(&call_id) {
+                Some(tx) => {
+                    let _ = tx.try_send(Control::Hangup);
+                    json!({ "ok": true })
+                }
+                None => json!({ "ok": false, "error": "no such call" }),
+            },
+            Command::Drain { on } => {
+                self.draining.set(on);
+                let slots = self.slots.borrow();
+                for (i, s) in slots.state.iter().enumerate() {
+                    if *s == Local::Active {
+                        let state = if on { SlotState::Draining } else { SlotState::Active };
+                        self.shared.segment.set_state(self.index, i, state);
+                    }
+                }
+                drop(slots);
+                self.publish();
+                json!({ "ok": true, "worker": self.index, "draining": on })
+            }
+        }
+    }
+}
+
+/// Frees a call's slot and counts its end however the call's task finishes, unwinding
+/// included.
+struct CallGuard {
+    worker: Rc<Worker>,
+    slot: usize,
+    call_id: String,
+    reason: EndReason,
+}
+
+impl Drop for CallGuard {
+    fn drop(&mut self) {
+        self.worker.calls.borrow_mut().remove(&self.call_id);
+        self.worker.metrics().call_ended(self.reason);
+        self.worker.free_slot(self.slot);
+    }
+}
+
+/// Serves one accepted connection: a plain HTTP request, or a call.
+async fn serve(worker: Rc<Worker>, stream: std::net::TcpStream) {
+    let _ = stream.set_nodelay(true);
+    let Ok(stream) = TcpStream::from_std(stream) else { return };
+    let mut head = Vec::new();
+    let mut buf = Vec::with_capacity(READ_BUF);
+    let deadline = Instant::now() + HEAD_TIMEOUT;
+    let (request, len) = loop {
+        match http::parse_head(&head) {
+            Ok(Some(parsed)) => break parsed,
+            Ok(None) => {}
+            Err(HeadError::TooLarge) => {
+                return reply(&stream, http::error(431, "head_too_large", "request head too large", &[])).await;
+            }
+            Err(HeadError::Malformed(m)) => return reply(&stream, http::error(400, "bad_request", &m, &[])).await,
+        }
+        let read = compio::time::timeout_at(deadline, (&stream).read(std::mem::take(&mut buf))).await;
+        match read {
+            Ok(BufResult(Ok(n), b)) if n > 0 => {
+                head.extend_from_slice(&b[..n]);
+                buf = b;
+                buf.clear();
+            }
+            _ => return,
+        }
+    };
+    let leftover = head[len..].to_vec();
+    route(worker, stream, request, leftover).await;
+}
+
+async fn reply(stream: &TcpStream, bytes: Vec<u8>) {
+    let mut s = stream;
+    let _ = compio::time::timeout(Duration::from_secs(5), s.write_all(bytes)).await;
+    let _ = s.shutdown().await;
+}
+
+async fn route(worker: Rc<Worker>, stream: TcpStream, req: Request, leftover: Vec<u8>) {
+    let call_path = |prefix: &str| req.path.strip_prefix(prefix).filter(|b| !b.is_empty() && !b.contains('/'));
+    let (protocol, bot_id) = match (req.path.as_str(), call_path("/ws/"), call_path("/exotel/")) {
+        ("/health", _, _) if req.method == "GET" => {
+            let body = worker.shared.health().to_string();
+            return reply(&stream, http::response(200, "application/json", &[], &body)).await;
+        }
+        ("/metrics", _, _) if req.method == "GET" => {
+            let body = crate::metrics::render(worker.shared.workers.iter().map(|w| &w.metrics));
+            return reply(&stream, http::response(200, "text/plain; version=0.0.4", &[], &body)).await;
+        }
+        (_, Some(bot), _) => (Protocol::Twilio, bot),
+        (_, _, Some(bot)) => (Protocol::Exotel, bot),
+        _ => return reply(&stream, http::error(404, "not_found", "no such endpoint", &[])).await,
+    };
+    let Some(bot) = BotKind::lookup(bot_id, worker.shared.config.fault_injection) else {
+        worker.metrics().rejected_unknown_bot.add(1);
+        return reply(&stream, http::error(404, "unknown_bot", &format!("no bot `{bot_id}`"), &[])).await;
+    };
+    let (true, Some(key)) = (req.upgrade, req.ws_key.as_deref()) else {
+        let msg = "this endpoint takes a WebSocket upgrade";
+        return reply(&stream, http::error(426, "upgrade_required", msg, &[("Upgrade", "websocket")])).await;
+    };
+    let token = req.query.as_deref().and_then(|q| {
+        q.split('&').find_map(|kv| kv.strip_prefix("reservation=")).and_then(|t| u64::from_str_radix(t, 16).ok())
+    });
+    let n = worker.next_call.get();
+    worker.next_call.set(n + 1);
+    let call_id = format!("w{}-{n}", worker.index);
+    let Some(slot) = worker.acquire(&call_id, bot.id(), token) else {
+        worker.metrics().rejected_busy.add(1);
+        let msg = "every call slot on this host is taken";
+        return reply(&stream, http::error(503, "busy", msg, &[("Retry-After", "1")])).await;
+    };
+    if let Some(token) = token.filter(|_| true) {
+        // A reservation held by another worker is given back: this call took a slot here.
+        worker.shared.release_elsewhere(worker.index, token);
+    }
+    let mut s = &stream;
+    if s.write_all(http::switching_protocols(key)).await.0.is_err() {
+        worker.free_slot(slot);
+        return;
+    }
+    let (tx, rx) = flume::bounded(1);
+    worker.calls.borrow_mut().insert(call_id.clone(), tx);
+    worker.metrics().calls_started.add(1);
+    let mut guard = CallGuard { worker: worker.clone(), slot, call_id, reason: EndReason::PeerClosed };
+    guard.reason = run_call(&worker, &stream, slot, Call::new(CallConfig::new(protocol, bot)), leftover, rx).await;
+}
+
+/// One read from `stream` into `buf`, as a future that borrows the stream only shared.
+async fn read_into(stream: &TcpStream, buf: Vec<u8>) -> BufResult<usize, Vec<u8>> {
+    let mut r = stream;
+    r.read(buf).await
+}
+
+/// The call loop: socket reads, the call's timers and control messages, until the call ends.
+async fn run_call(
+    worker: &Rc<Worker>,
+    stream: &TcpStream,
+    slot: usize,
+    mut call: Call,
+    leftover: Vec<u8>,
+    control: flume::Receiver<Control>,
+) -> EndReason {
+    let config = &worker.shared.config;
+    let mut socket = ServerSocket::new();
+    socket.feed(&leftover);
+    let mut read = Box::pin(read_into(stream, Vec::with_capacity(READ_BUF)));
+    let mut last_rx = Instant::now();
+    let mut out = Vec::new();
+    let reason = 'call: loop {
+        // Everything readable.
+        loop {
+            match socket.read() {
+                Ok(Some(Incoming::Text(text))) => {
+                    let now = worker.now();
+                    let handled =
+                        std::panic::catch_unwind(AssertUnwindSafe(|| call.on_text(now, text.as_str(), worker.metrics())));
+                    match handled {
+                        Ok(Ok(())) => {}
+                        Ok(Err(reason)) => break 'call reason,
+                        Err(_) => break 'call EndReason::Panicked,
+                    }
+                }
+                Ok(Some(Incoming::Binary)) => break 'call EndReason::Protocol(ProtocolErrorKind::BinaryFrame),
+                Ok(Some(Incoming::Closed)) => break 'call EndReason::PeerClosed,
+                Ok(None) => break,
+                Err(kind) => break 'call EndReason::Protocol(kind),
+            }
+        }
+        let stats = call.stats();
+        worker.shared.segment.count_frames(worker.index, slot, stats.frames_in, stats.frames_out);
+        while let Some(msg) = call.poll_transmit() {
+            socket.send_text(msg);
+        }
+        if !socket.output().is_empty() {
+            // The send backlog is what the kernel's buffer holds plus this one write; a peer
+            // that stops reading stalls it, and the call ends instead of queueing more.
+            std::mem::swap(socket.output(), &mut out);
+            let mut w = stream;
+            match compio::time::timeout(config.write_timeout, w.write_all(std::mem::take(&mut out))).await {
+                Ok(BufResult(Ok(()), mut b)) => {
+                    b.clear();
+                    out = b;
+                }
+                Ok(BufResult(Err(_), _)) => break EndReason::PeerClosed,
+                Err(_) => break EndReason::SlowConsumer,
+            }
+        }
+        // Wait for bytes, the call's next deadline, the idle limit or a control message.
+        let idle = last_rx + config.idle_timeout;
+        let wake = call.deadline().map_or(idle, |t| worker.instant(t).min(idle));
+        let timer = Box::pin(compio::time::sleep_until(wake));
+        let ctl = Box::pin(control.recv_async());
+        match select(read.as_mut(), select(timer, ctl)).await {
+            Either::Left((BufResult(Ok(n), buf), _)) if n > 0 => {
+                last_rx = Instant::now();
+                socket.feed(&buf[..n]);
+                let mut buf = buf;
+                buf.clear();
+                read = Box::pin(read_into(stream, buf));
+            }
+            Either::Left(_) => break EndReason::PeerClosed,
+            Either::Right((Either::Left(((), _)), _)) => {
+                if Instant::now() >= idle {
+                    break EndReason::IdleTimeout;
+                }
+                let now = worker.now();
+                if std::panic::catch_unwind(AssertUnwindSafe(|| call.on_timeout(now, worker.metrics()))).is_err() {
+                    break EndReason::Panicked;
+                }
+            }
+            Either::Right((Either::Right((Ok(Control::Hangup), _)), _)) => break EndReason::Hangup,
+            Either::Right((Either::Right(_), _)) => break EndReason::Shutdown,
+        }
+    };
+    drop(read);
+    if let Some((code, text)) = reason.close() {
+        socket.close(code, &text);
+        let bytes = std::mem::take(socket.output());
+        let mut w = stream;
+        let _ = compio::time::timeout(Duration::from_secs(1), w.write_all(bytes)).await;
+    }
+    let mut w = stream;
+    let _ = w.shutdown().await;
+    reason
+}
