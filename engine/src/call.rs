@@ -202,6 +202,13 @@ struct Recorder {
     limit: usize,
 }
 
+/// Playout room for the echo bots: a second, so a burst of inbound audio (Exotel's 100 ms
+/// chunks, a network hiccup) is delayed rather than dropped.
+const ECHO_QUEUE: Duration = Duration::from_secs(1);
+
+/// How long Exotel audio short of a full chunk waits for more before it is sent padded.
+const EXOTEL_TAIL: Duration = Duration::from_millis(100);
+
 const PREROLL: usize = 16_000 * 3 / 10; // 300 ms at 16 kHz
 
 /// One live call.
@@ -217,6 +224,8 @@ pub struct Call {
     decoded: Vec<u8>,
     released: Vec<u8>,
     chunker: exotel::Chunker,
+    /// When Exotel audio left waiting for a full chunk is sent padded, if nothing follows.
+    flush_at: Option<Timestamp>,
     chunk: Vec<u8>,
     b64: String,
     tx: VecDeque<String>,
@@ -240,7 +249,7 @@ impl Call {
         let encoding = config.protocol.default_format().encoding;
         let capacity = match config.bot {
             BotKind::TurnEcho => config.max_utterance + Duration::from_millis(200),
-            BotKind::Echo | BotKind::Fault => Duration::from_millis(400),
+            BotKind::Echo | BotKind::Fault => ECHO_QUEUE,
         };
         Call {
             config,
@@ -253,6 +262,7 @@ impl Call {
             decoded: Vec::new(),
             released: Vec::new(),
             chunker: exotel::Chunker::default(),
+            flush_at: None,
             chunk: Vec::new(),
             b64: String::new(),
             tx: VecDeque::new(),
@@ -340,7 +350,7 @@ impl Call {
         self.inbound = Self::inbound(self.config, encoding);
         let capacity = match self.config.bot {
             BotKind::TurnEcho => self.config.max_utterance + Duration::from_millis(200),
-            _ => Duration::from_millis(400),
+            _ => ECHO_QUEUE,
         };
         self.outbound = Outbound::new(encoding, capacity, self.config.max_burst);
         self.jitter = JitterBuffer::new(3, 64, encoding.silence_byte());
@@ -465,6 +475,11 @@ impl Call {
                 if self.chunker.push(&self.released) {
                     self.send_exotel_chunk(false);
                 }
+                if self.chunker.pending() == 0 {
+                    self.flush_at = None;
+                } else if released.frames > 0 {
+                    self.flush_at = Some(now + EXOTEL_TAIL);
+                }
             }
         }
         while let Some(event) = self.outbound.playout().poll_event() {
@@ -482,6 +497,9 @@ impl Call {
     }
 
     fn send_exotel_chunk(&mut self, flush: bool) {
+        if flush {
+            self.flush_at = None;
+        }
         let Phase::Streaming { sid, .. } = &self.phase else { return };
         if self.chunker.take(flush, &mut self.chunk) {
             self.b64.clear();
@@ -494,12 +512,7 @@ impl Call {
 
     /// When [`Call::on_timeout`] should next run, if the call has anything scheduled.
     pub fn deadline(&mut self) -> Option<Timestamp> {
-        let playout = self.outbound.playout().deadline();
-        let turn = self.inbound.turn_deadline();
-        match (playout, turn) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        [self.outbound.playout().deadline(), self.inbound.turn_deadline(), self.flush_at].into_iter().flatten().min()
     }
 
     /// Runs what is due at `now`: playout frames and the end of the caller's turn.
@@ -508,6 +521,9 @@ impl Call {
             self.poll_turn(now);
         }
         self.pump(now, metrics);
+        if self.flush_at.is_some_and(|at| at <= now) {
+            self.send_exotel_chunk(true);
+        }
     }
 
     /// The next text frame to send to the carrier.

@@ -42,6 +42,9 @@ pub struct EngineConfig {
     pub idle_timeout: Duration,
     /// A write the peer does not take within this long ends the call (it stopped reading).
     pub write_timeout: Duration,
+    /// The kernel send buffer of each call's socket: with `write_timeout`, the bound on what
+    /// a peer that stops reading can hold up.
+    pub send_buffer: usize,
 }
 
 impl EngineConfig {
@@ -60,6 +63,7 @@ impl EngineConfig {
             fault_injection: false,
             idle_timeout: Duration::from_secs(60),
             write_timeout: Duration::from_secs(2),
+            send_buffer: 64 * 1024,
         }
     }
 }
@@ -137,6 +141,7 @@ impl Shared {
         let live: u64 = (0..self.workers.len()).map(|i| self.segment.worker(i).live).sum();
         json!({
             "status": "ok",
+            "pid": std::process::id(),
             "version": env!("CARGO_PKG_VERSION"),
             "uptime_seconds": self.started.elapsed().as_secs_f64(),
             "slots_total": per * self.workers.len(),

@@ -272,6 +272,7 @@ impl Drop for CallGuard {
 /// Serves one accepted connection: a plain HTTP request, or a call.
 async fn serve(worker: Rc<Worker>, stream: std::net::TcpStream) {
     let _ = stream.set_nodelay(true);
+    let _ = socket2::SockRef::from(&stream).set_send_buffer_size(worker.shared.config.send_buffer);
     let Ok(stream) = TcpStream::from_std(stream) else { return };
     let mut head = Vec::new();
     let mut buf = Vec::with_capacity(READ_BUF);

@@ -1,0 +1,216 @@
+//! The engine over real sockets: HTTP surface, echo over both carrier protocols, bad peers,
+//! a full host, panic isolation, a peer that stops reading, control commands.
+
+mod common;
+
+use std::net::TcpStream;
+use std::time::Duration;
+
+use common::{Carrier, connect, engine, eventually, get, health, http, mulaw_frame};
+use serde_json::{Value, json};
+use tungstenite::Message;
+
+fn echo_some(call: &mut Carrier, frames: usize) {
+    for _ in 0..frames {
+        call.media(&mulaw_frame());
+        let back = call.next_media().expect("echo comes back");
+        assert_eq!(back.len(), 160, "one 20 ms mu-law frame per message");
+    }
+}
+
+#[test]
+fn http_surface_answers_in_json() {
+    let e = engine(|_| {});
+    let addr = e.local_addr();
+    let h = health(addr);
+    assert_eq!(h["status"], "ok");
+    assert_eq!(h["slots_total"], 16);
+    assert!(matches!(h["workers"][0]["driver"].as_str(), Some("io_uring" | "epoll")));
+    let (status, metrics) = get(addr, "/metrics");
+    assert_eq!(status, 200);
+    for name in ["cxb_live_calls", "cxb_calls_ended_total", "cxb_frames_in_total", "cxb_playout_lateness_seconds_bucket", "cxb_protocol_errors_total"] {
+        assert!(metrics.contains(name), "{name} missing");
+    }
+    let (status, body) = get(addr, "/ws/nobody");
+    assert_eq!(status, 404);
+    let v: Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(v["error"]["code"], "unknown_bot");
+    assert_eq!(get(addr, "/ws/echo").0, 426, "a call endpoint needs an upgrade");
+    assert_eq!(get(addr, "/nothing").0, 404);
+    assert_eq!(http(addr, "BLAH\r\n\r\n").0, 400);
+    e.shutdown();
+}
+
+#[test]
+fn twilio_echo_returns_every_frame_then_stops_cleanly() {
+    let e = engine(|_| {});
+    let mut call = connect(e.local_addr(), "/ws/echo").expect("upgrade");
+    call.start();
+    echo_some(&mut call, 50);
+    assert_eq!(health(e.local_addr())["live_calls"], 1);
+    call.stop();
+    assert_eq!(call.close_frame(), Some((1000, "stream stopped".to_string())));
+    assert!(eventually(Duration::from_secs(2), || health(e.local_addr())["slots_free"] == 16));
+    e.shutdown();
+}
+
+#[test]
+fn exotel_echo_comes_back_in_valid_chunks() {
+    let e = engine(|_| {});
+    let mut call = connect(e.local_addr(), "/exotel/echo").expect("upgrade");
+    call.start();
+    let tone: Vec<u8> = (0..800).flat_map(|i| (((i as f64 * 0.7).sin() * 6000.0) as i16).to_le_bytes()).collect();
+    let mut got = 0;
+    for _ in 0..5 {
+        call.media(&tone); // 100 ms of 8 kHz LINEAR16, as Exotel sends
+    }
+    // 8,000 bytes come back as two 3,200-byte chunks and, once no more audio follows, the
+    // tail padded with silence to a third.
+    while got < 9_600 {
+        let chunk = call.next_media().expect("echo chunk");
+        assert!(chunk.len() >= 3_200 && chunk.len() % 320 == 0, "chunk of {} bytes", chunk.len());
+        got += chunk.len();
+    }
+    assert_eq!(got, 9_600, "every frame echoed, the tail padded");
+    e.shutdown();
+}
+
+#[test]
+fn bad_peers_are_cut_off_alone_with_the_right_code() {
+    let e = engine(|c| c.slots_per_worker = 8);
+    let addr = e.local_addr();
+    let mut healthy: Vec<Carrier> = (0..2).map(|_| connect(addr, "/ws/echo").expect("upgrade")).collect();
+    for h in &mut healthy {
+        h.start();
+        echo_some(h, 3);
+    }
+    let started = |c: &mut Carrier| c.start();
+    let cases: Vec<(&str, Box<dyn Fn(&mut Carrier)>, u16)> = vec![
+        ("malformed JSON", Box::new(|c| c.send_raw(Message::text("{not json"))), 1007),
+        ("bad base64", Box::new(move |c| { started(c); c.send(json!({"event":"media","streamSid":"MZ1","media":{"payload":"!!!"}})) }), 1007),
+        ("binary frame", Box::new(|c| c.send_raw(Message::binary(vec![1, 2, 3]))), 1003),
+        ("oversized", Box::new(|c| c.send_raw(Message::text("x".repeat(300 * 1024)))), 1009),
+        ("media before start", Box::new(|c| c.media(&mulaw_frame())), 1008),
+    ];
+    for (what, misbehave, code) in &cases {
+        let mut bad = connect(addr, "/ws/echo").expect("upgrade");
+        misbehave(&mut bad);
+        let close = bad.close_frame().unwrap_or_else(|| panic!("{what}: no close frame"));
+        assert_eq!(close.0, *code, "{what}: {close:?}");
+        for h in &mut healthy {
+            echo_some(h, 2);
+        }
+    }
+    assert!(eventually(Duration::from_secs(2), || health(addr)["live_calls"] == 2), "bad peers' slots freed");
+    let metrics = get(addr, "/metrics").1;
+    for kind in ["malformed_json", "bad_base64", "binary_frame", "oversized", "media_before_start"] {
+        assert!(metrics.contains(&format!("kind=\"{kind}\"}} 1")), "{kind} counted once");
+    }
+    e.shutdown();
+}
+
+#[test]
+fn a_full_host_answers_503_before_any_upgrade() {
+    let e = engine(|c| c.slots_per_worker = 2);
+    let addr = e.local_addr();
+    let _a = connect(addr, "/ws/echo").expect("first");
+    let _b = connect(addr, "/ws/echo").expect("second");
+    match connect(addr, "/ws/echo") {
+        Err(tungstenite::Error::Http(resp)) => {
+            assert_eq!(resp.status(), 503);
+            assert_eq!(resp.headers().get("retry-after").and_then(|v| v.to_str().ok()), Some("1"));
+        }
+        other => panic!("expected 503, got {:?}", other.map(|_| ())),
+    }
+    drop(_a);
+    assert!(eventually(Duration::from_secs(2), || connect(addr, "/ws/echo").is_ok()), "a freed slot is reused");
+    e.shutdown();
+}
+
+#[test]
+fn a_panic_ends_only_its_own_call() {
+    let e = engine(|c| c.fault_injection = true);
+    let addr = e.local_addr();
+    let mut healthy = connect(addr, "/ws/echo").expect("upgrade");
+    healthy.start();
+    let mut fault = connect(addr, "/ws/fault").expect("upgrade");
+    fault.start();
+    echo_some(&mut fault, 2);
+    fault.send(json!({"event":"dtmf","streamSid":"MZ1","dtmf":{"track":"inbound_track","digit":"9"}}));
+    assert_eq!(fault.close_frame().map(|c| c.0), Some(1011));
+    echo_some(&mut healthy, 20);
+    assert!(get(addr, "/metrics").1.contains("reason=\"panicked\"} 1"));
+    assert!(eventually(Duration::from_secs(2), || health(addr)["live_calls"] == 1));
+    e.shutdown();
+}
+
+#[test]
+fn a_peer_that_stops_reading_is_dropped() {
+    let e = engine(|c| c.send_buffer = 8 * 1024);
+    let addr = e.local_addr();
+    let mut healthy = connect(addr, "/ws/echo").expect("upgrade");
+    healthy.start();
+    // A small receive buffer so the server's writes back up quickly.
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+    socket.set_recv_buffer_size(4096).expect("rcvbuf");
+    socket.connect(&addr.into()).expect("connect");
+    let stream: TcpStream = socket.into();
+    stream.set_write_timeout(Some(Duration::from_millis(200))).expect("timeout");
+    let (mut deaf, _) = tungstenite::client::client(format!("ws://{addr}/ws/echo"), stream).map_err(|_| ()).expect("upgrade");
+    let start = json!({"event":"start","streamSid":"MZ9","start":{"streamSid":"MZ9"}}).to_string();
+    deaf.send(Message::text(start)).expect("start");
+    let media = json!({"event":"media","streamSid":"MZ9","media":{"payload": base64::Engine::encode(&base64::engine::general_purpose::STANDARD, mulaw_frame())}}).to_string();
+    // Send without ever reading until the engine gives up on us.
+    let dropped = eventually(Duration::from_secs(20), || {
+        for _ in 0..200 {
+            if deaf.send(Message::text(media.clone())).is_err() {
+                break;
+            }
+        }
+        get(addr, "/metrics").1.contains("reason=\"slow_consumer\"} 1")
+    });
+    assert!(dropped, "the deaf peer was dropped as a slow consumer");
+    echo_some(&mut healthy, 5);
+    assert!(eventually(Duration::from_secs(2), || health(addr)["live_calls"] == 1));
+    e.shutdown();
+}
+
+#[test]
+fn control_socket_hangs_up_drains_and_reserves() {
+    use std::io::{BufRead, BufReader, Write};
+    let e = engine(|c| c.slots_per_worker = 2);
+    let addr = e.local_addr();
+    let ctl = |cmd: Value| -> Value {
+        let mut s = std::os::unix::net::UnixStream::connect(&e.config().control_socket).expect("control socket");
+        writeln!(s, "{cmd}").expect("send");
+        let mut line = String::new();
+        BufReader::new(s).read_line(&mut line).expect("answer");
+        serde_json::from_str(&line).expect("json")
+    };
+    let mut call = connect(addr, "/ws/echo").expect("upgrade");
+    call.start();
+    echo_some(&mut call, 1);
+    assert_eq!(ctl(json!({"cmd":"hangup","call_id":"w0-0"}))["ok"], true);
+    assert_eq!(call.close_frame(), Some((1000, "hung up".to_string())));
+
+    assert_eq!(ctl(json!({"cmd":"drain"}))["ok"], true);
+    assert!(matches!(connect(addr, "/ws/echo"), Err(tungstenite::Error::Http(r)) if r.status() == 503));
+    assert_eq!(ctl(json!({"cmd":"undrain"}))["ok"], true);
+    assert!(eventually(Duration::from_secs(2), || health(addr)["slots_free"] == 2));
+
+    let r = ctl(json!({"cmd":"reserve","ttl_ms":60_000}));
+    assert_eq!(r["ok"], true, "{r}");
+    assert_eq!(health(addr)["slots_free"], 1);
+    let token = r["token"].as_str().expect("token").to_string();
+    let mut reserved = connect(addr, &format!("/ws/echo?reservation={token}")).expect("reserved call");
+    reserved.start();
+    echo_some(&mut reserved, 1);
+    assert_eq!(health(addr)["slots_free"], 1, "the call took the reserved slot, not another");
+    let r = ctl(json!({"cmd":"reserve","ttl_ms":300}));
+    assert_eq!(r["ok"], true);
+    assert_eq!(health(addr)["slots_free"], 0);
+    assert!(eventually(Duration::from_secs(5), || health(addr)["slots_free"] == 1), "an expired reservation returns to free");
+    assert_eq!(ctl(json!({"cmd":"bogus"}))["ok"], false);
+    e.shutdown();
+}
+
