@@ -1,6 +1,9 @@
 //! `cxb`: the CX Bridge binary. Parses arguments and wires the services together; the
 //! services themselves live in their crates.
 
+// Printing to standard output is what a command-line front end is for.
+#![allow(clippy::print_stdout)]
+
 use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
 use std::os::unix::net::UnixStream;
@@ -155,7 +158,6 @@ fn engine_config(a: CoreArgs) -> EngineConfig {
     c
 }
 
-#[allow(clippy::print_stdout)]
 fn print_welcome(engine: &Engine) {
     let addr = engine.local_addr();
     let c = engine.config();
@@ -171,7 +173,6 @@ fn print_welcome(engine: &Engine) {
     let _ = std::io::stdout().flush();
 }
 
-#[allow(clippy::print_stdout)]
 fn status(path: &std::path::Path, list_slots: bool) -> anyhow::Result<()> {
     let seg = Segment::open(path).with_context(|| format!("reading the slot registry {}", path.display()))?;
     let h = seg.header();

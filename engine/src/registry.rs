@@ -107,6 +107,26 @@ pub struct SlotRecord {
     pub bot_id: String,
 }
 
+/// What a worker writes into one of its slot records.
+#[derive(Debug, Clone, Copy)]
+pub struct SlotUpdate<'a> {
+    /// The new state.
+    pub state: SlotState,
+    /// When the call (or reservation) began, Unix ms.
+    pub started_ms: u64,
+    /// When a reservation lapses, Unix ms (0 otherwise).
+    pub until_ms: u64,
+    /// The call id (truncated to 32 bytes).
+    pub call_id: &'a str,
+    /// The bot id (truncated to 32 bytes).
+    pub bot_id: &'a str,
+}
+
+impl SlotUpdate<'_> {
+    /// A free slot.
+    pub const FREE: SlotUpdate<'static> = SlotUpdate { state: SlotState::Free, started_ms: 0, until_ms: 0, call_id: "", bot_id: "" };
+}
+
 /// A worker's summary line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct WorkerRecord {
@@ -250,7 +270,8 @@ impl Segment {
     }
 
     /// Writes a slot record (only by the slot's worker).
-    pub fn write_slot(&self, worker: usize, slot: usize, state: SlotState, started_ms: u64, until_ms: u64, call_id: &str, bot_id: &str) {
+    pub fn write_slot(&self, worker: usize, slot: usize, update: SlotUpdate<'_>) {
+        let SlotUpdate { state, started_ms, until_ms, call_id, bot_id } = update;
         let seq = self.record_word(worker, slot, 0);
         seq.fetch_add(1, Ordering::Relaxed);
         fence(Ordering::Release);
@@ -324,7 +345,7 @@ mod tests {
     fn a_second_mapping_reads_what_the_first_wrote() {
         let path = std::env::temp_dir().join(format!("cxb-registry-test-{}", std::process::id()));
         let writer = Segment::create(&path, 2, 3, 42, 1_000).expect("create");
-        writer.write_slot(1, 2, SlotState::Active, 1_500, 0, "call-abc", "echo");
+        writer.write_slot(1, 2, SlotUpdate { state: SlotState::Active, started_ms: 1_500, until_ms: 0, call_id: "call-abc", bot_id: "echo" });
         writer.count_frames(1, 2, 10, 9);
         writer.write_worker(1, WorkerRecord { driver: 1, draining: false, live: 1, free: 2 });
         let reader = Segment::open(&path).expect("open");

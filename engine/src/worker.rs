@@ -21,7 +21,7 @@ use crate::bots::BotKind;
 use crate::call::{Call, CallConfig, EndReason, ProtocolErrorKind};
 use crate::http::{self, HeadError, Request};
 use crate::protocol::Protocol;
-use crate::registry::{SlotState, WorkerRecord};
+use crate::registry::{SlotState, SlotUpdate, WorkerRecord};
 use crate::server::{Command, Inbox, Shared, unix_ms};
 use crate::ws::{Incoming, ServerSocket};
 
@@ -186,7 +186,8 @@ impl Worker {
             }
         }?;
         self.slots.borrow_mut().state[slot] = Local::Active;
-        self.shared.segment.write_slot(self.index, slot, SlotState::Active, unix_ms(), 0, call_id, bot);
+        let update = SlotUpdate { state: SlotState::Active, started_ms: unix_ms(), until_ms: 0, call_id, bot_id: bot };
+        self.shared.segment.write_slot(self.index, slot, update);
         self.publish();
         Some(slot)
     }
@@ -196,7 +197,7 @@ impl Worker {
         if slots.state[slot] != Local::Free {
             slots.state[slot] = Local::Free;
             slots.free.push(slot);
-            self.shared.segment.write_slot(self.index, slot, SlotState::Free, 0, 0, "", "");
+            self.shared.segment.write_slot(self.index, slot, SlotUpdate::FREE);
         }
         drop(slots);
         self.publish();
@@ -214,7 +215,8 @@ impl Worker {
                 };
                 let until_ms = unix_ms() + ttl.as_millis() as u64;
                 self.slots.borrow_mut().state[slot] = Local::Reserved { until_ms, token };
-                self.shared.segment.write_slot(self.index, slot, SlotState::Reserved, unix_ms(), until_ms, "", "");
+                let update = SlotUpdate { state: SlotState::Reserved, started_ms: unix_ms(), until_ms, call_id: "", bot_id: "" };
+                self.shared.segment.write_slot(self.index, slot, update);
                 self.publish();
                 json!({ "ok": true, "worker": self.index, "slot": slot, "token": format!("{token:016x}"), "expires_unix_ms": until_ms })
             }

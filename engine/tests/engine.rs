@@ -68,7 +68,7 @@ fn exotel_echo_comes_back_in_valid_chunks() {
     // tail padded with silence to a third.
     while got < 9_600 {
         let chunk = call.next_media().expect("echo chunk");
-        assert!(chunk.len() >= 3_200 && chunk.len() % 320 == 0, "chunk of {} bytes", chunk.len());
+        assert!(chunk.len() >= 3_200 && chunk.len().is_multiple_of(320), "chunk of {} bytes", chunk.len());
         got += chunk.len();
     }
     assert_eq!(got, 9_600, "every frame echoed, the tail padded");
@@ -85,7 +85,8 @@ fn bad_peers_are_cut_off_alone_with_the_right_code() {
         echo_some(h, 3);
     }
     let started = |c: &mut Carrier| c.start();
-    let cases: Vec<(&str, Box<dyn Fn(&mut Carrier)>, u16)> = vec![
+    type Misbehaviour = Box<dyn Fn(&mut Carrier)>;
+    let cases: Vec<(&str, Misbehaviour, u16)> = vec![
         ("malformed JSON", Box::new(|c| c.send_raw(Message::text("{not json"))), 1007),
         ("bad base64", Box::new(move |c| { started(c); c.send(json!({"event":"media","streamSid":"MZ1","media":{"payload":"!!!"}})) }), 1007),
         ("binary frame", Box::new(|c| c.send_raw(Message::binary(vec![1, 2, 3]))), 1003),
@@ -214,3 +215,58 @@ fn control_socket_hangs_up_drains_and_reserves() {
     e.shutdown();
 }
 
+
+fn speech_frames() -> Vec<Vec<u8>> {
+    let pcm = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/../codecs/tests/fixtures/speech-8k.s16")).expect("fixture");
+    let samples: Vec<i16> = pcm.chunks_exact(2).map(|b| i16::from_le_bytes([b[0], b[1]])).collect();
+    samples.chunks_exact(160).map(|f| f.iter().map(|&s| cxb_codecs::g711::encode_mulaw(s)).collect()).collect()
+}
+
+#[test]
+fn turn_echo_plays_the_turn_back_marks_it_and_yields_to_barge_in() {
+    let e = engine(|_| {});
+    let mut call = connect(e.local_addr(), "/ws/turn-echo").expect("upgrade");
+    call.start();
+    let speech = speech_frames();
+    let silence = vec![0xFFu8; 160];
+    for f in &speech {
+        call.media(f);
+    }
+    for _ in 0..10 {
+        call.media(&silence);
+    }
+    // The turn ends 700 ms after the speech; then it plays back, then the mark follows it.
+    let mut played = 0;
+    let mark = loop {
+        let v = call.next_json().expect("playback, then its mark");
+        match v["event"].as_str() {
+            Some("media") => played += 1,
+            Some("mark") => break v["mark"]["name"].as_str().unwrap_or("").to_string(),
+            other => panic!("unexpected {other:?}"),
+        }
+    };
+    assert_eq!(mark, "utterance-1");
+    assert!(played > speech.len() / 2, "most of the utterance came back ({played} of {} frames)", speech.len());
+    call.send(json!({"event":"mark","streamSid":"MZ1","mark":{"name":"utterance-1"}}));
+
+    // Speak again; while it plays back, speak over it.
+    for f in &speech {
+        call.media(f);
+    }
+    for _ in 0..10 {
+        call.media(&silence);
+    }
+    let first = call.next_json().expect("second playback");
+    assert_eq!(first["event"], "media");
+    for f in speech.iter().take(25) {
+        call.media(f);
+    }
+    let event = loop {
+        let v = call.next_json().expect("barge-in answer");
+        if v["event"] != "media" {
+            break v;
+        }
+    };
+    assert_eq!(event["event"], "clear", "barge-in clears the carrier's buffer: {event}");
+    e.shutdown();
+}
