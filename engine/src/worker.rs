@@ -23,7 +23,7 @@ use crate::http::{self, HeadError, Request};
 use crate::protocol::Protocol;
 use crate::registry::{SlotState, SlotUpdate, WorkerRecord};
 use crate::server::{Command, Inbox, Shared, unix_ms};
-use crate::ws::{Incoming, ServerSocket};
+use crate::ws::{Incoming, WsSocket};
 
 /// Bytes read from a socket at a time.
 const READ_BUF: usize = 8 * 1024;
@@ -374,7 +374,7 @@ async fn run_call(
     control: flume::Receiver<Control>,
 ) -> EndReason {
     let config = &worker.shared.config;
-    let mut socket = ServerSocket::new();
+    let mut socket = WsSocket::new();
     socket.feed(&leftover);
     let mut read = Box::pin(read_into(stream, Vec::with_capacity(READ_BUF)));
     let mut last_rx = Instant::now();

@@ -61,27 +61,37 @@ pub enum Incoming {
     Closed,
 }
 
-/// The server side of one WebSocket connection.
+/// One WebSocket connection after its handshake: the engine's side (server) or, for the load
+/// generator and tests, a carrier's (client, which masks what it sends).
 #[derive(Debug)]
-pub struct ServerSocket {
+pub struct WsSocket {
     ws: WebSocket<Pipe>,
 }
 
-impl Default for ServerSocket {
+impl Default for WsSocket {
     fn default() -> Self {
         Self::new()
     }
 }
 
-impl ServerSocket {
-    /// A connection whose handshake has already been answered.
-    pub fn new() -> ServerSocket {
+impl WsSocket {
+    /// The server side of a connection whose handshake has been answered.
+    pub fn new() -> WsSocket {
+        Self::with_role(Role::Server)
+    }
+
+    /// The client side of a connection whose handshake has been answered.
+    pub fn client() -> WsSocket {
+        Self::with_role(Role::Client)
+    }
+
+    fn with_role(role: Role) -> WsSocket {
         let config = WebSocketConfig::default()
             .read_buffer_size(4 * 1024)
             .write_buffer_size(0)
             .max_message_size(Some(MAX_MESSAGE))
             .max_frame_size(Some(MAX_MESSAGE));
-        ServerSocket { ws: WebSocket::from_raw_socket(Pipe::default(), Role::Server, Some(config)) }
+        WsSocket { ws: WebSocket::from_raw_socket(Pipe::default(), role, Some(config)) }
     }
 
     /// Hands over bytes read from the socket.
@@ -152,7 +162,7 @@ mod tests {
 
     #[test]
     fn text_in_pieces_then_binary() {
-        let mut s = ServerSocket::new();
+        let mut s = WsSocket::new();
         let frame = client_frame(0x1, br#"{"event":"connected"}"#);
         s.feed(&frame[..3]);
         assert!(matches!(s.read(), Ok(None)));
@@ -167,20 +177,20 @@ mod tests {
 
     #[test]
     fn oversized_unmasked_and_garbage_are_errors() {
-        let mut s = ServerSocket::new();
+        let mut s = WsSocket::new();
         s.feed(&client_frame(0x1, &vec![b'a'; MAX_MESSAGE + 1]));
         assert_eq!(s.read().err(), Some(ProtocolErrorKind::Oversized));
-        let mut s = ServerSocket::new();
+        let mut s = WsSocket::new();
         s.feed(&[0x81, 0x02, b'h', b'i']); // unmasked client frame
         assert_eq!(s.read().err(), Some(ProtocolErrorKind::WebSocket));
-        let mut s = ServerSocket::new();
+        let mut s = WsSocket::new();
         s.feed(&client_frame(0x1, &[0xFF, 0xFE])); // not UTF-8
         assert_eq!(s.read().err(), Some(ProtocolErrorKind::WebSocket));
     }
 
     #[test]
     fn sends_text_and_close_frames() {
-        let mut s = ServerSocket::new();
+        let mut s = WsSocket::new();
         s.send_text("hi".to_string());
         assert_eq!(s.output().as_slice(), &[0x81, 0x02, b'h', b'i']);
         s.output().clear();

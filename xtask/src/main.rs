@@ -1,11 +1,10 @@
-//! Developer workflows: `cargo xtask fuzz` (and, as the engine grows, `load`).
-//!
-//! Kept to the standard library so that it builds in seconds.
+//! Developer workflows: `cargo xtask fuzz`, `cargo xtask load`.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 
 mod fuzz;
+mod load;
 
 const USAGE: &str = "\
 usage: cargo xtask <command>
@@ -15,12 +14,16 @@ commands:
         build every fuzz target (or those named) and run each for N seconds
         (default 60) with cargo-fuzz, sanitizer off, on the stable toolchain;
         new corpus entries go to fuzz/corpus/TARGET, seeds come from fuzz/seeds/TARGET
+  load [--calls N] [--seconds S] [--protocol twilio|exotel] [--sweep N,N,...] ...
+        concurrent calls over real WebSockets against a running engine
+        (`cargo xtask load --help` for every option)
 ";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
         Some("fuzz") => fuzz::run(&args[1..]),
+        Some("load") => load::run(&args[1..]),
         Some("help" | "--help" | "-h") | None => {
             eprint!("{USAGE}");
             return ExitCode::SUCCESS;

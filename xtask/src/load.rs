@@ -1,0 +1,514 @@
+//! `cargo xtask load`: concurrent calls over real WebSockets against a running engine.
+//!
+//! Each call is a carrier: `connected`, `start`, then media on an absolute clock (20 ms
+//! frames for Twilio, 100 ms chunks for Exotel) taken from the speech fixture, then `stop`.
+//! It measures how much audio comes back (echo ratio), the latency of each echoed frame by
+//! its offset in the stream (to see growth), the generator's own lateness, and the server's
+//! CPU and RSS from /proc. All calls run on one pinned compio thread.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use compio::BufResult;
+use compio::io::{AsyncRead, AsyncWriteExt};
+use compio::net::TcpStream;
+use cxb_engine::ws::{Incoming, WsSocket};
+use futures_util::future::{Either, select};
+
+const USAGE: &str = "\
+usage: cargo xtask load [options]
+  --addr HOST:PORT      engine address (default 127.0.0.1:8080)
+  --calls N             concurrent calls (default 100)
+  --seconds S           length of each call's stream (default 60)
+  --protocol P          twilio | exotel (default twilio)
+  --bot ID              bot to call (default echo)
+  --ramp-seconds R      spread call starts over R seconds (default 5)
+  --pin CPU             pin the generator to this CPU (default 1; -1 for none)
+  --server-pid PID      server to sample (default: the pid /health reports)
+  --sweep N,N,...       run each level for --seconds, report which held
+  --epoll               run the generator on epoll instead of io_uring
+";
+
+#[derive(Debug, Clone)]
+struct Options {
+    addr: SocketAddr,
+    calls: usize,
+    seconds: u64,
+    exotel: bool,
+    bot: String,
+    ramp: Duration,
+    pin: Option<usize>,
+    server_pid: Option<u32>,
+    sweep: Vec<usize>,
+    epoll: bool,
+}
+
+fn parse(args: &[String]) -> Result<Options, String> {
+    let mut o = Options {
+        addr: "127.0.0.1:8080".parse().map_err(|e| format!("{e}"))?,
+        calls: 100,
+        seconds: 60,
+        exotel: false,
+        bot: "echo".into(),
+        ramp: Duration::from_secs(5),
+        pin: Some(1),
+        server_pid: None,
+        sweep: Vec::new(),
+        epoll: false,
+    };
+    let mut it = args.iter();
+    while let Some(flag) = it.next() {
+        let mut value = || it.next().cloned().ok_or(format!("{flag} needs a value\n\n{USAGE}"));
+        let num = |v: String| v.parse::<u64>().map_err(|_| format!("{flag}: `{v}` is not a number"));
+        match flag.as_str() {
+            "--addr" => o.addr = value()?.parse().map_err(|e| format!("--addr: {e}"))?,
+            "--calls" => o.calls = num(value()?)? as usize,
+            "--seconds" => o.seconds = num(value()?)?,
+            "--protocol" => o.exotel = match value()?.as_str() {
+                "twilio" => false,
+                "exotel" => true,
+                other => return Err(format!("--protocol: `{other}` is not twilio or exotel")),
+            },
+            "--bot" => o.bot = value()?,
+            "--ramp-seconds" => o.ramp = Duration::from_secs(num(value()?)?),
+            "--pin" => {
+                let v = value()?;
+                o.pin = if v == "-1" { None } else { Some(num(v)? as usize) };
+            }
+            "--server-pid" => o.server_pid = Some(num(value()?)? as u32),
+            "--sweep" => {
+                o.sweep = value()?.split(',').map(|n| n.trim().parse().map_err(|_| format!("--sweep: bad level `{n}`"))).collect::<Result<_, _>>()?
+            }
+            "--epoll" => o.epoll = true,
+            "--help" | "-h" => return Err(USAGE.to_string()),
+            other => return Err(format!("unknown option `{other}`\n\n{USAGE}")),
+        }
+    }
+    Ok(o)
+}
+
+pub(crate) fn run(args: &[String]) -> Result<(), String> {
+    let opts = parse(args)?;
+    let levels = if opts.sweep.is_empty() { vec![opts.calls] } else { opts.sweep.clone() };
+    let mut highest = None;
+    for calls in levels {
+        let report = run_level(&Options { calls, ..opts.clone() })?;
+        report.print();
+        if report.held() {
+            highest = Some(calls);
+        } else if !opts.sweep.is_empty() {
+            break;
+        }
+        if !opts.sweep.is_empty() {
+            std::thread::sleep(Duration::from_secs(2)); // let the engine settle between levels
+        }
+    }
+    if !opts.sweep.is_empty() {
+        match highest {
+            Some(n) => eprintln!("highest level held: {n} calls"),
+            None => eprintln!("no level held"),
+        }
+    }
+    Ok(())
+}
+
+/// What one level measured.
+#[derive(Debug, Default)]
+struct Report {
+    calls: usize,
+    connected: usize,
+    rejected: usize,
+    seconds: u64,
+    exotel: bool,
+    frames_sent: u64,
+    frames_echoed: u64,
+    /// Latency samples (µs) per 10 s window of stream offset.
+    windows: Vec<Vec<u32>>,
+    gen_late_us: Vec<u32>,
+    server_cpu_pct: f64,
+    generator_cpu_pct: f64,
+    rss_before_kib: u64,
+    rss_loaded_kib: u64,
+    errors: HashMap<String, usize>,
+}
+
+fn pct(sorted: &[u32], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    f64::from(sorted[i]) / 1000.0
+}
+
+impl Report {
+    fn echo_ratio(&self) -> f64 {
+        if self.frames_sent == 0 { 0.0 } else { self.frames_echoed as f64 / self.frames_sent as f64 }
+    }
+
+    fn all_latencies(&self) -> Vec<u32> {
+        let mut all: Vec<u32> = self.windows.iter().flatten().copied().collect();
+        all.sort_unstable();
+        all
+    }
+
+    fn window_p99(&self) -> Vec<f64> {
+        self.windows
+            .iter()
+            .filter(|w| !w.is_empty())
+            .map(|w| {
+                let mut w = w.clone();
+                w.sort_unstable();
+                pct(&w, 0.99)
+            })
+            .collect()
+    }
+
+    /// Latency growth: last window's p99 minus the first's, in ms.
+    fn growth_ms(&self) -> f64 {
+        let p = self.window_p99();
+        match (p.first(), p.last()) {
+            (Some(a), Some(b)) if p.len() > 1 => b - a,
+            _ => 0.0,
+        }
+    }
+
+    fn held(&self) -> bool {
+        let all = self.all_latencies();
+        self.connected == self.calls && self.echo_ratio() >= 0.999 && pct(&all, 0.99) <= 60.0 && self.growth_ms() <= 10.0
+    }
+
+    fn print(&self) {
+        let all = self.all_latencies();
+        let mut late = self.gen_late_us.clone();
+        late.sort_unstable();
+        let per_call = if self.calls > 0 {
+            (self.rss_loaded_kib.saturating_sub(self.rss_before_kib)) as f64 / self.calls as f64
+        } else {
+            0.0
+        };
+        eprintln!(
+            "{} calls ({}), {} s: connected {}, rejected {}\n  echo ratio {:.5} ({} of {} frames)\n  latency ms p50 {:.2} p95 {:.2} p99 {:.2} max {:.2}\n  p99 by 10 s window of stream offset: {}\n  latency growth (last - first window p99): {:+.2} ms\n  generator lateness ms p50 {:.3} p99 {:.3} max {:.3}\n  server CPU {:.1}% of one core, generator CPU {:.1}%\n  server RSS {} KiB idle -> {} KiB loaded: {:.1} KiB per call\n  errors: {:?}\n  verdict: {}",
+            self.calls,
+            if self.exotel { "exotel" } else { "twilio" },
+            self.seconds,
+            self.connected,
+            self.rejected,
+            self.echo_ratio(),
+            self.frames_echoed,
+            self.frames_sent,
+            pct(&all, 0.5),
+            pct(&all, 0.95),
+            pct(&all, 0.99),
+            all.last().map_or(0.0, |&m| f64::from(m) / 1000.0),
+            self.window_p99().iter().map(|p| format!("{p:.1}")).collect::<Vec<_>>().join(" "),
+            self.growth_ms(),
+            pct(&late, 0.5),
+            pct(&late, 0.99),
+            late.last().map_or(0.0, |&m| f64::from(m) / 1000.0),
+            self.server_cpu_pct,
+            self.generator_cpu_pct,
+            self.rss_before_kib,
+            self.rss_loaded_kib,
+            per_call,
+            self.errors,
+            if self.held() { "HELD (echo >= 99.9%, p99 <= 60 ms, growth <= 10 ms)" } else { "DID NOT HOLD" },
+        );
+    }
+}
+
+/// Reads utime+stime (clock ticks) of a process.
+fn cpu_ticks(pid: &str) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = stat.rsplit_once(')')?.1;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+}
+
+fn rss_kib(pid: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status.lines().find_map(|l| l.strip_prefix("VmRSS:")).and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+fn ticks_per_second() -> f64 {
+    100.0 // USER_HZ on Linux
+}
+
+/// The server's pid, from its /health.
+fn health_pid(addr: SocketAddr) -> Option<u32> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    s.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n").ok()?;
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).ok()?;
+    let body = raw.split_once("\r\n\r\n")?.1;
+    serde_json::from_str::<serde_json::Value>(body).ok()?["pid"].as_u64().map(|p| p as u32)
+}
+
+/// Per-frame messages, built once and shared by every call.
+struct Script {
+    messages: Vec<String>,
+    /// 20 ms frames carried by each message.
+    frames_per_message: u64,
+    period: Duration,
+    start: [String; 2],
+}
+
+fn script(exotel: bool, seconds: u64) -> Script {
+    let pcm = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/../codecs/tests/fixtures/speech-8k.s16")).unwrap_or_default();
+    let samples: Vec<i16> = pcm.chunks_exact(2).map(|b| i16::from_le_bytes([b[0], b[1]])).collect();
+    let (per, frames_per_message, period) = if exotel { (800, 5, Duration::from_millis(100)) } else { (160, 1, Duration::from_millis(20)) };
+    let count = (seconds * 1000 / period.as_millis() as u64) as usize;
+    let chunks: Vec<&[i16]> = samples.chunks_exact(per).collect();
+    let mut messages = Vec::with_capacity(count);
+    for k in 0..count {
+        let chunk = chunks.get(k % chunks.len().max(1)).copied().unwrap_or(&[]);
+        let mut bytes = Vec::new();
+        let mut b64 = String::new();
+        if exotel {
+            cxb_codecs::l16::encode_into(chunk, &mut bytes);
+        } else {
+            cxb_codecs::g711::encode_mulaw_into(chunk, &mut bytes);
+        }
+        cxb_codecs::payload::encode_into(&bytes, &mut b64);
+        let n = k as u64 + 1;
+        messages.push(if exotel {
+            format!(r#"{{"event":"media","sequence_number":"{}","stream_sid":"load","media":{{"chunk":"{n}","timestamp":"{}","payload":"{b64}"}}}}"#, n + 1, n * 100)
+        } else {
+            format!(r#"{{"event":"media","sequenceNumber":"{}","streamSid":"load","media":{{"track":"inbound","chunk":"{n}","timestamp":"{}","payload":"{b64}"}}}}"#, n + 1, n * 20)
+        });
+    }
+    let start = if exotel {
+        [
+            r#"{"event":"connected"}"#.to_string(),
+            r#"{"event":"start","sequence_number":"1","stream_sid":"load","start":{"stream_sid":"load","call_sid":"c","account_sid":"a","from":"+10000000000","to":"+10000000001","custom_parameters":{},"media_format":{"encoding":"audio/x-raw","sample_rate":"8000","bit_rate":"16"}}}"#.to_string(),
+        ]
+    } else {
+        [
+            r#"{"event":"connected","protocol":"Call","version":"1.0.0"}"#.to_string(),
+            r#"{"event":"start","sequenceNumber":"1","streamSid":"load","start":{"accountSid":"AC","streamSid":"load","callSid":"CA","tracks":["inbound"],"customParameters":{},"mediaFormat":{"encoding":"audio/x-mulaw","sampleRate":8000,"channels":1}}}"#.to_string(),
+        ]
+    };
+    Script { messages, frames_per_message, period, start }
+}
+
+#[derive(Default)]
+struct Shared {
+    connected: usize,
+    rejected: usize,
+    frames_sent: u64,
+    frames_echoed: u64,
+    windows: Vec<Vec<u32>>,
+    gen_late_us: Vec<u32>,
+    errors: HashMap<String, usize>,
+}
+
+fn run_level(o: &Options) -> Result<Report, String> {
+    let pid = o.server_pid.or_else(|| health_pid(o.addr)).ok_or("cannot reach the engine's /health (is it running?)")?.to_string();
+    let script = Rc::new(script(o.exotel, o.seconds));
+    let shared = Rc::new(RefCell::new(Shared { windows: vec![Vec::new(); (o.seconds / 10 + 2) as usize], ..Shared::default() }));
+    let mut proactor = compio::driver::ProactorBuilder::new();
+    proactor.capacity(4096);
+    if o.epoll {
+        proactor.driver_type(compio::driver::DriverType::Poll);
+    }
+    let mut builder = compio::runtime::RuntimeBuilder::new();
+    builder.with_proactor(proactor);
+    if let Some(cpu) = o.pin {
+        builder.thread_affinity([cpu].into_iter().collect());
+    }
+    let rt = builder.build().map_err(|e| format!("runtime: {e}"))?;
+    let rss_before = rss_kib(&pid).unwrap_or(0);
+    let mut rss_loaded = 0;
+    let (mut server_cpu, mut gen_cpu) = (0.0, 0.0);
+    rt.block_on(async {
+        let begin = Instant::now();
+        let mut handles = Vec::new();
+        for i in 0..o.calls {
+            let offset = o.ramp.mul_f64(i as f64 / o.calls.max(1) as f64);
+            let (script, shared, o) = (script.clone(), shared.clone(), o.clone());
+            handles.push(compio::runtime::spawn(async move {
+                compio::time::sleep_until(begin + offset).await;
+                if let Err(e) = call(&o, &script, &shared).await {
+                    *shared.borrow_mut().errors.entry(e).or_default() += 1;
+                }
+            }));
+        }
+        // Sample the server over the steady part: after the ramp, for the stream's length.
+        compio::time::sleep_until(begin + o.ramp + Duration::from_secs(1)).await;
+        let (s0, g0, t0) = (cpu_ticks(&pid), cpu_ticks("self"), Instant::now());
+        let steady = Duration::from_secs(o.seconds.saturating_sub(o.ramp.as_secs() + 2).max(1));
+        compio::time::sleep(steady).await;
+        let (s1, g1, elapsed) = (cpu_ticks(&pid), cpu_ticks("self"), t0.elapsed().as_secs_f64());
+        rss_loaded = rss_kib(&pid).unwrap_or(0);
+        if let (Some(a), Some(b)) = (s0, s1) {
+            server_cpu = (b - a) as f64 / ticks_per_second() / elapsed * 100.0;
+        }
+        if let (Some(a), Some(b)) = (g0, g1) {
+            gen_cpu = (b - a) as f64 / ticks_per_second() / elapsed * 100.0;
+        }
+        for h in handles {
+            let _ = h.await;
+        }
+    });
+    let s = Rc::try_unwrap(shared).map_err(|_| "calls still running")?.into_inner();
+    Ok(Report {
+        calls: o.calls,
+        connected: s.connected,
+        rejected: s.rejected,
+        seconds: o.seconds,
+        exotel: o.exotel,
+        frames_sent: s.frames_sent,
+        frames_echoed: s.frames_echoed,
+        windows: s.windows,
+        gen_late_us: s.gen_late_us,
+        server_cpu_pct: server_cpu,
+        generator_cpu_pct: gen_cpu,
+        rss_before_kib: rss_before,
+        rss_loaded_kib: rss_loaded,
+        errors: s.errors,
+    })
+}
+
+async fn read_into(stream: &TcpStream, buf: Vec<u8>) -> BufResult<usize, Vec<u8>> {
+    let mut r = stream;
+    r.read(buf).await
+}
+
+async fn write(stream: &TcpStream, ws: &mut WsSocket, out: &mut Vec<u8>) -> Result<(), String> {
+    if ws.output().is_empty() {
+        return Ok(());
+    }
+    std::mem::swap(ws.output(), out);
+    let mut w = stream;
+    let BufResult(r, mut b) = w.write_all(std::mem::take(out)).await;
+    r.map_err(|e| format!("write: {}", e.kind()))?;
+    b.clear();
+    *out = b;
+    Ok(())
+}
+
+/// Length of the audio in a `media` message, from its base64 payload's length.
+fn media_bytes(text: &str) -> Option<usize> {
+    if !text.starts_with(r#"{"event":"media""#) {
+        return None;
+    }
+    let at = text.find(r#""payload":""#)? + 11;
+    let len = text[at..].find('"')?;
+    let pad = text[at..at + len].bytes().rev().take_while(|&b| b == b'=').count();
+    Some(len / 4 * 3 - pad)
+}
+
+async fn call(o: &Options, script: &Script, shared: &RefCell<Shared>) -> Result<(), String> {
+    let stream = TcpStream::connect(o.addr).await.map_err(|e| format!("connect: {}", e.kind()))?;
+    stream.set_nodelay(true).map_err(|e| format!("nodelay: {e}"))?;
+    let path = if o.exotel { format!("/exotel/{}", o.bot) } else { format!("/ws/{}", o.bot) };
+    let request = format!(
+        "GET {path} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+        o.addr
+    );
+    let mut w = &stream;
+    w.write_all(request.into_bytes()).await.0.map_err(|e| format!("handshake write: {}", e.kind()))?;
+    let mut head = Vec::new();
+    let mut buf = Vec::with_capacity(8192);
+    let leftover = loop {
+        let BufResult(r, b) = read_into(&stream, buf).await;
+        let n = r.map_err(|e| format!("handshake read: {}", e.kind()))?;
+        if n == 0 {
+            return Err("closed during handshake".into());
+        }
+        head.extend_from_slice(&b[..n]);
+        buf = b;
+        buf.clear();
+        if let Some(end) = head.windows(4).position(|w| w == b"\r\n\r\n") {
+            if !head.starts_with(b"HTTP/1.1 101") {
+                shared.borrow_mut().rejected += 1;
+                return Err(format!("upgrade refused: {}", String::from_utf8_lossy(&head[..head.len().min(12)])));
+            }
+            break head[end + 4..].to_vec();
+        }
+    };
+    shared.borrow_mut().connected += 1;
+    let mut ws = WsSocket::client();
+    ws.feed(&leftover);
+    for m in &script.start {
+        ws.send_text(m.clone());
+    }
+    let mut out = Vec::new();
+    write(&stream, &mut ws, &mut out).await?;
+
+    let t0 = Instant::now();
+    let total = script.messages.len();
+    let mut sent_at: Vec<Instant> = Vec::with_capacity(total);
+    let mut echoed_bytes = 0usize;
+    let frame_bytes = if o.exotel { 320 } else { 160 };
+    let mut next = 0usize;
+    let end = t0 + script.period * total as u32 + Duration::from_millis(500);
+    let mut read = Box::pin(read_into(&stream, buf));
+    let mut latencies: Vec<(usize, u32)> = Vec::with_capacity(total * script.frames_per_message as usize);
+    let mut late = Vec::with_capacity(total);
+    let result = loop {
+        let due = t0 + script.period * next as u32;
+        let wake = if next < total { due } else { end };
+        match select(read.as_mut(), Box::pin(compio::time::sleep_until(wake))).await {
+            Either::Left((BufResult(Ok(n), b), _)) if n > 0 => {
+                ws.feed(&b[..n]);
+                let mut b = b;
+                b.clear();
+                read = Box::pin(read_into(&stream, b));
+                let now = Instant::now();
+                loop {
+                    match ws.read() {
+                        Ok(Some(Incoming::Text(t))) => {
+                            if let Some(bytes) = media_bytes(t.as_str()) {
+                                let first = echoed_bytes / frame_bytes;
+                                echoed_bytes += bytes;
+                                let last = echoed_bytes / frame_bytes;
+                                for f in first..last {
+                                    let msg = f / script.frames_per_message as usize;
+                                    if let Some(at) = sent_at.get(msg) {
+                                        let offset = (msg as u64 * script.period.as_millis() as u64 / 10_000) as usize;
+                                        latencies.push((offset, now.duration_since(*at).as_micros() as u32));
+                                    }
+                                }
+                            }
+                        }
+                        Ok(Some(Incoming::Closed)) => break,
+                        Ok(Some(Incoming::Binary)) | Ok(None) => break,
+                        Err(e) => {
+                            return Err(format!("websocket: {e:?}"));
+                        }
+                    }
+                }
+                write(&stream, &mut ws, &mut out).await?;
+            }
+            Either::Left(_) => break Err("server closed the call early".to_string()),
+            Either::Right(_) => {
+                if next >= total {
+                    break Ok(());
+                }
+                let now = Instant::now();
+                late.push(now.saturating_duration_since(due).as_micros() as u32);
+                sent_at.push(now);
+                ws.send_text(script.messages[next].clone());
+                next += 1;
+                write(&stream, &mut ws, &mut out).await?;
+            }
+        }
+    };
+    ws.send_text(r#"{"event":"stop","sequenceNumber":"0","stop":{"accountSid":"AC","callSid":"CA"}}"#.to_string());
+    let _ = write(&stream, &mut ws, &mut out).await;
+    let mut s = shared.borrow_mut();
+    s.frames_sent += next as u64 * script.frames_per_message;
+    s.frames_echoed += (echoed_bytes / frame_bytes) as u64;
+    for (w, l) in latencies {
+        if let Some(win) = s.windows.get_mut(w) {
+            win.push(l);
+        }
+    }
+    s.gen_late_us.extend(late);
+    result
+}
