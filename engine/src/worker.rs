@@ -35,6 +35,37 @@ const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
 enum Control {
     Hangup,
     Shutdown,
+    Idle,
+}
+
+/// A call's mailbox: how its worker (on the same thread) reaches the call's task, and when
+/// the call last heard from its peer. Cheaper to poll than a channel: one `Cell` check.
+struct Mailbox {
+    message: Cell<Option<Control>>,
+    waker: Cell<Option<std::task::Waker>>,
+    last_rx: Cell<Instant>,
+}
+
+impl Mailbox {
+    fn post(&self, message: Control) {
+        self.message.set(Some(message));
+        if let Some(w) = self.waker.take() {
+            w.wake();
+        }
+    }
+
+    fn recv(&self) -> impl std::future::Future<Output = Control> + '_ {
+        std::future::poll_fn(move |cx| match self.message.take() {
+            Some(m) => std::task::Poll::Ready(m),
+            None => {
+                match self.waker.take() {
+                    Some(w) if w.will_wake(cx.waker()) => self.waker.set(Some(w)),
+                    _ => self.waker.set(Some(cx.waker().clone())),
+                }
+                std::task::Poll::Pending
+            }
+        })
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,7 +86,7 @@ struct Worker {
     index: usize,
     shared: Arc<Shared>,
     slots: RefCell<Slots>,
-    calls: RefCell<HashMap<String, flume::Sender<Control>>>,
+    calls: RefCell<HashMap<String, Rc<Mailbox>>>,
     next_call: Cell<u64>,
     draining: Cell<bool>,
     epoch: Instant,
@@ -66,6 +97,10 @@ pub(crate) fn run(index: usize, shared: Arc<Shared>, inbox: flume::Receiver<Inbo
     let mut proactor = compio::driver::ProactorBuilder::new();
     if shared.config.force_epoll {
         proactor.driver_type(compio::driver::DriverType::Poll);
+    } else {
+        // Only this thread submits to its ring, so completions can wait for it to ask
+        // (no task-work interrupts in the middle of a tick).
+        proactor.capacity(4096).single_issuer(true).defer_taskrun(true).coop_taskrun(true);
     }
     let mut builder = compio::runtime::RuntimeBuilder::new();
     builder.with_proactor(proactor);
@@ -99,8 +134,8 @@ pub(crate) fn run(index: usize, shared: Arc<Shared>, inbox: flume::Receiver<Inbo
                 }
                 Inbox::Shutdown => {
                     worker.draining.set(true);
-                    for tx in worker.calls.borrow().values() {
-                        let _ = tx.try_send(Control::Shutdown);
+                    for mailbox in worker.calls.borrow().values() {
+                        mailbox.post(Control::Shutdown);
                     }
                     // Let calls send their close frames.
                     let deadline = Instant::now() + Duration::from_secs(2);
@@ -121,7 +156,8 @@ fn core_for(index: usize) -> Option<usize> {
     Some(index % online)
 }
 
-/// Once a second: lapse expired reservations, publish the worker's summary, beat.
+/// Once a second: lapse expired reservations, end idle calls, publish the worker's summary,
+/// beat.
 async fn housekeeping(worker: Rc<Worker>) {
     loop {
         compio::time::sleep(Duration::from_secs(1)).await;
@@ -134,6 +170,12 @@ async fn housekeeping(worker: Rc<Worker>) {
         };
         for slot in expired {
             worker.free_slot(slot);
+        }
+        let idle_since = Instant::now() - worker.shared.config.idle_timeout;
+        for mailbox in worker.calls.borrow().values() {
+            if mailbox.last_rx.get() <= idle_since {
+                mailbox.post(Control::Idle);
+            }
         }
         worker.publish();
         if worker.index == 0 {
@@ -231,8 +273,8 @@ impl Worker {
                 }
             }
             Command::Hangup { call_id } => match self.calls.borrow().get(&call_id) {
-                Some(tx) => {
-                    let _ = tx.try_send(Control::Hangup);
+                Some(mailbox) => {
+                    mailbox.post(Control::Hangup);
                     json!({ "ok": true })
                 }
                 None => json!({ "ok": false, "error": "no such call" }),
@@ -351,11 +393,11 @@ async fn route(worker: Rc<Worker>, stream: TcpStream, req: Request, leftover: Ve
         worker.free_slot(slot);
         return;
     }
-    let (tx, rx) = flume::bounded(1);
-    worker.calls.borrow_mut().insert(call_id.clone(), tx);
+    let mailbox = Rc::new(Mailbox { message: Cell::new(None), waker: Cell::new(None), last_rx: Cell::new(Instant::now()) });
+    worker.calls.borrow_mut().insert(call_id.clone(), mailbox.clone());
     worker.metrics().calls_started.add(1);
     let mut guard = CallGuard { worker: worker.clone(), slot, call_id, reason: EndReason::PeerClosed };
-    guard.reason = run_call(&worker, &stream, slot, Call::new(CallConfig::new(protocol, bot)), leftover, rx).await;
+    guard.reason = run_call(&worker, &stream, slot, Call::new(CallConfig::new(protocol, bot)), leftover, &mailbox).await;
 }
 
 /// One read from `stream` into `buf`, as a future that borrows the stream only shared.
@@ -371,13 +413,13 @@ async fn run_call(
     slot: usize,
     mut call: Call,
     leftover: Vec<u8>,
-    control: flume::Receiver<Control>,
+    mailbox: &Mailbox,
 ) -> EndReason {
     let config = &worker.shared.config;
     let mut socket = WsSocket::new();
     socket.feed(&leftover);
     let mut read = Box::pin(read_into(stream, Vec::with_capacity(READ_BUF)));
-    let mut last_rx = Instant::now();
+    let mut ctl = std::pin::pin!(mailbox.recv());
     let mut out = Vec::new();
     let reason = 'call: loop {
         // Everything readable.
@@ -418,14 +460,21 @@ async fn run_call(
                 Err(_) => break EndReason::SlowConsumer,
             }
         }
-        // Wait for bytes, the call's next deadline, the idle limit or a control message.
-        let idle = last_rx + config.idle_timeout;
-        let wake = call.deadline().map_or(idle, |t| worker.instant(t).min(idle));
-        let timer = Box::pin(compio::time::sleep_until(wake));
-        let ctl = Box::pin(control.recv_async());
-        match select(read.as_mut(), select(timer, ctl)).await {
+        // Wait for bytes, the call's next deadline or a control message (hang-up, shutdown,
+        // idle: the worker's housekeeping watches `last_rx`). The read and mailbox futures
+        // live across iterations; only a call with something scheduled (queued playout, a
+        // pending turn end) arms a timer.
+        let deadline = call.deadline().map(|t| worker.instant(t));
+        let scheduled = std::pin::pin!(async move {
+            match deadline {
+                Some(at) => compio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        });
+        let waiting = select(read.as_mut(), select(scheduled, ctl.as_mut()));
+        match waiting.await {
             Either::Left((BufResult(Ok(n), buf), _)) if n > 0 => {
-                last_rx = Instant::now();
+                mailbox.last_rx.set(Instant::now());
                 socket.feed(&buf[..n]);
                 let mut buf = buf;
                 buf.clear();
@@ -433,16 +482,14 @@ async fn run_call(
             }
             Either::Left(_) => break EndReason::PeerClosed,
             Either::Right((Either::Left(((), _)), _)) => {
-                if Instant::now() >= idle {
-                    break EndReason::IdleTimeout;
-                }
                 let now = worker.now();
                 if std::panic::catch_unwind(AssertUnwindSafe(|| call.on_timeout(now, worker.metrics()))).is_err() {
                     break EndReason::Panicked;
                 }
             }
-            Either::Right((Either::Right((Ok(Control::Hangup), _)), _)) => break EndReason::Hangup,
-            Either::Right((Either::Right(_), _)) => break EndReason::Shutdown,
+            Either::Right((Either::Right((Control::Hangup, _)), _)) => break EndReason::Hangup,
+            Either::Right((Either::Right((Control::Shutdown, _)), _)) => break EndReason::Shutdown,
+            Either::Right((Either::Right((Control::Idle, _)), _)) => break EndReason::IdleTimeout,
         }
     };
     drop(read);

@@ -345,7 +345,11 @@ mod tests {
             }
             // Drain: everything left plays, then every mark has been reported once.
             let mut out = Vec::new();
-            for _ in 0..200 { now += 20; q.tick(ms(now), &mut out); }
+            for _ in 0..1024 {
+                if q.queued() < 2 { break; }
+                now += 20;
+                q.tick(ms(now), &mut out);
+            }
             q.pad_to_frame();
             q.tick(ms(now + 20), &mut out);
             while let Some(e) = q.poll_event() { reported.push(e); }

@@ -13,6 +13,7 @@
 
 use std::f64::consts::PI;
 use std::marker::PhantomData;
+use std::sync::{Arc, OnceLock};
 
 use cxb_codecs::{Pcm, Rate, SampleRate};
 
@@ -37,9 +38,10 @@ enum Shape {
     Rational,
 }
 
-/// A streaming rational resampler for rates known at run time.
-#[derive(Clone)]
-pub struct Polyphase {
+/// A filter designed for one rate pair: immutable, computed once per process and shared by
+/// every call converting between those rates (one copy in cache instead of one per call).
+#[derive(Debug)]
+struct Design {
     up: usize,
     down: usize,
     taps: usize,
@@ -47,20 +49,37 @@ pub struct Polyphase {
     /// `up` phases of `taps` coefficients each, each phase reversed so that it lines up with
     /// `buf` for a plain dot product.
     bank: Vec<f32>,
+    /// The non-zero taps of each FIR the integer shapes run: per phase (up) or per
+    /// interleaved stream (down), as (offset, coefficient).
+    sparse: Vec<Vec<(usize, f32)>>,
+}
+
+/// The shared designs, one per (from, to) pair of [`SampleRate::ALL`].
+static DESIGNS: [OnceLock<Arc<Design>>; 16] = [const { OnceLock::new() }; 16];
+
+fn design(from: SampleRate, to: SampleRate) -> Arc<Design> {
+    let index = |r: SampleRate| SampleRate::ALL.iter().position(|x| *x == r).unwrap_or(0);
+    DESIGNS[index(from) * 4 + index(to)].get_or_init(|| Arc::new(Design::new(from, to))).clone()
+}
+
+/// A streaming rational resampler for rates known at run time.
+#[derive(Clone)]
+pub struct Polyphase {
+    design: Arc<Design>,
     /// The last `taps - 1` input samples, then the input being converted.
     buf: Vec<f32>,
     /// Position of the next output in the upsampled domain, relative to the first sample of
     /// the next input chunk.
     next: usize,
     /// Per-output accumulators, and the deinterleaved input of the `Down` shape.
-    sparse: Vec<Vec<(usize, f32)>>,
     acc: Vec<f32>,
     streams: Vec<f32>,
 }
 
 impl std::fmt::Debug for Polyphase {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Polyphase({}/{} x {} taps, {:?})", self.up, self.down, self.taps, self.shape)
+        let d = &self.design;
+        write!(f, "Polyphase({}/{} x {} taps, {:?})", d.up, d.down, d.taps, d.shape)
     }
 }
 
@@ -79,10 +98,8 @@ fn bessel_i0(x: f64) -> f64 {
     sum
 }
 
-impl Polyphase {
-    /// A resampler from `from` to `to`. Equal rates give a 1/1 filter that still filters;
-    /// prefer [`Resampler`], which passes audio through untouched in that case.
-    pub fn new(from: SampleRate, to: SampleRate) -> Polyphase {
+impl Design {
+    fn new(from: SampleRate, to: SampleRate) -> Design {
         let (fin, fout) = (from.hz(), to.hz());
         let g = gcd(fin, fout);
         let (up, down) = ((fout / g) as usize, (fin / g) as usize);
@@ -136,8 +153,6 @@ impl Polyphase {
                 bank[p * taps + j] = proto[p + (taps - 1 - j) * up] as f32;
             }
         }
-        // The non-zero taps of each FIR the integer shapes run: per phase (up) or per
-        // interleaved stream (down), as (offset, coefficient).
         let sparse = match shape {
             Shape::Up => (0..up)
                 .map(|p| (0..taps).map(|j| (j, bank[p * taps + j])).filter(|t| t.1 != 0.0).collect())
@@ -147,23 +162,22 @@ impl Polyphase {
                 .collect(),
             Shape::Rational => Vec::new(),
         };
-        Polyphase {
-            up,
-            down,
-            taps,
-            shape,
-            bank,
-            sparse,
-            buf: vec![0.0; taps - 1],
-            next: 0,
-            acc: Vec::new(),
-            streams: Vec::new(),
-        }
+        Design { up, down, taps, shape, bank, sparse }
+    }
+}
+
+impl Polyphase {
+    /// A resampler from `from` to `to`. Equal rates give a 1/1 filter that still filters;
+    /// prefer [`Resampler`], which passes audio through untouched in that case.
+    pub fn new(from: SampleRate, to: SampleRate) -> Polyphase {
+        let design = design(from, to);
+        let history = design.taps - 1;
+        Polyphase { design, buf: vec![0.0; history], next: 0, acc: Vec::new(), streams: Vec::new() }
     }
 
     /// Taps computed per output sample.
     pub fn taps_per_output(&self) -> usize {
-        self.taps
+        self.design.taps
     }
 
     /// Converts `input`, appending the output samples to `out`. Any chunk length works; the
@@ -171,7 +185,7 @@ impl Polyphase {
     pub fn process(&mut self, input: &[i16], out: &mut Vec<i16>) {
         let n = input.len();
         self.buf.extend(input.iter().map(|&s| f32::from(s)));
-        match self.shape {
+        match self.design.shape {
             Shape::Up => self.upsample(n, out),
             Shape::Down => self.downsample(n, out),
             Shape::Rational => self.rational(n, out),
@@ -182,15 +196,27 @@ impl Polyphase {
     /// `L/1`: output `n * L + p` is phase `p`'s FIR at input `n`. Loops run over outputs, so
     /// each tap is one vector multiply-add across the frame.
     fn upsample(&mut self, n: usize, out: &mut Vec<i16>) {
-        let l = self.up;
+        let d = &*self.design;
+        let l = d.up;
+        // Phase p's outputs go to acc[p*n..][..n]; then one pass interleaves them.
+        self.acc.clear();
+        self.acc.resize(n * l, 0.0);
+        for (p, acc) in self.acc.chunks_exact_mut(n.max(1)).enumerate() {
+            fir_add(&d.sparse[p], &self.buf, acc);
+        }
         let start = out.len();
         out.resize(start + n * l, 0);
-        for p in 0..l {
-            self.acc.clear();
-            self.acc.resize(n, 0.0);
-            fir_add(&self.sparse[p], &self.buf, &mut self.acc);
-            for (i, &y) in self.acc.iter().enumerate() {
-                out[start + i * l + p] = to_i16(y);
+        if l == 2 {
+            let (even, odd) = self.acc.split_at(n);
+            for (o, (a, b)) in out[start..].chunks_exact_mut(2).zip(even.iter().zip(odd)) {
+                o[0] = to_i16(*a);
+                o[1] = to_i16(*b);
+            }
+        } else {
+            for (i, o) in out[start..].chunks_exact_mut(l).enumerate() {
+                for (p, v) in o.iter_mut().enumerate() {
+                    *v = to_i16(self.acc[p * n + i]);
+                }
             }
         }
     }
@@ -198,15 +224,25 @@ impl Polyphase {
     /// `1/M`: output `j` is `sum_k h[k] x[j*M + k + next]`. Splitting the input into `M`
     /// interleaved streams turns that into `M` ordinary FIRs with `taps / M` taps each.
     fn downsample(&mut self, n: usize, out: &mut Vec<i16>) {
-        let (m, k, skip) = (self.down, self.taps, self.next);
+        let d = &*self.design;
+        let (m, k, skip) = (d.down, d.taps, self.next);
         let outputs = n.saturating_sub(skip).div_ceil(m);
         let q = k / m;
         let len = outputs + q - 1;
         self.streams.clear();
         self.streams.resize(m * len, 0.0);
-        for r in 0..m {
-            for s in 0..len {
-                self.streams[r * len + s] = self.buf[skip + s * m + r];
+        let input = &self.buf[skip..skip + len * m];
+        if m == 2 {
+            let (even, odd) = self.streams.split_at_mut(len);
+            for ((e, o), pair) in even.iter_mut().zip(odd.iter_mut()).zip(input.chunks_exact(2)) {
+                *e = pair[0];
+                *o = pair[1];
+            }
+        } else {
+            for (s, group) in input.chunks_exact(m).enumerate() {
+                for (r, &v) in group.iter().enumerate() {
+                    self.streams[r * len + s] = v;
+                }
             }
         }
         let mut total = std::mem::take(&mut self.acc);
@@ -214,7 +250,7 @@ impl Polyphase {
         total.resize(outputs, 0.0);
         for r in 0..m {
             // Taps r, r + M, r + 2M, ... of the reversed bank line up with stream r.
-            fir_add(&self.sparse[r], &self.streams[r * len..(r + 1) * len], &mut total);
+            fir_add(&d.sparse[r], &self.streams[r * len..(r + 1) * len], &mut total);
         }
         out.extend(total.iter().map(|&y| to_i16(y)));
         self.acc = total;
@@ -223,15 +259,16 @@ impl Polyphase {
 
     /// `L/M` in general: one dot product per output.
     fn rational(&mut self, n: usize, out: &mut Vec<i16>) {
-        let end = n * self.up;
+        let d = &*self.design;
+        let end = n * d.up;
         let mut u = self.next;
-        out.reserve((end.saturating_sub(u)).div_ceil(self.down));
+        out.reserve((end.saturating_sub(u)).div_ceil(d.down));
         while u < end {
-            let (i, phase) = (u / self.up, u % self.up);
-            let coeffs = &self.bank[phase * self.taps..(phase + 1) * self.taps];
-            let window = &self.buf[i..i + self.taps];
+            let (i, phase) = (u / d.up, u % d.up);
+            let coeffs = &d.bank[phase * d.taps..(phase + 1) * d.taps];
+            let window = &self.buf[i..i + d.taps];
             out.push(to_i16(dot(coeffs, window)));
-            u += self.down;
+            u += d.down;
         }
         self.next = u - end;
     }
@@ -239,7 +276,7 @@ impl Polyphase {
     /// Forgets the carried input, as at the start of a new stream.
     pub fn reset(&mut self) {
         self.buf.clear();
-        self.buf.resize(self.taps - 1, 0.0);
+        self.buf.resize(self.design.taps - 1, 0.0);
         self.next = 0;
     }
 }
