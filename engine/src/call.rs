@@ -387,6 +387,7 @@ impl Call {
         match self.config.bot {
             BotKind::Echo | BotKind::Fault => {
                 self.outbound.push(self.inbound.audio());
+                self.poll_turn(now);
             }
             BotKind::TurnEcho => {
                 if let Some(TurnEvent::Started { .. }) = turn {
@@ -429,6 +430,8 @@ impl Call {
         }
     }
 
+    /// Takes the end of the caller's turn when it is due (every bot must, or its deadline
+    /// stays in the past); `turn-echo` then plays the turn back.
     fn poll_turn(&mut self, now: Timestamp) {
         if let Some(TurnEvent::Ended { .. }) = self.inbound.poll_turn(now)
             && let Some(rec) = self.recorder.as_mut()
@@ -512,14 +515,15 @@ impl Call {
 
     /// When [`Call::on_timeout`] should next run, if the call has anything scheduled.
     pub fn deadline(&mut self) -> Option<Timestamp> {
-        [self.outbound.playout().deadline(), self.inbound.turn_deadline(), self.flush_at].into_iter().flatten().min()
+        // Only turn-echo acts on the end of a turn; the echo bots take it with the next frame
+        // and need no timer for it.
+        let turn = if self.config.bot == BotKind::TurnEcho { self.inbound.turn_deadline() } else { None };
+        [self.outbound.playout().deadline(), turn, self.flush_at].into_iter().flatten().min()
     }
 
     /// Runs what is due at `now`: playout frames and the end of the caller's turn.
     pub fn on_timeout(&mut self, now: Timestamp, metrics: &WorkerMetrics) {
-        if self.config.bot == BotKind::TurnEcho {
-            self.poll_turn(now);
-        }
+        self.poll_turn(now);
         self.pump(now, metrics);
         if self.flush_at.is_some_and(|at| at <= now) {
             self.send_exotel_chunk(true);
@@ -539,3 +543,48 @@ impl Call {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn speech_then_silence() -> Vec<Vec<u8>> {
+        let pcm = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/../codecs/tests/fixtures/speech-8k.s16")).expect("fixture");
+        let mut frames: Vec<Vec<u8>> = pcm
+            .chunks_exact(320)
+            .map(|f| f.chunks_exact(2).map(|b| cxb_codecs::g711::encode_mulaw(i16::from_le_bytes([b[0], b[1]]))).collect())
+            .collect();
+        frames.extend(std::iter::repeat_n(vec![0xFF; 160], 100));
+        frames
+    }
+
+    /// After the call runs what is due, its next deadline is in the future (or absent): a
+    /// deadline left in the past would make the worker spin.
+    #[test]
+    fn deadlines_never_stay_in_the_past() {
+        for bot in [BotKind::Echo, BotKind::TurnEcho] {
+            let metrics = WorkerMetrics::default();
+            let mut call = Call::new(CallConfig::new(Protocol::Twilio, bot));
+            call.on_text(Timestamp::ZERO, r#"{"event":"start","streamSid":"MZ1","start":{"streamSid":"MZ1"}}"#, &metrics).expect("start");
+            let mut b64 = String::new();
+            for (i, frame) in speech_then_silence().iter().enumerate() {
+                let now = Timestamp::from_millis(20 * i as u64);
+                b64.clear();
+                payload::encode_into(frame, &mut b64);
+                let msg = format!(r#"{{"event":"media","streamSid":"MZ1","media":{{"chunk":"{}","payload":"{b64}"}}}}"#, i + 1);
+                call.on_text(now, &msg, &metrics).expect("media");
+                while let Some(at) = call.deadline().filter(|at| *at <= now) {
+                    call.on_timeout(now, &metrics);
+                    assert!(call.deadline().is_none_or(|next| next > now || next > at), "{bot:?}: deadline stuck at {at:?}");
+                    if call.deadline() == Some(at) {
+                        break;
+                    }
+                }
+                assert!(call.deadline().is_none_or(|at| at > now), "{bot:?} frame {i}: deadline {:?} not after {now:?}", call.deadline());
+                while call.poll_transmit().is_some() {}
+            }
+            assert!(call.stats().frames_out > 0);
+        }
+    }
+}
+

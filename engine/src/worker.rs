@@ -98,9 +98,9 @@ pub(crate) fn run(index: usize, shared: Arc<Shared>, inbox: flume::Receiver<Inbo
     if shared.config.force_epoll {
         proactor.driver_type(compio::driver::DriverType::Poll);
     } else {
-        // Only this thread submits to its ring, so completions can wait for it to ask
-        // (no task-work interrupts in the middle of a tick).
-        proactor.capacity(4096).single_issuer(true).defer_taskrun(true).coop_taskrun(true);
+        // Deferred task work (completions reaped only when the worker enters the kernel) was
+        // measured: it cut no CPU and added 20 ms of queueing at 400 calls, so it stays off.
+        proactor.capacity(4096);
     }
     let mut builder = compio::runtime::RuntimeBuilder::new();
     builder.with_proactor(proactor);
@@ -428,7 +428,7 @@ async fn run_call(
                 Ok(Some(Incoming::Text(text))) => {
                     let now = worker.now();
                     let handled =
-                        std::panic::catch_unwind(AssertUnwindSafe(|| call.on_text(now, text.as_str(), worker.metrics())));
+                        std::panic::catch_unwind(AssertUnwindSafe(|| call.on_text(now, text, worker.metrics())));
                     match handled {
                         Ok(Ok(())) => {}
                         Ok(Err(reason)) => break 'call reason,
@@ -444,7 +444,8 @@ async fn run_call(
         let stats = call.stats();
         worker.shared.segment.count_frames(worker.index, slot, stats.frames_in, stats.frames_out);
         while let Some(msg) = call.poll_transmit() {
-            socket.send_text(msg);
+            socket.send_text(&msg);
+            call.recycle(msg);
         }
         if !socket.output().is_empty() {
             // The send backlog is what the kernel's buffer holds plus this one write; a peer

@@ -435,7 +435,7 @@ async fn call(o: &Options, script: &Script, shared: &RefCell<Shared>) -> Result<
     let mut ws = WsSocket::client();
     ws.feed(&leftover);
     for m in &script.start {
-        ws.send_text(m.clone());
+        ws.send_text(m);
     }
     let mut out = Vec::new();
     write(&stream, &mut ws, &mut out).await?;
@@ -463,7 +463,7 @@ async fn call(o: &Options, script: &Script, shared: &RefCell<Shared>) -> Result<
                 loop {
                     match ws.read() {
                         Ok(Some(Incoming::Text(t))) => {
-                            if let Some(bytes) = media_bytes(t.as_str()) {
+                            if let Some(bytes) = media_bytes(t) {
                                 let first = echoed_bytes / frame_bytes;
                                 echoed_bytes += bytes;
                                 let last = echoed_bytes / frame_bytes;
@@ -493,13 +493,13 @@ async fn call(o: &Options, script: &Script, shared: &RefCell<Shared>) -> Result<
                 let now = Instant::now();
                 late.push(now.saturating_duration_since(due).as_micros() as u32);
                 sent_at.push(now);
-                ws.send_text(script.messages[next].clone());
+                ws.send_text(&script.messages[next]);
                 next += 1;
                 write(&stream, &mut ws, &mut out).await?;
             }
         }
     };
-    ws.send_text(r#"{"event":"stop","sequenceNumber":"0","stop":{"accountSid":"AC","callSid":"CA"}}"#.to_string());
+    ws.send_text(r#"{"event":"stop","sequenceNumber":"0","stop":{"accountSid":"AC","callSid":"CA"}}"#);
     let _ = write(&stream, &mut ws, &mut out).await;
     let mut s = shared.borrow_mut();
     s.frames_sent += next as u64 * script.frames_per_message;
