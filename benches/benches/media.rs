@@ -161,6 +161,7 @@ fn queues(c: &mut Criterion) {
         capacity: 160 * 50,
         max_burst: 3,
         silence: 0xFF,
+        max_lead: None,
     });
     let mut out = Vec::with_capacity(480);
     let mut now = Timestamp::ZERO;
@@ -194,7 +195,7 @@ fn call_tick(c: &mut Criterion) {
         vad: VadConfig::default(),
         end_of_turn: Duration::from_millis(700),
     });
-    let mut outbound: Outbound<u32> = Outbound::new(Encoding::Mulaw, Duration::from_secs(1), 3);
+    let mut outbound: Outbound<u32> = Outbound::new(Encoding::Mulaw, Duration::from_secs(1), 3, Some(Duration::from_millis(60)));
     let mut out = Vec::with_capacity(480);
     let (mut i, mut now) = (0usize, Timestamp::ZERO);
     let mut g = c.benchmark_group("media");

@@ -52,8 +52,8 @@ const fn mulaw_from_14(level: i32) -> u8 {
 }
 
 /// Decodes one mu-law byte, computing rather than looking up (used to build the table).
-const fn decode_mulaw_slow(code: u8) -> i16 {
-    let u = !code as i32;
+const fn decode_mulaw_slow(code: i32) -> i16 {
+    let u = !(code as u8) as i32;
     let mut t = ((u & 0x0F) << 3) + MULAW_BIAS;
     t <<= (u & 0x70) >> 4;
     (if u & 0x80 != 0 { MULAW_BIAS - t } else { t - MULAW_BIAS }) as i16
@@ -84,8 +84,8 @@ const fn alaw_from_13(level: i32) -> u8 {
     ((seg << 4 | quant) ^ mask) as u8
 }
 
-const fn decode_alaw_slow(code: u8) -> i16 {
-    let a = (code ^ 0x55) as i32;
+const fn decode_alaw_slow(code: i32) -> i16 {
+    let a = (code as u8 ^ 0x55) as i32;
     let mut t = (a & 0x0F) << 4;
     let seg = (a & 0x70) >> 4;
     match seg {
@@ -99,40 +99,28 @@ const fn decode_alaw_slow(code: u8) -> i16 {
     (if a & 0x80 != 0 { t } else { -t }) as i16
 }
 
-const fn table(alaw: bool) -> [i16; 256] {
-    let mut out = [0i16; 256];
-    let mut i = 0;
-    while i < 256 {
-        out[i] = if alaw { decode_alaw_slow(i as u8) } else { decode_mulaw_slow(i as u8) };
-        i += 1;
-    }
-    out
+/// A table of `f(i + first)` for every index `i`, built at compile time (a const fn cannot
+/// take a function pointer, hence a macro).
+macro_rules! const_table {
+    ($ty:ty, $len:expr, $first:expr, $f:expr) => {{
+        let mut out: [$ty; $len] = [0; $len];
+        let mut i = 0;
+        while i < $len {
+            out[i] = $f(i as i32 + $first);
+            i += 1;
+        }
+        out
+    }};
 }
 
-const MULAW_TABLE: [i16; 256] = table(false);
-const ALAW_TABLE: [i16; 256] = table(true);
+const MULAW_TABLE: [i16; 256] = const_table!(i16, 256, 0, decode_mulaw_slow);
+const ALAW_TABLE: [i16; 256] = const_table!(i16, 256, 0, decode_alaw_slow);
 
 /// mu-law code of every 14-bit level, offset by 8192 (16 KiB, stays in L1).
-static MULAW_ENCODE: [u8; 16384] = {
-    let mut out = [0u8; 16384];
-    let mut i = 0;
-    while i < 16384 {
-        out[i] = mulaw_from_14(i as i32 - 8192);
-        i += 1;
-    }
-    out
-};
+static MULAW_ENCODE: [u8; 16384] = const_table!(u8, 16384, -8192, mulaw_from_14);
 
 /// A-law code of every 13-bit level, offset by 4096.
-static ALAW_ENCODE: [u8; 8192] = {
-    let mut out = [0u8; 8192];
-    let mut i = 0;
-    while i < 8192 {
-        out[i] = alaw_from_13(i as i32 - 4096);
-        i += 1;
-    }
-    out
-};
+static ALAW_ENCODE: [u8; 8192] = const_table!(u8, 8192, -4096, alaw_from_13);
 
 /// Decodes one mu-law byte.
 #[inline]

@@ -209,6 +209,9 @@ const ECHO_QUEUE: Duration = Duration::from_secs(1);
 /// How long Exotel audio short of a full chunk waits for more before it is sent padded.
 const EXOTEL_TAIL: Duration = Duration::from_millis(100);
 
+/// Audio the echo bots let wait ahead of the playout schedule.
+const ECHO_LEAD: Duration = Duration::from_millis(60);
+
 const PREROLL: usize = 16_000 * 3 / 10; // 300 ms at 16 kHz
 
 /// One live call.
@@ -255,7 +258,7 @@ impl Call {
             config,
             phase: Phase::AwaitingStart,
             inbound: Self::inbound(config, encoding),
-            outbound: Outbound::new(encoding, capacity, config.max_burst),
+            outbound: Outbound::new(encoding, capacity, config.max_burst, Self::max_lead(config.bot)),
             jitter: JitterBuffer::new(3, 64, encoding.silence_byte()),
             frame_bytes: Self::frame_bytes(encoding),
             pending: Vec::new(),
@@ -281,6 +284,15 @@ impl Call {
 
     fn inbound(config: CallConfig, encoding: Encoding) -> Inbound {
         Inbound::new(InboundConfig { encoding, vad: config.vad, end_of_turn: config.end_of_turn })
+    }
+
+    /// How far echoed audio may wait ahead of its schedule: the echo bots pass inbound bursts
+    /// on rather than let them become standing latency; a played-back turn is paced.
+    fn max_lead(bot: BotKind) -> Option<Duration> {
+        match bot {
+            BotKind::Echo | BotKind::Fault => Some(ECHO_LEAD),
+            BotKind::TurnEcho => None,
+        }
     }
 
     fn frame_bytes(encoding: Encoding) -> usize {
@@ -352,7 +364,7 @@ impl Call {
             BotKind::TurnEcho => self.config.max_utterance + Duration::from_millis(200),
             _ => ECHO_QUEUE,
         };
-        self.outbound = Outbound::new(encoding, capacity, self.config.max_burst);
+        self.outbound = Outbound::new(encoding, capacity, self.config.max_burst, Self::max_lead(self.config.bot));
         self.jitter = JitterBuffer::new(3, 64, encoding.silence_byte());
         self.frame_bytes = Self::frame_bytes(encoding);
     }

@@ -139,8 +139,9 @@ pub struct Outbound<M> {
 
 impl<M> Outbound<M> {
     /// A path for one call holding at most `capacity` of queued audio, releasing at most
-    /// `max_burst` frames per tick when catching up.
-    pub fn new(encoding: Encoding, capacity: Duration, max_burst: usize) -> Outbound<M> {
+    /// `max_burst` frames per tick when catching up, letting at most `max_lead` of audio wait
+    /// ahead of the schedule (`None`: pace all of it).
+    pub fn new(encoding: Encoding, capacity: Duration, max_burst: usize, max_lead: Option<Duration>) -> Outbound<M> {
         let frame_len = SampleRate::Hz8000.samples_per(FrameDuration::MS_20) * encoding.bytes_per_sample();
         let frames = (capacity.as_millis() / 20).max(1) as usize;
         Outbound {
@@ -154,6 +155,7 @@ impl<M> Outbound<M> {
                 capacity: frames * frame_len,
                 max_burst,
                 silence: encoding.silence_byte(),
+                max_lead: max_lead.map(|d| (d.as_millis() / 20) as usize),
             }),
         }
     }

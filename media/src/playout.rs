@@ -61,6 +61,11 @@ pub struct PlayoutConfig<T> {
     pub max_burst: usize,
     /// The unit that sounds like silence (0 for PCM, 0xFF for mu-law).
     pub silence: T,
+    /// Most frames allowed to wait ahead of the schedule. Audio that arrives in a burst
+    /// (network jitter in front of an echo) beyond this depth counts as late and goes out in
+    /// bounded bursts, instead of adding its length to every later frame's latency. `None`
+    /// paces everything (text-to-speech output, a recorded turn).
+    pub max_lead: Option<usize>,
 }
 
 /// An outbound audio queue with an absolute 20 ms clock. `T` is a sample or encoded byte;
@@ -158,13 +163,20 @@ impl<T: Copy, M> Playout<T, M> {
     /// Appends the frames due at `now` to `out`.
     pub fn tick(&mut self, now: Timestamp, out: &mut Vec<T>) -> Released {
         let period = self.config.period;
-        let due = *self.next_due.get_or_insert(now);
+        let mut due = *self.next_due.get_or_insert(now);
+        let ready = self.queue.occupied_len() / self.config.frame_len;
+        if let Some(lead) = self.config.max_lead
+            && ready > lead
+        {
+            // Frames beyond the allowed lead are treated as overdue.
+            let back = period * (ready - lead) as u32;
+            due = Timestamp::from_micros(due.as_micros().saturating_sub(back.as_micros() as u64));
+        }
         let none = Released { frames: 0, first_due: due, period };
         if now < due {
             return none;
         }
         let slots = (now.saturating_since(due).as_micros() / period.as_micros().max(1)) as usize + 1;
-        let ready = self.queue.occupied_len() / self.config.frame_len;
         let frames = slots.min(ready).min(self.config.max_burst);
         // Ran dry: the remaining due slots pass unused. Otherwise the schedule stays put.
         let advance = if frames < slots.min(self.config.max_burst) { slots } else { frames };
@@ -203,7 +215,30 @@ mod tests {
     const P: Duration = Duration::from_millis(20);
 
     fn queue(max_burst: usize) -> Playout<u32, u32> {
-        Playout::new(PlayoutConfig { frame_len: 2, period: P, capacity: 1024, max_burst, silence: 0 })
+        Playout::new(PlayoutConfig { frame_len: 2, period: P, capacity: 1024, max_burst, silence: 0, max_lead: None })
+    }
+
+    #[test]
+    fn a_burst_beyond_the_lead_drains_instead_of_adding_latency() {
+        let mut q: Playout<u32, u32> =
+            Playout::new(PlayoutConfig { frame_len: 1, period: P, capacity: 64, max_burst: 3, silence: 0, max_lead: Some(2) });
+        let mut out = Vec::new();
+        q.push(&[0]);
+        q.tick(ms(0), &mut out);
+        q.push(&(1..11).collect::<Vec<_>>()); // ten frames at once
+        let mut t = 20;
+        for _ in 0..5 {
+            q.push(&[100 + t as u32]); // and the steady stream goes on
+            q.tick(ms(t), &mut out);
+            t += 20;
+        }
+        assert!(q.queued() <= 3, "the queue is back within the lead: {}", q.queued());
+        let mut paced = queue(3);
+        paced.push(&(0..22).collect::<Vec<_>>());
+        for t in 0..6 {
+            paced.tick(ms(t * 20), &mut Vec::new());
+        }
+        assert_eq!(paced.queued(), 10, "without a lead everything waits its turn");
     }
 
     fn ms(n: u64) -> Timestamp {
@@ -280,7 +315,7 @@ mod tests {
     #[test]
     fn full_queue_refuses_and_padding_completes_a_frame() {
         let mut q: Playout<u8, ()> =
-            Playout::new(PlayoutConfig { frame_len: 4, period: P, capacity: 6, max_burst: 1, silence: 0xFF });
+            Playout::new(PlayoutConfig { frame_len: 4, period: P, capacity: 6, max_burst: 1, silence: 0xFF, max_lead: None });
         assert_eq!(q.push(&[1, 2, 3, 4, 5, 6, 7]), 6);
         let mut out = Vec::new();
         q.tick(ms(0), &mut out);

@@ -239,9 +239,9 @@ impl Polyphase {
                 *o = pair[1];
             }
         } else {
-            for (s, group) in input.chunks_exact(m).enumerate() {
-                for (r, &v) in group.iter().enumerate() {
-                    self.streams[r * len + s] = v;
+            for (r, stream) in self.streams.chunks_exact_mut(len).enumerate() {
+                for (x, group) in stream.iter_mut().zip(input.chunks_exact(m)) {
+                    *x = group[r];
                 }
             }
         }

@@ -25,7 +25,7 @@ fn speech_is_heard_as_one_turn_and_echoed_on_time() {
         vad: VadConfig::default(),
         end_of_turn: Duration::from_millis(700),
     });
-    let mut outbound: Outbound<()> = Outbound::new(Encoding::Mulaw, Duration::from_secs(1), 3);
+    let mut outbound: Outbound<()> = Outbound::new(Encoding::Mulaw, Duration::from_secs(1), 3, None);
     let (mut started, mut ended) = (None, None);
     let mut echoed = Vec::new();
     for (i, frame) in speech.chunks_exact(160).enumerate() {
