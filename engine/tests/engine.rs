@@ -64,14 +64,14 @@ fn exotel_echo_comes_back_in_valid_chunks() {
     for _ in 0..5 {
         call.media(&tone); // 100 ms of 8 kHz LINEAR16, as Exotel sends
     }
-    // 8,000 bytes come back as two 3,200-byte chunks and, once no more audio follows, the
-    // tail padded with silence to a third.
-    while got < 9_600 {
+    // 8,000 bytes come back in chunks of whole 20 ms frames, at least 3,200 bytes each; once
+    // no more audio follows, the tail is padded with silence to a valid chunk.
+    while got < 8_000 {
         let chunk = call.next_media().expect("echo chunk");
         assert!(chunk.len() >= 3_200 && chunk.len().is_multiple_of(320), "chunk of {} bytes", chunk.len());
         got += chunk.len();
     }
-    assert_eq!(got, 9_600, "every frame echoed, the tail padded");
+    assert!(got - 8_000 < 3_200, "every frame echoed, only the last chunk padded: {got}");
     e.shutdown();
 }
 
