@@ -3,8 +3,9 @@
 //! Frame `k` of a run is due at `t0 + k * period`. A tick that comes late (the worker was busy,
 //! the process was descheduled) releases every frame that has fallen due, at most `max_burst`
 //! at once, and the schedule stays where it was: one stall costs the frames it delayed, not
-//! every frame after it. When the queue runs dry the slots that pass are skipped, so idle time
-//! is never owed back as a burst.
+//! every frame after it. When the queue runs dry the run ends: the slots that pass are never
+//! owed back as a burst, and the next audio starts a new run at once instead of waiting for
+//! the old grid.
 //!
 //! `clear` drops everything queued (barge-in). Marks are points in the queued audio; each is
 //! reported once, as played when the audio before it has been released, or as cleared when a
@@ -74,6 +75,8 @@ pub struct Playout<T: Copy, M> {
     queue: HeapRb<T>,
     config: PlayoutConfig<T>,
     next_due: Option<Timestamp>,
+    /// The queue ran dry: the next audio starts a new run.
+    dry: bool,
     written: u64,
     played: u64,
     marks: VecDeque<(u64, M)>,
@@ -101,6 +104,7 @@ impl<T: Copy, M> Playout<T, M> {
             queue: HeapRb::new(config.capacity),
             config,
             next_due: None,
+            dry: true,
             written: 0,
             played: 0,
             marks: VecDeque::new(),
@@ -165,6 +169,11 @@ impl<T: Copy, M> Playout<T, M> {
         let period = self.config.period;
         let mut due = *self.next_due.get_or_insert(now);
         let ready = self.queue.occupied_len() / self.config.frame_len;
+        if ready == 0 {
+            self.dry = true;
+        } else if self.dry && due > now {
+            due = now; // a new run starts with its first frame
+        }
         if let Some(lead) = self.config.max_lead
             && ready > lead
         {
@@ -184,6 +193,7 @@ impl<T: Copy, M> Playout<T, M> {
         if frames == 0 {
             return none;
         }
+        self.dry = ready == frames;
         let units = frames * self.config.frame_len;
         let start = out.len();
         out.resize(start + units, self.config.silence);
@@ -280,17 +290,20 @@ mod tests {
     }
 
     #[test]
-    fn idle_slots_are_not_owed() {
+    fn idle_slots_are_not_owed_and_a_new_run_starts_at_once() {
         let mut q = queue(5);
         let mut out = Vec::new();
         q.tick(ms(0), &mut out);
         q.tick(ms(500), &mut out);
         q.push(&[1, 2, 3, 4]);
         let r = q.tick(ms(510), &mut out);
-        assert_eq!(r.frames, 0, "next slot on the grid is 520");
-        assert_eq!(q.deadline(), Some(ms(520)));
-        assert_eq!(q.tick(ms(520), &mut out).frames, 1);
-        assert_eq!(q.tick(ms(540), &mut out).frames, 1);
+        assert_eq!((r.frames, r.first_due), (1, ms(510)), "one frame: no burst for the idle time");
+        assert_eq!(q.deadline(), Some(ms(530)), "the rest of the run on its own 20 ms grid");
+        assert_eq!(q.tick(ms(525), &mut out).frames, 0);
+        assert_eq!(q.tick(ms(530), &mut out).frames, 1);
+        // An echo: one frame in, one out, each run starting when its frame arrives.
+        q.push(&[5, 6]);
+        assert_eq!(q.tick(ms(549), &mut out).frames, 1, "not held back to 550");
     }
 
     #[test]
