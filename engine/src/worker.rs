@@ -25,6 +25,9 @@ use crate::registry::{SlotState, SlotUpdate, WorkerRecord};
 use crate::server::{Command, Inbox, Shared, unix_ms};
 use crate::ws::{Incoming, WsSocket};
 
+/// `MSG_DONTWAIT` (Linux): send without blocking even on a socket in blocking mode.
+const MSG_DONTWAIT: i32 = 0x40;
+
 /// Bytes read from a socket at a time.
 const READ_BUF: usize = 8 * 1024;
 /// How long a client may take to send its request head.
@@ -448,18 +451,27 @@ async fn run_call(
             call.recycle(msg);
         }
         if !socket.output().is_empty() {
-            // The send backlog is what the kernel's buffer holds plus this one write; a peer
-            // that stops reading stalls it, and the call ends instead of queueing more.
+            // First a non-blocking send: when the socket buffer has room (nearly always) the
+            // frame is handed to the kernel at once, without an io_uring round trip and a
+            // second wake-up of this task. Whatever does not fit goes through the runtime,
+            // bounded: the send backlog is the kernel's (bounded) buffer plus this one write,
+            // and a peer that stops reading ends the call instead of queueing more.
             std::mem::swap(socket.output(), &mut out);
-            let mut w = stream;
-            match compio::time::timeout(config.write_timeout, w.write_all(std::mem::take(&mut out))).await {
-                Ok(BufResult(Ok(()), mut b)) => {
-                    b.clear();
-                    out = b;
+            let sent = match socket2::SockRef::from(stream).send_with_flags(&out, MSG_DONTWAIT) {
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => 0,
+                Err(_) => break EndReason::PeerClosed,
+            };
+            if sent < out.len() {
+                out.drain(..sent);
+                let mut w = stream;
+                match compio::time::timeout(config.write_timeout, w.write_all(std::mem::take(&mut out))).await {
+                    Ok(BufResult(Ok(()), b)) => out = b,
+                    Ok(BufResult(Err(_), _)) => break EndReason::PeerClosed,
+                    Err(_) => break EndReason::SlowConsumer,
                 }
-                Ok(BufResult(Err(_), _)) => break EndReason::PeerClosed,
-                Err(_) => break EndReason::SlowConsumer,
             }
+            out.clear();
         }
         // Wait for bytes, the call's next deadline or a control message (hang-up, shutdown,
         // idle: the worker's housekeeping watches `last_rx`). The read and mailbox futures
