@@ -252,16 +252,12 @@ impl Call {
     /// A call waiting for the carrier's `start`.
     pub fn new(config: CallConfig) -> Call {
         let encoding = config.protocol.default_format().encoding;
-        let capacity = match config.bot {
-            BotKind::TurnEcho => config.max_utterance + Duration::from_millis(200),
-            BotKind::Echo | BotKind::Fault => ECHO_QUEUE,
-        };
         Call {
             config,
             phase: Phase::AwaitingStart,
             inbound: Self::inbound(config, encoding),
-            outbound: Outbound::new(encoding, capacity, config.max_burst, Self::max_lead(config.bot)),
-            jitter: JitterBuffer::new(3, 64, encoding.silence_byte()),
+            outbound: Self::outbound(config, encoding),
+            jitter: Self::jitter(encoding),
             frame_bytes: Self::frame_bytes(encoding),
             pending: Vec::new(),
             decoded: Vec::new(),
@@ -288,13 +284,19 @@ impl Call {
         Inbound::new(InboundConfig { encoding, vad: config.vad, end_of_turn: config.end_of_turn })
     }
 
-    /// How far echoed audio may wait ahead of its schedule: the echo bots pass inbound bursts
-    /// on rather than let them become standing latency; a played-back turn is paced.
-    fn max_lead(bot: BotKind) -> Option<Duration> {
-        match bot {
-            BotKind::Echo | BotKind::Fault => Some(ECHO_LEAD),
-            BotKind::TurnEcho => None,
-        }
+    /// The playout side: room for a whole recorded turn (turn-echo) or a second (echo). The
+    /// echo bots let at most `ECHO_LEAD` wait ahead of the schedule, passing inbound bursts on
+    /// rather than letting them become standing latency; a played-back turn is paced.
+    fn outbound(config: CallConfig, encoding: Encoding) -> Outbound<u64> {
+        let (capacity, lead) = match config.bot {
+            BotKind::TurnEcho => (config.max_utterance + Duration::from_millis(200), None),
+            BotKind::Echo | BotKind::Fault => (ECHO_QUEUE, Some(ECHO_LEAD)),
+        };
+        Outbound::new(encoding, capacity, config.max_burst, lead)
+    }
+
+    fn jitter(encoding: Encoding) -> JitterBuffer<u8> {
+        JitterBuffer::new(3, 64, encoding.silence_byte())
     }
 
     fn frame_bytes(encoding: Encoding) -> usize {
@@ -362,12 +364,8 @@ impl Call {
     /// Rebuilds the encoding-dependent parts for a stream that announced another encoding.
     fn reformat(&mut self, encoding: Encoding) {
         self.inbound = Self::inbound(self.config, encoding);
-        let capacity = match self.config.bot {
-            BotKind::TurnEcho => self.config.max_utterance + Duration::from_millis(200),
-            _ => ECHO_QUEUE,
-        };
-        self.outbound = Outbound::new(encoding, capacity, self.config.max_burst, Self::max_lead(self.config.bot));
-        self.jitter = JitterBuffer::new(3, 64, encoding.silence_byte());
+        self.outbound = Self::outbound(self.config, encoding);
+        self.jitter = Self::jitter(encoding);
         self.frame_bytes = Self::frame_bytes(encoding);
     }
 

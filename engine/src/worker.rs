@@ -387,7 +387,7 @@ async fn route(worker: Rc<Worker>, stream: TcpStream, req: Request, leftover: Ve
         let msg = "every call slot on this host is taken";
         return reply(&stream, http::error(503, "busy", msg, &[("Retry-After", "1")])).await;
     };
-    if let Some(token) = token.filter(|_| true) {
+    if let Some(token) = token {
         // A reservation held by another worker is given back: this call took a slot here.
         worker.shared.release_elsewhere(worker.index, token);
     }
