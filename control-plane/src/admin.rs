@@ -1,0 +1,66 @@
+//! Operations for the command line (`cxb admin …`, `cxb up`): they work on the database
+//! directly, because on a fresh install there is no one yet who could sign in.
+
+use anyhow::{Context, bail};
+use sqlx::AnyPool;
+
+use crate::auth::Role;
+use crate::db::{new_id, new_secret, token_hash};
+use crate::users::insert_user;
+
+/// An organization and its first admin.
+#[derive(Debug, Clone)]
+pub struct NewOrg {
+    pub org_id: String,
+    pub user_id: String,
+    pub email: String,
+}
+
+/// Creates an organization with its first admin user.
+pub async fn create_org(db: &AnyPool, name: &str, email: &str, password: String, now: i64) -> anyhow::Result<NewOrg> {
+    let name = name.trim();
+    if name.is_empty() || name.len() > 200 {
+        bail!("the organization name must have 1 to 200 characters");
+    }
+    let org_id = new_id("org", now);
+    let mut tx = db.begin().await?;
+    sqlx::query("INSERT INTO orgs (id, name, created_at) VALUES ($1, $2, $3)").bind(&org_id).bind(name).bind(now).execute(&mut *tx).await?;
+    tx.commit().await?;
+    match insert_user(db, &org_id, email, "Admin", Role::Admin, password, now).await {
+        Ok(user_id) => Ok(NewOrg { org_id, user_id, email: email.trim().to_lowercase() }),
+        Err(e) => {
+            // No organization without an admin.
+            sqlx::query("DELETE FROM orgs WHERE id = $1").bind(&org_id).execute(db).await?;
+            bail!("{}", e.message)
+        }
+    }
+}
+
+/// How many organizations exist.
+pub async fn org_count(db: &AnyPool) -> anyhow::Result<i64> {
+    Ok(sqlx::query_scalar("SELECT COUNT(*) FROM orgs").fetch_one(db).await.context("counting organizations")?)
+}
+
+/// Creates a fleet token named `name`; returns its value, which is stored only as a hash.
+pub async fn create_fleet_token(db: &AnyPool, name: &str, now: i64) -> anyhow::Result<String> {
+    let token = new_secret("cxf");
+    sqlx::query("INSERT INTO fleet_tokens (id, name, token_hash, created_at) VALUES ($1, $2, $3, $4)")
+        .bind(new_id("flt", now))
+        .bind(name)
+        .bind(token_hash(&token))
+        .bind(now)
+        .execute(db)
+        .await
+        .context("storing the fleet token")?;
+    Ok(token)
+}
+
+/// Removes every fleet token named `name` (`cxb up` replaces its own at each start).
+pub async fn revoke_fleet_tokens(db: &AnyPool, name: &str) -> anyhow::Result<u64> {
+    Ok(sqlx::query("DELETE FROM fleet_tokens WHERE name = $1").bind(name).execute(db).await?.rows_affected())
+}
+
+/// A password for a generated account: 20 characters from base64url.
+pub fn generate_password() -> String {
+    new_secret("p")[2..22].to_string()
+}

@@ -1,0 +1,227 @@
+//! The fleet registry: engine hosts heartbeat their free capacity; `reserve` promises a slot
+//! on the host with the most free capacity, atomically; the promise reaches the host in its
+//! next heartbeat answer and stops counting here once the host confirms it holds it.
+//!
+//! Free capacity of a host = `slots_free` (its own count, which includes reservations it
+//! already holds) − `pending` (reservations made here that it has not confirmed). A reserve is
+//! one conditional `UPDATE … SET pending = pending + 1 WHERE slots_free - pending > 0`, so two
+//! concurrent reservations can never both take the last slot, on SQLite or PostgreSQL.
+
+use axum::Json;
+use axum::extract::{FromRequestParts, Path, State};
+use axum::http::StatusCode;
+use axum::http::request::Parts;
+use rand_core::{OsRng, RngCore};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use sqlx::Row;
+use utoipa::ToSchema;
+
+
+use crate::AppState;
+use crate::auth::{Caller, Fleet, Role};
+use crate::clock::rfc3339;
+use crate::error::{ApiError, ApiResult};
+use crate::extract::Body;
+
+/// An engine host's report.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Heartbeat {
+    /// Stable per host process, e.g. `hostname:port`.
+    pub host_id: String,
+    /// Where carriers reach it: `ws://host:port` or `wss://…`.
+    pub address: String,
+    #[serde(default)]
+    pub version: String,
+    pub workers: u32,
+    pub slots_total: u64,
+    pub slots_free: u64,
+    pub live_calls: u64,
+    /// Reservation tokens from earlier answers that the host now holds.
+    #[serde(default)]
+    pub applied: Vec<String>,
+}
+
+/// A reservation the host must hold for `ttl_ms` more.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Reservation {
+    pub token: String,
+    pub ttl_ms: u64,
+}
+
+/// The answer to a heartbeat.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct HeartbeatAnswer {
+    /// Heartbeat at least this often, or drop out of the fleet.
+    pub ttl_seconds: u64,
+    /// Reserve these slots and list their tokens as `applied` in the next heartbeat.
+    pub reservations: Vec<Reservation>,
+}
+
+pub(crate) async fn heartbeat(State(s): State<AppState>, _fleet: Fleet, Body(h): Body<Heartbeat>) -> ApiResult<Json<HeartbeatAnswer>> {
+    if h.host_id.is_empty() || h.host_id.len() > 200 {
+        return Err(ApiError::invalid("host_id", "1 to 200 characters"));
+    }
+    if !(h.address.starts_with("ws://") || h.address.starts_with("wss://")) || h.address.len() > 500 {
+        return Err(ApiError::invalid("address", "a ws:// or wss:// base URL"));
+    }
+    if h.slots_free > h.slots_total || h.applied.len() > 10_000 {
+        return Err(ApiError::invalid("slots_free", "at most slots_total"));
+    }
+    let now = s.now();
+    let mut tx = s.db.begin().await?;
+    sqlx::query(
+        "INSERT INTO hosts (id, address, version, workers, slots_total, slots_free, live_calls, pending, first_seen, last_seen) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, 0, $8, $9) ON CONFLICT (id) DO UPDATE SET address = excluded.address, \
+         version = excluded.version, workers = excluded.workers, slots_total = excluded.slots_total, \
+         slots_free = excluded.slots_free, live_calls = excluded.live_calls, last_seen = excluded.last_seen",
+    )
+    .bind(&h.host_id)
+    .bind(&h.address)
+    .bind(&h.version)
+    .bind(i64::from(h.workers))
+    .bind(h.slots_total as i64)
+    .bind(h.slots_free as i64)
+    .bind(h.live_calls as i64)
+    .bind(now)
+    .bind(now)
+    .execute(&mut *tx)
+    .await?;
+    for token in &h.applied {
+        sqlx::query("DELETE FROM reservations WHERE host_id = $1 AND token = $2").bind(&h.host_id).bind(token).execute(&mut *tx).await?;
+    }
+    sqlx::query("DELETE FROM reservations WHERE host_id = $1 AND expires_at <= $2").bind(&h.host_id).bind(now).execute(&mut *tx).await?;
+    sqlx::query("UPDATE hosts SET pending = (SELECT COUNT(*) FROM reservations WHERE host_id = $1) WHERE id = $1")
+        .bind(&h.host_id)
+        .execute(&mut *tx)
+        .await?;
+    let pending: Vec<(String, i64)> = sqlx::query_as("SELECT token, expires_at FROM reservations WHERE host_id = $1 ORDER BY created_at")
+        .bind(&h.host_id)
+        .fetch_all(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    metrics::counter!("cxb_api_heartbeats_total").increment(1);
+    Ok(Json(HeartbeatAnswer {
+        ttl_seconds: s.config.host_ttl.as_secs().max(1),
+        reservations: pending.into_iter().map(|(token, at)| Reservation { token, ttl_ms: (at - now).max(0) as u64 }).collect(),
+    }))
+}
+
+/// A fleet token, or a signed-in admin.
+#[derive(Debug)]
+pub(crate) struct FleetOrAdmin;
+
+impl FromRequestParts<AppState> for FleetOrAdmin {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> ApiResult<FleetOrAdmin> {
+        let fleet = parts.headers.get(axum::http::header::AUTHORIZATION).and_then(|v| v.to_str().ok()).is_some_and(|v| v.contains("cxf_"));
+        if fleet {
+            Fleet::from_request_parts(parts, state).await?;
+        } else {
+            Caller::from_request_parts(parts, state).await?.require(Role::Admin)?;
+        }
+        Ok(FleetOrAdmin)
+    }
+}
+
+fn host_view(row: &sqlx::any::AnyRow) -> ApiResult<Value> {
+    let free: i64 = row.try_get("slots_free")?;
+    let pending: i64 = row.try_get("pending")?;
+    Ok(json!({
+        "host_id": row.try_get::<String, _>("id")?,
+        "address": row.try_get::<String, _>("address")?,
+        "version": row.try_get::<String, _>("version")?,
+        "workers": row.try_get::<i64, _>("workers")?,
+        "slots_total": row.try_get::<i64, _>("slots_total")?,
+        "slots_free": free,
+        "live_calls": row.try_get::<i64, _>("live_calls")?,
+        "pending_reservations": pending,
+        "available": (free - pending).max(0),
+        "first_seen": rfc3339(row.try_get("first_seen")?),
+        "last_seen": rfc3339(row.try_get("last_seen")?),
+    }))
+}
+
+/// Live hosts, the most available capacity first.
+pub(crate) async fn hosts(State(s): State<AppState>, _who: FleetOrAdmin) -> ApiResult<Json<Value>> {
+    let cutoff = s.now() - s.config.host_ttl.as_millis() as i64;
+    let rows = sqlx::query(
+        "SELECT id, address, version, workers, slots_total, slots_free, live_calls, pending, first_seen, last_seen \
+         FROM hosts WHERE last_seen >= $1 ORDER BY slots_free - pending DESC, id",
+    )
+    .bind(cutoff)
+    .fetch_all(&s.db)
+    .await?;
+    let items = rows.iter().map(host_view).collect::<ApiResult<Vec<_>>>()?;
+    Ok(Json(json!({ "items": items })))
+}
+
+/// A slot promised on a host.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Reserved {
+    pub host_id: String,
+    pub address: String,
+    /// Present it as `?reservation=<token>` when connecting to the host.
+    pub token: String,
+    pub expires_at: String,
+}
+
+/// A reservation token: 64 bits, hex, top byte `ff` (engine tokens carry their worker there;
+/// `ff` says "issued by the fleet, any worker may hold it").
+fn new_token() -> String {
+    format!("{:016x}", 0xff00_0000_0000_0000u64 | (OsRng.next_u64() & 0x00ff_ffff_ffff_ffff))
+}
+
+pub(crate) async fn reserve(State(s): State<AppState>, _fleet: Fleet) -> ApiResult<(StatusCode, Json<Reserved>)> {
+    let now = s.now();
+    let cutoff = now - s.config.host_ttl.as_millis() as i64;
+    let candidates: Vec<(String, String)> = sqlx::query_as(
+        "SELECT id, address FROM hosts WHERE last_seen >= $1 AND slots_free - pending > 0 ORDER BY slots_free - pending DESC, id LIMIT 8",
+    )
+    .bind(cutoff)
+    .fetch_all(&s.db)
+    .await?;
+    for (host, address) in candidates {
+        let mut tx = s.db.begin().await?;
+        let took = sqlx::query("UPDATE hosts SET pending = pending + 1 WHERE id = $1 AND slots_free - pending > 0 AND last_seen >= $2")
+            .bind(&host)
+            .bind(cutoff)
+            .execute(&mut *tx)
+            .await?;
+        if took.rows_affected() == 0 {
+            tx.rollback().await?;
+            continue; // taken meanwhile; try the next host
+        }
+        let token = new_token();
+        let expires = now + s.config.reservation_ttl.as_millis() as i64;
+        sqlx::query("INSERT INTO reservations (token, host_id, created_at, expires_at) VALUES ($1, $2, $3, $4)")
+            .bind(&token)
+            .bind(&host)
+            .bind(now)
+            .bind(expires)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        metrics::counter!("cxb_api_reservations_total", "result" => "reserved").increment(1);
+        return Ok((StatusCode::CREATED, Json(Reserved { host_id: host, address, token, expires_at: rfc3339(expires) })));
+    }
+    metrics::counter!("cxb_api_reservations_total", "result" => "no_capacity").increment(1);
+    Err(ApiError { retry_after: Some(1), ..ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "no_capacity", "no engine host has a free slot") })
+}
+
+/// `GET /v1/runtime/bots/{id}`: everything the engine needs at call start, secrets included.
+pub(crate) async fn runtime_bot(State(s): State<AppState>, _fleet: Fleet, Path(id): Path<String>) -> ApiResult<Json<Value>> {
+    let row = sqlx::query("SELECT org_id, body, updated_at FROM bots WHERE id = $1")
+        .bind(&id)
+        .fetch_optional(&s.db)
+        .await?
+        .ok_or_else(|| ApiError::not_found("bot"))?;
+    let body: String = row.try_get(1)?;
+    let mut bot: Value = serde_json::from_str(&body).map_err(ApiError::internal)?;
+    bot["id"] = Value::String(id);
+    bot["org_id"] = Value::String(row.try_get(0)?);
+    bot["updated_at"] = rfc3339(row.try_get(2)?).into();
+    Ok(Json(bot))
+}

@@ -1,0 +1,773 @@
+//! The product's resources as typed documents: what a client sends, what is stored (as JSON),
+//! and the checks beyond shape. Maps named `secrets` are write-only: stored, handed to the
+//! engine through the runtime endpoint, and shown to people only as `secrets_set`, the names.
+
+use std::collections::BTreeMap;
+
+use cxb_contacts::E164;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use utoipa::ToSchema;
+
+use crate::error::{ApiError, ApiResult};
+
+/// Write-only values by name (API keys, tokens, secret headers).
+pub type Secrets = BTreeMap<String, String>;
+
+fn check_name(field: &str, name: &str) -> ApiResult<()> {
+    let n = name.trim().chars().count();
+    if n == 0 || n > 200 {
+        return Err(ApiError::invalid(field, "between 1 and 200 characters"));
+    }
+    Ok(())
+}
+
+fn check_url(field: &str, url: &str, schemes: &[&str]) -> ApiResult<()> {
+    let ok = schemes.iter().any(|s| url.strip_prefix(s).and_then(|r| r.strip_prefix("://")).is_some_and(|h| !h.is_empty()));
+    if !ok || url.len() > 2048 || url.chars().any(char::is_whitespace) {
+        return Err(ApiError::invalid(field, format!("a {} URL", schemes.join(" or "))));
+    }
+    Ok(())
+}
+
+/// Speech-to-text, language-model or text-to-speech settings.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Provider {
+    /// The adapter, e.g. `deepgram`, `openai`, `elevenlabs`, `wyoming`, `script`; empty: unset.
+    #[serde(default)]
+    pub provider: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    /// For self-hosted or OpenAI-compatible servers, and Wyoming's `tcp://host:port`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base_url: Option<String>,
+    /// Adapter options passed through (e.g. `endpointing`, `temperature`).
+    #[serde(default, skip_serializing_if = "serde_json::Map::is_empty")]
+    #[schema(value_type = Object)]
+    pub options: serde_json::Map<String, Value>,
+    /// Write-only, e.g. `{"api_key": "…"}`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub secrets: Secrets,
+}
+
+impl Provider {
+    fn check(&self, field: &str, known: &[&str]) -> ApiResult<()> {
+        if !self.provider.is_empty() && !known.contains(&self.provider.as_str()) {
+            return Err(ApiError::invalid(format!("{field}.provider"), format!("one of {}", known.join(", "))));
+        }
+        if let Some(url) = &self.base_url {
+            check_url(&format!("{field}.base_url"), url, &["http", "https", "ws", "wss", "tcp"])?;
+        }
+        Ok(())
+    }
+}
+
+/// What a tool does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ToolKind {
+    EndCall,
+    TransferCall,
+    DetectedVoicemail,
+    SearchKnowledge,
+    /// A custom HTTP tool.
+    Http,
+}
+
+/// A tool the language model may call.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Tool {
+    pub kind: ToolKind,
+    /// Required for HTTP tools; built-ins are named by their kind.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub description: String,
+    /// JSON Schema of the arguments (an object schema).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub parameters: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub method: Option<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub headers: BTreeMap<String, String>,
+    /// Headers whose values are secret (write-only).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub secrets: Secrets,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u32>,
+    /// `transfer_call`: the default destination, a number or SIP URI.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transfer_to: Option<String>,
+}
+
+/// What to do when a machine answers.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum MachineAction {
+    #[default]
+    Hangup,
+    Continue,
+    LeaveVoicemail,
+}
+
+/// The bot's answering-machine handling.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AnsweringMachine {
+    #[serde(default)]
+    pub detect: bool,
+    #[serde(default)]
+    pub action: MachineAction,
+    /// Spoken after the beep when the action is `leave_voicemail`.
+    #[serde(default)]
+    pub voicemail_message: String,
+}
+
+fn default_language() -> String {
+    "en-US".into()
+}
+fn yes() -> bool {
+    true
+}
+fn default_max_call() -> u32 {
+    1800
+}
+
+/// A bot: what the AI agent says and how it listens, thinks and speaks.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Bot {
+    pub name: String,
+    /// Spoken first, as soon as the call is answered.
+    #[serde(default)]
+    pub greeting: String,
+    #[serde(default)]
+    pub system_prompt: String,
+    /// BCP 47, e.g. `en-US`.
+    #[serde(default = "default_language")]
+    pub language: String,
+    #[serde(default)]
+    pub stt: Provider,
+    #[serde(default)]
+    pub llm: Provider,
+    #[serde(default)]
+    pub tts: Provider,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub voice: Option<String>,
+    #[serde(default)]
+    pub tools: Vec<Tool>,
+    #[serde(default)]
+    pub answering_machine: AnsweringMachine,
+    #[serde(default = "yes")]
+    pub recording: bool,
+    /// Calls end after this many seconds (10 to 14,400).
+    #[serde(default = "default_max_call")]
+    pub max_call_seconds: u32,
+}
+
+impl Bot {
+    pub fn check(&self) -> ApiResult<()> {
+        check_name("name", &self.name)?;
+        if self.language.is_empty() || self.language.len() > 35 || !self.language.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
+            return Err(ApiError::invalid("language", "a BCP 47 tag such as en-US"));
+        }
+        self.stt.check("stt", &["deepgram", "wyoming", "test"])?;
+        self.llm.check("llm", &["openai", "script", "test"])?;
+        self.tts.check("tts", &["elevenlabs", "openai", "wyoming", "test"])?;
+        if !(10..=14_400).contains(&self.max_call_seconds) {
+            return Err(ApiError::invalid("max_call_seconds", "between 10 and 14400"));
+        }
+        if self.greeting.len() > 4_000 || self.answering_machine.voicemail_message.len() > 4_000 {
+            return Err(ApiError::invalid("greeting", "at most 4000 bytes"));
+        }
+        if self.system_prompt.len() > 100_000 {
+            return Err(ApiError::invalid("system_prompt", "at most 100000 bytes"));
+        }
+        let mut names = std::collections::HashSet::new();
+        for (i, tool) in self.tools.iter().enumerate() {
+            let field = format!("tools[{i}]");
+            let name = match (tool.kind, &tool.name) {
+                (ToolKind::Http, None) => return Err(ApiError::invalid(format!("{field}.name"), "HTTP tools need a name")),
+                (_, Some(n)) => n.clone(),
+                (kind, None) => serde_json::to_value(kind).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default(),
+            };
+            if name.is_empty() || name.len() > 64 || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
+                return Err(ApiError::invalid(format!("{field}.name"), "1 to 64 letters, digits, '_' or '-'"));
+            }
+            if !names.insert(name) {
+                return Err(ApiError::invalid(format!("{field}.name"), "tool names must be unique"));
+            }
+            if let Some(p) = &tool.parameters
+                && p.get("type").and_then(Value::as_str) != Some("object")
+            {
+                return Err(ApiError::invalid(format!("{field}.parameters"), "a JSON Schema with \"type\": \"object\""));
+            }
+            if tool.kind == ToolKind::Http {
+                check_url(&format!("{field}.url"), tool.url.as_deref().unwrap_or(""), &["http", "https"])?;
+                let method = tool.method.as_deref().unwrap_or("POST");
+                if !["GET", "POST", "PUT", "PATCH", "DELETE"].contains(&method) {
+                    return Err(ApiError::invalid(format!("{field}.method"), "GET, POST, PUT, PATCH or DELETE"));
+                }
+                if !(100..=30_000).contains(&tool.timeout_ms.unwrap_or(5_000)) {
+                    return Err(ApiError::invalid(format!("{field}.timeout_ms"), "between 100 and 30000"));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// How an answered campaign call is routed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum RoutingType {
+    AiAssistant,
+    AiLoadBalancer,
+    Hangup,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Routing {
+    #[serde(rename = "type")]
+    pub kind: RoutingType,
+    /// The assistant or load balancer; none for `hangup`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_id: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Weekday {
+    Mon,
+    Tue,
+    Wed,
+    Thu,
+    Fri,
+    Sat,
+    Sun,
+}
+
+/// Calls may start on these days between `start` and `end` (`HH:MM`, local time).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Window {
+    pub days: Vec<Weekday>,
+    pub start: String,
+    pub end: String,
+}
+
+fn utc() -> String {
+    "UTC".into()
+}
+
+/// Weekly calling windows in a time zone.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Schedule {
+    /// IANA zone of the windows, e.g. `America/New_York`.
+    #[serde(default = "utc")]
+    pub time_zone: String,
+    /// Empty: any time.
+    #[serde(default)]
+    pub windows: Vec<Window>,
+    /// Also keep to the windows in each contact's own time zone, when it has one.
+    #[serde(default = "yes")]
+    pub contact_local_time: bool,
+}
+
+impl Default for Schedule {
+    fn default() -> Schedule {
+        Schedule { time_zone: utc(), windows: Vec::new(), contact_local_time: true }
+    }
+}
+
+fn minutes(s: &str) -> Option<u32> {
+    let (h, m) = s.split_once(':')?;
+    let (h, m): (u32, u32) = (h.parse().ok()?, m.parse().ok()?);
+    (h <= 24 && m < 60 && h * 60 + m <= 24 * 60 && s.len() == 5).then_some(h * 60 + m)
+}
+
+/// Call outcomes a retry may follow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum RetryOn {
+    Busy,
+    NoAnswer,
+    Failed,
+    Voicemail,
+}
+
+fn three() -> u32 {
+    3
+}
+fn five_minutes() -> u32 {
+    300
+}
+fn two() -> f64 {
+    2.0
+}
+fn retry_on() -> Vec<RetryOn> {
+    vec![RetryOn::Busy, RetryOn::NoAnswer, RetryOn::Failed]
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RetryPolicy {
+    /// Attempts per contact in all, the first included (1 to 20).
+    #[serde(default = "three")]
+    pub max_attempts: u32,
+    /// Wait before the first retry; each later one waits `backoff_multiplier` times longer.
+    #[serde(default = "five_minutes")]
+    pub backoff_seconds: u32,
+    #[serde(default = "two")]
+    pub backoff_multiplier: f64,
+    #[serde(default = "retry_on")]
+    pub retry_on: Vec<RetryOn>,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> RetryPolicy {
+        RetryPolicy { max_attempts: 3, backoff_seconds: 300, backoff_multiplier: 2.0, retry_on: retry_on() }
+    }
+}
+
+/// Answering-machine detection for the campaign's answered calls.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AmdPolicy {
+    #[serde(default)]
+    pub enabled: bool,
+    #[serde(default)]
+    pub action: MachineAction,
+}
+
+fn ten() -> u32 {
+    10
+}
+fn one() -> f64 {
+    1.0
+}
+
+/// A campaign: whom to dial, how fast, when, and where answered calls go.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Campaign {
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+    pub routing: Routing,
+    /// Caller IDs in E.164, used in turn.
+    #[serde(default)]
+    pub caller_ids: Vec<String>,
+    /// Concurrent active calls at most (1 to 10,000).
+    #[serde(default = "ten")]
+    pub cac: u32,
+    /// Call attempts per second at most (0.01 to 1,000).
+    #[serde(default = "one")]
+    pub cps: f64,
+    #[serde(default)]
+    pub schedule: Schedule,
+    #[serde(default)]
+    pub retry: RetryPolicy,
+    #[serde(default)]
+    pub amd: AmdPolicy,
+    /// Calling code for contact numbers written without one, e.g. `1`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default_country_code: Option<String>,
+}
+
+impl Campaign {
+    /// Checks and normalises (caller IDs to E.164). References are checked by the caller.
+    pub fn check(&mut self) -> ApiResult<()> {
+        check_name("name", &self.name)?;
+        match (self.routing.kind, &self.routing.target_id) {
+            (RoutingType::Hangup, Some(_)) => return Err(ApiError::invalid("routing.target_id", "hangup has no target")),
+            (RoutingType::AiAssistant | RoutingType::AiLoadBalancer, None) => {
+                return Err(ApiError::invalid("routing.target_id", "required for this routing type"));
+            }
+            _ => {}
+        }
+        if self.caller_ids.len() > 1_000 {
+            return Err(ApiError::invalid("caller_ids", "at most 1000"));
+        }
+        for (i, id) in self.caller_ids.iter_mut().enumerate() {
+            let e = E164::parse(id, self.default_country_code.as_deref())
+                .map_err(|e| ApiError::invalid(format!("caller_ids[{i}]"), e.to_string()))?;
+            *id = e.as_str().to_string();
+        }
+        if !(1..=10_000).contains(&self.cac) {
+            return Err(ApiError::invalid("cac", "between 1 and 10000"));
+        }
+        if !(0.01..=1_000.0).contains(&self.cps) {
+            return Err(ApiError::invalid("cps", "between 0.01 and 1000"));
+        }
+        if cxb_contacts::time_zone(&self.schedule.time_zone).is_none() {
+            return Err(ApiError::invalid("schedule.time_zone", "an IANA time zone such as America/New_York"));
+        }
+        for (i, w) in self.schedule.windows.iter().enumerate() {
+            let (s, e) = (minutes(&w.start), minutes(&w.end));
+            let Some(s) = s else { return Err(ApiError::invalid(format!("schedule.windows[{i}].start"), "HH:MM")) };
+            let Some(e) = e else { return Err(ApiError::invalid(format!("schedule.windows[{i}].end"), "HH:MM")) };
+            if e <= s {
+                return Err(ApiError::invalid(format!("schedule.windows[{i}].end"), "after start"));
+            }
+            if w.days.is_empty() {
+                return Err(ApiError::invalid(format!("schedule.windows[{i}].days"), "at least one day"));
+            }
+        }
+        let r = &self.retry;
+        if !(1..=20).contains(&r.max_attempts) {
+            return Err(ApiError::invalid("retry.max_attempts", "between 1 and 20"));
+        }
+        if r.backoff_seconds > 7 * 86_400 {
+            return Err(ApiError::invalid("retry.backoff_seconds", "at most 604800 (a week)"));
+        }
+        if !(1.0..=10.0).contains(&r.backoff_multiplier) {
+            return Err(ApiError::invalid("retry.backoff_multiplier", "between 1 and 10"));
+        }
+        if let Some(cc) = &self.default_country_code
+            && (cc.is_empty() || cc.len() > 3 || !cc.bytes().all(|b| b.is_ascii_digit()) || cc.starts_with('0'))
+        {
+            return Err(ApiError::invalid("default_country_code", "1 to 3 digits, e.g. 1 or 44"));
+        }
+        Ok(())
+    }
+}
+
+/// A campaign's life: DRAFT -> ACTIVE <-> PAUSED -> COMPLETED, and ARCHIVED from any
+/// state but ACTIVE.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum CampaignState {
+    Draft,
+    Active,
+    Paused,
+    Completed,
+    Archived,
+}
+
+impl CampaignState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CampaignState::Draft => "DRAFT",
+            CampaignState::Active => "ACTIVE",
+            CampaignState::Paused => "PAUSED",
+            CampaignState::Completed => "COMPLETED",
+            CampaignState::Archived => "ARCHIVED",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<CampaignState> {
+        serde_json::from_value(Value::String(s.to_string())).ok()
+    }
+
+    /// The state an action leads to, and the states it may start from.
+    pub fn action(action: &str) -> Option<(CampaignState, &'static [CampaignState])> {
+        use CampaignState::*;
+        Some(match action {
+            "start" => (Active, &[Draft]),
+            "pause" => (Paused, &[Active]),
+            "resume" => (Active, &[Paused]),
+            "complete" => (Completed, &[Active, Paused]),
+            "archive" => (Archived, &[Draft, Paused, Completed]),
+            _ => return None,
+        })
+    }
+}
+
+/// SIP or WebSocket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum AssistantKind {
+    Sip,
+    Websocket,
+}
+
+/// An AI assistant a campaign routes answered calls to.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AiAssistant {
+    pub name: String,
+    pub kind: AssistantKind,
+    /// SIP: the provider name used in `<Service provider="…">`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sip_provider: Option<String>,
+    /// SIP: `sip:` or `sips:` URI.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sip_uri: Option<String>,
+    /// WebSocket: `ws://` or `wss://` URL with `{session}`, `{from}`, `{to}`, `{bot_id}`,
+    /// `{auth_token}` placeholders.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url_template: Option<String>,
+    /// A CX Bridge bot: the URL then points at an engine host picked by free capacity.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bot_id: Option<String>,
+    /// Write-only, e.g. `{"auth_token": "…"}` for the template.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub secrets: Secrets,
+}
+
+impl AiAssistant {
+    pub fn check(&self) -> ApiResult<()> {
+        check_name("name", &self.name)?;
+        match self.kind {
+            AssistantKind::Sip => {
+                if self.sip_provider.as_deref().is_none_or(|p| p.trim().is_empty() || p.len() > 200) {
+                    return Err(ApiError::invalid("sip_provider", "required for SIP assistants"));
+                }
+                let uri = self.sip_uri.as_deref().unwrap_or("");
+                if !(uri.starts_with("sip:") || uri.starts_with("sips:")) || uri.len() < 6 || uri.len() > 1024 {
+                    return Err(ApiError::invalid("sip_uri", "a sip: or sips: URI"));
+                }
+            }
+            AssistantKind::Websocket => match (&self.url_template, &self.bot_id) {
+                (None, None) => return Err(ApiError::invalid("url_template", "a URL template or a bot_id is required")),
+                (Some(t), _) => {
+                    check_url("url_template", t, &["ws", "wss"])?;
+                    let mut rest = t.as_str();
+                    while let Some(open) = rest.find('{') {
+                        let close = rest[open..].find('}').ok_or_else(|| ApiError::invalid("url_template", "an unclosed {"))?;
+                        let name = &rest[open + 1..open + close];
+                        if !["session", "from", "to", "bot_id", "auth_token"].contains(&name) {
+                            return Err(ApiError::invalid("url_template", format!("unknown placeholder {{{name}}}")));
+                        }
+                        rest = &rest[open + close + 1..];
+                    }
+                }
+                _ => {}
+            },
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Strategy {
+    RoundRobin,
+    LeastConnections,
+    Random,
+    Weighted,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Member {
+    pub assistant_id: String,
+    /// For `weighted` (1 to 1,000).
+    #[serde(default = "one_u32")]
+    pub weight: u32,
+}
+
+fn one_u32() -> u32 {
+    1
+}
+
+/// Spreads calls over several assistants, failing over when one is down.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LoadBalancer {
+    pub name: String,
+    pub strategy: Strategy,
+    pub members: Vec<Member>,
+}
+
+impl LoadBalancer {
+    pub fn check(&self) -> ApiResult<()> {
+        check_name("name", &self.name)?;
+        if self.members.is_empty() || self.members.len() > 100 {
+            return Err(ApiError::invalid("members", "1 to 100 members"));
+        }
+        let mut seen = std::collections::HashSet::new();
+        for (i, m) in self.members.iter().enumerate() {
+            if !(1..=1_000).contains(&m.weight) {
+                return Err(ApiError::invalid(format!("members[{i}].weight"), "between 1 and 1000"));
+            }
+            if !seen.insert(&m.assistant_id) {
+                return Err(ApiError::invalid(format!("members[{i}].assistant_id"), "listed twice"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Events a webhook can subscribe to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub enum Event {
+    #[serde(rename = "call.completed")]
+    CallCompleted,
+}
+
+fn call_completed() -> Vec<Event> {
+    vec![Event::CallCompleted]
+}
+
+/// A CRM integration: events are POSTed to `url`, signed with HMAC-SHA256.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Webhook {
+    pub name: String,
+    pub url: String,
+    #[serde(default = "call_completed")]
+    pub events: Vec<Event>,
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// Write-only `{"signing_secret": "…"}`; made for you (and shown once) when omitted.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub secrets: Secrets,
+}
+
+impl Webhook {
+    pub fn check(&self) -> ApiResult<()> {
+        check_name("name", &self.name)?;
+        check_url("url", &self.url, &["http", "https"])?;
+        if self.events.is_empty() {
+            return Err(ApiError::invalid("events", "at least one event"));
+        }
+        if self.secrets.get("signing_secret").is_some_and(|s| s.len() < 16) {
+            return Err(ApiError::invalid("secrets.signing_secret", "at least 16 characters"));
+        }
+        Ok(())
+    }
+}
+
+/// Which carrier places the organization's calls.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum CarrierKind {
+    /// The built-in carrier simulator (no external service).
+    #[default]
+    Simulator,
+    Cloudonix,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Carrier {
+    #[serde(default)]
+    pub provider: CarrierKind,
+    /// Cloudonix: the domain calls are placed in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub domain: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_base: Option<String>,
+    /// Write-only, e.g. `{"api_key": "…", "webhook_token": "…"}`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub secrets: Secrets,
+}
+
+/// Organization settings.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    #[serde(default)]
+    pub carrier: Carrier,
+    /// E.164, used when a call names no caller ID.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default_caller_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default_country_code: Option<String>,
+    /// The public base URL carriers post call-end (CDR) webhooks to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhook_url: Option<String>,
+}
+
+impl Settings {
+    pub fn check(&mut self) -> ApiResult<()> {
+        if let Some(id) = &self.default_caller_id {
+            let e = E164::parse(id, self.default_country_code.as_deref())
+                .map_err(|e| ApiError::invalid("default_caller_id", e.to_string()))?;
+            self.default_caller_id = Some(e.as_str().to_string());
+        }
+        if let Some(cc) = &self.default_country_code
+            && (cc.is_empty() || cc.len() > 3 || !cc.bytes().all(|b| b.is_ascii_digit()) || cc.starts_with('0'))
+        {
+            return Err(ApiError::invalid("default_country_code", "1 to 3 digits, e.g. 1 or 44"));
+        }
+        if let Some(url) = &self.webhook_url {
+            check_url("webhook_url", url, &["http", "https"])?;
+        }
+        if let Some(url) = &self.carrier.api_base {
+            check_url("carrier.api_base", url, &["http", "https"])?;
+        }
+        Ok(())
+    }
+}
+
+/// Shows a stored document to a person: every `secrets` map becomes `secrets_set`, the names
+/// of the secrets that are set.
+pub fn redact(value: &mut Value) {
+    match value {
+        Value::Object(map) => {
+            if let Some(Value::Object(secrets)) = map.remove("secrets") {
+                let names: Vec<Value> = secrets.keys().cloned().map(Value::String).collect();
+                map.insert("secrets_set".into(), Value::Array(names));
+            }
+            map.values_mut().for_each(redact);
+        }
+        Value::Array(items) => items.iter_mut().for_each(redact),
+        _ => {}
+    }
+}
+
+/// RFC 7396 JSON merge patch; `secrets_set` (read-only) is ignored wherever it appears.
+pub fn merge_patch(target: &mut Value, patch: Value) {
+    match patch {
+        Value::Object(patch) => {
+            if !target.is_object() {
+                *target = Value::Object(serde_json::Map::new());
+            }
+            if let Value::Object(t) = target {
+                for (k, v) in patch {
+                    if k == "secrets_set" {
+                        continue;
+                    }
+                    if v.is_null() {
+                        t.remove(&k);
+                    } else {
+                        merge_patch(t.entry(k).or_insert(Value::Null), v);
+                    }
+                }
+            }
+        }
+        other => *target = other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn redaction_hides_every_secret_map() {
+        let mut v = json!({"stt": {"provider": "deepgram", "secrets": {"api_key": "k1"}}, "tools": [{"secrets": {"Authorization": "x"}}]});
+        redact(&mut v);
+        assert_eq!(v, json!({"stt": {"provider": "deepgram", "secrets_set": ["api_key"]}, "tools": [{"secrets_set": ["Authorization"]}]}));
+    }
+
+    #[test]
+    fn merge_patch_follows_rfc_7396() {
+        let mut v = json!({"a": 1, "b": {"c": 2, "d": 3}, "s": {"secrets": {"k": "v"}}});
+        merge_patch(&mut v, json!({"a": null, "b": {"c": 5}, "s": {"secrets_set": ["k"]}, "n": [1]}));
+        assert_eq!(v, json!({"b": {"c": 5, "d": 3}, "s": {"secrets": {"k": "v"}}, "n": [1]}));
+    }
+
+    #[test]
+    fn campaign_transitions() {
+        assert_eq!(CampaignState::action("start").map(|a| a.0), Some(CampaignState::Active));
+        assert!(CampaignState::action("pause").is_some_and(|(_, from)| from == [CampaignState::Active]));
+        assert!(CampaignState::action("explode").is_none());
+        assert_eq!(CampaignState::parse("PAUSED"), Some(CampaignState::Paused));
+        assert_eq!(minutes("09:30"), Some(570));
+        assert_eq!(minutes("24:00"), Some(1440));
+        assert_eq!(minutes("9:30"), None);
+        assert_eq!(minutes("24:01"), None);
+    }
+}
