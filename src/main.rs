@@ -12,8 +12,11 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
+use cxb_control_plane::client::{Capacity, HeartbeatConfig, Host, heartbeat_loop};
+use cxb_control_plane::clock::{Clock, SystemClock};
+use cxb_control_plane::{ApiConfig, ApiServer, admin};
 use cxb_engine::registry::Segment;
-use cxb_engine::{Engine, EngineConfig};
+use cxb_engine::{Engine, EngineConfig, EngineHandle};
 
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -27,15 +30,83 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run everything that exists on this host with embedded defaults (today: the engine
-    /// with its built-in bots).
+    /// Run everything on this host with embedded defaults: the API over SQLite in the data
+    /// directory and the engine heartbeating into it. The first start creates an organization
+    /// and prints its admin's credentials once.
     Up {
-        /// Address for carriers and HTTP.
+        /// Address for carriers (the engine).
         #[arg(long, default_value = "127.0.0.1:8080")]
         listen: SocketAddr,
+        /// Address of the API.
+        #[arg(long, default_value = "127.0.0.1:8081")]
+        api_listen: SocketAddr,
+        #[command(flatten)]
+        data: DataArgs,
     },
     /// The media engine: live calls over telephony WebSockets.
     Core(CoreCommand),
+    /// The control plane: accounts, bots, campaigns, call records, the fleet registry.
+    Api {
+        #[arg(long, default_value = "127.0.0.1:8081")]
+        listen: SocketAddr,
+        #[command(flatten)]
+        data: DataArgs,
+    },
+    /// Administration that needs no account: first organizations, fleet tokens.
+    Admin {
+        #[command(subcommand)]
+        action: AdminAction,
+    },
+}
+
+#[derive(Args)]
+struct DataArgs {
+    /// Where embedded state lives (default: $CXB_DATA_DIR, else $XDG_DATA_HOME/cxb, else
+    /// ~/.local/share/cxb).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// `sqlite://PATH` or `postgres://…` (default: sqlite://DATA_DIR/cxb.db).
+    #[arg(long)]
+    database: Option<String>,
+}
+
+impl DataArgs {
+    fn database(&self) -> String {
+        if let Some(url) = &self.database {
+            return url.clone();
+        }
+        let dir = self.data_dir.clone().unwrap_or_else(|| {
+            let env = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty()).map(PathBuf::from);
+            env("CXB_DATA_DIR")
+                .or_else(|| env("XDG_DATA_HOME").map(|d| d.join("cxb")))
+                .or_else(|| env("HOME").map(|h| h.join(".local/share/cxb")))
+                .unwrap_or_else(|| PathBuf::from("cxb-data"))
+        });
+        format!("sqlite://{}", dir.join("cxb.db").display())
+    }
+}
+
+#[derive(Subcommand)]
+enum AdminAction {
+    /// Create an organization and its first admin; the password is read from standard input.
+    CreateOrg {
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        email: String,
+        /// Read the admin's password from the first line of standard input.
+        #[arg(long, required = true)]
+        password_stdin: bool,
+        #[command(flatten)]
+        data: DataArgs,
+    },
+    /// Create a token for an engine or dialler (`cxb core --api … --fleet-token …`); printed once.
+    CreateFleetToken {
+        #[arg(long, default_value = "fleet")]
+        name: String,
+        #[command(flatten)]
+        data: DataArgs,
+    },
 }
 
 #[derive(Args)]
@@ -106,22 +177,48 @@ struct CoreArgs {
     /// End a call after this many seconds without inbound bytes.
     #[arg(long, default_value_t = 60)]
     idle_timeout_secs: u64,
+    /// Heartbeat this host's capacity to the API at this base URL (e.g. http://10.0.0.2:8081).
+    #[arg(long, requires = "fleet_token")]
+    api: Option<String>,
+    /// The fleet token for `--api`.
+    #[arg(long, env = "CXB_FLEET_TOKEN", hide_env_values = true)]
+    fleet_token: Option<String>,
+    /// How carriers reach this host, as announced to the API (default: ws://LISTEN).
+    #[arg(long)]
+    advertise: Option<String>,
 }
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
-        Command::Up { listen } => {
-            let engine = Engine::start(EngineConfig::new(listen)).context("starting the engine")?;
-            print_welcome(&engine);
-            engine.wait();
-            Ok(())
-        }
+        Command::Up { listen, api_listen, data } => up(listen, api_listen, &data),
         Command::Core(CoreCommand { action: None, run }) => {
+            let heartbeat = run.api.clone().zip(run.fleet_token.clone());
+            let advertise = run.advertise.clone();
             let engine = Engine::start(engine_config(run)).context("starting the engine")?;
             print_welcome(&engine);
+            if let Some((api, token)) = heartbeat {
+                let address = advertise.unwrap_or_else(|| format!("ws://{}", engine.local_addr()));
+                let config = heartbeat_config(api, token, address, engine.local_addr().port());
+                let host = EngineHost(engine.handle());
+                std::thread::Builder::new().name("cxb-heartbeat".into()).spawn(move || {
+                    match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                        Ok(rt) => rt.block_on(heartbeat_loop(config, host)),
+                        Err(e) => eprintln!("cxb core: no heartbeat: {e}"),
+                    }
+                })?;
+            }
             engine.wait();
             Ok(())
         }
+        Command::Api { listen, data } => tokio_runtime()?.block_on(async {
+            let api = ApiServer::start(ApiConfig::new(listen, data.database())).await?;
+            println!("CX Bridge API on http://{}  (OpenAPI: /v1/openapi.json)", api.local_addr());
+            let _ = std::io::stdout().flush();
+            tokio::signal::ctrl_c().await?;
+            api.shutdown().await;
+            Ok(())
+        }),
+        Command::Admin { action } => tokio_runtime()?.block_on(admin_command(action)),
         Command::Core(CoreCommand { action: Some(CoreAction::Status { port, registry, slots }), .. }) => {
             let path = registry.unwrap_or_else(|| EngineConfig::new(([127, 0, 0, 1], port).into()).registry);
             status(&path, slots)
@@ -136,6 +233,99 @@ fn main() -> anyhow::Result<()> {
             print!("{answer}");
             Ok(())
         }
+    }
+}
+
+fn tokio_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().context("starting the async runtime")
+}
+
+async fn admin_command(action: AdminAction) -> anyhow::Result<()> {
+    let now = SystemClock.now_ms();
+    match action {
+        AdminAction::CreateOrg { name, email, password_stdin: _, data } => {
+            let mut password = String::new();
+            std::io::stdin().read_line(&mut password).context("reading the password from standard input")?;
+            let password = password.trim_end_matches(['\n', '\r']).to_string();
+            let db = cxb_control_plane::db::connect(&data.database()).await?;
+            let org = admin::create_org(&db, &name, &email, password, now).await?;
+            println!("organization {} ({name}) created; sign in as {} with the password given", org.org_id, org.email);
+        }
+        AdminAction::CreateFleetToken { name, data } => {
+            let db = cxb_control_plane::db::connect(&data.database()).await?;
+            let token = admin::create_fleet_token(&db, &name, now).await?;
+            println!("{token}");
+        }
+    }
+    Ok(())
+}
+
+/// The fleet token `cxb up` makes for its own engine at each start (the previous one is revoked).
+const UP_TOKEN: &str = "cxb up (local engine)";
+
+fn up(listen: SocketAddr, api_listen: SocketAddr, data: &DataArgs) -> anyhow::Result<()> {
+    let rt = tokio_runtime()?;
+    rt.block_on(async {
+        let database = data.database();
+        let api = ApiServer::start(ApiConfig::new(api_listen, database.clone())).await.context("starting the API")?;
+        let db = &api.state().db;
+        let now = SystemClock.now_ms();
+        let first = if admin::org_count(db).await? == 0 {
+            let password = admin::generate_password();
+            let org = admin::create_org(db, "Default", "admin@cxb.local", password.clone(), now).await?;
+            Some((org, password))
+        } else {
+            None
+        };
+        admin::revoke_fleet_tokens(db, UP_TOKEN).await?;
+        let token = admin::create_fleet_token(db, UP_TOKEN, now).await?;
+        let engine = Engine::start(EngineConfig::new(listen)).context("starting the engine")?;
+        print_welcome(&engine);
+        let api_url = format!("http://{}", api.local_addr());
+        println!("  API         {api_url}   (OpenAPI: {api_url}/v1/openapi.json)");
+        println!("  database    {database}");
+        if let Some((org, password)) = first {
+            println!();
+            println!("First start: organization {} was created. Its admin (shown only this once):", org.org_id);
+            println!("  email       {}", org.email);
+            println!("  password    {password}");
+            println!("  sign in     curl -s {api_url}/v1/auth/login -H 'content-type: application/json' \\");
+            println!("                -d '{{\"email\":\"{}\",\"password\":\"{password}\"}}'", org.email);
+        }
+        let _ = std::io::stdout().flush();
+        let config = heartbeat_config(api_url, token, format!("ws://{}", engine.local_addr()), engine.local_addr().port());
+        let beat = tokio::spawn(heartbeat_loop(config, EngineHost(engine.handle())));
+        tokio::signal::ctrl_c().await?;
+        beat.abort();
+        api.shutdown().await;
+        engine.shutdown();
+        Ok(())
+    })
+}
+
+fn heartbeat_config(api: String, fleet_token: String, address: String, port: u16) -> HeartbeatConfig {
+    let host = std::fs::read_to_string("/etc/hostname").ok().map(|h| h.trim().to_string()).filter(|h| !h.is_empty());
+    let host = host.or_else(|| std::env::var("HOSTNAME").ok()).unwrap_or_else(|| "localhost".into());
+    HeartbeatConfig { api, fleet_token, host_id: format!("{host}:{port}"), address, every: Duration::from_secs(2) }
+}
+
+/// The engine as the fleet heartbeat sees it.
+struct EngineHost(EngineHandle);
+
+impl Host for EngineHost {
+    fn capacity(&self) -> Capacity {
+        let h = self.0.health();
+        let n = |k: &str| h[k].as_u64().unwrap_or(0);
+        Capacity {
+            workers: h["workers"].as_array().map_or(0, |w| w.len() as u32),
+            slots_total: n("slots_total"),
+            slots_free: n("slots_free"),
+            live_calls: n("live_calls"),
+        }
+    }
+
+    fn hold(&self, token: &str, ttl: Duration) -> bool {
+        self.0.hold_reservation(token, ttl)
     }
 }
 

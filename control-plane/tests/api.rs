@@ -225,7 +225,8 @@ async fn bot_secrets_are_write_only_and_validation_names_the_field() {
 async fn malformed_requests_get_stable_json_errors() {
     let api = Api::start().await;
     let token = api.org("Acme").await;
-    let cases: Vec<(Method, &str, Option<(&str, Vec<u8>)>, u16, &str)> = vec![
+    type Case<'a> = (Method, &'a str, Option<(&'a str, Vec<u8>)>, u16, &'a str);
+    let cases: Vec<Case<'_>> = vec![
         (Method::POST, "/v1/bots", Some(("application/json", b"{not json".to_vec())), 400, "bad_request"),
         (Method::POST, "/v1/bots", Some(("application/json", b"[1,2]".to_vec())), 400, "bad_request"),
         (Method::POST, "/v1/bots", Some(("application/json", vec![0xff, 0xfe, 0x00])), 400, "bad_request"),

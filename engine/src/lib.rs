@@ -20,4 +20,4 @@ pub mod server;
 mod worker;
 pub mod ws;
 
-pub use server::{Engine, EngineConfig};
+pub use server::{Engine, EngineConfig, EngineHandle};

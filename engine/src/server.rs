@@ -107,6 +107,10 @@ pub(crate) struct WorkerShared {
 }
 
 /// State shared by all threads of the engine.
+/// The top byte of reservation tokens issued by the fleet registry (`cxb api`); engine-issued
+/// tokens carry their worker's index there instead.
+const FLEET_OWNER: usize = 0xff;
+
 #[derive(Debug)]
 pub(crate) struct Shared {
     pub(crate) config: EngineConfig,
@@ -152,12 +156,24 @@ impl Shared {
     }
 
     /// Asks the worker that holds reservation `token` to release it, unless that is `except`.
+    /// Fleet-issued tokens (top byte `ff`) may be held by any worker: every other one is asked.
     pub(crate) fn release_elsewhere(&self, except: usize, token: u64) {
         let owner = (token >> 56) as usize;
-        if owner != except && owner < self.inboxes.len() {
-            let (tx, _rx) = flume::bounded(1);
-            let _ = self.inboxes[owner].send(Inbox::Command(Command::Release { token }, tx));
+        let owners: Vec<usize> = if owner == FLEET_OWNER { (0..self.inboxes.len()).collect() } else { vec![owner] };
+        for owner in owners {
+            if owner != except && owner < self.inboxes.len() {
+                let (tx, _rx) = flume::bounded(1);
+                let _ = self.inboxes[owner].send(Inbox::Command(Command::Release { token }, tx));
+            }
         }
+    }
+
+    /// Holds a slot for a fleet-issued reservation on the worker with the most free slots.
+    pub(crate) fn hold(&self, token: u64, ttl: Duration) -> bool {
+        if (token >> 56) as usize != FLEET_OWNER {
+            return false;
+        }
+        self.ask(self.most_free(0), Command::Reserve { ttl, token })["ok"] == true
     }
 
     fn ask(&self, worker: usize, cmd: Command) -> Value {
@@ -211,6 +227,27 @@ impl Shared {
             }
             _ => json!({ "ok": false, "error": "unknown command; try report, reserve, release, hangup, drain, undrain" }),
         }
+    }
+}
+
+/// What other threads may ask of a running engine.
+#[derive(Debug, Clone)]
+pub struct EngineHandle {
+    shared: Arc<Shared>,
+}
+
+impl EngineHandle {
+    /// The `/health` document: workers, slots, free slots, live calls.
+    pub fn health(&self) -> Value {
+        self.shared.health()
+    }
+
+    /// Holds a slot for `ttl` for a call that will present `?reservation=<token>` (16 hex
+    /// digits, top byte `ff`, as the fleet registry issues them). False when the token is
+    /// malformed or no worker has a free slot. Holding the same token again renews it.
+    pub fn hold_reservation(&self, token: &str, ttl: Duration) -> bool {
+        let parsed = (token.len() == 16).then(|| u64::from_str_radix(token, 16).ok()).flatten();
+        parsed.is_some_and(|t| self.shared.hold(t, ttl))
     }
 }
 
@@ -278,6 +315,11 @@ impl Engine {
     /// The `/health` document, without HTTP.
     pub fn health(&self) -> Value {
         self.shared.health()
+    }
+
+    /// A handle for other threads (the fleet heartbeat) while [`Engine::wait`] blocks.
+    pub fn handle(&self) -> EngineHandle {
+        EngineHandle { shared: self.shared.clone() }
     }
 
     /// Closes every call (1001), stops every thread and removes the registry and socket files.

@@ -255,6 +255,13 @@ impl Worker {
                 if self.draining.get() {
                     return json!({ "ok": false, "error": "draining" });
                 }
+                let held = self.slots.borrow().state.iter().position(|s| matches!(s, Local::Reserved { token: t, .. } if *t == token));
+                if let Some(slot) = held {
+                    // Holding a token twice is one reservation, with the later expiry.
+                    let until_ms = unix_ms() + ttl.as_millis() as u64;
+                    self.slots.borrow_mut().state[slot] = Local::Reserved { until_ms, token };
+                    return json!({ "ok": true, "worker": self.index, "slot": slot, "token": format!("{token:016x}"), "expires_unix_ms": until_ms });
+                }
                 let Some(slot) = self.slots.borrow_mut().free.pop() else {
                     return json!({ "ok": false, "error": "no free slot" });
                 };
