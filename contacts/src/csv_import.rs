@@ -40,7 +40,8 @@ impl Contact {
 /// A row that was not imported.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Rejected {
-    /// The row's line in the file as a spreadsheet shows it (the header is row 1).
+    /// The row as a spreadsheet numbers it: the header is row 1, the first contact row 2
+    /// (a quoted value spanning lines is still one row).
     pub row: u64,
     pub reason: String,
 }
@@ -112,7 +113,7 @@ pub fn import_csv(data: &[u8], default_country: Option<&str>) -> Result<ImportRe
     let mut record = csv::ByteRecord::new();
     let mut rows = 0usize;
     loop {
-        let row = reader.position().line();
+        let row = reader.position().record() + 1;
         match reader.read_byte_record(&mut record) {
             Ok(false) => break,
             Ok(true) => {}
@@ -126,7 +127,7 @@ pub fn import_csv(data: &[u8], default_country: Option<&str>) -> Result<ImportRe
             report.truncated = true;
             break;
         }
-        let row = record.position().map_or(row, |p| p.line());
+        let row = record.position().map_or(row, |p| p.record() + 1);
         if record.iter().all(<[u8]>::is_empty) {
             continue; // a blank line
         }
