@@ -15,7 +15,7 @@ use crate::auth::{Caller, Role};
 use crate::clock::rfc3339;
 use crate::db::new_id;
 use crate::error::{ApiError, ApiResult};
-use crate::extract::{Body, Query, body_bytes, limit, page};
+use crate::extract::{Arg, Body, Filter, Query, body_bytes, limit, page};
 use crate::model::{Campaign, CampaignState};
 
 /// `POST /v1/campaigns/{id}/{action}`: one state change, made atomically so two racing
@@ -326,16 +326,16 @@ pub(crate) async fn list_dnc(State(s): State<AppState>, caller: Caller, Query(q)
         Some(p) => Some(parse_org_phone(&s, &caller.org_id, p).await?),
         None => None,
     };
-    let mut sql = String::from("SELECT id, phone, note, created_at FROM dnc WHERE org_id = $1 AND id < $2");
-    if phone.is_some() {
-        sql.push_str(" AND phone = $3");
+    let mut f = Filter::new("SELECT id, phone, note, created_at FROM dnc WHERE org_id = ");
+    f.and("?", [Arg::Text(caller.org_id)]);
+    if let Some(cursor) = q.cursor {
+        f.and(" AND id < ?", [Arg::Text(cursor)]);
     }
-    sql.push_str(&format!(" ORDER BY id DESC LIMIT {}", limit + 1));
-    let mut query = sqlx::query(AssertSqlSafe(sql)).bind(&caller.org_id).bind(q.cursor.unwrap_or_else(|| "\u{10ffff}".into()));
     if let Some(p) = phone {
-        query = query.bind(p.as_str().to_string());
+        f.and(" AND phone = ?", [Arg::Text(p.as_str().to_string())]);
     }
-    let rows = query.fetch_all(&s.db).await?;
+    f.push(&format!(" ORDER BY id DESC LIMIT {}", limit + 1));
+    let rows = f.fetch_all(&s.db).await?;
     let items = rows.iter().map(dnc_view).collect::<ApiResult<Vec<_>>>()?;
     Ok(Json(page(items, limit, |v| v["id"].as_str().unwrap_or_default().to_string())))
 }

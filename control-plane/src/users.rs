@@ -15,7 +15,7 @@ use crate::auth::{Caller, Role, check_password, hash_password, verify_password};
 use crate::clock::{parse_time, rfc3339};
 use crate::db::{new_id, new_secret, token_hash};
 use crate::error::{ApiError, ApiResult};
-use crate::extract::{Body, Query, limit, page};
+use crate::extract::{Arg, Body, Filter, Query, limit, page};
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -319,12 +319,13 @@ pub(crate) async fn create_key(State(s): State<AppState>, caller: Caller, Body(k
 pub(crate) async fn list_keys(State(s): State<AppState>, caller: Caller, Query(q): Query<PageQuery>) -> ApiResult<Json<Value>> {
     caller.require(Role::Admin)?;
     let limit = limit(q.limit)?;
-    let sql = format!("SELECT {KEY_COLUMNS} FROM api_keys WHERE org_id = $1 AND id < $2 ORDER BY id DESC LIMIT {}", limit + 1);
-    let rows = sqlx::query(AssertSqlSafe(sql))
-        .bind(&caller.org_id)
-        .bind(q.cursor.unwrap_or_else(|| "\u{10ffff}".into()))
-        .fetch_all(&s.db)
-        .await?;
+    let mut f = Filter::new(&format!("SELECT {KEY_COLUMNS} FROM api_keys WHERE org_id = "));
+    f.and("?", [Arg::Text(caller.org_id)]);
+    if let Some(cursor) = q.cursor {
+        f.and(" AND id < ?", [Arg::Text(cursor)]);
+    }
+    f.push(&format!(" ORDER BY id DESC LIMIT {}", limit + 1));
+    let rows = f.fetch_all(&s.db).await?;
     let items = rows.iter().map(key_view).collect::<ApiResult<Vec<_>>>()?;
     Ok(Json(page(items, limit, |v| v["id"].as_str().unwrap_or_default().to_string())))
 }

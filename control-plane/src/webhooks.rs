@@ -9,14 +9,14 @@ use axum::extract::{Path, State};
 use hmac::{Hmac, Mac};
 use serde::Deserialize;
 use serde_json::{Value, json};
-use sqlx::{AssertSqlSafe, Row};
+use sqlx::Row;
 
 use crate::AppState;
 use crate::auth::Caller;
 use crate::clock::rfc3339;
 use crate::db::new_id;
 use crate::error::{ApiError, ApiResult};
-use crate::extract::{Query, limit, page};
+use crate::extract::{Arg, Filter, Query, limit, page};
 use crate::model::Webhook;
 
 /// Attempts before a delivery is given up.
@@ -162,17 +162,16 @@ pub(crate) async fn deliveries(State(s): State<AppState>, caller: Caller, Path(h
     if !crate::resources::exists(&s, "webhooks", &caller.org_id, &hook).await? {
         return Err(ApiError::not_found("webhook"));
     }
-    let sql = format!(
+    let mut f = Filter::new(
         "SELECT id, event, subject_id, status, attempts, next_attempt_at, last_status, last_error, created_at, updated_at \
-         FROM webhook_deliveries WHERE webhook_id = $1 AND org_id = $2 AND id < $3 ORDER BY id DESC LIMIT {}",
-        limit + 1
+         FROM webhook_deliveries WHERE webhook_id = ",
     );
-    let rows = sqlx::query(AssertSqlSafe(sql))
-        .bind(&hook)
-        .bind(&caller.org_id)
-        .bind(q.cursor.unwrap_or_else(|| "\u{10ffff}".into()))
-        .fetch_all(&s.db)
-        .await?;
+    f.and("? AND org_id = ?", [Arg::Text(hook), Arg::Text(caller.org_id)]);
+    if let Some(cursor) = q.cursor {
+        f.and(" AND id < ?", [Arg::Text(cursor)]);
+    }
+    f.push(&format!(" ORDER BY id DESC LIMIT {}", limit + 1));
+    let rows = f.fetch_all(&s.db).await?;
     let mut items = Vec::new();
     for r in &rows {
         let status: String = r.try_get("status")?;

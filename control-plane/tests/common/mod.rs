@@ -43,7 +43,11 @@ impl Api {
     pub(crate) async fn start_with(tweak: impl FnOnce(&mut ApiConfig)) -> Api {
         let dir = tempfile::tempdir().unwrap();
         let clock = ManualClock::new(START_MS);
-        let mut config = ApiConfig::new("127.0.0.1:0".parse().unwrap(), format!("sqlite://{}/cxb.db", dir.path().display()));
+        let database = match std::env::var("CXB_TEST_POSTGRES") {
+            Ok(base) if !base.is_empty() => fresh_postgres(&base).await,
+            _ => format!("sqlite://{}/cxb.db", dir.path().display()),
+        };
+        let mut config = ApiConfig::new("127.0.0.1:0".parse().unwrap(), database);
         config.clock = clock.clone();
         config.webhook_interval = None;
         tweak(&mut config);
@@ -110,6 +114,19 @@ impl Api {
     pub(crate) async fn fleet_token(&self) -> String {
         admin::create_fleet_token(self.db(), "test", self.clock.now_ms()).await.unwrap()
     }
+}
+
+/// With `CXB_TEST_POSTGRES=postgres://user@host:port` (as `.ci/run` sets it), every test gets
+/// its own new PostgreSQL database instead of a SQLite file: the same tests, the other engine.
+async fn fresh_postgres(base: &str) -> String {
+    use std::hash::BuildHasher;
+    sqlx::any::install_default_drivers();
+    let n = std::collections::hash_map::RandomState::new().hash_one(std::time::SystemTime::now());
+    let name = format!("cxb_test_{n:016x}");
+    let admin = sqlx::AnyPool::connect(&format!("{base}/postgres")).await.unwrap();
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(&admin).await.unwrap();
+    admin.close().await;
+    format!("{base}/{name}")
 }
 
 /// A bot, an assistant, a load balancer and a campaign routed to the assistant; returns ids.
