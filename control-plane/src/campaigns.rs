@@ -328,13 +328,10 @@ pub(crate) async fn list_dnc(State(s): State<AppState>, caller: Caller, Query(q)
     };
     let mut f = Filter::new("SELECT id, phone, note, created_at FROM dnc WHERE org_id = ");
     f.and("?", [Arg::Text(caller.org_id)]);
-    if let Some(cursor) = q.cursor {
-        f.and(" AND id < ?", [Arg::Text(cursor)]);
-    }
     if let Some(p) = phone {
         f.and(" AND phone = ?", [Arg::Text(p.as_str().to_string())]);
     }
-    f.push(&format!(" ORDER BY id DESC LIMIT {}", limit + 1));
+    f.newest_first(q.cursor, limit);
     let rows = f.fetch_all(&s.db).await?;
     let items = rows.iter().map(dnc_view).collect::<ApiResult<Vec<_>>>()?;
     Ok(Json(page(items, limit, |v| v["id"].as_str().unwrap_or_default().to_string())))

@@ -143,6 +143,14 @@ impl Filter {
         self
     }
 
+    /// Newest first by id, after `cursor` when given, at most `limit + 1` rows (see [`page`]).
+    pub(crate) fn newest_first(&mut self, cursor: Option<String>, limit: usize) -> &mut Filter {
+        if let Some(cursor) = cursor {
+            self.and(" AND id < ?", [Arg::Text(cursor)]);
+        }
+        self.push(&format!(" ORDER BY id DESC LIMIT {}", limit + 1))
+    }
+
     /// Appends a clause with no parameters.
     pub(crate) fn push(&mut self, sql: &str) -> &mut Filter {
         self.sql.push_str(sql);

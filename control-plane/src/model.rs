@@ -30,6 +30,13 @@ fn check_url(field: &str, url: &str, schemes: &[&str]) -> ApiResult<()> {
     Ok(())
 }
 
+fn check_country_code(cc: &str) -> ApiResult<()> {
+    if cc.is_empty() || cc.len() > 3 || !cc.bytes().all(|b| b.is_ascii_digit()) || cc.starts_with('0') {
+        return Err(ApiError::invalid("default_country_code", "1 to 3 digits, e.g. 1 or 44"));
+    }
+    Ok(())
+}
+
 /// Speech-to-text, language-model or text-to-speech settings.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -431,10 +438,8 @@ impl Campaign {
         if !(1.0..=10.0).contains(&r.backoff_multiplier) {
             return Err(ApiError::invalid("retry.backoff_multiplier", "between 1 and 10"));
         }
-        if let Some(cc) = &self.default_country_code
-            && (cc.is_empty() || cc.len() > 3 || !cc.bytes().all(|b| b.is_ascii_digit()) || cc.starts_with('0'))
-        {
-            return Err(ApiError::invalid("default_country_code", "1 to 3 digits, e.g. 1 or 44"));
+        if let Some(cc) = &self.default_country_code {
+            check_country_code(cc)?;
         }
         Ok(())
     }
@@ -685,10 +690,8 @@ impl Settings {
                 .map_err(|e| ApiError::invalid("default_caller_id", e.to_string()))?;
             self.default_caller_id = Some(e.as_str().to_string());
         }
-        if let Some(cc) = &self.default_country_code
-            && (cc.is_empty() || cc.len() > 3 || !cc.bytes().all(|b| b.is_ascii_digit()) || cc.starts_with('0'))
-        {
-            return Err(ApiError::invalid("default_country_code", "1 to 3 digits, e.g. 1 or 44"));
+        if let Some(cc) = &self.default_country_code {
+            check_country_code(cc)?;
         }
         if let Some(url) = &self.webhook_url {
             check_url("webhook_url", url, &["http", "https"])?;

@@ -172,9 +172,6 @@ pub(crate) async fn list<T: Document>(State(s): State<AppState>, caller: Caller,
     let limit = limit(q.limit)?;
     let mut f = Filter::new(&format!("SELECT {} FROM {} WHERE org_id = ", columns::<T>(), T::TABLE));
     f.and("?", [Arg::Text(caller.org_id)]);
-    if let Some(cursor) = q.cursor {
-        f.and(" AND id < ?", [Arg::Text(cursor)]);
-    }
     if let Some(name) = q.name {
         let escaped: String = name.to_lowercase().chars().flat_map(|c| if matches!(c, '%' | '_' | '\\') { vec!['\\', c] } else { vec![c] }).collect();
         f.and(" AND LOWER(name) LIKE ? ESCAPE '\\'", [Arg::Text(format!("%{escaped}%"))]);
@@ -185,7 +182,7 @@ pub(crate) async fn list<T: Document>(State(s): State<AppState>, caller: Caller,
         }
         f.and(" AND state = ?", [Arg::Text(state)]);
     }
-    f.push(&format!(" ORDER BY id DESC LIMIT {}", limit + 1));
+    f.newest_first(q.cursor, limit);
     let rows = f.fetch_all(&s.db).await?;
     let items = rows.iter().map(view).collect::<ApiResult<Vec<_>>>()?;
     Ok(Json(page(items, limit, |v| v["id"].as_str().unwrap_or_default().to_string())))

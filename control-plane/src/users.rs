@@ -321,10 +321,7 @@ pub(crate) async fn list_keys(State(s): State<AppState>, caller: Caller, Query(q
     let limit = limit(q.limit)?;
     let mut f = Filter::new(&format!("SELECT {KEY_COLUMNS} FROM api_keys WHERE org_id = "));
     f.and("?", [Arg::Text(caller.org_id)]);
-    if let Some(cursor) = q.cursor {
-        f.and(" AND id < ?", [Arg::Text(cursor)]);
-    }
-    f.push(&format!(" ORDER BY id DESC LIMIT {}", limit + 1));
+    f.newest_first(q.cursor, limit);
     let rows = f.fetch_all(&s.db).await?;
     let items = rows.iter().map(key_view).collect::<ApiResult<Vec<_>>>()?;
     Ok(Json(page(items, limit, |v| v["id"].as_str().unwrap_or_default().to_string())))

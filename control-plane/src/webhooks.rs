@@ -167,10 +167,7 @@ pub(crate) async fn deliveries(State(s): State<AppState>, caller: Caller, Path(h
          FROM webhook_deliveries WHERE webhook_id = ",
     );
     f.and("? AND org_id = ?", [Arg::Text(hook), Arg::Text(caller.org_id)]);
-    if let Some(cursor) = q.cursor {
-        f.and(" AND id < ?", [Arg::Text(cursor)]);
-    }
-    f.push(&format!(" ORDER BY id DESC LIMIT {}", limit + 1));
+    f.newest_first(q.cursor, limit);
     let rows = f.fetch_all(&s.db).await?;
     let mut items = Vec::new();
     for r in &rows {

@@ -188,6 +188,15 @@ async fn bot_secrets_are_write_only_and_validation_names_the_field() {
     assert!(!shown.body.to_string().contains("dg-secret"));
     assert_eq!(shown.body["stt"]["secrets_set"], json!(["api_key"]));
     assert_eq!(shown.body["max_call_seconds"], 1800);
+    // Lists filter by name (case-insensitive, `%` and `_` taken literally) and page by cursor.
+    assert_eq!(api.post("/v1/bots", &token, json!({"name": "Sales 100%"})).await.status, 201);
+    for (query, n) in [("name=SUPP", 1), ("name=zzz", 0), ("name=100%25", 1), ("name=_", 0), ("limit=1", 1)] {
+        assert_eq!(api.get(&format!("/v1/bots?{query}"), &token).await.body["items"].as_array().unwrap().len(), n, "{query}");
+    }
+    let first = api.get("/v1/bots?limit=1", &token).await;
+    assert_eq!(first.body["items"][0]["name"], "Sales 100%", "newest first");
+    let rest = api.get(&format!("/v1/bots?limit=1&cursor={}", first.body["next_cursor"].as_str().unwrap()), &token).await;
+    assert_eq!((rest.body["items"][0]["id"].as_str(), &rest.body["next_cursor"]), (Some(bot.as_str()), &Value::Null));
 
     // A merge patch keeps the secret, and the shown document can be sent back as is.
     let mut back = shown.body.clone();
