@@ -23,9 +23,7 @@ pub async fn create_org(db: &AnyPool, name: &str, email: &str, password: String,
         bail!("the organization name must have 1 to 200 characters");
     }
     let org_id = new_id("org", now);
-    let mut tx = db.begin().await?;
-    sqlx::query("INSERT INTO orgs (id, name, created_at) VALUES ($1, $2, $3)").bind(&org_id).bind(name).bind(now).execute(&mut *tx).await?;
-    tx.commit().await?;
+    sqlx::query("INSERT INTO orgs (id, name, created_at) VALUES ($1, $2, $3)").bind(&org_id).bind(name).bind(now).execute(db).await?;
     match insert_user(db, &org_id, email, "Admin", Role::Admin, password, now).await {
         Ok(user_id) => Ok(NewOrg { org_id, user_id, email: email.trim().to_lowercase() }),
         Err(e) => {

@@ -76,9 +76,9 @@ pub struct Fleet {
     pub token_id: String,
 }
 
-fn bearer(parts: &Parts) -> ApiResult<&str> {
-    let value = parts
-        .headers
+/// The token of an `Authorization: Bearer …` header.
+pub(crate) fn bearer(headers: &axum::http::HeaderMap) -> ApiResult<&str> {
+    let value = headers
         .get(header::AUTHORIZATION)
         .ok_or_else(|| ApiError::unauthorized("send `Authorization: Bearer <session token or API key>`"))?;
     let value = value.to_str().map_err(|_| ApiError::unauthorized("malformed Authorization header"))?;
@@ -94,7 +94,7 @@ impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> ApiResult<Caller> {
-        let token = bearer(parts)?;
+        let token = bearer(&parts.headers)?;
         let now = state.now();
         let hash = token_hash(token);
         if token.starts_with("cxs_") {
@@ -145,7 +145,7 @@ impl FromRequestParts<AppState> for Fleet {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> ApiResult<Fleet> {
-        let token = bearer(parts)?;
+        let token = bearer(&parts.headers)?;
         if !token.starts_with("cxf_") {
             return Err(ApiError::forbidden("runtime endpoints need a fleet token (cxb admin create-fleet-token)"));
         }

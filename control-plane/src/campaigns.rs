@@ -15,7 +15,7 @@ use crate::auth::{Caller, Role};
 use crate::clock::rfc3339;
 use crate::db::new_id;
 use crate::error::{ApiError, ApiResult};
-use crate::extract::{Arg, Body, Filter, Query, body_bytes, limit, page};
+use crate::extract::{Arg, Body, Filter, Query, body_bytes, limit, page_of_ids};
 use crate::model::{Campaign, CampaignState};
 
 /// `POST /v1/campaigns/{id}/{action}`: one state change, made atomically so two racing
@@ -244,7 +244,7 @@ pub(crate) async fn list_contacts(
     }
     let rows = query.fetch_all(&s.db).await?;
     let items = rows.iter().map(contact_view).collect::<ApiResult<Vec<_>>>()?;
-    Ok(Json(page(items, limit, |v| v["id"].as_str().unwrap_or_default().to_string())))
+    Ok(Json(page_of_ids(items, limit)))
 }
 
 pub(crate) async fn get_contact(State(s): State<AppState>, caller: Caller, Path((campaign, id)): Path<(String, String)>) -> ApiResult<Json<Value>> {
@@ -332,16 +332,10 @@ pub(crate) async fn list_dnc(State(s): State<AppState>, caller: Caller, Query(q)
         f.and(" AND phone = ?", [Arg::Text(p.as_str().to_string())]);
     }
     f.newest_first(q.cursor, limit);
-    let rows = f.fetch_all(&s.db).await?;
-    let items = rows.iter().map(dnc_view).collect::<ApiResult<Vec<_>>>()?;
-    Ok(Json(page(items, limit, |v| v["id"].as_str().unwrap_or_default().to_string())))
+    Ok(Json(f.page_by_id(&s.db, limit, dnc_view).await?))
 }
 
 pub(crate) async fn delete_dnc(State(s): State<AppState>, caller: Caller, Path(id): Path<String>) -> ApiResult<StatusCode> {
     caller.require(Role::Operator)?;
-    let done = sqlx::query("DELETE FROM dnc WHERE id = $1 AND org_id = $2").bind(&id).bind(&caller.org_id).execute(&s.db).await?;
-    if done.rows_affected() == 0 {
-        return Err(ApiError::not_found("do-not-call entry"));
-    }
-    Ok(StatusCode::NO_CONTENT)
+    crate::resources::delete_owned(&s, "dnc", &caller.org_id, &id, "do-not-call entry").await
 }

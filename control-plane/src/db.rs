@@ -99,8 +99,12 @@ pub fn new_secret(prefix: &str) -> String {
 /// 256 random bits, so a fast hash is enough; passwords use argon2id instead.
 pub fn token_hash(token: &str) -> String {
     use sha2::Digest;
-    let digest = sha2::Sha256::digest(token.as_bytes());
-    digest.iter().map(|b| format!("{b:02x}")).collect()
+    hex(&sha2::Sha256::digest(token.as_bytes()))
+}
+
+/// Lowercase hex of `bytes`.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[cfg(test)]

@@ -82,11 +82,12 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for Query<T> {
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> ApiResult<Query<T>> {
         let q = parts.uri.query().unwrap_or("");
-        serde_urlencoded_from_str(q).map(Query)
+        parse_query(q).map(Query)
     }
 }
 
-fn serde_urlencoded_from_str<T: DeserializeOwned>(q: &str) -> ApiResult<T> {
+/// Parses a query string with axum's own (serde_urlencoded) reader.
+fn parse_query<T: DeserializeOwned>(q: &str) -> ApiResult<T> {
     axum::extract::Query::<T>::try_from_uri(&format!("/?{q}").parse().map_err(|_| ApiError::bad_request("malformed query string"))?)
         .map(|axum::extract::Query(t)| t)
         .map_err(|e| ApiError::bad_request(format!("query string: {}", e.body_text())))
@@ -99,6 +100,11 @@ pub(crate) fn limit(asked: Option<u32>) -> ApiResult<usize> {
         Some(n @ 1..=500) => Ok(n as usize),
         Some(_) => Err(ApiError::invalid("limit", "between 1 and 500")),
     }
+}
+
+/// [`page`] for lists whose cursor is the row id.
+pub(crate) fn page_of_ids(items: Vec<Value>, limit: usize) -> Value {
+    page(items, limit, |v| v["id"].as_str().unwrap_or_default().to_string())
 }
 
 /// `{"items": […], "next_cursor": …}` from up to `limit + 1` rows: the extra row only says
@@ -155,6 +161,13 @@ impl Filter {
     pub(crate) fn push(&mut self, sql: &str) -> &mut Filter {
         self.sql.push_str(sql);
         self
+    }
+
+    /// Runs the query and pages its rows, shown through `view`, by id.
+    pub(crate) async fn page_by_id(self, db: &sqlx::AnyPool, limit: usize, view: fn(&sqlx::any::AnyRow) -> ApiResult<Value>) -> ApiResult<Value> {
+        let rows = self.fetch_all(db).await?;
+        let items = rows.iter().map(view).collect::<ApiResult<Vec<_>>>()?;
+        Ok(page_of_ids(items, limit))
     }
 
     pub(crate) async fn fetch_all(self, db: &sqlx::AnyPool) -> Result<Vec<sqlx::any::AnyRow>, sqlx::Error> {

@@ -19,7 +19,7 @@ use utoipa::ToSchema;
 
 
 use crate::AppState;
-use crate::auth::{Caller, Fleet, Role};
+use crate::auth::{Caller, Fleet, Role, bearer};
 use crate::clock::rfc3339;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::Body;
@@ -116,8 +116,7 @@ impl FromRequestParts<AppState> for FleetOrAdmin {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> ApiResult<FleetOrAdmin> {
-        let fleet = parts.headers.get(axum::http::header::AUTHORIZATION).and_then(|v| v.to_str().ok()).is_some_and(|v| v.contains("cxf_"));
-        if fleet {
+        if bearer(&parts.headers)?.starts_with("cxf_") {
             Fleet::from_request_parts(parts, state).await?;
         } else {
             Caller::from_request_parts(parts, state).await?.require(Role::Admin)?;

@@ -112,6 +112,18 @@ pub struct Tool {
     pub transfer_to: Option<String>,
 }
 
+impl ToolKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ToolKind::EndCall => "end_call",
+            ToolKind::TransferCall => "transfer_call",
+            ToolKind::DetectedVoicemail => "detected_voicemail",
+            ToolKind::SearchKnowledge => "search_knowledge",
+            ToolKind::Http => "http",
+        }
+    }
+}
+
 /// What to do when a machine answers.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
@@ -201,7 +213,7 @@ impl Bot {
             let name = match (tool.kind, &tool.name) {
                 (ToolKind::Http, None) => return Err(ApiError::invalid(format!("{field}.name"), "HTTP tools need a name")),
                 (_, Some(n)) => n.clone(),
-                (kind, None) => serde_json::to_value(kind).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default(),
+                (kind, None) => kind.as_str().to_string(),
             };
             if name.is_empty() || name.len() > 64 || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
                 return Err(ApiError::invalid(format!("{field}.name"), "1 to 64 letters, digits, '_' or '-'"));
@@ -607,6 +619,14 @@ impl LoadBalancer {
 pub enum Event {
     #[serde(rename = "call.completed")]
     CallCompleted,
+}
+
+impl Event {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Event::CallCompleted => "call.completed",
+        }
+    }
 }
 
 fn call_completed() -> Vec<Event> {

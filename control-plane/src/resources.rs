@@ -19,7 +19,7 @@ use crate::auth::{Caller, Role};
 use crate::clock::rfc3339;
 use crate::db::new_id;
 use crate::error::{ApiError, ApiResult};
-use crate::extract::{Arg, Filter, JsonObject, Query, limit, page, typed};
+use crate::extract::{Arg, Filter, JsonObject, Query, limit, typed};
 use crate::model::{self, AiAssistant, Bot, Campaign, CampaignState, LoadBalancer, RoutingType, Webhook};
 
 /// A resource stored as a JSON document in its own table.
@@ -37,6 +37,16 @@ pub(crate) trait Document: Serialize + DeserializeOwned + ToSchema + Send + Sync
     fn generate(&mut self) -> Option<Value> {
         None
     }
+}
+
+/// Deletes row `id` of `table` in organization `org`: 204, or 404 naming `what`.
+pub(crate) async fn delete_owned(state: &AppState, table: &str, org: &str, id: &str, what: &str) -> ApiResult<StatusCode> {
+    let sql = format!("DELETE FROM {table} WHERE id = $1 AND org_id = $2");
+    let done = sqlx::query(AssertSqlSafe(sql)).bind(id).bind(org).execute(&state.db).await?;
+    if done.rows_affected() == 0 {
+        return Err(ApiError::not_found(what));
+    }
+    Ok(StatusCode::NO_CONTENT)
 }
 
 /// True when `id` is a row of `table` in organization `org`.
@@ -183,9 +193,7 @@ pub(crate) async fn list<T: Document>(State(s): State<AppState>, caller: Caller,
         f.and(" AND state = ?", [Arg::Text(state)]);
     }
     f.newest_first(q.cursor, limit);
-    let rows = f.fetch_all(&s.db).await?;
-    let items = rows.iter().map(view).collect::<ApiResult<Vec<_>>>()?;
-    Ok(Json(page(items, limit, |v| v["id"].as_str().unwrap_or_default().to_string())))
+    Ok(Json(f.page_by_id(&s.db, limit, view).await?))
 }
 
 async fn fetch<T: Document>(s: &AppState, org: &str, id: &str) -> ApiResult<sqlx::any::AnyRow> {
@@ -272,10 +280,5 @@ pub(crate) async fn delete<T: Document>(State(s): State<AppState>, caller: Calle
             return Err(ApiError::conflict("invalid_state", format!("a {state} campaign cannot be deleted; archive it first")));
         }
     }
-    let sql = format!("DELETE FROM {} WHERE id = $1 AND org_id = $2", T::TABLE);
-    let done = sqlx::query(AssertSqlSafe(sql)).bind(&id).bind(&caller.org_id).execute(&s.db).await?;
-    if done.rows_affected() == 0 {
-        return Err(ApiError::not_found(T::WHAT));
-    }
-    Ok(StatusCode::NO_CONTENT)
+    delete_owned(&s, T::TABLE, &caller.org_id, &id, T::WHAT).await
 }

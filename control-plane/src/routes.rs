@@ -145,21 +145,14 @@ impl Routes {
                     .tag(op.tag)
                     .summary(Some(op.summary.clone()))
                     .operation_id(Some(format!("{} {}", op.method, op.path)));
-                let mut rest = op.path.as_str();
-                while let Some(open) = rest.find('{') {
-                    let close = rest[open..].find('}').map_or(rest.len(), |c| open + c);
+                for name in op.path.split('/').filter_map(|seg| seg.strip_prefix('{')?.strip_suffix('}')) {
                     b = b.parameter(
                         ParameterBuilder::new()
-                            .name(&rest[open + 1..close])
+                            .name(name)
                             .parameter_in(ParameterIn::Path)
                             .required(Required::True)
                             .schema(Some(String::schema())),
                     );
-                    rest = &rest[close.min(rest.len())..];
-                    if rest.len() <= 1 {
-                        break;
-                    }
-                    rest = &rest[1..];
                 }
                 if let Some((media, schema)) = &op.request {
                     b = b.request_body(Some(
@@ -320,10 +313,10 @@ pub(crate) fn build() -> Routes {
     r.add("GET", "/v1/webhooks/{id}/deliveries", webhooks::deliveries, Doc::user("webhooks", "The webhook's delivery log").ok(page_of(obj())));
 
     r.documents::<Campaign>("/v1/campaigns", "campaigns", "campaigns");
+    let campaign = named::<Campaign>(&mut r.schemas);
     for action in ["start", "pause", "resume", "complete", "archive"] {
         let handler = move |State(s): State<AppState>, caller: Caller, Path(id): Path<String>| campaigns::transition(s, caller, id, action);
-        let campaign = named::<Campaign>(&mut r.schemas);
-        r.add("POST", &format!("/v1/campaigns/{{id}}/{action}"), handler, Doc::user("campaigns", &format!("{action} the campaign")).ok(campaign));
+        r.add("POST", &format!("/v1/campaigns/{{id}}/{action}"), handler, Doc::user("campaigns", &format!("{action} the campaign")).ok(campaign.clone()));
     }
     let new_contact = named::<NewContact>(&mut r.schemas);
     r.add("GET", "/v1/campaigns/{id}/contacts", campaigns::list_contacts, Doc::user("contacts", "List the campaign's contacts").ok(page_of(obj())));

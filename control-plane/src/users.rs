@@ -11,11 +11,11 @@ use sqlx::{AssertSqlSafe, Row};
 use utoipa::ToSchema;
 
 use crate::AppState;
-use crate::auth::{Caller, Role, check_password, hash_password, verify_password};
+use crate::auth::{Caller, Role, bearer, check_password, hash_password, verify_password};
 use crate::clock::{parse_time, rfc3339};
 use crate::db::{new_id, new_secret, token_hash};
 use crate::error::{ApiError, ApiResult};
-use crate::extract::{Arg, Body, Filter, Query, limit, page};
+use crate::extract::{Arg, Body, Filter, Query, limit};
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -76,12 +76,7 @@ pub(crate) async fn logout(State(s): State<AppState>, caller: Caller, headers: a
     if caller.user_id.is_none() {
         return Err(ApiError::bad_request("API keys are revoked with DELETE /v1/api-keys/{id}, not signed out"));
     }
-    let token = headers
-        .get(axum::http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or("");
-    sqlx::query("DELETE FROM sessions WHERE token_hash = $1").bind(token_hash(token.trim())).execute(&s.db).await?;
+    sqlx::query("DELETE FROM sessions WHERE token_hash = $1").bind(token_hash(bearer(&headers)?)).execute(&s.db).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -175,10 +170,10 @@ pub(crate) struct PageQuery {
 
 pub(crate) async fn list_users(State(s): State<AppState>, caller: Caller, Query(q): Query<PageQuery>) -> ApiResult<Json<Value>> {
     let limit = limit(q.limit)?;
-    let sql = format!("SELECT {USER_COLUMNS} FROM users WHERE org_id = $1 AND id > $2 ORDER BY id LIMIT {}", limit + 1);
-    let rows = sqlx::query(AssertSqlSafe(sql)).bind(&caller.org_id).bind(q.cursor.unwrap_or_default()).fetch_all(&s.db).await?;
-    let items = rows.iter().map(user_view).collect::<ApiResult<Vec<_>>>()?;
-    Ok(Json(page(items, limit, |v| v["id"].as_str().unwrap_or_default().to_string())))
+    let mut f = Filter::new(&format!("SELECT {USER_COLUMNS} FROM users WHERE org_id = "));
+    f.and("? AND id > ?", [Arg::Text(caller.org_id), Arg::Text(q.cursor.unwrap_or_default())]);
+    f.push(&format!(" ORDER BY id LIMIT {}", limit + 1));
+    Ok(Json(f.page_by_id(&s.db, limit, user_view).await?))
 }
 
 pub(crate) async fn get_user(State(s): State<AppState>, caller: Caller, Path(id): Path<String>) -> ApiResult<Json<Value>> {
@@ -243,11 +238,7 @@ pub(crate) async fn delete_user(State(s): State<AppState>, caller: Caller, Path(
     if caller.user_id.as_deref() == Some(id.as_str()) {
         return Err(ApiError::conflict("last_admin", "you cannot delete yourself"));
     }
-    let done = sqlx::query("DELETE FROM users WHERE id = $1 AND org_id = $2").bind(&id).bind(&caller.org_id).execute(&s.db).await?;
-    if done.rows_affected() == 0 {
-        return Err(ApiError::not_found("user"));
-    }
-    Ok(StatusCode::NO_CONTENT)
+    crate::resources::delete_owned(&s, "users", &caller.org_id, &id, "user").await
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -322,16 +313,10 @@ pub(crate) async fn list_keys(State(s): State<AppState>, caller: Caller, Query(q
     let mut f = Filter::new(&format!("SELECT {KEY_COLUMNS} FROM api_keys WHERE org_id = "));
     f.and("?", [Arg::Text(caller.org_id)]);
     f.newest_first(q.cursor, limit);
-    let rows = f.fetch_all(&s.db).await?;
-    let items = rows.iter().map(key_view).collect::<ApiResult<Vec<_>>>()?;
-    Ok(Json(page(items, limit, |v| v["id"].as_str().unwrap_or_default().to_string())))
+    Ok(Json(f.page_by_id(&s.db, limit, key_view).await?))
 }
 
 pub(crate) async fn delete_key(State(s): State<AppState>, caller: Caller, Path(id): Path<String>) -> ApiResult<StatusCode> {
     caller.require(Role::Admin)?;
-    let done = sqlx::query("DELETE FROM api_keys WHERE id = $1 AND org_id = $2").bind(&id).bind(&caller.org_id).execute(&s.db).await?;
-    if done.rows_affected() == 0 {
-        return Err(ApiError::not_found("API key"));
-    }
-    Ok(StatusCode::NO_CONTENT)
+    crate::resources::delete_owned(&s, "api_keys", &caller.org_id, &id, "API key").await
 }

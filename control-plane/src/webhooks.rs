@@ -16,7 +16,7 @@ use crate::auth::Caller;
 use crate::clock::rfc3339;
 use crate::db::new_id;
 use crate::error::{ApiError, ApiResult};
-use crate::extract::{Arg, Filter, Query, limit, page};
+use crate::extract::{Arg, Filter, Query, limit};
 use crate::model::Webhook;
 
 /// Attempts before a delivery is given up.
@@ -35,8 +35,7 @@ pub(crate) fn backoff_ms(attempt: i64) -> i64 {
 pub(crate) fn signature(secret: &str, unix_seconds: i64, body: &str) -> String {
     let mut mac = Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).unwrap_or_else(|_| unreachable!("HMAC takes keys of any length"));
     mac.update(format!("{unix_seconds}.{body}").as_bytes());
-    let hex: String = mac.finalize().into_bytes().iter().map(|b| format!("{b:02x}")).collect();
-    format!("t={unix_seconds},v1={hex}")
+    format!("t={unix_seconds},v1={}", crate::db::hex(&mac.finalize().into_bytes()))
 }
 
 /// Queues `event` about `subject` for every enabled webhook of `org` that subscribes to it.
@@ -44,7 +43,7 @@ pub(crate) async fn enqueue(tx: &mut sqlx::AnyConnection, org: &str, event: &str
     let hooks: Vec<(String, String)> = sqlx::query_as("SELECT id, body FROM webhooks WHERE org_id = $1").bind(org).fetch_all(&mut *tx).await?;
     for (id, body) in hooks {
         let hook: Webhook = serde_json::from_str(&body).map_err(ApiError::internal)?;
-        let wanted = hook.events.iter().any(|e| serde_json::to_value(e).ok().and_then(|v| v.as_str().map(|s| s == event)).unwrap_or(false));
+        let wanted = hook.events.iter().any(|e| e.as_str() == event);
         if !hook.enabled || !wanted {
             continue;
         }
@@ -168,25 +167,24 @@ pub(crate) async fn deliveries(State(s): State<AppState>, caller: Caller, Path(h
     );
     f.and("? AND org_id = ?", [Arg::Text(hook), Arg::Text(caller.org_id)]);
     f.newest_first(q.cursor, limit);
-    let rows = f.fetch_all(&s.db).await?;
-    let mut items = Vec::new();
-    for r in &rows {
-        let status: String = r.try_get("status")?;
-        let next: i64 = r.try_get("next_attempt_at")?;
-        items.push(json!({
-            "id": r.try_get::<String, _>("id")?,
-            "event": r.try_get::<String, _>("event")?,
-            "subject_id": r.try_get::<String, _>("subject_id")?,
-            "status": status,
-            "attempts": r.try_get::<i64, _>("attempts")?,
-            "next_attempt_at": if status == "pending" { Value::from(rfc3339(next)) } else { Value::Null },
-            "last_status": r.try_get::<Option<i64>, _>("last_status")?,
-            "last_error": r.try_get::<Option<String>, _>("last_error")?,
-            "created_at": rfc3339(r.try_get("created_at")?),
-            "updated_at": rfc3339(r.try_get("updated_at")?),
-        }));
-    }
-    Ok(Json(page(items, limit, |v| v["id"].as_str().unwrap_or_default().to_string())))
+    Ok(Json(f.page_by_id(&s.db, limit, delivery_view).await?))
+}
+
+fn delivery_view(r: &sqlx::any::AnyRow) -> ApiResult<Value> {
+    let status: String = r.try_get("status")?;
+    let next: i64 = r.try_get("next_attempt_at")?;
+    Ok(json!({
+        "id": r.try_get::<String, _>("id")?,
+        "event": r.try_get::<String, _>("event")?,
+        "subject_id": r.try_get::<String, _>("subject_id")?,
+        "status": status,
+        "attempts": r.try_get::<i64, _>("attempts")?,
+        "next_attempt_at": if status == "pending" { Value::from(rfc3339(next)) } else { Value::Null },
+        "last_status": r.try_get::<Option<i64>, _>("last_status")?,
+        "last_error": r.try_get::<Option<String>, _>("last_error")?,
+        "created_at": rfc3339(r.try_get("created_at")?),
+        "updated_at": rfc3339(r.try_get("updated_at")?),
+    }))
 }
 
 #[cfg(test)]
