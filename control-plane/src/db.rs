@@ -71,13 +71,24 @@ fn redact_url(url: &str) -> String {
 const CROCKFORD: &[u8; 32] = b"0123456789abcdefghjkmnpqrstvwxyz";
 
 /// A new id: `prefix_` and 26 characters that sort by creation time (48 bits of Unix ms, then
-/// 80 random bits, base32), so the newest-first order and cursors need no extra column.
+/// 80 random bits, base32), so the newest-first order and cursors need no extra column. Ids
+/// made by one process strictly increase even within one millisecond (the random part of a
+/// later id in the same millisecond is the previous one plus one), so creation order is
+/// list order.
 pub fn new_id(prefix: &str, now_ms: i64) -> String {
+    static LAST: std::sync::Mutex<u128> = std::sync::Mutex::new(0);
     let mut random = [0u8; 10];
     OsRng.fill_bytes(&mut random);
     let mut value: u128 = (u128::from(now_ms as u64 & 0xffff_ffff_ffff)) << 80;
     for (i, b) in random.iter().enumerate() {
         value |= u128::from(*b) << (8 * (9 - i));
+    }
+    {
+        let mut last = LAST.lock().unwrap_or_else(|e| e.into_inner());
+        if value >> 80 == *last >> 80 && value <= *last {
+            value = *last + 1;
+        }
+        *last = value;
     }
     let mut id = String::with_capacity(prefix.len() + 27);
     id.push_str(prefix);
@@ -116,7 +127,9 @@ mod tests {
         let a = new_id("bot", 1_700_000_000_000);
         let b = new_id("bot", 1_700_000_000_001);
         let c = new_id("bot", 1_700_000_000_001);
-        assert!(a < b && a < c && b != c, "{a} {b} {c}");
+        assert!(a < b && b < c, "{a} {b} {c}");
+        let same_ms: Vec<String> = (0..1000).map(|_| new_id("bot", 1_700_000_000_002)).collect();
+        assert!(same_ms.windows(2).all(|w| w[0] < w[1]), "ids made in one millisecond keep creation order");
         assert_eq!(a.len(), 30);
         assert!(a.starts_with("bot_"));
     }
