@@ -1,0 +1,1 @@
+//! Local servers that speak each vendor's protocol.
