@@ -7,6 +7,7 @@
 //! provider sockets and its timers all stay on one core.
 
 pub mod config;
+pub mod conversation;
 pub mod provider;
 pub mod providers;
 #[cfg(feature = "testkit")]
