@@ -10,6 +10,7 @@ pub mod config;
 pub mod conversation;
 pub mod provider;
 pub mod providers;
+pub mod recording;
 #[cfg(feature = "testkit")]
 pub mod testkit;
 
