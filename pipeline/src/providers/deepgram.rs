@@ -21,12 +21,11 @@ use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use compio::ws::tungstenite::Message;
-use compio::ws::tungstenite::handshake::client::Request;
 use futures_util::StreamExt;
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::ws::{self, Socket};
+use super::ws::{self, Request, Socket};
 use crate::config::{BotConfig, ProviderConfig};
 use crate::provider::{
     AudioFormat, Event, Events, ProviderError, SttCommand, SttEvent, SttProvider, SttSession,

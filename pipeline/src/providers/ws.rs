@@ -10,7 +10,7 @@ use compio::net::TcpStream;
 use compio::rustls::{ClientConfig, RootCertStore};
 use compio::tls::TlsConnector;
 use compio::ws::tungstenite::client::IntoClientRequest;
-use compio::ws::tungstenite::handshake::client::Request;
+pub(crate) use compio::ws::tungstenite::handshake::client::Request;
 use compio::ws::tungstenite::http::HeaderValue;
 use compio::ws::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use compio::ws::tungstenite::{self, Error as WsError};
