@@ -180,7 +180,9 @@ async fn run(
         }
     };
     for command in early.drain() {
-        send_command(&mut socket, command).await?;
+        if let Err(e) = send_command(&mut socket, command).await {
+            return Err(why_closed(&mut socket, events, e).await);
+        }
     }
 
     let mut last_sent = Instant::now();
@@ -208,12 +210,16 @@ async fn run(
                 return Ok(());
             }
             Wake::Command(Some(command)) => {
-                send_command(&mut socket, command).await?;
+                if let Err(e) = send_command(&mut socket, command).await {
+                    return Err(why_closed(&mut socket, events, e).await);
+                }
                 last_sent = Instant::now();
             }
             Wake::KeepAlive => {
                 if last_sent.elapsed() >= keepalive {
-                    send(&mut socket, Message::text(KEEPALIVE)).await?;
+                    if let Err(e) = send(&mut socket, Message::text(KEEPALIVE)).await {
+                        return Err(why_closed(&mut socket, events, e).await);
+                    }
                     last_sent = Instant::now();
                 }
                 tick.set(compio::time::sleep_until(last_sent + keepalive));
@@ -252,6 +258,19 @@ fn on_message(message: Message, events: &Events) -> Result<bool, String> {
         Message::Close(frame) => Err(ws::describe_close(frame.as_ref())),
         Message::Binary(_) | Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => Ok(false),
     }
+}
+
+/// After a failed send (the server has closed): the server's own reason, if it gave one
+/// before closing (results it sent first still reach the call), else the send's error.
+async fn why_closed(socket: &mut Socket, events: &Events, send_error: String) -> String {
+    let deadline = Instant::now() + CLOSE_WAIT;
+    while let Ok(Some(Ok(message))) = compio::time::timeout_at(deadline, socket.next()).await {
+        match on_message(message, events) {
+            Ok(_) => {}
+            Err(reason) => return reason,
+        }
+    }
+    send_error
 }
 
 /// Asks for the last results, passes them on, and closes. Failures here are not reported:

@@ -252,11 +252,16 @@ impl Inner {
     /// Sends the sentence on `socket` and passes its audio on until the final message.
     async fn exchange(&self, mut socket: Socket, sentence: u64, text: &str, events: &Events) -> Result<(), Failure> {
         let failed = |reason: String, delivered: bool| Failure { reason, retry: !delivered };
-        let send_failed = |e: compio::ws::tungstenite::Error| failed(ws::describe_error(&e), false);
         let speak = json!({ "text": format!("{text} "), "flush": true }).to_string();
-        socket.send(Message::text(self.init.as_str())).await.map_err(send_failed)?;
-        socket.send(Message::text(speak)).await.map_err(send_failed)?;
-        socket.send(Message::text(r#"{"text":""}"#)).await.map_err(send_failed)?;
+        // A send fails when the server has closed; what it said before closing, read below,
+        // is the better explanation.
+        let mut send_error = None;
+        for message in [Message::text(self.init.as_str()), Message::text(speak), Message::text(r#"{"text":""}"#)] {
+            if let Err(e) = socket.send(message).await {
+                send_error = Some(ws::describe_error(&e));
+                break;
+            }
+        }
         let mut delivered = false;
         loop {
             let next = compio::time::timeout(REPLY_TIMEOUT, socket.next()).await.map_err(|_| Failure {
@@ -265,10 +270,10 @@ impl Inner {
             })?;
             let message = match next {
                 None => {
-                    let reason = "the server closed the connection before the final message".into();
-                    return Err(failed(reason, delivered));
+                    let reason = "the server closed the connection before the final message";
+                    return Err(failed(send_error.unwrap_or_else(|| reason.into()), delivered));
                 }
-                Some(Err(e)) => return Err(failed(ws::describe_error(&e), delivered)),
+                Some(Err(e)) => return Err(failed(send_error.unwrap_or_else(|| ws::describe_error(&e)), delivered)),
                 Some(Ok(message)) => message,
             };
             match message {

@@ -303,7 +303,7 @@ async fn connection(stream: TcpStream, config: Arc<DeepgramConfig>, records: Rec
             Err(_) => {
                 let reason = "Deepgram did not receive audio data or a text message within the timeout window. \
                               See https://dpgr.am/net0001";
-                let _ = socket.close(Some(CloseFrame { code: 1011.into(), reason: reason.into() })).await;
+                ws::close(&mut socket, Some(CloseFrame { code: 1011.into(), reason: reason.into() })).await;
                 break;
             }
             Ok(Some(Ok(message))) => message,
@@ -338,7 +338,7 @@ async fn connection(stream: TcpStream, config: Arc<DeepgramConfig>, records: Rec
                     }
                     "CloseStream" => {
                         let _ = socket.send(Message::text(session.metadata())).await;
-                        let _ = socket.close(None).await;
+                        ws::close(&mut socket, None).await;
                         break;
                     }
                     _ => {}
@@ -366,12 +366,12 @@ async fn reply(socket: &mut Socket, session: &mut Session, reply: &Reply, from_f
             let error = json!({ "type": "Error", "description": description, "message": "",
                 "variant": "DATA-0000" });
             let _ = socket.send(Message::text(error.to_string())).await;
-            let _ = socket.close(Some(CloseFrame { code: 1011.into(), reason: "DATA-0000".into() })).await;
+            ws::close(socket, Some(CloseFrame { code: 1011.into(), reason: "DATA-0000".into() })).await;
             return Flow::End;
         }
         Reply::Raw(text) => text.clone(),
         Reply::Close { code, reason } => {
-            let _ = socket.close(Some(CloseFrame { code: (*code).into(), reason: reason.as_str().into() })).await;
+            ws::close(socket, Some(CloseFrame { code: (*code).into(), reason: reason.as_str().into() })).await;
             return Flow::End;
         }
         Reply::Hangup => return Flow::End,

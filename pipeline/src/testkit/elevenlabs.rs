@@ -173,7 +173,7 @@ async fn connection(stream: TcpStream, config: Arc<ElevenLabsConfig>, records: R
                     inactivity.as_secs_f64()
                 );
                 let _ = socket.send(error_message(&message, "input_timeout_exceeded")).await;
-                let _ = socket.close(policy_close("input_timeout_exceeded")).await;
+                ws::close(&mut socket, policy_close("input_timeout_exceeded")).await;
                 break;
             }
         };
@@ -186,7 +186,7 @@ async fn connection(stream: TcpStream, config: Arc<ElevenLabsConfig>, records: R
             records.update(id, |c| c.messages.push(Value::String(text.to_string())));
             let message = "Could not parse input message, make sure it is a json and follows the schema outlined in protocol.";
             let _ = socket.send(error_message(message, "invalid_input_message")).await;
-            let _ = socket.close(policy_close("invalid_input_message")).await;
+            ws::close(&mut socket, policy_close("invalid_input_message")).await;
             break;
         };
         records.update(id, |c| c.messages.push(value.clone()));
@@ -199,7 +199,7 @@ async fn connection(stream: TcpStream, config: Arc<ElevenLabsConfig>, records: R
                 && body_key != Some(key.as_str())
             {
                 let _ = socket.send(error_message("Invalid API key", "invalid_api_key")).await;
-                let _ = socket.close(policy_close("invalid_api_key")).await;
+                ws::close(&mut socket, policy_close("invalid_api_key")).await;
                 break;
             }
             continue;
@@ -212,7 +212,7 @@ async fn connection(stream: TcpStream, config: Arc<ElevenLabsConfig>, records: R
                 break;
             }
             let _ = socket.send(Message::text(r#"{"isFinal":true}"#)).await;
-            let _ = socket.close(None).await;
+            ws::close(&mut socket, None).await;
             break;
         }
         buffer.push_str(said);
@@ -252,7 +252,7 @@ async fn generate(
         Some(ElevenLabsFault::ErrorMessage) => {
             let message = "This request exceeds your quota. You have 0 credits remaining.";
             let _ = socket.send(error_message(message, "quota_exceeded")).await;
-            let _ = socket.close(policy_close("quota_exceeded")).await;
+            ws::close(socket, policy_close("quota_exceeded")).await;
             return Flow::End;
         }
         Some(ElevenLabsFault::Silent) => return Flow::Continue,

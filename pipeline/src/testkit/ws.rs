@@ -14,7 +14,9 @@ use std::time::{Duration, Instant};
 use compio::net::{TcpSocket, TcpStream};
 use compio::ws::tungstenite::handshake::server::{ErrorResponse, Request, Response};
 use compio::ws::tungstenite::http::StatusCode;
+use compio::ws::tungstenite::protocol::CloseFrame;
 use compio::ws::{Config, WebSocketStream};
+use futures_util::StreamExt;
 
 /// A test server's side of a connection.
 pub(crate) type Socket = WebSocketStream<TcpStream>;
@@ -200,6 +202,15 @@ pub(crate) async fn accept(
     let config = Config::new().with_buffer_sizes(16 << 10, 16 << 20);
     let socket = compio::ws::accept_hdr_with_config_async(stream, callback, config).await.ok()?;
     Some((socket, seen?))
+}
+
+/// Closes the WebSocket politely: sends `frame`, then reads until the client answers or goes
+/// away (at most 250 ms), so unread client data never turns the close into a reset.
+pub(crate) async fn close(socket: &mut Socket, frame: Option<CloseFrame>) {
+    if socket.close(frame).await.is_ok() {
+        let drain = async { while let Some(Ok(_)) = socket.next().await {} };
+        let _ = compio::time::timeout(Duration::from_millis(250), drain).await;
+    }
 }
 
 /// One record per connection, shared between the server's thread and the test.
