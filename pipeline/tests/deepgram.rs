@@ -314,8 +314,8 @@ fn one_server_serves_many_concurrent_sessions() {
             send_ms(session, 100);
         }
         for (_, events) in &sessions {
-            assert_eq!(next(&events).await, SttEvent::Final { text: "Hi.".into(), end_of_turn: true });
-            assert_eq!(next(&events).await, SttEvent::UtteranceEnd);
+            assert_eq!(next(events).await, SttEvent::Final { text: "Hi.".into(), end_of_turn: true });
+            assert_eq!(next(events).await, SttEvent::UtteranceEnd);
         }
         assert_eq!(server.connections().len(), 50);
         assert!(server.connections().iter().all(|c| c.audio_bytes == 800));

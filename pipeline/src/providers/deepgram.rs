@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 
 use compio::ws::tungstenite::Message;
 use futures_util::StreamExt;
+use futures_util::future::Either;
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -141,12 +142,6 @@ impl SttProvider for Deepgram {
     }
 }
 
-/// What woke a connecting session.
-enum Connecting {
-    Done(Result<Socket, String>),
-    Command(Option<SttCommand>),
-}
-
 /// What woke a connected session.
 enum Wake {
     Server(Option<Result<Message, compio::ws::tungstenite::Error>>),
@@ -168,15 +163,15 @@ async fn run(
     let mut socket = loop {
         let wake = std::future::poll_fn(|cx| {
             if let Poll::Ready(r) = connect.as_mut().poll(cx) {
-                return Poll::Ready(Connecting::Done(r));
+                return Poll::Ready(Either::Left(r));
             }
-            incoming.poll_next_unpin(cx).map(Connecting::Command)
+            incoming.poll_next_unpin(cx).map(Either::Right)
         })
         .await;
         match wake {
-            Connecting::Done(socket) => break socket?,
-            Connecting::Command(Some(SttCommand::Close) | None) => return Ok(()),
-            Connecting::Command(Some(command)) => early.push(command),
+            Either::Left(socket) => break socket?,
+            Either::Right(Some(SttCommand::Close) | None) => return Ok(()),
+            Either::Right(Some(command)) => early.push(command),
         }
     };
     for command in early.drain() {

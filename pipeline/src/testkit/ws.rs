@@ -12,7 +12,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use compio::net::{TcpSocket, TcpStream};
-use compio::ws::tungstenite::handshake::server::{ErrorResponse, Request, Response};
+use compio::ws::tungstenite::handshake::server::{Callback, ErrorResponse, Request, Response};
 use compio::ws::tungstenite::http::StatusCode;
 use compio::ws::tungstenite::protocol::CloseFrame;
 use compio::ws::{Config, WebSocketStream};
@@ -186,10 +186,23 @@ pub(crate) async fn accept(
     check: impl FnOnce(&Handshake) -> Result<(), Refusal> + Unpin,
 ) -> Option<(Socket, Handshake)> {
     let mut seen = None;
-    let callback = |request: &Request, response: Response| -> Result<Response, ErrorResponse> {
+    let capture = Capture { check, seen: &mut seen };
+    let config = Config::new().with_buffer_sizes(16 << 10, 16 << 20);
+    let socket = compio::ws::accept_hdr_with_config_async(stream, capture, config).await.ok()?;
+    Some((socket, seen?))
+}
+
+/// The handshake callback: records the request and asks `check` whether to accept it.
+struct Capture<'a, F> {
+    check: F,
+    seen: &'a mut Option<Handshake>,
+}
+
+impl<F: FnOnce(&Handshake) -> Result<(), Refusal>> Callback for Capture<'_, F> {
+    fn on_request(self, request: &Request, response: Response) -> Result<Response, ErrorResponse> {
         let handshake = Handshake::of(request);
-        let verdict = check(&handshake);
-        seen = Some(handshake);
+        let verdict = (self.check)(&handshake);
+        *self.seen = Some(handshake);
         match verdict {
             Ok(()) => Ok(response),
             Err(refusal) => {
@@ -198,10 +211,7 @@ pub(crate) async fn accept(
                 Err(error)
             }
         }
-    };
-    let config = Config::new().with_buffer_sizes(16 << 10, 16 << 20);
-    let socket = compio::ws::accept_hdr_with_config_async(stream, callback, config).await.ok()?;
-    Some((socket, seen?))
+    }
 }
 
 /// Closes the WebSocket politely: sends `frame`, then reads until the client answers or goes
