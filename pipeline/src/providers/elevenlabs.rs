@@ -23,8 +23,8 @@ use std::cell::{Cell, RefCell};
 use std::rc::{Rc, Weak};
 use std::time::{Duration, Instant};
 
-use base64::Engine as _;
 use compio::ws::tungstenite::Message;
+use cxb_codecs::payload;
 use futures_util::StreamExt;
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -337,12 +337,10 @@ struct Raw {
 /// Parses one text message from the stream-input endpoint.
 pub fn parse_message(text: &str) -> Result<ServerMessage, ParseError> {
     let raw: Raw = serde_json::from_str(text).map_err(|e| ParseError(e.to_string()))?;
-    let audio = match raw.audio.as_deref() {
-        Some(b64) => base64::engine::general_purpose::STANDARD
-            .decode(b64)
-            .map_err(|e| ParseError(format!("audio: {e}")))?,
-        None => Vec::new(),
-    };
+    let mut audio = Vec::new();
+    if let Some(b64) = raw.audio.as_deref() {
+        payload::decode_into(b64, &mut audio).map_err(|e| ParseError(format!("audio: {e}")))?;
+    }
     let is_final = raw.is_final.unwrap_or(false);
     if audio.is_empty() && !is_final && (raw.message.is_some() || raw.error.is_some()) {
         let reason = match (raw.message, raw.error) {

@@ -17,10 +17,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use base64::Engine as _;
 use compio::net::TcpStream;
 use compio::ws::tungstenite::Message;
 use compio::ws::tungstenite::protocol::CloseFrame;
+use cxb_codecs::payload;
 use futures_util::StreamExt;
 use serde_json::{Value, json};
 
@@ -270,8 +270,10 @@ async fn generate(
             "charStartTimesMs": (0..part.len() as u64).map(|i| i * char_ms).collect::<Vec<_>>(),
             "charDurationsMs": vec![char_ms; part.len()],
         });
+        let mut b64 = String::new();
+        payload::encode_into(&audio, &mut b64);
         let message = json!({
-            "audio": base64::engine::general_purpose::STANDARD.encode(&audio),
+            "audio": b64,
             "isFinal": null,
             "normalizedAlignment": alignment,
             "alignment": alignment,
