@@ -1,1 +1,5 @@
 //! Local servers that speak each vendor's protocol.
+
+pub mod deepgram;
+pub mod elevenlabs;
+pub mod ws;
