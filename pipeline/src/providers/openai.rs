@@ -54,6 +54,11 @@ const CHAT_OPTIONS: &[&str] = &[
 const SPEECH_OPTIONS: &[&str] = &["speed", "instructions"];
 /// The most of an error body read for its message.
 const ERROR_BODY_LIMIT: usize = 64 * 1024;
+/// The most bytes read after `[DONE]` to keep a connection for the next request.
+const DRAIN_LIMIT: usize = 4096;
+/// How long to wait for the end of a body after `[DONE]` (a server that keeps the body open
+/// delays `Done` by this much and loses its connection).
+const DRAIN_TIME: std::time::Duration = std::time::Duration::from_millis(200);
 /// The most tool calls one reply may make.
 const MAX_TOOL_CALLS: usize = 128;
 /// The most bytes of arguments one tool call may have.
@@ -125,11 +130,20 @@ fn describe(error: &dyn std::error::Error) -> String {
 
 /// Up to `limit` bytes of a response's body (less if reading it fails).
 async fn read_limited(response: cyper::Response, limit: usize) -> Vec<u8> {
-    let mut body = std::pin::pin!(response.bytes_stream());
+    read_limited_stream(std::pin::pin!(response.bytes_stream()), limit).await
+}
+
+/// Up to `limit` bytes of the rest of a body.
+async fn read_limited_stream<S, B, E>(mut body: std::pin::Pin<&mut S>, limit: usize) -> Vec<u8>
+where
+    S: futures_util::Stream<Item = Result<B, E>> + ?Sized,
+    B: AsRef<[u8]>,
+{
     let mut out = Vec::new();
     while let Some(Ok(bytes)) = body.next().await {
+        let bytes = bytes.as_ref();
         let room = limit.saturating_sub(out.len());
-        out.extend_from_slice(bytes.get(..room).unwrap_or(&bytes));
+        out.extend_from_slice(bytes.get(..room).unwrap_or(bytes));
         if out.len() >= limit {
             break;
         }
@@ -250,13 +264,23 @@ impl LlmProvider for OpenAiChat {
             };
             let mut body = std::pin::pin!(response.bytes_stream());
             let mut decoder = ChatDecoder::new();
+            let mut ended = false;
             while !decoder.is_finished() {
                 match body.next().await {
                     Some(Ok(bytes)) => decoder.push(&bytes),
                     Some(Err(e)) => decoder.fail(format!("reading the stream: {}", describe(&e))),
-                    None => decoder.end(),
+                    None => {
+                        ended = true;
+                        decoder.end();
+                    }
                 }
                 while let Some(event) = decoder.next_event() {
+                    if matches!(event, LlmEvent::Done { .. }) && !ended {
+                        // The chunked body's end follows `[DONE]` at once: read it, so the
+                        // connection is back in the pool before the turn is reported done.
+                        let rest = read_limited_stream(body.as_mut(), DRAIN_LIMIT);
+                        let _ = compio::time::timeout(DRAIN_TIME, rest).await;
+                    }
                     emit(event);
                 }
             }
