@@ -2,4 +2,5 @@
 
 pub mod deepgram;
 pub mod elevenlabs;
+pub mod openai;
 pub mod ws;
