@@ -592,7 +592,7 @@ impl Conversation {
         let Some(reply) = self.reply.as_mut() else { return };
         let mut cuts = Vec::new();
         loop {
-            let end = sentence_end(&reply.pending).or_else(|| (all && !reply.pending.trim().is_empty()).then(|| reply.pending.len()));
+            let end = sentence_end(&reply.pending).or_else(|| (all && !reply.pending.trim().is_empty()).then_some(reply.pending.len()));
             let Some(end) = end else { break };
             let rest = reply.pending.split_off(end);
             let text = std::mem::replace(&mut reply.pending, rest).trim().to_string();
@@ -613,12 +613,8 @@ impl Conversation {
         let Some(reply) = self.reply.as_mut() else { return };
         push_words(&mut reply.said, &text);
         self.usage.tts_characters += text.chars().count() as u64;
-        let feeding_now = reply.sentences.len() == reply.feeding;
         reply.sentences.push_back(Sentence { id, text: text.clone(), waiting: Vec::new(), synthesised: false, queued: 0, started: None });
         self.actions.push_back(Action::Synthesize { sentence: id, text });
-        if feeding_now {
-            self.actions.push_back(Action::Mark(id * 2));
-        }
     }
 
     fn on_tts(&mut self, now: Timestamp, sentence: u64, event: TtsEvent) {
@@ -632,8 +628,7 @@ impl Conversation {
                 let feeding = reply.feeding;
                 let s = &mut reply.sentences[pos];
                 if pos == feeding {
-                    s.queued += audio.len();
-                    self.actions.push_back(Action::Play(audio));
+                    play(&mut self.actions, s, audio);
                 } else {
                     s.waiting.push(audio);
                 }
@@ -651,19 +646,18 @@ impl Conversation {
     fn advance(&mut self, now: Timestamp) {
         let Some(reply) = self.reply.as_mut() else { return };
         while let Some(s) = reply.sentences.get_mut(reply.feeding) {
-            for audio in s.waiting.drain(..) {
-                s.queued += audio.len();
-                self.actions.push_back(Action::Play(audio));
+            for audio in std::mem::take(&mut s.waiting) {
+                play(&mut self.actions, s, audio);
             }
             if !s.synthesised {
                 break;
             }
-            // All its audio is queued: its end mark follows, then the next one's start mark.
+            // All its audio is queued: its end mark follows it.
+            if s.queued == 0 {
+                self.actions.push_back(Action::Mark(s.id * 2));
+            }
             self.actions.push_back(Action::Mark(s.id * 2 + 1));
             reply.feeding += 1;
-            if let Some(next) = reply.sentences.get(reply.feeding) {
-                self.actions.push_back(Action::Mark(next.id * 2));
-            }
         }
         if !reply.is_done() {
             return;
@@ -743,6 +737,15 @@ impl Conversation {
         self.hung_up = true;
         self.actions.push_back(Action::Hangup { reason: reason.to_string() });
     }
+}
+
+/// Queues a sentence's audio for playing, after its start mark if it is its first.
+fn play(actions: &mut VecDeque<Action>, s: &mut Sentence, audio: Vec<u8>) {
+    if s.queued == 0 {
+        actions.push_back(Action::Mark(s.id * 2));
+    }
+    s.queued += audio.len();
+    actions.push_back(Action::Play(audio));
 }
 
 /// Where the first complete sentence in `text` ends (after its punctuation), if any.
