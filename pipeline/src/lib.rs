@@ -11,6 +11,7 @@ pub mod provider;
 pub mod providers;
 #[cfg(feature = "testkit")]
 pub mod testkit;
+pub mod tools;
 
 pub use config::BotConfig;
 pub use provider::{AudioFormat, Event, Events, LlmEvent, SttEvent, TtsEvent};

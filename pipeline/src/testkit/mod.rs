@@ -1,1 +1,3 @@
 //! Local servers that speak each vendor's protocol.
+
+pub mod tools;
