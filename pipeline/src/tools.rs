@@ -697,9 +697,7 @@ pub fn transfer(carrier: Option<&CarrierLink>, call_sid: &str, destination: &Des
         let (output, status) = match carrier {
             None => (failed("This call cannot be transferred (its carrier has no transfer API configured)."), None),
             Some(c) if !is_sid(&c.account_sid) || !is_sid(&call_sid) => (failed("This call cannot be transferred (no valid call or account id)."), None),
-            Some(c) => match match c.kind {
-                CarrierKind::Twilio => compio::time::timeout(PLATFORM_TIMEOUT, twilio_update(&c, &call_sid, &twiml)).await,
-            } {
+            Some(c) => match compio::time::timeout(PLATFORM_TIMEOUT, update_call(&c, &call_sid, &twiml)).await {
                 Ok(Ok((status, _))) if (200..300).contains(&status) => {
                     (ToolOutput { content: format!("The call is being transferred to {shown}."), failed: false }, Some(status))
                 }
@@ -714,6 +712,13 @@ pub fn transfer(carrier: Option<&CarrierLink>, call_sid: &str, destination: &Des
         log.record("transfer_call", &call_id, started, status, !output.failed);
         events.push(Event::Tool { call_id, output });
     })
+}
+
+/// Asks the carrier to run `twiml` on the live call: its answer's status and body.
+async fn update_call(carrier: &CarrierLink, call_sid: &str, twiml: &str) -> Result<(u16, String), String> {
+    match carrier.kind {
+        CarrierKind::Twilio => twilio_update(carrier, call_sid, twiml).await,
+    }
 }
 
 async fn twilio_update(carrier: &CarrierLink, call_sid: &str, twiml: &str) -> Result<(u16, String), String> {
