@@ -7,8 +7,10 @@
 //! provider sockets and its timers all stay on one core.
 
 pub mod config;
+pub mod conversation;
 pub mod provider;
 pub mod providers;
+pub mod recording;
 #[cfg(feature = "testkit")]
 pub mod testkit;
 pub mod tools;

@@ -11,6 +11,7 @@ pub mod openai;
 pub mod script;
 pub mod sse;
 pub mod wyoming;
+mod ws;
 
 /// The bot's speech-to-text provider.
 pub fn stt(bot: &BotConfig) -> Result<Rc<dyn SttProvider>, ProviderError> {
