@@ -19,6 +19,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     (1, "accounts", include_str!("../migrations/0001_accounts.sql")),
     (2, "product", include_str!("../migrations/0002_product.sql")),
     (3, "runtime", include_str!("../migrations/0003_runtime.sql")),
+    (4, "knowledge", include_str!("../migrations/0004_knowledge.sql")),
 ];
 
 /// Opens (creating if needed) the database at `url` and brings its schema up to date.

@@ -13,6 +13,7 @@ pub mod providers;
 pub mod recording;
 #[cfg(feature = "testkit")]
 pub mod testkit;
+pub mod tools;
 
 pub use config::BotConfig;
 pub use provider::{AudioFormat, Event, Events, LlmEvent, SttEvent, TtsEvent};

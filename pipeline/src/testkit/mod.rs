@@ -3,4 +3,5 @@
 pub mod deepgram;
 pub mod elevenlabs;
 pub mod openai;
+pub mod tools;
 pub mod ws;
