@@ -41,8 +41,9 @@ impl Store {
                     .with_region(&s3.region)
                     .with_access_key_id(&s3.access_key_id)
                     .with_secret_access_key(&s3.secret_access_key)
-                    .with_allow_http(s3.allow_http)
-                    .with_client_options(ClientOptions::new().with_timeout(timeout).with_connect_timeout(timeout))
+                    // (The client options carry `allow_http`: set on the builder first, it
+                    // would be replaced by these.)
+                    .with_client_options(ClientOptions::new().with_allow_http(s3.allow_http).with_timeout(timeout).with_connect_timeout(timeout))
                     // The outbox retries with its own backoff; one quick retry inside is enough.
                     .with_retry(RetryConfig { max_retries: 1, retry_timeout: timeout, ..RetryConfig::default() });
                 if let Some(endpoint) = &s3.endpoint {

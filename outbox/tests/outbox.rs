@@ -11,7 +11,7 @@ use std::time::Duration;
 use common::{Api, config, files, outbox_dir, result, until};
 use cxb_codecs::SampleRate;
 use cxb_outbox::wav::{Channel, RecordingWriter, WavError};
-use cxb_outbox::{ApiTarget, Outbox, OutboxError};
+use cxb_outbox::{ApiTarget, Outbox, OutboxError, RecordingStore, S3Config};
 use serde_json::{Value, json};
 
 /// The headline: results submitted while the API is down, across a restart of the outbox,
@@ -97,6 +97,44 @@ async fn the_recording_is_uploaded_once_and_the_call_points_at_it() {
 
     let call = api.get("/v1/calls/rec-1").await;
     assert_eq!(call["recording"], json!({"location": location, "duration_ms": 1000, "channels": 2}));
+    drop(guard);
+}
+
+/// An S3-compatible store: the recording is PUT path-style with a SigV4 signature; S3's
+/// `503 SlowDown` is retried (once inside `object_store`, then by the outbox's backoff).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recordings_go_to_an_s3_compatible_store() {
+    let data = tempfile::tempdir().unwrap();
+    let api = Api::start(&data.path().join("api")).await;
+    let (s3, requests) = common::fake_s3(2).await;
+    let mut config = config(data.path(), Some(api.target()));
+    config.recordings = RecordingStore::S3(S3Config {
+        bucket: "calls".into(),
+        region: "eu-west-1".into(),
+        endpoint: Some(format!("http://{s3}")),
+        access_key_id: "AKIDTEST".into(),
+        secret_access_key: "secret".into(),
+        allow_http: true,
+    });
+    assert!(!format!("{config:?}").contains("secret\""), "the secret key is redacted");
+    let (outbox, guard) = Outbox::start(config).unwrap();
+    let wav = recording();
+    outbox.submit(result("s3-1", &api.bot_id), Some(wav.clone())).await.unwrap();
+    let s = until("delivery", || outbox.stats(), |s| s.pending == 0).await;
+    assert_eq!((s.delivered, s.dead), (1, 0));
+    assert!(s.retries >= 1, "{s:?}");
+
+    let requests = requests.lock().unwrap().clone();
+    assert_eq!(requests.len(), 3, "{requests:?}");
+    let key = format!("recordings/{}/s3-1.wav", api.bot_id);
+    for r in &requests {
+        assert_eq!((r.method.as_str(), r.path.as_str()), ("PUT", format!("/calls/{key}").as_str()));
+        assert!(r.header("authorization").unwrap().starts_with("AWS4-HMAC-SHA256 Credential=AKIDTEST/"), "{r:?}");
+        assert!(r.header("x-amz-date").is_some() && r.header("x-amz-content-sha256").is_some(), "{r:?}");
+        assert_eq!(r.body, wav);
+    }
+    let call = api.get("/v1/calls/s3-1").await;
+    assert_eq!(call["recording"], json!({"location": format!("s3://calls/{key}"), "duration_ms": 1000, "channels": 2}));
     drop(guard);
 }
 

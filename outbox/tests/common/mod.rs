@@ -151,3 +151,76 @@ pub(crate) fn files(dir: &Path, suffix: &str) -> Vec<String> {
 pub(crate) fn outbox_dir(data: &Path) -> PathBuf {
     data.join("outbox")
 }
+
+/// One request the fake S3 endpoint received.
+#[derive(Debug, Clone)]
+pub(crate) struct S3Request {
+    pub(crate) method: String,
+    pub(crate) path: String,
+    pub(crate) headers: Vec<(String, String)>,
+    pub(crate) body: Vec<u8>,
+}
+
+impl S3Request {
+    pub(crate) fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+}
+
+/// A fake S3 endpoint on 127.0.0.1 for `PutObject` (path-style, HTTP/1.1): the first
+/// `slow_downs` requests get S3's `503 SlowDown` error, later ones `200` with the object's
+/// ETag (its MD5 in quotes), as the S3 API reference describes PutObject and its errors
+/// (docs.aws.amazon.com/AmazonS3/latest/API/API_PutObject.html, ErrorResponses.html,
+/// RESTCommonResponseHeaders.html). Records every request.
+pub(crate) async fn fake_s3(slow_downs: usize) -> (SocketAddr, std::sync::Arc<std::sync::Mutex<Vec<S3Request>>>) {
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((socket, _)) = listener.accept().await {
+            let log = log.clone();
+            tokio::spawn(async move {
+                let mut conn = BufReader::new(socket);
+                loop {
+                    let mut line = String::new();
+                    if conn.read_line(&mut line).await.unwrap_or(0) == 0 {
+                        return;
+                    }
+                    let mut parts = line.split_whitespace();
+                    let (method, path) = (parts.next().unwrap_or("").to_string(), parts.next().unwrap_or("").to_string());
+                    let mut headers = Vec::new();
+                    loop {
+                        let mut h = String::new();
+                        conn.read_line(&mut h).await.unwrap();
+                        let h = h.trim_end();
+                        if h.is_empty() {
+                            break;
+                        }
+                        let (n, v) = h.split_once(':').unwrap();
+                        headers.push((n.trim().to_string(), v.trim().to_string()));
+                    }
+                    let req = S3Request { method, path, headers, body: Vec::new() };
+                    let len: usize = req.header("content-length").map_or(0, |v| v.parse().unwrap());
+                    let mut body = vec![0; len];
+                    conn.read_exact(&mut body).await.unwrap();
+                    let n = {
+                        let mut log = log.lock().unwrap();
+                        log.push(S3Request { body: body.clone(), ..req });
+                        log.len()
+                    };
+                    let answer = if n <= slow_downs {
+                        let xml = "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message><RequestId>4442587FB7D0A2F9</RequestId><HostId>fake</HostId></Error>";
+                        format!("HTTP/1.1 503 Slow Down\r\nContent-Type: application/xml\r\nx-amz-request-id: 4442587FB7D0A2F9\r\nContent-Length: {}\r\n\r\n{xml}", xml.len())
+                    } else {
+                        let etag: String = <md5::Md5 as md5::Digest>::digest(&body).iter().map(|b| format!("{b:02x}")).collect();
+                        format!("HTTP/1.1 200 OK\r\nETag: \"{etag}\"\r\nx-amz-request-id: 0A49CE4060975EAC\r\nServer: AmazonS3\r\nContent-Length: 0\r\n\r\n")
+                    };
+                    conn.get_mut().write_all(answer.as_bytes()).await.unwrap();
+                }
+            });
+        }
+    });
+    (addr, seen)
+}
