@@ -3,7 +3,8 @@
 //! an object store and posts the result to `cxb api` (`POST /v1/runtime/results`), retrying
 //! until the API has it. An API outage or a crash loses nothing: the API stores a call id once.
 //!
-//! The engine only ever calls [`OutboxHandle::submit`] and awaits the [`Receipt`] it returns,
+//! The engine only ever calls [`OutboxHandle::submit`] (or [`OutboxHandle::submit_recording`])
+//! and awaits the [`Receipt`] it returns,
 //! which is runtime-agnostic (a flume channel), so a compio worker awaits it without blocking.
 //! Everything else runs on the outbox's own two threads: a writer (plain blocking file I/O,
 //! one directory fsync per batch of submissions) and a sender (a tokio current-thread runtime
@@ -30,7 +31,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::spool::{Entry, PendingRecording, Spool};
-use crate::wav::{WavError, WavInfo};
+use crate::wav::{RecordingWriter, WavError, WavInfo};
 
 /// Where `cxb api` is and the fleet token the engine presents to it.
 #[derive(Clone)]
@@ -208,8 +209,27 @@ impl Counters {
 
 type Reply = flume::Sender<Result<(), OutboxError>>;
 
+/// A recording as submitted: a checked WAV file, or a writer still to be finished.
+enum Recording {
+    Wav(Vec<u8>, WavInfo),
+    Writer(RecordingWriter),
+}
+
+impl Recording {
+    fn into_wav(self) -> (Vec<u8>, PendingRecording) {
+        let (wav, duration, channels) = match self {
+            Recording::Wav(wav, info) => (wav, info.duration(), info.channels),
+            Recording::Writer(writer) => {
+                let duration = writer.duration();
+                (writer.finish(), duration, 2)
+            }
+        };
+        (wav, PendingRecording { duration_ms: u64::try_from(duration.as_millis()).unwrap_or(u64::MAX), channels })
+    }
+}
+
 enum Msg {
-    Submit { result: Value, recording: Option<(Vec<u8>, WavInfo)>, reply: Reply },
+    Submit { result: Value, recording: Option<Recording>, reply: Reply },
     Stop,
 }
 
@@ -234,16 +254,31 @@ impl OutboxHandle {
     /// Never blocks: the checks here read only the WAV header, the writing happens on the
     /// outbox's writer thread.
     pub fn submit(&self, result: Value, recording: Option<Vec<u8>>) -> Receipt {
-        let (reply, rx) = flume::bounded(1);
-        let checked = spool::check_result(&result).map_err(OutboxError::InvalidResult).and_then(|_| {
-            recording.map(|wav| WavInfo::parse(&wav).map(|info| (wav, info)).map_err(OutboxError::InvalidRecording)).transpose()
-        });
-        match checked {
+        match recording.map(|wav| WavInfo::parse(&wav).map(|info| Recording::Wav(wav, info))).transpose() {
+            Ok(recording) => self.send(result, recording),
             Err(e) => {
-                let _ = reply.send(Err(e));
+                let (reply, rx) = flume::bounded(1);
+                let _ = reply.send(Err(OutboxError::InvalidRecording(e)));
+                Receipt(rx)
+            }
+        }
+    }
+
+    /// [`OutboxHandle::submit`] with the recording still in its writer: the two channels are
+    /// interleaved into the WAV file on the outbox's writer thread, so a long recording costs
+    /// the engine's worker thread nothing but the move.
+    pub fn submit_recording(&self, result: Value, recording: RecordingWriter) -> Receipt {
+        self.send(result, Some(Recording::Writer(recording)))
+    }
+
+    fn send(&self, result: Value, recording: Option<Recording>) -> Receipt {
+        let (reply, rx) = flume::bounded(1);
+        match spool::check_result(&result) {
+            Err(e) => {
+                let _ = reply.send(Err(OutboxError::InvalidResult(e)));
             }
             // A send error means the writer has stopped; dropping `reply` tells the receipt.
-            Ok(recording) => {
+            Ok(_) => {
                 let _ = self.tx.send(Msg::Submit { result, recording, reply });
             }
         }
@@ -330,7 +365,10 @@ impl Outbox {
     pub fn start(config: OutboxConfig) -> Result<(OutboxHandle, OutboxGuard), OutboxError> {
         let spool = Spool::open(&config.dir).map_err(|e| OutboxError::io(&format!("opening {}", config.dir.display()), e))?;
         let lock = std::fs::File::create(config.dir.join(".lock")).map_err(|e| OutboxError::io("creating .lock", e))?;
-        lock.try_lock().map_err(|_| OutboxError::Config(format!("{} is in use by another outbox", config.dir.display())))?;
+        lock.try_lock().map_err(|e| match e {
+            std::fs::TryLockError::WouldBlock => OutboxError::Config(format!("{} is in use by another outbox", config.dir.display())),
+            std::fs::TryLockError::Error(e) => OutboxError::io("locking .lock", e),
+        })?;
         let queued = spool.scan().map_err(|e| OutboxError::io("reading the directory", e))?;
         let counters = Arc::new(Counters::default());
         counters.pending.store(queued.len() as u64, Ordering::Relaxed);
@@ -396,12 +434,9 @@ impl Writer {
                     Msg::Submit { result, recording, reply } => {
                         let seq = self.next_seq;
                         self.next_seq += 1;
-                        let pending = recording.as_ref().map(|(_, info)| PendingRecording {
-                            duration_ms: u64::try_from(info.duration().as_millis()).unwrap_or(u64::MAX),
-                            channels: info.channels,
-                        });
+                        let (wav, pending) = recording.map(Recording::into_wav).unzip();
                         let entry = Entry::new(seq, result, pending);
-                        let wrote = self.spool.write_new(&entry, recording.as_ref().map(|(wav, _)| wav.as_slice()));
+                        let wrote = self.spool.write_new(&entry, wav.as_deref());
                         batch.push((seq, wrote.map_err(|e| OutboxError::io("writing an entry", e)), reply));
                     }
                     Msg::Stop => {

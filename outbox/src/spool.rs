@@ -85,8 +85,9 @@ impl Spool {
         fs::create_dir_all(&dead)?;
         let spool = Spool { dir: dir.to_path_buf(), dead };
         spool.sync_dir()?;
-        if let Some(parent) = dir.parent() {
-            sync_dir(parent)?;
+        match dir.parent() {
+            Some(parent) if !parent.as_os_str().is_empty() => sync_dir(parent)?,
+            _ => sync_dir(Path::new("."))?,
         }
         Ok(spool)
     }

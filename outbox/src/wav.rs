@@ -128,9 +128,12 @@ impl RecordingWriter {
         out.extend_from_slice(&16u16.to_le_bytes()); // bits per sample
         out.extend_from_slice(b"data");
         out.extend_from_slice(&data_len32.to_le_bytes());
-        for i in 0..frames {
-            out.extend_from_slice(&self.left.get(i).copied().unwrap_or(0).to_le_bytes());
-            out.extend_from_slice(&self.right.get(i).copied().unwrap_or(0).to_le_bytes());
+        out.resize(HEADER_LEN + data_len, 0);
+        let silence = std::iter::repeat(&0i16);
+        let samples = self.left.iter().chain(silence.clone()).zip(self.right.iter().chain(silence));
+        for (frame, (l, r)) in out[HEADER_LEN..].chunks_exact_mut(4).zip(samples) {
+            frame[..2].copy_from_slice(&l.to_le_bytes());
+            frame[2..].copy_from_slice(&r.to_le_bytes());
         }
         out
     }

@@ -59,11 +59,16 @@ async fn an_api_outage_and_an_outbox_restart_lose_nothing_and_duplicate_nothing(
     drop(guard);
 }
 
-fn recording() -> Vec<u8> {
+/// One second: the caller throughout, the bot in the second half.
+fn writer() -> RecordingWriter {
     let mut w = RecordingWriter::new(SampleRate::Hz8000, Duration::from_secs(60));
     w.write(Channel::Caller, Duration::ZERO, &[1000; 8000]);
     w.write(Channel::Bot, Duration::from_millis(500), &[-1000; 4000]);
-    w.finish()
+    w
+}
+
+fn recording() -> Vec<u8> {
+    writer().finish()
 }
 
 /// The recording goes to the local store once, even when posting the result has to be
@@ -77,7 +82,8 @@ async fn the_recording_is_uploaded_once_and_the_call_points_at_it() {
     let wav = recording();
     let mut call = result("rec-1", &api.bot_id);
     call["org_id"] = json!(api.org_id);
-    outbox.submit(call, Some(wav.clone())).await.unwrap();
+    // The writer itself: finished into a WAV file on the outbox's thread.
+    outbox.submit_recording(call, writer()).await.unwrap();
 
     until("a failed post", || outbox.stats(), |s| s.retries >= 2).await;
     let stored = data.path().join("recordings").join(&api.org_id).join("rec-1.wav");
