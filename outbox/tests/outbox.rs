@@ -6,6 +6,7 @@
 mod common;
 
 use std::collections::BTreeSet;
+use std::future::IntoFuture;
 use std::time::Duration;
 
 use common::{Api, config, files, outbox_dir, result, until};
@@ -53,6 +54,7 @@ async fn an_api_outage_and_an_outbox_restart_lose_nothing_and_duplicate_nothing(
     let stored = api.call_ids().await;
     assert_eq!(stored.len(), 20, "{stored:?}");
     assert_eq!(stored.iter().collect::<BTreeSet<_>>(), ids.iter().collect::<BTreeSet<_>>());
+    assert_eq!(api.stored_order().await, ids, "delivered in submission order");
     let call = api.get("/v1/calls/call-07").await;
     assert_eq!((call["outcome"].as_str(), call["duration_ms"].as_i64()), (Some("completed"), Some(58_000)));
     assert_eq!(call["transcript"][0]["text"], "hello");
@@ -228,11 +230,15 @@ async fn without_an_api_results_wait_on_disk_and_bad_submissions_are_refused() {
     assert_eq!(outbox.submit(json!(5), None).await, Err(OutboxError::InvalidResult("not a JSON object")));
     assert_eq!(outbox.submit(json!({"call_id": ""}), None).await, Err(OutboxError::InvalidResult("no call_id")));
     assert_eq!(outbox.submit(json!({"call_id": "a"}), Some(b"RIFF".to_vec())).await, Err(OutboxError::InvalidRecording(WavError::NotWave)));
-    // A blocking wait works too, from a thread that may block.
+    // Awaited without tokio (only a waker), and a blocking wait, each from a plain thread.
     let handle = outbox.clone();
     let wav = recording();
-    std::thread::spawn(move || handle.submit(json!({"call_id": "a", "org_id": "org_x"}), Some(wav)).wait()).join().unwrap().unwrap();
-    outbox.submit(json!({"call_id": "b", "org_id": "org_x"}), None).await.unwrap();
+    std::thread::spawn(move || common::block_on(handle.submit(json!({"call_id": "a", "org_id": "org_x"}), Some(wav)).into_future()))
+        .join()
+        .unwrap()
+        .unwrap();
+    let handle = outbox.clone();
+    std::thread::spawn(move || handle.submit(json!({"call_id": "b", "org_id": "org_x"}), None).wait()).join().unwrap().unwrap();
     tokio::time::sleep(Duration::from_millis(50)).await;
     let s = outbox.stats();
     assert_eq!((s.pending, s.retries, s.delivered), (2, 0, 0));

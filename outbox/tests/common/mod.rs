@@ -6,8 +6,11 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
+use cxb_control_plane::clock::Clock;
 use cxb_control_plane::{ApiConfig, ApiServer, admin};
 use cxb_outbox::{ApiTarget, OutboxConfig, RetryPolicy, Stats};
 use serde_json::{Value, json};
@@ -89,10 +92,28 @@ impl Api {
         assert!(page["next_cursor"].is_null(), "{page}");
         page["items"].as_array().unwrap().iter().map(|c| c["id"].as_str().unwrap().to_string()).collect()
     }
+
+    /// Stored call ids in the order the API stored them.
+    pub(crate) async fn stored_order(&self) -> Vec<String> {
+        let db = &self.server.as_ref().unwrap().state().db;
+        sqlx::query_scalar("SELECT id FROM calls ORDER BY created_at").fetch_all(db).await.unwrap()
+    }
+}
+
+/// A clock that moves one millisecond every time it is read, so rows stored one after the
+/// other have increasing `created_at` however fast they come.
+#[derive(Debug)]
+struct Ticking(AtomicI64);
+
+impl Clock for Ticking {
+    fn now_ms(&self) -> i64 {
+        self.0.fetch_add(1, Ordering::Relaxed)
+    }
 }
 
 async fn serve(addr: SocketAddr, database: &str) -> ApiServer {
     let mut config = ApiConfig::new(addr, database);
+    config.clock = Arc::new(Ticking(AtomicI64::new(1_790_000_000_000)));
     config.webhook_interval = None;
     ApiServer::start(config).await.unwrap()
 }
@@ -223,4 +244,26 @@ pub(crate) async fn fake_s3(slow_downs: usize) -> (SocketAddr, std::sync::Arc<st
         }
     });
     (addr, seen)
+}
+
+/// Runs a future to completion on the calling thread with no runtime at all (a waker that
+/// unparks the thread): what awaiting a receipt needs is only a waker, as on a compio worker.
+pub(crate) fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    struct Unpark(std::thread::Thread);
+    impl std::task::Wake for Unpark {
+        fn wake(self: std::sync::Arc<Self>) {
+            self.0.unpark();
+        }
+    }
+    let waker = std::sync::Arc::new(Unpark(std::thread::current())).into();
+    let mut cx = std::task::Context::from_waker(&waker);
+    let mut f = std::pin::pin!(f);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        if let std::task::Poll::Ready(v) = f.as_mut().poll(&mut cx) {
+            return v;
+        }
+        assert!(std::time::Instant::now() < deadline, "timed out");
+        std::thread::park_timeout(Duration::from_millis(100));
+    }
 }
