@@ -252,7 +252,8 @@ impl OutboxHandle {
     /// both are written and fsynced; free the call's slot after that.
     ///
     /// Never blocks: the checks here read only the WAV header, the writing happens on the
-    /// outbox's writer thread.
+    /// outbox's writer thread. The queue to that thread is unbounded; what bounds it is the
+    /// engine's call slots, each held until its receipt completes.
     pub fn submit(&self, result: Value, recording: Option<Vec<u8>>) -> Receipt {
         match recording.map(|wav| WavInfo::parse(&wav).map(|info| Recording::Wav(wav, info))).transpose() {
             Ok(recording) => self.send(result, recording),
