@@ -207,15 +207,40 @@ impl Counters {
     }
 }
 
-type Reply = flume::Sender<Result<(), OutboxError>>;
+/// Where the writer answers a submission.
+enum Reply {
+    Typed(flume::Sender<Result<(), OutboxError>>),
+    /// For the engine's `ResultSink`, whose receipts carry the error as text.
+    Text(flume::Sender<Result<(), String>>),
+}
 
-/// A recording as submitted: a checked WAV file, or a writer still to be finished.
+impl Reply {
+    fn send(self, outcome: Result<(), OutboxError>) {
+        // A send error: the submitter stopped waiting; nothing to do then.
+        match self {
+            Reply::Typed(tx) => {
+                let _ = tx.send(outcome);
+            }
+            Reply::Text(tx) => {
+                let _ = tx.send(outcome.map_err(|e| e.to_string()));
+            }
+        }
+    }
+}
+
+/// A recording as submitted: a WAV file whose header was read, or a writer still to be
+/// finished.
 enum Recording {
     Wav(Vec<u8>, WavInfo),
     Writer(RecordingWriter),
 }
 
 impl Recording {
+    /// WAV bytes, checked.
+    fn bytes(wav: Option<Vec<u8>>) -> Result<Option<Recording>, OutboxError> {
+        wav.map(|wav| WavInfo::parse(&wav).map(|info| Recording::Wav(wav, info)).map_err(OutboxError::InvalidRecording)).transpose()
+    }
+
     fn into_wav(self) -> (Vec<u8>, PendingRecording) {
         let (wav, duration, channels) = match self {
             Recording::Wav(wav, info) => (wav, info.duration(), info.channels),
@@ -255,35 +280,39 @@ impl OutboxHandle {
     /// outbox's writer thread. The queue to that thread is unbounded; what bounds it is the
     /// engine's call slots, each held until its receipt completes.
     pub fn submit(&self, result: Value, recording: Option<Vec<u8>>) -> Receipt {
-        match recording.map(|wav| WavInfo::parse(&wav).map(|info| Recording::Wav(wav, info))).transpose() {
-            Ok(recording) => self.send(result, recording),
-            Err(e) => {
-                let (reply, rx) = flume::bounded(1);
-                let _ = reply.send(Err(OutboxError::InvalidRecording(e)));
-                Receipt(rx)
-            }
-        }
+        let (reply, rx) = flume::bounded(1);
+        self.send(result, Recording::bytes(recording), Reply::Typed(reply));
+        Receipt(rx)
+    }
+
+    /// [`OutboxHandle::submit`] for the engine's `ResultSink` contract: the receiver answers
+    /// `Ok(())` once durable, `Err` with the error's text, or disconnects if the outbox stops.
+    pub fn submit_plain(&self, result: Value, recording: Option<Vec<u8>>) -> flume::Receiver<Result<(), String>> {
+        let (reply, rx) = flume::bounded(1);
+        self.send(result, Recording::bytes(recording), Reply::Text(reply));
+        rx
     }
 
     /// [`OutboxHandle::submit`] with the recording still in its writer: the two channels are
     /// interleaved into the WAV file on the outbox's writer thread, so a long recording costs
     /// the engine's worker thread nothing but the move.
     pub fn submit_recording(&self, result: Value, recording: RecordingWriter) -> Receipt {
-        self.send(result, Some(Recording::Writer(recording)))
+        let (reply, rx) = flume::bounded(1);
+        self.send(result, Ok(Some(Recording::Writer(recording))), Reply::Typed(reply));
+        Receipt(rx)
     }
 
-    fn send(&self, result: Value, recording: Option<Recording>) -> Receipt {
-        let (reply, rx) = flume::bounded(1);
-        match spool::check_result(&result) {
-            Err(e) => {
-                let _ = reply.send(Err(OutboxError::InvalidResult(e)));
-            }
-            // A send error means the writer has stopped; dropping `reply` tells the receipt.
-            Ok(_) => {
-                let _ = self.tx.send(Msg::Submit { result, recording, reply });
-            }
+    /// Checks the result's shape and queues the submission for the writer.
+    fn send(&self, result: Value, recording: Result<Option<Recording>, OutboxError>, reply: Reply) {
+        if let Err(e) = spool::check_result(&result) {
+            return reply.send(Err(OutboxError::InvalidResult(e)));
         }
-        Receipt(rx)
+        let recording = match recording {
+            Ok(recording) => recording,
+            Err(e) => return reply.send(Err(e)),
+        };
+        // A send error means the writer has stopped; dropping `reply` tells the submitter.
+        let _ = self.tx.send(Msg::Submit { result, recording, reply });
     }
 
     /// The outbox's counters.
@@ -454,7 +483,7 @@ impl Writer {
                     // No sender (no API, or it stopped): the entry waits on disk.
                     let _ = self.written.send(seq);
                 }
-                let _ = reply.send(wrote.and_then(|()| synced.clone()));
+                reply.send(wrote.and_then(|()| synced.clone()));
             }
             if stop {
                 return;

@@ -41,7 +41,8 @@ async fn an_api_outage_and_an_outbox_restart_lose_nothing_and_duplicate_nothing(
     let (outbox, guard) = Outbox::start(config).unwrap();
     assert_eq!(outbox.stats().pending, 10, "picked up from disk");
     for id in &ids[10..] {
-        outbox.submit(result(id, &api.bot_id), None).await.unwrap();
+        // As the engine submits, through its `ResultSink`.
+        outbox.submit_plain(result(id, &api.bot_id), None).recv_async().await.unwrap().unwrap();
     }
     assert_eq!(files(&outbox_dir(data.path()), ".json").len(), 20);
 
@@ -239,6 +240,8 @@ async fn without_an_api_results_wait_on_disk_and_bad_submissions_are_refused() {
         .unwrap();
     let handle = outbox.clone();
     std::thread::spawn(move || handle.submit(json!({"call_id": "b", "org_id": "org_x"}), None).wait()).join().unwrap().unwrap();
+    // The engine's `ResultSink` shape: errors as text.
+    assert_eq!(outbox.submit_plain(json!([]), None).recv_async().await, Ok(Err("not a call result: not a JSON object".to_string())));
     tokio::time::sleep(Duration::from_millis(50)).await;
     let s = outbox.stats();
     assert_eq!((s.pending, s.retries, s.delivered), (2, 0, 0));
