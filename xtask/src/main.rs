@@ -1,8 +1,9 @@
-//! Developer workflows: `cargo xtask fuzz`, `cargo xtask load`.
+//! Developer workflows: `cargo xtask fuzz`, `cargo xtask load`, `cargo xtask converse`.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 
+mod converse;
 mod fuzz;
 mod load;
 
@@ -17,6 +18,10 @@ commands:
   load [--calls N] [--seconds S] [--protocol twilio|exotel] [--sweep N,N,...] ...
         concurrent calls over real WebSockets against a running engine
         (`cargo xtask load --help` for every option)
+  converse [--calls N] [--seconds S] [--sweep N,N,...] [--llm openai|script] ...
+        AI calls under load: local Deepgram, ElevenLabs and OpenAI test servers,
+        `cxb core --workers 1` started with a bot using them, the engine's own
+        latency from its /metrics (`cargo xtask converse --help` for every option)
 ";
 
 fn main() -> ExitCode {
@@ -24,6 +29,7 @@ fn main() -> ExitCode {
     let result = match args.first().map(String::as_str) {
         Some("fuzz") => fuzz::run(&args[1..]),
         Some("load") => load::run(&args[1..]),
+        Some("converse") => converse::run(&args[1..]),
         Some("help" | "--help" | "-h") | None => {
             eprint!("{USAGE}");
             return ExitCode::SUCCESS;
