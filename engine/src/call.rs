@@ -391,6 +391,11 @@ impl Call {
                 }
                 Action::Mark(id) => self.backlog.push_back(Queued::Mark(id)),
                 Action::ClearPlayout => self.barge_in(),
+                Action::Transfer { destination } => {
+                    if let Some(agent) = self.agent.as_mut() {
+                        agent.transfer(&destination, self.start_info.as_deref());
+                    }
+                }
                 other => {
                     requested |= matches!(
                         other,
