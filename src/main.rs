@@ -8,6 +8,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
@@ -16,7 +17,9 @@ use cxb_control_plane::client::{Capacity, HeartbeatConfig, Host, heartbeat_loop}
 use cxb_control_plane::clock::{Clock, SystemClock};
 use cxb_control_plane::{ApiConfig, ApiServer, admin};
 use cxb_engine::registry::Segment;
-use cxb_engine::{Engine, EngineConfig, EngineHandle};
+use cxb_engine::agent::ApiLink;
+use cxb_engine::{Engine, EngineConfig, EngineHandle, ResultSink};
+use cxb_outbox::{ApiTarget, Outbox, OutboxConfig, OutboxGuard, OutboxHandle, RecordingStore, S3Config};
 
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -42,6 +45,8 @@ enum Command {
         api_listen: SocketAddr,
         #[command(flatten)]
         data: DataArgs,
+        #[command(flatten)]
+        results: ResultArgs,
     },
     /// The media engine: live calls over telephony WebSockets.
     Core(CoreCommand),
@@ -75,15 +80,79 @@ impl DataArgs {
         if let Some(url) = &self.database {
             return url.clone();
         }
-        let dir = self.data_dir.clone().unwrap_or_else(|| {
-            let env = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty()).map(PathBuf::from);
-            env("CXB_DATA_DIR")
-                .or_else(|| env("XDG_DATA_HOME").map(|d| d.join("cxb")))
-                .or_else(|| env("HOME").map(|h| h.join(".local/share/cxb")))
-                .unwrap_or_else(|| PathBuf::from("cxb-data"))
-        });
-        format!("sqlite://{}", dir.join("cxb.db").display())
+        format!("sqlite://{}", data_dir(self.data_dir.as_ref()).join("cxb.db").display())
     }
+}
+
+/// The data directory: the flag, else $CXB_DATA_DIR, $XDG_DATA_HOME/cxb, ~/.local/share/cxb.
+fn data_dir(flag: Option<&PathBuf>) -> PathBuf {
+    flag.cloned().unwrap_or_else(|| {
+        let env = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty()).map(PathBuf::from);
+        env("CXB_DATA_DIR")
+            .or_else(|| env("XDG_DATA_HOME").map(|d| d.join("cxb")))
+            .or_else(|| env("HOME").map(|h| h.join(".local/share/cxb")))
+            .unwrap_or_else(|| PathBuf::from("cxb-data"))
+    })
+}
+
+/// Where finished AI calls and recordings go.
+#[derive(Args, Clone)]
+struct ResultArgs {
+    /// Bot files (`ID.json`, the API's bot shape) served without an API (default:
+    /// DATA_DIR/bots when it exists). Local files win over the API.
+    #[arg(long)]
+    bots: Option<PathBuf>,
+    /// Upload recordings to this S3-compatible bucket instead of DATA_DIR/recordings.
+    #[arg(long, env = "CXB_S3_BUCKET")]
+    s3_bucket: Option<String>,
+    /// The bucket's region.
+    #[arg(long, env = "CXB_S3_REGION", default_value = "us-east-1")]
+    s3_region: String,
+    /// An S3-compatible endpoint (MinIO, R2, …); unset for AWS.
+    #[arg(long, env = "CXB_S3_ENDPOINT")]
+    s3_endpoint: Option<String>,
+    /// The access key id.
+    #[arg(long, env = "AWS_ACCESS_KEY_ID", hide_env_values = true)]
+    s3_access_key_id: Option<String>,
+    /// The secret access key.
+    #[arg(long, env = "AWS_SECRET_ACCESS_KEY", hide_env_values = true)]
+    s3_secret_access_key: Option<String>,
+}
+
+/// The engine's durable outbox as the engine sees it.
+#[derive(Debug)]
+struct OutboxSink(OutboxHandle);
+
+impl ResultSink for OutboxSink {
+    fn submit(&self, result: serde_json::Value, recording: Option<Vec<u8>>) -> flume::Receiver<Result<(), String>> {
+        self.0.submit_plain(result, recording)
+    }
+}
+
+/// Wires AI bots into `config`: bot files, the API (bots and result delivery) and the outbox
+/// in `data`. The guard keeps the outbox thread running.
+fn wire_results(config: &mut EngineConfig, args: &ResultArgs, data: &std::path::Path, api: Option<(String, String)>) -> anyhow::Result<OutboxGuard> {
+    let bots = args.bots.clone().or_else(|| Some(data.join("bots")).filter(|d| d.is_dir()));
+    config.bots.dir = bots;
+    let mut outbox = OutboxConfig::new(data);
+    if let Some(bucket) = &args.s3_bucket {
+        let key = |v: &Option<String>, name: &str| v.clone().with_context(|| format!("--s3-bucket needs {name}"));
+        outbox.recordings = RecordingStore::S3(S3Config {
+            bucket: bucket.clone(),
+            region: args.s3_region.clone(),
+            endpoint: args.s3_endpoint.clone(),
+            access_key_id: key(&args.s3_access_key_id, "AWS_ACCESS_KEY_ID")?,
+            secret_access_key: key(&args.s3_secret_access_key, "AWS_SECRET_ACCESS_KEY")?,
+            allow_http: args.s3_endpoint.as_deref().is_some_and(|e| e.starts_with("http://")),
+        });
+    }
+    if let Some((base_url, fleet_token)) = api {
+        config.bots.api = Some(ApiLink { base_url: base_url.clone(), fleet_token: fleet_token.clone() });
+        outbox.api = Some(ApiTarget { base_url, fleet_token });
+    }
+    let (handle, guard) = Outbox::start(outbox).context("starting the result outbox")?;
+    config.results = Some(Arc::new(OutboxSink(handle)));
+    Ok(guard)
 }
 
 #[derive(Subcommand)]
@@ -186,15 +255,25 @@ struct CoreArgs {
     /// How carriers reach this host, as announced to the API (default: ws://LISTEN).
     #[arg(long)]
     advertise: Option<String>,
+    /// Where the result outbox and local recordings live (default: $CXB_DATA_DIR, else
+    /// $XDG_DATA_HOME/cxb, else ~/.local/share/cxb).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    #[command(flatten)]
+    results: ResultArgs,
 }
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
-        Command::Up { listen, api_listen, data } => up(listen, api_listen, &data),
+        Command::Up { listen, api_listen, data, results } => up(listen, api_listen, &data, &results),
         Command::Core(CoreCommand { action: None, run }) => {
             let heartbeat = run.api.clone().zip(run.fleet_token.clone());
             let advertise = run.advertise.clone();
-            let engine = Engine::start(engine_config(run)).context("starting the engine")?;
+            let data = data_dir(run.data_dir.as_ref());
+            let results = run.results.clone();
+            let mut config = engine_config(run);
+            let _outbox = wire_results(&mut config, &results, &data, heartbeat.clone())?;
+            let engine = Engine::start(config).context("starting the engine")?;
             print_welcome(&engine);
             if let Some((api, token)) = heartbeat {
                 let address = advertise.unwrap_or_else(|| format!("ws://{}", engine.local_addr()));
@@ -263,7 +342,7 @@ async fn admin_command(action: AdminAction) -> anyhow::Result<()> {
 /// The fleet token `cxb up` makes for its own engine at each start (the previous one is revoked).
 const UP_TOKEN: &str = "cxb up (local engine)";
 
-fn up(listen: SocketAddr, api_listen: SocketAddr, data: &DataArgs) -> anyhow::Result<()> {
+fn up(listen: SocketAddr, api_listen: SocketAddr, data: &DataArgs, results: &ResultArgs) -> anyhow::Result<()> {
     let rt = tokio_runtime()?;
     rt.block_on(async {
         let database = data.database();
@@ -279,9 +358,12 @@ fn up(listen: SocketAddr, api_listen: SocketAddr, data: &DataArgs) -> anyhow::Re
         };
         admin::revoke_fleet_tokens(db, UP_TOKEN).await?;
         let token = admin::create_fleet_token(db, UP_TOKEN, now).await?;
-        let engine = Engine::start(EngineConfig::new(listen)).context("starting the engine")?;
-        print_welcome(&engine);
         let api_url = format!("http://{}", api.local_addr());
+        let mut config = EngineConfig::new(listen);
+        let dir = data_dir(data.data_dir.as_ref());
+        let _outbox = wire_results(&mut config, results, &dir, Some((api_url.clone(), token.clone())))?;
+        let engine = Engine::start(config).context("starting the engine")?;
+        print_welcome(&engine);
         println!("  API         {api_url}   (OpenAPI: {api_url}/v1/openapi.json)");
         println!("  database    {database}");
         if let Some((org, password)) = first {

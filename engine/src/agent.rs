@@ -16,10 +16,8 @@ use cxb_media::Timestamp;
 use cxb_media::resample::Polyphase;
 use cxb_pipeline::config::BotConfig;
 use cxb_pipeline::conversation::{Action, Conversation, Ending};
-use cxb_pipeline::provider::{
-    AudioFormat, Event, Events, Job, LlmProvider, SttCommand, SttSession, ToolCall, ToolOutput,
-    ToolSpec, TtsProvider,
-};
+use cxb_pipeline::provider::{AudioFormat, Events, Job, LlmProvider, SttCommand, SttSession, ToolCall, TtsProvider};
+use cxb_pipeline::tools::{CarrierLink, Destination, ToolAction, Tools};
 use cxb_pipeline::recording::Recorder;
 use serde_json::{Value, json};
 
@@ -36,14 +34,7 @@ pub struct BotSource {
     pub cache_ttl: Duration,
 }
 
-/// How the engine reaches the control plane.
-#[derive(Debug, Clone)]
-pub struct ApiLink {
-    /// e.g. `http://127.0.0.1:8081`.
-    pub base_url: String,
-    /// A fleet token.
-    pub fleet_token: String,
-}
+pub use cxb_pipeline::tools::ApiLink;
 
 /// Why a bot could not be had.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -158,6 +149,7 @@ pub struct Agent {
     tts: Rc<dyn TtsProvider>,
     tts_format: AudioFormat,
     tts_jobs: Vec<Job>,
+    tools: Tools,
     tool_jobs: Vec<Job>,
     to_8k: Option<Polyphase>,
     pcm: Vec<i16>,
@@ -172,7 +164,7 @@ pub struct Agent {
     /// When the provider event behind audio queued into an empty playout arrived: the next
     /// frame on the wire measures the engine's own latency.
     pub(crate) wire_pending: Option<Instant>,
-    tool_log: Vec<Value>,
+    transfer: Option<Value>,
 }
 
 impl std::fmt::Debug for Agent {
@@ -187,7 +179,8 @@ impl std::fmt::Debug for Agent {
 impl Agent {
     /// Sets up the providers for `bot` and opens the speech-to-text stream and the
     /// greeting's synthesis at once, while the carrier is still setting the call up.
-    pub fn new(bot: Rc<BotConfig>, now: Timestamp, unix_ms: u64) -> Result<Agent, String> {
+    pub fn new(bot: Rc<BotConfig>, api: Option<ApiLink>, now: Timestamp, unix_ms: u64) -> Result<Agent, String> {
+        let tools = Tools::new(&bot, api).map_err(|e| e.to_string())?;
         let stt = cxb_pipeline::providers::stt(&bot).map_err(|e| e.to_string())?;
         let llm = cxb_pipeline::providers::llm(&bot).map_err(|e| e.to_string())?;
         let tts = cxb_pipeline::providers::tts(&bot).map_err(|e| e.to_string())?;
@@ -201,7 +194,7 @@ impl Agent {
                 Some(Polyphase::new(rate, SampleRate::Hz8000))
             }
         };
-        let conv = Conversation::new(&bot, tts_format, tool_specs(&bot), now);
+        let conv = Conversation::new(&bot, tts_format, tools.specs(), now);
         let recorder = bot.recording.then(|| {
             Recorder::new(
                 8_000,
@@ -218,6 +211,7 @@ impl Agent {
             tts,
             tts_format,
             tts_jobs: Vec::new(),
+            tools,
             tool_jobs: Vec::new(),
             to_8k,
             pcm: Vec::new(),
@@ -230,7 +224,7 @@ impl Agent {
             first_audio: None,
             stt_audio_ms: 0,
             wire_pending: None,
-            tool_log: Vec::new(),
+            transfer: None,
             bot,
         };
         agent.conv.start(now);
@@ -338,21 +332,45 @@ impl Agent {
             }
             Action::CancelTts => self.tts_jobs.clear(),
             Action::RunTool(call) => self.run_tool(call),
-            Action::Transfer { destination } => self.end = Some(AgentEnd::Transfer(destination)),
+            Action::Transfer { destination } => self.transfer(&destination, None),
             Action::Hangup { reason } => self.end = Some(AgentEnd::Hangup(reason)),
             Action::Play(_) | Action::Mark(_) | Action::ClearPlayout => {}
         }
     }
 
+    /// Tools with I/O (the conversation decides the built-ins itself).
     fn run_tool(&mut self, call: ToolCall) {
-        self.tool_log
-            .push(json!({ "name": call.name, "ok": false, "error": "no executor for this tool" }));
-        self.events.push(Event::Tool {
-            call_id: call.id,
-            output: ToolOutput {
-                content: format!("The tool `{}` is not available.", call.name),
-                failed: true,
-            },
+        self.tool_jobs.retain(|j| !j.is_finished());
+        if let ToolAction::Run(job) = self.tools.classify(&call, &self.events) {
+            self.tool_jobs.push(job);
+        }
+    }
+
+    /// Hands the call over. For a Twilio call whose `transfer_call` tool holds the account's
+    /// auth token (secret `auth_token`; the account comes from the stream's `start`), the
+    /// call is updated through Twilio's REST API with `<Dial>` TwiML; the request outlives
+    /// the media stream, which Twilio ends itself.
+    pub fn transfer(&mut self, destination: &str, start: Option<&Start>) {
+        self.end = Some(AgentEnd::Transfer(destination.to_string()));
+        let tool = self.bot.tools.iter().find(|t| t.kind == cxb_pipeline::config::ToolKind::TransferCall);
+        let token = tool.and_then(|t| t.secrets.get("auth_token"));
+        let (account, call_sid) = (start.and_then(|s| s.account_sid.clone()), start.and_then(|s| s.call_sid.clone()));
+        let requested = match (Destination::parse(destination), token, account, call_sid) {
+            (Ok(dest), Some(token), Some(account), Some(call_sid)) => {
+                let mut carrier = CarrierLink::twilio(account, token.clone());
+                if let Some(url) = tool.and_then(|t| t.url.clone()) {
+                    carrier.base_url = url;
+                }
+                self.tools.transfer(Some(&carrier), &call_sid, &dest, "transfer", &self.events).detach();
+                Ok(())
+            }
+            (Err(e), ..) => Err(e),
+            (_, None, ..) => Err("the transfer_call tool has no auth_token secret".to_string()),
+            _ => Err("the carrier sent no account or call id".to_string()),
+        };
+        self.transfer = Some(match requested {
+            Ok(()) => json!({ "destination": destination, "requested": true }),
+            Err(why) => json!({ "destination": destination, "requested": false, "error": why }),
         });
     }
 
@@ -411,7 +429,8 @@ impl Agent {
                 "answer_to_first_audio_ms": self.first_audio.map(|t| t.duration_since(self.created).as_millis() as u64),
                 "barge_ins": self.conv.barge_ins(),
                 "llm_requests": usage.llm_requests,
-                "tools": self.tool_log,
+                "tools": self.tools.log().take(),
+                "transfer": self.transfer,
                 "providers": { "stt": self.bot.stt.provider, "llm": self.bot.llm.provider, "tts": self.bot.tts.provider },
             },
         });
@@ -427,21 +446,6 @@ impl Agent {
         }
         (result, self.recorder.as_ref().map(Recorder::wav))
     }
-}
-
-/// The tools a bot offers the language model.
-fn tool_specs(bot: &BotConfig) -> Vec<ToolSpec> {
-    bot.tools
-        .iter()
-        .map(|t| ToolSpec {
-            name: t.name().to_string(),
-            description: t.description.clone(),
-            parameters: t
-                .parameters
-                .clone()
-                .unwrap_or_else(|| json!({ "type": "object", "properties": {} })),
-        })
-        .collect()
 }
 
 /// Unix milliseconds as RFC 3339 UTC, e.g. `2026-11-21T09:30:00.125Z`.

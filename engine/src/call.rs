@@ -347,10 +347,7 @@ impl Call {
 
     /// Handles the providers' queued events.
     pub fn on_events(&mut self, now: Timestamp, metrics: &WorkerMetrics) {
-        loop {
-            let Some((arrived, event)) = self.agent.as_ref().and_then(|a| a.events().pop()) else {
-                break;
-            };
+        while let Some((arrived, event)) = self.agent.as_ref().and_then(|a| a.events().pop()) {
             if let Some(agent) = self.agent.as_mut() {
                 agent.conversation().on_event(now, event);
             }
@@ -368,14 +365,7 @@ impl Call {
             Phase::AwaitingStart => self.config.protocol.default_format().encoding,
         };
         let mut requested = false;
-        loop {
-            let Some(action) = self
-                .agent
-                .as_mut()
-                .and_then(|a| a.conversation().poll_action())
-            else {
-                break;
-            };
+        while let Some(action) = self.agent.as_mut().and_then(|a| a.conversation().poll_action()) {
             match action {
                 Action::Play(audio) => {
                     let idle = self.backlog.is_empty() && self.outbound.playout().queued() == 0;
@@ -391,6 +381,11 @@ impl Call {
                 }
                 Action::Mark(id) => self.backlog.push_back(Queued::Mark(id)),
                 Action::ClearPlayout => self.barge_in(),
+                Action::Transfer { destination } => {
+                    if let Some(agent) = self.agent.as_mut() {
+                        agent.transfer(&destination, self.start_info.as_deref());
+                    }
+                }
                 other => {
                     requested |= matches!(
                         other,

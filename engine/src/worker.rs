@@ -519,7 +519,7 @@ async fn route(worker: Rc<Worker>, stream: TcpStream, req: Request, leftover: Ve
     let config = CallConfig::new(protocol, bot);
     let call = match agent_bot {
         // The providers start connecting (and the greeting synthesising) before the upgrade.
-        Some(bot) => match Agent::new(bot, worker.now(), unix_ms()) {
+        Some(bot) => match Agent::new(bot, worker.shared.config.bots.api.clone(), worker.now(), unix_ms()) {
             Ok(agent) => Call::with_agent(config, agent),
             Err(why) => {
                 worker.free_slot(slot);

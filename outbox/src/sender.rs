@@ -18,7 +18,8 @@ use object_store::{ClientOptions, ObjectStoreExt, RetryConfig};
 use serde_json::{Value, json};
 
 use crate::spool::{Entry, PendingRecording, ReadError, Spool};
-use crate::{ApiTarget, Counters, OutboxConfig, OutboxError, RecordingStore, RetryPolicy};
+use crate::outbox::Counters;
+use crate::{ApiTarget, OutboxConfig, OutboxError, RecordingStore, RetryPolicy};
 
 /// Where recordings are put.
 enum Store {

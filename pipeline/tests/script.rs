@@ -181,7 +181,7 @@ fn odd_requests_do_not_panic() {
         ChatRequest { messages: Vec::new(), tools: Vec::new() },
         ChatRequest { messages: vec![Message::text(Role::Tool, "orphan result")], tools: Vec::new() },
         ChatRequest { messages: vec![Message::text(Role::User, "\u{0}\u{FFFF}\u{1F600} open \u{202E}")], tools: Vec::new() },
-        ChatRequest { messages: vec![Message::text(Role::User, &"open ".repeat(10_000))], tools: Vec::new() },
+        ChatRequest { messages: vec![Message::text(Role::User, "open ".repeat(10_000))], tools: Vec::new() },
     ];
     for request in &weird {
         let events = s.respond(u64::MAX, request);
