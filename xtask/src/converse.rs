@@ -433,6 +433,8 @@ struct Tally {
     marks: u64,
     turns: Vec<Turn>,
     greeting_us: Vec<u32>,
+    /// The caller's speech start (a barge-in) to `clear`.
+    clear_us: Vec<u32>,
     late_us: Vec<u32>,
     errors: HashMap<String, usize>,
 }
@@ -458,6 +460,7 @@ struct Report {
     /// End of speech to the answer's first frame, steady part (µs, sorted).
     answer_us: Vec<u32>,
     greeting_us: Vec<u32>,
+    clear_us: Vec<u32>,
     late_us: Vec<u32>,
     wire: Vec<(f64, u64)>,
     dispatch: Vec<(f64, u64)>,
@@ -502,12 +505,13 @@ impl Report {
         eprintln!(
             "{} conversational calls, {} s each ({} model, recording {}); steady part {:.0} s\n\
              \x20 calls: connected {}, rejected {}, completed {}\n\
-             \x20 turns: {} spoken, {} answered, {} with a barge-in planned; clear received {}; marks echoed {}\n\
+             \x20 turns: {} spoken, {} answered, {} with a barge-in planned; clear received {}; carrier marks received {}\n\
              \x20 frames: {} sent by callers, {} bot frames received\n\
              \x20 engine wire   (audio arrives -> first frame written):  {}\n\
              \x20 engine dispatch (event arrives -> provider request):    {}\n\
              \x20 caller: end of speech -> first answer frame ms p50 {:.1} p99 {:.1} max {:.1} ({} turns)\n\
              \x20 caller: answer -> first greeting frame ms p50 {:.1} p99 {:.1} max {:.1}\n\
+             \x20 caller: barge-in speech starts -> clear ms p50 {:.1} p99 {:.1} max {:.1} ({} barge-ins)\n\
              \x20 engine playout lateness: {}\n\
              \x20 engine inbound frames: {:.0} received, {:.0} late, {:.0} lost\n\
              \x20 generator lateness ms p50 {:.3} p99 {:.3} max {:.3}\n\
@@ -540,6 +544,10 @@ impl Report {
             pct(&self.greeting_us, 0.5),
             pct(&self.greeting_us, 0.99),
             max(&self.greeting_us),
+            pct(&self.clear_us, 0.5),
+            pct(&self.clear_us, 0.99),
+            max(&self.clear_us),
+            self.clear_us.len(),
             hist(&self.playout),
             self.engine_frames_in,
             self.engine_late_frames,
@@ -712,6 +720,8 @@ fn generate(o: &Options, addr: SocketAddr, pid: &str, bots: &Path) -> Result<Rep
     report.barge_turns = t.turns.iter().filter(|turn| turn.barge).count();
     report.greeting_us = t.greeting_us;
     report.greeting_us.sort_unstable();
+    report.clear_us = t.clear_us;
+    report.clear_us.sort_unstable();
     report.late_us = t.late_us;
     report.late_us.sort_unstable();
     report.errors = t.errors;
@@ -750,6 +760,9 @@ async fn call(addr: SocketAddr, timeline: &Timeline, tally: &RefCell<Tally>) -> 
     let mut ends = timeline.turn_ends.iter().peekable();
     let mut turns: Vec<Turn> = Vec::new();
     let mut waiting = false;
+    // A barge-in: the frame where the caller speaks again early, then when that was sent.
+    let (mut barge_frame, mut barge_sent) = (None, None::<Instant>);
+    let mut clear_us = Vec::new();
     let (mut greeting, mut bot_bytes, mut clears, mut marks) = (None, 0usize, 0u64, 0u64);
     let mut late = Vec::with_capacity(total);
     let mut read = Box::pin(read_into(&stream, buf));
@@ -778,6 +791,9 @@ async fn call(addr: SocketAddr, timeline: &Timeline, tally: &RefCell<Tally>) -> 
                                 }
                             } else if t.starts_with(r#"{"event":"clear""#) {
                                 clears += 1;
+                                if let Some(at) = barge_sent.take() {
+                                    clear_us.push(now.duration_since(at).as_micros() as u32);
+                                }
                             } else if t.starts_with(r#"{"event":"mark""#) {
                                 marks += 1;
                                 if let Some(name) = mark_name(t) {
@@ -804,9 +820,13 @@ async fn call(addr: SocketAddr, timeline: &Timeline, tally: &RefCell<Tally>) -> 
                 let now = Instant::now();
                 late.push(now.saturating_duration_since(due).as_micros() as u32);
                 ws.send_text(&timeline.messages[next]);
+                if barge_frame == Some(next) {
+                    barge_sent = Some(now);
+                }
                 if let Some(&(_, barge)) = ends.next_if(|(frame, _)| *frame == next) {
                     turns.push(Turn { ended: now, answered: None, barge });
                     waiting = true;
+                    barge_frame = barge.then_some(next + 1 + SHORT_GAP_FRAMES);
                 }
                 next += 1;
                 write(&stream, &mut ws, &mut out).await?;
@@ -823,6 +843,7 @@ async fn call(addr: SocketAddr, timeline: &Timeline, tally: &RefCell<Tally>) -> 
     t.marks += marks;
     t.turns.extend(turns);
     t.greeting_us.extend(greeting.map(|g| g.as_micros() as u32));
+    t.clear_us.extend(clear_us);
     t.late_us.extend(late);
     result
 }
