@@ -65,8 +65,10 @@ const LONG_GAP_FRAMES: usize = 150;
 /// Silence after a phrase before the caller barges in (the answer starts about 0.9 s after
 /// the end of speech and lasts about 0.9 s).
 const SHORT_GAP_FRAMES: usize = 65;
-/// The fixture's two phrases, in 20 ms frames (280 ms of digital silence between them).
-const PHRASES: [std::ops::Range<usize>; 2] = [0..90, 104..176];
+/// The fixture's two phrases, in 20 ms frames, each cut after its last loud frame (so the
+/// end of speech the caller marks is where the engine's voice detection hears it end). A
+/// barge-in always starts with the first, so its onset is always the same.
+const PHRASES: [std::ops::Range<usize>; 2] = [0..84, 104..175];
 /// The bot's answer to every turn: two sentences, 88 characters, 0.88 s of audio at the
 /// ElevenLabs test server's 80 bytes (10 ms) per character.
 const ANSWER: &str = "We are open from nine to five on weekdays. On Saturdays we open at ten and close at four.";
@@ -369,8 +371,9 @@ fn timeline(o: &Options) -> Timeline {
     let mut frames: Vec<&[u8]> = vec![silence.as_slice(); total];
     let mut turn_ends = Vec::new();
     let mut at = LEAD_IN_FRAMES;
+    let mut barged = false;
     for k in 0.. {
-        let phrase = PHRASES[k % PHRASES.len()].clone();
+        let phrase = if barged { PHRASES[0].clone() } else { PHRASES[k % PHRASES.len()].clone() };
         let Some(audio) = fixture.get(phrase) else { break };
         if at + audio.len() > total {
             break;
@@ -380,6 +383,7 @@ fn timeline(o: &Options) -> Timeline {
         }
         at += audio.len();
         let barge = o.barge_every > 0 && (k + 1) % o.barge_every == 0;
+        barged = barge;
         turn_ends.push((at - 1, barge));
         at += if barge { SHORT_GAP_FRAMES } else { LONG_GAP_FRAMES };
     }
@@ -474,6 +478,12 @@ struct Report {
     rss_loaded_kib: u64,
     server_threads: Vec<String>,
     errors: HashMap<String, usize>,
+    /// Results the engine wrote to its outbox.
+    results: usize,
+    /// Barge-ins the results count.
+    result_barge_ins: u64,
+    /// Per-turn stages from the results' `turn_latency_ms` (ms, sorted), whole run.
+    stages: Vec<(&'static str, Vec<u32>)>,
 }
 
 fn ms(s: Option<f64>) -> String {
@@ -518,6 +528,7 @@ impl Report {
              \x20 engine CPU {:.1}% of one core; generator + test servers CPU {:.1}%\n\
              \x20 engine RSS {} KiB idle -> {} KiB loaded: {:.1} KiB per call\n\
              \x20 test server threads: {}\n\
+             \x20 results in the outbox: {} ({} barge-ins); per turn, ms p50 / p99 / max:{}\n\
              \x20 errors: {:?}\n\
              \x20 verdict: {}",
             self.calls,
@@ -561,6 +572,12 @@ impl Report {
             self.rss_loaded_kib,
             per_call,
             self.server_threads.join(", "),
+            self.results,
+            self.result_barge_ins,
+            self.stages
+                .iter()
+                .map(|(name, v)| format!("\n    {name:<44} {:>7.0} {:>7.0} {:>7.0}", pct(v, 0.5), pct(v, 0.99), max(v)))
+                .collect::<String>(),
             self.errors,
             if self.bar_met() {
                 "BAR MET (every call completed; engine-added p99 <= 20 ms, wire and dispatch)"
@@ -597,12 +614,64 @@ fn run_level(o: &Options) -> Result<Report, String> {
         .name("generator".into())
         .spawn(move || generate(&o2, addr, &pid, &bots))
         .map_err(|e| format!("generator thread: {e}"))?;
-    let report = generator.join().map_err(|_| "the generator panicked".to_string())?;
-    if report.as_ref().is_ok_and(|r| r.connected == 0) {
+    let mut report = generator.join().map_err(|_| "the generator panicked".to_string())??;
+    if report.connected == 0 {
         eprintln!("engine log:\n{}", engine.log_tail());
     }
+    // Every result is in the outbox before its call's slot is freed.
+    let until = Instant::now() + Duration::from_secs(60);
+    while live_calls(addr) != Some(0) && Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(100));
+    }
     drop(engine);
-    report
+    read_results(&dir.0.join("data/outbox"), &mut report);
+    Ok(report)
+}
+
+fn live_calls(addr: SocketAddr) -> Option<u64> {
+    let raw = http_get_blocking(addr, "/health")?;
+    let body = raw.split_once("\r\n\r\n")?.1;
+    serde_json::from_str::<serde_json::Value>(body).ok()?["live_calls"].as_u64()
+}
+
+/// The per-turn latency stages of the results in the outbox: each from the end of the
+/// caller's speech as the engine heard it, and the steps between them.
+fn read_results(outbox: &Path, report: &mut Report) {
+    const STAGES: [&str; 8] = [
+        "speech end -> final transcript (STT)",
+        "final transcript -> first token (LLM)",
+        "first token -> first audio (TTS)",
+        "first audio -> first frame (engine wire)",
+        "speech end -> final transcript",
+        "speech end -> first token",
+        "speech end -> first audio",
+        "speech end -> first frame on the wire",
+    ];
+    let mut stages: Vec<Vec<u32>> = vec![Vec::new(); STAGES.len()];
+    let entries = std::fs::read_dir(outbox).into_iter().flatten().flatten();
+    for entry in entries.filter(|e| e.path().extension().is_some_and(|x| x == "json")) {
+        let Ok(text) = std::fs::read(entry.path()) else { continue };
+        let Ok(v) = serde_json::from_slice::<serde_json::Value>(&text) else { continue };
+        let metrics = &v["result"]["metrics"];
+        report.results += 1;
+        report.result_barge_ins += metrics["barge_ins"].as_u64().unwrap_or(0);
+        for turn in metrics["turn_latency_ms"].as_array().into_iter().flatten() {
+            let at = |k: &str| turn[k].as_u64().filter(|&v| v > 0).map(|v| v as u32);
+            let (Some(f), Some(t), Some(a), Some(w)) =
+                (at("final_transcript_ms"), at("first_token_ms"), at("first_audio_ms"), at("first_frame_ms"))
+            else {
+                continue;
+            };
+            let values = [f, t.saturating_sub(f), a.saturating_sub(t), w.saturating_sub(a), f, t, a, w];
+            for (stage, value) in stages.iter_mut().zip(values) {
+                stage.push(value * 1000);
+            }
+        }
+    }
+    for stage in &mut stages {
+        stage.sort_unstable();
+    }
+    report.stages = STAGES.into_iter().zip(stages).collect();
 }
 
 /// The generator's thread: pins itself, starts the test servers (their threads inherit the
@@ -884,7 +953,9 @@ mod tests {
         let t = timeline(&o);
         assert_eq!(t.messages.len(), 3000);
         assert!(t.turn_ends.len() >= 12, "{} turns", t.turn_ends.len());
-        assert_eq!(t.turn_ends[0].0, LEAD_IN_FRAMES + 89);
+        assert_eq!(t.turn_ends[0].0, LEAD_IN_FRAMES + 83);
+        // After a short gap the caller starts the first phrase again.
+        assert_eq!(t.turn_ends[3].0 - t.turn_ends[2].0, SHORT_GAP_FRAMES + PHRASES[0].len());
         let barges: Vec<bool> = t.turn_ends.iter().map(|e| e.1).collect();
         assert_eq!(&barges[..6], &[false, false, true, false, false, true]);
         // Speech in the phrases, silence (mu-law 0xFF, base64 "/////") between them.
