@@ -474,6 +474,9 @@ struct Report {
     engine_frames_in: f64,
     engine_cpu_pct: f64,
     generator_cpu_pct: f64,
+    /// Per CPU over the steady part, % of that CPU: busy, interrupts + softirqs, stolen by
+    /// the host.
+    cpus: Vec<(f64, f64, f64)>,
     rss_idle_kib: u64,
     rss_loaded_kib: u64,
     server_threads: Vec<String>,
@@ -495,6 +498,13 @@ fn ms(s: Option<f64>) -> String {
 }
 
 impl Report {
+    /// CPU used by other processes (both CPUs, % of one): busy time not spent in
+    /// interrupts, the engine or this process.
+    fn others_pct(&self) -> f64 {
+        let (busy, irq): (f64, f64) = self.cpus.iter().fold((0.0, 0.0), |(b, i), c| (b + c.0, i + c.1));
+        (busy - irq - self.engine_cpu_pct - self.generator_cpu_pct).max(0.0)
+    }
+
     fn bar_met(&self) -> bool {
         let p99 = |b: &[(f64, u64)]| quantile(b, 0.99).is_some_and(|v| v <= BAR.as_secs_f64());
         self.completed == self.calls && p99(&self.wire) && p99(&self.dispatch)
@@ -526,6 +536,7 @@ impl Report {
              \x20 engine inbound frames: {:.0} received, {:.0} late, {:.0} lost\n\
              \x20 generator lateness ms p50 {:.3} p99 {:.3} max {:.3}\n\
              \x20 engine CPU {:.1}% of one core; generator + test servers CPU {:.1}%\n\
+             \x20 machine: {}; other processes {:.1}%{}\n\
              \x20 engine RSS {} KiB idle -> {} KiB loaded: {:.1} KiB per call\n\
              \x20 test server threads: {}\n\
              \x20 results in the outbox: {} ({} barge-ins); per turn, ms p50 / p99 / max:{}\n\
@@ -568,6 +579,14 @@ impl Report {
             max(&self.late_us),
             self.engine_cpu_pct,
             self.generator_cpu_pct,
+            self.cpus
+                .iter()
+                .enumerate()
+                .map(|(i, (busy, irq, steal))| format!("CPU {i} busy {busy:.1}% (irq+softirq {irq:.1}%, steal {steal:.1}%)"))
+                .collect::<Vec<_>>()
+                .join("; "),
+            self.others_pct(),
+            if self.others_pct() > 10.0 { " (OTHER WORK RAN DURING THE RUN: not a valid measurement)" } else { "" },
             self.rss_idle_kib,
             self.rss_loaded_kib,
             per_call,
@@ -743,9 +762,17 @@ fn generate(o: &Options, addr: SocketAddr, pid: &str, bots: &Path) -> Result<Rep
         let steady_to = begin + Duration::from_secs(o.seconds);
         compio::time::sleep_until(steady_from).await;
         let before = Metrics::parse(&http_get(addr, "/metrics").await?);
-        let (e0, g0, t0) = (cpu_ticks(pid), cpu_ticks("self"), Instant::now());
+        let (e0, g0, c0, t0) = (cpu_ticks(pid), cpu_ticks("self"), cpu_stat(), Instant::now());
         compio::time::sleep_until(steady_to).await;
-        let (e1, g1, elapsed) = (cpu_ticks(pid), cpu_ticks("self"), t0.elapsed().as_secs_f64());
+        let (e1, g1, c1, elapsed) = (cpu_ticks(pid), cpu_ticks("self"), cpu_stat(), t0.elapsed().as_secs_f64());
+        report.cpus = c0
+            .iter()
+            .zip(&c1)
+            .map(|(a, b)| {
+                let d = |i: usize| (b[i].saturating_sub(a[i])) as f64 / ticks_per_second() / elapsed * 100.0;
+                (d(0) + d(1) + d(2) + d(5) + d(6) + d(7), d(5) + d(6), d(7))
+            })
+            .collect();
         let after = Metrics::parse(&http_get(addr, "/metrics").await?);
         report.rss_loaded_kib = rss_kib(pid).unwrap_or(0);
         report.steady_seconds = elapsed;
@@ -796,6 +823,22 @@ fn generate(o: &Options, addr: SocketAddr, pid: &str, bots: &Path) -> Result<Rep
     report.errors = t.errors;
     drop((stt, tts, chat));
     Ok(report)
+}
+
+/// Per CPU, the first eight fields of its `/proc/stat` line (clock ticks): user, nice,
+/// system, idle, iowait, irq, softirq, steal.
+fn cpu_stat() -> Vec<[u64; 8]> {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    stat.lines()
+        .filter(|l| l.starts_with("cpu") && l.as_bytes().get(3).is_some_and(u8::is_ascii_digit))
+        .map(|l| {
+            let mut f = [0u64; 8];
+            for (slot, v) in f.iter_mut().zip(l.split_whitespace().skip(1)) {
+                *slot = v.parse().unwrap_or(0);
+            }
+            f
+        })
+        .collect()
 }
 
 /// The `name` of a `mark` message.
