@@ -9,17 +9,20 @@
 //! runs on CPU 0.
 //!
 //! Every caller follows the same timeline, shifted by its start in the ramp: 1 s of silence
-//! (the greeting), then the fixture's two phrases (1.8 s and 1.44 s) in turn, each followed by
+//! (the greeting), then the fixture's two phrases (1.68 s and 1.42 s) in turn, each followed by
 //! silence, on an absolute 20 ms clock. After most phrases the silence outlasts the bot's
 //! answer; after every `--barge-every`th it is short, so the caller speaks again while the bot
 //! is answering (a barge-in). Marks are echoed as a carrier that played them would.
 //!
 //! Measured: calls completed, turns answered, barge-ins (`clear` received), the engine's own
 //! latency (`cxb_agent_wire_seconds`, `cxb_agent_dispatch_seconds` from `/metrics`,
-//! interpolated within buckets as Prometheus' `histogram_quantile` does), the caller's end of
-//! speech to the first frame of the answer, the engine's CPU and RSS, the inbound frames the
-//! engine counted late or lost, outbound playout lateness and the generator's own lateness.
-//! Latencies are taken over the steady part (every call up); counts over the whole run.
+//! interpolated within buckets as Prometheus' `histogram_quantile` does), at the caller the
+//! end of speech to the first frame of the answer and a barge-in's speech to `clear` (a path
+//! through the engine alone, socket waits included), the engine's CPU and RSS, per-CPU busy
+//! time (so a run disturbed by other processes says so), the inbound frames the engine
+//! counted late or lost, outbound playout lateness and the generator's own lateness.
+//! Latencies are taken over the steady part (every call up); counts over the whole run, as
+//! are the per-turn stages read from the call results in the engine's outbox afterwards.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -62,8 +65,8 @@ const BAR: Duration = Duration::from_millis(20);
 const LEAD_IN_FRAMES: usize = 50;
 /// Silence after a phrase that the answer fits in.
 const LONG_GAP_FRAMES: usize = 150;
-/// Silence after a phrase before the caller barges in (the answer starts about 0.9 s after
-/// the end of speech and lasts about 0.9 s).
+/// Silence after a phrase before the caller barges in (the answer starts about 0.75 s after
+/// the end of speech and lasts 0.88 s).
 const SHORT_GAP_FRAMES: usize = 65;
 /// The fixture's two phrases, in 20 ms frames, each cut after its last loud frame (so the
 /// end of speech the caller marks is where the engine's voice detection hears it end). A
