@@ -70,14 +70,15 @@ fn frames(ms: usize) -> Vec<Vec<u8>> {
     (0..ms / 20).map(|f| (0..320).flat_map(|i| ((f * 320 + i) as i16).to_le_bytes()).collect()).collect()
 }
 
-/// The server's log once `done` holds of it (polled for at most 2 s).
-fn settled(srv: &server::WyomingServer, done: impl Fn(&server::Log) -> bool) -> server::Log {
+/// The server's log once `done` holds of it (polled for at most 2 s, without blocking the
+/// runtime the adapters run on).
+async fn settled(srv: &server::WyomingServer, done: impl Fn(&server::Log) -> bool) -> server::Log {
     for _ in 0..200 {
         let log = srv.log();
         if done(&log) {
             return log;
         }
-        std::thread::sleep(Duration::from_millis(10));
+        compio::time::sleep(Duration::from_millis(10)).await;
     }
     srv.log()
 }
@@ -232,7 +233,7 @@ fn config_needs_a_tcp_address() {
 fn each_utterance_gets_its_own_connection_and_transcript() {
     let srv = server::start(Options::default()).expect("server");
     let stt = WyomingStt::from_config(&bot(&srv.url(), json!({}))).expect("config");
-    run(async {
+    let log = run(async {
         let events = Events::new();
         let session = stt.open(events.clone());
         // 500 ms in 20 ms frames, then 460 ms: batched into 100 ms chunks.
@@ -252,13 +253,15 @@ fn each_utterance_gets_its_own_connection_and_transcript() {
             next(&events).await,
             Event::Stt(SttEvent::Final { text: "heard 460 milliseconds".into(), end_of_turn: true })
         );
+        // The next utterance's connection opens while the transcript is awaited.
+        let log = settled(&srv, |log| log.utterances.len() == 3 && log.utterances[2].format.is_some()).await;
         session.send(SttCommand::Close);
+        log
     });
-    // The pre-opened third connection may still be on its way through the server.
-    let log = settled(&srv, |log| log.utterances.len() == 3 && log.utterances[2].format.is_some());
     assert_eq!(log.describes, 1, "only the session's first connection asks describe");
     assert_eq!(log.utterances.len(), 3, "two utterances and the next one pre-opened: {log:?}");
     let [first, second, third] = &log.utterances[..] else { unreachable!() };
+    assert_eq!((first.connection, second.connection, third.connection), (1, 2, 3));
     assert_eq!(first.language.as_deref(), Some("en"));
     assert_eq!(first.format, Some((16_000, 2, 1)));
     assert_eq!(first.chunks, vec![3200; 5]);
@@ -452,4 +455,33 @@ fn the_test_server_survives_malformed_clients() {
         sentence(&events).await
     });
     assert_eq!(out.last(), Some(&TtsEvent::Done));
+}
+
+#[test]
+fn a_streaming_servers_extra_events_are_skipped_for_the_transcript() {
+    let mut raw = Frame::new("transcript-start").to_bytes();
+    raw.extend(Frame::with_data("transcript-chunk", json!({ "text": "hel" })).to_bytes());
+    raw.extend(Frame::with_data("transcript", json!({ "text": " hello \n" })).to_bytes());
+    raw.extend(Frame::new("transcript-stop").to_bytes());
+    let srv = server::start(Options { raw_answer: Some(raw), ..Options::default() }).expect("server");
+    let stt = WyomingStt::from_config(&bot(&srv.url(), json!({}))).expect("config");
+    let event = run(async {
+        let events = Events::new();
+        let session = stt.open(events.clone());
+        session.send(SttCommand::Audio(vec![0; 640]));
+        session.send(SttCommand::Finalize);
+        next(&events).await
+    });
+    assert_eq!(event, Event::Stt(SttEvent::Final { text: "hello".into(), end_of_turn: true }));
+}
+
+#[test]
+fn a_sentence_that_never_ends_is_cut_off() {
+    let mut raw = Frame::audio("audio-start", 22_050, Vec::new()).to_bytes();
+    for _ in 0..3 {
+        raw.extend(Frame::audio("audio-chunk", 22_050, vec![0; 2 << 20]).to_bytes());
+    }
+    let out = tts_answer(raw);
+    assert!(matches!(out.last(), Some(TtsEvent::Error(e)) if e.contains("120 s")), "{:?}", out.last());
+    assert!(audio(&out).len() <= 22_050 * 2 * 120);
 }

@@ -366,26 +366,37 @@ impl Connection {
     /// The next event within `timeout`; the peer closing first is [`WyomingError::Closed`],
     /// an `error` event is [`WyomingError::Server`].
     pub async fn expect(&mut self, timeout: Duration) -> Result<Frame, WyomingError> {
-        match compio::time::timeout(timeout, self.recv()).await {
-            Err(_) => Err(WyomingError::Timeout(timeout)),
-            Ok(Err(e)) => Err(e),
-            Ok(Ok(None)) => Err(WyomingError::Closed),
-            Ok(Ok(Some(frame))) if frame.kind == "error" => {
+        compio::time::timeout(timeout, self.next_event()).await.unwrap_or(Err(WyomingError::Timeout(timeout)))
+    }
+
+    /// The next event of `kind` within `timeout` in all, skipping others (so a server that
+    /// chatters cannot keep the wait going).
+    pub async fn expect_kind(&mut self, kind: &str, timeout: Duration) -> Result<Frame, WyomingError> {
+        let wait = async {
+            loop {
+                let frame = self.next_event().await?;
+                if frame.kind == kind {
+                    return Ok(frame);
+                }
+            }
+        };
+        compio::time::timeout(timeout, wait).await.unwrap_or(Err(WyomingError::Timeout(timeout)))
+    }
+
+    async fn next_event(&mut self) -> Result<Frame, WyomingError> {
+        match self.recv().await? {
+            None => Err(WyomingError::Closed),
+            Some(frame) if frame.kind == "error" => {
                 Err(WyomingError::Server(frame.str_field("text").unwrap_or("(no text)").to_string()))
             }
-            Ok(Ok(Some(frame))) => Ok(frame),
+            Some(frame) => Ok(frame),
         }
     }
 
     /// Sends `describe` and returns the server's `info` data.
     pub async fn describe(&mut self, timeout: Duration) -> Result<Map<String, Value>, WyomingError> {
         self.send(&[Frame::new("describe")]).await?;
-        loop {
-            let frame = self.expect(timeout).await?;
-            if frame.kind == "info" {
-                return Ok(frame.data);
-            }
-        }
+        Ok(self.expect_kind("info", timeout).await?.data)
     }
 }
 
@@ -425,6 +436,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(15);
 /// Audio batched into each `audio-chunk`.
 const CHUNK_MS: u32 = 100;
+/// The most audio one sentence may bring: a server that does not stop is an error.
+const MAX_SENTENCE_MS: u32 = 120_000;
 /// The rate speech-to-text takes.
 const STT_RATE: u32 = 16_000;
 
@@ -547,14 +560,10 @@ async fn transcribe_utterances(
 
 /// Waits for `transcript`, skipping anything else (a streaming server's chunks).
 async fn read_transcript(conn: &mut Connection, timeout: Duration) -> Result<String, WyomingError> {
-    loop {
-        let frame = conn.expect(timeout).await?;
-        if frame.kind == "transcript" {
-            return match frame.str_field("text") {
-                Some(text) => Ok(text.trim().to_string()),
-                None => Err(WyomingError::Unexpected("transcript without text".into())),
-            };
-        }
+    let frame = conn.expect_kind("transcript", timeout).await?;
+    match frame.str_field("text") {
+        Some(text) => Ok(text.trim().to_string()),
+        None => Err(WyomingError::Unexpected("transcript without text".into())),
     }
 }
 
@@ -620,12 +629,20 @@ async fn synthesize(settings: &TtsSettings, sentence: u64, text: String, events:
     conn.send(&[Frame::with_data("synthesize", data)]).await?;
     // An odd byte at the end of a chunk waits for the rest of its sample.
     let mut carry: Option<u8> = None;
+    let (mut total, limit) = (0usize, AudioFormat::Pcm16(settings.rate).bytes_per_ms(MAX_SENTENCE_MS));
     loop {
         let frame = conn.expect(settings.timeout).await?;
         match frame.kind.as_str() {
             "audio-start" => check_format(&frame, settings.rate, true)?,
             "audio-chunk" => {
                 check_format(&frame, settings.rate, false)?;
+                total += frame.payload.len();
+                if total > limit {
+                    return Err(WyomingError::Unexpected(format!(
+                        "over {} s of audio for one sentence",
+                        MAX_SENTENCE_MS / 1000
+                    )));
+                }
                 let mut audio = Vec::with_capacity(frame.payload.len() + 1);
                 audio.extend(carry.take());
                 audio.extend_from_slice(&frame.payload);

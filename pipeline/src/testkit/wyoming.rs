@@ -54,6 +54,8 @@ impl Default for Options {
 /// One utterance the speech-to-text side received.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Utterance {
+    /// The connection it came on, counting accepted connections from 1.
+    pub connection: usize,
     /// `transcribe`'s language.
     pub language: Option<String>,
     /// `audio-start`'s rate, width and channels.
@@ -82,7 +84,7 @@ pub struct Log {
     pub connections: usize,
     /// `describe` events.
     pub describes: usize,
-    /// Utterances, in the order their `transcribe` (or first audio) arrived.
+    /// Utterances, in the order their connections were accepted.
     pub utterances: Vec<Utterance>,
     /// Synthesis requests, in order.
     pub syntheses: Vec<Synthesis>,
@@ -110,7 +112,10 @@ impl WyomingServer {
 
     /// A copy of what has been received so far.
     pub fn log(&self) -> Log {
-        self.log.lock().unwrap_or_else(PoisonError::into_inner).clone()
+        let mut log = self.log.lock().unwrap_or_else(PoisonError::into_inner).clone();
+        // Connections are served concurrently: a later one may be read first.
+        log.utterances.sort_by_key(|u| u.connection);
+        log
     }
 }
 
@@ -168,16 +173,20 @@ fn record(log: &Mutex<Log>, f: impl FnOnce(&mut Log)) {
     f(&mut log.lock().unwrap_or_else(PoisonError::into_inner));
 }
 
-/// This connection's utterance in the log, added on first use.
-fn slot(log: &mut Log, utterance: &mut Option<usize>) -> usize {
+/// Connection `connection`'s utterance in the log, added on first use.
+fn slot(log: &mut Log, connection: usize, utterance: &mut Option<usize>) -> usize {
     *utterance.get_or_insert_with(|| {
-        log.utterances.push(Utterance::default());
+        log.utterances.push(Utterance { connection, ..Utterance::default() });
         log.utterances.len() - 1
     })
 }
 
 async fn serve(stream: TcpStream, options: Arc<Options>, log: Arc<Mutex<Log>>) {
-    record(&log, |l| l.connections += 1);
+    let mut connection = 0;
+    record(&log, |l| {
+        l.connections += 1;
+        connection = l.connections;
+    });
     let mut conn = Connection::new(stream);
     // Index of this connection's utterance in the log, once it has one.
     let mut utterance: Option<usize> = None;
@@ -195,7 +204,7 @@ async fn serve(stream: TcpStream, options: Arc<Options>, log: Arc<Mutex<Log>>) {
             "transcribe" => {
                 let language = frame.str_field("language").map(str::to_string);
                 record(&log, |l| {
-                    let i = slot(l, &mut utterance);
+                    let i = slot(l, connection, &mut utterance);
                     l.utterances[i].language = language;
                 });
             }
@@ -204,7 +213,7 @@ async fn serve(stream: TcpStream, options: Arc<Options>, log: Arc<Mutex<Log>>) {
                 if let (Some(r), Some(w), Some(c)) = format {
                     rate = r.max(1);
                     record(&log, |l| {
-                        let i = slot(l, &mut utterance);
+                        let i = slot(l, connection, &mut utterance);
                         l.utterances[i].format = Some((r, w, c));
                     });
                 }
@@ -212,7 +221,7 @@ async fn serve(stream: TcpStream, options: Arc<Options>, log: Arc<Mutex<Log>>) {
             "audio-chunk" => {
                 audio_bytes += frame.payload.len();
                 record(&log, |l| {
-                    let i = slot(l, &mut utterance);
+                    let i = slot(l, connection, &mut utterance);
                     let u = &mut l.utterances[i];
                     u.chunks.push(frame.payload.len());
                     let room = 64usize.saturating_sub(u.head.len());
@@ -221,7 +230,7 @@ async fn serve(stream: TcpStream, options: Arc<Options>, log: Arc<Mutex<Log>>) {
             }
             "audio-stop" => {
                 record(&log, |l| {
-                    let i = slot(l, &mut utterance);
+                    let i = slot(l, connection, &mut utterance);
                     l.utterances[i].stopped = true;
                 });
                 if let Some(raw) = &options.raw_answer {
