@@ -485,3 +485,10 @@ fn a_sentence_that_never_ends_is_cut_off() {
     assert!(matches!(out.last(), Some(TtsEvent::Error(e)) if e.contains("120 s")), "{:?}", out.last());
     assert!(audio(&out).len() <= 22_050 * 2 * 120);
 }
+
+#[test]
+fn piper_rate_byte_counts_are_whole_samples() {
+    assert_eq!(AudioFormat::Pcm16(22_050).bytes_per_ms(20), 882);
+    assert_eq!(AudioFormat::Pcm16(22_050).bytes_per_ms(1000), 44_100);
+    assert_eq!(AudioFormat::Pcm16(16_000).bytes_per_ms(100), 3_200);
+}
