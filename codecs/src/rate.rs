@@ -16,6 +16,8 @@ pub enum SampleRate {
     Hz8000,
     /// 16 kHz: wideband, the pipeline rate.
     Hz16000,
+    /// 22.05 kHz: what Piper voices produce.
+    Hz22050,
     /// 24 kHz: common text-to-speech output.
     Hz24000,
     /// 48 kHz: WebRTC and studio audio.
@@ -24,14 +26,15 @@ pub enum SampleRate {
 
 impl SampleRate {
     /// Every supported rate, lowest first.
-    pub const ALL: [SampleRate; 4] =
-        [SampleRate::Hz8000, SampleRate::Hz16000, SampleRate::Hz24000, SampleRate::Hz48000];
+    pub const ALL: [SampleRate; 5] =
+        [SampleRate::Hz8000, SampleRate::Hz16000, SampleRate::Hz22050, SampleRate::Hz24000, SampleRate::Hz48000];
 
     /// Samples per second.
     pub const fn hz(self) -> u32 {
         match self {
             SampleRate::Hz8000 => 8_000,
             SampleRate::Hz16000 => 16_000,
+            SampleRate::Hz22050 => 22_050,
             SampleRate::Hz24000 => 24_000,
             SampleRate::Hz48000 => 48_000,
         }
@@ -42,6 +45,7 @@ impl SampleRate {
         match hz {
             8_000 => Ok(SampleRate::Hz8000),
             16_000 => Ok(SampleRate::Hz16000),
+            22_050 => Ok(SampleRate::Hz22050),
             24_000 => Ok(SampleRate::Hz24000),
             48_000 => Ok(SampleRate::Hz48000),
             _ => Err(UnsupportedRate(hz)),
@@ -50,7 +54,7 @@ impl SampleRate {
 
     /// Samples in one frame of `duration` at this rate.
     pub const fn samples_per(self, duration: FrameDuration) -> usize {
-        (self.hz() as usize / 1000) * duration.millis() as usize
+        self.hz() as usize * duration.millis() as usize / 1000
     }
 }
 
@@ -245,6 +249,7 @@ mod tests {
         assert_eq!(SampleRate::Hz8000.samples_per(FrameDuration::MS_20), 160);
         assert_eq!(SampleRate::Hz16000.samples_per(FrameDuration::MS_20), 320);
         assert_eq!(SampleRate::Hz24000.samples_per(FrameDuration::MS_20), 480);
+        assert_eq!(SampleRate::Hz22050.samples_per(FrameDuration::MS_20), 441);
         assert_eq!(SampleRate::Hz48000.samples_per(FrameDuration::MS_10), 480);
         assert_eq!(FrameDuration::from_millis(0), None);
     }

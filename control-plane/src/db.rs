@@ -19,6 +19,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     (1, "accounts", include_str!("../migrations/0001_accounts.sql")),
     (2, "product", include_str!("../migrations/0002_product.sql")),
     (3, "runtime", include_str!("../migrations/0003_runtime.sql")),
+    (4, "knowledge", include_str!("../migrations/0004_knowledge.sql")),
 ];
 
 /// Opens (creating if needed) the database at `url` and brings its schema up to date.
@@ -72,8 +73,8 @@ const CROCKFORD: &[u8; 32] = b"0123456789abcdefghjkmnpqrstvwxyz";
 
 /// A new id: `prefix_` and 26 characters that sort by creation time (48 bits of Unix ms, then
 /// 80 random bits, base32), so the newest-first order and cursors need no extra column. Ids
-/// made by one process strictly increase even within one millisecond (the random part of a
-/// later id in the same millisecond is the previous one plus one), so creation order is
+/// made by one process strictly increase, even within one millisecond or when the clock
+/// steps back (an id not above the last one is the last one plus one), so creation order is
 /// list order.
 pub fn new_id(prefix: &str, now_ms: i64) -> String {
     static LAST: std::sync::Mutex<u128> = std::sync::Mutex::new(0);
@@ -85,7 +86,7 @@ pub fn new_id(prefix: &str, now_ms: i64) -> String {
     }
     {
         let mut last = LAST.lock().unwrap_or_else(|e| e.into_inner());
-        if value >> 80 == *last >> 80 && value <= *last {
+        if value <= *last {
             value = *last + 1;
         }
         *last = value;

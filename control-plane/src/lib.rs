@@ -16,6 +16,7 @@ pub mod db;
 pub mod error;
 mod extract;
 pub mod fleet;
+mod knowledge;
 mod metrics;
 pub mod model;
 mod resources;

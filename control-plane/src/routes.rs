@@ -20,6 +20,7 @@ use crate::calls::{self, CallResult};
 use crate::campaigns::{self, NewContact, NewDnc};
 use crate::error::ApiError;
 use crate::fleet::{self, Heartbeat, HeartbeatAnswer, Reserved};
+use crate::knowledge::{self, Matches, NewDocument, Search};
 use crate::model::{AiAssistant, Bot, Campaign, LoadBalancer, Settings, Webhook};
 use crate::resources::{self, Document};
 use crate::users::{self, Login, NewApiKey, NewUser, UserPatch};
@@ -307,6 +308,15 @@ pub(crate) fn build() -> Routes {
     r.add("DELETE", "/v1/api-keys/{id}", users::delete_key, Doc::user("api-keys", "Revoke an API key").no_content());
 
     r.documents::<Bot>("/v1/bots", "bots", "bots");
+    let new_document = named::<NewDocument>(&mut r.schemas);
+    r.add("GET", "/v1/bots/{id}/knowledge", knowledge::list, Doc::user("knowledge", "The bot's knowledge documents, newest first").ok(page_of(obj())));
+    r.add(
+        "POST",
+        "/v1/bots/{id}/knowledge",
+        knowledge::add,
+        Doc::user("knowledge", "Add a document to the bot's knowledge base (split into chunks for search)").body(new_document).created(obj()),
+    );
+    r.add("DELETE", "/v1/bots/{id}/knowledge/{doc_id}", knowledge::delete, Doc::user("knowledge", "Remove a knowledge document").no_content());
     r.documents::<AiAssistant>("/v1/ai-assistants", "routing", "AI assistants");
     r.documents::<LoadBalancer>("/v1/load-balancers", "routing", "load balancers");
     r.documents::<Webhook>("/v1/webhooks", "webhooks", "webhooks");
@@ -348,6 +358,9 @@ pub(crate) fn build() -> Routes {
     let reserved = named::<Reserved>(&mut r.schemas);
     let bot = named::<Bot>(&mut r.schemas);
     r.add("GET", "/v1/runtime/bots/{id}", fleet::runtime_bot, Doc::fleet("runtime", "A bot's runtime config, secrets included").ok(bot));
+    let search = named::<Search>(&mut r.schemas);
+    let matches = named::<Matches>(&mut r.schemas);
+    r.add("POST", "/v1/runtime/knowledge/search", knowledge::search, Doc::fleet("runtime", "The bot's knowledge chunks that best match a query").body(search).ok(matches));
     r.add("POST", "/v1/runtime/results", calls::post_result, Doc::fleet("runtime", "Store a finished call (idempotent by call_id)").body(result).created(obj()));
     r.add("POST", "/v1/runtime/hosts/heartbeat", fleet::heartbeat, Doc::fleet("runtime", "An engine host's capacity report").body(heartbeat).ok(answer));
     r.add("GET", "/v1/fleet/hosts", fleet::hosts, Doc::fleet("fleet", "Live engine hosts (fleet token or admin)").ok(obj()));

@@ -10,6 +10,9 @@ pub enum BotKind {
     /// Echo that panics on any DTMF digit: for proving that a panic ends only its own call.
     /// Only available when the engine is started with fault injection enabled.
     Fault,
+    /// An AI bot: speech-to-text, a language model and text-to-speech, configured per bot
+    /// (from the API or a local file).
+    Agent,
 }
 
 impl BotKind {
@@ -29,6 +32,7 @@ impl BotKind {
             BotKind::Echo => "echo",
             BotKind::TurnEcho => "turn-echo",
             BotKind::Fault => "fault",
+            BotKind::Agent => "agent",
         }
     }
 }

@@ -17,9 +17,11 @@ use cxb_media::playout::PlayoutEvent;
 use cxb_media::turn::TurnEvent;
 use cxb_media::vad::VadConfig;
 
+use crate::agent::{Agent, AgentEnd};
 use crate::bots::BotKind;
 use crate::metrics::WorkerMetrics;
 use crate::protocol::{CarrierEvent, ParseError, Protocol, StreamSid, exotel};
+use cxb_pipeline::conversation::Action;
 
 /// Why a carrier's peer was cut off.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -73,7 +75,9 @@ impl ProtocolErrorKind {
     pub const fn close_code(self) -> u16 {
         match self {
             ProtocolErrorKind::BinaryFrame => 1003,
-            ProtocolErrorKind::MalformedJson | ProtocolErrorKind::BadBase64 | ProtocolErrorKind::BadAudio => 1007,
+            ProtocolErrorKind::MalformedJson
+            | ProtocolErrorKind::BadBase64
+            | ProtocolErrorKind::BadAudio => 1007,
             ProtocolErrorKind::MediaBeforeStart | ProtocolErrorKind::UnsupportedFormat => 1008,
             ProtocolErrorKind::Oversized => 1009,
             ProtocolErrorKind::WebSocket => 1002,
@@ -100,11 +104,15 @@ pub enum EndReason {
     Panicked,
     /// Nothing arrived for too long.
     IdleTimeout,
+    /// The bot ended the call.
+    BotHangup,
+    /// The bot handed the call over.
+    Transferred,
 }
 
 impl EndReason {
     /// Every reason but the protocol ones, which are labelled by kind.
-    pub const SIMPLE: [EndReason; 7] = [
+    pub const SIMPLE: [EndReason; 9] = [
         EndReason::Stopped,
         EndReason::PeerClosed,
         EndReason::Hangup,
@@ -112,6 +120,8 @@ impl EndReason {
         EndReason::SlowConsumer,
         EndReason::Panicked,
         EndReason::IdleTimeout,
+        EndReason::BotHangup,
+        EndReason::Transferred,
     ];
 
     /// The metric label.
@@ -125,6 +135,8 @@ impl EndReason {
             EndReason::SlowConsumer => "slow_consumer",
             EndReason::Panicked => "panicked",
             EndReason::IdleTimeout => "idle_timeout",
+            EndReason::BotHangup => "bot_hangup",
+            EndReason::Transferred => "transferred",
         }
     }
 
@@ -135,9 +147,14 @@ impl EndReason {
             EndReason::PeerClosed | EndReason::SlowConsumer => return None,
             EndReason::Hangup => (1000, "hung up".to_string()),
             EndReason::Shutdown => (1001, "engine shutting down".to_string()),
-            EndReason::Protocol(kind) => (kind.close_code(), format!("protocol error: {}", kind.label())),
+            EndReason::Protocol(kind) => (
+                kind.close_code(),
+                format!("protocol error: {}", kind.label()),
+            ),
             EndReason::Panicked => (1011, "internal error".to_string()),
             EndReason::IdleTimeout => (1000, "no media".to_string()),
+            EndReason::BotHangup => (1000, "call ended by the bot".to_string()),
+            EndReason::Transferred => (1000, "call transferred".to_string()),
         })
     }
 }
@@ -216,6 +233,17 @@ const ECHO_LEAD: Duration = Duration::from_millis(60);
 
 const PREROLL: usize = 16_000 * 3 / 10; // 300 ms at 16 kHz
 
+/// Playout room for an AI bot's replies; synthesis that runs ahead of playback waits in the
+/// call's backlog rather than in the playout queue.
+const AGENT_QUEUE: Duration = Duration::from_secs(4);
+
+/// Bot audio and marks waiting for room in the playout queue, in order.
+#[derive(Debug)]
+enum Queued {
+    Audio(Vec<u8>),
+    Mark(u64),
+}
+
 /// One live call.
 pub struct Call {
     config: CallConfig,
@@ -240,11 +268,19 @@ pub struct Call {
     next_mark: u64,
     stats: CallStats,
     start_info: Option<Box<crate::protocol::Start>>,
+    agent: Option<Box<Agent>>,
+    backlog: VecDeque<Queued>,
+    stream_start: Option<Timestamp>,
+    /// When the provider event behind the frames just released arrived.
+    wire_sent: Option<std::time::Instant>,
 }
 
 impl std::fmt::Debug for Call {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Call").field("bot", &self.config.bot).field("stats", &self.stats).finish()
+        f.debug_struct("Call")
+            .field("bot", &self.config.bot)
+            .field("stats", &self.stats)
+            .finish()
     }
 }
 
@@ -277,11 +313,132 @@ impl Call {
             next_mark: 0,
             stats: CallStats::default(),
             start_info: None,
+            agent: None,
+            backlog: VecDeque::new(),
+            stream_start: None,
+            wire_sent: None,
+        }
+    }
+
+    /// A call answered by an AI bot.
+    pub fn with_agent(config: CallConfig, agent: Agent) -> Call {
+        let mut call = Call::new(config);
+        call.agent = Some(Box::new(agent));
+        call
+    }
+
+    /// The AI bot, if this call has one.
+    pub fn agent(&mut self) -> Option<&mut Agent> {
+        self.agent.as_deref_mut()
+    }
+
+    /// How the bot wants the call to end, once it does.
+    pub fn agent_end(&self) -> Option<EndReason> {
+        self.agent.as_ref()?.end().map(|end| match end {
+            AgentEnd::Hangup(_) => EndReason::BotHangup,
+            AgentEnd::Transfer(_) => EndReason::Transferred,
+        })
+    }
+
+    /// When the provider event behind the frames last released arrived (taken once).
+    pub fn take_wire_sent(&mut self) -> Option<std::time::Instant> {
+        self.wire_sent.take()
+    }
+
+    /// Handles the providers' queued events.
+    pub fn on_events(&mut self, now: Timestamp, metrics: &WorkerMetrics) {
+        loop {
+            let Some((arrived, event)) = self.agent.as_ref().and_then(|a| a.events().pop()) else {
+                break;
+            };
+            if let Some(agent) = self.agent.as_mut() {
+                agent.conversation().on_event(now, event);
+            }
+            if self.run_agent(Some(arrived)) {
+                metrics.agent_dispatch.observe(arrived.elapsed());
+            }
+        }
+        self.pump(now, metrics);
+    }
+
+    /// Carries out what the conversation asks; returns whether a provider request went out.
+    fn run_agent(&mut self, arrived: Option<std::time::Instant>) -> bool {
+        let encoding = match self.phase {
+            Phase::Streaming { encoding, .. } => encoding,
+            Phase::AwaitingStart => self.config.protocol.default_format().encoding,
+        };
+        let mut requested = false;
+        loop {
+            let Some(action) = self
+                .agent
+                .as_mut()
+                .and_then(|a| a.conversation().poll_action())
+            else {
+                break;
+            };
+            match action {
+                Action::Play(audio) => {
+                    let idle = self.backlog.is_empty() && self.outbound.playout().queued() == 0;
+                    let Some(agent) = self.agent.as_mut() else {
+                        break;
+                    };
+                    let mut bytes = Vec::with_capacity(audio.len());
+                    agent.to_carrier(&audio, encoding, &mut bytes);
+                    if idle && let Some(t) = arrived {
+                        agent.wire_pending.get_or_insert(t);
+                    }
+                    self.backlog.push_back(Queued::Audio(bytes));
+                }
+                Action::Mark(id) => self.backlog.push_back(Queued::Mark(id)),
+                Action::ClearPlayout => self.barge_in(),
+                other => {
+                    requested |= matches!(
+                        other,
+                        Action::Llm { .. }
+                            | Action::Synthesize { .. }
+                            | Action::RunTool(_)
+                            | Action::SttFinalize
+                    );
+                    if let Some(agent) = self.agent.as_mut() {
+                        agent.execute(other);
+                    }
+                }
+            }
+        }
+        self.feed();
+        requested
+    }
+
+    /// Moves bot audio and marks from the backlog into the playout queue as room allows.
+    fn feed(&mut self) {
+        if !matches!(self.phase, Phase::Streaming { .. }) {
+            return;
+        }
+        while let Some(item) = self.backlog.front_mut() {
+            match item {
+                Queued::Audio(bytes) => {
+                    let taken = self.outbound.playout().push(bytes);
+                    if taken < bytes.len() {
+                        bytes.drain(..taken);
+                        return;
+                    }
+                }
+                Queued::Mark(id) => {
+                    let id = *id;
+                    self.outbound.playout().pad_to_frame();
+                    self.outbound.playout().mark(id);
+                }
+            }
+            self.backlog.pop_front();
         }
     }
 
     fn inbound(config: CallConfig, encoding: Encoding) -> Inbound {
-        Inbound::new(InboundConfig { encoding, vad: config.vad, end_of_turn: config.end_of_turn })
+        Inbound::new(InboundConfig {
+            encoding,
+            vad: config.vad,
+            end_of_turn: config.end_of_turn,
+        })
     }
 
     /// The playout side: room for a whole recorded turn (turn-echo) or a second (echo). The
@@ -290,6 +447,7 @@ impl Call {
     fn outbound(config: CallConfig, encoding: Encoding) -> Outbound<u64> {
         let (capacity, lead) = match config.bot {
             BotKind::TurnEcho => (config.max_utterance + Duration::from_millis(200), None),
+            BotKind::Agent => (AGENT_QUEUE, None),
             BotKind::Echo | BotKind::Fault => (ECHO_QUEUE, Some(ECHO_LEAD)),
         };
         Outbound::new(encoding, capacity, config.max_burst, lead)
@@ -314,7 +472,12 @@ impl Call {
     }
 
     /// Handles one text frame received at `now`. An error ends the call with that reason.
-    pub fn on_text(&mut self, now: Timestamp, text: &str, metrics: &WorkerMetrics) -> Result<(), EndReason> {
+    pub fn on_text(
+        &mut self,
+        now: Timestamp,
+        text: &str,
+        metrics: &WorkerMetrics,
+    ) -> Result<(), EndReason> {
         let event = self.config.protocol.parse(text).map_err(|e| {
             EndReason::Protocol(match e {
                 ParseError::UnsupportedFormat(_) => ProtocolErrorKind::UnsupportedFormat,
@@ -325,16 +488,31 @@ impl Call {
             CarrierEvent::Connected | CarrierEvent::Clear | CarrierEvent::Unknown { .. } => Ok(()),
             CarrierEvent::Start(start) => {
                 if matches!(self.phase, Phase::AwaitingStart) {
-                    let format = start.media_format.unwrap_or(self.config.protocol.default_format());
+                    let format = start
+                        .media_format
+                        .unwrap_or(self.config.protocol.default_format());
                     if format.encoding != self.config.protocol.default_format().encoding {
                         self.reformat(format.encoding);
                     }
-                    self.phase = Phase::Streaming { sid: start.stream_sid.clone(), encoding: format.encoding };
+                    self.phase = Phase::Streaming {
+                        sid: start.stream_sid.clone(),
+                        encoding: format.encoding,
+                    };
                     self.start_info = Some(start);
+                    self.stream_start = Some(now);
+                    if self.agent.is_some() {
+                        self.run_agent(None);
+                        self.pump(now, metrics);
+                    }
                 }
                 Ok(())
             }
-            CarrierEvent::Media { sequence, chunk, payload: text, .. } => {
+            CarrierEvent::Media {
+                sequence,
+                chunk,
+                payload: text,
+                ..
+            } => {
                 let Phase::Streaming { encoding, .. } = self.phase else {
                     return Err(EndReason::Protocol(ProtocolErrorKind::MediaBeforeStart));
                 };
@@ -369,7 +547,12 @@ impl Call {
         self.frame_bytes = Self::frame_bytes(encoding);
     }
 
-    fn take_media(&mut self, now: Timestamp, seq: Option<u64>, metrics: &WorkerMetrics) -> Result<(), EndReason> {
+    fn take_media(
+        &mut self,
+        now: Timestamp,
+        seq: Option<u64>,
+        metrics: &WorkerMetrics,
+    ) -> Result<(), EndReason> {
         match seq {
             Some(seq) => {
                 let before = self.jitter.stats();
@@ -384,8 +567,16 @@ impl Call {
         for i in 0..whole {
             let at = i * self.frame_bytes;
             let frame = &self.pending[at..at + self.frame_bytes];
-            let heard = self.inbound.process(now, frame).map_err(|_| EndReason::Protocol(ProtocolErrorKind::BadAudio))?;
+            let heard = self
+                .inbound
+                .process(now, frame)
+                .map_err(|_| EndReason::Protocol(ProtocolErrorKind::BadAudio))?;
             self.stats.frames_in += 1;
+            if let (Some(agent), Phase::Streaming { encoding, .. }) =
+                (self.agent.as_mut(), &self.phase)
+            {
+                agent.caller_frame(frame, *encoding, self.inbound.audio().samples());
+            }
             self.after_frame(now, heard.turn);
         }
         self.pending.drain(..whole * self.frame_bytes);
@@ -397,6 +588,15 @@ impl Call {
     /// The bot's reaction to one inbound frame.
     fn after_frame(&mut self, now: Timestamp, turn: Option<TurnEvent>) {
         match self.config.bot {
+            BotKind::Agent => {
+                if let Some(event) = turn
+                    && let Some(agent) = self.agent.as_mut()
+                {
+                    agent.conversation().on_turn(now, event);
+                    self.run_agent(None);
+                }
+                self.poll_turn(now);
+            }
             BotKind::Echo | BotKind::Fault => {
                 self.outbound.push(self.inbound.audio());
                 self.poll_turn(now);
@@ -413,7 +613,8 @@ impl Call {
                             rec.utterance.extend(rec.preroll.drain(..));
                         }
                         let room = rec.limit.saturating_sub(rec.utterance.len());
-                        rec.utterance.extend_from_slice(&audio[..audio.len().min(room)]);
+                        rec.utterance
+                            .extend_from_slice(&audio[..audio.len().min(room)]);
                     } else {
                         rec.preroll.extend(audio);
                         let excess = rec.preroll.len().saturating_sub(PREROLL);
@@ -428,7 +629,8 @@ impl Call {
     /// Caller speech over our playback: drop what is queued and tell the carrier to drop
     /// what it has buffered.
     fn barge_in(&mut self) {
-        let queued = self.outbound.playout().queued() + self.chunker.pending();
+        let queued = self.outbound.playout().queued() + self.chunker.pending() + self.backlog.len();
+        self.backlog.clear();
         if queued == 0 {
             return;
         }
@@ -445,7 +647,15 @@ impl Call {
     /// Takes the end of the caller's turn when it is due (every bot must, or its deadline
     /// stays in the past); `turn-echo` then plays the turn back.
     fn poll_turn(&mut self, now: Timestamp) {
-        if let Some(TurnEvent::Ended { .. }) = self.inbound.poll_turn(now)
+        let ended = self.inbound.poll_turn(now);
+        if let Some(event) = ended
+            && let Some(agent) = self.agent.as_mut()
+        {
+            agent.conversation().on_turn(now, event);
+            self.run_agent(None);
+            return;
+        }
+        if let Some(TurnEvent::Ended { .. }) = ended
             && let Some(rec) = self.recorder.as_mut()
         {
             let utterance = std::mem::take(&mut rec.utterance);
@@ -467,7 +677,10 @@ impl Call {
 
     /// Sends what the playout clock releases at `now`, then any marks it has passed.
     fn pump(&mut self, now: Timestamp, metrics: &WorkerMetrics) {
-        let Phase::Streaming { sid, .. } = &self.phase else { return };
+        self.feed();
+        let Phase::Streaming { sid, .. } = &self.phase else {
+            return;
+        };
         self.released.clear();
         let released = self.outbound.tick(now, &mut self.released);
         for i in 0..released.frames {
@@ -475,6 +688,18 @@ impl Call {
         }
         self.stats.frames_out += released.frames as u64;
         metrics.frames_out.add(released.frames as u64);
+        if released.frames > 0
+            && let (Some(agent), Phase::Streaming { encoding, .. }) =
+                (self.agent.as_mut(), &self.phase)
+        {
+            let offset = released
+                .first_due
+                .saturating_since(self.stream_start.unwrap_or(Timestamp::ZERO));
+            agent.bot_frames(offset, &self.released, *encoding);
+            if let Some(t) = agent.wire_pending.take() {
+                self.wire_sent = Some(t);
+            }
+        }
         let protocol = self.config.protocol;
         match protocol {
             Protocol::Twilio => {
@@ -497,17 +722,28 @@ impl Call {
                 }
             }
         }
+        let mut marked = false;
         while let Some(event) = self.outbound.playout().poll_event() {
+            if let (PlayoutEvent::MarkPlayed(id), Some(agent)) = (&event, self.agent.as_mut()) {
+                agent.conversation().on_mark(now, *id);
+                marked = true;
+                continue;
+            }
             if let PlayoutEvent::MarkPlayed(id) = event {
                 if protocol == Protocol::Exotel {
                     self.send_exotel_chunk(true);
                 }
-                let Phase::Streaming { sid, .. } = &self.phase else { return };
+                let Phase::Streaming { sid, .. } = &self.phase else {
+                    return;
+                };
                 let mut msg = self.spare.pop().unwrap_or_default();
                 protocol.mark(sid, &format!("utterance-{id}"), &mut msg);
                 self.tx.push_back(msg);
                 self.stats.marks_sent += 1;
             }
+        }
+        if marked {
+            self.run_agent(None);
         }
     }
 
@@ -515,7 +751,9 @@ impl Call {
         if flush {
             self.flush_at = None;
         }
-        let Phase::Streaming { sid, .. } = &self.phase else { return };
+        let Phase::Streaming { sid, .. } = &self.phase else {
+            return;
+        };
         if self.chunker.take(flush, &mut self.chunk) {
             self.b64.clear();
             payload::encode_into(&self.chunk, &mut self.b64);
@@ -529,13 +767,30 @@ impl Call {
     pub fn deadline(&mut self) -> Option<Timestamp> {
         // Only turn-echo acts on the end of a turn; the echo bots take it with the next frame
         // and need no timer for it.
-        let turn = if self.config.bot == BotKind::TurnEcho { self.inbound.turn_deadline() } else { None };
-        [self.outbound.playout().deadline(), turn, self.flush_at].into_iter().flatten().min()
+        let turn = if matches!(self.config.bot, BotKind::TurnEcho | BotKind::Agent) {
+            self.inbound.turn_deadline()
+        } else {
+            None
+        };
+        let agent = self.agent.as_ref().and_then(|a| a.deadline());
+        [
+            self.outbound.playout().deadline(),
+            turn,
+            self.flush_at,
+            agent,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     /// Runs what is due at `now`: playout frames and the end of the caller's turn.
     pub fn on_timeout(&mut self, now: Timestamp, metrics: &WorkerMetrics) {
         self.poll_turn(now);
+        if let Some(agent) = self.agent.as_mut() {
+            agent.conversation().on_timeout(now);
+            self.run_agent(None);
+        }
         self.pump(now, metrics);
         if self.flush_at.is_some_and(|at| at <= now) {
             self.send_exotel_chunk(true);
@@ -561,10 +816,18 @@ mod tests {
     use super::*;
 
     fn speech_then_silence() -> Vec<Vec<u8>> {
-        let pcm = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/../codecs/tests/fixtures/speech-8k.s16")).expect("fixture");
+        let pcm = std::fs::read(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../codecs/tests/fixtures/speech-8k.s16"
+        ))
+        .expect("fixture");
         let mut frames: Vec<Vec<u8>> = pcm
             .chunks_exact(320)
-            .map(|f| f.chunks_exact(2).map(|b| cxb_codecs::g711::encode_mulaw(i16::from_le_bytes([b[0], b[1]]))).collect())
+            .map(|f| {
+                f.chunks_exact(2)
+                    .map(|b| cxb_codecs::g711::encode_mulaw(i16::from_le_bytes([b[0], b[1]])))
+                    .collect()
+            })
             .collect();
         frames.extend(std::iter::repeat_n(vec![0xFF; 160], 100));
         frames
@@ -577,26 +840,40 @@ mod tests {
         for bot in [BotKind::Echo, BotKind::TurnEcho] {
             let metrics = WorkerMetrics::default();
             let mut call = Call::new(CallConfig::new(Protocol::Twilio, bot));
-            call.on_text(Timestamp::ZERO, r#"{"event":"start","streamSid":"MZ1","start":{"streamSid":"MZ1"}}"#, &metrics).expect("start");
+            call.on_text(
+                Timestamp::ZERO,
+                r#"{"event":"start","streamSid":"MZ1","start":{"streamSid":"MZ1"}}"#,
+                &metrics,
+            )
+            .expect("start");
             let mut b64 = String::new();
             for (i, frame) in speech_then_silence().iter().enumerate() {
                 let now = Timestamp::from_millis(20 * i as u64);
                 b64.clear();
                 payload::encode_into(frame, &mut b64);
-                let msg = format!(r#"{{"event":"media","streamSid":"MZ1","media":{{"chunk":"{}","payload":"{b64}"}}}}"#, i + 1);
+                let msg = format!(
+                    r#"{{"event":"media","streamSid":"MZ1","media":{{"chunk":"{}","payload":"{b64}"}}}}"#,
+                    i + 1
+                );
                 call.on_text(now, &msg, &metrics).expect("media");
                 while let Some(at) = call.deadline().filter(|at| *at <= now) {
                     call.on_timeout(now, &metrics);
-                    assert!(call.deadline().is_none_or(|next| next > now || next > at), "{bot:?}: deadline stuck at {at:?}");
+                    assert!(
+                        call.deadline().is_none_or(|next| next > now || next > at),
+                        "{bot:?}: deadline stuck at {at:?}"
+                    );
                     if call.deadline() == Some(at) {
                         break;
                     }
                 }
-                assert!(call.deadline().is_none_or(|at| at > now), "{bot:?} frame {i}: deadline {:?} not after {now:?}", call.deadline());
+                assert!(
+                    call.deadline().is_none_or(|at| at > now),
+                    "{bot:?} frame {i}: deadline {:?} not after {now:?}",
+                    call.deadline()
+                );
                 while call.poll_transmit().is_some() {}
             }
             assert!(call.stats().frames_out > 0);
         }
     }
 }
-

@@ -9,7 +9,9 @@
 //! - [`registry`]: the shared-memory slot registry other processes read.
 //! - [`metrics`]: per-worker counters and their Prometheus rendering.
 //! - [`bots`]: the built-in bots.
+//! - [`agent`]: an AI bot inside a call: providers, audio conversions, recording, result.
 
+pub mod agent;
 pub mod bots;
 pub mod call;
 pub mod http;
@@ -20,4 +22,4 @@ pub mod server;
 mod worker;
 pub mod ws;
 
-pub use server::{Engine, EngineConfig, EngineHandle};
+pub use server::{Engine, EngineConfig, EngineHandle, ResultSink};

@@ -23,10 +23,13 @@ impl Counter {
     }
 }
 
-/// Upper bounds of the playout lateness buckets, in microseconds.
-const LATENESS_BUCKETS_US: [u64; 10] = [500, 1_000, 2_000, 5_000, 10_000, 20_000, 40_000, 80_000, 160_000, 320_000];
+/// Upper bounds of the latency buckets, in microseconds.
+const LATENESS_BUCKETS_US: [u64; 16] = [
+    250, 500, 1_000, 2_000, 3_000, 5_000, 7_500, 10_000, 15_000, 20_000, 30_000, 40_000, 80_000,
+    160_000, 320_000, 1_000_000,
+];
 
-/// A fixed-bucket histogram of playout lateness.
+/// A fixed-bucket histogram of short durations (playout lateness, the engine's own latency).
 #[derive(Debug, Default)]
 pub struct Histogram {
     buckets: [AtomicU64; LATENESS_BUCKETS_US.len() + 1],
@@ -37,7 +40,10 @@ impl Histogram {
     /// Records one frame's lateness.
     pub fn observe(&self, d: Duration) {
         let us = u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
-        let i = LATENESS_BUCKETS_US.iter().position(|&b| us <= b).unwrap_or(LATENESS_BUCKETS_US.len());
+        let i = LATENESS_BUCKETS_US
+            .iter()
+            .position(|&b| us <= b)
+            .unwrap_or(LATENESS_BUCKETS_US.len());
         self.buckets[i].fetch_add(1, Relaxed);
         self.sum_us.fetch_add(us, Relaxed);
     }
@@ -67,6 +73,12 @@ pub struct WorkerMetrics {
     pub lost_frames: Counter,
     /// How late outbound frames left relative to their playout schedule.
     pub lateness: Histogram,
+    /// AI bots: from synthesised audio arriving to its first frame on the carrier's wire
+    /// (audio that went into an empty playout queue).
+    pub agent_wire: Histogram,
+    /// AI bots: from a provider's event arriving to the provider request it caused being
+    /// issued (a final transcript to the language model, a sentence to synthesis).
+    pub agent_dispatch: Histogram,
     /// Upgrades refused with 503 because every slot was taken.
     pub rejected_busy: Counter,
     /// Requests for a bot that does not exist.
@@ -78,11 +90,17 @@ impl WorkerMetrics {
     pub fn call_ended(&self, reason: EndReason) {
         match reason {
             EndReason::Protocol(kind) => {
-                let i = ProtocolErrorKind::ALL.iter().position(|k| *k == kind).unwrap_or(0);
+                let i = ProtocolErrorKind::ALL
+                    .iter()
+                    .position(|k| *k == kind)
+                    .unwrap_or(0);
                 self.protocol_errors[i].add(1);
             }
             other => {
-                let i = EndReason::SIMPLE.iter().position(|r| *r == other).unwrap_or(0);
+                let i = EndReason::SIMPLE
+                    .iter()
+                    .position(|r| *r == other)
+                    .unwrap_or(0);
                 self.ended[i].add(1);
             }
         }
@@ -92,13 +110,19 @@ impl WorkerMetrics {
     pub fn ended(&self, reason: EndReason) -> u64 {
         match reason {
             EndReason::Protocol(_) => self.protocol_errors.iter().map(Counter::get).sum(),
-            other => EndReason::SIMPLE.iter().position(|r| *r == other).map_or(0, |i| self.ended[i].get()),
+            other => EndReason::SIMPLE
+                .iter()
+                .position(|r| *r == other)
+                .map_or(0, |i| self.ended[i].get()),
         }
     }
 
     /// Protocol errors of `kind`.
     pub fn protocol_errors(&self, kind: ProtocolErrorKind) -> u64 {
-        ProtocolErrorKind::ALL.iter().position(|k| *k == kind).map_or(0, |i| self.protocol_errors[i].get())
+        ProtocolErrorKind::ALL
+            .iter()
+            .position(|k| *k == kind)
+            .map_or(0, |i| self.protocol_errors[i].get())
     }
 
     /// Adds the jitter buffer's late and lost counts.
@@ -115,21 +139,48 @@ impl WorkerMetrics {
 /// Renders every worker's metrics in the Prometheus text format.
 pub fn render<'a>(workers: impl Iterator<Item = &'a WorkerMetrics> + Clone) -> String {
     let mut out = String::with_capacity(8 * 1024);
-    let each = |out: &mut String, name: &str, kind: &str, help: &str, f: &dyn Fn(&WorkerMetrics) -> u64| {
+    let each = |out: &mut String,
+                name: &str,
+                kind: &str,
+                help: &str,
+                f: &dyn Fn(&WorkerMetrics) -> u64| {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
         for (w, m) in workers.clone().enumerate() {
             let _ = writeln!(out, "{name}{{worker=\"{w}\"}} {}", f(m));
         }
     };
-    each(&mut out, "cxb_live_calls", "gauge", "Calls in progress.", &|m| m.live_calls.load(Relaxed));
-    each(&mut out, "cxb_calls_started_total", "counter", "Calls accepted.", &|m| m.calls_started.get());
-    let _ = writeln!(out, "# HELP cxb_calls_ended_total Calls ended, by reason.\n# TYPE cxb_calls_ended_total counter");
+    each(
+        &mut out,
+        "cxb_live_calls",
+        "gauge",
+        "Calls in progress.",
+        &|m| m.live_calls.load(Relaxed),
+    );
+    each(
+        &mut out,
+        "cxb_calls_started_total",
+        "counter",
+        "Calls accepted.",
+        &|m| m.calls_started.get(),
+    );
+    let _ = writeln!(
+        out,
+        "# HELP cxb_calls_ended_total Calls ended, by reason.\n# TYPE cxb_calls_ended_total counter"
+    );
     for (w, m) in workers.clone().enumerate() {
         for (i, reason) in EndReason::SIMPLE.iter().enumerate() {
-            let _ = writeln!(out, "cxb_calls_ended_total{{worker=\"{w}\",reason=\"{}\"}} {}", reason.label(), m.ended[i].get());
+            let _ = writeln!(
+                out,
+                "cxb_calls_ended_total{{worker=\"{w}\",reason=\"{}\"}} {}",
+                reason.label(),
+                m.ended[i].get()
+            );
         }
         let protocol: u64 = m.protocol_errors.iter().map(Counter::get).sum();
-        let _ = writeln!(out, "cxb_calls_ended_total{{worker=\"{w}\",reason=\"protocol_error\"}} {protocol}");
+        let _ = writeln!(
+            out,
+            "cxb_calls_ended_total{{worker=\"{w}\",reason=\"protocol_error\"}} {protocol}"
+        );
     }
     let _ = writeln!(
         out,
@@ -137,29 +188,110 @@ pub fn render<'a>(workers: impl Iterator<Item = &'a WorkerMetrics> + Clone) -> S
     );
     for (w, m) in workers.clone().enumerate() {
         for (i, kind) in ProtocolErrorKind::ALL.iter().enumerate() {
-            let _ = writeln!(out, "cxb_protocol_errors_total{{worker=\"{w}\",kind=\"{}\"}} {}", kind.label(), m.protocol_errors[i].get());
+            let _ = writeln!(
+                out,
+                "cxb_protocol_errors_total{{worker=\"{w}\",kind=\"{}\"}} {}",
+                kind.label(),
+                m.protocol_errors[i].get()
+            );
         }
     }
-    each(&mut out, "cxb_frames_in_total", "counter", "20 ms frames received.", &|m| m.frames_in.get());
-    each(&mut out, "cxb_frames_out_total", "counter", "20 ms frames sent.", &|m| m.frames_out.get());
-    each(&mut out, "cxb_late_frames_total", "counter", "Inbound frames that arrived after their turn.", &|m| m.late_frames.get());
-    each(&mut out, "cxb_lost_frames_total", "counter", "Inbound frames never received.", &|m| m.lost_frames.get());
-    each(&mut out, "cxb_rejected_busy_total", "counter", "Upgrades refused: no free slot.", &|m| m.rejected_busy.get());
-    each(&mut out, "cxb_rejected_unknown_bot_total", "counter", "Requests for an unknown bot.", &|m| m.rejected_unknown_bot.get());
-    let _ = writeln!(
-        out,
-        "# HELP cxb_playout_lateness_seconds Outbound frame lateness against the playout schedule.\n# TYPE cxb_playout_lateness_seconds histogram"
+    each(
+        &mut out,
+        "cxb_frames_in_total",
+        "counter",
+        "20 ms frames received.",
+        &|m| m.frames_in.get(),
     );
-    for (w, m) in workers.enumerate() {
+    each(
+        &mut out,
+        "cxb_frames_out_total",
+        "counter",
+        "20 ms frames sent.",
+        &|m| m.frames_out.get(),
+    );
+    each(
+        &mut out,
+        "cxb_late_frames_total",
+        "counter",
+        "Inbound frames that arrived after their turn.",
+        &|m| m.late_frames.get(),
+    );
+    each(
+        &mut out,
+        "cxb_lost_frames_total",
+        "counter",
+        "Inbound frames never received.",
+        &|m| m.lost_frames.get(),
+    );
+    each(
+        &mut out,
+        "cxb_rejected_busy_total",
+        "counter",
+        "Upgrades refused: no free slot.",
+        &|m| m.rejected_busy.get(),
+    );
+    each(
+        &mut out,
+        "cxb_rejected_unknown_bot_total",
+        "counter",
+        "Requests for an unknown bot.",
+        &|m| m.rejected_unknown_bot.get(),
+    );
+    let workers: Vec<&WorkerMetrics> = workers.collect();
+    histogram(
+        &mut out,
+        "cxb_playout_lateness_seconds",
+        "Outbound frame lateness against the playout schedule.",
+        &workers,
+        |m| &m.lateness,
+    );
+    histogram(
+        &mut out,
+        "cxb_agent_wire_seconds",
+        "AI bots: synthesised audio arriving to its first frame on the wire.",
+        &workers,
+        |m| &m.agent_wire,
+    );
+    histogram(
+        &mut out,
+        "cxb_agent_dispatch_seconds",
+        "AI bots: a provider event arriving to the request it causes.",
+        &workers,
+        |m| &m.agent_dispatch,
+    );
+    out
+}
+
+fn histogram(
+    out: &mut String,
+    name: &str,
+    help: &str,
+    workers: &[&WorkerMetrics],
+    pick: impl Fn(&WorkerMetrics) -> &Histogram,
+) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+    for (w, m) in workers.iter().enumerate() {
+        let h = pick(m);
         let mut cumulative = 0;
         for (i, bound) in LATENESS_BUCKETS_US.iter().enumerate() {
-            cumulative += m.lateness.buckets[i].load(Relaxed);
-            let _ = writeln!(out, "cxb_playout_lateness_seconds_bucket{{worker=\"{w}\",le=\"{}\"}} {cumulative}", *bound as f64 / 1e6);
+            cumulative += h.buckets[i].load(Relaxed);
+            let _ = writeln!(
+                out,
+                "{name}_bucket{{worker=\"{w}\",le=\"{}\"}} {cumulative}",
+                *bound as f64 / 1e6
+            );
         }
-        cumulative += m.lateness.buckets[LATENESS_BUCKETS_US.len()].load(Relaxed);
-        let _ = writeln!(out, "cxb_playout_lateness_seconds_bucket{{worker=\"{w}\",le=\"+Inf\"}} {cumulative}");
-        let _ = writeln!(out, "cxb_playout_lateness_seconds_sum{{worker=\"{w}\"}} {}", m.lateness.sum_us.load(Relaxed) as f64 / 1e6);
-        let _ = writeln!(out, "cxb_playout_lateness_seconds_count{{worker=\"{w}\"}} {cumulative}");
+        cumulative += h.buckets[LATENESS_BUCKETS_US.len()].load(Relaxed);
+        let _ = writeln!(
+            out,
+            "{name}_bucket{{worker=\"{w}\",le=\"+Inf\"}} {cumulative}"
+        );
+        let _ = writeln!(
+            out,
+            "{name}_sum{{worker=\"{w}\"}} {}",
+            h.sum_us.load(Relaxed) as f64 / 1e6
+        );
+        let _ = writeln!(out, "{name}_count{{worker=\"{w}\"}} {cumulative}");
     }
-    out
 }

@@ -45,6 +45,23 @@ pub struct EngineConfig {
     /// The kernel send buffer of each call's socket: with `write_timeout`, the bound on what
     /// a peer that stops reading can hold up.
     pub send_buffer: usize,
+    /// Where AI bots come from (local files, the API).
+    pub bots: crate::agent::BotSource,
+    /// Where finished AI calls go (the durable outbox); without one, results are logged and
+    /// dropped.
+    pub results: Option<std::sync::Arc<dyn ResultSink>>,
+}
+
+/// Where finished calls go: a durable outbox that delivers them to the control plane.
+pub trait ResultSink: Send + Sync + std::fmt::Debug {
+    /// Stores a finished call's result (a `POST /v1/runtime/results` body) and recording (a
+    /// WAV file). The receiver answers once the entry is durable (fsynced): the call's slot
+    /// is freed only after that.
+    fn submit(
+        &self,
+        result: serde_json::Value,
+        recording: Option<Vec<u8>>,
+    ) -> flume::Receiver<Result<(), String>>;
 }
 
 impl EngineConfig {
@@ -54,7 +71,9 @@ impl EngineConfig {
         let dir = runtime_dir();
         EngineConfig {
             listen,
-            workers: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+            workers: std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1),
             slots_per_worker: 1_000,
             force_epoll: false,
             pin: true,
@@ -64,6 +83,11 @@ impl EngineConfig {
             idle_timeout: Duration::from_secs(60),
             write_timeout: Duration::from_secs(2),
             send_buffer: 64 * 1024,
+            bots: crate::agent::BotSource {
+                cache_ttl: Duration::from_secs(10),
+                ..Default::default()
+            },
+            results: None,
         }
     }
 }
@@ -72,12 +96,18 @@ impl EngineConfig {
 /// never written back to disk), else the temporary directory.
 pub fn runtime_dir() -> PathBuf {
     let shm = PathBuf::from("/dev/shm");
-    if shm.is_dir() { shm } else { std::env::temp_dir() }
+    if shm.is_dir() {
+        shm
+    } else {
+        std::env::temp_dir()
+    }
 }
 
 /// Milliseconds since the Unix epoch.
 pub fn unix_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// A command for a worker.
@@ -141,8 +171,12 @@ impl Shared {
                         "live_calls": rec.live, "draining": rec.draining })
             })
             .collect();
-        let free: u64 = (0..self.workers.len()).map(|i| self.segment.worker(i).free).sum();
-        let live: u64 = (0..self.workers.len()).map(|i| self.segment.worker(i).live).sum();
+        let free: u64 = (0..self.workers.len())
+            .map(|i| self.segment.worker(i).free)
+            .sum();
+        let live: u64 = (0..self.workers.len())
+            .map(|i| self.segment.worker(i).live)
+            .sum();
         json!({
             "status": "ok",
             "pid": std::process::id(),
@@ -159,7 +193,11 @@ impl Shared {
     /// Fleet-issued tokens (top byte `ff`) may be held by any worker: every other one is asked.
     pub(crate) fn release_elsewhere(&self, except: usize, token: u64) {
         let owner = (token >> 56) as usize;
-        let owners: Vec<usize> = if owner == FLEET_OWNER { (0..self.inboxes.len()).collect() } else { vec![owner] };
+        let owners: Vec<usize> = if owner == FLEET_OWNER {
+            (0..self.inboxes.len()).collect()
+        } else {
+            vec![owner]
+        };
         for owner in owners {
             if owner != except && owner < self.inboxes.len() {
                 let (tx, _rx) = flume::bounded(1);
@@ -178,15 +216,23 @@ impl Shared {
 
     fn ask(&self, worker: usize, cmd: Command) -> Value {
         let (tx, rx) = flume::bounded(1);
-        if self.inboxes.get(worker).is_none_or(|inbox| inbox.send(Inbox::Command(cmd, tx)).is_err()) {
+        if self
+            .inboxes
+            .get(worker)
+            .is_none_or(|inbox| inbox.send(Inbox::Command(cmd, tx)).is_err())
+        {
             return json!({ "ok": false, "error": "no such worker" });
         }
-        rx.recv_timeout(Duration::from_secs(2)).unwrap_or_else(|_| json!({ "ok": false, "error": "worker did not answer" }))
+        rx.recv_timeout(Duration::from_secs(2))
+            .unwrap_or_else(|_| json!({ "ok": false, "error": "worker did not answer" }))
     }
 
     fn most_free(&self, start: usize) -> usize {
         let n = self.workers.len();
-        (0..n).map(|k| (start + k) % n).max_by_key(|&i| (self.workers[i].free.load(Ordering::Relaxed), n - i)).unwrap_or(0)
+        (0..n)
+            .map(|k| (start + k) % n)
+            .max_by_key(|&i| (self.workers[i].free.load(Ordering::Relaxed), n - i))
+            .unwrap_or(0)
     }
 
     /// Handles one control command (a JSON object with `cmd`).
@@ -194,7 +240,12 @@ impl Shared {
         match request.get("cmd").and_then(Value::as_str) {
             Some("report") => self.health(),
             Some("reserve") => {
-                let ttl = Duration::from_millis(request.get("ttl_ms").and_then(Value::as_u64).unwrap_or(30_000));
+                let ttl = Duration::from_millis(
+                    request
+                        .get("ttl_ms")
+                        .and_then(Value::as_u64)
+                        .unwrap_or(30_000),
+                );
                 let worker = self.most_free(0);
                 let random = std::hash::BuildHasher::hash_one(
                     &std::collections::hash_map::RandomState::new(),
@@ -203,15 +254,27 @@ impl Shared {
                 let token = ((worker as u64) << 56) | (random & ((1 << 56) - 1));
                 self.ask(worker, Command::Reserve { ttl, token })
             }
-            Some("release") => match request.get("token").and_then(Value::as_str).and_then(|t| u64::from_str_radix(t, 16).ok()) {
+            Some("release") => match request
+                .get("token")
+                .and_then(Value::as_str)
+                .and_then(|t| u64::from_str_radix(t, 16).ok())
+            {
                 Some(token) => self.ask((token >> 56) as usize, Command::Release { token }),
                 None => json!({ "ok": false, "error": "release needs a hex `token`" }),
             },
             Some("hangup") => {
                 let id = request.get("call_id").and_then(Value::as_str).unwrap_or("");
-                let worker = id.strip_prefix('w').and_then(|r| r.split_once('-')).and_then(|(w, _)| w.parse().ok());
+                let worker = id
+                    .strip_prefix('w')
+                    .and_then(|r| r.split_once('-'))
+                    .and_then(|(w, _)| w.parse().ok());
                 match worker {
-                    Some(w) => self.ask(w, Command::Hangup { call_id: id.to_string() }),
+                    Some(w) => self.ask(
+                        w,
+                        Command::Hangup {
+                            call_id: id.to_string(),
+                        },
+                    ),
                     None => json!({ "ok": false, "error": "no such call" }),
                 }
             }
@@ -220,12 +283,16 @@ impl Shared {
                 match request.get("worker").and_then(Value::as_u64) {
                     Some(w) => self.ask(w as usize, Command::Drain { on }),
                     None => {
-                        let answers: Vec<Value> = (0..self.workers.len()).map(|w| self.ask(w, Command::Drain { on })).collect();
+                        let answers: Vec<Value> = (0..self.workers.len())
+                            .map(|w| self.ask(w, Command::Drain { on }))
+                            .collect();
                         json!({ "ok": answers.iter().all(|a| a["ok"] == true), "workers": answers })
                     }
                 }
             }
-            _ => json!({ "ok": false, "error": "unknown command; try report, reserve, release, hangup, drain, undrain" }),
+            _ => {
+                json!({ "ok": false, "error": "unknown command; try report, reserve, release, hangup, drain, undrain" })
+            }
         }
     }
 }
@@ -246,7 +313,9 @@ impl EngineHandle {
     /// digits, top byte `ff`, as the fleet registry issues them). False when the token is
     /// malformed or no worker has a free slot. Holding the same token again renews it.
     pub fn hold_reservation(&self, token: &str, ttl: Duration) -> bool {
-        let parsed = (token.len() == 16).then(|| u64::from_str_radix(token, 16).ok()).flatten();
+        let parsed = (token.len() == 16)
+            .then(|| u64::from_str_radix(token, 16).ok())
+            .flatten();
         parsed.is_some_and(|t| self.shared.hold(t, ttl))
     }
 }
@@ -265,10 +334,17 @@ impl Engine {
         let workers = config.workers.max(1);
         let listener = TcpListener::bind(config.listen)?;
         let addr = listener.local_addr()?;
-        let segment = Segment::create(&config.registry, workers, config.slots_per_worker, u64::from(std::process::id()), unix_ms())?;
+        let segment = Segment::create(
+            &config.registry,
+            workers,
+            config.slots_per_worker,
+            u64::from(std::process::id()),
+            unix_ms(),
+        )?;
         let _ = std::fs::remove_file(&config.control_socket);
         let control = UnixListener::bind(&config.control_socket)?;
-        let (senders, receivers): (Vec<_>, Vec<_>) = (0..workers).map(|_| flume::unbounded()).unzip();
+        let (senders, receivers): (Vec<_>, Vec<_>) =
+            (0..workers).map(|_| flume::unbounded()).unzip();
         let shared = Arc::new(Shared {
             config: EngineConfig { workers, ..config },
             workers: (0..workers).map(|_| WorkerShared::default()).collect(),
@@ -279,27 +355,49 @@ impl Engine {
             tokens: AtomicU64::new(0),
         });
         for w in &shared.workers {
-            w.free.store(shared.config.slots_per_worker, Ordering::Relaxed);
+            w.free
+                .store(shared.config.slots_per_worker, Ordering::Relaxed);
         }
         let mut threads = Vec::new();
         for (i, inbox) in receivers.into_iter().enumerate() {
             let shared = shared.clone();
-            threads.push(std::thread::Builder::new().name(format!("cxb-worker-{i}")).spawn(move || {
-                if let Err(e) = crate::worker::run(i, shared, inbox) {
-                    eprintln!("cxb core: worker {i} failed to start: {e}");
-                }
-            })?);
+            threads.push(
+                std::thread::Builder::new()
+                    .name(format!("cxb-worker-{i}"))
+                    .spawn(move || {
+                        if let Err(e) = crate::worker::run(i, shared, inbox) {
+                            eprintln!("cxb core: worker {i} failed to start: {e}");
+                        }
+                    })?,
+            );
         }
         let acceptor_shared = shared.clone();
-        threads.push(std::thread::Builder::new().name("cxb-acceptor".into()).spawn(move || accept(&acceptor_shared, &listener))?);
+        threads.push(
+            std::thread::Builder::new()
+                .name("cxb-acceptor".into())
+                .spawn(move || accept(&acceptor_shared, &listener))?,
+        );
         let control_shared = shared.clone();
-        threads.push(std::thread::Builder::new().name("cxb-control".into()).spawn(move || serve_control(&control_shared, &control))?);
+        threads.push(
+            std::thread::Builder::new()
+                .name("cxb-control".into())
+                .spawn(move || serve_control(&control_shared, &control))?,
+        );
         // Wait until every worker has its runtime, so /health is complete from the start.
         let deadline = Instant::now() + Duration::from_secs(5);
-        while shared.workers.iter().any(|w| w.driver.load(Ordering::Relaxed) == 0) && Instant::now() < deadline {
+        while shared
+            .workers
+            .iter()
+            .any(|w| w.driver.load(Ordering::Relaxed) == 0)
+            && Instant::now() < deadline
+        {
             std::thread::sleep(Duration::from_millis(5));
         }
-        Ok(Engine { shared, addr, threads })
+        Ok(Engine {
+            shared,
+            addr,
+            threads,
+        })
     }
 
     /// The address carriers connect to.
@@ -319,7 +417,9 @@ impl Engine {
 
     /// A handle for other threads (the fleet heartbeat) while [`Engine::wait`] blocks.
     pub fn handle(&self) -> EngineHandle {
-        EngineHandle { shared: self.shared.clone() }
+        EngineHandle {
+            shared: self.shared.clone(),
+        }
     }
 
     /// Closes every call (1001), stops every thread and removes the registry and socket files.
@@ -365,7 +465,9 @@ fn serve_control(shared: &Shared, listener: &UnixListener) {
         }
         let Ok(stream) = conn else { continue };
         let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
-        let Ok(mut writer) = stream.try_clone() else { continue };
+        let Ok(mut writer) = stream.try_clone() else {
+            continue;
+        };
         for line in BufReader::new(stream).lines() {
             let Ok(line) = line else { break };
             if line.trim().is_empty() {

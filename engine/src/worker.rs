@@ -17,6 +17,7 @@ use compio::net::TcpStream;
 use cxb_media::Timestamp;
 use futures_util::future::{Either, select};
 
+use crate::agent::{Agent, BotError};
 use crate::bots::BotKind;
 use crate::call::{Call, CallConfig, EndReason, ProtocolErrorKind};
 use crate::http::{self, HeadError, Request};
@@ -96,7 +97,11 @@ struct Worker {
 }
 
 /// Runs worker `index` until shutdown. Called on the worker's own thread.
-pub(crate) fn run(index: usize, shared: Arc<Shared>, inbox: flume::Receiver<Inbox>) -> std::io::Result<()> {
+pub(crate) fn run(
+    index: usize,
+    shared: Arc<Shared>,
+    inbox: flume::Receiver<Inbox>,
+) -> std::io::Result<()> {
     let mut proactor = compio::driver::ProactorBuilder::new();
     if shared.config.force_epoll {
         proactor.driver_type(compio::driver::DriverType::Poll);
@@ -111,14 +116,26 @@ pub(crate) fn run(index: usize, shared: Arc<Shared>, inbox: flume::Receiver<Inbo
         builder.thread_affinity([cpu].into_iter().collect());
     }
     let runtime = builder.build()?;
-    let driver = if runtime.driver_type().is_iouring() { 1 } else { 2 };
-    shared.workers[index].driver.store(driver, Ordering::Relaxed);
-    eprintln!("cxb core: worker {index} running on {}", if driver == 1 { "io_uring" } else { "epoll" });
+    let driver = if runtime.driver_type().is_iouring() {
+        1
+    } else {
+        2
+    };
+    shared.workers[index]
+        .driver
+        .store(driver, Ordering::Relaxed);
+    eprintln!(
+        "cxb core: worker {index} running on {}",
+        if driver == 1 { "io_uring" } else { "epoll" }
+    );
     let slots = shared.config.slots_per_worker;
     let worker = Rc::new(Worker {
         index,
         shared,
-        slots: RefCell::new(Slots { state: vec![Local::Free; slots], free: (0..slots).rev().collect() }),
+        slots: RefCell::new(Slots {
+            state: vec![Local::Free; slots],
+            free: (0..slots).rev().collect(),
+        }),
         calls: RefCell::new(HashMap::new()),
         next_call: Cell::new(0),
         draining: Cell::new(false),
@@ -155,7 +172,9 @@ pub(crate) fn run(index: usize, shared: Arc<Shared>, inbox: flume::Receiver<Inbo
 
 /// The CPU to pin worker `index` to: the `index`-th CPU this process may run on.
 fn core_for(index: usize) -> Option<usize> {
-    let online = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let online = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
     Some(index % online)
 }
 
@@ -203,17 +222,24 @@ impl Worker {
     /// Publishes free capacity to the acceptor and the registry.
     fn publish(&self) {
         let slots = self.slots.borrow();
-        let free = if self.draining.get() { 0 } else { slots.free.len() };
+        let free = if self.draining.get() {
+            0
+        } else {
+            slots.free.len()
+        };
         let live = slots.state.iter().filter(|s| **s == Local::Active).count();
         let w = &self.shared.workers[self.index];
         w.free.store(free, Ordering::Relaxed);
         w.metrics.live_calls.store(live as u64, Ordering::Relaxed);
-        self.shared.segment.write_worker(self.index, WorkerRecord {
-            driver: u64::from(w.driver.load(Ordering::Relaxed)),
-            draining: self.draining.get(),
-            live: live as u64,
-            free: free as u64,
-        });
+        self.shared.segment.write_worker(
+            self.index,
+            WorkerRecord {
+                driver: u64::from(w.driver.load(Ordering::Relaxed)),
+                draining: self.draining.get(),
+                live: live as u64,
+                free: free as u64,
+            },
+        );
     }
 
     /// Takes a slot for a call: the reserved one named by `token` if it is ours, else a free
@@ -222,7 +248,10 @@ impl Worker {
         let slot = {
             let mut slots = self.slots.borrow_mut();
             let reserved = token.and_then(|t| {
-                slots.state.iter().position(|s| matches!(s, Local::Reserved { token, .. } if *token == t))
+                slots
+                    .state
+                    .iter()
+                    .position(|s| matches!(s, Local::Reserved { token, .. } if *token == t))
             });
             match reserved {
                 Some(i) => Some(i),
@@ -231,7 +260,13 @@ impl Worker {
             }
         }?;
         self.slots.borrow_mut().state[slot] = Local::Active;
-        let update = SlotUpdate { state: SlotState::Active, started_ms: unix_ms(), until_ms: 0, call_id, bot_id: bot };
+        let update = SlotUpdate {
+            state: SlotState::Active,
+            started_ms: unix_ms(),
+            until_ms: 0,
+            call_id,
+            bot_id: bot,
+        };
         self.shared.segment.write_slot(self.index, slot, update);
         self.publish();
         Some(slot)
@@ -242,7 +277,9 @@ impl Worker {
         if slots.state[slot] != Local::Free {
             slots.state[slot] = Local::Free;
             slots.free.push(slot);
-            self.shared.segment.write_slot(self.index, slot, SlotUpdate::FREE);
+            self.shared
+                .segment
+                .write_slot(self.index, slot, SlotUpdate::FREE);
         }
         drop(slots);
         self.publish();
@@ -255,7 +292,12 @@ impl Worker {
                 if self.draining.get() {
                     return json!({ "ok": false, "error": "draining" });
                 }
-                let held = self.slots.borrow().state.iter().position(|s| matches!(s, Local::Reserved { token: t, .. } if *t == token));
+                let held = self
+                    .slots
+                    .borrow()
+                    .state
+                    .iter()
+                    .position(|s| matches!(s, Local::Reserved { token: t, .. } if *t == token));
                 if let Some(slot) = held {
                     // Holding a token twice is one reservation, with the later expiry.
                     let until_ms = unix_ms() + ttl.as_millis() as u64;
@@ -267,13 +309,24 @@ impl Worker {
                 };
                 let until_ms = unix_ms() + ttl.as_millis() as u64;
                 self.slots.borrow_mut().state[slot] = Local::Reserved { until_ms, token };
-                let update = SlotUpdate { state: SlotState::Reserved, started_ms: unix_ms(), until_ms, call_id: "", bot_id: "" };
+                let update = SlotUpdate {
+                    state: SlotState::Reserved,
+                    started_ms: unix_ms(),
+                    until_ms,
+                    call_id: "",
+                    bot_id: "",
+                };
                 self.shared.segment.write_slot(self.index, slot, update);
                 self.publish();
                 json!({ "ok": true, "worker": self.index, "slot": slot, "token": format!("{token:016x}"), "expires_unix_ms": until_ms })
             }
             Command::Release { token } => {
-                let slot = self.slots.borrow().state.iter().position(|s| matches!(s, Local::Reserved { token: t, .. } if *t == token));
+                let slot = self
+                    .slots
+                    .borrow()
+                    .state
+                    .iter()
+                    .position(|s| matches!(s, Local::Reserved { token: t, .. } if *t == token));
                 match slot {
                     Some(slot) => {
                         self.free_slot(slot);
@@ -294,7 +347,11 @@ impl Worker {
                 let slots = self.slots.borrow();
                 for (i, s) in slots.state.iter().enumerate() {
                     if *s == Local::Active {
-                        let state = if on { SlotState::Draining } else { SlotState::Active };
+                        let state = if on {
+                            SlotState::Draining
+                        } else {
+                            SlotState::Active
+                        };
                         self.shared.segment.set_state(self.index, i, state);
                     }
                 }
@@ -327,7 +384,9 @@ impl Drop for CallGuard {
 async fn serve(worker: Rc<Worker>, stream: std::net::TcpStream) {
     let _ = stream.set_nodelay(true);
     let _ = socket2::SockRef::from(&stream).set_send_buffer_size(worker.shared.config.send_buffer);
-    let Ok(stream) = TcpStream::from_std(stream) else { return };
+    let Ok(stream) = TcpStream::from_std(stream) else {
+        return;
+    };
     let mut head = Vec::new();
     let mut buf = Vec::with_capacity(READ_BUF);
     let deadline = Instant::now() + HEAD_TIMEOUT;
@@ -336,11 +395,18 @@ async fn serve(worker: Rc<Worker>, stream: std::net::TcpStream) {
             Ok(Some(parsed)) => break parsed,
             Ok(None) => {}
             Err(HeadError::TooLarge) => {
-                return reply(&stream, http::error(431, "head_too_large", "request head too large", &[])).await;
+                return reply(
+                    &stream,
+                    http::error(431, "head_too_large", "request head too large", &[]),
+                )
+                .await;
             }
-            Err(HeadError::Malformed(m)) => return reply(&stream, http::error(400, "bad_request", &m, &[])).await,
+            Err(HeadError::Malformed(m)) => {
+                return reply(&stream, http::error(400, "bad_request", &m, &[])).await;
+            }
         }
-        let read = compio::time::timeout_at(deadline, (&stream).read(std::mem::take(&mut buf))).await;
+        let read =
+            compio::time::timeout_at(deadline, (&stream).read(std::mem::take(&mut buf))).await;
         match read {
             Ok(BufResult(Ok(n), b)) if n > 0 => {
                 head.extend_from_slice(&b[..n]);
@@ -361,7 +427,11 @@ async fn reply(stream: &TcpStream, bytes: Vec<u8>) {
 }
 
 async fn route(worker: Rc<Worker>, stream: TcpStream, req: Request, leftover: Vec<u8>) {
-    let call_path = |prefix: &str| req.path.strip_prefix(prefix).filter(|b| !b.is_empty() && !b.contains('/'));
+    let call_path = |prefix: &str| {
+        req.path
+            .strip_prefix(prefix)
+            .filter(|b| !b.is_empty() && !b.contains('/'))
+    };
     let (protocol, bot_id) = match (req.path.as_str(), call_path("/ws/"), call_path("/exotel/")) {
         ("/health", _, _) if req.method == "GET" => {
             let body = worker.shared.health().to_string();
@@ -369,22 +439,66 @@ async fn route(worker: Rc<Worker>, stream: TcpStream, req: Request, leftover: Ve
         }
         ("/metrics", _, _) if req.method == "GET" => {
             let body = crate::metrics::render(worker.shared.workers.iter().map(|w| &w.metrics));
-            return reply(&stream, http::response(200, "text/plain; version=0.0.4", &[], &body)).await;
+            return reply(
+                &stream,
+                http::response(200, "text/plain; version=0.0.4", &[], &body),
+            )
+            .await;
         }
         (_, Some(bot), _) => (Protocol::Twilio, bot),
         (_, _, Some(bot)) => (Protocol::Exotel, bot),
-        _ => return reply(&stream, http::error(404, "not_found", "no such endpoint", &[])).await,
+        _ => {
+            return reply(
+                &stream,
+                http::error(404, "not_found", "no such endpoint", &[]),
+            )
+            .await;
+        }
     };
-    let Some(bot) = BotKind::lookup(bot_id, worker.shared.config.fault_injection) else {
+    let builtin = BotKind::lookup(bot_id, worker.shared.config.fault_injection);
+    let agent_bot = match builtin {
+        Some(_) => None,
+        None if worker.shared.config.bots.is_configured() => {
+            match worker.shared.config.bots.resolve(bot_id).await {
+                Ok(bot) => Some(bot),
+                Err(BotError::NotFound) => None,
+                Err(BotError::Unavailable(why)) => {
+                    eprintln!("cxb core: bot {bot_id}: {why}");
+                    return reply(
+                        &stream,
+                        http::error(
+                            503,
+                            "bot_unavailable",
+                            "the bot cannot be loaded now",
+                            &[("Retry-After", "5")],
+                        ),
+                    )
+                    .await;
+                }
+            }
+        }
+        None => None,
+    };
+    let Some(bot) = builtin.or(agent_bot.as_ref().map(|_| BotKind::Agent)) else {
         worker.metrics().rejected_unknown_bot.add(1);
-        return reply(&stream, http::error(404, "unknown_bot", &format!("no bot `{bot_id}`"), &[])).await;
+        return reply(
+            &stream,
+            http::error(404, "unknown_bot", &format!("no bot `{bot_id}`"), &[]),
+        )
+        .await;
     };
     let (true, Some(key)) = (req.upgrade, req.ws_key.as_deref()) else {
         let msg = "this endpoint takes a WebSocket upgrade";
-        return reply(&stream, http::error(426, "upgrade_required", msg, &[("Upgrade", "websocket")])).await;
+        return reply(
+            &stream,
+            http::error(426, "upgrade_required", msg, &[("Upgrade", "websocket")]),
+        )
+        .await;
     };
     let token = req.query.as_deref().and_then(|q| {
-        q.split('&').find_map(|kv| kv.strip_prefix("reservation=")).and_then(|t| u64::from_str_radix(t, 16).ok())
+        q.split('&')
+            .find_map(|kv| kv.strip_prefix("reservation="))
+            .and_then(|t| u64::from_str_radix(t, 16).ok())
     });
     let n = worker.next_call.get();
     worker.next_call.set(n + 1);
@@ -392,22 +506,80 @@ async fn route(worker: Rc<Worker>, stream: TcpStream, req: Request, leftover: Ve
     let Some(slot) = worker.acquire(&call_id, bot.id(), token) else {
         worker.metrics().rejected_busy.add(1);
         let msg = "every call slot on this host is taken";
-        return reply(&stream, http::error(503, "busy", msg, &[("Retry-After", "1")])).await;
+        return reply(
+            &stream,
+            http::error(503, "busy", msg, &[("Retry-After", "1")]),
+        )
+        .await;
     };
     if let Some(token) = token {
         // A reservation held by another worker is given back: this call took a slot here.
         worker.shared.release_elsewhere(worker.index, token);
     }
+    let config = CallConfig::new(protocol, bot);
+    let call = match agent_bot {
+        // The providers start connecting (and the greeting synthesising) before the upgrade.
+        Some(bot) => match Agent::new(bot, worker.now(), unix_ms()) {
+            Ok(agent) => Call::with_agent(config, agent),
+            Err(why) => {
+                worker.free_slot(slot);
+                eprintln!("cxb core: bot {bot_id}: {why}");
+                return reply(&stream, http::error(503, "bot_unavailable", &why, &[])).await;
+            }
+        },
+        None => Call::new(config),
+    };
     let mut s = &stream;
     if s.write_all(http::switching_protocols(key)).await.0.is_err() {
         worker.free_slot(slot);
         return;
     }
-    let mailbox = Rc::new(Mailbox { message: Cell::new(None), waker: Cell::new(None), last_rx: Cell::new(Instant::now()) });
-    worker.calls.borrow_mut().insert(call_id.clone(), mailbox.clone());
+    let mailbox = Rc::new(Mailbox {
+        message: Cell::new(None),
+        waker: Cell::new(None),
+        last_rx: Cell::new(Instant::now()),
+    });
+    worker
+        .calls
+        .borrow_mut()
+        .insert(call_id.clone(), mailbox.clone());
     worker.metrics().calls_started.add(1);
-    let mut guard = CallGuard { worker: worker.clone(), slot, call_id, reason: EndReason::PeerClosed };
-    guard.reason = run_call(&worker, &stream, slot, Call::new(CallConfig::new(protocol, bot)), leftover, &mailbox).await;
+    let mut guard = CallGuard {
+        worker: worker.clone(),
+        slot,
+        call_id: call_id.clone(),
+        reason: EndReason::PeerClosed,
+    };
+    let (reason, mut call) = run_call(&worker, &stream, slot, call, leftover, &mailbox).await;
+    guard.reason = reason;
+    if call.agent().is_some() {
+        finish_agent(&worker, &mut call, &call_id, reason).await;
+    }
+}
+
+/// Writes an AI call's result and recording to the outbox and waits until they are durable;
+/// the call's slot is freed only after that.
+async fn finish_agent(worker: &Worker, call: &mut Call, call_id: &str, reason: EndReason) {
+    let start = call.start_info().cloned();
+    let Some(agent) = call.agent() else { return };
+    let (result, recording) = agent.finish(
+        worker.now(),
+        unix_ms(),
+        start.as_ref(),
+        call_id,
+        reason.label(),
+    );
+    let Some(sink) = worker.shared.config.results.as_ref() else {
+        eprintln!("cxb core: call {call_id}: no outbox configured; result dropped");
+        return;
+    };
+    let done = sink.submit(result, recording);
+    match compio::time::timeout(Duration::from_secs(30), done.recv_async()).await {
+        Ok(Ok(Ok(()))) => {}
+        Ok(Ok(Err(e))) => eprintln!("cxb core: call {call_id}: outbox: {e}"),
+        Ok(Err(_)) => eprintln!("cxb core: call {call_id}: outbox stopped"),
+        Err(_) => eprintln!("cxb core: call {call_id}: outbox did not answer in 30 s"),
+    }
 }
 
 /// One read from `stream` into `buf`, as a future that borrows the stream only shared.
@@ -424,35 +596,42 @@ async fn run_call(
     mut call: Call,
     leftover: Vec<u8>,
     mailbox: &Mailbox,
-) -> EndReason {
+) -> (EndReason, Call) {
     let config = &worker.shared.config;
     let mut socket = WsSocket::new();
     socket.feed(&leftover);
     let mut read = Box::pin(read_into(stream, Vec::with_capacity(READ_BUF)));
     let mut ctl = std::pin::pin!(mailbox.recv());
     let mut out = Vec::new();
+    let events = call.agent().map(|a| a.events().clone());
     let reason = 'call: loop {
         // Everything readable.
         loop {
             match socket.read() {
                 Ok(Some(Incoming::Text(text))) => {
                     let now = worker.now();
-                    let handled =
-                        std::panic::catch_unwind(AssertUnwindSafe(|| call.on_text(now, text, worker.metrics())));
+                    let handled = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                        call.on_text(now, text, worker.metrics())
+                    }));
                     match handled {
                         Ok(Ok(())) => {}
                         Ok(Err(reason)) => break 'call reason,
                         Err(_) => break 'call EndReason::Panicked,
                     }
                 }
-                Ok(Some(Incoming::Binary)) => break 'call EndReason::Protocol(ProtocolErrorKind::BinaryFrame),
+                Ok(Some(Incoming::Binary)) => {
+                    break 'call EndReason::Protocol(ProtocolErrorKind::BinaryFrame);
+                }
                 Ok(Some(Incoming::Closed)) => break 'call EndReason::PeerClosed,
                 Ok(None) => break,
                 Err(kind) => break 'call EndReason::Protocol(kind),
             }
         }
         let stats = call.stats();
-        worker.shared.segment.count_frames(worker.index, slot, stats.frames_in, stats.frames_out);
+        worker
+            .shared
+            .segment
+            .count_frames(worker.index, slot, stats.frames_in, stats.frames_out);
         while let Some(msg) = call.poll_transmit() {
             socket.send_text(&msg);
             call.recycle(msg);
@@ -472,13 +651,24 @@ async fn run_call(
             if sent < out.len() {
                 out.drain(..sent);
                 let mut w = stream;
-                match compio::time::timeout(config.write_timeout, w.write_all(std::mem::take(&mut out))).await {
+                match compio::time::timeout(
+                    config.write_timeout,
+                    w.write_all(std::mem::take(&mut out)),
+                )
+                .await
+                {
                     Ok(BufResult(Ok(()), b)) => out = b,
                     Ok(BufResult(Err(_), _)) => break EndReason::PeerClosed,
                     Err(_) => break EndReason::SlowConsumer,
                 }
             }
             out.clear();
+        }
+        if let Some(t) = call.take_wire_sent() {
+            worker.metrics().agent_wire.observe(t.elapsed());
+        }
+        if let Some(reason) = call.agent_end() {
+            break reason;
         }
         // Wait for bytes, the call's next deadline or a control message (hang-up, shutdown,
         // idle: the worker's housekeeping watches `last_rx`). The read and mailbox futures
@@ -491,7 +681,16 @@ async fn run_call(
                 None => std::future::pending().await,
             }
         });
-        let waiting = select(read.as_mut(), select(scheduled, ctl.as_mut()));
+        let provider_events = std::pin::pin!(async {
+            match &events {
+                Some(e) => e.ready().await,
+                None => std::future::pending().await,
+            }
+        });
+        let waiting = select(
+            read.as_mut(),
+            select(scheduled, select(ctl.as_mut(), provider_events)),
+        );
         match waiting.await {
             Either::Left((BufResult(Ok(n), buf), _)) if n > 0 => {
                 mailbox.last_rx.set(Instant::now());
@@ -503,13 +702,33 @@ async fn run_call(
             Either::Left(_) => break EndReason::PeerClosed,
             Either::Right((Either::Left(((), _)), _)) => {
                 let now = worker.now();
-                if std::panic::catch_unwind(AssertUnwindSafe(|| call.on_timeout(now, worker.metrics()))).is_err() {
+                if std::panic::catch_unwind(AssertUnwindSafe(|| {
+                    call.on_timeout(now, worker.metrics())
+                }))
+                .is_err()
+                {
                     break EndReason::Panicked;
                 }
             }
-            Either::Right((Either::Right((Control::Hangup, _)), _)) => break EndReason::Hangup,
-            Either::Right((Either::Right((Control::Shutdown, _)), _)) => break EndReason::Shutdown,
-            Either::Right((Either::Right((Control::Idle, _)), _)) => break EndReason::IdleTimeout,
+            Either::Right((Either::Right((Either::Left((Control::Hangup, _)), _)), _)) => {
+                break EndReason::Hangup;
+            }
+            Either::Right((Either::Right((Either::Left((Control::Shutdown, _)), _)), _)) => {
+                break EndReason::Shutdown;
+            }
+            Either::Right((Either::Right((Either::Left((Control::Idle, _)), _)), _)) => {
+                break EndReason::IdleTimeout;
+            }
+            Either::Right((Either::Right((Either::Right(((), _)), _)), _)) => {
+                let now = worker.now();
+                if std::panic::catch_unwind(AssertUnwindSafe(|| {
+                    call.on_events(now, worker.metrics())
+                }))
+                .is_err()
+                {
+                    break EndReason::Panicked;
+                }
+            }
         }
     };
     drop(read);
@@ -521,5 +740,5 @@ async fn run_call(
     }
     let mut w = stream;
     let _ = w.shutdown().await;
-    reason
+    (reason, call)
 }

@@ -7,10 +7,13 @@
 //! provider sockets and its timers all stay on one core.
 
 pub mod config;
+pub mod conversation;
 pub mod provider;
 pub mod providers;
+pub mod recording;
 #[cfg(feature = "testkit")]
 pub mod testkit;
+pub mod tools;
 
 pub use config::BotConfig;
 pub use provider::{AudioFormat, Event, Events, LlmEvent, SttEvent, TtsEvent};

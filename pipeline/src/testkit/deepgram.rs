@@ -99,8 +99,9 @@ impl Step {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeepgramConfig {
     /// The replies each connection gets, in order: a step waits for its trigger, and the
-    /// steps after it wait for it. A `Finalize` with no `Finalize` step next is answered with
-    /// an empty final result marked `from_finalize`.
+    /// steps after it wait for it. Each `Finalize` takes one `Finalize` step; a `Finalize`
+    /// with no `Finalize` step next is answered with an empty final result marked
+    /// `from_finalize`.
     pub script: Vec<Step>,
     /// When set, a handshake without `Authorization: Token <this>` is refused with 401.
     pub api_key: Option<String>,
@@ -323,7 +324,8 @@ async fn connection(stream: TcpStream, config: Arc<DeepgramConfig>, records: Rec
                 match kind.as_str() {
                     "Finalize" => {
                         let mut answered = false;
-                        while let Some(step) = script.next_if(|s| s.when == When::Finalize) {
+                        // One final result per Finalize, as Deepgram answers.
+                        if let Some(step) = script.next_if(|s| s.when == When::Finalize) {
                             answered = true;
                             if let Flow::End = reply(&mut socket, &mut session, &step.reply, true).await {
                                 break 'conn;

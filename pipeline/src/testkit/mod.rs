@@ -2,4 +2,6 @@
 
 pub mod deepgram;
 pub mod elevenlabs;
+pub mod openai;
+pub mod tools;
 pub mod ws;

@@ -1,0 +1,480 @@
+//! An AI bot inside a call: the conversation, its provider sessions, the audio conversions
+//! between the carrier and the providers, the recording, and the call's result.
+//!
+//! The [`Call`](crate::call::Call) owns its agent and carries out the playout actions (audio,
+//! marks, clears) itself; everything else the conversation asks for happens here: provider
+//! requests are tasks on this worker's runtime, started and cancelled without blocking.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use cxb_codecs::{Encoding, SampleRate, g711};
+use cxb_media::Timestamp;
+use cxb_media::resample::Polyphase;
+use cxb_pipeline::config::BotConfig;
+use cxb_pipeline::conversation::{Action, Conversation, Ending};
+use cxb_pipeline::provider::{
+    AudioFormat, Event, Events, Job, LlmProvider, SttCommand, SttSession, ToolCall, ToolOutput,
+    ToolSpec, TtsProvider,
+};
+use cxb_pipeline::recording::Recorder;
+use serde_json::{Value, json};
+
+use crate::protocol::Start;
+
+/// Where bots come from: local files, the API, or both (files first).
+#[derive(Debug, Clone, Default)]
+pub struct BotSource {
+    /// A folder of `{id}.json` bot files.
+    pub dir: Option<PathBuf>,
+    /// The control plane.
+    pub api: Option<ApiLink>,
+    /// How long a bot fetched from the API is reused.
+    pub cache_ttl: Duration,
+}
+
+/// How the engine reaches the control plane.
+#[derive(Debug, Clone)]
+pub struct ApiLink {
+    /// e.g. `http://127.0.0.1:8081`.
+    pub base_url: String,
+    /// A fleet token.
+    pub fleet_token: String,
+}
+
+/// Why a bot could not be had.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BotError {
+    /// No such bot.
+    NotFound,
+    /// The bot exists but cannot run (bad file, bad provider settings, API unreachable).
+    Unavailable(String),
+}
+
+thread_local! {
+    static CACHE: RefCell<HashMap<String, (Instant, Rc<BotConfig>)>> = RefCell::new(HashMap::new());
+}
+
+impl BotSource {
+    /// Whether any source is configured.
+    pub fn is_configured(&self) -> bool {
+        self.dir.is_some() || self.api.is_some()
+    }
+
+    /// The bot `id`: a local file if there is one, else the API's runtime config (cached on
+    /// this worker for `cache_ttl`).
+    pub async fn resolve(&self, id: &str) -> Result<Rc<BotConfig>, BotError> {
+        if !id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+            || id.len() > 100
+        {
+            return Err(BotError::NotFound);
+        }
+        if let Some(dir) = &self.dir {
+            let path = dir.join(format!("{id}.json"));
+            match std::fs::read(&path) {
+                Ok(bytes) => {
+                    let mut bot = BotConfig::from_json(&bytes)
+                        .map_err(|e| BotError::Unavailable(format!("{}: {e}", path.display())))?;
+                    if bot.id.is_empty() {
+                        bot.id = id.to_string();
+                    }
+                    return Ok(Rc::new(bot));
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(BotError::Unavailable(format!("{}: {e}", path.display()))),
+            }
+        }
+        let Some(api) = &self.api else {
+            return Err(BotError::NotFound);
+        };
+        let cached = CACHE.with(|c| {
+            c.borrow()
+                .get(id)
+                .filter(|(at, _)| at.elapsed() < self.cache_ttl)
+                .map(|(_, b)| b.clone())
+        });
+        if let Some(bot) = cached {
+            return Ok(bot);
+        }
+        let bot = Rc::new(fetch(api, id).await?);
+        CACHE.with(|c| {
+            c.borrow_mut()
+                .insert(id.to_string(), (Instant::now(), bot.clone()))
+        });
+        Ok(bot)
+    }
+}
+
+async fn fetch(api: &ApiLink, id: &str) -> Result<BotConfig, BotError> {
+    let unavailable = |e: String| BotError::Unavailable(format!("fetching bot {id}: {e}"));
+    let client = cxb_pipeline::providers::http().map_err(unavailable)?;
+    let url = format!(
+        "{}/v1/runtime/bots/{id}",
+        api.base_url.trim_end_matches('/')
+    );
+    let request = client
+        .get(url.as_str())
+        .and_then(|r| r.bearer_auth(&api.fleet_token))
+        .map_err(|e| unavailable(e.to_string()))?;
+    let response = compio::time::timeout(Duration::from_secs(5), request.send())
+        .await
+        .map_err(|_| unavailable("timed out".into()))?
+        .map_err(|e| unavailable(e.to_string()))?;
+    match response.status().as_u16() {
+        200 => {}
+        404 => return Err(BotError::NotFound),
+        status => return Err(unavailable(format!("HTTP {status}"))),
+    }
+    let body = response
+        .bytes()
+        .await
+        .map_err(|e| unavailable(e.to_string()))?;
+    BotConfig::from_json(&body).map_err(|e| unavailable(e.to_string()))
+}
+
+/// How the agent wants the call to end.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AgentEnd {
+    /// The bot hung up.
+    Hangup(String),
+    /// The call is to be handed to this destination.
+    Transfer(String),
+}
+
+/// The AI side of one call.
+pub struct Agent {
+    bot: Rc<BotConfig>,
+    conv: Conversation,
+    events: Events,
+    stt: SttSession,
+    stt_format: AudioFormat,
+    llm: Rc<dyn LlmProvider>,
+    llm_job: Option<Job>,
+    tts: Rc<dyn TtsProvider>,
+    tts_format: AudioFormat,
+    tts_jobs: Vec<Job>,
+    tool_jobs: Vec<Job>,
+    to_8k: Option<Polyphase>,
+    pcm: Vec<i16>,
+    narrow: Vec<i16>,
+    stt_bytes: Vec<u8>,
+    recorder: Option<Recorder>,
+    end: Option<AgentEnd>,
+    created: Instant,
+    created_unix_ms: u64,
+    first_audio: Option<Instant>,
+    stt_audio_ms: u64,
+    /// When the provider event behind audio queued into an empty playout arrived: the next
+    /// frame on the wire measures the engine's own latency.
+    pub(crate) wire_pending: Option<Instant>,
+    tool_log: Vec<Value>,
+}
+
+impl std::fmt::Debug for Agent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Agent")
+            .field("bot", &self.bot.id)
+            .field("end", &self.end)
+            .finish()
+    }
+}
+
+impl Agent {
+    /// Sets up the providers for `bot` and opens the speech-to-text stream and the
+    /// greeting's synthesis at once, while the carrier is still setting the call up.
+    pub fn new(bot: Rc<BotConfig>, now: Timestamp, unix_ms: u64) -> Result<Agent, String> {
+        let stt = cxb_pipeline::providers::stt(&bot).map_err(|e| e.to_string())?;
+        let llm = cxb_pipeline::providers::llm(&bot).map_err(|e| e.to_string())?;
+        let tts = cxb_pipeline::providers::tts(&bot).map_err(|e| e.to_string())?;
+        let events = Events::new();
+        let tts_format = tts.output_format();
+        let to_8k = match tts_format {
+            AudioFormat::Pcm16(8_000) | AudioFormat::Mulaw8k => None,
+            AudioFormat::Pcm16(hz) => {
+                let rate =
+                    SampleRate::from_hz(hz).map_err(|e| format!("text-to-speech rate: {e}"))?;
+                Some(Polyphase::new(rate, SampleRate::Hz8000))
+            }
+        };
+        let conv = Conversation::new(&bot, tts_format, tool_specs(&bot), now);
+        let recorder = bot.recording.then(|| {
+            Recorder::new(
+                8_000,
+                Duration::from_secs(u64::from(bot.max_call_seconds) + 5),
+            )
+        });
+        let mut agent = Agent {
+            stt_format: stt.input_format(),
+            stt: stt.open(events.clone()),
+            conv,
+            events,
+            llm,
+            llm_job: None,
+            tts,
+            tts_format,
+            tts_jobs: Vec::new(),
+            tool_jobs: Vec::new(),
+            to_8k,
+            pcm: Vec::new(),
+            narrow: Vec::new(),
+            stt_bytes: Vec::new(),
+            recorder,
+            end: None,
+            created: Instant::now(),
+            created_unix_ms: unix_ms,
+            first_audio: None,
+            stt_audio_ms: 0,
+            wire_pending: None,
+            tool_log: Vec::new(),
+            bot,
+        };
+        agent.conv.start(now);
+        Ok(agent)
+    }
+
+    /// The queue providers report to; the call's task waits on it.
+    pub fn events(&self) -> &Events {
+        &self.events
+    }
+
+    /// When the conversation next needs the clock.
+    pub fn deadline(&self) -> Option<Timestamp> {
+        self.conv.deadline()
+    }
+
+    /// The conversation.
+    pub fn conversation(&mut self) -> &mut Conversation {
+        &mut self.conv
+    }
+
+    /// How the agent wants the call to end, once it does.
+    pub fn end(&self) -> Option<&AgentEnd> {
+        self.end.as_ref()
+    }
+
+    /// One 20 ms frame of the caller: `raw` as the carrier sent it (`encoding`, 8 kHz) and
+    /// `wide` as the media path made it (16 kHz). Goes to speech-to-text in the provider's
+    /// format, converted only when it differs, and to the recording.
+    pub fn caller_frame(&mut self, raw: &[u8], encoding: Encoding, wide: &[i16]) {
+        self.pcm.clear();
+        let _ = encoding.decode_into(raw, &mut self.pcm);
+        if let Some(r) = self.recorder.as_mut() {
+            r.caller(&self.pcm);
+        }
+        self.stt_bytes.clear();
+        match (self.stt_format, encoding) {
+            (AudioFormat::Mulaw8k, Encoding::Mulaw) => self.stt_bytes.extend_from_slice(raw),
+            (AudioFormat::Mulaw8k, _) => g711::encode_mulaw_into(&self.pcm, &mut self.stt_bytes),
+            (AudioFormat::Pcm16(16_000), _) => wide
+                .iter()
+                .for_each(|s| self.stt_bytes.extend_from_slice(&s.to_le_bytes())),
+            (AudioFormat::Pcm16(_), _) => self
+                .pcm
+                .iter()
+                .for_each(|s| self.stt_bytes.extend_from_slice(&s.to_le_bytes())),
+        }
+        self.stt_audio_ms += 20;
+        self.stt
+            .send(SttCommand::Audio(std::mem::take(&mut self.stt_bytes)));
+    }
+
+    /// Bot audio released to the carrier `offset` after the stream began (for the recording).
+    pub fn bot_frames(&mut self, offset: Duration, raw: &[u8], encoding: Encoding) {
+        if self.first_audio.is_none() {
+            self.first_audio = Some(Instant::now());
+        }
+        if let Some(r) = self.recorder.as_mut() {
+            self.pcm.clear();
+            let _ = encoding.decode_into(raw, &mut self.pcm);
+            r.bot(offset, &self.pcm);
+        }
+    }
+
+    /// Converts synthesised audio to the carrier's encoding at 8 kHz, appending to `out`.
+    pub fn to_carrier(&mut self, audio: &[u8], encoding: Encoding, out: &mut Vec<u8>) {
+        if self.tts_format == AudioFormat::Mulaw8k && encoding == Encoding::Mulaw {
+            out.extend_from_slice(audio);
+            return;
+        }
+        self.pcm.clear();
+        match self.tts_format {
+            AudioFormat::Mulaw8k => g711::decode_mulaw_into(audio, &mut self.pcm),
+            AudioFormat::Pcm16(_) => {
+                self.pcm.extend(
+                    audio
+                        .chunks_exact(2)
+                        .map(|b| i16::from_le_bytes([b[0], b[1]])),
+                );
+            }
+        }
+        let samples = match self.to_8k.as_mut() {
+            Some(r) => {
+                self.narrow.clear();
+                r.process(&self.pcm, &mut self.narrow);
+                &self.narrow
+            }
+            None => &self.pcm,
+        };
+        encoding.encode_into(samples, out);
+    }
+
+    /// Carries out a provider action of the conversation (playout actions are the call's).
+    pub fn execute(&mut self, action: Action) {
+        match action {
+            Action::SttFinalize => self.stt.send(SttCommand::Finalize),
+            Action::Llm { turn, request } => {
+                self.llm_job = Some(self.llm.complete(turn, request, self.events.clone()))
+            }
+            Action::CancelLlm => self.llm_job = None,
+            Action::Synthesize { sentence, text } => {
+                self.tts_jobs.retain(|j| !j.is_finished());
+                self.tts_jobs
+                    .push(self.tts.synthesize(sentence, text, self.events.clone()));
+            }
+            Action::CancelTts => self.tts_jobs.clear(),
+            Action::RunTool(call) => self.run_tool(call),
+            Action::Transfer { destination } => self.end = Some(AgentEnd::Transfer(destination)),
+            Action::Hangup { reason } => self.end = Some(AgentEnd::Hangup(reason)),
+            Action::Play(_) | Action::Mark(_) | Action::ClearPlayout => {}
+        }
+    }
+
+    fn run_tool(&mut self, call: ToolCall) {
+        self.tool_log
+            .push(json!({ "name": call.name, "ok": false, "error": "no executor for this tool" }));
+        self.events.push(Event::Tool {
+            call_id: call.id,
+            output: ToolOutput {
+                content: format!("The tool `{}` is not available.", call.name),
+                failed: true,
+            },
+        });
+    }
+
+    /// The call is over: close the providers and write the call's result and recording.
+    pub fn finish(
+        &mut self,
+        now: Timestamp,
+        unix_ms: u64,
+        start: Option<&Start>,
+        call_id: &str,
+        end_reason: &str,
+    ) -> (Value, Option<Vec<u8>>) {
+        self.conv.finish(now);
+        self.stt.send(SttCommand::Close);
+        self.llm_job = None;
+        self.tts_jobs.clear();
+        self.tool_jobs.clear();
+        let param = |name: &str| {
+            start.and_then(|s| {
+                s.custom_parameters
+                    .iter()
+                    .find(|(k, _)| k == name)
+                    .map(|(_, v)| v.clone())
+            })
+        };
+        let outcome = match self.conv.ending() {
+            Ending::Voicemail => "voicemail",
+            _ => "completed",
+        };
+        let usage = self.conv.usage();
+        let transcript: Vec<Value> = self
+            .conv
+            .transcript()
+            .iter()
+            .map(|l| json!({ "role": l.role, "text": l.text, "at_ms": l.at_ms, "interrupted": l.interrupted }))
+            .collect();
+        let mut result = json!({
+            "call_id": start.and_then(|s| s.call_sid.clone()).unwrap_or_else(|| call_id.to_string()),
+            "direction": param("direction").filter(|d| d == "outbound").unwrap_or_else(|| "inbound".into()),
+            "from": start.and_then(|s| s.from.clone()).or_else(|| param("from")).unwrap_or_default(),
+            "to": start.and_then(|s| s.to.clone()).or_else(|| param("to")).unwrap_or_default(),
+            "started_at": rfc3339(self.created_unix_ms),
+            "answered_at": rfc3339(self.created_unix_ms),
+            "ended_at": rfc3339(unix_ms),
+            "outcome": outcome,
+            "end_reason": end_reason,
+            "transcript": transcript,
+            "costs": [
+                { "item": "stt_audio", "quantity": self.stt_audio_ms as f64 / 1000.0, "unit": "second" },
+                { "item": "llm_prompt_tokens", "quantity": usage.prompt_tokens as f64, "unit": "token" },
+                { "item": "llm_completion_tokens", "quantity": usage.completion_tokens as f64, "unit": "token" },
+                { "item": "tts_characters", "quantity": usage.tts_characters as f64, "unit": "character" },
+            ],
+            "metrics": {
+                "turn_latency_ms": self.conv.latencies(),
+                "answer_to_first_audio_ms": self.first_audio.map(|t| t.duration_since(self.created).as_millis() as u64),
+                "barge_ins": self.conv.barge_ins(),
+                "llm_requests": usage.llm_requests,
+                "tools": self.tool_log,
+                "providers": { "stt": self.bot.stt.provider, "llm": self.bot.llm.provider, "tts": self.bot.tts.provider },
+            },
+        });
+        for (field, value) in [
+            ("bot_id", Some(self.bot.id.clone())),
+            ("org_id", self.bot.org_id.clone()),
+            ("campaign_id", param("campaign_id")),
+            ("contact_id", param("contact_id")),
+        ] {
+            if let Some(v) = value.filter(|v| !v.is_empty()) {
+                result[field] = Value::String(v);
+            }
+        }
+        (result, self.recorder.as_ref().map(Recorder::wav))
+    }
+}
+
+/// The tools a bot offers the language model.
+fn tool_specs(bot: &BotConfig) -> Vec<ToolSpec> {
+    bot.tools
+        .iter()
+        .map(|t| ToolSpec {
+            name: t.name().to_string(),
+            description: t.description.clone(),
+            parameters: t
+                .parameters
+                .clone()
+                .unwrap_or_else(|| json!({ "type": "object", "properties": {} })),
+        })
+        .collect()
+}
+
+/// Unix milliseconds as RFC 3339 UTC, e.g. `2026-11-21T09:30:00.125Z`.
+pub fn rfc3339(unix_ms: u64) -> String {
+    let days = (unix_ms / 86_400_000) as i64;
+    let ms_of_day = unix_ms % 86_400_000;
+    // Howard Hinnant's civil-from-days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    let (h, m, s, ms) = (
+        ms_of_day / 3_600_000,
+        ms_of_day / 60_000 % 60,
+        ms_of_day / 1000 % 60,
+        ms_of_day % 1000,
+    );
+    format!("{year:04}-{month:02}-{day:02}T{h:02}:{m:02}:{s:02}.{ms:03}Z")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc3339_matches_known_dates() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(rfc3339(951_782_400_000), "2000-02-29T00:00:00.000Z");
+        assert_eq!(rfc3339(1_795_253_400_125), "2026-11-21T09:30:00.125Z");
+    }
+}

@@ -1,0 +1,1056 @@
+//! One phone conversation, sans-IO: the caller's turns (from the media path's voice and
+//! turn detection), provider events and the clock go in; [`Action`]s come out for the call
+//! to carry out (provider requests, audio to play, marks, clears, tools, hang-up). Tests drive
+//! it with a virtual clock.
+//!
+//! A reply is a queue of sentences. Tokens from the language model are cut into sentences as
+//! they stream; each sentence is synthesised as soon as it is complete, and its audio is
+//! played strictly in order (audio of a later sentence that arrives early waits). Every
+//! sentence is framed by two playout marks, so the conversation learns when its audio began
+//! and finished playing: that is how a barge-in knows what the caller actually heard.
+
+use std::collections::{HashMap, VecDeque};
+use std::time::Duration;
+
+use cxb_media::Timestamp;
+use cxb_media::turn::TurnEvent;
+use serde::Serialize;
+
+use crate::config::{BotConfig, ToolKind};
+use crate::provider::{AudioFormat, ChatRequest, Event, LlmEvent, Message, Role, SttEvent, ToolCall, ToolSpec, TtsEvent};
+
+/// How long to wait for the final transcript after the caller's turn ended before taking
+/// what there is.
+const FINAL_WAIT: Duration = Duration::from_millis(1500);
+
+/// What the call must do next.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    /// Ask speech-to-text for the final transcript of the audio so far.
+    SttFinalize,
+    /// Start a language model request (replacing any running one).
+    Llm {
+        /// The request's id; its events carry it.
+        turn: u64,
+        /// The context and tools.
+        request: ChatRequest,
+    },
+    /// Cancel the running language model request.
+    CancelLlm,
+    /// Start synthesising a sentence.
+    Synthesize {
+        /// The sentence's id; its events carry it.
+        sentence: u64,
+        /// The words.
+        text: String,
+    },
+    /// Cancel every running synthesis.
+    CancelTts,
+    /// Queue this audio (in the TTS provider's format) for playing.
+    Play(Vec<u8>),
+    /// Queue a mark after the audio queued so far; report it with
+    /// [`Conversation::on_mark`] when playout reaches it.
+    Mark(u64),
+    /// Drop the audio queued for playing and tell the carrier to drop what it buffered.
+    ClearPlayout,
+    /// Run a tool with I/O; its result comes back as [`Event::Tool`].
+    RunTool(ToolCall),
+    /// Hand the call over to `destination`, then end it.
+    Transfer {
+        /// A number or SIP URI.
+        destination: String,
+    },
+    /// End the call.
+    Hangup {
+        /// Why, for the call's result.
+        reason: String,
+    },
+}
+
+/// One line of the transcript.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Line {
+    /// `caller` or `bot`.
+    pub role: &'static str,
+    /// What was said (for the bot: what the caller heard).
+    pub text: String,
+    /// Milliseconds from the start of the call.
+    pub at_ms: u64,
+    /// The bot was cut off by the caller.
+    pub interrupted: bool,
+}
+
+/// The latency of one answered turn, in milliseconds from the end of the caller's speech.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct TurnLatency {
+    /// End of speech to the final transcript.
+    pub final_transcript_ms: u64,
+    /// End of speech to the first token of the reply.
+    pub first_token_ms: u64,
+    /// End of speech to the first synthesised audio.
+    pub first_audio_ms: u64,
+    /// End of speech to the first frame of the reply on the wire.
+    pub first_frame_ms: u64,
+}
+
+/// What the providers were used for.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Usage {
+    /// Language model tokens read.
+    pub prompt_tokens: u64,
+    /// Language model tokens written.
+    pub completion_tokens: u64,
+    /// Characters sent to text-to-speech.
+    pub tts_characters: u64,
+    /// Language model requests.
+    pub llm_requests: u64,
+}
+
+/// How the conversation ended, as far as it knows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ending {
+    /// Still going.
+    Ongoing,
+    /// The bot hung up.
+    Hangup,
+    /// The call was handed over.
+    Transferred,
+    /// A machine answered and the message was left.
+    Voicemail,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum After {
+    Listen,
+    Hangup(String),
+    Transfer(String),
+}
+
+#[derive(Debug)]
+struct Sentence {
+    id: u64,
+    text: String,
+    /// Audio that arrived before this sentence's turn to play.
+    waiting: Vec<Vec<u8>>,
+    synthesised: bool,
+    /// Bytes queued for playing.
+    queued: usize,
+    started: Option<Timestamp>,
+}
+
+#[derive(Debug)]
+struct Reply {
+    /// The language model request feeding it, while one runs.
+    llm: Option<u64>,
+    /// Tokens not yet making a sentence.
+    pending: String,
+    /// Sentences not yet fully played, in order.
+    sentences: VecDeque<Sentence>,
+    /// How many leading sentences have all their audio queued for playing; audio of the
+    /// sentence at this index plays as it arrives, later ones wait.
+    feeding: usize,
+    /// Words already put into the model's context (before a tool call).
+    context_words: usize,
+    /// Text of the sentences fully played.
+    heard: String,
+    /// Text sent to synthesis.
+    said: String,
+    tool_calls: Vec<ToolCall>,
+    tools_running: usize,
+    tool_results: Vec<Message>,
+    after: After,
+    started_at: Timestamp,
+    /// For replies to the caller: when their speech ended, and the latency so far.
+    latency: Option<(Timestamp, TurnLatency)>,
+    /// Whether the reply goes into the language model's context.
+    in_context: bool,
+}
+
+impl Reply {
+    fn new(now: Timestamp, after: After) -> Reply {
+        Reply {
+            llm: None,
+            pending: String::new(),
+            sentences: VecDeque::new(),
+            feeding: 0,
+            context_words: 0,
+            heard: String::new(),
+            said: String::new(),
+            tool_calls: Vec::new(),
+            tools_running: 0,
+            tool_results: Vec::new(),
+            after,
+            started_at: now,
+            latency: None,
+            in_context: true,
+        }
+    }
+
+    fn is_done(&self) -> bool {
+        self.llm.is_none() && self.tools_running == 0 && self.pending.trim().is_empty() && self.sentences.is_empty()
+    }
+}
+
+/// The conversation of one call.
+#[derive(Debug)]
+pub struct Conversation {
+    bot_greeting: String,
+    idle: crate::config::Idle,
+    voicemail_message: String,
+    tools: HashMap<String, (ToolKind, Option<String>)>,
+    tool_specs: Vec<ToolSpec>,
+    format: AudioFormat,
+    messages: Vec<Message>,
+    transcript: Vec<Line>,
+    actions: VecDeque<Action>,
+    start: Timestamp,
+    max_end: Timestamp,
+    next_id: u64,
+    caller_text: String,
+    caller_started: Option<Timestamp>,
+    caller_speaking: bool,
+    /// The caller's turn ended at (speech end, decided) and the final transcript is awaited.
+    awaiting_final: Option<(Timestamp, Timestamp)>,
+    /// When the caller's last speech ended.
+    speech_ended: Option<Timestamp>,
+    reply: Option<Reply>,
+    idle_at: Option<Timestamp>,
+    reprompts: u32,
+    ending: Ending,
+    hung_up: bool,
+    latencies: Vec<TurnLatency>,
+    usage: Usage,
+    barge_ins: u32,
+}
+
+impl Conversation {
+    /// A conversation for `bot`, whose TTS produces `format`, with these tool specs (the
+    /// tools executor's), starting at `now`.
+    pub fn new(bot: &BotConfig, format: AudioFormat, tool_specs: Vec<ToolSpec>, now: Timestamp) -> Conversation {
+        let tools = bot.tools.iter().map(|t| (t.name().to_string(), (t.kind, t.transfer_to.clone()))).collect();
+        let mut messages = Vec::new();
+        if !bot.system_prompt.is_empty() {
+            messages.push(Message::text(Role::System, bot.system_prompt.clone()));
+        }
+        Conversation {
+            bot_greeting: bot.greeting.clone(),
+            idle: bot.idle.clone(),
+            voicemail_message: bot.answering_machine.voicemail_message.clone(),
+            tools,
+            tool_specs,
+            format,
+            messages,
+            transcript: Vec::new(),
+            actions: VecDeque::new(),
+            start: now,
+            max_end: now + Duration::from_secs(u64::from(bot.max_call_seconds.max(1))),
+            next_id: 1,
+            caller_text: String::new(),
+            caller_started: None,
+            caller_speaking: false,
+            awaiting_final: None,
+            speech_ended: None,
+            reply: None,
+            idle_at: None,
+            reprompts: 0,
+            ending: Ending::Ongoing,
+            hung_up: false,
+            latencies: Vec::new(),
+            usage: Usage::default(),
+            barge_ins: 0,
+        }
+    }
+
+    /// The call is answered: the greeting is queued (or, with none, the bot listens and the
+    /// idle timer runs).
+    pub fn start(&mut self, now: Timestamp) {
+        if self.bot_greeting.trim().is_empty() {
+            self.idle_at = Some(now + self.reprompt_after());
+        } else {
+            let greeting = self.bot_greeting.clone();
+            self.say(now, &greeting, After::Listen);
+        }
+    }
+
+    /// The next action to carry out.
+    pub fn poll_action(&mut self) -> Option<Action> {
+        self.actions.pop_front()
+    }
+
+    /// The transcript so far.
+    pub fn transcript(&self) -> &[Line] {
+        &self.transcript
+    }
+
+    /// Per-turn latencies of the answered turns.
+    pub fn latencies(&self) -> &[TurnLatency] {
+        &self.latencies
+    }
+
+    /// Provider usage so far.
+    pub fn usage(&self) -> Usage {
+        self.usage
+    }
+
+    /// How the conversation ended, if it did.
+    pub fn ending(&self) -> Ending {
+        self.ending
+    }
+
+    /// Times the caller cut the bot off.
+    pub fn barge_ins(&self) -> u32 {
+        self.barge_ins
+    }
+
+    /// Whether the bot is speaking or about to (a reply is in progress).
+    pub fn bot_active(&self) -> bool {
+        self.reply.is_some()
+    }
+
+    /// When [`Conversation::on_timeout`] should next run.
+    pub fn deadline(&self) -> Option<Timestamp> {
+        let waiting = self.awaiting_final.map(|(_, decided)| decided + FINAL_WAIT);
+        let idle = self.idle_at.filter(|_| self.reply.is_none() && !self.caller_speaking);
+        [Some(self.max_end), waiting, idle].into_iter().flatten().filter(|_| !self.hung_up).min()
+    }
+
+    /// The caller's turn detection.
+    pub fn on_turn(&mut self, now: Timestamp, event: TurnEvent) {
+        if self.hung_up {
+            return;
+        }
+        match event {
+            TurnEvent::Started { at } => {
+                self.caller_speaking = true;
+                self.caller_started.get_or_insert(at);
+                self.idle_at = None;
+                if self.reply.is_some() {
+                    self.barge_in(now);
+                }
+            }
+            TurnEvent::Ended { speech_ended, decided_at, .. } => {
+                self.caller_speaking = false;
+                self.speech_ended = Some(speech_ended);
+                self.awaiting_final = Some((speech_ended, decided_at));
+                self.actions.push_back(Action::SttFinalize);
+                self.try_commit(now, false);
+            }
+        }
+    }
+
+    /// A provider's event.
+    pub fn on_event(&mut self, now: Timestamp, event: Event) {
+        if self.hung_up {
+            return;
+        }
+        match event {
+            Event::Stt(SttEvent::Final { text, end_of_turn }) => {
+                let text = text.trim();
+                if !text.is_empty() {
+                    if !self.caller_text.is_empty() {
+                        self.caller_text.push(' ');
+                    }
+                    self.caller_text.push_str(text);
+                }
+                self.try_commit(now, end_of_turn);
+            }
+            Event::Stt(SttEvent::UtteranceEnd) => self.try_commit(now, true),
+            Event::Stt(SttEvent::Interim { .. }) | Event::Stt(SttEvent::Error(_)) => {}
+            Event::Llm { turn, event } => self.on_llm(now, turn, event),
+            Event::Tts { sentence, event } => self.on_tts(now, sentence, event),
+            Event::Tool { call_id, output } => {
+                let Some(reply) = self.reply.as_mut() else { return };
+                if !reply.tool_calls.iter().any(|c| c.id == call_id) {
+                    return;
+                }
+                reply.tools_running = reply.tools_running.saturating_sub(1);
+                let mut message = Message::text(Role::Tool, output.content);
+                message.tool_call_id = Some(call_id);
+                reply.tool_results.push(message);
+                self.continue_after_tools(now);
+            }
+        }
+    }
+
+    /// Playout reached mark `id`.
+    pub fn on_mark(&mut self, now: Timestamp, id: u64) {
+        let Some(reply) = self.reply.as_mut() else { return };
+        let (sentence, end) = (id / 2, id % 2 == 1);
+        if !end {
+            if let Some(s) = reply.sentences.iter_mut().find(|s| s.id == sentence) {
+                s.started = Some(now);
+                if let Some((ended, latency)) = reply.latency.as_mut().filter(|(_, l)| l.first_frame_ms == 0) {
+                    latency.first_frame_ms = ms_between(*ended, now).max(1);
+                }
+            }
+            return;
+        }
+        if reply.sentences.front().is_none_or(|s| s.id != sentence) {
+            return;
+        }
+        let done = reply.sentences.pop_front().map(|s| s.text).unwrap_or_default();
+        reply.feeding = reply.feeding.saturating_sub(1);
+        push_words(&mut reply.heard, &done);
+        self.advance(now);
+    }
+
+    /// Runs what is due at `now`: the final-transcript wait, idle re-prompts, the call's
+    /// time limit.
+    pub fn on_timeout(&mut self, now: Timestamp) {
+        if self.hung_up {
+            return;
+        }
+        if now >= self.max_end {
+            self.hang_up("max_duration");
+            return;
+        }
+        if self.awaiting_final.is_some_and(|(_, decided)| now >= decided + FINAL_WAIT) {
+            self.try_commit(now, true);
+            self.awaiting_final = None;
+        }
+        if self.reply.is_none() && !self.caller_speaking && self.idle_at.is_some_and(|at| now >= at) {
+            self.idle_at = None;
+            if self.reprompts < self.idle.max_reprompts {
+                self.reprompts += 1;
+                let text = self.idle.reprompt.clone();
+                self.say(now, &text, After::Listen);
+            } else {
+                let text = self.idle.goodbye.clone();
+                self.say(now, &text, After::Hangup("idle".into()));
+            }
+        }
+    }
+
+    /// Ends the conversation from outside (the call ended): a reply in progress is recorded
+    /// as far as the caller heard it.
+    pub fn finish(&mut self, now: Timestamp) {
+        if let Some(reply) = self.reply.take() {
+            self.record_reply(now, reply, true);
+        }
+        self.hung_up = true;
+    }
+
+    fn reprompt_after(&self) -> Duration {
+        Duration::from_secs(u64::from(self.idle.reprompt_after_seconds.max(1)))
+    }
+
+    fn id(&mut self) -> u64 {
+        self.next_id += 1;
+        self.next_id
+    }
+
+    /// Takes the caller's words as a turn when the turn is over and there are words.
+    fn try_commit(&mut self, now: Timestamp, end_of_turn: bool) {
+        let turn_over = end_of_turn || self.awaiting_final.is_some();
+        if !turn_over || self.caller_text.is_empty() || self.caller_speaking && !end_of_turn {
+            return;
+        }
+        self.awaiting_final = None;
+        let text = std::mem::take(&mut self.caller_text);
+        let at = self.caller_started.take().unwrap_or(now);
+        self.transcript.push(Line { role: "caller", text: text.clone(), at_ms: ms_between(self.start, at), interrupted: false });
+        self.messages.push(Message::text(Role::User, text));
+        self.reprompts = 0;
+        self.idle_at = None;
+        if let Some(old) = self.reply.take() {
+            // The caller said more before the bot's answer began: answer everything at once.
+            self.cancel(&old);
+            self.record_reply(now, old, true);
+        }
+        let ended = self.speech_ended.unwrap_or(now);
+        let latency = TurnLatency { final_transcript_ms: ms_between(ended, now), ..TurnLatency::default() };
+        let mut reply = Reply::new(now, After::Listen);
+        reply.latency = Some((ended, latency));
+        self.reply = Some(reply);
+        self.request_llm();
+    }
+
+    fn request_llm(&mut self) {
+        let turn = self.id();
+        let Some(reply) = self.reply.as_mut() else { return };
+        reply.llm = Some(turn);
+        self.usage.llm_requests += 1;
+        let request = ChatRequest { messages: self.messages.clone(), tools: self.tool_specs.clone() };
+        self.actions.push_back(Action::Llm { turn, request });
+    }
+
+    fn on_llm(&mut self, now: Timestamp, turn: u64, event: LlmEvent) {
+        let Some(reply) = self.reply.as_mut().filter(|r| r.llm == Some(turn)) else { return };
+        match event {
+            LlmEvent::Token(token) => {
+                if let Some((ended, latency)) = reply.latency.as_mut().filter(|(_, l)| l.first_token_ms == 0) {
+                    latency.first_token_ms = ms_between(*ended, now).max(1);
+                }
+                reply.pending.push_str(&token);
+                self.cut_sentences(false);
+            }
+            LlmEvent::ToolCall(call) => self.on_tool_call(now, call),
+            LlmEvent::Done { usage } => {
+                self.usage.prompt_tokens += usage.prompt_tokens;
+                self.usage.completion_tokens += usage.completion_tokens;
+                reply.llm = None;
+                self.cut_sentences(true);
+                self.continue_after_tools(now);
+            }
+            LlmEvent::Error(_) => {
+                reply.llm = None;
+                reply.tool_calls.clear();
+                reply.tools_running = 0;
+                self.cut_sentences(true);
+                if self.reply.as_ref().is_some_and(|r| r.said.is_empty() && r.sentences.is_empty()) {
+                    self.reply = None;
+                    self.say(now, "Sorry, I'm having trouble right now. Could you say that again?", After::Listen);
+                    if let Some(r) = self.reply.as_mut() {
+                        r.in_context = false;
+                    }
+                } else {
+                    self.advance(now);
+                }
+            }
+        }
+    }
+
+    fn on_tool_call(&mut self, now: Timestamp, call: ToolCall) {
+        let kind = self.tools.get(&call.name).cloned();
+        let Some(reply) = self.reply.as_mut() else { return };
+        reply.tool_calls.push(call.clone());
+        let args: serde_json::Value = serde_json::from_str(&call.arguments).unwrap_or(serde_json::Value::Null);
+        let answer = |reply: &mut Reply, content: &str| {
+            let mut message = Message::text(Role::Tool, content);
+            message.tool_call_id = Some(call.id.clone());
+            reply.tool_results.push(message);
+        };
+        match kind {
+            Some((ToolKind::EndCall, _)) => {
+                let reason = args.get("reason").and_then(|r| r.as_str()).unwrap_or("end_call");
+                reply.after = After::Hangup(format!("end_call: {reason}"));
+                answer(reply, "The call will end after your reply.");
+            }
+            Some((ToolKind::TransferCall, default)) => {
+                let destination = args.get("destination").and_then(|d| d.as_str()).map(str::to_string).or(default);
+                match destination {
+                    Some(d) if !d.trim().is_empty() => {
+                        reply.after = After::Transfer(d);
+                        answer(reply, "The call will be transferred after your reply.");
+                    }
+                    _ => answer(reply, "No destination to transfer to."),
+                }
+            }
+            Some((ToolKind::DetectedVoicemail, _)) => {
+                let old = self.reply.take();
+                if let Some(old) = old {
+                    self.cancel(&old);
+                    self.actions.push_back(Action::ClearPlayout);
+                    self.record_reply(now, old, true);
+                }
+                self.ending = Ending::Voicemail;
+                let message = self.voicemail_message.clone();
+                if message.trim().is_empty() {
+                    self.hang_up("voicemail");
+                } else {
+                    self.say(now, &message, After::Hangup("voicemail".into()));
+                }
+            }
+            Some((ToolKind::SearchKnowledge | ToolKind::Http, _)) => {
+                reply.tools_running += 1;
+                self.actions.push_back(Action::RunTool(call));
+            }
+            None => answer(reply, &format!("There is no tool named `{}`.", call.name)),
+        }
+    }
+
+    /// When the language model is done and every tool has answered: ask it again with the
+    /// results, or finish the reply.
+    fn continue_after_tools(&mut self, now: Timestamp) {
+        let Some(reply) = self.reply.as_mut() else { return };
+        if reply.llm.is_some() || reply.tools_running > 0 {
+            return;
+        }
+        if reply.tool_calls.is_empty() {
+            self.advance(now);
+            return;
+        }
+        let words: Vec<&str> = reply.said.split_whitespace().skip(reply.context_words).collect();
+        let mut assistant = Message::text(Role::Assistant, words.join(" "));
+        assistant.tool_calls = std::mem::take(&mut reply.tool_calls);
+        let results = std::mem::take(&mut reply.tool_results);
+        let needs_answer = assistant.tool_calls.iter().any(|c| {
+            matches!(self.tools.get(&c.name), Some((ToolKind::SearchKnowledge | ToolKind::Http, _)))
+        });
+        reply.context_words = reply.said.split_whitespace().count();
+        self.messages.push(assistant);
+        self.messages.extend(results);
+        if needs_answer {
+            self.request_llm();
+        } else {
+            self.advance(now);
+        }
+    }
+
+    /// Moves complete sentences from the token buffer to synthesis; `all` takes the rest too.
+    fn cut_sentences(&mut self, all: bool) {
+        let Some(reply) = self.reply.as_mut() else { return };
+        let mut cuts = Vec::new();
+        loop {
+            let end = sentence_end(&reply.pending).or_else(|| (all && !reply.pending.trim().is_empty()).then_some(reply.pending.len()));
+            let Some(end) = end else { break };
+            let rest = reply.pending.split_off(end);
+            let text = std::mem::replace(&mut reply.pending, rest).trim().to_string();
+            if !text.is_empty() {
+                cuts.push(text);
+            }
+        }
+        if all {
+            reply.pending.clear();
+        }
+        for text in cuts {
+            self.queue_sentence(text);
+        }
+    }
+
+    fn queue_sentence(&mut self, text: String) {
+        let id = self.id();
+        let Some(reply) = self.reply.as_mut() else { return };
+        push_words(&mut reply.said, &text);
+        self.usage.tts_characters += text.chars().count() as u64;
+        reply.sentences.push_back(Sentence { id, text: text.clone(), waiting: Vec::new(), synthesised: false, queued: 0, started: None });
+        self.actions.push_back(Action::Synthesize { sentence: id, text });
+    }
+
+    fn on_tts(&mut self, now: Timestamp, sentence: u64, event: TtsEvent) {
+        let Some(reply) = self.reply.as_mut() else { return };
+        let Some(pos) = reply.sentences.iter().position(|s| s.id == sentence) else { return };
+        match event {
+            TtsEvent::Audio(audio) => {
+                if let Some((ended, latency)) = reply.latency.as_mut().filter(|(_, l)| l.first_audio_ms == 0) {
+                    latency.first_audio_ms = ms_between(*ended, now).max(1);
+                }
+                let feeding = reply.feeding;
+                let s = &mut reply.sentences[pos];
+                if pos == feeding {
+                    play(&mut self.actions, s, audio);
+                } else {
+                    s.waiting.push(audio);
+                }
+            }
+            TtsEvent::Done | TtsEvent::Error(_) => {
+                reply.sentences[pos].synthesised = true;
+                if pos == reply.feeding {
+                    self.advance(now);
+                }
+            }
+        }
+    }
+
+    /// Queues what can be played next; finishes the reply when everything is played.
+    fn advance(&mut self, now: Timestamp) {
+        let Some(reply) = self.reply.as_mut() else { return };
+        while let Some(s) = reply.sentences.get_mut(reply.feeding) {
+            for audio in std::mem::take(&mut s.waiting) {
+                play(&mut self.actions, s, audio);
+            }
+            if !s.synthesised {
+                break;
+            }
+            // All its audio is queued: its end mark follows it.
+            if s.queued == 0 {
+                self.actions.push_back(Action::Mark(s.id * 2));
+            }
+            self.actions.push_back(Action::Mark(s.id * 2 + 1));
+            reply.feeding += 1;
+        }
+        if !reply.is_done() {
+            return;
+        }
+        let Some(reply) = self.reply.take() else { return };
+        let after = reply.after.clone();
+        self.record_reply(now, reply, false);
+        match after {
+            After::Listen => self.idle_at = Some(now + self.reprompt_after()),
+            After::Hangup(reason) => self.hang_up(&reason),
+            After::Transfer(destination) => {
+                self.ending = Ending::Transferred;
+                self.hung_up = true;
+                self.actions.push_back(Action::Transfer { destination });
+            }
+        }
+    }
+
+    fn barge_in(&mut self, now: Timestamp) {
+        let Some(mut reply) = self.reply.take() else { return };
+        if reply.after != After::Listen && reply.llm.is_none() && reply.tools_running == 0 {
+            // A goodbye, a voicemail message or a hand-over is not interrupted.
+            self.reply = Some(reply);
+            return;
+        }
+        self.barge_ins += 1;
+        self.cancel(&reply);
+        self.actions.push_back(Action::ClearPlayout);
+        if let Some(front) = reply.sentences.front().filter(|s| s.started.is_some()) {
+            let played = ms_between(front.started.unwrap_or(now), now);
+            let total = (front.queued / self.format.bytes_per_ms(1).max(1)) as u64;
+            let heard = heard_prefix(&front.text, played, total);
+            push_words(&mut reply.heard, &heard);
+        }
+        reply.sentences.clear();
+        self.record_reply(now, reply, true);
+    }
+
+    fn cancel(&mut self, reply: &Reply) {
+        if reply.llm.is_some() {
+            self.actions.push_back(Action::CancelLlm);
+        }
+        if !reply.sentences.is_empty() {
+            self.actions.push_back(Action::CancelTts);
+        }
+    }
+
+    /// Writes a finished or cut-off reply into the transcript (what the caller heard) and the
+    /// model's context (what it heard that is not there yet).
+    fn record_reply(&mut self, _now: Timestamp, reply: Reply, interrupted: bool) {
+        if let Some((_, latency)) = reply.latency.filter(|(_, l)| l.first_frame_ms > 0) {
+            self.latencies.push(latency);
+        }
+        if reply.heard.is_empty() {
+            return;
+        }
+        let at_ms = ms_between(self.start, reply.started_at);
+        self.transcript.push(Line { role: "bot", text: reply.heard.clone(), at_ms, interrupted });
+        let fresh: Vec<&str> = reply.heard.split_whitespace().skip(reply.context_words).collect();
+        if reply.in_context && !fresh.is_empty() {
+            self.messages.push(Message::text(Role::Assistant, fresh.join(" ")));
+        }
+    }
+
+    fn say(&mut self, now: Timestamp, text: &str, after: After) {
+        let mut reply = Reply::new(now, after);
+        reply.pending = text.to_string();
+        self.reply = Some(reply);
+        self.cut_sentences(true);
+        self.advance(now);
+    }
+
+    fn hang_up(&mut self, reason: &str) {
+        if self.ending == Ending::Ongoing {
+            self.ending = Ending::Hangup;
+        }
+        self.hung_up = true;
+        self.actions.push_back(Action::Hangup { reason: reason.to_string() });
+    }
+}
+
+/// Queues a sentence's audio for playing, after its start mark if it is its first.
+fn play(actions: &mut VecDeque<Action>, s: &mut Sentence, audio: Vec<u8>) {
+    if s.queued == 0 {
+        actions.push_back(Action::Mark(s.id * 2));
+    }
+    s.queued += audio.len();
+    actions.push_back(Action::Play(audio));
+}
+
+/// Where the first complete sentence in `text` ends (after its punctuation), if any.
+fn sentence_end(text: &str) -> Option<usize> {
+    let bytes = text.as_bytes();
+    for (i, &b) in bytes.iter().enumerate() {
+        let boundary = matches!(b, b'.' | b'!' | b'?' | b';' | b'\n') || (b == b':' && i > 40);
+        if boundary && bytes.get(i + 1).is_some_and(|n| n.is_ascii_whitespace()) {
+            let before = &text[..i];
+            let word = before.rsplit(|c: char| c.is_whitespace()).next().unwrap_or("");
+            // "Dr." or "3." is not the end of a sentence; a short first sentence waits.
+            if b == b'.' && (word.len() <= 2 && word.chars().next().is_some_and(char::is_uppercase) || word.chars().all(|c| c.is_ascii_digit())) {
+                continue;
+            }
+            if before.trim().chars().count() < 4 {
+                continue;
+            }
+            return Some(i + 1);
+        }
+    }
+    None
+}
+
+/// The words of `text` the caller heard after `played_ms` of its `total_ms`.
+fn heard_prefix(text: &str, played_ms: u64, total_ms: u64) -> String {
+    if total_ms == 0 || played_ms >= total_ms {
+        return if played_ms > 0 { text.to_string() } else { String::new() };
+    }
+    let words: Vec<&str> = text.split_whitespace().collect();
+    let n = (words.len() as u64 * played_ms / total_ms) as usize;
+    words[..n.min(words.len())].join(" ")
+}
+
+fn push_words(into: &mut String, text: &str) {
+    let text = text.trim();
+    if text.is_empty() {
+        return;
+    }
+    if !into.is_empty() {
+        into.push(' ');
+    }
+    into.push_str(text);
+}
+
+fn ms_between(from: Timestamp, to: Timestamp) -> u64 {
+    to.as_micros().saturating_sub(from.as_micros()) / 1000
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{ToolConfig, ToolKind};
+    use crate::provider::{TokenUsage, ToolOutput};
+
+    fn bot() -> BotConfig {
+        let mut bot = BotConfig::from_json(br#"{"name":"t","greeting":"Hello there! How can I help?","system_prompt":"Be brief."}"#).expect("bot");
+        bot.idle.reprompt_after_seconds = 5;
+        bot
+    }
+
+    fn at(ms: u64) -> Timestamp {
+        Timestamp::from_millis(ms)
+    }
+
+    fn drain(c: &mut Conversation) -> Vec<Action> {
+        std::iter::from_fn(|| c.poll_action()).collect()
+    }
+
+    /// Plays every queued sentence to its end: synthesis done, marks reached at `now`.
+    fn speak_all(c: &mut Conversation, actions: &[Action], now: Timestamp) -> Vec<Action> {
+        let sentences: Vec<u64> = actions.iter().filter_map(|a| if let Action::Synthesize { sentence, .. } = a { Some(*sentence) } else { None }).collect();
+        let mut out = Vec::new();
+        for id in &sentences {
+            c.on_event(now, Event::Tts { sentence: *id, event: TtsEvent::Audio(vec![0xff; 1600]) });
+            c.on_event(now, Event::Tts { sentence: *id, event: TtsEvent::Done });
+        }
+        out.extend(drain(c));
+        for id in sentences {
+            c.on_mark(now, id * 2);
+            c.on_mark(now, id * 2 + 1);
+        }
+        out.extend(drain(c));
+        out
+    }
+
+    fn caller_says(c: &mut Conversation, from: u64, to: u64, text: &str) -> Vec<Action> {
+        c.on_turn(at(from), TurnEvent::Started { at: at(from) });
+        c.on_turn(at(to + 700), TurnEvent::Ended { speech_started: at(from), speech_ended: at(to), decided_at: at(to + 700) });
+        c.on_event(at(to + 750), Event::Stt(SttEvent::Final { text: text.into(), end_of_turn: false }));
+        drain(c)
+    }
+
+    fn llm_turn(actions: &[Action]) -> (u64, ChatRequest) {
+        actions.iter().find_map(|a| if let Action::Llm { turn, request } = a { Some((*turn, request.clone())) } else { None }).expect("an LLM request")
+    }
+
+    #[test]
+    fn greeting_is_spoken_sentence_by_sentence_and_transcribed() {
+        let mut c = Conversation::new(&bot(), AudioFormat::Mulaw8k, Vec::new(), at(0));
+        c.start(at(0));
+        let actions = drain(&mut c);
+        let texts: Vec<&str> = actions.iter().filter_map(|a| if let Action::Synthesize { text, .. } = a { Some(text.as_str()) } else { None }).collect();
+        assert_eq!(texts, ["Hello there!", "How can I help?"]);
+        let played = speak_all(&mut c, &actions, at(100));
+        assert_eq!(played.iter().filter(|a| matches!(a, Action::Play(_))).count(), 2);
+        // Marks frame each sentence: start, end, start, end, in order.
+        let marks: Vec<u64> = actions.iter().chain(&played).filter_map(|a| if let Action::Mark(m) = a { Some(*m) } else { None }).collect();
+        assert_eq!(marks.len(), 4);
+        assert!(marks.windows(2).all(|w| w[0] < w[1]), "{marks:?}");
+        assert_eq!(c.transcript(), [Line { role: "bot", text: "Hello there! How can I help?".into(), at_ms: 0, interrupted: false }]);
+        assert!(!c.bot_active());
+    }
+
+    #[test]
+    fn a_caller_turn_is_answered_and_its_latency_recorded() {
+        let mut c = Conversation::new(&bot(), AudioFormat::Mulaw8k, Vec::new(), at(0));
+        c.start(at(0));
+        let greeting = drain(&mut c);
+        speak_all(&mut c, &greeting, at(10));
+        let actions = caller_says(&mut c, 1_000, 2_000, "What are your hours?");
+        assert_eq!(actions[0], Action::SttFinalize);
+        let (turn, request) = llm_turn(&actions);
+        assert_eq!(request.messages.iter().map(|m| m.role).collect::<Vec<_>>(), [Role::System, Role::Assistant, Role::User]);
+        assert_eq!(request.messages[2].content, "What are your hours?");
+        for token in ["We are ", "open nine", " to five. ", "Anything else?"] {
+            c.on_event(at(3_000), Event::Llm { turn, event: LlmEvent::Token(token.into()) });
+        }
+        c.on_event(at(3_100), Event::Llm { turn, event: LlmEvent::Done { usage: TokenUsage { prompt_tokens: 20, completion_tokens: 9 } } });
+        let actions = drain(&mut c);
+        let sentences: Vec<(u64, String)> = actions.iter().filter_map(|a| if let Action::Synthesize { sentence, text } = a { Some((*sentence, text.clone())) } else { None }).collect();
+        assert_eq!(sentences.iter().map(|s| s.1.as_str()).collect::<Vec<_>>(), ["We are open nine to five.", "Anything else?"]);
+        // The second sentence's audio arrives first: it waits for the first.
+        c.on_event(at(3_200), Event::Tts { sentence: sentences[1].0, event: TtsEvent::Audio(vec![1; 800]) });
+        assert!(drain(&mut c).is_empty());
+        c.on_event(at(3_300), Event::Tts { sentence: sentences[0].0, event: TtsEvent::Audio(vec![0; 800]) });
+        c.on_event(at(3_300), Event::Tts { sentence: sentences[0].0, event: TtsEvent::Done });
+        let actions = drain(&mut c);
+        assert_eq!(actions.iter().filter_map(|a| if let Action::Play(p) = a { Some(p[0]) } else { None }).collect::<Vec<_>>(), [0, 1]);
+        c.on_mark(at(3_320), sentences[0].0 * 2);
+        c.on_event(at(3_400), Event::Tts { sentence: sentences[1].0, event: TtsEvent::Done });
+        c.on_mark(at(3_420), sentences[0].0 * 2 + 1);
+        c.on_mark(at(3_420), sentences[1].0 * 2);
+        c.on_mark(at(3_520), sentences[1].0 * 2 + 1);
+        assert_eq!(c.transcript().last().map(|l| l.text.as_str()), Some("We are open nine to five. Anything else?"));
+        assert_eq!(c.latencies(), [TurnLatency { final_transcript_ms: 750, first_token_ms: 1_000, first_audio_ms: 1_200, first_frame_ms: 1_320 }]);
+        assert_eq!(c.usage().completion_tokens, 9);
+    }
+
+    #[test]
+    fn barge_in_clears_playout_cancels_and_keeps_only_what_was_heard() {
+        let mut c = Conversation::new(&bot(), AudioFormat::Mulaw8k, Vec::new(), at(0));
+        c.start(at(0));
+        let actions = drain(&mut c);
+        let first = llm_free_sentence(&actions, 0);
+        let second = llm_free_sentence(&actions, 1);
+        // "Hello there!" is 1 s of audio; the caller speaks 500 ms into it.
+        c.on_event(at(10), Event::Tts { sentence: first, event: TtsEvent::Audio(vec![0xff; 8_000]) });
+        c.on_event(at(10), Event::Tts { sentence: first, event: TtsEvent::Done });
+        drain(&mut c);
+        c.on_mark(at(20), first * 2);
+        c.on_turn(at(520), TurnEvent::Started { at: at(500) });
+        let actions = drain(&mut c);
+        assert!(actions.contains(&Action::ClearPlayout), "{actions:?}");
+        assert!(actions.contains(&Action::CancelTts), "{actions:?}");
+        assert_eq!(c.transcript(), [Line { role: "bot", text: "Hello".into(), at_ms: 0, interrupted: true }]);
+        assert_eq!(c.barge_ins(), 1);
+        // Late audio of the cancelled reply is dropped.
+        c.on_event(at(600), Event::Tts { sentence: second, event: TtsEvent::Audio(vec![0; 160]) });
+        assert!(drain(&mut c).is_empty());
+        // The model hears what the caller heard.
+        let actions = caller_says(&mut c, 500, 1_500, "Stop.");
+        let (_, request) = llm_turn(&actions);
+        assert_eq!(request.messages[1], Message::text(Role::Assistant, "Hello"));
+    }
+
+    fn llm_free_sentence(actions: &[Action], n: usize) -> u64 {
+        actions.iter().filter_map(|a| if let Action::Synthesize { sentence, .. } = a { Some(*sentence) } else { None }).nth(n).expect("sentence")
+    }
+
+    fn with_tools() -> BotConfig {
+        let mut b = bot();
+        b.greeting.clear();
+        for (kind, name) in [(ToolKind::EndCall, None), (ToolKind::Http, Some("lookup")), (ToolKind::TransferCall, None)] {
+            b.tools.push(ToolConfig {
+                kind,
+                name: name.map(str::to_string),
+                description: String::new(),
+                parameters: None,
+                url: None,
+                method: None,
+                headers: Default::default(),
+                secrets: Default::default(),
+                timeout_ms: None,
+                transfer_to: Some("+15551230000".into()),
+            });
+        }
+        b
+    }
+
+    #[test]
+    fn end_call_hangs_up_after_the_reply_is_heard() {
+        let mut c = Conversation::new(&with_tools(), AudioFormat::Mulaw8k, Vec::new(), at(0));
+        c.start(at(0));
+        let (turn, _) = llm_turn(&caller_says(&mut c, 100, 900, "Bye."));
+        c.on_event(at(1_700), Event::Llm { turn, event: LlmEvent::Token("Goodbye!".into()) });
+        let call = ToolCall { id: "c1".into(), name: "end_call".into(), arguments: r#"{"reason":"caller done"}"#.into() };
+        c.on_event(at(1_700), Event::Llm { turn, event: LlmEvent::ToolCall(call) });
+        c.on_event(at(1_700), Event::Llm { turn, event: LlmEvent::Done { usage: TokenUsage::default() } });
+        let actions = drain(&mut c);
+        assert!(!actions.iter().any(|a| matches!(a, Action::Hangup { .. })), "not before the goodbye is heard");
+        let played = speak_all(&mut c, &actions, at(1_800));
+        assert_eq!(played.last(), Some(&Action::Hangup { reason: "end_call: caller done".into() }));
+        assert_eq!(c.ending(), Ending::Hangup);
+    }
+
+    #[test]
+    fn http_tools_run_and_their_result_goes_back_to_the_model() {
+        let mut c = Conversation::new(&with_tools(), AudioFormat::Mulaw8k, Vec::new(), at(0));
+        c.start(at(0));
+        let (turn, _) = llm_turn(&caller_says(&mut c, 100, 900, "Where is my order?"));
+        let call = ToolCall { id: "c7".into(), name: "lookup".into(), arguments: r#"{"order":"42"}"#.into() };
+        c.on_event(at(1_700), Event::Llm { turn, event: LlmEvent::ToolCall(call.clone()) });
+        c.on_event(at(1_700), Event::Llm { turn, event: LlmEvent::Done { usage: TokenUsage::default() } });
+        assert_eq!(drain(&mut c), [Action::RunTool(call)]);
+        c.on_event(at(1_900), Event::Tool { call_id: "c7".into(), output: ToolOutput { content: "shipped".into(), failed: false } });
+        let (_, request) = llm_turn(&drain(&mut c));
+        let roles: Vec<Role> = request.messages.iter().map(|m| m.role).collect();
+        assert_eq!(roles, [Role::System, Role::User, Role::Assistant, Role::Tool]);
+        assert_eq!(request.messages[2].tool_calls[0].id, "c7");
+        assert_eq!(request.messages[3].tool_call_id.as_deref(), Some("c7"));
+        assert_eq!(request.messages[3].content, "shipped");
+    }
+
+    #[test]
+    fn transfer_uses_the_default_destination_after_speaking() {
+        let mut c = Conversation::new(&with_tools(), AudioFormat::Mulaw8k, Vec::new(), at(0));
+        c.start(at(0));
+        let (turn, _) = llm_turn(&caller_says(&mut c, 100, 900, "A person please."));
+        c.on_event(at(1_700), Event::Llm { turn, event: LlmEvent::Token("Connecting you now.".into()) });
+        let call = ToolCall { id: "t".into(), name: "transfer_call".into(), arguments: "{}".into() };
+        c.on_event(at(1_700), Event::Llm { turn, event: LlmEvent::ToolCall(call) });
+        c.on_event(at(1_700), Event::Llm { turn, event: LlmEvent::Done { usage: TokenUsage::default() } });
+        let actions = drain(&mut c);
+        let played = speak_all(&mut c, &actions, at(1_800));
+        assert_eq!(played.last(), Some(&Action::Transfer { destination: "+15551230000".into() }));
+        assert_eq!(c.ending(), Ending::Transferred);
+    }
+
+    #[test]
+    fn silence_gets_reprompts_then_a_goodbye_and_a_hang_up() {
+        let mut c = Conversation::new(&bot(), AudioFormat::Mulaw8k, Vec::new(), at(0));
+        c.start(at(0));
+        let greeting = drain(&mut c);
+        speak_all(&mut c, &greeting, at(1_000));
+        let mut now = 1_000;
+        let mut said = Vec::new();
+        for _ in 0..3 {
+            let due = c.deadline().expect("idle deadline");
+            assert!(due.as_micros() / 1000 >= now + 5_000, "re-prompt only after 5 s of silence");
+            now = due.as_micros() / 1000;
+            c.on_timeout(at(now));
+            let actions = drain(&mut c);
+            said.extend(actions.iter().filter_map(|a| if let Action::Synthesize { text, .. } = a { Some(text.clone()) } else { None }));
+            let rest = speak_all(&mut c, &actions, at(now + 500));
+            if let Some(Action::Hangup { reason }) = rest.last() {
+                assert_eq!(reason, "idle");
+                break;
+            }
+            now += 500;
+        }
+        assert_eq!(said, ["Are you still there?", "Are you still there?", "I'll let you go now.", "Goodbye."]);
+        assert_eq!(c.deadline(), None);
+    }
+
+    #[test]
+    fn the_call_ends_at_its_maximum_duration() {
+        let mut b = bot();
+        b.max_call_seconds = 60;
+        let mut c = Conversation::new(&b, AudioFormat::Mulaw8k, Vec::new(), at(0));
+        c.start(at(0));
+        drain(&mut c);
+        c.on_timeout(at(59_999));
+        assert!(!drain(&mut c).iter().any(|a| matches!(a, Action::Hangup { .. })));
+        c.on_timeout(at(60_000));
+        assert_eq!(drain(&mut c), [Action::Hangup { reason: "max_duration".into() }]);
+    }
+
+    #[test]
+    fn a_turn_without_the_final_transcript_is_taken_after_a_wait() {
+        let mut c = Conversation::new(&with_tools(), AudioFormat::Mulaw8k, Vec::new(), at(0));
+        c.start(at(0));
+        c.on_turn(at(100), TurnEvent::Started { at: at(100) });
+        c.on_event(at(500), Event::Stt(SttEvent::Final { text: "hello".into(), end_of_turn: false }));
+        assert!(!drain(&mut c).iter().any(|a| matches!(a, Action::Llm { .. })), "still speaking");
+        c.on_turn(at(1_600), TurnEvent::Ended { speech_started: at(100), speech_ended: at(900), decided_at: at(1_600) });
+        assert!(drain(&mut c).iter().any(|a| matches!(a, Action::Llm { .. })), "words and a turn end: answered");
+    }
+
+    #[test]
+    fn sentences_end_at_punctuation_but_not_at_abbreviations() {
+        assert_eq!(sentence_end("Hello there! How"), Some(12));
+        assert_eq!(sentence_end("Dr. Smith is in. Ok"), Some(16));
+        assert_eq!(sentence_end("It costs 3. dollars"), None);
+        assert_eq!(sentence_end("No end yet"), None);
+        assert_eq!(heard_prefix("one two three four", 500, 1000), "one two");
+        assert_eq!(heard_prefix("one two", 0, 1000), "");
+    }
+}
