@@ -271,7 +271,11 @@ impl Carrier {
             }
             if Instant::now() > deadline {
                 let ms = self.heard.audio.len() / 8;
-                let state = if hang_up && spoke { "the engine did not close the stream" } else { "no end to it" };
+                let state = match (self.heard.first, hang_up) {
+                    (None, _) => "no bot audio came",
+                    (Some(_), false) => "the bot did not stop speaking",
+                    (Some(_), true) => "the engine did not close the stream",
+                };
                 return Err(format!("{what}: {state} within the {BUDGET:?} budget ({ms} ms of bot audio heard for it)"));
             }
             self.tick(&SILENCE)?;
