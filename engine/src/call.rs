@@ -368,7 +368,11 @@ impl Call {
         while let Some(action) = self.agent.as_mut().and_then(|a| a.conversation().poll_action()) {
             match action {
                 Action::Play(audio) => {
-                    let idle = self.backlog.is_empty() && self.outbound.playout().queued() == 0;
+                    // Audio into an empty playout (a sentence's start mark may wait ahead
+                    // of it) on a streaming call: its first frame measures the engine.
+                    let idle = matches!(self.phase, Phase::Streaming { .. })
+                        && !self.backlog.iter().any(|q| matches!(q, Queued::Audio(_)))
+                        && self.outbound.playout().queued() == 0;
                     let Some(agent) = self.agent.as_mut() else {
                         break;
                     };

@@ -181,4 +181,11 @@ fn an_ai_call_greets_answers_yields_to_barge_in_and_hangs_up() {
     assert!(conn.audio_bytes >= 3 * 75 * 160, "{} bytes", conn.audio_bytes);
     assert!(conn.count("Finalize") >= 3);
     assert!(rest.cleared, "barge-in sends clear");
+    // The engine's own latency was measured: each answer's audio went into an empty playout.
+    let (_, metrics) = common::get(e.local_addr(), "/metrics");
+    let count = |name: &str| {
+        metrics.lines().find_map(|l| l.strip_prefix(&format!("{name}_count{{worker=\"0\"}} "))).and_then(|v| v.parse::<u64>().ok())
+    };
+    assert!(count("cxb_agent_wire_seconds").is_some_and(|n| n >= 3), "wire: {:?}", count("cxb_agent_wire_seconds"));
+    assert!(count("cxb_agent_dispatch_seconds").is_some_and(|n| n >= 3), "dispatch: {:?}", count("cxb_agent_dispatch_seconds"));
 }

@@ -135,7 +135,7 @@ struct Report {
     errors: HashMap<String, usize>,
 }
 
-fn pct(sorted: &[u32], p: f64) -> f64 {
+pub(crate) fn pct(sorted: &[u32], p: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
     }
@@ -220,19 +220,19 @@ impl Report {
 }
 
 /// Reads utime+stime (clock ticks) of a process.
-fn cpu_ticks(pid: &str) -> Option<u64> {
+pub(crate) fn cpu_ticks(pid: &str) -> Option<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let rest = stat.rsplit_once(')')?.1;
     let f: Vec<&str> = rest.split_whitespace().collect();
     Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
 }
 
-fn rss_kib(pid: &str) -> Option<u64> {
+pub(crate) fn rss_kib(pid: &str) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     status.lines().find_map(|l| l.strip_prefix("VmRSS:")).and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
 }
 
-fn ticks_per_second() -> f64 {
+pub(crate) fn ticks_per_second() -> f64 {
     100.0 // USER_HZ on Linux
 }
 
@@ -278,7 +278,7 @@ fn script(exotel: bool, seconds: u64) -> Script {
         messages.push(if exotel {
             format!(r#"{{"event":"media","sequence_number":"{}","stream_sid":"load","media":{{"chunk":"{n}","timestamp":"{}","payload":"{b64}"}}}}"#, n + 1, n * 100)
         } else {
-            format!(r#"{{"event":"media","sequenceNumber":"{}","streamSid":"load","media":{{"track":"inbound","chunk":"{n}","timestamp":"{}","payload":"{b64}"}}}}"#, n + 1, n * 20)
+            twilio_media(n, &b64)
         });
     }
     let start = if exotel {
@@ -287,12 +287,23 @@ fn script(exotel: bool, seconds: u64) -> Script {
             r#"{"event":"start","sequence_number":"1","stream_sid":"load","start":{"stream_sid":"load","call_sid":"c","account_sid":"a","from":"+10000000000","to":"+10000000001","custom_parameters":{},"media_format":{"encoding":"audio/x-raw","sample_rate":"8000","bit_rate":"16"}}}"#.to_string(),
         ]
     } else {
-        [
-            r#"{"event":"connected","protocol":"Call","version":"1.0.0"}"#.to_string(),
-            r#"{"event":"start","sequenceNumber":"1","streamSid":"load","start":{"accountSid":"AC","streamSid":"load","callSid":"CA","tracks":["inbound"],"customParameters":{},"mediaFormat":{"encoding":"audio/x-mulaw","sampleRate":8000,"channels":1}}}"#.to_string(),
-        ]
+        TWILIO_START.map(str::to_string)
     };
     Script { messages, frames_per_message, period, start }
+}
+
+/// Twilio's `connected` and `start` (mu-law 8 kHz, stream `load`).
+pub(crate) const TWILIO_START: [&str; 2] = [
+    r#"{"event":"connected","protocol":"Call","version":"1.0.0"}"#,
+    r#"{"event":"start","sequenceNumber":"1","streamSid":"load","start":{"accountSid":"AC","streamSid":"load","callSid":"CA","tracks":["inbound"],"customParameters":{},"mediaFormat":{"encoding":"audio/x-mulaw","sampleRate":8000,"channels":1}}}"#,
+];
+
+/// Twilio's `stop`.
+pub(crate) const TWILIO_STOP: &str = r#"{"event":"stop","sequenceNumber":"0","stop":{"accountSid":"AC","callSid":"CA"}}"#;
+
+/// Twilio's `media` message for the `n`th 20 ms frame (from 1) carrying base64 `b64`.
+pub(crate) fn twilio_media(n: u64, b64: &str) -> String {
+    format!(r#"{{"event":"media","sequenceNumber":"{}","streamSid":"load","media":{{"track":"inbound","chunk":"{n}","timestamp":"{}","payload":"{b64}"}}}}"#, n + 1, n * 20)
 }
 
 #[derive(Default)]
@@ -373,12 +384,12 @@ fn run_level(o: &Options) -> Result<Report, String> {
     })
 }
 
-async fn read_into(stream: &TcpStream, buf: Vec<u8>) -> BufResult<usize, Vec<u8>> {
+pub(crate) async fn read_into(stream: &TcpStream, buf: Vec<u8>) -> BufResult<usize, Vec<u8>> {
     let mut r = stream;
     r.read(buf).await
 }
 
-async fn write(stream: &TcpStream, ws: &mut WsSocket, out: &mut Vec<u8>) -> Result<(), String> {
+pub(crate) async fn write(stream: &TcpStream, ws: &mut WsSocket, out: &mut Vec<u8>) -> Result<(), String> {
     if ws.output().is_empty() {
         return Ok(());
     }
@@ -392,7 +403,7 @@ async fn write(stream: &TcpStream, ws: &mut WsSocket, out: &mut Vec<u8>) -> Resu
 }
 
 /// Length of the audio in a `media` message, from its base64 payload's length.
-fn media_bytes(text: &str) -> Option<usize> {
+pub(crate) fn media_bytes(text: &str) -> Option<usize> {
     if !text.starts_with(r#"{"event":"media""#) {
         return None;
     }
@@ -402,38 +413,58 @@ fn media_bytes(text: &str) -> Option<usize> {
     Some(len / 4 * 3 - pad)
 }
 
-async fn call(o: &Options, script: &Script, shared: &RefCell<Shared>) -> Result<(), String> {
-    let stream = TcpStream::connect(o.addr).await.map_err(|e| format!("connect: {}", e.kind()))?;
-    stream.set_nodelay(true).map_err(|e| format!("nodelay: {e}"))?;
-    let path = if o.exotel { format!("/exotel/{}", o.bot) } else { format!("/ws/{}", o.bot) };
+/// Why a WebSocket upgrade failed.
+pub(crate) enum UpgradeError {
+    /// The server answered with something other than 101.
+    Refused(String),
+    /// The connection failed.
+    Io(String),
+}
+
+/// Opens a carrier WebSocket to `path`: the stream, a read buffer, and a client socket fed
+/// with whatever followed the 101 answer.
+pub(crate) async fn upgrade(addr: SocketAddr, path: &str) -> Result<(TcpStream, Vec<u8>, WsSocket), UpgradeError> {
+    let io = |what: &str, e: std::io::Error| UpgradeError::Io(format!("{what}: {}", e.kind()));
+    let stream = TcpStream::connect(addr).await.map_err(|e| io("connect", e))?;
+    stream.set_nodelay(true).map_err(|e| io("nodelay", e))?;
     let request = format!(
-        "GET {path} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
-        o.addr
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
     );
     let mut w = &stream;
-    w.write_all(request.into_bytes()).await.0.map_err(|e| format!("handshake write: {}", e.kind()))?;
+    w.write_all(request.into_bytes()).await.0.map_err(|e| io("handshake write", e))?;
     let mut head = Vec::new();
     let mut buf = Vec::with_capacity(8192);
-    let leftover = loop {
+    loop {
         let BufResult(r, b) = read_into(&stream, buf).await;
-        let n = r.map_err(|e| format!("handshake read: {}", e.kind()))?;
+        let n = r.map_err(|e| io("handshake read", e))?;
         if n == 0 {
-            return Err("closed during handshake".into());
+            return Err(UpgradeError::Io("closed during handshake".into()));
         }
         head.extend_from_slice(&b[..n]);
         buf = b;
         buf.clear();
         if let Some(end) = head.windows(4).position(|w| w == b"\r\n\r\n") {
             if !head.starts_with(b"HTTP/1.1 101") {
-                shared.borrow_mut().rejected += 1;
-                return Err(format!("upgrade refused: {}", String::from_utf8_lossy(&head[..head.len().min(12)])));
+                return Err(UpgradeError::Refused(format!("upgrade refused: {}", String::from_utf8_lossy(&head[..head.len().min(12)]))));
             }
-            break head[end + 4..].to_vec();
+            let mut ws = WsSocket::client();
+            ws.feed(&head[end + 4..]);
+            return Ok((stream, buf, ws));
         }
+    }
+}
+
+async fn call(o: &Options, script: &Script, shared: &RefCell<Shared>) -> Result<(), String> {
+    let path = if o.exotel { format!("/exotel/{}", o.bot) } else { format!("/ws/{}", o.bot) };
+    let (stream, buf, mut ws) = match upgrade(o.addr, &path).await {
+        Ok(up) => up,
+        Err(UpgradeError::Refused(e)) => {
+            shared.borrow_mut().rejected += 1;
+            return Err(e);
+        }
+        Err(UpgradeError::Io(e)) => return Err(e),
     };
     shared.borrow_mut().connected += 1;
-    let mut ws = WsSocket::client();
-    ws.feed(&leftover);
     for m in &script.start {
         ws.send_text(m);
     }
@@ -499,7 +530,7 @@ async fn call(o: &Options, script: &Script, shared: &RefCell<Shared>) -> Result<
             }
         }
     };
-    ws.send_text(r#"{"event":"stop","sequenceNumber":"0","stop":{"accountSid":"AC","callSid":"CA"}}"#);
+    ws.send_text(TWILIO_STOP);
     let _ = write(&stream, &mut ws, &mut out).await;
     let mut s = shared.borrow_mut();
     s.frames_sent += next as u64 * script.frames_per_message;

@@ -1,8 +1,10 @@
-//! Developer workflows: `cargo xtask fuzz`, `cargo xtask load`, `cargo xtask e2e-local`.
+//! Developer workflows: `cargo xtask fuzz`, `cargo xtask load`, `cargo xtask converse`,
+//! `cargo xtask e2e-local`.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 
+mod converse;
 mod e2e;
 mod fuzz;
 mod load;
@@ -23,6 +25,10 @@ commands:
         into target/e2e-local on first use: a sentence synthesised, transcribed, compared;
         then a phone call through an in-process engine over Twilio's protocol (greeting,
         a question answered, a goodbye that makes the bot hang up), checked and timed
+  converse [--calls N] [--seconds S] [--sweep N,N,...] [--llm openai|script] ...
+        AI calls under load: local Deepgram, ElevenLabs and OpenAI test servers,
+        `cxb core --workers 1` started with a bot using them, the engine's own
+        latency from its /metrics (`cargo xtask converse --help` for every option)
 ";
 
 fn main() -> ExitCode {
@@ -31,6 +37,7 @@ fn main() -> ExitCode {
         Some("fuzz") => fuzz::run(&args[1..]),
         Some("load") => load::run(&args[1..]),
         Some("e2e-local") => e2e::run(&args[1..]),
+        Some("converse") => converse::run(&args[1..]),
         Some("help" | "--help" | "-h") | None => {
             eprint!("{USAGE}");
             return ExitCode::SUCCESS;
