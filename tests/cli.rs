@@ -36,6 +36,8 @@ fn start_core() -> Core {
         .arg(dir.join("slots"))
         .arg("--control-socket")
         .arg(dir.join("ctl.sock"))
+        .arg("--data-dir")
+        .arg(&dir)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()

@@ -55,6 +55,8 @@ async fn an_engine_heartbeats_holds_a_fleet_reservation_and_a_call_takes_it() {
         .arg(dir.path().join("slots"))
         .arg("--control-socket")
         .arg(dir.path().join("ctl.sock"))
+        .arg("--data-dir")
+        .arg(dir.path())
         .env("CXB_FLEET_TOKEN", &token)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())

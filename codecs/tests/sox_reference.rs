@@ -12,7 +12,10 @@ use cxb_codecs::g711;
 fn sox(input: &[u8], from: &[&str], to: &[&str]) -> Vec<u8> {
     let dir = std::env::temp_dir().join(format!("cxb-sox-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir is writable");
-    let name = format!("{}-{}", from.join(""), to.join(""));
+    // Tests run in parallel threads of one process: each run gets its own files.
+    static RUN: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let run = RUN.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let name = format!("{}-{}-{run}", from.join(""), to.join(""));
     let (inp, out) = (dir.join(format!("{name}.in")), dir.join(format!("{name}.out")));
     std::fs::write(&inp, input).expect("write sox input");
     let status = Command::new("sox")

@@ -187,6 +187,48 @@ pub struct Bot {
     /// Calls end after this many seconds (10 to 14,400).
     #[serde(default = "default_max_call")]
     pub max_call_seconds: u32,
+    /// What the bot does when the caller goes quiet.
+    #[serde(default)]
+    pub idle: Idle,
+}
+
+/// Silence handling: a re-prompt after `reprompt_after_seconds` of silence, at most
+/// `max_reprompts` times, then `goodbye` and a hang-up.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Idle {
+    #[serde(default = "default_reprompt_after")]
+    pub reprompt_after_seconds: u32,
+    #[serde(default = "default_reprompt")]
+    pub reprompt: String,
+    #[serde(default = "default_max_reprompts")]
+    pub max_reprompts: u32,
+    #[serde(default = "default_goodbye")]
+    pub goodbye: String,
+}
+
+impl Default for Idle {
+    fn default() -> Idle {
+        Idle {
+            reprompt_after_seconds: default_reprompt_after(),
+            reprompt: default_reprompt(),
+            max_reprompts: default_max_reprompts(),
+            goodbye: default_goodbye(),
+        }
+    }
+}
+
+fn default_reprompt_after() -> u32 {
+    8
+}
+fn default_reprompt() -> String {
+    "Are you still there?".into()
+}
+fn default_max_reprompts() -> u32 {
+    2
+}
+fn default_goodbye() -> String {
+    "I'll let you go now. Goodbye.".into()
 }
 
 impl Bot {
@@ -195,9 +237,12 @@ impl Bot {
         if self.language.is_empty() || self.language.len() > 35 || !self.language.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
             return Err(ApiError::invalid("language", "a BCP 47 tag such as en-US"));
         }
-        self.stt.check("stt", &["deepgram", "wyoming", "test"])?;
-        self.llm.check("llm", &["openai", "script", "test"])?;
-        self.tts.check("tts", &["elevenlabs", "openai", "wyoming", "test"])?;
+        self.stt.check("stt", &["deepgram", "wyoming"])?;
+        self.llm.check("llm", &["openai", "script"])?;
+        self.tts.check("tts", &["elevenlabs", "openai", "wyoming"])?;
+        if !(1..=600).contains(&self.idle.reprompt_after_seconds) || self.idle.max_reprompts > 10 {
+            return Err(ApiError::invalid("idle", "reprompt_after_seconds 1 to 600, max_reprompts at most 10"));
+        }
         if !(10..=14_400).contains(&self.max_call_seconds) {
             return Err(ApiError::invalid("max_call_seconds", "between 10 and 14400"));
         }

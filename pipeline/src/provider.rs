@@ -28,11 +28,12 @@ pub enum AudioFormat {
 }
 
 impl AudioFormat {
-    /// Bytes in `ms` milliseconds of this audio.
+    /// Bytes in `ms` milliseconds of this audio (rounded down to whole samples: 22,050 Hz
+    /// has 441 samples in 20 ms but a fraction in 1 ms).
     pub const fn bytes_per_ms(self, ms: u32) -> usize {
         match self {
             AudioFormat::Mulaw8k => 8 * ms as usize,
-            AudioFormat::Pcm16(rate) => (rate as usize / 1000) * 2 * ms as usize,
+            AudioFormat::Pcm16(rate) => rate as usize * ms as usize / 1000 * 2,
         }
     }
 }

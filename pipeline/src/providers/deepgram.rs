@@ -73,6 +73,9 @@ impl Deepgram {
             None => DEFAULT_ORIGIN.to_string(),
         };
         let api_key = stt.api_key().filter(|k| !k.is_empty()).map(str::to_string);
+        if api_key.as_deref().is_some_and(|k| !ws::is_header_token(k)) {
+            return Err(ProviderError::invalid("stt.secrets.api_key", "must be printable ASCII without spaces"));
+        }
         if api_key.is_none() && stt.base_url.is_none() {
             return Err(ProviderError::invalid("stt.secrets.api_key", "required for Deepgram's hosted API"));
         }

@@ -52,6 +52,11 @@ pub(crate) fn request(url: &str, headers: &[(&'static str, &str)]) -> Result<Req
     Ok(request)
 }
 
+/// Whether `secret` can travel in a header: printable ASCII, no spaces.
+pub(crate) fn is_header_token(secret: &str) -> bool {
+    !secret.is_empty() && secret.bytes().all(|b| b.is_ascii_graphic())
+}
+
 /// Connects and completes the WebSocket handshake within `within`.
 pub(crate) async fn connect(request: Request, within: Duration) -> Result<Socket, String> {
     let websocket = WebSocketConfig::default()
@@ -139,6 +144,14 @@ mod tests {
     fn escapes() {
         assert_eq!(escape("en-US"), "en-US");
         assert_eq!(escape("a b&c=d/é"), "a%20b%26c%3Dd%2F%C3%A9");
+    }
+
+    #[test]
+    fn header_tokens() {
+        assert!(is_header_token("sk_abc-123"));
+        assert!(!is_header_token("two words"));
+        assert!(!is_header_token("new\nline"));
+        assert!(!is_header_token(""));
     }
 
     #[test]

@@ -5,3 +5,4 @@ pub mod elevenlabs;
 pub mod openai;
 pub mod tools;
 pub mod ws;
+pub mod wyoming;

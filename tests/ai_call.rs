@@ -1,0 +1,161 @@
+//! An AI call the way a deployment runs it: a bot created through the API, `cxb core --api`
+//! (a separate process) fetching it at call start, providers that speak Deepgram's and
+//! ElevenLabs' protocols on loopback, and the call's result and recording going through the
+//! engine's durable outbox to `POST /v1/runtime/results`, where the API lists it.
+
+#![allow(clippy::unwrap_used)]
+
+use std::io::{BufRead, BufReader};
+use std::net::TcpStream;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+use cxb_control_plane::clock::{Clock, SystemClock};
+use cxb_control_plane::{ApiConfig, ApiServer, admin};
+use cxb_pipeline::testkit::deepgram::{DeepgramConfig, DeepgramServer, Reply, Step};
+use cxb_pipeline::testkit::elevenlabs::{ElevenLabsConfig, ElevenLabsServer};
+use serde_json::{Value, json};
+use tungstenite::Message;
+
+struct Kill(std::process::Child);
+
+impl Drop for Kill {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn caller_turn() -> Vec<Vec<u8>> {
+    let pcm = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/codecs/tests/fixtures/speech-8k.s16")).unwrap();
+    let samples: Vec<i16> = pcm.chunks_exact(2).map(|b| i16::from_le_bytes([b[0], b[1]])).collect();
+    let mut frames: Vec<Vec<u8>> = samples.chunks_exact(160).take(60).map(|f| f.iter().map(|&s| cxb_codecs::g711::encode_mulaw(s)).collect()).collect();
+    frames.extend(std::iter::repeat_n(vec![0xFF; 160], 15));
+    frames
+}
+
+/// Media bytes received until `quiet` passes without any after the first (at most `limit`).
+fn hear(ws: &mut tungstenite::WebSocket<TcpStream>, quiet: Duration, limit: Duration) -> usize {
+    let (end, mut last, mut bytes) = (Instant::now() + limit, None::<Instant>, 0);
+    ws.get_ref().set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+    while Instant::now() < end && last.is_none_or(|t| t.elapsed() < quiet) {
+        match ws.read() {
+            Ok(Message::Text(t)) => {
+                let v: Value = serde_json::from_str(t.as_str()).unwrap();
+                if v["event"] == "media" {
+                    bytes += STANDARD.decode(v["media"]["payload"].as_str().unwrap()).unwrap().len();
+                    last = Some(Instant::now());
+                }
+            }
+            Ok(_) => {}
+            Err(tungstenite::Error::Io(e)) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+            Err(e) => panic!("the call broke: {e}"),
+        }
+    }
+    bytes
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bot_from_the_api_answers_a_call_and_its_result_reaches_the_api() {
+    let dir = tempfile::tempdir().unwrap();
+    let api = ApiServer::start(ApiConfig::new("127.0.0.1:0".parse().unwrap(), format!("sqlite://{}/cxb.db", dir.path().display()))).await.unwrap();
+    let base = format!("http://{}", api.local_addr());
+    let now = SystemClock.now_ms();
+    admin::create_org(&api.state().db, "Acme", "a@acme.test", "correct horse battery".into(), now).await.unwrap();
+    let fleet = admin::create_fleet_token(&api.state().db, "test", now).await.unwrap();
+    let http = reqwest::Client::new();
+    let login = http.post(format!("{base}/v1/auth/login")).json(&json!({"email":"a@acme.test","password":"correct horse battery"})).send().await.unwrap();
+    let token = serde_json::from_slice::<Value>(&login.bytes().await.unwrap()).unwrap()["token"].as_str().unwrap().to_string();
+
+    let stt = DeepgramServer::start(DeepgramConfig {
+        script: vec![Step::on_finalize(Reply::Final { text: "when are you open".into(), speech_final: true })],
+        ..DeepgramConfig::default()
+    })
+    .unwrap();
+    let tts = ElevenLabsServer::start(ElevenLabsConfig { bytes_per_char: 160, ..ElevenLabsConfig::default() }).unwrap();
+    let bot = json!({
+        "name": "Front desk",
+        "greeting": "Hello!",
+        "stt": { "provider": "deepgram", "base_url": stt.url(), "secrets": { "api_key": "dg-secret" } },
+        "llm": { "provider": "script", "options": { "script": {
+            "intents": [{ "name": "hours", "keywords": ["open"], "reply": "Nine to five." }],
+            "fallback": "Sorry?"
+        } } },
+        "tts": { "provider": "elevenlabs", "base_url": tts.url(), "secrets": { "api_key": "xi-secret" } },
+        "voice": "v1",
+        "idle": { "reprompt_after_seconds": 30 },
+    });
+    let r = http.post(format!("{base}/v1/bots")).bearer_auth(&token).json(&bot).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 201);
+    let bot_id = serde_json::from_slice::<Value>(&r.bytes().await.unwrap()).unwrap()["id"].as_str().unwrap().to_string();
+
+    let mut child = Command::new(env!("CARGO_BIN_EXE_cxb"))
+        .args(["core", "--listen", "127.0.0.1:0", "--workers", "1", "--no-pin", "--api", &base])
+        .arg("--registry")
+        .arg(dir.path().join("slots"))
+        .arg("--control-socket")
+        .arg(dir.path().join("ctl.sock"))
+        .arg("--data-dir")
+        .arg(dir.path())
+        .env("CXB_FLEET_TOKEN", &fleet)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let _child = Kill(child);
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if let Some(rest) = line.trim().strip_prefix("health      http://127.0.0.1:") {
+                let _ = tx.send(rest.trim_end_matches("/health").parse::<u16>().unwrap_or(0));
+            }
+        }
+    });
+    let port = rx.recv_timeout(Duration::from_secs(20)).unwrap();
+
+    let bot_path = bot_id.clone();
+    let heard = tokio::task::spawn_blocking(move || {
+        let stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let (mut ws, _) = tungstenite::client(format!("ws://127.0.0.1:{port}/ws/{bot_path}"), stream).unwrap();
+        let send = |ws: &mut tungstenite::WebSocket<_>, v: Value| ws.send(Message::text(v.to_string())).unwrap();
+        send(&mut ws, json!({"event":"connected","protocol":"Call","version":"1.0.0"}));
+        send(&mut ws, json!({"event":"start","sequenceNumber":"1","streamSid":"MZ9","start":{"accountSid":"AC9","streamSid":"MZ9","callSid":"CA9","tracks":["inbound"],"customParameters":{"from":"+15550001111","to":"+15550002222"},"mediaFormat":{"encoding":"audio/x-mulaw","sampleRate":8000,"channels":1}}}));
+        let greeting = hear(&mut ws, Duration::from_millis(400), Duration::from_secs(10));
+        for (i, f) in caller_turn().iter().enumerate() {
+            send(&mut ws, json!({"event":"media","sequenceNumber":(i + 2).to_string(),"streamSid":"MZ9","media":{"track":"inbound","chunk":(i + 1).to_string(),"timestamp":(i * 20).to_string(),"payload":STANDARD.encode(f)}}));
+        }
+        let answer = hear(&mut ws, Duration::from_millis(400), Duration::from_secs(10));
+        send(&mut ws, json!({"event":"stop","sequenceNumber":"99","streamSid":"MZ9","stop":{"accountSid":"AC9","callSid":"CA9"}}));
+        (greeting, answer)
+    })
+    .await
+    .unwrap();
+    assert_eq!(heard.0.div_ceil(160), ("Hello!".len() * 160).div_ceil(160), "the greeting");
+    assert_eq!(heard.1.div_ceil(160), ("Nine to five.".len() * 160).div_ceil(160), "the answer");
+
+    // The outbox delivers the result; the API lists it for the bot's organization.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let call = loop {
+        let r = http.get(format!("{base}/v1/calls?bot_id={bot_id}")).bearer_auth(&token).send().await.unwrap();
+        let body: Value = serde_json::from_slice(&r.bytes().await.unwrap()).unwrap();
+        if let Some(call) = body["items"].as_array().and_then(|a| a.first()).cloned() {
+            break call;
+        }
+        assert!(Instant::now() < deadline, "the result never reached the API");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(call["id"], "CA9");
+    assert_eq!((call["from"].as_str(), call["to"].as_str()), (Some("+15550001111"), Some("+15550002222")));
+    assert_eq!(call["end_reason"], "stopped");
+    let lines: Vec<(&str, &str)> = call["transcript"].as_array().unwrap().iter().map(|l| (l["role"].as_str().unwrap(), l["text"].as_str().unwrap())).collect();
+    assert_eq!(lines, [("bot", "Hello!"), ("caller", "when are you open"), ("bot", "Nine to five.")]);
+    let location = call["recording"]["location"].as_str().unwrap();
+    let path = location.strip_prefix("file://").unwrap();
+    let wav = std::fs::read(path).unwrap();
+    assert_eq!((&wav[..4], u16::from_le_bytes([wav[22], wav[23]])), (&b"RIFF"[..], 2));
+    assert!(!call.to_string().contains("dg-secret"), "no provider secret in the stored call");
+    api.shutdown().await;
+}
