@@ -18,7 +18,7 @@ use cxb_pipeline::config::BotConfig;
 use cxb_pipeline::conversation::{Action, Conversation, Ending};
 use cxb_pipeline::provider::{AudioFormat, Events, Job, LlmProvider, SttCommand, SttSession, ToolCall, TtsProvider};
 use cxb_pipeline::tools::{CarrierLink, Destination, ToolAction, Tools};
-use cxb_pipeline::recording::Recorder;
+use cxb_outbox::wav::{Channel, RecordingWriter};
 use serde_json::{Value, json};
 
 use crate::protocol::Start;
@@ -155,7 +155,7 @@ pub struct Agent {
     pcm: Vec<i16>,
     narrow: Vec<i16>,
     stt_bytes: Vec<u8>,
-    recorder: Option<Recorder>,
+    recorder: Option<RecordingWriter>,
     end: Option<AgentEnd>,
     created: Instant,
     created_unix_ms: u64,
@@ -196,10 +196,7 @@ impl Agent {
         };
         let conv = Conversation::new(&bot, tts_format, tools.specs(), now);
         let recorder = bot.recording.then(|| {
-            Recorder::new(
-                8_000,
-                Duration::from_secs(u64::from(bot.max_call_seconds) + 5),
-            )
+            RecordingWriter::new(SampleRate::Hz8000, Duration::from_secs(u64::from(bot.max_call_seconds) + 5))
         });
         let mut agent = Agent {
             stt_format: stt.input_format(),
@@ -258,7 +255,7 @@ impl Agent {
         self.pcm.clear();
         let _ = encoding.decode_into(raw, &mut self.pcm);
         if let Some(r) = self.recorder.as_mut() {
-            r.caller(&self.pcm);
+            r.append(Channel::Caller, &self.pcm);
         }
         self.stt_bytes.clear();
         match (self.stt_format, encoding) {
@@ -285,7 +282,7 @@ impl Agent {
         if let Some(r) = self.recorder.as_mut() {
             self.pcm.clear();
             let _ = encoding.decode_into(raw, &mut self.pcm);
-            r.bot(offset, &self.pcm);
+            r.write(Channel::Bot, offset, &self.pcm);
         }
     }
 
@@ -444,7 +441,7 @@ impl Agent {
                 result[field] = Value::String(v);
             }
         }
-        (result, self.recorder.as_ref().map(Recorder::wav))
+        (result, self.recorder.take().map(RecordingWriter::finish))
     }
 }
 

@@ -10,7 +10,6 @@ pub mod config;
 pub mod conversation;
 pub mod provider;
 pub mod providers;
-pub mod recording;
 #[cfg(feature = "testkit")]
 pub mod testkit;
 pub mod tools;
