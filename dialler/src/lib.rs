@@ -1,5 +1,13 @@
-//! `cxb dialler`: campaign execution. It will hold campaign leases, pace calls by CPS and
-//! CAC, retry by outcome, respect calling windows and the do-not-call list, route answered
-//! calls to AI assistants with the seed's CXML, and screen answering machines.
+//! `cxb dialler`: campaign execution. A dialler process takes a lease on each active campaign it
+//! runs, paces attempts by CPS and CAC (one TTL lease per live call), keeps to calling windows
+//! and the do-not-call list, rotates caller IDs, routes answered calls to AI assistants with the
+//! seed's CXML, and retries by outcome. Carriers sit behind [`carrier::Carrier`]: Cloudonix over
+//! its REST API, and a built-in simulator that dials nobody but behaves like a carrier.
 //!
-//! Nothing is implemented yet; the dialler issue fills this crate.
+//! Without the default `runtime` feature the crate is only its wire formats (CXML, carriers'
+//! call-end records), which is what the fuzz targets build.
+
+pub mod carrier;
+pub mod cxml;
+#[cfg(feature = "runtime")]
+pub mod simulator;

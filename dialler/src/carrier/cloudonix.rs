@@ -1,0 +1,1 @@
+//! Cloudonix: calls through its REST API, call ends through its CDR webhook.

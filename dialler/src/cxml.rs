@@ -1,0 +1,1 @@
+//! CXML (Cloudonix's TwiML dialect): the documents answered calls execute.
