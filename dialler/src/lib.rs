@@ -9,5 +9,4 @@
 
 pub mod carrier;
 pub mod cxml;
-#[cfg(feature = "runtime")]
 pub mod simulator;

@@ -1,1 +1,1 @@
-//! The built-in carrier simulator.
+//! The built-in carrier simulator. (Its runtime parts sit behind the `runtime` feature.)
