@@ -7,6 +7,7 @@
 //! from another organization answers 404 exactly as an unknown id does.
 
 pub mod admin;
+pub mod attempts;
 pub mod auth;
 pub mod calls;
 mod campaigns;
@@ -22,6 +23,7 @@ pub mod model;
 mod resources;
 mod routes;
 mod settings;
+pub mod telephony;
 mod users;
 mod webhooks;
 
@@ -55,6 +57,8 @@ pub struct ApiConfig {
     pub login_failures_per_account: usize,
     pub login_failures_per_address: usize,
     pub clock: Arc<dyn Clock>,
+    /// The dialler's side of `POST /v1/calls` and the carriers' webhooks; `None`: those answer 503.
+    pub telephony: Option<Arc<dyn telephony::Telephony>>,
 }
 
 impl ApiConfig {
@@ -70,6 +74,7 @@ impl ApiConfig {
             login_failures_per_account: 5,
             login_failures_per_address: 20,
             clock: Arc::new(SystemClock),
+            telephony: None,
         }
     }
 }
