@@ -7,6 +7,9 @@
 //! Without the default `runtime` feature the crate is only its wire formats (CXML, carriers'
 //! call-end records), which is what the fuzz targets build.
 
+pub mod balance;
 pub mod carrier;
 pub mod cxml;
+#[cfg(feature = "runtime")]
+pub mod schedule;
 pub mod simulator;
