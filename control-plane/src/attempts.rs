@@ -109,14 +109,14 @@ pub struct CallEnd {
 /// live lease is released, and the call is decided if nothing else is awaited.
 pub async fn record_end(db: &AnyPool, call_id: &str, end: &CallEnd, now: i64) -> ApiResult<bool> {
     let mut tx = db.begin().await?;
-    let row = sqlx::query("SELECT body, outcome, result_at, expects_result FROM calls WHERE id = $1 AND cdr_at IS NULL")
-        .bind(call_id)
-        .fetch_optional(&mut *tx)
-        .await?;
-    let Some(row) = row else {
+    // Write first, so SQLite takes the write lock at the start of the transaction (a read
+    // upgraded to a write fails when another writer got in between).
+    let claimed = sqlx::query("UPDATE calls SET cdr_at = $1 WHERE id = $2 AND cdr_at IS NULL").bind(now).bind(call_id).execute(&mut *tx).await?;
+    if claimed.rows_affected() == 0 {
         tx.rollback().await?;
         return Ok(false);
-    };
+    }
+    let row = sqlx::query("SELECT body, outcome, result_at, expects_result FROM calls WHERE id = $1").bind(call_id).fetch_one(&mut *tx).await?;
     let mut body: Value = serde_json::from_str(&row.try_get::<String, _>(0)?).map_err(ApiError::internal)?;
     let current: String = row.try_get(1)?;
     let result_in = row.try_get::<Option<i64>, _>(2)?.is_some();
@@ -131,7 +131,7 @@ pub async fn record_end(db: &AnyPool, call_id: &str, end: &CallEnd, now: i64) ->
     let duration = end.answered_at.map(|a| (end.ended_at - a).max(0));
     sqlx::query(
         "UPDATE calls SET cdr_at = $1, status = 'ended', outcome = $2, answered_at = $3, ended_at = $4, duration_ms = $5, body = $6 \
-         WHERE id = $7 AND cdr_at IS NULL",
+         WHERE id = $7",
     )
     .bind(now)
     .bind(if awaits_result { "in_progress" } else { outcome })
@@ -157,17 +157,22 @@ pub async fn record_end(db: &AnyPool, call_id: &str, end: &CallEnd, now: i64) ->
 /// told its id). Returns `None` when no placed call has that id, `Some(false)` when the result
 /// was already merged.
 pub(crate) async fn merge_result(tx: &mut AnyConnection, call_id: &str, org: &str, result: &Value, now: i64) -> ApiResult<Option<bool>> {
-    let row = sqlx::query("SELECT body, outcome, result_at, cdr_at, org_id FROM calls WHERE id = $1 AND carrier IS NOT NULL")
+    // Write first (see `record_end`): claim the result slot, then read.
+    let claimed = sqlx::query("UPDATE calls SET result_at = $1 WHERE id = $2 AND org_id = $3 AND carrier IS NOT NULL AND result_at IS NULL")
+        .bind(now)
         .bind(call_id)
-        .fetch_optional(&mut *tx)
+        .bind(org)
+        .execute(&mut *tx)
         .await?;
-    let Some(row) = row else { return Ok(None) };
-    if row.try_get::<String, _>(4)? != org {
-        return Err(ApiError::invalid("call_id", "belongs to another organization"));
+    if claimed.rows_affected() == 0 {
+        let placed: Option<String> = sqlx::query_scalar("SELECT org_id FROM calls WHERE id = $1 AND carrier IS NOT NULL").bind(call_id).fetch_optional(&mut *tx).await?;
+        return match placed {
+            None => Ok(None),
+            Some(owner) if owner != org => Err(ApiError::invalid("call_id", "belongs to another organization")),
+            Some(_) => Ok(Some(false)),
+        };
     }
-    if row.try_get::<Option<i64>, _>(2)?.is_some() {
-        return Ok(Some(false));
-    }
+    let row = sqlx::query("SELECT body, outcome, result_at, cdr_at FROM calls WHERE id = $1").bind(call_id).fetch_one(&mut *tx).await?;
     let mut body: Value = serde_json::from_str(&row.try_get::<String, _>(0)?).map_err(ApiError::internal)?;
     for field in ["transcript", "recording", "costs", "end_reason"] {
         if let Some(v) = result.get(field) {
@@ -206,8 +211,9 @@ pub(crate) async fn merge_result(tx: &mut AnyConnection, call_id: &str, org: &st
 /// Decides an ended call whose engine result is overdue: the carrier's outcome stands.
 pub async fn give_up_result(db: &AnyPool, call_id: &str, now: i64) -> ApiResult<()> {
     let mut tx = db.begin().await?;
-    let outcome: Option<String> = sqlx::query_scalar("SELECT outcome FROM calls WHERE id = $1 AND status = 'ended'").bind(call_id).fetch_optional(&mut *tx).await?;
-    if let Some(outcome) = outcome {
+    let claimed = sqlx::query("UPDATE calls SET result_at = $1 WHERE id = $2 AND status = 'ended' AND result_at IS NULL").bind(now).bind(call_id).execute(&mut *tx).await?;
+    if claimed.rows_affected() > 0 {
+        let outcome: String = sqlx::query_scalar("SELECT outcome FROM calls WHERE id = $1").bind(call_id).fetch_one(&mut *tx).await?;
         let carrier = outcome.strip_prefix("pending_").unwrap_or(&outcome).to_string();
         sqlx::query("UPDATE calls SET outcome = $1 WHERE id = $2").bind(carrier).bind(call_id).execute(&mut *tx).await?;
         finalize_in(&mut tx, call_id, now).await?;

@@ -289,3 +289,9 @@ pub(crate) async fn list(State(s): State<AppState>, caller: Caller, Query(q): Qu
         format!("{at}:{}", v["id"].as_str().unwrap_or_default())
     })))
 }
+
+/// One call record as the API shows it.
+pub async fn view_call(s: &AppState, org: &str, id: &str) -> ApiResult<Value> {
+    let mut conn = s.db.acquire().await?;
+    fetch(&mut conn, org, id).await
+}

@@ -57,8 +57,6 @@ pub struct ApiConfig {
     pub login_failures_per_account: usize,
     pub login_failures_per_address: usize,
     pub clock: Arc<dyn Clock>,
-    /// The dialler's side of `POST /v1/calls` and the carriers' webhooks; `None`: those answer 503.
-    pub telephony: Option<Arc<dyn telephony::Telephony>>,
 }
 
 impl ApiConfig {
@@ -74,7 +72,6 @@ impl ApiConfig {
             login_failures_per_account: 5,
             login_failures_per_address: 20,
             clock: Arc::new(SystemClock),
-            telephony: None,
         }
     }
 }
@@ -89,6 +86,9 @@ pub struct Inner {
     pub config: ApiConfig,
     pub logins: LoginLimiter,
     pub http: reqwest::Client,
+    /// The dialler's side of `POST /v1/calls` and the carriers' webhooks, attached after start
+    /// ([`ApiServer::attach_telephony`]); unset, those routes answer 503.
+    pub telephony: std::sync::OnceLock<Arc<dyn telephony::Telephony>>,
 }
 
 impl std::ops::Deref for AppState {
@@ -139,6 +139,7 @@ impl ApiServer {
                 config.login_failures_per_address,
             ),
             http: http_client(Duration::from_secs(10))?,
+            telephony: std::sync::OnceLock::new(),
             config,
         }));
         let app = routes::build().router.with_state(state.clone());
@@ -171,6 +172,11 @@ impl ApiServer {
 
     pub fn state(&self) -> &AppState {
         &self.state
+    }
+
+    /// Attaches the dialler's telephony (direct calls, carriers' webhooks). Once per server.
+    pub fn attach_telephony(&self, telephony: Arc<dyn telephony::Telephony>) {
+        let _ = self.state.telephony.set(telephony);
     }
 
     /// Sends every webhook delivery that is due now; returns how many were attempted.

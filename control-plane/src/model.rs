@@ -593,6 +593,10 @@ pub struct AiAssistant {
     /// Write-only, e.g. `{"auth_token": "…"}` for the template.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub secrets: Secrets,
+    /// Marked down by an operator: load balancers fail over past it and campaigns routed to it
+    /// wait.
+    #[serde(default)]
+    pub down: bool,
 }
 
 impl AiAssistant {

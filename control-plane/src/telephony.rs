@@ -56,8 +56,8 @@ pub trait Telephony: Send + Sync + std::fmt::Debug {
 }
 
 fn telephony(s: &AppState) -> ApiResult<std::sync::Arc<dyn Telephony>> {
-    s.config.telephony.clone().ok_or_else(|| {
-        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "telephony_unavailable", "this API runs without a dialler; start it with `cxb up` or `cxb api --dialler`")
+    s.telephony.get().cloned().ok_or_else(|| {
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "telephony_unavailable", "this API runs without a dialler; run `cxb up` or `cxb api`")
     })
 }
 

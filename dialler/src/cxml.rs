@@ -226,7 +226,7 @@ mod tests {
                 Ok(Event::Empty(e) | Event::Start(e)) => {
                     for a in e.attributes() {
                         let a = a.expect("well-formed attribute");
-                        values.push(a.unescape_value().expect("escaped value").into_owned());
+                        values.push(a.normalized_value(quick_xml::XmlVersion::Implicit1_0).expect("escaped value").into_owned());
                     }
                 }
                 Ok(Event::Eof) => break,

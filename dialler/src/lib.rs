@@ -9,7 +9,20 @@
 
 pub mod balance;
 pub mod carrier;
+#[cfg(feature = "runtime")]
+pub mod carriers;
 pub mod cxml;
+#[cfg(feature = "runtime")]
+mod place;
+#[cfg(feature = "runtime")]
+pub mod run;
 #[cfg(feature = "runtime")]
 pub mod schedule;
 pub mod simulator;
+#[cfg(feature = "runtime")]
+pub mod webhook;
+
+#[cfg(feature = "runtime")]
+pub use run::{Dialler, DiallerConfig, Shared};
+#[cfg(feature = "runtime")]
+pub use webhook::DiallerTelephony;
