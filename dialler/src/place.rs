@@ -205,7 +205,9 @@ impl Shared {
                 }
                 None => {
                     let bot = a.bot_id.clone().unwrap_or_default();
-                    (self.engine_stream(&bot, t).await?, Some(bot), true)
+                    // The engine's built-in bots report no result; AI bots do.
+                    let ai: Option<String> = sqlx::query_scalar("SELECT id FROM bots WHERE id = $1 AND org_id = $2").bind(&bot).bind(&t.org).fetch_optional(&self.db).await?;
+                    (self.engine_stream(&bot, t).await?, Some(bot), ai.is_some())
                 }
             },
         };
