@@ -158,6 +158,7 @@ impl fmt::Debug for CloudonixConfig {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
