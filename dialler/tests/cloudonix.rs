@@ -203,7 +203,9 @@ async fn create_call(State(fake): State<Fake>, Path(domain): Path<String>, heade
     )
 }
 
-async fn get_session(State(fake): State<Fake>, Path((domain, token)): Path<(String, String)>, headers: HeaderMap) -> Response {
+type SessionPath = Path<(String, String)>;
+
+async fn get_session(State(fake): State<Fake>, Path((domain, token)): SessionPath, headers: HeaderMap) -> Response {
     let mut s = fake.lock();
     remember(&mut s, "GET", format!("/customers/self/domains/{domain}/sessions/{token}"), &headers);
     if let Some(refusal) = refused(&s, &headers, &domain) {
@@ -219,7 +221,7 @@ async fn get_session(State(fake): State<Fake>, Path((domain, token)): Path<(Stri
     }))
 }
 
-async fn delete_session(State(fake): State<Fake>, Path((domain, token)): Path<(String, String)>, headers: HeaderMap) -> Response {
+async fn delete_session(State(fake): State<Fake>, Path((domain, token)): SessionPath, headers: HeaderMap) -> Response {
     let answered = {
         let mut s = fake.lock();
         remember(&mut s, "DELETE", format!("/customers/self/domains/{domain}/sessions/{token}"), &headers);
@@ -364,7 +366,8 @@ async fn overload_and_outages_are_unavailable_and_bad_requests_rejected() {
     }
     fake.lock().fail_with = Some(400);
     let err = carrier.create_call(&c).await.unwrap_err();
-    assert!(matches!(err, CarrierError::Rejected { status: 400, ref message } if message.contains("unavailable")), "{err:?}");
+    let rejected = matches!(err, CarrierError::Rejected { status: 400, ref message } if message.contains("unavailable"));
+    assert!(rejected, "{err:?}");
     fake.lock().fail_with = None;
     let no_caller = CallRequest { from: String::new(), ..c.clone() };
     let err = carrier.create_call(&no_caller).await.unwrap_err();
@@ -414,7 +417,8 @@ async fn call_state_follows_the_session() {
 #[tokio::test]
 async fn cloudonix_posts_a_cdr_that_parses_end_to_end() {
     let (fake, base) = start_fake().await;
-    let carrier = Arc::new(Cloudonix::new(http(), CloudonixConfig { webhook_token: Some("hook-secret".into()), ..config(&base) }));
+    let with_token = CloudonixConfig { webhook_token: Some("hook-secret".into()), ..config(&base) };
+    let carrier = Arc::new(Cloudonix::new(http(), with_token));
     let (endpoint, mut received) = cdr_endpoint(carrier.clone()).await;
     {
         let mut s = fake.lock();
@@ -509,7 +513,8 @@ fn unreachable_numbers_are_invalid() {
     };
     for (k, v, cause) in [("sipCode", json!(404), "SIP 404"), ("sip_code", json!("484"), "SIP 484"),
         ("sipStatus", json!(604), "SIP 604"), ("hangupCauseCode", json!(1), "Q.850 1"), ("q850", json!(28), "Q.850 28"),
-        ("hangupCause", json!("UNALLOCATED_NUMBER"), "UNALLOCATED_NUMBER"), ("hangupCause", json!("404 Not Found"), "404 Not Found")] {
+        ("hangupCause", json!("UNALLOCATED_NUMBER"), "UNALLOCATED_NUMBER"),
+        ("hangupCause", json!("404 Not Found"), "404 Not Found")] {
         let cdr = with(k, v);
         assert_eq!(cdr.disposition, Disposition::InvalidNumber, "{k}");
         assert_eq!(cdr.cause.as_deref(), Some(cause), "{k}");
@@ -547,7 +552,8 @@ fn times_in_every_form() {
     let mut bare = record("NOANSWER");
     bare["session"] = json!({"token": "t-1"});
     let cdr = parse(&bare).expect("parsed");
-    assert_eq!((cdr.carrier_call_id.as_str(), cdr.started_at_ms, cdr.ended_at_ms), ("t-1", 1_716_239_100_000, 1_716_239_121_000));
+    assert_eq!(cdr.carrier_call_id, "t-1");
+    assert_eq!((cdr.started_at_ms, cdr.ended_at_ms), (1_716_239_100_000, 1_716_239_121_000));
     assert_eq!(cdr.session, None);
 }
 
@@ -575,7 +581,7 @@ fn the_configured_token_is_required() {
     // The token is checked before the body is read.
     assert_eq!(parse_cdr(token, &[], b"not json"), Err(CdrError::Unauthorized));
     // One right header among wrong ones is enough.
-    let mut mixed = vec![("x-cx-apikey".to_owned(), "nope".to_owned()), ("authorization".to_owned(), "Bearer hook-secret".to_owned())];
+    let mut mixed = [h("x-cx-apikey", "nope"), h("authorization", "Bearer hook-secret")].concat();
     assert!(parse_cdr(token, &mixed, body.as_bytes()).expect("parsed").authenticated);
     mixed.reverse();
     assert!(parse_cdr(token, &mixed, body.as_bytes()).expect("parsed").authenticated);

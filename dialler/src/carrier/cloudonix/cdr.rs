@@ -124,7 +124,9 @@ impl<'a> Causes<'a> {
             Some(Value::String(s)) if !s.trim().is_empty() => Some(s.trim()),
             _ => None,
         };
-        let code = |what: &str, names: &[&str]| count(first(objects, names)).map_err(|e| malformed(format!("{what}: {e}")));
+        let code = |what: &str, names: &[&str]| {
+            count(first(objects, names)).map_err(|e| malformed(format!("{what}: {e}")))
+        };
         let sip = code("SIP status", &["sipCode", "sip_code", "sipStatus", "sip_status"])?;
         let q850 = code("Q.850 cause", &["hangupCauseCode", "hangup_cause_code", "q850", "q850Cause", "q850_cause"])?;
         // `"404 Not Found"` as the cause names the SIP status.
@@ -196,8 +198,9 @@ fn presents_token(headers: &[(String, String)], token: &[u8]) -> bool {
         } else if name.eq_ignore_ascii_case("authorization") {
             match value.split_once(' ') {
                 Some((scheme, cred)) if scheme.eq_ignore_ascii_case("bearer") => Some(cred.trim().as_bytes().to_vec()),
+                // `user:password`; the password is the token.
                 Some((scheme, cred)) if scheme.eq_ignore_ascii_case("basic") => base64_decode(cred.trim())
-                    .and_then(|pair| pair.iter().position(|&c| c == b':').map(|i| pair.get(i + 1..).unwrap_or_default().to_vec())),
+                    .and_then(|pair| Some(pair.get(pair.iter().position(|&c| c == b':')? + 1..)?.to_vec())),
                 _ => None,
             }
         } else {
@@ -266,9 +269,11 @@ mod tests {
     #[test]
     fn dispositions_in_every_spelling() {
         for (raw, want) in [("ANSWER", Disposition::Answered), ("CONNECTED", Disposition::Answered),
-            ("answered", Disposition::Answered), ("BUSY", Disposition::Busy), ("NOANSWER", Disposition::NoAnswer),
-            ("NO ANSWER", Disposition::NoAnswer), ("no-answer", Disposition::NoAnswer), ("CANCEL", Disposition::Canceled),
-            ("CANCELLED", Disposition::Canceled), ("FAILED", Disposition::Failed), ("CONGESTION", Disposition::Failed)] {
+            ("answered", Disposition::Answered), ("BUSY", Disposition::Busy),
+            ("NOANSWER", Disposition::NoAnswer), ("NO ANSWER", Disposition::NoAnswer),
+            ("no-answer", Disposition::NoAnswer), ("CANCEL", Disposition::Canceled),
+            ("CANCELLED", Disposition::Canceled), ("FAILED", Disposition::Failed),
+            ("CONGESTION", Disposition::Failed)] {
             assert_eq!(disposition_of(raw), Some(want), "{raw}");
         }
         assert_eq!(disposition_of("VOICEMAIL?"), None);

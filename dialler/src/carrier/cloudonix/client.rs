@@ -32,7 +32,12 @@ impl Cloudonix {
     }
 
     /// Sends one authenticated request; the status and (capped) body, or why nothing came back.
-    async fn send(&self, method: Method, url: String, body: Option<&CreateCall<'_>>) -> Result<(StatusCode, Vec<u8>), CarrierError> {
+    async fn send(
+        &self,
+        method: Method,
+        url: String,
+        body: Option<&CreateCall<'_>>,
+    ) -> Result<(StatusCode, Vec<u8>), CarrierError> {
         if self.config.domain.trim().is_empty() || self.config.api_key.trim().is_empty() {
             return Err(CarrierError::Config("the Cloudonix domain and API key must both be set".into()));
         }

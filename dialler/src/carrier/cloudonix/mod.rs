@@ -140,7 +140,8 @@ fn default_api_base() -> String {
 impl CloudonixConfig {
     /// Settings for the production API, without a webhook token.
     pub fn new(domain: impl Into<String>, api_key: impl Into<String>) -> Self {
-        CloudonixConfig { api_base: default_api_base(), domain: domain.into(), api_key: api_key.into(), webhook_token: None }
+        let (domain, api_key) = (domain.into(), api_key.into());
+        CloudonixConfig { api_base: default_api_base(), domain, api_key, webhook_token: None }
     }
 }
 

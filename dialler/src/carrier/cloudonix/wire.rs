@@ -81,9 +81,12 @@ pub(super) fn session_state(body: &[u8]) -> Result<CallState, CarrierError> {
     let Ok(Value::Object(session)) = serde_json::from_slice::<Value>(body) else {
         return Err(CarrierError::Unavailable("Cloudonix answered with a session that is not a JSON object".into()));
     };
-    let ended_at = time_ms(session.get("callEndTime")).ok().flatten().or_else(|| time_ms(session.get("endTime")).ok().flatten());
+    let time = |k: &str| time_ms(session.get(k)).ok().flatten();
+    let ended_at = time("callEndTime").or_else(|| time("endTime"));
     let status: String = match session.get("status") {
-        Some(Value::String(s)) => s.chars().filter(char::is_ascii_alphanumeric).map(|c| c.to_ascii_lowercase()).collect(),
+        Some(Value::String(s)) => {
+            s.chars().filter(char::is_ascii_alphanumeric).map(|c| c.to_ascii_lowercase()).collect()
+        }
         _ => String::new(),
     };
     let final_status = matches!(
@@ -183,12 +186,14 @@ mod tests {
         assert!(matches!(status_error(400, br#"{"message":"bad  destination"}"#),
             CarrierError::Rejected { status: 400, message } if message == "bad destination"));
         let long = vec![b'x'; 10_000];
-        assert!(matches!(status_error(404, &long), CarrierError::Rejected { message, .. } if message.len() == MAX_MESSAGE));
+        let err = status_error(404, &long);
+        assert!(matches!(err, CarrierError::Rejected { message, .. } if message.len() == MAX_MESSAGE));
     }
 
     #[test]
     fn created_token_reads_the_documented_response() {
-        let body = br#"{"domainId":3,"subscriberId":372,"destination":"63121233333","direction":"outbound-api","token":"16a7294c989b11e7b3d32b9edb8660c7"}"#;
+        let body = br#"{"domainId":3,"subscriberId":372,"destination":"63121233333","direction":"outbound-api",
+            "token":"16a7294c989b11e7b3d32b9edb8660c7"}"#;
         assert_eq!(created_token(body).as_deref(), Some("16a7294c989b11e7b3d32b9edb8660c7"));
         assert_eq!(created_token(br#"{"token":""}"#), None);
         assert_eq!(created_token(br#"{"token":5}"#), None);
