@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use cxb_control_plane::model::{CarrierKind, Settings};
 use sqlx::AnyPool;
 
+use crate::carrier::cloudonix::{Cloudonix, CloudonixConfig, DEFAULT_API_BASE};
 use crate::carrier::{Carrier, CarrierError};
 
 const KEEP: Duration = Duration::from_secs(5);
@@ -60,8 +61,13 @@ impl Carriers {
             CarrierKind::Cloudonix => {
                 let domain = c.domain.clone().ok_or_else(|| CarrierError::Config("carrier.domain is required for Cloudonix".into()))?;
                 let api_key = c.secrets.get("api_key").cloned().ok_or_else(|| CarrierError::Config("carrier.secrets.api_key is required for Cloudonix".into()))?;
-                let _ = (domain, api_key, &self.http);
-                Err(CarrierError::Config("the Cloudonix adapter is not built in".into()))
+                let config = CloudonixConfig {
+                    api_base: c.api_base.clone().unwrap_or_else(|| DEFAULT_API_BASE.into()),
+                    domain,
+                    api_key,
+                    webhook_token: c.secrets.get("webhook_token").cloned(),
+                };
+                Ok(Arc::new(Cloudonix::new(self.http.clone(), config)))
             }
         }
     }

@@ -115,7 +115,16 @@ fn same(a: &str, b: &str) -> bool {
 
 async fn call_end(s: &Arc<Shared>, org: &str, webhook: CarrierWebhook) -> ApiResult<(StatusCode, Value)> {
     let (carrier, _) = s.carriers.for_org(&s.db, org).await.map_err(carrier_error)?;
-    let cdr = carrier.parse_cdr(&webhook.headers, &webhook.body).map_err(|e| match e {
+    let token = webhook.query.as_deref().and_then(form_urlencoded_token);
+    // Carriers that post every call's record to one configured URL (Cloudonix's
+    // `cdr-endpoint`) can carry the organization's webhook token in that URL's query.
+    let mut headers = webhook.headers;
+    if let Some(t) = &token
+        && !headers.iter().any(|(k, _)| k == "authorization")
+    {
+        headers.push(("authorization".into(), format!("Bearer {t}")));
+    }
+    let cdr = carrier.parse_cdr(&headers, &webhook.body).map_err(|e| match e {
         CdrError::Unauthorized => ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", e.to_string()),
         CdrError::Malformed(m) => ApiError::new(StatusCode::BAD_REQUEST, "malformed_cdr", m),
     })?;
@@ -125,7 +134,6 @@ async fn call_end(s: &Arc<Shared>, org: &str, webhook: CarrierWebhook) -> ApiRes
         .bind(&cdr.carrier_call_id)
         .fetch_optional(&s.db)
         .await?;
-    let token = webhook.query.as_deref().and_then(form_urlencoded_token);
     let Some(row) = row else {
         // Unknown calls answer 401 to the unauthenticated, so ids cannot be probed.
         return Err(if cdr.authenticated { ApiError::not_found("call") } else { ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "unknown call or token") });
