@@ -235,6 +235,11 @@ impl Amd {
         Some(v)
     }
 
+    /// The settings.
+    pub fn config(&self) -> &AmdConfig {
+        &self.config
+    }
+
     /// The verdict, once made.
     pub fn verdict(&self) -> Option<Verdict> {
         self.verdict
@@ -317,7 +322,7 @@ fn mean_abs(block: &[i16; BLOCK]) -> u32 {
 pub struct BeepConfig {
     /// Lowest tone frequency. 300 Hz.
     pub low_hz: f32,
-    /// Highest tone frequency. 2000 Hz.
+    /// Highest tone frequency. 2000 Hz. The bank spans at most 2 kHz above `low_hz`.
     pub high_hz: f32,
     /// Shortest tone that is a beep. 400 ms.
     pub min_tone: Duration,
@@ -353,8 +358,12 @@ pub struct Beep {
     pub freq_hz: u32,
 }
 
-/// Spacing of the fine frequency grid, Hz; the coarse search takes every fourth.
-const GRID_HZ: f32 = 12.5;
+/// Spacing of the coarse filter bank, Hz (the width of a 20 ms block's frequency bin).
+const COARSE_HZ: f32 = 50.0;
+/// Most filters in the coarse bank: the band spans at most 2 kHz.
+const COARSE: usize = 40;
+/// Offsets of the refining filters around the strongest coarse one, Hz.
+const FINE_HZ: [f32; 4] = [-25.0, -12.5, 12.5, 25.0];
 /// Frequencies of one tone in consecutive blocks differ by at most this, Hz.
 const SAME_TONE_HZ: f32 = 25.0;
 
@@ -384,17 +393,18 @@ impl Run {
 /// Finds beeps: a single tone between `low_hz` and `high_hz`, steady in frequency and
 /// amplitude for at least `min_tone`, reported when it ends.
 ///
-/// Each 20 ms block goes through a Goertzel bank (50 Hz apart across the band, then refined
-/// to 12.5 Hz around the strongest): a block is tonal when one frequency holds `purity` of
-/// its energy. Speech fails the purity or the steadiness over 400 ms; a DTMF-like pair of
+/// Each 20 ms block goes through a Goertzel bank (50 Hz apart across the band, at most 40
+/// filters run side by side in one pass, then four more refine to 12.5 Hz around the
+/// strongest): a block is tonal when one frequency holds `purity` of its energy. Speech fails the purity or the steadiness over 400 ms; a DTMF-like pair of
 /// tones splits its energy in two and fails the purity.
 #[derive(Debug, Clone)]
 pub struct BeepDetector {
     config: BeepConfig,
     blocks: Blocks,
-    /// Goertzel coefficients `2 cos(2 pi f / 8000)` on the fine grid, from `grid_low`.
-    coeffs: Vec<f32>,
-    grid_low: f32,
+    /// The coarse bank's Goertzel coefficients `2 cos(2 pi f / 8000)`, from `low_hz` up
+    /// (`coarse` of them; the rest are padding).
+    coeffs: [f32; COARSE],
+    coarse: usize,
     run: Option<Run>,
 }
 
@@ -407,16 +417,9 @@ impl Default for BeepDetector {
 impl BeepDetector {
     /// A detector with these settings; time starts at the first sample fed.
     pub fn new(config: BeepConfig) -> BeepDetector {
-        // The fine grid reaches a refinement step beyond each end of the band.
-        let grid_low = config.low_hz - 2.0 * GRID_HZ;
-        let steps = ((config.high_hz - grid_low) / GRID_HZ).max(0.0) as usize + 3;
-        let coeffs = (0..steps)
-            .map(|i| {
-                let f = grid_low + i as f32 * GRID_HZ;
-                2.0 * (2.0 * std::f32::consts::PI * f / RATE as f32).cos()
-            })
-            .collect();
-        BeepDetector { config, blocks: Blocks::new(), coeffs, grid_low, run: None }
+        let coarse = (((config.high_hz - config.low_hz) / COARSE_HZ).max(0.0) as usize + 1).min(COARSE);
+        let coeffs = std::array::from_fn(|i| coefficient(config.low_hz + i as f32 * COARSE_HZ));
+        BeepDetector { config, blocks: Blocks::new(), coeffs, coarse, run: None }
     }
 
     /// Takes the next samples (8 kHz, any count); returns a beep whose end these samples
@@ -490,40 +493,47 @@ impl BeepDetector {
         if energy < self.config.min_rms * self.config.min_rms * BLOCK as f32 {
             return None;
         }
-        // Coarse: every fourth grid point (50 Hz) inside the band.
-        let first = 2;
-        let last = self.coeffs.len().saturating_sub(3);
-        let mut best = (0.0f32, first);
-        for i in (first..=last).step_by(4) {
-            let p = self.power(block, i);
-            if p > best.0 {
-                best = (p, i);
+        let powers = goertzel(block, &self.coeffs);
+        let (mut power, mut freq) = (0.0f32, 0.0f32);
+        for (i, &p) in powers.iter().enumerate().take(self.coarse) {
+            if p > power {
+                (power, freq) = (p, self.config.low_hz + i as f32 * COARSE_HZ);
             }
         }
-        // Fine: 12.5 and 25 Hz either side.
-        for i in best.1.saturating_sub(2)..=best.1 + 2 {
-            if i != best.1 && i < self.coeffs.len() {
-                let p = self.power(block, i);
-                if p > best.0 {
-                    best = (p, i);
-                }
+        // A tone halfway between two coarse filters still shows 40% of its energy in each
+        // (sinc^2(1/2)); below that share no refinement can make the block tonal.
+        if 2.0 * power / (BLOCK as f32 * energy) < 0.4 * self.config.purity {
+            return None;
+        }
+        let fine = FINE_HZ.map(|d| freq + d);
+        let powers = goertzel(block, &fine.map(coefficient));
+        for (p, f) in powers.into_iter().zip(fine) {
+            if p > power {
+                (power, freq) = (p, f);
             }
         }
-        let freq = self.grid_low + best.1 as f32 * GRID_HZ;
-        let purity = 2.0 * best.0 / (BLOCK as f32 * energy);
+        let purity = 2.0 * power / (BLOCK as f32 * energy);
         let in_band = freq >= self.config.low_hz && freq <= self.config.high_hz;
         (in_band && purity >= self.config.purity).then_some((freq, energy))
     }
+}
 
-    /// Goertzel power `|X(f)|^2` of the block at grid point `i`.
-    fn power(&self, block: &[i16; BLOCK], i: usize) -> f32 {
-        let Some(&coeff) = self.coeffs.get(i) else { return 0.0 };
-        let (mut s1, mut s2) = (0.0f32, 0.0f32);
-        for &x in block {
-            let s = f32::from(x) + coeff * s1 - s2;
-            s2 = s1;
-            s1 = s;
+/// The Goertzel coefficient of frequency `hz`.
+fn coefficient(hz: f32) -> f32 {
+    2.0 * (2.0 * std::f32::consts::PI * hz / RATE as f32).cos()
+}
+
+/// Goertzel powers `|X(f)|^2` of the block for `K` filters run side by side (independent
+/// lanes the compiler vectorises, rather than one long dependency chain per filter).
+fn goertzel<const K: usize>(block: &[i16; BLOCK], coeffs: &[f32; K]) -> [f32; K] {
+    let (mut s1, mut s2) = ([0.0f32; K], [0.0f32; K]);
+    for &x in block {
+        let x = f32::from(x);
+        for ((a, b), c) in s1.iter_mut().zip(s2.iter_mut()).zip(coeffs) {
+            let s = x + c * *a - *b;
+            *b = *a;
+            *a = s;
         }
-        s1 * s1 + s2 * s2 - coeff * s1 * s2
     }
+    std::array::from_fn(|k| s1[k] * s1[k] + s2[k] * s2[k] - coeffs[k] * s1[k] * s2[k])
 }
