@@ -331,8 +331,8 @@ fn amd_leave_voicemail_speaks_the_message_after_the_beep_then_hangs_up() {
     assert_eq!((&amd["result"], &amd["action"]), (&json!("MACHINE"), &json!("leave_voicemail")), "{amd}");
     let beep_end = (greeting.len() / 8 + 800) as i64;
     assert!(amd["beep_ms"].as_i64().is_some_and(|ms| (ms - beep_end).abs() <= 20), "beep ended at {beep_end}: {amd}");
-    let bot_lines: Vec<&str> =
-        result["transcript"].as_array().expect("transcript").iter().filter(|l| l["role"] == "bot").filter_map(|l| l["text"].as_str()).collect();
+    let lines = result["transcript"].as_array().expect("transcript");
+    let bot_lines: Vec<&str> = lines.iter().filter(|l| l["role"] == "bot").filter_map(|l| l["text"].as_str()).collect();
     assert_eq!(bot_lines, [VOICEMAIL]);
 }
 
@@ -361,7 +361,8 @@ fn amd_continue_greets_a_machine_after_the_verdict() {
     call.stop();
     let result = rig.result();
     assert_eq!(result["outcome"], "completed");
-    assert_eq!((&result["metrics"]["amd"]["result"], &result["metrics"]["amd"]["action"]), (&json!("MACHINE"), &json!("continue")));
+    let amd = &result["metrics"]["amd"];
+    assert_eq!((&amd["result"], &amd["action"]), (&json!("MACHINE"), &json!("continue")), "{amd}");
 }
 
 #[test]
@@ -376,10 +377,12 @@ fn amd_from_the_bot_settings_hears_a_person_and_greets_them_after_the_verdict() 
     assert_eq!(before.bytes, 0, "no greeting before the verdict");
     send_audio(&mut call, &quiet(1_000));
     let greeting = listen(&mut call, Duration::from_millis(400), Duration::from_secs(5));
-    assert_eq!(greeting.bytes.div_ceil(160), (AMD_GREETING.len() * AMD_PER_CHAR).div_ceil(160), "{} bytes", greeting.bytes);
+    let expected = (AMD_GREETING.len() * AMD_PER_CHAR).div_ceil(160);
+    assert_eq!(greeting.bytes.div_ceil(160), expected, "{} bytes", greeting.bytes);
     call.stop();
     let result = rig.result();
     assert_eq!(result["call_id"], "CA1", "the carrier's call id without the dialler's");
     assert_eq!((&result["outcome"], &result["end_reason"]), (&json!("completed"), &json!("stopped")));
-    assert_eq!(result["metrics"]["amd"], json!({"result": "HUMAN", "cause": "HUMAN", "decided_ms": 1520, "action": "hangup"}));
+    let amd = json!({"result": "HUMAN", "cause": "HUMAN", "decided_ms": 1520, "action": "hangup"});
+    assert_eq!(result["metrics"]["amd"], amd);
 }

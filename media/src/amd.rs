@@ -395,8 +395,9 @@ impl Run {
 ///
 /// Each 20 ms block goes through a Goertzel bank (50 Hz apart across the band, at most 40
 /// filters run side by side in one pass, then four more refine to 12.5 Hz around the
-/// strongest): a block is tonal when one frequency holds `purity` of its energy. Speech fails the purity or the steadiness over 400 ms; a DTMF-like pair of
-/// tones splits its energy in two and fails the purity.
+/// strongest): a block is tonal when one frequency holds `purity` of its energy. Speech
+/// fails the purity or the steadiness over 400 ms; a DTMF-like pair of tones splits its
+/// energy in two and fails the purity.
 #[derive(Debug, Clone)]
 pub struct BeepDetector {
     config: BeepConfig,

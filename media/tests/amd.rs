@@ -241,7 +241,10 @@ fn malformed_audio_never_panics() {
 
 proptest! {
     #[test]
-    fn any_samples_in_any_frames_are_taken(samples in proptest::collection::vec(any::<i16>(), 0..4_000), cut in 1usize..500) {
+    fn any_samples_in_any_frames_are_taken(
+        samples in proptest::collection::vec(any::<i16>(), 0..4_000),
+        cut in 1usize..500,
+    ) {
         let mut d = Amd::default();
         let mut b = BeepDetector::default();
         let mut verdicts = 0;

@@ -286,7 +286,8 @@ impl Conversation {
             self.leave_voicemail(now, "", "machine_detected");
             return;
         }
-        let message = if self.voicemail_message.trim().is_empty() { &self.bot_greeting } else { &self.voicemail_message };
+        let message =
+            if self.voicemail_message.trim().is_empty() { &self.bot_greeting } else { &self.voicemail_message };
         let message = message.clone();
         self.leave_voicemail(now, &message, "voicemail_left");
     }
