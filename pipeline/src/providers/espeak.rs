@@ -139,15 +139,15 @@ impl WavStream {
             // Too short to tell: `WavInfo::parse` calls any prefix of "RIFF....WAVE" not a WAV.
             return Ok(None);
         }
-        let info = match WavInfo::parse(&self.head) {
+        // Only the first MAX_HEADER bytes are read, however they arrived, so the answer does
+        // not depend on how the output was split.
+        let head = self.head.get(..MAX_HEADER).unwrap_or(&self.head);
+        let info = match WavInfo::parse(head) {
             Ok(info) => info,
-            Err(WavError::Truncated) if self.head.len() < MAX_HEADER => return Ok(None),
+            Err(WavError::Truncated) if head.len() < MAX_HEADER => return Ok(None),
             Err(WavError::Truncated) => return Err(WavStreamError::HeaderTooLong),
             Err(_) => return Err(WavStreamError::NotWav),
         };
-        if info.data_offset > MAX_HEADER {
-            return Err(WavStreamError::HeaderTooLong);
-        }
         if info.channels != 1 || info.sample_rate != self.rate {
             let (rate, channels) = (info.sample_rate, info.channels);
             return Err(WavStreamError::Format { rate, channels, expected: self.rate });
