@@ -16,6 +16,10 @@ use clap::{Args, Parser, Subcommand};
 use cxb_control_plane::client::{Capacity, HeartbeatConfig, Host, heartbeat_loop};
 use cxb_control_plane::clock::{Clock, SystemClock};
 use cxb_control_plane::{ApiConfig, ApiServer, admin};
+use cxb_dialler::carrier::Carrier;
+use cxb_dialler::carriers::Carriers;
+use cxb_dialler::simulator::{OutcomeMix, Simulator, SimulatorConfig};
+use cxb_dialler::{Dialler, DiallerConfig, DiallerTelephony, Shared};
 use cxb_engine::registry::Segment;
 use cxb_engine::agent::ApiLink;
 use cxb_engine::{Engine, EngineConfig, EngineHandle, ResultSink};
@@ -47,15 +51,47 @@ enum Command {
         data: DataArgs,
         #[command(flatten)]
         results: ResultArgs,
+        #[command(flatten)]
+        sim: SimulatorArgs,
     },
     /// The media engine: live calls over telephony WebSockets.
     Core(CoreCommand),
-    /// The control plane: accounts, bots, campaigns, call records, the fleet registry.
+    /// The control plane: accounts, bots, campaigns, call records, the fleet registry; also
+    /// places direct calls and takes carriers' call-end webhooks.
     Api {
         #[arg(long, default_value = "127.0.0.1:8081")]
         listen: SocketAddr,
+        /// The API's address as carriers reach it, for their call-end webhooks (default:
+        /// http://LISTEN); an organization's `settings.webhook_url` wins.
+        #[arg(long)]
+        public_url: Option<String>,
         #[command(flatten)]
         data: DataArgs,
+        #[command(flatten)]
+        sim: SimulatorArgs,
+    },
+    /// Campaign execution: leases active campaigns (several processes split them), paces,
+    /// routes and retries their calls.
+    Dialler {
+        /// The API's address as carriers reach it, for their call-end webhooks; an
+        /// organization's `settings.webhook_url` wins.
+        #[arg(long, default_value = "http://127.0.0.1:8081")]
+        public_url: String,
+        /// An id for this process among the diallers (default: random).
+        #[arg(long)]
+        id: Option<String>,
+        /// Seconds a campaign lease lasts unless renewed (another dialler takes the campaign over
+        /// after this when this one dies).
+        #[arg(long, default_value_t = 15.0)]
+        lease_seconds: f64,
+        /// Seconds a live call's lease lasts unless the carrier says it still lives (a call whose
+        /// call-end record is lost holds its CAC place at most this long).
+        #[arg(long, default_value_t = 60.0)]
+        call_lease_seconds: f64,
+        #[command(flatten)]
+        data: DataArgs,
+        #[command(flatten)]
+        sim: SimulatorArgs,
     },
     /// Administration that needs no account: first organizations, fleet tokens.
     Admin {
@@ -82,6 +118,55 @@ impl DataArgs {
         }
         format!("sqlite://{}", data_dir(self.data_dir.as_ref()).join("cxb.db").display())
     }
+}
+
+/// The built-in carrier simulator, used by organizations whose carrier is `simulator`.
+#[derive(Args, Clone)]
+struct SimulatorArgs {
+    /// Outcome weights, e.g. `answer=60,busy=10,no_answer=15,voicemail=10,failed=5`.
+    #[arg(long, default_value = "answer=60,busy=10,no_answer=15,voicemail=10,failed=5")]
+    sim_mix: String,
+    /// Multiplies ring and talk times (0.1: ten times faster); audio stays real time.
+    #[arg(long, default_value_t = 1.0)]
+    sim_time_scale: f64,
+    /// Seeds the simulator's draws, for repeatable runs.
+    #[arg(long)]
+    sim_seed: Option<u64>,
+}
+
+impl SimulatorArgs {
+    fn config(&self) -> anyhow::Result<SimulatorConfig> {
+        let mut mix = OutcomeMix { answer: 0, busy: 0, no_answer: 0, voicemail: 0, failed: 0 };
+        for part in self.sim_mix.split(',').filter(|p| !p.trim().is_empty()) {
+            let (name, weight) = part.split_once('=').with_context(|| format!("--sim-mix: `{part}` is not name=weight"))?;
+            let weight: u32 = weight.trim().parse().with_context(|| format!("--sim-mix: `{weight}` is not a whole number"))?;
+            match name.trim() {
+                "answer" => mix.answer = weight,
+                "busy" => mix.busy = weight,
+                "no_answer" => mix.no_answer = weight,
+                "voicemail" => mix.voicemail = weight,
+                "failed" => mix.failed = weight,
+                other => bail!("--sim-mix: unknown outcome `{other}` (answer, busy, no_answer, voicemail, failed)"),
+            }
+        }
+        if !(self.sim_time_scale.is_finite() && self.sim_time_scale >= 0.0) {
+            bail!("--sim-time-scale must be a number >= 0");
+        }
+        Ok(SimulatorConfig { mix, time_scale: self.sim_time_scale, seed: self.sim_seed, ..SimulatorConfig::default() })
+    }
+}
+
+/// The dialler's shared state over `db`: carriers (the simulator included) and its settings.
+fn telephony(db: sqlx::AnyPool, public_url: String, sim: &SimulatorArgs, id: Option<String>, leases: Option<(Duration, Duration)>) -> anyhow::Result<Arc<Shared>> {
+    let http = cxb_control_plane::http_client(Duration::from_secs(10))?;
+    let simulator: Arc<dyn Carrier> = Simulator::start(sim.config()?, http.clone());
+    let mut config = DiallerConfig::new(public_url);
+    config.id = id.unwrap_or_default();
+    if let Some((campaign, call)) = leases {
+        config.campaign_lease_ttl = campaign;
+        config.call_lease_ttl = call;
+    }
+    Ok(Shared::new(db, Carriers::new(Some(simulator), http), config))
 }
 
 /// The data directory: the flag, else $CXB_DATA_DIR, $XDG_DATA_HOME/cxb, ~/.local/share/cxb.
@@ -265,7 +350,7 @@ struct CoreArgs {
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
-        Command::Up { listen, api_listen, data, results } => up(listen, api_listen, &data, &results),
+        Command::Up { listen, api_listen, data, results, sim } => up(listen, api_listen, &data, &results, &sim),
         Command::Core(CoreCommand { action: None, run }) => {
             let heartbeat = run.api.clone().zip(run.fleet_token.clone());
             let advertise = run.advertise.clone();
@@ -289,12 +374,26 @@ fn main() -> anyhow::Result<()> {
             engine.wait();
             Ok(())
         }
-        Command::Api { listen, data } => tokio_runtime()?.block_on(async {
+        Command::Api { listen, public_url, data, sim } => tokio_runtime()?.block_on(async {
             let api = ApiServer::start(ApiConfig::new(listen, data.database())).await?;
+            let public_url = public_url.unwrap_or_else(|| format!("http://{}", api.local_addr()));
+            let shared = telephony(api.state().db.clone(), public_url, &sim, None, None)?;
+            api.attach_telephony(Arc::new(DiallerTelephony(shared)));
             println!("CX Bridge API on http://{}  (OpenAPI: /v1/openapi.json)", api.local_addr());
             let _ = std::io::stdout().flush();
             tokio::signal::ctrl_c().await?;
             api.shutdown().await;
+            Ok(())
+        }),
+        Command::Dialler { public_url, id, lease_seconds, call_lease_seconds, data, sim } => tokio_runtime()?.block_on(async {
+            let db = cxb_control_plane::db::connect(&data.database()).await?;
+            let lease = Duration::try_from_secs_f64(lease_seconds).context("--lease-seconds")?;
+            let call_lease = Duration::try_from_secs_f64(call_lease_seconds).context("--call-lease-seconds")?;
+            let dialler = Dialler::start(telephony(db, public_url, &sim, id, Some((lease, call_lease)))?);
+            println!("CX Bridge dialler {} running", dialler.id());
+            let _ = std::io::stdout().flush();
+            tokio::signal::ctrl_c().await?;
+            dialler.shutdown().await;
             Ok(())
         }),
         Command::Admin { action } => tokio_runtime()?.block_on(admin_command(action)),
@@ -342,7 +441,7 @@ async fn admin_command(action: AdminAction) -> anyhow::Result<()> {
 /// The fleet token `cxb up` makes for its own engine at each start (the previous one is revoked).
 const UP_TOKEN: &str = "cxb up (local engine)";
 
-fn up(listen: SocketAddr, api_listen: SocketAddr, data: &DataArgs, results: &ResultArgs) -> anyhow::Result<()> {
+fn up(listen: SocketAddr, api_listen: SocketAddr, data: &DataArgs, results: &ResultArgs, sim: &SimulatorArgs) -> anyhow::Result<()> {
     let rt = tokio_runtime()?;
     rt.block_on(async {
         let database = data.database();
@@ -359,6 +458,9 @@ fn up(listen: SocketAddr, api_listen: SocketAddr, data: &DataArgs, results: &Res
         admin::revoke_fleet_tokens(db, UP_TOKEN).await?;
         let token = admin::create_fleet_token(db, UP_TOKEN, now).await?;
         let api_url = format!("http://{}", api.local_addr());
+        let shared = telephony(api.state().db.clone(), api_url.clone(), sim, None, None)?;
+        api.attach_telephony(Arc::new(DiallerTelephony(shared.clone())));
+        let dialler = Dialler::start(shared);
         let mut config = EngineConfig::new(listen);
         let dir = data_dir(data.data_dir.as_ref());
         let _outbox = wire_results(&mut config, results, &dir, Some((api_url.clone(), token.clone())))?;
@@ -366,6 +468,7 @@ fn up(listen: SocketAddr, api_listen: SocketAddr, data: &DataArgs, results: &Res
         print_welcome(&engine);
         println!("  API         {api_url}   (OpenAPI: {api_url}/v1/openapi.json)");
         println!("  database    {database}");
+        println!("  dialler     {} (carrier: the built-in simulator unless settings name one)", dialler.id());
         if let Some((org, password)) = first {
             println!();
             println!("First start: organization {} was created. Its admin (shown only this once):", org.org_id);
@@ -379,6 +482,7 @@ fn up(listen: SocketAddr, api_listen: SocketAddr, data: &DataArgs, results: &Res
         let beat = tokio::spawn(heartbeat_loop(config, EngineHost(engine.handle())));
         tokio::signal::ctrl_c().await?;
         beat.abort();
+        dialler.shutdown().await;
         api.shutdown().await;
         engine.shutdown();
         Ok(())

@@ -161,6 +161,13 @@ pub(crate) async fn post_result(State(s): State<AppState>, _fleet: Fleet, Body(r
     let now = s.now();
     let body = serde_json::to_string(&r).map_err(ApiError::internal)?;
     let mut tx = s.db.begin().await?;
+    // A call the dialler placed already has its row: the result is merged into it.
+    let value = serde_json::to_value(&r).map_err(ApiError::internal)?;
+    if let Some(merged) = crate::attempts::merge_result(&mut tx, &r.call_id, &org, &value, now).await? {
+        tx.commit().await?;
+        let status = if merged { StatusCode::CREATED } else { StatusCode::OK };
+        return Ok((status, Json(json!({ "call_id": r.call_id, "duplicate": !merged }))));
+    }
     let done = sqlx::query(
         "INSERT INTO calls (id, org_id, direction, from_number, to_number, bot_id, campaign_id, contact_id, started_at, answered_at, \
          ended_at, duration_ms, outcome, body, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15) \
@@ -221,7 +228,7 @@ fn view(row: &sqlx::any::AnyRow) -> ApiResult<Value> {
     }))
 }
 
-async fn fetch(conn: &mut sqlx::AnyConnection, org: &str, id: &str) -> ApiResult<Value> {
+pub(crate) async fn fetch(conn: &mut sqlx::AnyConnection, org: &str, id: &str) -> ApiResult<Value> {
     let sql = format!("SELECT {COLUMNS} FROM calls WHERE id = $1 AND org_id = $2");
     let row = sqlx::query(AssertSqlSafe(sql)).bind(id).bind(org).fetch_optional(conn).await?;
     view(&row.ok_or_else(|| ApiError::not_found("call"))?)
@@ -281,4 +288,10 @@ pub(crate) async fn list(State(s): State<AppState>, caller: Caller, Query(q): Qu
         let at = v["started_at"].as_str().and_then(parse_time).unwrap_or_default();
         format!("{at}:{}", v["id"].as_str().unwrap_or_default())
     })))
+}
+
+/// One call record as the API shows it.
+pub async fn view_call(s: &AppState, org: &str, id: &str) -> ApiResult<Value> {
+    let mut conn = s.db.acquire().await?;
+    fetch(&mut conn, org, id).await
 }

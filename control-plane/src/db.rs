@@ -20,6 +20,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     (2, "product", include_str!("../migrations/0002_product.sql")),
     (3, "runtime", include_str!("../migrations/0003_runtime.sql")),
     (4, "knowledge", include_str!("../migrations/0004_knowledge.sql")),
+    (5, "dialler", include_str!("../migrations/0005_dialler.sql")),
 ];
 
 /// Opens (creating if needed) the database at `url` and brings its schema up to date.

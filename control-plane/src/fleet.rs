@@ -174,16 +174,25 @@ fn new_token() -> String {
 }
 
 pub(crate) async fn reserve(State(s): State<AppState>, _fleet: Fleet) -> ApiResult<(StatusCode, Json<Reserved>)> {
-    let now = s.now();
-    let cutoff = now - s.config.host_ttl.as_millis() as i64;
+    let reserved = reserve_slot(&s.db, s.now(), s.config.host_ttl.as_millis() as i64, s.config.reservation_ttl.as_millis() as i64).await?;
+    let Some(reserved) = reserved else {
+        return Err(ApiError { retry_after: Some(1), ..ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "no_capacity", "no engine host has a free slot") });
+    };
+    Ok((StatusCode::CREATED, Json(reserved)))
+}
+
+/// Reserves a slot on the live host with the most free capacity: one conditional `UPDATE` per
+/// candidate, so concurrent reservations never oversell. `None`: no host has a free slot.
+pub async fn reserve_slot(db: &sqlx::AnyPool, now: i64, host_ttl_ms: i64, reservation_ttl_ms: i64) -> ApiResult<Option<Reserved>> {
+    let cutoff = now - host_ttl_ms;
     let candidates: Vec<(String, String)> = sqlx::query_as(
         "SELECT id, address FROM hosts WHERE last_seen >= $1 AND slots_free - pending > 0 ORDER BY slots_free - pending DESC, id LIMIT 8",
     )
     .bind(cutoff)
-    .fetch_all(&s.db)
+    .fetch_all(db)
     .await?;
     for (host, address) in candidates {
-        let mut tx = s.db.begin().await?;
+        let mut tx = db.begin().await?;
         let took = sqlx::query("UPDATE hosts SET pending = pending + 1 WHERE id = $1 AND slots_free - pending > 0 AND last_seen >= $2")
             .bind(&host)
             .bind(cutoff)
@@ -194,7 +203,7 @@ pub(crate) async fn reserve(State(s): State<AppState>, _fleet: Fleet) -> ApiResu
             continue; // taken meanwhile; try the next host
         }
         let token = new_token();
-        let expires = now + s.config.reservation_ttl.as_millis() as i64;
+        let expires = now + reservation_ttl_ms;
         sqlx::query("INSERT INTO reservations (token, host_id, created_at, expires_at) VALUES ($1, $2, $3, $4)")
             .bind(&token)
             .bind(&host)
@@ -204,10 +213,10 @@ pub(crate) async fn reserve(State(s): State<AppState>, _fleet: Fleet) -> ApiResu
             .await?;
         tx.commit().await?;
         metrics::counter!("cxb_api_reservations_total", "result" => "reserved").increment(1);
-        return Ok((StatusCode::CREATED, Json(Reserved { host_id: host, address, token, expires_at: rfc3339(expires) })));
+        return Ok(Some(Reserved { host_id: host, address, token, expires_at: rfc3339(expires) }));
     }
     metrics::counter!("cxb_api_reservations_total", "result" => "no_capacity").increment(1);
-    Err(ApiError { retry_after: Some(1), ..ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "no_capacity", "no engine host has a free slot") })
+    Ok(None)
 }
 
 /// `GET /v1/runtime/bots/{id}`: everything the engine needs at call start, secrets included.

@@ -7,6 +7,7 @@
 //! from another organization answers 404 exactly as an unknown id does.
 
 pub mod admin;
+pub mod attempts;
 pub mod auth;
 pub mod calls;
 mod campaigns;
@@ -22,6 +23,7 @@ pub mod model;
 mod resources;
 mod routes;
 mod settings;
+pub mod telephony;
 mod users;
 mod webhooks;
 
@@ -84,6 +86,9 @@ pub struct Inner {
     pub config: ApiConfig,
     pub logins: LoginLimiter,
     pub http: reqwest::Client,
+    /// The dialler's side of `POST /v1/calls` and the carriers' webhooks, attached after start
+    /// ([`ApiServer::attach_telephony`]); unset, those routes answer 503.
+    pub telephony: std::sync::OnceLock<Arc<dyn telephony::Telephony>>,
 }
 
 impl std::ops::Deref for AppState {
@@ -134,6 +139,7 @@ impl ApiServer {
                 config.login_failures_per_address,
             ),
             http: http_client(Duration::from_secs(10))?,
+            telephony: std::sync::OnceLock::new(),
             config,
         }));
         let app = routes::build().router.with_state(state.clone());
@@ -166,6 +172,11 @@ impl ApiServer {
 
     pub fn state(&self) -> &AppState {
         &self.state
+    }
+
+    /// Attaches the dialler's telephony (direct calls, carriers' webhooks). Once per server.
+    pub fn attach_telephony(&self, telephony: Arc<dyn telephony::Telephony>) {
+        let _ = self.state.telephony.set(telephony);
     }
 
     /// Sends every webhook delivery that is due now; returns how many were attempted.

@@ -397,13 +397,30 @@ pub struct RetryPolicy {
     pub backoff_seconds: u32,
     #[serde(default = "two")]
     pub backoff_multiplier: f64,
+    /// No wait is longer than this.
+    #[serde(default = "an_hour")]
+    pub max_backoff_seconds: u32,
     #[serde(default = "retry_on")]
     pub retry_on: Vec<RetryOn>,
 }
 
+fn an_hour() -> u32 {
+    3600
+}
+
+impl RetryPolicy {
+    /// The wait before attempt `attempt + 1` after attempt `attempt` (1-based) failed:
+    /// `backoff_seconds × backoff_multiplier^(attempt-1)`, at most `max_backoff_seconds`.
+    pub fn backoff_ms(&self, attempt: u32) -> i64 {
+        let factor = self.backoff_multiplier.powi(attempt.saturating_sub(1).min(60) as i32);
+        let seconds = (f64::from(self.backoff_seconds) * factor).min(f64::from(self.max_backoff_seconds));
+        (seconds * 1000.0) as i64
+    }
+}
+
 impl Default for RetryPolicy {
     fn default() -> RetryPolicy {
-        RetryPolicy { max_attempts: 3, backoff_seconds: 300, backoff_multiplier: 2.0, retry_on: retry_on() }
+        RetryPolicy { max_attempts: 3, backoff_seconds: 300, backoff_multiplier: 2.0, max_backoff_seconds: an_hour(), retry_on: retry_on() }
     }
 }
 
@@ -498,6 +515,9 @@ impl Campaign {
         if r.backoff_seconds > 7 * 86_400 {
             return Err(ApiError::invalid("retry.backoff_seconds", "at most 604800 (a week)"));
         }
+        if r.max_backoff_seconds > 7 * 86_400 {
+            return Err(ApiError::invalid("retry.max_backoff_seconds", "at most 604800 (a week)"));
+        }
         if !(1.0..=10.0).contains(&r.backoff_multiplier) {
             return Err(ApiError::invalid("retry.backoff_multiplier", "between 1 and 10"));
         }
@@ -579,6 +599,10 @@ pub struct AiAssistant {
     /// Write-only, e.g. `{"auth_token": "…"}` for the template.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub secrets: Secrets,
+    /// Marked down by an operator: load balancers fail over past it and campaigns routed to it
+    /// wait.
+    #[serde(default)]
+    pub down: bool,
 }
 
 impl AiAssistant {

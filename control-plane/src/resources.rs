@@ -67,6 +67,9 @@ impl Document for Bot {
     }
 }
 
+/// Bots every engine has, which need no row.
+pub(crate) const BUILT_IN_BOTS: [&str; 2] = ["echo", "turn-echo"];
+
 impl Document for AiAssistant {
     const TABLE: &'static str = "ai_assistants";
     const PREFIX: &'static str = "asst";
@@ -76,7 +79,9 @@ impl Document for AiAssistant {
     }
     async fn check(&mut self, state: &AppState, org: &str) -> ApiResult<()> {
         AiAssistant::check(self)?;
+        // The engine's built-in bots (`echo`, `turn-echo`) are there for trying routes out.
         if let Some(bot) = &self.bot_id
+            && !BUILT_IN_BOTS.contains(&bot.as_str())
             && !exists(state, "bots", org, bot).await?
         {
             return Err(ApiError::invalid("bot_id", "no such bot"));

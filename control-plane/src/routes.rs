@@ -345,6 +345,15 @@ pub(crate) fn build() -> Routes {
     r.add("POST", "/v1/dnc", campaigns::add_dnc, Doc::user("dnc", "Add a number to the do-not-call list").body(new_dnc).created(obj()));
     r.add("DELETE", "/v1/dnc/{id}", campaigns::delete_dnc, Doc::user("dnc", "Remove a number from the list").no_content());
 
+    let direct = named::<crate::telephony::DirectCall>(&mut r.schemas);
+    r.add("POST", "/v1/calls", crate::telephony::place_call, Doc::user("calls", "Place one outbound call from a bot through the organization's carrier").body(direct).created(obj()));
+    r.add(
+        "POST",
+        "/v1/carriers/{org_id}/cdr",
+        crate::telephony::carrier_webhook,
+        Doc::public("carriers", "A carrier's call-end record (CDR) webhook; authenticated by the per-call token or the carrier's signature").body(obj()).ok(obj()),
+    );
+    r.add("GET", "/v1/campaigns/{id}/stats", crate::attempts::stats, Doc::user("campaigns", "The campaign's statistics: attempts by outcome, live calls, durations, answer-to-first-audio").ok(obj()));
     r.add("GET", "/v1/calls", calls::list, Doc::user("calls", "Call records, newest first (filters: since, until, campaign_id, bot_id, outcome, direction)").ok(page_of(obj())));
     r.add("GET", "/v1/calls/{id}", calls::get, Doc::user("calls", "One call record").ok(obj()));
 

@@ -7,6 +7,22 @@
 //! Without the default `runtime` feature the crate is only its wire formats (CXML, carriers'
 //! call-end records), which is what the fuzz targets build.
 
+pub mod balance;
 pub mod carrier;
+#[cfg(feature = "runtime")]
+pub mod carriers;
 pub mod cxml;
+#[cfg(feature = "runtime")]
+mod place;
+#[cfg(feature = "runtime")]
+pub mod run;
+#[cfg(feature = "runtime")]
+pub mod schedule;
 pub mod simulator;
+#[cfg(feature = "runtime")]
+pub mod webhook;
+
+#[cfg(feature = "runtime")]
+pub use run::{Dialler, DiallerConfig, Shared};
+#[cfg(feature = "runtime")]
+pub use webhook::DiallerTelephony;

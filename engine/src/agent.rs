@@ -13,8 +13,9 @@ use std::time::{Duration, Instant};
 
 use cxb_codecs::{Encoding, SampleRate, g711};
 use cxb_media::Timestamp;
+use cxb_media::amd::{Amd, AmdConfig, AmdResult, BeepDetector, Verdict};
 use cxb_media::resample::Polyphase;
-use cxb_pipeline::config::BotConfig;
+use cxb_pipeline::config::{BotConfig, MachineAction};
 use cxb_pipeline::conversation::{Action, Conversation, Ending};
 use cxb_pipeline::provider::{AudioFormat, Events, Job, LlmProvider, SttCommand, SttSession, ToolCall, TtsProvider};
 use cxb_pipeline::tools::{CarrierLink, Destination, ToolAction, Tools};
@@ -137,6 +138,80 @@ pub enum AgentEnd {
     Transfer(String),
 }
 
+/// How long, after a machine is detected, the voicemail message waits for the beep before it
+/// settles for the greeting's trailing silence instead.
+const BEEP_WAIT_MS: u64 = 20_000;
+
+/// End reasons of calls that answering-machine detection ended.
+const MACHINE_DETECTED: &str = "machine_detected";
+const VOICEMAIL_LEFT: &str = "voicemail_left";
+
+/// Answering-machine detection on one call: the bot's audio is held while it runs, so the bot
+/// does not talk over a machine. It runs from the first inbound sample until the verdict
+/// (at most the analysis time, 5 s) or, when a message is to be left on a machine, until the
+/// beep; then it costs nothing per frame.
+#[derive(Debug)]
+struct Screening {
+    action: MachineAction,
+    amd: Amd,
+    /// Only when a message is to be left.
+    beep: Option<BeepDetector>,
+    /// When the first beep ended, ms from the first inbound sample.
+    beep_ms: Option<u64>,
+    /// The bot's audio is held.
+    holding: bool,
+    /// How the call ended because of the verdict, if it did.
+    end: Option<&'static str>,
+}
+
+impl Screening {
+    fn new(action: MachineAction) -> Screening {
+        Screening {
+            action,
+            amd: Amd::new(AmdConfig::default()),
+            beep: (action == MachineAction::LeaveVoicemail).then(BeepDetector::default),
+            beep_ms: None,
+            holding: true,
+            end: None,
+        }
+    }
+
+    /// One frame of the caller; the verdict if this frame brought it (while holding).
+    fn frame(&mut self, pcm: &[i16]) -> Option<Verdict> {
+        let verdict = self.amd.push(pcm);
+        if let Some(beep) = self.beep.as_mut().and_then(|b| b.push(pcm)) {
+            self.beep_ms.get_or_insert(beep.end_ms);
+        }
+        verdict
+    }
+
+    /// Waiting to leave a message: the beep came, or after `BEEP_WAIT_MS` the greeting fell
+    /// silent.
+    fn may_speak(&self, decided_ms: u64) -> bool {
+        let quiet = u128::from(self.amd.silence_ms()) >= self.amd.config().after_greeting_silence.as_millis();
+        self.beep_ms.is_some() || self.amd.elapsed_ms() >= decided_ms + BEEP_WAIT_MS && quiet
+    }
+
+    /// The `metrics.amd` of the call's result (a call that ended first is HANGUP).
+    fn report(&mut self) -> Value {
+        let verdict = self.amd.verdict().or_else(|| self.amd.hangup());
+        let mut report = json!({
+            "result": verdict.map(|v| v.result.as_str()),
+            "cause": verdict.map(|v| v.cause.as_str()),
+            "decided_ms": verdict.map(|v| v.at_ms),
+            "action": match self.action {
+                MachineAction::Hangup => "hangup",
+                MachineAction::Continue => "continue",
+                MachineAction::LeaveVoicemail => "leave_voicemail",
+            },
+        });
+        if let Some(beep) = self.beep_ms {
+            report["beep_ms"] = json!(beep);
+        }
+        report
+    }
+}
+
 /// The AI side of one call.
 pub struct Agent {
     bot: Rc<BotConfig>,
@@ -165,6 +240,7 @@ pub struct Agent {
     /// frame on the wire measures the engine's own latency.
     pub(crate) wire_pending: Option<Instant>,
     transfer: Option<Value>,
+    screening: Option<Screening>,
 }
 
 impl std::fmt::Debug for Agent {
@@ -222,6 +298,7 @@ impl Agent {
             stt_audio_ms: 0,
             wire_pending: None,
             transfer: None,
+            screening: None,
             bot,
         };
         agent.conv.start(now);
@@ -248,14 +325,41 @@ impl Agent {
         self.end.as_ref()
     }
 
+    /// The carrier's `start`: answering-machine detection runs when the dialler asks for it
+    /// (custom parameter `amd` = `hangup`, `continue` or `leave_voicemail`, the campaign's
+    /// action) or, on outbound calls, when the bot's `answering_machine.detect` is set (its
+    /// `action` applies).
+    pub fn on_start(&mut self, start: &Start) {
+        let param = start.custom_parameters.iter().find(|(k, _)| k == "amd").map(|(_, v)| v.as_str());
+        let outbound = start.custom_parameters.iter().any(|(k, v)| k == "direction" && v == "outbound");
+        let action = match param {
+            Some("hangup") => Some(MachineAction::Hangup),
+            Some("continue") => Some(MachineAction::Continue),
+            Some("leave_voicemail") => Some(MachineAction::LeaveVoicemail),
+            _ => (outbound && self.bot.answering_machine.detect).then_some(self.bot.answering_machine.action),
+        };
+        self.screening = action.map(Screening::new);
+    }
+
+    /// Whether the bot's audio is held (answering-machine detection is deciding, or waiting for
+    /// the beep): nothing plays and the caller's turns are not the conversation's yet.
+    pub fn holds_playout(&self) -> bool {
+        self.screening.as_ref().is_some_and(|s| s.holding)
+    }
+
     /// One 20 ms frame of the caller: `raw` as the carrier sent it (`encoding`, 8 kHz) and
-    /// `wide` as the media path made it (16 kHz). Goes to speech-to-text in the provider's
-    /// format, converted only when it differs, and to the recording.
-    pub fn caller_frame(&mut self, raw: &[u8], encoding: Encoding, wide: &[i16]) {
+    /// `wide` as the media path made it (16 kHz). Goes to the recording, to answering-machine
+    /// detection while it runs, and otherwise to speech-to-text in the provider's format,
+    /// converted only when it differs. Returns whether the detection acted (the
+    /// conversation may have actions, the playout may be released).
+    pub fn caller_frame(&mut self, now: Timestamp, raw: &[u8], encoding: Encoding, wide: &[i16]) -> bool {
         self.pcm.clear();
         let _ = encoding.decode_into(raw, &mut self.pcm);
         if let Some(r) = self.recorder.as_mut() {
             r.append(Channel::Caller, &self.pcm);
+        }
+        if self.holds_playout() {
+            return self.screen(now);
         }
         self.stt_bytes.clear();
         match (self.stt_format, encoding) {
@@ -272,6 +376,33 @@ impl Agent {
         self.stt_audio_ms += 20;
         self.stt
             .send(SttCommand::Audio(std::mem::take(&mut self.stt_bytes)));
+        false
+    }
+
+    /// Answering-machine detection on the frame in `pcm`; whether it acted.
+    fn screen(&mut self, now: Timestamp) -> bool {
+        let Some(s) = self.screening.as_mut() else { return false };
+        let fresh = s.frame(&self.pcm);
+        let Some(verdict) = s.amd.verdict() else { return false };
+        match (verdict.result, s.action) {
+            (AmdResult::Machine, MachineAction::Hangup) => {
+                s.holding = false;
+                s.end = Some(MACHINE_DETECTED);
+                self.conv.on_machine(now, false);
+            }
+            (AmdResult::Machine, MachineAction::LeaveVoicemail) => {
+                if fresh.is_some() {
+                    s.end = Some(VOICEMAIL_LEFT);
+                    self.conv.on_machine(now, true);
+                }
+                if !s.may_speak(verdict.at_ms) {
+                    return fresh.is_some();
+                }
+                s.holding = false;
+            }
+            _ => s.holding = false,
+        }
+        true
     }
 
     /// Bot audio released to the carrier `offset` after the stream began (for the recording).
@@ -393,6 +524,11 @@ impl Agent {
                     .map(|(_, v)| v.clone())
             })
         };
+        let amd = self.screening.as_mut().map(Screening::report);
+        let end_reason = match self.screening.as_ref().and_then(|s| s.end) {
+            Some(reason) if end_reason == crate::call::EndReason::BotHangup.label() => reason,
+            _ => end_reason,
+        };
         let outcome = match self.conv.ending() {
             Ending::Voicemail => "voicemail",
             _ => "completed",
@@ -405,7 +541,10 @@ impl Agent {
             .map(|l| json!({ "role": l.role, "text": l.text, "at_ms": l.at_ms, "interrupted": l.interrupted }))
             .collect();
         let mut result = json!({
-            "call_id": start.and_then(|s| s.call_sid.clone()).unwrap_or_else(|| call_id.to_string()),
+            "call_id": param("call_id")
+                .filter(|id| !id.is_empty())
+                .or_else(|| start.and_then(|s| s.call_sid.clone()))
+                .unwrap_or_else(|| call_id.to_string()),
             "direction": param("direction").filter(|d| d == "outbound").unwrap_or_else(|| "inbound".into()),
             "from": start.and_then(|s| s.from.clone()).or_else(|| param("from")).unwrap_or_default(),
             "to": start.and_then(|s| s.to.clone()).or_else(|| param("to")).unwrap_or_default(),
@@ -428,6 +567,7 @@ impl Agent {
                 "llm_requests": usage.llm_requests,
                 "tools": self.tools.log().take(),
                 "transfer": self.transfer,
+                "amd": amd,
                 "providers": { "stt": self.bot.stt.provider, "llm": self.bot.llm.provider, "tts": self.bot.tts.provider },
             },
         });

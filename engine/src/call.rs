@@ -408,9 +408,10 @@ impl Call {
         requested
     }
 
-    /// Moves bot audio and marks from the backlog into the playout queue as room allows.
+    /// Moves bot audio and marks from the backlog into the playout queue as room allows (not
+    /// while answering-machine detection holds the bot's audio).
     fn feed(&mut self) {
-        if !matches!(self.phase, Phase::Streaming { .. }) {
+        if !matches!(self.phase, Phase::Streaming { .. }) || self.agent.as_ref().is_some_and(|a| a.holds_playout()) {
             return;
         }
         while let Some(item) = self.backlog.front_mut() {
@@ -497,6 +498,9 @@ impl Call {
                         sid: start.stream_sid.clone(),
                         encoding: format.encoding,
                     };
+                    if let Some(agent) = self.agent.as_mut() {
+                        agent.on_start(&start);
+                    }
                     self.start_info = Some(start);
                     self.stream_start = Some(now);
                     if self.agent.is_some() {
@@ -573,8 +577,9 @@ impl Call {
             self.stats.frames_in += 1;
             if let (Some(agent), Phase::Streaming { encoding, .. }) =
                 (self.agent.as_mut(), &self.phase)
+                && agent.caller_frame(now, frame, *encoding, self.inbound.audio().samples())
             {
-                agent.caller_frame(frame, *encoding, self.inbound.audio().samples());
+                self.run_agent(None);
             }
             self.after_frame(now, heard.turn);
         }
@@ -588,8 +593,10 @@ impl Call {
     fn after_frame(&mut self, now: Timestamp, turn: Option<TurnEvent>) {
         match self.config.bot {
             BotKind::Agent => {
+                // While answering-machine detection runs, the caller's turns are not the
+                // conversation's (a machine's greeting is not a turn to answer).
                 if let Some(event) = turn
-                    && let Some(agent) = self.agent.as_mut()
+                    && let Some(agent) = self.agent.as_mut().filter(|a| !a.holds_playout())
                 {
                     agent.conversation().on_turn(now, event);
                     self.run_agent(None);
@@ -647,11 +654,13 @@ impl Call {
     /// stays in the past); `turn-echo` then plays the turn back.
     fn poll_turn(&mut self, now: Timestamp) {
         let ended = self.inbound.poll_turn(now);
-        if let Some(event) = ended
-            && let Some(agent) = self.agent.as_mut()
-        {
-            agent.conversation().on_turn(now, event);
-            self.run_agent(None);
+        if let Some(agent) = self.agent.as_mut() {
+            if let Some(event) = ended
+                && !agent.holds_playout()
+            {
+                agent.conversation().on_turn(now, event);
+                self.run_agent(None);
+            }
             return;
         }
         if let Some(TurnEvent::Ended { .. }) = ended

@@ -3,7 +3,9 @@
 //! speaking Deepgram's and ElevenLabs' protocols, with the `script` language model. The test
 //! checks what the caller hears (greeting, answers), barge-in (`clear`, the reply cut short),
 //! the bot hanging up through `end_call`, and the result and recording written to the
-//! outbox before the slot is freed.
+//! outbox before the slot is freed. Answering-machine detection: the greeting is held until
+//! the verdict; a machine is hung up on, or gets the voicemail message after its beep; a
+//! person gets the greeting.
 
 mod common;
 
@@ -13,7 +15,7 @@ use std::time::{Duration, Instant};
 use common::{connect, engine, tempdir};
 use cxb_engine::ResultSink;
 use cxb_pipeline::testkit::deepgram::{DeepgramConfig, DeepgramServer, Reply, Step};
-use cxb_pipeline::testkit::elevenlabs::{ElevenLabsConfig, ElevenLabsServer};
+use cxb_pipeline::testkit::elevenlabs::{ElevenLabsConfig, ElevenLabsServer, expected_audio};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use serde_json::{Value, json};
@@ -44,15 +46,16 @@ fn speech_frames() -> Vec<Vec<u8>> {
 }
 
 /// What the caller heard until `quiet` passed with no audio after some had come (or
-/// `limit`): media bytes, whether a `clear` came, and the close frame if the call ended.
+/// `limit`): media bytes (and the audio), whether a `clear` came, and the close frame if the call ended.
 struct Heard {
     bytes: usize,
+    audio: Vec<u8>,
     cleared: bool,
     closed: Option<(u16, String)>,
 }
 
 fn listen(call: &mut common::Carrier, quiet: Duration, limit: Duration) -> Heard {
-    let mut heard = Heard { bytes: 0, cleared: false, closed: None };
+    let mut heard = Heard { bytes: 0, audio: Vec::new(), cleared: false, closed: None };
     let (end, mut last) = (Instant::now() + limit, None::<Instant>);
     let _ = call.ws.get_ref().set_read_timeout(Some(Duration::from_millis(50)));
     while Instant::now() < end && last.is_none_or(|t| t.elapsed() < quiet) {
@@ -61,7 +64,9 @@ fn listen(call: &mut common::Carrier, quiet: Duration, limit: Duration) -> Heard
                 let v: Value = serde_json::from_str(t.as_str()).expect("JSON from the engine");
                 match v["event"].as_str() {
                     Some("media") => {
-                        heard.bytes += STANDARD.decode(v["media"]["payload"].as_str().unwrap_or("")).expect("base64").len();
+                        let audio = STANDARD.decode(v["media"]["payload"].as_str().unwrap_or("")).expect("base64");
+                        heard.bytes += audio.len();
+                        heard.audio.extend(audio);
                         last = Some(Instant::now());
                     }
                     Some("clear") => heard.cleared = true,
@@ -188,4 +193,196 @@ fn an_ai_call_greets_answers_yields_to_barge_in_and_hangs_up() {
     };
     assert!(count("cxb_agent_wire_seconds").is_some_and(|n| n >= 3), "wire: {:?}", count("cxb_agent_wire_seconds"));
     assert!(count("cxb_agent_dispatch_seconds").is_some_and(|n| n >= 3), "dispatch: {:?}", count("cxb_agent_dispatch_seconds"));
+}
+
+/// 8 kHz 16-bit samples from a fixture file.
+fn samples(path: &str) -> Vec<i16> {
+    std::fs::read(path).expect("fixture").chunks_exact(2).map(|b| i16::from_le_bytes([b[0], b[1]])).collect()
+}
+
+/// "Hi, you've reached Sam. Please leave a message after the tone." (espeak-ng, 3.3 s)
+fn machine_greeting() -> Vec<i16> {
+    samples(concat!(env!("CARGO_MANIFEST_DIR"), "/../media/tests/data/voicemail-greeting-8k.s16"))
+}
+
+/// "Hello?" (espeak-ng, 0.4 s)
+fn hello() -> Vec<i16> {
+    samples(concat!(env!("CARGO_MANIFEST_DIR"), "/../media/tests/data/hello-8k.s16"))
+}
+
+fn quiet(ms: usize) -> Vec<i16> {
+    vec![0; ms * 8]
+}
+
+fn beep(hz: f64, ms: usize) -> Vec<i16> {
+    (0..ms * 8).map(|n| (8_000.0 * (2.0 * std::f64::consts::PI * hz * n as f64 / 8_000.0).sin()) as i16).collect()
+}
+
+/// Sends audio as 20 ms mu-law frames, as fast as the socket takes them (detection counts
+/// samples, not the clock).
+fn send_audio(call: &mut common::Carrier, audio: &[i16]) {
+    for frame in audio.chunks(160) {
+        call.media(&frame.iter().map(|&s| cxb_codecs::g711::encode_mulaw(s)).collect::<Vec<u8>>());
+    }
+}
+
+const AMD_PER_CHAR: usize = 160; // 20 ms of mu-law per character
+const AMD_GREETING: &str = "Hello, thanks for calling.";
+const VOICEMAIL: &str = "Please call us back.";
+
+/// An engine with one AI bot (`am`; `answering_machine` as given), its providers local test
+/// servers; what the outbox gets.
+struct AmdRig {
+    engine: cxb_engine::Engine,
+    results: Arc<Captured>,
+    tts: ElevenLabsServer,
+    _stt: DeepgramServer,
+}
+
+fn amd_rig(answering_machine: Value) -> AmdRig {
+    let stt = DeepgramServer::start(DeepgramConfig::default()).expect("stt server");
+    let tts = ElevenLabsServer::start(ElevenLabsConfig { bytes_per_char: AMD_PER_CHAR, ..ElevenLabsConfig::default() })
+        .expect("tts server");
+    let bots = tempdir();
+    let bot = json!({
+        "name": "Outreach",
+        "greeting": AMD_GREETING,
+        "stt": { "provider": "deepgram", "base_url": stt.url(), "secrets": { "api_key": "dg" } },
+        "llm": { "provider": "script", "options": { "script": { "intents": [], "fallback": "Sorry?" } } },
+        "tts": { "provider": "elevenlabs", "base_url": tts.url(), "secrets": { "api_key": "xi" } },
+        "voice": "voice1",
+        "answering_machine": answering_machine,
+    });
+    std::fs::write(bots.join("am.json"), bot.to_string()).expect("bot file");
+    let results = Arc::new(Captured::default());
+    let sink = results.clone();
+    let engine = engine(move |c| {
+        c.bots.dir = Some(bots);
+        c.results = Some(sink);
+    });
+    AmdRig { engine, results, tts, _stt: stt }
+}
+
+impl AmdRig {
+    /// A call whose Twilio `start` carries these custom parameters; returns once the greeting
+    /// is synthesised (so a greeting not held would be playing).
+    fn call(&self, parameters: Value) -> common::Carrier {
+        let mut call = connect(self.engine.local_addr(), "/ws/am").expect("upgrade");
+        call.send(json!({"event":"connected","protocol":"Call","version":"1.0.0"}));
+        call.send(json!({"event":"start","sequenceNumber":"1","streamSid":"MZ1","start":{"accountSid":"AC1","streamSid":"MZ1",
+            "callSid":"CA1","tracks":["inbound"],"customParameters":parameters,
+            "mediaFormat":{"encoding":"audio/x-mulaw","sampleRate":8000,"channels":1}}}));
+        let synthesised = common::eventually(Duration::from_secs(5), || {
+            self.tts.connections().iter().any(|c| c.text == AMD_GREETING && c.audio_bytes == AMD_GREETING.len() * AMD_PER_CHAR)
+        });
+        assert!(synthesised, "the greeting is synthesised at once");
+        call
+    }
+
+    /// The call's result, once the call is over and its slot free.
+    fn result(&self) -> Value {
+        assert!(common::eventually(Duration::from_secs(5), || common::health(self.engine.local_addr())["live_calls"] == 0));
+        let results = self.results.0.lock().expect("lock");
+        assert_eq!(results.len(), 1);
+        results[0].0.clone()
+    }
+}
+
+#[test]
+fn amd_hangup_ends_a_machine_call_without_a_word_from_the_bot() {
+    let rig = amd_rig(json!({}));
+    let mut call = rig.call(json!({"amd": "hangup", "call_id": "call-42", "campaign_id": "camp-1", "direction": "outbound"}));
+    let held = listen(&mut call, Duration::from_millis(300), Duration::from_millis(300));
+    assert_eq!((held.bytes, held.closed), (0, None), "the greeting is held while detection runs");
+    send_audio(&mut call, &machine_greeting());
+    let heard = listen(&mut call, Duration::from_secs(1), Duration::from_secs(5));
+    assert_eq!(heard.closed, Some((1000, "call ended by the bot".to_string())));
+    assert_eq!(heard.bytes, 0, "no bot audio before or after the verdict");
+    let result = rig.result();
+    assert_eq!(result["call_id"], "call-42", "the dialler's call id");
+    assert_eq!(result["campaign_id"], "camp-1");
+    assert_eq!((&result["outcome"], &result["end_reason"]), (&json!("voicemail"), &json!("machine_detected")));
+    assert_eq!(
+        result["metrics"]["amd"],
+        json!({"result": "MACHINE", "cause": "MAXWORDS", "decided_ms": 1760, "action": "hangup"})
+    );
+    assert_eq!(result["transcript"], json!([]), "the caller heard nothing");
+}
+
+#[test]
+fn amd_leave_voicemail_speaks_the_message_after_the_beep_then_hangs_up() {
+    let rig = amd_rig(json!({ "voicemail_message": VOICEMAIL }));
+    let mut call = rig.call(json!({"amd": "leave_voicemail", "direction": "outbound"}));
+    let greeting = machine_greeting();
+    send_audio(&mut call, &greeting);
+    // A machine: the voicemail message is synthesised but waits for the beep.
+    assert!(common::eventually(Duration::from_secs(5), || rig.tts.connections().iter().any(|c| c.text == VOICEMAIL)));
+    let waiting = listen(&mut call, Duration::from_millis(500), Duration::from_millis(500));
+    assert_eq!((waiting.bytes, waiting.closed), (0, None), "nothing before the beep");
+    send_audio(&mut call, &[quiet(300), beep(1_000.0, 500), quiet(200)].concat());
+    let heard = listen(&mut call, Duration::from_secs(2), Duration::from_secs(5));
+    assert_eq!(heard.closed, Some((1000, "call ended by the bot".to_string())));
+    let expected = expected_audio(VOICEMAIL, AMD_PER_CHAR);
+    assert_eq!(heard.bytes.div_ceil(160), expected.len().div_ceil(160), "the message, once, and no greeting");
+    assert_eq!(heard.audio.get(..expected.len()), Some(&expected[..]), "the voicemail message's audio");
+    let result = rig.result();
+    assert_eq!((&result["outcome"], &result["end_reason"]), (&json!("voicemail"), &json!("voicemail_left")));
+    let amd = &result["metrics"]["amd"];
+    assert_eq!((&amd["result"], &amd["action"]), (&json!("MACHINE"), &json!("leave_voicemail")), "{amd}");
+    let beep_end = (greeting.len() / 8 + 800) as i64;
+    assert!(amd["beep_ms"].as_i64().is_some_and(|ms| (ms - beep_end).abs() <= 20), "beep ended at {beep_end}: {amd}");
+    let lines = result["transcript"].as_array().expect("transcript");
+    let bot_lines: Vec<&str> = lines.iter().filter(|l| l["role"] == "bot").filter_map(|l| l["text"].as_str()).collect();
+    assert_eq!(bot_lines, [VOICEMAIL]);
+}
+
+#[test]
+fn amd_leave_voicemail_without_a_beep_speaks_in_the_silence_after_20_s() {
+    let rig = amd_rig(json!({ "voicemail_message": VOICEMAIL }));
+    let mut call = rig.call(json!({"amd": "leave_voicemail"}));
+    send_audio(&mut call, &[machine_greeting(), quiet(15_000)].concat());
+    let waiting = listen(&mut call, Duration::from_millis(300), Duration::from_millis(300));
+    assert_eq!(waiting.bytes, 0, "still waiting for a beep");
+    send_audio(&mut call, &quiet(7_000));
+    let heard = listen(&mut call, Duration::from_secs(2), Duration::from_secs(5));
+    assert_eq!(heard.closed, Some((1000, "call ended by the bot".to_string())));
+    assert_eq!(heard.bytes.div_ceil(160), VOICEMAIL.len() * AMD_PER_CHAR / 160);
+    let amd = &rig.result()["metrics"]["amd"];
+    assert_eq!((&amd["result"], amd.get("beep_ms")), (&json!("MACHINE"), None), "{amd}");
+}
+
+#[test]
+fn amd_continue_greets_a_machine_after_the_verdict() {
+    let rig = amd_rig(json!({}));
+    let mut call = rig.call(json!({"amd": "continue"}));
+    send_audio(&mut call, &machine_greeting());
+    let greeting = listen(&mut call, Duration::from_millis(400), Duration::from_secs(5));
+    assert_eq!(greeting.bytes.div_ceil(160), (AMD_GREETING.len() * AMD_PER_CHAR).div_ceil(160));
+    call.stop();
+    let result = rig.result();
+    assert_eq!(result["outcome"], "completed");
+    let amd = &result["metrics"]["amd"];
+    assert_eq!((&amd["result"], &amd["action"]), (&json!("MACHINE"), &json!("continue")), "{amd}");
+}
+
+#[test]
+fn amd_from_the_bot_settings_hears_a_person_and_greets_them_after_the_verdict() {
+    let rig = amd_rig(json!({ "detect": true, "action": "hangup" }));
+    let mut call = rig.call(json!({"direction": "outbound"}));
+    let held = listen(&mut call, Duration::from_millis(300), Duration::from_millis(300));
+    assert_eq!(held.bytes, 0, "the greeting is held while detection runs");
+    // "Hello?" and 0.8 s of silence: a person. The greeting follows the verdict at once.
+    send_audio(&mut call, &[quiet(300), hello()].concat());
+    let before = listen(&mut call, Duration::from_millis(200), Duration::from_millis(200));
+    assert_eq!(before.bytes, 0, "no greeting before the verdict");
+    send_audio(&mut call, &quiet(1_000));
+    let greeting = listen(&mut call, Duration::from_millis(400), Duration::from_secs(5));
+    let expected = (AMD_GREETING.len() * AMD_PER_CHAR).div_ceil(160);
+    assert_eq!(greeting.bytes.div_ceil(160), expected, "{} bytes", greeting.bytes);
+    call.stop();
+    let result = rig.result();
+    assert_eq!(result["call_id"], "CA1", "the carrier's call id without the dialler's");
+    assert_eq!((&result["outcome"], &result["end_reason"]), (&json!("completed"), &json!("stopped")));
+    let amd = json!({"result": "HUMAN", "cause": "HUMAN", "decided_ms": 1520, "action": "hangup"});
+    assert_eq!(result["metrics"]["amd"], amd);
 }

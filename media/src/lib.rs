@@ -8,6 +8,7 @@
 
 
 
+pub mod amd;
 pub mod resample;
 pub mod jitter;
 pub mod path;

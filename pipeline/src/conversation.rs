@@ -272,6 +272,26 @@ impl Conversation {
         }
     }
 
+    /// Answering-machine detection found a machine (the call holds the greeting's audio until
+    /// the verdict, so nothing was heard). The greeting is dropped and the outcome is
+    /// voicemail. With `leave_message` the bot's voicemail message (or, with none, its
+    /// greeting) is spoken and the call ends after it (hang-up reason `voicemail_left`; the
+    /// call decides when the audio plays, e.g. after the beep); else the call ends at once
+    /// (`machine_detected`).
+    pub fn on_machine(&mut self, now: Timestamp, leave_message: bool) {
+        if self.hung_up {
+            return;
+        }
+        if !leave_message {
+            self.leave_voicemail(now, "", "machine_detected");
+            return;
+        }
+        let message =
+            if self.voicemail_message.trim().is_empty() { &self.bot_greeting } else { &self.voicemail_message };
+        let message = message.clone();
+        self.leave_voicemail(now, &message, "voicemail_left");
+    }
+
     /// The next action to carry out.
     pub fn poll_action(&mut self) -> Option<Action> {
         self.actions.pop_front()
@@ -542,19 +562,8 @@ impl Conversation {
                 }
             }
             Some((ToolKind::DetectedVoicemail, _)) => {
-                let old = self.reply.take();
-                if let Some(old) = old {
-                    self.cancel(&old);
-                    self.actions.push_back(Action::ClearPlayout);
-                    self.record_reply(now, old, true);
-                }
-                self.ending = Ending::Voicemail;
                 let message = self.voicemail_message.clone();
-                if message.trim().is_empty() {
-                    self.hang_up("voicemail");
-                } else {
-                    self.say(now, &message, After::Hangup("voicemail".into()));
-                }
+                self.leave_voicemail(now, &message, "voicemail");
             }
             Some((ToolKind::SearchKnowledge | ToolKind::Http, _)) => {
                 reply.tools_running += 1;
@@ -724,6 +733,22 @@ impl Conversation {
         let fresh: Vec<&str> = reply.heard.split_whitespace().skip(reply.context_words).collect();
         if reply.in_context && !fresh.is_empty() {
             self.messages.push(Message::text(Role::Assistant, fresh.join(" ")));
+        }
+    }
+
+    /// A machine answered: the reply in progress is dropped, then `message` is spoken and the
+    /// call ends (`reason`), or with no message it ends at once.
+    fn leave_voicemail(&mut self, now: Timestamp, message: &str, reason: &str) {
+        if let Some(old) = self.reply.take() {
+            self.cancel(&old);
+            self.actions.push_back(Action::ClearPlayout);
+            self.record_reply(now, old, true);
+        }
+        self.ending = Ending::Voicemail;
+        if message.trim().is_empty() {
+            self.hang_up(reason);
+        } else {
+            self.say(now, message, After::Hangup(reason.into()));
         }
     }
 
@@ -1069,6 +1094,41 @@ mod tests {
         c.on_timeout(at(9_500));
         let said: Vec<String> = drain(&mut c).into_iter().filter_map(|a| if let Action::Synthesize { text, .. } = a { Some(text) } else { None }).collect();
         assert_eq!(said, ["Are you still there?"]);
+    }
+
+    #[test]
+    fn a_machine_drops_the_held_greeting_and_hangs_up_or_leaves_the_message() {
+        fn synthesized(actions: &[Action]) -> Vec<&str> {
+            actions.iter().filter_map(|a| if let Action::Synthesize { text, .. } = a { Some(text.as_str()) } else { None }).collect()
+        }
+        // Hang up: nothing was heard, the outcome is voicemail.
+        let mut c = Conversation::new(&bot(), AudioFormat::Mulaw8k, Vec::new(), at(0));
+        c.start(at(0));
+        drain(&mut c);
+        c.on_machine(at(1_800), false);
+        assert_eq!(drain(&mut c), [Action::CancelTts, Action::ClearPlayout, Action::Hangup { reason: "machine_detected".into() }]);
+        assert_eq!(c.ending(), Ending::Voicemail);
+        assert_eq!(c.transcript(), []);
+        assert_eq!(c.deadline(), None);
+        // Leave the voicemail message, then hang up once it is heard.
+        let mut b = bot();
+        b.answering_machine.voicemail_message = "Please call us back.".into();
+        let mut c = Conversation::new(&b, AudioFormat::Mulaw8k, Vec::new(), at(0));
+        c.start(at(0));
+        drain(&mut c);
+        c.on_machine(at(1_800), true);
+        let actions = drain(&mut c);
+        assert_eq!(synthesized(&actions), ["Please call us back."]);
+        let played = speak_all(&mut c, &actions, at(5_000));
+        assert_eq!(played.last(), Some(&Action::Hangup { reason: "voicemail_left".into() }));
+        assert_eq!(c.transcript().iter().map(|l| l.text.as_str()).collect::<Vec<_>>(), ["Please call us back."]);
+        assert_eq!(c.ending(), Ending::Voicemail);
+        // With no voicemail message the greeting is left.
+        let mut c = Conversation::new(&bot(), AudioFormat::Mulaw8k, Vec::new(), at(0));
+        c.start(at(0));
+        drain(&mut c);
+        c.on_machine(at(1_800), true);
+        assert_eq!(synthesized(&drain(&mut c)), ["Hello there!", "How can I help?"]);
     }
 
     #[test]

@@ -1,1 +1,0 @@
-//! Cloudonix: calls through its REST API, call ends through its CDR webhook.

@@ -1,0 +1,74 @@
+//! Each organization's carrier, built from its settings (kind, domain, API base, secrets) and
+//! kept a few seconds so a busy campaign does not read the settings per call.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use cxb_control_plane::model::{CarrierKind, Settings};
+use sqlx::AnyPool;
+
+use crate::carrier::cloudonix::{Cloudonix, CloudonixConfig, DEFAULT_API_BASE};
+use crate::carrier::{Carrier, CarrierError};
+
+const KEEP: Duration = Duration::from_secs(5);
+
+/// A carrier built at a time from settings.
+type Cached = (Instant, Arc<dyn Carrier>, Settings);
+
+/// Builds and caches carriers per organization.
+#[derive(Debug)]
+pub struct Carriers {
+    simulator: Option<Arc<dyn Carrier>>,
+    http: reqwest::Client,
+    cache: Mutex<HashMap<String, Cached>>,
+}
+
+impl Carriers {
+    /// `simulator`: the process's built-in carrier simulator, used by organizations whose
+    /// carrier is `simulator` (none: such organizations cannot place calls here).
+    pub fn new(simulator: Option<Arc<dyn Carrier>>, http: reqwest::Client) -> Carriers {
+        Carriers { simulator, http, cache: Mutex::new(HashMap::new()) }
+    }
+
+    /// The organization's carrier and settings.
+    pub async fn for_org(&self, db: &AnyPool, org: &str) -> Result<(Arc<dyn Carrier>, Settings), CarrierError> {
+        if let Some((at, carrier, settings)) = self.cache.lock().map_err(|_| CarrierError::Config("cache poisoned".into()))?.get(org)
+            && at.elapsed() < KEEP
+        {
+            return Ok((carrier.clone(), settings.clone()));
+        }
+        let body: Option<String> = sqlx::query_scalar("SELECT body FROM settings WHERE org_id = $1")
+            .bind(org)
+            .fetch_optional(db)
+            .await
+            .map_err(|e| CarrierError::Unavailable(format!("reading settings: {e}")))?;
+        let settings: Settings = match body {
+            Some(b) => serde_json::from_str(&b).map_err(|e| CarrierError::Config(format!("stored settings: {e}")))?,
+            None => Settings::default(),
+        };
+        let carrier = self.build(&settings)?;
+        if let Ok(mut cache) = self.cache.lock() {
+            cache.insert(org.to_string(), (Instant::now(), carrier.clone(), settings.clone()));
+        }
+        Ok((carrier, settings))
+    }
+
+    fn build(&self, settings: &Settings) -> Result<Arc<dyn Carrier>, CarrierError> {
+        let c = &settings.carrier;
+        match c.provider {
+            CarrierKind::Simulator => self.simulator.clone().ok_or_else(|| CarrierError::Config("this process runs no carrier simulator".into())),
+            CarrierKind::Cloudonix => {
+                let domain = c.domain.clone().ok_or_else(|| CarrierError::Config("carrier.domain is required for Cloudonix".into()))?;
+                let api_key = c.secrets.get("api_key").cloned().ok_or_else(|| CarrierError::Config("carrier.secrets.api_key is required for Cloudonix".into()))?;
+                let config = CloudonixConfig {
+                    api_base: c.api_base.clone().unwrap_or_else(|| DEFAULT_API_BASE.into()),
+                    domain,
+                    api_key,
+                    webhook_token: c.secrets.get("webhook_token").cloned(),
+                };
+                Ok(Arc::new(Cloudonix::new(self.http.clone(), config)))
+            }
+        }
+    }
+}

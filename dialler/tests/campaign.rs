@@ -1,0 +1,188 @@
+//! Whole campaigns through the API, the dialler and a carrier, on a real database.
+
+#![allow(clippy::unwrap_used)]
+
+#[path = "../../control-plane/tests/common/mod.rs"]
+mod common;
+
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::Api;
+use cxb_control_plane::clock::SystemClock;
+use cxb_dialler::carrier::{BoxFuture, CallRequest, CallState, Carrier, CarrierError, Cdr, CdrError, Disposition, Placed};
+use cxb_dialler::carriers::Carriers;
+use cxb_dialler::{Dialler, DiallerConfig, DiallerTelephony, Shared};
+use serde_json::{Value, json};
+
+/// A carrier double: outcomes by the number's last digit, short rings, CDRs posted over HTTP.
+#[derive(Debug)]
+struct Quick {
+    http: reqwest::Client,
+    live: Arc<AtomicI64>,
+    peak: Arc<AtomicI64>,
+    placed: Mutex<Vec<(Instant, String)>>,
+}
+
+impl Carrier for Quick {
+    fn name(&self) -> &'static str {
+        "simulator"
+    }
+
+    fn create_call<'a>(&'a self, call: &'a CallRequest) -> BoxFuture<'a, Result<Placed, CarrierError>> {
+        Box::pin(async move {
+            self.placed.lock().unwrap().push((Instant::now(), call.to.clone()));
+            let now = self.live.fetch_add(1, Ordering::SeqCst) + 1;
+            self.peak.fetch_max(now, Ordering::SeqCst);
+            let (http, live, url, session, to) = (self.http.clone(), self.live.clone(), call.cdr_url.clone(), call.session.clone(), call.to.clone());
+            tokio::spawn(async move {
+                let digit = to.chars().last().and_then(|c| c.to_digit(10)).unwrap_or(0);
+                tokio::time::sleep(Duration::from_millis(20 + u64::from(digit) * 5)).await;
+                let disposition = match digit {
+                    6 => "busy",
+                    7 => "no_answer",
+                    8 => "failed",
+                    9 => "invalid_number",
+                    _ => "answered",
+                };
+                let started = SystemClock.now_ms_();
+                if disposition == "answered" {
+                    tokio::time::sleep(Duration::from_millis(60)).await;
+                }
+                live.fetch_sub(1, Ordering::SeqCst);
+                let cdr = json!({"session": session, "disposition": disposition, "started": started, "ended": SystemClock.now_ms_()});
+                for _ in 0..3 {
+                    if http.post(&url).json(&cdr).send().await.is_ok_and(|r| r.status().is_success()) {
+                        break;
+                    }
+                }
+            });
+            Ok(Placed { carrier_call_id: format!("q-{}", call.session) })
+        })
+    }
+
+    fn hang_up<'a>(&'a self, _: &'a str) -> BoxFuture<'a, Result<(), CarrierError>> {
+        Box::pin(async { Ok(()) })
+    }
+
+    fn call_state<'a>(&'a self, _: &'a str) -> BoxFuture<'a, Result<CallState, CarrierError>> {
+        Box::pin(async { Ok(CallState::Unknown) })
+    }
+
+    fn parse_cdr(&self, _: &[(String, String)], body: &[u8]) -> Result<Cdr, CdrError> {
+        let v: Value = serde_json::from_slice(body).map_err(|e| CdrError::Malformed(e.to_string()))?;
+        let disposition = match v["disposition"].as_str() {
+            Some("answered") => Disposition::Answered,
+            Some("busy") => Disposition::Busy,
+            Some("no_answer") => Disposition::NoAnswer,
+            Some("invalid_number") => Disposition::InvalidNumber,
+            _ => Disposition::Failed,
+        };
+        let started = v["started"].as_i64().unwrap_or(0);
+        let ended = v["ended"].as_i64().unwrap_or(0);
+        Ok(Cdr {
+            carrier_call_id: format!("q-{}", v["session"].as_str().unwrap_or("")),
+            session: v["session"].as_str().map(str::to_string),
+            disposition,
+            cause: None,
+            started_at_ms: started,
+            answered_at_ms: (disposition == Disposition::Answered).then_some(started),
+            ended_at_ms: ended,
+            authenticated: false,
+        })
+    }
+}
+
+trait NowMs {
+    fn now_ms_(&self) -> i64;
+}
+
+impl NowMs for SystemClock {
+    fn now_ms_(&self) -> i64 {
+        use cxb_control_plane::clock::Clock;
+        self.now_ms()
+    }
+}
+
+struct Rig {
+    api: Api,
+    token: String,
+    carrier: Arc<Quick>,
+    dialler: Option<Dialler>,
+}
+
+async fn rig() -> Rig {
+    let api = Api::start_with(|c| c.clock = Arc::new(SystemClock)).await;
+    let token = api.org("Acme").await;
+    let http = reqwest::Client::new();
+    let carrier = Arc::new(Quick { http: http.clone(), live: Arc::default(), peak: Arc::default(), placed: Mutex::default() });
+    let carriers = Carriers::new(Some(carrier.clone()), http);
+    let mut config = DiallerConfig::new(api.base.clone());
+    config.tick = Duration::from_millis(20);
+    let shared = Shared::new(api.db().clone(), carriers, config);
+    api.server.attach_telephony(Arc::new(DiallerTelephony(shared.clone())));
+    let dialler = Some(Dialler::start(shared));
+    Rig { api, token, carrier, dialler }
+}
+
+async fn wait_for(what: &str, limit: Duration, mut check: impl AsyncFnMut() -> bool) {
+    let start = Instant::now();
+    while !check().await {
+        assert!(start.elapsed() < limit, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_campaign_dials_everyone_within_cac_and_cps_and_retries_by_outcome() {
+    let rig = rig().await;
+    let (api, token) = (&rig.api, &rig.token);
+    let campaign = api
+        .post(
+            "/v1/campaigns",
+            token,
+            json!({
+                "name": "Quick", "routing": {"type": "hangup"}, "caller_ids": ["+15550000001", "+15550000002"],
+                "cac": 5, "cps": 40,
+                "retry": {"max_attempts": 2, "backoff_seconds": 0, "retry_on": ["busy", "no_answer", "failed"]},
+            }),
+        )
+        .await;
+    assert_eq!(campaign.status, 201, "{}", campaign.body);
+    let id = campaign.body["id"].as_str().unwrap().to_string();
+    let csv: String = std::iter::once("phone,name\n".to_string()).chain((0..40).map(|i| format!("+1555010{i:04},Contact {i}\n"))).collect();
+    let imported = api.raw(reqwest::Method::POST, &format!("/v1/campaigns/{id}/contacts/import"), Some(token), Some(("text/csv", csv.into_bytes()))).await;
+    assert_eq!(imported.status, 200, "{}", imported.body);
+    assert_eq!(api.post("/v1/dnc", token, json!({"phone": "+15550100003"})).await.status, 201);
+    assert_eq!(api.post(&format!("/v1/campaigns/{id}/start"), token, json!({})).await.status, 200);
+
+    wait_for("the campaign to complete", Duration::from_secs(60), async || {
+        api.get(&format!("/v1/campaigns/{id}"), token).await.body["state"] == "COMPLETED"
+    })
+    .await;
+    let stats = api.get(&format!("/v1/campaigns/{id}/stats"), token).await.body;
+    eprintln!("{stats:#}");
+    assert!(rig.carrier.peak.load(Ordering::SeqCst) <= 5, "CAC exceeded: {}", rig.carrier.peak.load(Ordering::SeqCst));
+    let placed = rig.carrier.placed.lock().unwrap().clone();
+    // 39 contacts (one on the DNC list); digits 6, 7, 8 are retried once: 4 + 4 + 4 of them.
+    assert_eq!(placed.len(), 39 + 12, "attempts");
+    assert_eq!(stats["attempts"], 51);
+    assert_eq!(stats["dnc_skipped"], 1);
+    let sum: i64 = ["answered", "busy", "no_answer", "voicemail", "failed", "canceled", "in_progress"].iter().map(|k| stats[k].as_i64().unwrap()).sum();
+    assert_eq!(sum, 51, "outcomes add up");
+    assert_eq!(stats["contacts"]["done"], 40);
+    assert_eq!(stats["contacts"]["dispositions"]["max_attempts"], 12);
+    assert_eq!(stats["contacts"]["dispositions"]["invalid_number"], 4);
+    assert_eq!(stats["live_now"], 0);
+    assert_cps(&placed.iter().map(|p| p.0).collect::<Vec<_>>(), 40);
+    rig.dialler.unwrap().shutdown().await;
+}
+
+/// No window of one second holds more than `cps` attempts.
+fn assert_cps(times: &[Instant], cps: usize) {
+    for (i, t) in times.iter().enumerate() {
+        let within = times[i..].iter().take_while(|u| u.duration_since(*t) < Duration::from_secs(1)).count();
+        assert!(within <= cps, "{within} attempts within a second of attempt {i} (CPS {cps})");
+    }
+}

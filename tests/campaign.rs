@@ -1,0 +1,342 @@
+//! Campaigns end to end: the API and the dialler with the built-in carrier simulator, the media
+//! engine as its own process (`cxb core --api`), answered calls streamed to it for real; and two
+//! `cxb dialler` processes splitting campaigns over one database, one taking over when the
+//! other dies.
+
+#![allow(clippy::unwrap_used)]
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use cxb_control_plane::clock::{Clock, SystemClock};
+use cxb_control_plane::{ApiConfig, ApiServer, admin};
+use cxb_dialler::carriers::Carriers;
+use cxb_dialler::simulator::{Outcome, Rule, Simulator, SimulatorConfig, Span};
+use cxb_dialler::{Dialler, DiallerConfig, DiallerTelephony, Shared};
+use serde_json::{Value, json};
+
+struct Kill(std::process::Child);
+
+impl Drop for Kill {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+struct Client {
+    http: reqwest::Client,
+    base: String,
+    token: String,
+}
+
+impl Client {
+    async fn send(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
+        let mut r = self.http.request(method, format!("{}{path}", self.base)).bearer_auth(&self.token);
+        if let Some(b) = body {
+            r = r.json(&b);
+        }
+        let r = r.send().await.unwrap();
+        let status = r.status().as_u16();
+        (status, serde_json::from_slice(&r.bytes().await.unwrap()).unwrap_or(Value::Null))
+    }
+
+    async fn post(&self, path: &str, body: Value) -> Value {
+        let (status, v) = self.send(reqwest::Method::POST, path, Some(body)).await;
+        assert!(status < 300, "POST {path}: {status} {v}");
+        v
+    }
+
+    async fn get(&self, path: &str) -> Value {
+        let (status, v) = self.send(reqwest::Method::GET, path, None).await;
+        assert_eq!(status, 200, "GET {path}: {v}");
+        v
+    }
+
+    async fn import(&self, campaign: &str, csv: String) -> Value {
+        let r = self
+            .http
+            .post(format!("{}/v1/campaigns/{campaign}/contacts/import", self.base))
+            .bearer_auth(&self.token)
+            .header("content-type", "text/csv")
+            .body(csv)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 200);
+        serde_json::from_slice(&r.bytes().await.unwrap()).unwrap()
+    }
+
+    /// Every call record of a campaign.
+    async fn calls(&self, campaign: &str) -> Vec<Value> {
+        let mut out = Vec::new();
+        let mut cursor = String::new();
+        loop {
+            let page = self.get(&format!("/v1/calls?campaign_id={campaign}&limit=500{cursor}")).await;
+            out.extend(page["items"].as_array().unwrap().iter().cloned());
+            match page["next_cursor"].as_str() {
+                Some(c) => cursor = format!("&cursor={c}"),
+                None => return out,
+            }
+        }
+    }
+}
+
+async fn api(dir: &std::path::Path) -> (ApiServer, Client) {
+    let api = ApiServer::start(ApiConfig::new("127.0.0.1:0".parse().unwrap(), format!("sqlite://{}/cxb.db", dir.display()))).await.unwrap();
+    let base = format!("http://{}", api.local_addr());
+    admin::create_org(&api.state().db, "Acme", "a@acme.test", "correct horse battery".into(), SystemClock.now_ms()).await.unwrap();
+    let http = reqwest::Client::new();
+    let login = http.post(format!("{base}/v1/auth/login")).json(&json!({"email": "a@acme.test", "password": "correct horse battery"})).send().await.unwrap();
+    let token = serde_json::from_slice::<Value>(&login.bytes().await.unwrap()).unwrap()["token"].as_str().unwrap().to_string();
+    (api, Client { http, base, token })
+}
+
+/// `cxb core --api` on a free port; returns the port once it is up.
+fn engine(dir: &std::path::Path, base: &str, fleet_token: &str) -> (Kill, u16) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_cxb"))
+        .args(["core", "--listen", "127.0.0.1:0", "--workers", "1", "--slots-per-worker", "64", "--no-pin", "--api", base])
+        .arg("--registry")
+        .arg(dir.join("slots"))
+        .arg("--control-socket")
+        .arg(dir.join("ctl.sock"))
+        .arg("--data-dir")
+        .arg(dir)
+        .env("CXB_FLEET_TOKEN", fleet_token)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if let Some(rest) = line.trim().strip_prefix("health      http://127.0.0.1:") {
+                let _ = tx.send(rest.trim_end_matches("/health").parse::<u16>().unwrap_or(0));
+            }
+        }
+    });
+    let port = rx.recv_timeout(Duration::from_secs(20)).unwrap();
+    (Kill(child), port)
+}
+
+async fn wait_until<F: AsyncFnMut() -> bool>(what: &str, limit: Duration, mut done: F) {
+    let start = Instant::now();
+    while !done().await {
+        assert!(start.elapsed() < limit, "timed out after {limit:?} waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// No one-second window holds more than `cps` of `times` (sorted).
+fn assert_cps(times: &[Instant], cps: usize) {
+    for (i, t) in times.iter().enumerate() {
+        let within = times[i..].iter().take_while(|u| u.duration_since(*t) < Duration::from_secs(1)).count();
+        assert!(within <= cps, "{within} attempts within one second from attempt {i}; CPS is {cps}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_campaign_of_200_contacts_keeps_cac_and_cps_and_every_contact_ends_or_waits() {
+    let dir = tempfile::tempdir().unwrap();
+    let (api, client) = api(dir.path()).await;
+    let fleet = admin::create_fleet_token(&api.state().db, "test", SystemClock.now_ms()).await.unwrap();
+    let (_engine, port) = engine(dir.path(), &client.base, &fleet);
+
+    // The simulator, 50 times faster than life (audio stays real time): rings of 60-240 ms,
+    // people on the line for 0.4-1 s. Numbers ending in 1 are busy, 2 never answer, 3 fail,
+    // 4 reach a voicemail; the rest answer.
+    let sim = SimulatorConfig {
+        time_scale: 0.02,
+        talk: Span::ms(20_000, 50_000),
+        seed: Some(7),
+        rules: vec![Rule::new("1", Outcome::Busy), Rule::new("2", Outcome::NoAnswer), Rule::new("3", Outcome::Failed), Rule::new("4", Outcome::Voicemail)],
+        ..SimulatorConfig::default()
+    };
+    let http = cxb_control_plane::http_client(Duration::from_secs(10)).unwrap();
+    let simulator = Simulator::start(sim, http.clone());
+    let mut config = DiallerConfig::new(client.base.clone());
+    config.tick = Duration::from_millis(50);
+    config.ring_timeout = Duration::from_secs(10);
+    let shared = Shared::new(api.state().db.clone(), Carriers::new(Some(simulator.clone()), http), config);
+    api.attach_telephony(Arc::new(DiallerTelephony(shared.clone())));
+    let dialler = Dialler::start(shared);
+
+    // Wait for the engine's first heartbeat, so bots on it can be reached.
+    wait_until("the engine's heartbeat", Duration::from_secs(20), async || {
+        client.get("/v1/fleet/hosts").await["items"].as_array().is_some_and(|h| !h.is_empty())
+    })
+    .await;
+
+    // A balancer over a CX Bridge bot (reserved slot on the engine) and a WebSocket assistant
+    // whose URL template points at the engine directly.
+    let a = client.post("/v1/ai-assistants", json!({"name": "bot on the fleet", "kind": "websocket", "bot_id": "echo"})).await;
+    let template = format!("ws://127.0.0.1:{port}/ws/echo?session={{session}}&to={{to}}");
+    let b = client.post("/v1/ai-assistants", json!({"name": "by URL", "kind": "websocket", "url_template": template})).await;
+    let lb = client
+        .post("/v1/load-balancers", json!({"name": "pair", "strategy": "round_robin", "members": [{"assistant_id": a["id"]}, {"assistant_id": b["id"]}]}))
+        .await;
+    let campaign = client
+        .post(
+            "/v1/campaigns",
+            json!({
+                "name": "Two hundred",
+                "routing": {"type": "ai_load_balancer", "target_id": lb["id"]},
+                "caller_ids": ["+15550009001", "+15550009002", "+15550009003"],
+                "cac": 20, "cps": 25,
+                "retry": {"max_attempts": 2, "backoff_seconds": 1, "retry_on": ["busy", "no_answer", "failed"]},
+            }),
+        )
+        .await;
+    let id = campaign["id"].as_str().unwrap().to_string();
+    let csv: String = std::iter::once("phone,name,plan\n".to_string()).chain((0..200).map(|i| format!("+1555020{i:04},Contact {i},gold\n"))).collect();
+    let imported = client.import(&id, csv).await;
+    assert_eq!(imported["imported"], 200, "{imported}");
+    client.post("/v1/dnc", json!({"phone": "+15550200000"})).await;
+    client.post(&format!("/v1/campaigns/{id}/start"), json!({})).await;
+
+    // Sample the campaign's live calls while it runs.
+    let mut peak_live = 0;
+    wait_until("the campaign to complete", Duration::from_secs(120), async || {
+        let stats = client.get(&format!("/v1/campaigns/{id}/stats")).await;
+        peak_live = peak_live.max(stats["live_now"].as_i64().unwrap());
+        stats["state"] == "COMPLETED"
+    })
+    .await;
+    let stats = client.get(&format!("/v1/campaigns/{id}/stats")).await;
+    eprintln!("{stats:#}");
+    let sim_stats = simulator.stats();
+    assert!(peak_live <= 20, "CAC exceeded in the API's sample: {peak_live}");
+    assert!(sim_stats.peak_live <= 20, "CAC exceeded at the carrier: {}", sim_stats.peak_live);
+    assert!(peak_live >= 10, "the campaign never ran wide: peak {peak_live}");
+
+    // CPS, at the carrier.
+    let mut log = simulator.calls();
+    log.sort_by_key(|c| c.created);
+    assert_cps(&log.iter().map(|c| c.created).collect::<Vec<_>>(), 25);
+
+    // 199 contacts dialled (one is on the DNC list); endings 1, 2 and 3 are retried once.
+    let retried = (1..200).filter(|i| matches!(i % 10, 1..=3)).count();
+    assert_eq!(stats["attempts"].as_i64().unwrap() as usize, 199 + retried);
+    assert_eq!(log.len(), 199 + retried, "the carrier saw every attempt once");
+    let sum: i64 = ["answered", "busy", "no_answer", "voicemail", "failed", "canceled", "in_progress"].iter().map(|k| stats[k].as_i64().unwrap()).sum();
+    assert_eq!(sum, stats["attempts"].as_i64().unwrap(), "outcomes add up");
+    assert_eq!(stats["in_progress"], 0);
+    assert_eq!(stats["live_now"], 0);
+    assert_eq!(stats["dnc_skipped"], 1);
+    assert_eq!(stats["busy"].as_i64().unwrap() as usize, 2 * 20);
+    // Machines answer too: without answering-machine detection they count as answered.
+    assert_eq!(stats["answered"].as_i64().unwrap() as usize + stats["voicemail"].as_i64().unwrap() as usize, 199 - 3 * 20);
+    assert_eq!(stats["contacts"]["done"], 200, "every contact reached a disposition");
+    assert_eq!(stats["contacts"]["dispositions"]["max_attempts"].as_i64().unwrap() as usize, retried);
+
+    // Nothing double-dialled: one call per attempt, never two at once for a contact.
+    let calls = client.calls(&id).await;
+    assert_eq!(calls.len(), log.len());
+    let mut by_contact: HashMap<String, Vec<&Value>> = HashMap::new();
+    for c in &calls {
+        by_contact.entry(c["contact_id"].as_str().unwrap().to_string()).or_default().push(c);
+    }
+    for (contact, mut attempts) in by_contact {
+        attempts.sort_by_key(|c| c["started_at"].as_str().unwrap().to_string());
+        for pair in attempts.windows(2) {
+            assert!(pair[0]["ended_at"].as_str().unwrap() <= pair[1]["started_at"].as_str().unwrap(), "{contact} dialled twice at once");
+        }
+    }
+    // Answered calls were streamed to the engine for real and heard the bot.
+    let answered: Vec<_> = log.iter().filter(|c| c.outcome == Outcome::Answer).collect();
+    assert!(answered.iter().all(|c| c.media_sent > 0), "every answered call streamed audio");
+    assert!(answered.iter().filter(|c| c.media_received > 0).count() * 10 >= answered.len() * 9, "the engine answered");
+    // Caller IDs rotate through the pool.
+    let froms: std::collections::HashSet<&str> = calls.iter().filter_map(|c| c["from"].as_str()).collect();
+    assert_eq!(froms.len(), 3);
+
+    dialler.shutdown().await;
+    api.shutdown().await;
+}
+
+fn dialler_process(database: &str, base: &str, id: &str) -> Kill {
+    let child = Command::new(env!("CARGO_BIN_EXE_cxb"))
+        .args(["dialler", "--database", database, "--public-url", base, "--id", id, "--lease-seconds", "2", "--call-lease-seconds", "4", "--sim-time-scale", "0.01"])
+        .args(["--sim-mix", "answer=1"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    Kill(child)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_diallers_split_the_campaigns_and_one_takes_over_when_the_other_dies() {
+    let dir = tempfile::tempdir().unwrap();
+    let (api, client) = api(dir.path()).await;
+    // The API takes the simulator's call-end records.
+    let http = cxb_control_plane::http_client(Duration::from_secs(10)).unwrap();
+    let parser = Simulator::start(SimulatorConfig::default(), http.clone());
+    let shared = Shared::new(api.state().db.clone(), Carriers::new(Some(parser), http), DiallerConfig::new(client.base.clone()));
+    api.attach_telephony(Arc::new(DiallerTelephony(shared)));
+    let db = api.state().db.clone();
+    let database = format!("sqlite://{}/cxb.db", dir.path().display());
+
+    let mut ids = Vec::new();
+    for n in 0..4 {
+        let c = client
+            .post(
+                "/v1/campaigns",
+                json!({
+                    "name": format!("Slow {n}"), "routing": {"type": "hangup"}, "caller_ids": ["+15550009001"], "cac": 2, "cps": 4,
+                    "retry": {"max_attempts": 2, "backoff_seconds": 0},
+                }),
+            )
+            .await;
+        let id = c["id"].as_str().unwrap().to_string();
+        let csv: String = std::iter::once("phone\n".to_string()).chain((0..24).map(|i| format!("+15550{n}{i:05}\n"))).collect();
+        client.import(&id, csv).await;
+        ids.push(id);
+    }
+    let first = dialler_process(&database, &client.base, "d1");
+    let _second = dialler_process(&database, &client.base, "d2");
+    for id in &ids {
+        client.post(&format!("/v1/campaigns/{id}/start"), json!({})).await;
+    }
+    let holders = async || -> Vec<(String, String)> {
+        sqlx::query_as("SELECT campaign_id, holder FROM campaign_leases ORDER BY campaign_id").fetch_all(&db).await.unwrap()
+    };
+    wait_until("each dialler to hold two campaigns", Duration::from_secs(20), async || {
+        let h = holders().await;
+        h.len() == 4 && h.iter().filter(|(_, d)| d == "d1").count() == 2
+    })
+    .await;
+
+    // d1 dies without giving its leases back; d2 takes its campaigns once the leases lapse.
+    drop(first);
+    let died = Instant::now();
+    wait_until("d2 to hold every campaign", Duration::from_secs(20), async || holders().await.iter().all(|(_, d)| d == "d2") && holders().await.len() == 4).await;
+    assert!(died.elapsed() >= Duration::from_millis(500), "leases are not taken over before they lapse");
+
+    // Every campaign completes; calls d1 had in flight end by their CDR or their lease.
+    wait_until("the campaigns to complete", Duration::from_secs(90), async || {
+        let mut done = true;
+        for id in &ids {
+            done &= client.get(&format!("/v1/campaigns/{id}")).await["state"] == "COMPLETED";
+        }
+        done
+    })
+    .await;
+    for id in &ids {
+        let stats = client.get(&format!("/v1/campaigns/{id}/stats")).await;
+        assert_eq!(stats["contacts"]["done"], 24, "{stats}");
+        let calls = client.calls(id).await;
+        let mut per_contact: HashMap<&str, usize> = HashMap::new();
+        for c in &calls {
+            *per_contact.entry(c["contact_id"].as_str().unwrap()).or_default() += 1;
+        }
+        assert_eq!(per_contact.len(), 24);
+        // A call lost with d1 may be retried once (its lease lapsed with no CDR); none twice.
+        assert!(per_contact.values().all(|&n| n <= 2), "{per_contact:?}");
+    }
+    api.shutdown().await;
+}
