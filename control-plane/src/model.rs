@@ -41,7 +41,8 @@ fn check_country_code(cc: &str) -> ApiResult<()> {
 #[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Provider {
-    /// The adapter, e.g. `deepgram`, `openai`, `elevenlabs`, `wyoming`, `script`; empty: unset.
+    /// The adapter, e.g. `deepgram`, `openai`, `elevenlabs`, `wyoming`, `script`, `espeak`, `none`;
+    /// empty: unset.
     #[serde(default)]
     pub provider: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -237,9 +238,14 @@ impl Bot {
         if self.language.is_empty() || self.language.len() > 35 || !self.language.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
             return Err(ApiError::invalid("language", "a BCP 47 tag such as en-US"));
         }
-        self.stt.check("stt", &["deepgram", "wyoming"])?;
+        self.stt.check("stt", &["deepgram", "wyoming", "none"])?;
         self.llm.check("llm", &["openai", "script"])?;
-        self.tts.check("tts", &["elevenlabs", "openai", "wyoming"])?;
+        self.tts.check("tts", &["elevenlabs", "openai", "wyoming", "espeak"])?;
+        // Which program an engine host runs is the host's choice (a local bot file), not an
+        // API user's.
+        if self.tts.options.contains_key("program") {
+            return Err(ApiError::invalid("tts.options.program", "set only in an engine's local bot files"));
+        }
         if !(1..=600).contains(&self.idle.reprompt_after_seconds) || self.idle.max_reprompts > 10 {
             return Err(ApiError::invalid("idle", "reprompt_after_seconds 1 to 600, max_reprompts at most 10"));
         }
@@ -849,6 +855,19 @@ mod tests {
         let mut v = json!({"a": 1, "b": {"c": 2, "d": 3}, "s": {"secrets": {"k": "v"}}});
         merge_patch(&mut v, json!({"a": null, "b": {"c": 5}, "s": {"secrets_set": ["k"]}, "n": [1]}));
         assert_eq!(v, json!({"b": {"c": 5, "d": 3}, "s": {"secrets": {"k": "v"}}, "n": [1]}));
+    }
+
+    #[test]
+    fn offline_providers_are_accepted_but_not_a_program_path() {
+        let bot = |extra: Value| {
+            let mut v = json!({"name": "Offline", "stt": {"provider": "none"}, "llm": {"provider": "script"}});
+            v["tts"] = extra;
+            serde_json::from_value::<Bot>(v).expect("a bot")
+        };
+        assert!(bot(json!({"provider": "espeak", "options": {"rate": 160}})).check().is_ok());
+        let err = bot(json!({"provider": "espeak", "options": {"program": "/bin/sh"}})).check().expect_err("refused");
+        assert_eq!(err.field.as_deref(), Some("tts.options.program"));
+        assert!(bot(json!({"provider": "festival"})).check().is_err());
     }
 
     #[test]

@@ -60,7 +60,7 @@ pub struct BotConfig {
 /// One provider's settings.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ProviderConfig {
-    /// The adapter: `deepgram`, `openai`, `elevenlabs`, `wyoming`, `script`, `test`.
+    /// The adapter: `deepgram`, `openai`, `elevenlabs`, `wyoming`, `script`, `espeak`, `none`.
     #[serde(default)]
     pub provider: String,
     /// The vendor's model name.

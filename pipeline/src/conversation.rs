@@ -427,6 +427,11 @@ impl Conversation {
         if self.awaiting_final.is_some_and(|(_, decided)| now >= decided + FINAL_WAIT) {
             self.try_commit(now, true);
             self.awaiting_final = None;
+            // No words came (a cough, noise): the bot is still listening, and the silence
+            // counts again towards a re-prompt.
+            if self.reply.is_none() && !self.caller_speaking {
+                self.idle_at = Some(now + self.reprompt_after());
+            }
         }
         if self.reply.is_none() && !self.caller_speaking && self.idle_at.is_some_and(|at| now >= at) {
             self.idle_at = None;
@@ -1067,6 +1072,28 @@ mod tests {
         assert!(!drain(&mut c).iter().any(|a| matches!(a, Action::Llm { .. })), "still speaking");
         c.on_turn(at(1_600), TurnEvent::Ended { speech_started: at(100), speech_ended: at(900), decided_at: at(1_600) });
         assert!(drain(&mut c).iter().any(|a| matches!(a, Action::Llm { .. })), "words and a turn end: answered");
+    }
+
+    #[test]
+    fn a_turn_with_no_words_leaves_the_bot_listening_with_its_idle_timer() {
+        let mut c = Conversation::new(&bot(), AudioFormat::Mulaw8k, Vec::new(), at(0));
+        c.start(at(0));
+        let greeting = drain(&mut c);
+        speak_all(&mut c, &greeting, at(1_000));
+        // A cough: a turn, then an empty final transcript.
+        c.on_turn(at(2_000), TurnEvent::Started { at: at(2_000) });
+        c.on_turn(at(3_000), TurnEvent::Ended { speech_started: at(2_000), speech_ended: at(2_300), decided_at: at(3_000) });
+        c.on_event(at(3_100), Event::Stt(SttEvent::Final { text: String::new(), end_of_turn: true }));
+        assert_eq!(drain(&mut c), [Action::SttFinalize]);
+        let wait = c.deadline().expect("the final-transcript wait");
+        assert_eq!(wait, at(4_500));
+        c.on_timeout(wait);
+        assert!(drain(&mut c).is_empty(), "nothing to answer");
+        // The silence counts again: a re-prompt after 5 s.
+        assert_eq!(c.deadline(), Some(at(9_500)));
+        c.on_timeout(at(9_500));
+        let said: Vec<String> = drain(&mut c).into_iter().filter_map(|a| if let Action::Synthesize { text, .. } = a { Some(text) } else { None }).collect();
+        assert_eq!(said, ["Are you still there?"]);
     }
 
     #[test]

@@ -7,6 +7,8 @@ use crate::provider::{LlmProvider, ProviderError, SttProvider, TtsProvider};
 
 pub mod deepgram;
 pub mod elevenlabs;
+pub mod espeak;
+pub mod none;
 pub mod openai;
 pub mod script;
 pub mod sse;
@@ -18,6 +20,7 @@ pub fn stt(bot: &BotConfig) -> Result<Rc<dyn SttProvider>, ProviderError> {
     Ok(match bot.stt.provider.as_str() {
         "deepgram" => Rc::new(deepgram::Deepgram::from_config(bot)?),
         "wyoming" => Rc::new(wyoming::WyomingStt::from_config(bot)?),
+        "none" => Rc::new(none::NoStt::from_config(bot)?),
         other => return Err(ProviderError::Unknown { kind: "stt", name: other.to_string() }),
     })
 }
@@ -35,6 +38,7 @@ pub fn llm(bot: &BotConfig) -> Result<Rc<dyn LlmProvider>, ProviderError> {
 pub fn tts(bot: &BotConfig) -> Result<Rc<dyn TtsProvider>, ProviderError> {
     Ok(match bot.tts.provider.as_str() {
         "elevenlabs" => Rc::new(elevenlabs::ElevenLabs::from_config(bot)?),
+        "espeak" => Rc::new(espeak::EspeakTts::from_config(bot)?),
         "openai" => Rc::new(openai::OpenAiSpeech::from_config(bot)?),
         "wyoming" => Rc::new(wyoming::WyomingTts::from_config(bot)?),
         other => return Err(ProviderError::Unknown { kind: "tts", name: other.to_string() }),
