@@ -1,1 +1,0 @@
-//! The built-in carrier simulator. (Its runtime parts sit behind the `runtime` feature.)
