@@ -376,10 +376,15 @@ async fn busy_no_answer_and_failed_post_their_cdrs_without_opening_the_stream() 
 }
 
 #[tokio::test]
-async fn hangup_cxml_ends_the_call_at_once() {
+async fn hangup_cxml_ends_the_call_at_once_and_other_verbs_end_it_with_a_cause() {
     let h = Harness::new(fast(vec![])).await;
     h.place(&h.request("s-hangup", "+15550100005", Answer::Cxml("<Response><Hangup/></Response>".into()))).await;
+    let say = Answer::Cxml("<Response><Say>Hello</Say><Hangup/></Response>".into());
+    let id = h.place(&h.request("s-say", "+15550100015", say)).await;
     h.idle().await;
+    let cdr = h.cdr("s-say");
+    assert_eq!((cdr["disposition"].as_str(), cdr["cause"].as_str()), (Some("answered"), Some("unsupported_verb")));
+    assert_eq!(h.sim.call(&id).unwrap().detail.as_deref(), Some("<Say>"));
     let cdr = h.cdr("s-hangup");
     assert_eq!((cdr["disposition"].as_str(), cdr["cause"].as_str()), (Some("answered"), Some("cxml_hangup")));
     assert!(cdr["duration_ms"].as_i64().unwrap() < 100, "{cdr}");
