@@ -150,7 +150,13 @@ pub(crate) struct Shared {
     started: Instant,
     stopping: AtomicBool,
     tokens: AtomicU64,
+    /// Fleet tokens calls have presented, newest last (at most [`USED_TOKENS`]): a reservation
+    /// that reaches this host after its call already came is not held again.
+    used_tokens: std::sync::Mutex<std::collections::VecDeque<u64>>,
 }
+
+/// How many presented fleet tokens are remembered.
+const USED_TOKENS: usize = 4096;
 
 impl Shared {
     /// The `/health` document.
@@ -193,6 +199,14 @@ impl Shared {
     /// Fleet-issued tokens (top byte `ff`) may be held by any worker: every other one is asked.
     pub(crate) fn release_elsewhere(&self, except: usize, token: u64) {
         let owner = (token >> 56) as usize;
+        if owner == FLEET_OWNER
+            && let Ok(mut used) = self.used_tokens.lock()
+        {
+            if used.len() >= USED_TOKENS {
+                used.pop_front();
+            }
+            used.push_back(token);
+        }
         let owners: Vec<usize> = if owner == FLEET_OWNER {
             (0..self.inboxes.len()).collect()
         } else {
@@ -204,6 +218,11 @@ impl Shared {
                 let _ = self.inboxes[owner].send(Inbox::Command(Command::Release { token }, tx));
             }
         }
+    }
+
+    /// Whether a call already presented fleet token `token`.
+    pub(crate) fn token_used(&self, token: u64) -> bool {
+        self.used_tokens.lock().is_ok_and(|used| used.contains(&token))
     }
 
     /// Holds a slot for a fleet-issued reservation on the worker with the most free slots.
@@ -353,6 +372,7 @@ impl Engine {
             started: Instant::now(),
             stopping: AtomicBool::new(false),
             tokens: AtomicU64::new(0),
+            used_tokens: std::sync::Mutex::default(),
         });
         for w in &shared.workers {
             w.free

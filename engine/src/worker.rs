@@ -292,6 +292,10 @@ impl Worker {
                 if self.draining.get() {
                     return json!({ "ok": false, "error": "draining" });
                 }
+                if self.shared.token_used(token) {
+                    // Its call came before the reservation did: nothing is left to hold.
+                    return json!({ "ok": true, "worker": self.index, "token": format!("{token:016x}"), "used": true });
+                }
                 let held = self
                     .slots
                     .borrow()

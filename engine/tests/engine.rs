@@ -215,6 +215,24 @@ fn control_socket_hangs_up_drains_and_reserves() {
     e.shutdown();
 }
 
+#[test]
+fn a_fleet_reservation_that_arrives_after_its_call_holds_nothing() {
+    let e = engine(|c| c.slots_per_worker = 3);
+    let addr = e.local_addr();
+    let token = "ff00000000abcdef";
+    // The dialler reserved through the API; the call comes before the heartbeat delivers it.
+    let mut call = connect(addr, &format!("/ws/echo?reservation={token}")).expect("call");
+    call.start();
+    echo_some(&mut call, 1);
+    assert_eq!(health(addr)["slots_free"], 2);
+    assert!(e.handle().hold_reservation(token, Duration::from_secs(60)), "applied: its call already came");
+    assert_eq!(health(addr)["slots_free"], 2, "no slot is held for a reservation already used");
+    // A token no call presented is held as before.
+    assert!(e.handle().hold_reservation("ff00000000000001", Duration::from_secs(60)));
+    assert_eq!(health(addr)["slots_free"], 1);
+    e.shutdown();
+}
+
 
 fn speech_frames() -> Vec<Vec<u8>> {
     let pcm = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/../codecs/tests/fixtures/speech-8k.s16")).expect("fixture");
