@@ -477,10 +477,10 @@ async fn sweep(s: &Arc<Shared>, campaign: Option<&str>) -> anyhow::Result<()> {
         let (call, org): (String, String) = (row.try_get(0)?, row.try_get(1)?);
         let carrier_id: Option<String> = row.try_get(2)?;
         let expires: Option<i64> = row.try_get(3)?;
+        // A call the carrier never confirmed (its dialler died placing it) is not renewed: its
+        // lease lapses and it closes as `no_cdr`.
         let state = match (&carrier_id, s.carriers.for_org(&s.db, &org).await) {
             (Some(cid), Ok((carrier, _))) => carrier.call_state(cid).await.unwrap_or(CallState::Unknown),
-            // Not yet accepted by the carrier: still being placed while its lease lasts.
-            (None, _) if expires.is_some_and(|e| e > now) => CallState::Live,
             _ => CallState::Unknown,
         };
         if state == CallState::Live {
