@@ -115,7 +115,7 @@ pub struct Placeholders<'a> {
 }
 
 /// Everything but RFC 3986's unreserved characters is percent-encoded.
-const COMPONENT: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~');
+pub(crate) const COMPONENT: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~');
 
 /// Why a URL template cannot be filled.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -219,7 +219,7 @@ impl Shared {
     pub(crate) async fn engine_stream(&self, bot_id: &str, t: &Target) -> Result<Destination, RouteError> {
         let r = reserve_slot(&self.db, self.now(), self.config.host_ttl.as_millis() as i64, self.config.reservation_ttl.as_millis() as i64).await?;
         let r = r.ok_or(RouteError::NoCapacity)?;
-        let bot: String = percent_encoding::utf8_percent_encode(bot_id, percent_encoding::NON_ALPHANUMERIC).collect();
+        let bot: String = percent_encoding::utf8_percent_encode(bot_id, cxml::COMPONENT).collect();
         let url = format!("{}/ws/{bot}?reservation={}", r.address.trim_end_matches('/'), r.token);
         Ok(Destination::Stream { url, parameters: parameters(t) })
     }
