@@ -219,7 +219,11 @@ fn view(row: &sqlx::any::AnyRow) -> ApiResult<Value> {
         "answered_at": opt_time("answered_at")?,
         "ended_at": opt_time("ended_at")?,
         "duration_ms": row.try_get::<Option<i64>, _>("duration_ms")?,
-        "outcome": row.try_get::<String, _>("outcome")?,
+        // A placed call whose engine result is still awaited shows as in progress.
+        "outcome": match row.try_get::<String, _>("outcome")? {
+            o if o.starts_with("pending_") => "in_progress".to_string(),
+            o => o,
+        },
         "end_reason": body["end_reason"],
         "transcript": body["transcript"],
         "recording": body["recording"],

@@ -23,6 +23,7 @@ struct Quick {
     live: Arc<AtomicI64>,
     peak: Arc<AtomicI64>,
     placed: Mutex<Vec<(Instant, String)>>,
+    requests: Mutex<Vec<CallRequest>>,
 }
 
 impl Carrier for Quick {
@@ -33,6 +34,7 @@ impl Carrier for Quick {
     fn create_call<'a>(&'a self, call: &'a CallRequest) -> BoxFuture<'a, Result<Placed, CarrierError>> {
         Box::pin(async move {
             self.placed.lock().unwrap().push((Instant::now(), call.to.clone()));
+            self.requests.lock().unwrap().push(call.clone());
             let now = self.live.fetch_add(1, Ordering::SeqCst) + 1;
             self.peak.fetch_max(now, Ordering::SeqCst);
             let (http, live, url, session, to) = (self.http.clone(), self.live.clone(), call.cdr_url.clone(), call.session.clone(), call.to.clone());
@@ -116,7 +118,7 @@ async fn rig() -> Rig {
     let api = Api::start_with(|c| c.clock = Arc::new(SystemClock)).await;
     let token = api.org("Acme").await;
     let http = reqwest::Client::new();
-    let carrier = Arc::new(Quick { http: http.clone(), live: Arc::default(), peak: Arc::default(), placed: Mutex::default() });
+    let carrier = Arc::new(Quick { http: http.clone(), live: Arc::default(), peak: Arc::default(), placed: Mutex::default(), requests: Mutex::default() });
     let carriers = Carriers::new(Some(carrier.clone()), http);
     let mut config = DiallerConfig::new(api.base.clone());
     config.tick = Duration::from_millis(20);
@@ -185,4 +187,66 @@ fn assert_cps(times: &[Instant], cps: usize) {
         let within = times[i..].iter().take_while(|u| u.duration_since(*t) < Duration::from_secs(1)).count();
         assert!(within <= cps, "{within} attempts within a second of attempt {i} (CPS {cps})");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_direct_call_goes_to_the_freest_engine_and_its_call_end_record_is_checked() {
+    let rig = rig().await;
+    let (api, token) = (&rig.api, &rig.token);
+    let bot = api.post("/v1/bots", token, json!({"name": "Direct", "llm": {"provider": "script"}})).await.body["id"].as_str().unwrap().to_string();
+    let call = json!({"bot_id": bot, "to": "+15550300005", "from": "+15550300001", "metadata": {"order": "A-1"}});
+
+    // No engine host yet: 503 no_capacity, nothing placed.
+    let busy = api.post("/v1/calls", token, call.clone()).await;
+    assert_eq!((busy.status, busy.code()), (503, "no_capacity"), "{}", busy.body);
+    let now = cxb_control_plane::clock::Clock::now_ms(&SystemClock);
+    for (id, free) in [("small", 1), ("big", 5)] {
+        sqlx::query("INSERT INTO hosts (id, address, version, workers, slots_total, slots_free, live_calls, pending, first_seen, last_seen) VALUES ($1, $2, 'test', 1, 8, $3, 0, 0, $4, $4)")
+            .bind(id)
+            .bind(format!("ws://127.0.0.1:1{free}"))
+            .bind(free)
+            .bind(now)
+            .execute(api.db())
+            .await
+            .unwrap();
+    }
+    let placed = api.post("/v1/calls", token, call.clone()).await;
+    assert_eq!(placed.status, 201, "{}", placed.body);
+    assert_eq!(placed.body["direction"], "outbound");
+    assert_eq!(placed.body["to"], "+15550300005");
+    assert_eq!(placed.body["outcome"], "in_progress");
+    let id = placed.body["id"].as_str().unwrap().to_string();
+    let request = rig.carrier.requests.lock().unwrap().last().cloned().unwrap();
+    let cxb_dialler::carrier::Answer::Cxml(cxml) = &request.answer else { panic!("inline CXML") };
+    let prefix = format!("<Response><Connect><Stream url=\"ws://127.0.0.1:15/ws/{bot}?reservation=ff");
+    assert!(cxml.starts_with(&prefix), "{cxml}");
+    assert!(cxml.contains(&format!("<Parameter name=\"call_id\" value=\"{id}\"/>")), "{cxml}");
+    assert!(cxml.contains("<Parameter name=\"order\" value=\"A-1\"/>"), "{cxml}");
+
+    // The DNC list, unknown bots and bad numbers are refused.
+    assert_eq!(api.post("/v1/dnc", token, json!({"phone": "+15550300006"})).await.status, 201);
+    let dnc = api.post("/v1/calls", token, json!({"bot_id": bot, "to": "+15550300006", "from": "+15550300001"})).await;
+    assert_eq!((dnc.status, dnc.code()), (409, "do_not_call"));
+    let unknown = api.post("/v1/calls", token, json!({"bot_id": "bot_nope", "to": "+15550300007", "from": "+15550300001"})).await;
+    assert_eq!(unknown.status, 422);
+    let bad = api.post("/v1/calls", token, json!({"bot_id": bot, "to": "call me", "from": "+15550300001"})).await;
+    assert_eq!((bad.status, bad.body["error"]["field"].as_str()), (422, Some("to")));
+
+    // The carrier's call-end record: a wrong token and garbage are refused, the real one is taken
+    // once, and the call is final after the engine's result is given up on or merged.
+    wait_for("the call-end record", Duration::from_secs(10), async || {
+        api.get(&format!("/v1/calls/{id}"), token).await.body["ended_at"].is_string()
+    })
+    .await;
+    let org_path = request.cdr_url.split("?token=").next().unwrap().trim_start_matches(&api.base).to_string();
+    let forged = api.raw(reqwest::Method::POST, &format!("{org_path}?token=wrong"), None, Some(("application/json", json!({"session": id, "disposition": "busy"}).to_string().into_bytes()))).await;
+    assert_eq!(forged.status, 401, "{}", forged.body);
+    let garbage = api.raw(reqwest::Method::POST, request.cdr_url.trim_start_matches(&api.base), None, Some(("application/json", b"{not json".to_vec()))).await;
+    assert_eq!((garbage.status, garbage.code()), (400, "malformed_cdr"));
+    let again = api.raw(reqwest::Method::POST, request.cdr_url.trim_start_matches(&api.base), None, Some(("application/json", json!({"session": id, "disposition": "busy", "started": 1, "ended": 2}).to_string().into_bytes()))).await;
+    assert_eq!((again.status, again.body["duplicate"].as_bool()), (200, Some(true)), "{}", again.body);
+    let record = api.get(&format!("/v1/calls/{id}"), token).await.body;
+    assert_eq!(record["outcome"], "in_progress", "answered, the engine's result awaited: {record}");
+    assert!(record["answered_at"].is_string() && record["ended_at"].is_string(), "{record}");
+    rig.dialler.unwrap().shutdown().await;
 }
