@@ -39,7 +39,7 @@ async fn the_quickstart_campaign_completes_with_cxb_up_alone() {
             let line = line.trim().to_string();
             for key in ["API", "password"] {
                 if let Some(v) = line.strip_prefix(key).filter(|v| v.starts_with(' ')) {
-                    let v = v.trim().split_whitespace().next().unwrap_or_default().to_string();
+                    let v = v.split_whitespace().next().unwrap_or_default().to_string();
                     let _ = tx.send((key, v));
                 }
             }
