@@ -5,9 +5,7 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::io::{BufRead, BufReader};
 use std::net::TcpStream;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
@@ -19,14 +17,7 @@ use cxb_pipeline::testkit::elevenlabs::{ElevenLabsConfig, ElevenLabsServer};
 use serde_json::{Value, json};
 use tungstenite::Message;
 
-struct Kill(std::process::Child);
-
-impl Drop for Kill {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+mod common;
 
 fn caller_turn() -> Vec<Vec<u8>> {
     let pcm = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/codecs/tests/fixtures/speech-8k.s16")).unwrap();
@@ -91,30 +82,7 @@ async fn a_bot_from_the_api_answers_a_call_and_its_result_reaches_the_api() {
     assert_eq!(r.status().as_u16(), 201);
     let bot_id = serde_json::from_slice::<Value>(&r.bytes().await.unwrap()).unwrap()["id"].as_str().unwrap().to_string();
 
-    let mut child = Command::new(env!("CARGO_BIN_EXE_cxb"))
-        .args(["core", "--listen", "127.0.0.1:0", "--workers", "1", "--no-pin", "--api", &base])
-        .arg("--registry")
-        .arg(dir.path().join("slots"))
-        .arg("--control-socket")
-        .arg(dir.path().join("ctl.sock"))
-        .arg("--data-dir")
-        .arg(dir.path())
-        .env("CXB_FLEET_TOKEN", &fleet)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let _child = Kill(child);
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if let Some(rest) = line.trim().strip_prefix("health      http://127.0.0.1:") {
-                let _ = tx.send(rest.trim_end_matches("/health").parse::<u16>().unwrap_or(0));
-            }
-        }
-    });
-    let port = rx.recv_timeout(Duration::from_secs(20)).unwrap();
+    let (_child, port) = common::core(dir.path(), &base, &fleet, &["--workers", "1"]);
 
     let bot_path = bot_id.clone();
     let heard = tokio::task::spawn_blocking(move || {

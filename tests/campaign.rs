@@ -6,7 +6,6 @@
 #![allow(clippy::unwrap_used)]
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -18,14 +17,9 @@ use cxb_dialler::simulator::{Outcome, OutcomeMix, Rule, Simulator, SimulatorConf
 use cxb_dialler::{Dialler, DiallerConfig, DiallerTelephony, Shared};
 use serde_json::{Value, json};
 
-struct Kill(std::process::Child);
+mod common;
 
-impl Drop for Kill {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use common::Kill;
 
 struct Client {
     http: reqwest::Client,
@@ -95,34 +89,6 @@ async fn api(dir: &std::path::Path) -> (ApiServer, Client) {
     (api, Client { http, base, token })
 }
 
-/// `cxb core --api` on a free port; returns the port once it is up.
-fn engine(dir: &std::path::Path, base: &str, fleet_token: &str) -> (Kill, u16) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_cxb"))
-        .args(["core", "--listen", "127.0.0.1:0", "--workers", "1", "--slots-per-worker", "64", "--no-pin", "--api", base])
-        .arg("--registry")
-        .arg(dir.join("slots"))
-        .arg("--control-socket")
-        .arg(dir.join("ctl.sock"))
-        .arg("--data-dir")
-        .arg(dir)
-        .env("CXB_FLEET_TOKEN", fleet_token)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if let Some(rest) = line.trim().strip_prefix("health      http://127.0.0.1:") {
-                let _ = tx.send(rest.trim_end_matches("/health").parse::<u16>().unwrap_or(0));
-            }
-        }
-    });
-    let port = rx.recv_timeout(Duration::from_secs(20)).unwrap();
-    (Kill(child), port)
-}
-
 async fn wait_until<F: AsyncFnMut() -> bool>(what: &str, limit: Duration, mut done: F) {
     let start = Instant::now();
     while !done().await {
@@ -144,7 +110,7 @@ async fn a_campaign_of_200_contacts_keeps_cac_and_cps_and_every_contact_ends_or_
     let dir = tempfile::tempdir().unwrap();
     let (api, client) = api(dir.path()).await;
     let fleet = admin::create_fleet_token(&api.state().db, "test", SystemClock.now_ms()).await.unwrap();
-    let (_engine, port) = engine(dir.path(), &client.base, &fleet);
+    let (_engine, port) = common::core(dir.path(), &client.base, &fleet, &["--workers", "1", "--slots-per-worker", "64"]);
 
     // The simulator, 50 times faster than life (audio stays real time): rings of 60-240 ms,
     // people on the line for 0.4-1 s. Numbers ending in 1 are busy, 2 never answer, 3 fail,

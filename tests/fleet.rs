@@ -5,22 +5,13 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use cxb_control_plane::clock::{Clock, SystemClock};
 use cxb_control_plane::{ApiConfig, ApiServer, admin};
 use serde_json::Value;
 
-struct Kill(std::process::Child);
-
-impl Drop for Kill {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+mod common;
 
 async fn hosts(http: &reqwest::Client, base: &str, token: &str) -> Vec<Value> {
     let r = http.get(format!("{base}/v1/fleet/hosts")).bearer_auth(token).send().await.unwrap();
@@ -49,30 +40,7 @@ async fn an_engine_heartbeats_holds_a_fleet_reservation_and_a_call_takes_it() {
     let base = format!("http://{}", api.local_addr());
     let token = admin::create_fleet_token(&api.state().db, "test", SystemClock.now_ms()).await.unwrap();
 
-    let mut child = Command::new(env!("CARGO_BIN_EXE_cxb"))
-        .args(["core", "--listen", "127.0.0.1:0", "--workers", "2", "--slots-per-worker", "3", "--no-pin", "--api", &base])
-        .arg("--registry")
-        .arg(dir.path().join("slots"))
-        .arg("--control-socket")
-        .arg(dir.path().join("ctl.sock"))
-        .arg("--data-dir")
-        .arg(dir.path())
-        .env("CXB_FLEET_TOKEN", &token)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let child = Kill(child);
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if let Some(rest) = line.trim().strip_prefix("health      http://127.0.0.1:") {
-                let _ = tx.send(rest.trim_end_matches("/health").parse::<u16>().unwrap_or(0));
-            }
-        }
-    });
-    let port = rx.recv_timeout(Duration::from_secs(20)).unwrap();
+    let (child, port) = common::core(dir.path(), &base, &token, &["--workers", "2", "--slots-per-worker", "3"]);
 
     let http = reqwest::Client::new();
     let host = wait_for(&http, &base, &token, "the first heartbeat", |h| h["slots_total"] == 6).await;

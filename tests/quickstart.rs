@@ -10,14 +10,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-struct Kill(std::process::Child);
+mod common;
 
-impl Drop for Kill {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use common::Kill;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_quickstart_campaign_completes_with_cxb_up_alone() {

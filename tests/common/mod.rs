@@ -1,0 +1,51 @@
+//! Shared by the binary's end-to-end tests: a child process killed when dropped, and
+//! `cxb core --api` started as its own process on a free port.
+
+#![allow(dead_code, clippy::unwrap_used)]
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+/// A child process, killed and reaped when dropped.
+pub(crate) struct Kill(pub(crate) std::process::Child);
+
+impl Drop for Kill {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `cxb core --listen 127.0.0.1:0 --no-pin --api BASE` plus `extra`, with its registry,
+/// control socket and data in `dir` and the fleet token in the environment; returns the process
+/// and its port once it prints it.
+pub(crate) fn core(dir: &Path, base: &str, fleet_token: &str, extra: &[&str]) -> (Kill, u16) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_cxb"))
+        .args(["core", "--listen", "127.0.0.1:0", "--no-pin", "--api", base])
+        .args(extra)
+        .arg("--registry")
+        .arg(dir.join("slots"))
+        .arg("--control-socket")
+        .arg(dir.join("ctl.sock"))
+        .arg("--data-dir")
+        .arg(dir)
+        .env("CXB_FLEET_TOKEN", fleet_token)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let child = Kill(child);
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if let Some(rest) = line.trim().strip_prefix("health      http://127.0.0.1:") {
+                let _ = tx.send(rest.trim_end_matches("/health").parse::<u16>().unwrap_or(0));
+            }
+        }
+    });
+    let port = rx.recv_timeout(Duration::from_secs(20)).unwrap();
+    (child, port)
+}
