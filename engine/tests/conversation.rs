@@ -219,10 +219,12 @@ fn beep(hz: f64, ms: usize) -> Vec<i16> {
 }
 
 /// Sends audio as 20 ms mu-law frames, as fast as the socket takes them (detection counts
-/// samples, not the clock).
+/// samples, not the clock), until the engine ends the call.
 fn send_audio(call: &mut common::Carrier, audio: &[i16]) {
     for frame in audio.chunks(160) {
-        call.media(&frame.iter().map(|&s| cxb_codecs::g711::encode_mulaw(s)).collect::<Vec<u8>>());
+        if !call.try_media(&frame.iter().map(|&s| cxb_codecs::g711::encode_mulaw(s)).collect::<Vec<u8>>()) {
+            return;
+        }
     }
 }
 

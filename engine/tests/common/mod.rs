@@ -105,13 +105,24 @@ impl Carrier {
     }
 
     pub fn media(&mut self, bytes: &[u8]) {
+        let m = self.media_message(bytes);
+        self.send(m);
+    }
+
+    /// Sends a media frame; `false` once the engine has closed the call.
+    pub fn try_media(&mut self, bytes: &[u8]) -> bool {
+        let m = self.media_message(bytes);
+        self.ws.send(Message::text(m.to_string())).is_ok()
+    }
+
+    fn media_message(&mut self, bytes: &[u8]) -> Value {
         self.chunk += 1;
         let payload = STANDARD.encode(bytes);
         let c = self.chunk;
         if self.exotel {
-            self.send(json!({"event":"media","sequence_number":c + 1,"stream_sid":"s1","media":{"chunk":c,"timestamp":(c * 100).to_string(),"payload":payload}}));
+            json!({"event":"media","sequence_number":c + 1,"stream_sid":"s1","media":{"chunk":c,"timestamp":(c * 100).to_string(),"payload":payload}})
         } else {
-            self.send(json!({"event":"media","sequenceNumber":(c + 1).to_string(),"streamSid":"MZ1","media":{"track":"inbound","chunk":c.to_string(),"timestamp":(c * 20).to_string(),"payload":payload}}));
+            json!({"event":"media","sequenceNumber":(c + 1).to_string(),"streamSid":"MZ1","media":{"track":"inbound","chunk":c.to_string(),"timestamp":(c * 20).to_string(),"payload":payload}})
         }
     }
 
