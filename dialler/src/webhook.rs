@@ -13,7 +13,7 @@ use cxb_control_plane::telephony::{CarrierWebhook, DirectCall, Reply, Telephony}
 use serde_json::{Value, json};
 use sqlx::Row;
 
-use crate::carrier::{CarrierError, CdrError, Disposition};
+use crate::carrier::{CarrierError, CdrError, Disposition, constant_time_eq};
 use crate::place::{RouteError, Routed, Target};
 use crate::run::Shared;
 
@@ -108,11 +108,6 @@ async fn place_direct(s: &Arc<Shared>, state: &AppState, org: &str, call: Direct
     Ok((StatusCode::CREATED, view))
 }
 
-/// Constant-time equality of two secrets.
-fn same(a: &str, b: &str) -> bool {
-    a.len() == b.len() && a.bytes().zip(b.bytes()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
 async fn call_end(s: &Arc<Shared>, org: &str, webhook: CarrierWebhook) -> ApiResult<(StatusCode, Value)> {
     let (carrier, _) = s.carriers.for_org(&s.db, org).await.map_err(carrier_error)?;
     let token = webhook.query.as_deref().and_then(form_urlencoded_token);
@@ -140,7 +135,7 @@ async fn call_end(s: &Arc<Shared>, org: &str, webhook: CarrierWebhook) -> ApiRes
     };
     let call: String = row.try_get(0)?;
     let expected: Option<String> = row.try_get(1)?;
-    let token_ok = matches!((&token, &expected), (Some(t), Some(e)) if same(t, e));
+    let token_ok = matches!((&token, &expected), (Some(t), Some(e)) if constant_time_eq(t.as_bytes(), e.as_bytes()));
     if !cdr.authenticated && !token_ok {
         return Err(ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "unknown call or token"));
     }

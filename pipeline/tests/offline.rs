@@ -6,6 +6,9 @@
 //! Tests here run one at a time: they write small scripts and run programs, and a script
 //! written while another test forks could be held open for writing ("text file busy").
 
+mod common;
+
+use common::{audio, next, sentence};
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
@@ -60,40 +63,6 @@ fn script(dir: &Path, name: &str, body: &str) -> PathBuf {
     std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).expect("write the script");
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).expect("make it executable");
     path
-}
-
-/// The next event, or a panic after 5 s.
-async fn next(events: &Events) -> Event {
-    let wait = async {
-        loop {
-            if let Some((_, event)) = events.pop() {
-                return event;
-            }
-            events.ready().await;
-        }
-    };
-    compio::time::timeout(Duration::from_secs(5), wait).await.expect("an event within 5 s")
-}
-
-/// Every event of sentence 7, up to and including Done or Error.
-async fn sentence(events: &Events) -> Vec<TtsEvent> {
-    let mut out = Vec::new();
-    loop {
-        match next(events).await {
-            Event::Tts { sentence: 7, event } => {
-                let end = matches!(event, TtsEvent::Done | TtsEvent::Error(_));
-                out.push(event);
-                if end {
-                    return out;
-                }
-            }
-            other => panic!("unexpected {other:?}"),
-        }
-    }
-}
-
-fn audio(out: &[TtsEvent]) -> Vec<u8> {
-    out.iter().filter_map(|e| if let TtsEvent::Audio(a) = e { Some(a.clone()) } else { None }).flatten().collect()
 }
 
 fn error(out: &[TtsEvent]) -> String {

@@ -1,6 +1,9 @@
 //! The Wyoming adapters against the test server: framing, transcripts per utterance,
 //! synthesis, and malformed or hostile answers turned into error events without panics.
 
+mod common;
+
+use common::{audio, next, sentence};
 use std::future::Future;
 use std::time::Duration;
 
@@ -29,40 +32,6 @@ fn bot(url: &str, extra: serde_json::Value) -> BotConfig {
         }
     }
     BotConfig::from_json(config.to_string().as_bytes()).expect("a valid bot")
-}
-
-/// The next event, or a panic after 5 s.
-async fn next(events: &Events) -> Event {
-    let wait = async {
-        loop {
-            if let Some((_, event)) = events.pop() {
-                return event;
-            }
-            events.ready().await;
-        }
-    };
-    compio::time::timeout(Duration::from_secs(5), wait).await.expect("an event within 5 s")
-}
-
-/// Every event of one sentence, up to and including Done or Error.
-async fn sentence(events: &Events) -> Vec<TtsEvent> {
-    let mut out = Vec::new();
-    loop {
-        match next(events).await {
-            Event::Tts { sentence: 7, event } => {
-                let end = matches!(event, TtsEvent::Done | TtsEvent::Error(_));
-                out.push(event);
-                if end {
-                    return out;
-                }
-            }
-            other => panic!("unexpected {other:?}"),
-        }
-    }
-}
-
-fn audio(out: &[TtsEvent]) -> Vec<u8> {
-    out.iter().filter_map(|e| if let TtsEvent::Audio(a) = e { Some(a.clone()) } else { None }).flatten().collect()
 }
 
 /// `ms` milliseconds of 16 kHz PCM in 20 ms frames, each sample its index.

@@ -6,7 +6,7 @@ use serde_json::{Map, Value};
 
 use super::time::{clip, count, time_ms};
 use super::PROFILE_SESSION;
-use crate::carrier::{Cdr, CdrError, Disposition};
+use crate::carrier::{Cdr, CdrError, Disposition, constant_time_eq};
 
 /// Longest carrier id or session id accepted; longer is not an id.
 const MAX_ID: usize = 256;
@@ -213,14 +213,6 @@ fn presents_token(headers: &[(String, String)], token: &[u8]) -> bool {
     found
 }
 
-/// Equal contents, compared without an early exit (the length is not secret).
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    let diff = a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y));
-    std::hint::black_box(diff) == 0
-}
 
 /// Standard or URL-safe base64, padding optional; `None` on any other character.
 fn base64_decode(s: &str) -> Option<Vec<u8>> {
