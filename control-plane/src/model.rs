@@ -135,6 +135,18 @@ pub enum MachineAction {
     LeaveVoicemail,
 }
 
+/// When the bot greets on an outbound call.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum OutboundGreeting {
+    /// As soon as the call is answered.
+    #[default]
+    Immediate,
+    /// After the callee's first words ("Hello?") and half a second of silence, or after 1 s
+    /// in which no one spoke.
+    AfterHello,
+}
+
 /// The bot's answering-machine handling.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -183,6 +195,9 @@ pub struct Bot {
     pub tools: Vec<Tool>,
     #[serde(default)]
     pub answering_machine: AnsweringMachine,
+    /// On outbound calls: greet at once, or after the callee's "Hello?".
+    #[serde(default)]
+    pub outbound_greeting: OutboundGreeting,
     #[serde(default = "yes")]
     pub recording: bool,
     /// Calls end after this many seconds (10 to 14,400).

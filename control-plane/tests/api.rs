@@ -207,6 +207,9 @@ async fn bot_secrets_are_write_only_and_validation_names_the_field() {
     let runtime = api.get(&format!("/v1/runtime/bots/{bot}"), &fleet).await;
     assert_eq!(runtime.body["stt"]["secrets"]["api_key"], "dg-secret");
     assert_eq!(runtime.body["greeting"], "Hi there");
+    assert_eq!(runtime.body["outbound_greeting"], "immediate", "the default");
+    let patched = api.patch(&format!("/v1/bots/{bot}"), &token, json!({"outbound_greeting": "after_hello"})).await;
+    assert_eq!(patched.body["outbound_greeting"], "after_hello", "{}", patched.body);
     // Users cannot reach the runtime endpoints, and fleet tokens only those.
     assert_eq!(api.get(&format!("/v1/runtime/bots/{bot}"), &token).await.status, 403);
     assert_eq!(api.get(&format!("/v1/bots/{bot}"), &fleet).await.status, 403);
@@ -217,6 +220,7 @@ async fn bot_secrets_are_write_only_and_validation_names_the_field() {
         (json!({"name": "x", "tools": [{"kind": "http"}]}), "tools[0].name"),
         (json!({"name": "x", "max_call_seconds": 5}), "max_call_seconds"),
         (json!({"name": "x", "max_call_seconds": "long"}), "max_call_seconds"),
+        (json!({"name": "x", "outbound_greeting": "whenever"}), "outbound_greeting"),
         (json!({"name": "x", "colour": "blue"}), ""),
         (json!({"name": ""}), "name"),
         (json!({"greeting": "no name"}), ""),

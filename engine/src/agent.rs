@@ -15,7 +15,7 @@ use cxb_codecs::{Encoding, SampleRate, g711};
 use cxb_media::Timestamp;
 use cxb_media::amd::{Amd, AmdConfig, AmdResult, BeepDetector, Verdict};
 use cxb_media::resample::Polyphase;
-use cxb_pipeline::config::{BotConfig, MachineAction};
+use cxb_pipeline::config::{BotConfig, MachineAction, OutboundGreeting};
 use cxb_pipeline::conversation::{Action, Conversation, Ending};
 use cxb_pipeline::provider::{AudioFormat, Events, Job, LlmProvider, SttCommand, SttSession, ToolCall, TtsProvider};
 use cxb_pipeline::tools::{CarrierLink, Destination, ToolAction, Tools};
@@ -212,6 +212,50 @@ impl Screening {
     }
 }
 
+/// An outbound call's greeting held for the callee's "Hello?" (bot setting
+/// `outbound_greeting: after_hello`): it plays once their first words are followed by
+/// `AFTER_HELLO_SILENCE`, or after `NO_HELLO_WAIT` in which no one spoke, or (someone who
+/// talks on and on) at the first such pause after that, and at the latest at `LONGEST_WAIT`.
+/// Measured in the callee's audio, like answering-machine detection, whose word and silence
+/// tracking it reuses.
+#[derive(Debug)]
+struct HelloWait {
+    listen: Amd,
+    /// How long the greeting was held, once it was released.
+    held_ms: Option<u64>,
+}
+
+const NO_HELLO_WAIT: Duration = Duration::from_millis(1_000);
+const AFTER_HELLO_SILENCE: Duration = Duration::from_millis(500);
+const LONGEST_WAIT: Duration = Duration::from_millis(10_000);
+
+impl HelloWait {
+    fn new() -> HelloWait {
+        let config = AmdConfig {
+            initial_silence: NO_HELLO_WAIT,
+            after_greeting_silence: AFTER_HELLO_SILENCE,
+            total_analysis: LONGEST_WAIT,
+            ..AmdConfig::default()
+        };
+        HelloWait { listen: Amd::new(config), held_ms: None }
+    }
+
+    /// One frame of the callee; whether this frame released the greeting.
+    fn frame(&mut self, pcm: &[i16]) -> bool {
+        if self.held_ms.is_some() {
+            return false;
+        }
+        self.listen.push(pcm);
+        let pause = u128::from(self.listen.silence_ms()) >= AFTER_HELLO_SILENCE.as_millis();
+        let waited = u128::from(self.listen.elapsed_ms()) >= LONGEST_WAIT.as_millis();
+        if self.listen.verdict().is_some() && (pause || waited) {
+            self.held_ms = Some(self.listen.elapsed_ms());
+            return true;
+        }
+        false
+    }
+}
+
 /// The AI side of one call.
 pub struct Agent {
     bot: Rc<BotConfig>,
@@ -241,6 +285,7 @@ pub struct Agent {
     pub(crate) wire_pending: Option<Instant>,
     transfer: Option<Value>,
     screening: Option<Screening>,
+    hello_wait: Option<HelloWait>,
 }
 
 impl std::fmt::Debug for Agent {
@@ -299,6 +344,7 @@ impl Agent {
             wire_pending: None,
             transfer: None,
             screening: None,
+            hello_wait: None,
             bot,
         };
         agent.conv.start(now);
@@ -339,12 +385,20 @@ impl Agent {
             _ => (outbound && self.bot.answering_machine.detect).then_some(self.bot.answering_machine.action),
         };
         self.screening = action.map(Screening::new);
+        // Detection holds the greeting already, until its verdict (which waits for a person's
+        // "Hello?" too).
+        let wait = outbound
+            && self.screening.is_none()
+            && self.bot.outbound_greeting == OutboundGreeting::AfterHello
+            && !self.bot.greeting.trim().is_empty();
+        self.hello_wait = wait.then(HelloWait::new);
     }
 
-    /// Whether the bot's audio is held (answering-machine detection is deciding, or waiting for
-    /// the beep): nothing plays and the caller's turns are not the conversation's yet.
+    /// Whether the bot's audio is held (answering-machine detection is deciding or waiting for
+    /// the beep, or the greeting waits for the callee's "Hello?"): nothing plays and the
+    /// caller's turns are not the conversation's yet.
     pub fn holds_playout(&self) -> bool {
-        self.screening.as_ref().is_some_and(|s| s.holding)
+        self.screening.as_ref().is_some_and(|s| s.holding) || self.hello_wait.as_ref().is_some_and(|w| w.held_ms.is_none())
     }
 
     /// One 20 ms frame of the caller: `raw` as the carrier sent it (`encoding`, 8 kHz) and
@@ -373,14 +427,21 @@ impl Agent {
                 .iter()
                 .for_each(|s| self.stt_bytes.extend_from_slice(&s.to_le_bytes())),
         }
-        self.stt_audio_ms += 20;
+        // Audio a speech-to-text service hears is billed; the offline `none` hears nothing.
+        if self.bot.stt.provider != "none" {
+            self.stt_audio_ms += 20;
+        }
         self.stt
             .send(SttCommand::Audio(std::mem::take(&mut self.stt_bytes)));
         false
     }
 
-    /// Answering-machine detection on the frame in `pcm`; whether it acted.
+    /// Answering-machine detection, or the wait for "Hello?", on the frame in `pcm`; whether
+    /// it acted.
     fn screen(&mut self, now: Timestamp) -> bool {
+        if let Some(wait) = self.hello_wait.as_mut() {
+            return wait.frame(&self.pcm);
+        }
         let Some(s) = self.screening.as_mut() else { return false };
         let fresh = s.frame(&self.pcm);
         let Some(verdict) = s.amd.verdict() else { return false };
@@ -568,6 +629,7 @@ impl Agent {
                 "tools": self.tools.log().take(),
                 "transfer": self.transfer,
                 "amd": amd,
+                "greeting_wait_ms": self.hello_wait.as_ref().and_then(|w| w.held_ms),
                 "providers": { "stt": self.bot.stt.provider, "llm": self.bot.llm.provider, "tts": self.bot.tts.provider },
             },
         });

@@ -242,6 +242,11 @@ struct AmdRig {
 }
 
 fn amd_rig(answering_machine: Value) -> AmdRig {
+    bot_rig(json!({ "answering_machine": answering_machine }))
+}
+
+/// [`amd_rig`] with these bot settings added.
+fn bot_rig(settings: Value) -> AmdRig {
     let stt = DeepgramServer::start(DeepgramConfig::default()).expect("stt server");
     let tts = ElevenLabsServer::start(ElevenLabsConfig { bytes_per_char: AMD_PER_CHAR, ..ElevenLabsConfig::default() })
         .expect("tts server");
@@ -253,8 +258,11 @@ fn amd_rig(answering_machine: Value) -> AmdRig {
         "llm": { "provider": "script", "options": { "script": { "intents": [], "fallback": "Sorry?" } } },
         "tts": { "provider": "elevenlabs", "base_url": tts.url(), "secrets": { "api_key": "xi" } },
         "voice": "voice1",
-        "answering_machine": answering_machine,
     });
+    let mut bot = bot;
+    for (key, value) in settings.as_object().expect("bot settings") {
+        bot[key] = value.clone();
+    }
     std::fs::write(bots.join("am.json"), bot.to_string()).expect("bot file");
     let results = Arc::new(Captured::default());
     let sink = results.clone();
@@ -387,4 +395,49 @@ fn amd_from_the_bot_settings_hears_a_person_and_greets_them_after_the_verdict() 
     assert_eq!((&result["outcome"], &result["end_reason"]), (&json!("completed"), &json!("stopped")));
     let amd = json!({"result": "HUMAN", "cause": "HUMAN", "decided_ms": 1520, "action": "hangup"});
     assert_eq!(result["metrics"]["amd"], amd);
+}
+
+#[test]
+fn after_hello_the_outbound_greeting_waits_for_the_callees_hello_and_a_pause() {
+    let rig = bot_rig(json!({ "outbound_greeting": "after_hello" }));
+    let mut call = rig.call(json!({"direction": "outbound"}));
+    let held = listen(&mut call, Duration::from_millis(300), Duration::from_millis(300));
+    assert_eq!(held.bytes, 0, "the greeting waits for the callee");
+    send_audio(&mut call, &[quiet(300), hello(), quiet(300)].concat());
+    let during = listen(&mut call, Duration::from_millis(200), Duration::from_millis(200));
+    assert_eq!(during.bytes, 0, "not while they speak, nor 300 ms after");
+    send_audio(&mut call, &quiet(400));
+    let greeting = listen(&mut call, Duration::from_millis(400), Duration::from_secs(5));
+    let expected = (AMD_GREETING.len() * AMD_PER_CHAR).div_ceil(160);
+    assert_eq!(greeting.bytes.div_ceil(160), expected, "the whole greeting, uninterrupted");
+    assert!(!greeting.cleared);
+    call.stop();
+    let result = rig.result();
+    // The hello's last voiced block ends at 720 ms (answering-machine detection's HUMAN verdict
+    // on the same audio comes 800 ms later, at 1520); the greeting follows 500 ms after it.
+    assert_eq!(result["metrics"]["greeting_wait_ms"], 1_220, "{}", result["metrics"]);
+    assert_eq!(result["metrics"]["barge_ins"], 0);
+    assert_eq!(result["metrics"]["amd"], Value::Null, "no detection was asked for");
+}
+
+#[test]
+fn after_hello_a_silent_callee_is_greeted_after_a_second_and_inbound_calls_at_once() {
+    let rig = bot_rig(json!({ "outbound_greeting": "after_hello" }));
+    let mut call = rig.call(json!({"direction": "outbound"}));
+    send_audio(&mut call, &quiet(960));
+    let held = listen(&mut call, Duration::from_millis(300), Duration::from_millis(300));
+    assert_eq!(held.bytes, 0, "0.96 s of silence: still waiting");
+    send_audio(&mut call, &quiet(40));
+    let greeting = listen(&mut call, Duration::from_millis(400), Duration::from_secs(5));
+    assert_eq!(greeting.bytes.div_ceil(160), (AMD_GREETING.len() * AMD_PER_CHAR).div_ceil(160));
+    call.stop();
+    assert_eq!(rig.result()["metrics"]["greeting_wait_ms"], 1_000);
+
+    // An inbound call is greeted at once: the caller called and waits to hear the bot.
+    let rig = bot_rig(json!({ "outbound_greeting": "after_hello" }));
+    let mut call = rig.call(json!({}));
+    let greeting = listen(&mut call, Duration::from_millis(400), Duration::from_secs(5));
+    assert_eq!(greeting.bytes.div_ceil(160), (AMD_GREETING.len() * AMD_PER_CHAR).div_ceil(160));
+    call.stop();
+    assert_eq!(rig.result()["metrics"]["greeting_wait_ms"], Value::Null);
 }

@@ -46,6 +46,9 @@ pub struct BotConfig {
     /// What to do when a machine answers.
     #[serde(default)]
     pub answering_machine: AnsweringMachine,
+    /// When the bot greets on an outbound call.
+    #[serde(default)]
+    pub outbound_greeting: OutboundGreeting,
     /// Whether calls are recorded.
     #[serde(default = "yes")]
     pub recording: bool,
@@ -175,6 +178,19 @@ pub enum MachineAction {
     Continue,
     /// Speak the voicemail message, then hang up.
     LeaveVoicemail,
+}
+
+/// When the bot greets on an outbound call (inbound calls are greeted at once).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OutboundGreeting {
+    /// As soon as the call is answered.
+    #[default]
+    Immediate,
+    /// After the callee's first words ("Hello?") and half a second of silence, or after 1 s
+    /// in which no one spoke: people answer the phone with a word, and a greeting started
+    /// at once is talked over.
+    AfterHello,
 }
 
 /// Answering-machine settings.
