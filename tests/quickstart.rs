@@ -120,4 +120,6 @@ async fn the_quickstart_campaign_completes_with_cxb_up_alone() {
     assert!(first["metrics"]["answer_to_first_audio_ms"].as_i64().is_some(), "{first}");
     assert_eq!(first["recording"]["channels"], 2, "{first}");
     assert_eq!(first["metrics"]["providers"]["tts"], "espeak");
+    let stt_audio = first["costs"].as_array().unwrap().iter().find(|c| c["item"] == "stt_audio").unwrap();
+    assert_eq!(stt_audio["quantity"], 0.0, "the offline `none` STT is not billed: {first}");
 }

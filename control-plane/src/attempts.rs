@@ -155,15 +155,21 @@ pub async fn record_end(db: &AnyPool, call_id: &str, end: &CallEnd, now: i64) ->
 
 /// Merges the engine's result into a placed call's row (the dialler made it; the engine was
 /// told its id). Returns `None` when no placed call has that id, `Some(false)` when the result
-/// was already merged.
+/// was already merged. A result that comes after the call was decided without it (see
+/// [`give_up_result`]) is still merged, once: its transcript, recording, costs and metrics
+/// join the record, whose metrics gain `result_late: true`; the outcome and the contact's
+/// disposition stay as they were decided.
 pub(crate) async fn merge_result(tx: &mut AnyConnection, call_id: &str, org: &str, result: &Value, now: i64) -> ApiResult<Option<bool>> {
     // Write first (see `record_end`): claim the result slot, then read.
-    let claimed = sqlx::query("UPDATE calls SET result_at = $1 WHERE id = $2 AND org_id = $3 AND carrier IS NOT NULL AND result_at IS NULL")
-        .bind(now)
-        .bind(call_id)
-        .bind(org)
-        .execute(&mut *tx)
-        .await?;
+    let claimed = sqlx::query(
+        "UPDATE calls SET result_at = $1, result_overdue_at = NULL \
+         WHERE id = $2 AND org_id = $3 AND carrier IS NOT NULL AND (result_at IS NULL OR result_overdue_at IS NOT NULL)",
+    )
+    .bind(now)
+    .bind(call_id)
+    .bind(org)
+    .execute(&mut *tx)
+    .await?;
     if claimed.rows_affected() == 0 {
         let placed: Option<String> = sqlx::query_scalar("SELECT org_id FROM calls WHERE id = $1 AND carrier IS NOT NULL").bind(call_id).fetch_optional(&mut *tx).await?;
         return match placed {
@@ -172,9 +178,11 @@ pub(crate) async fn merge_result(tx: &mut AnyConnection, call_id: &str, org: &st
             Some(_) => Ok(Some(false)),
         };
     }
-    let row = sqlx::query("SELECT body, outcome, result_at, cdr_at FROM calls WHERE id = $1").bind(call_id).fetch_one(&mut *tx).await?;
+    let row = sqlx::query("SELECT body, outcome, status, cdr_at FROM calls WHERE id = $1").bind(call_id).fetch_one(&mut *tx).await?;
     let mut body: Value = serde_json::from_str(&row.try_get::<String, _>(0)?).map_err(ApiError::internal)?;
-    for field in ["transcript", "recording", "costs", "end_reason"] {
+    let late = row.try_get::<String, _>(2)? == "final";
+    let fields: &[&str] = if late { &["transcript", "recording", "costs"] } else { &["transcript", "recording", "costs", "end_reason"] };
+    for &field in fields {
         if let Some(v) = result.get(field) {
             body[field] = v.clone();
         }
@@ -182,8 +190,20 @@ pub(crate) async fn merge_result(tx: &mut AnyConnection, call_id: &str, org: &st
     let routing = body["metrics"]["routing"].take();
     body["metrics"] = result.get("metrics").cloned().unwrap_or_else(|| json!({}));
     body["metrics"]["routing"] = routing;
-    let machine = result["outcome"] == "voicemail";
     let first_audio = result["metrics"]["answer_to_first_audio_ms"].as_i64();
+    let bot = result["bot_id"].as_str().map(str::to_string);
+    if late {
+        body["metrics"]["result_late"] = true.into();
+        sqlx::query("UPDATE calls SET body = $1, first_audio_ms = $2, bot_id = COALESCE(bot_id, $3) WHERE id = $4")
+            .bind(body.to_string())
+            .bind(first_audio)
+            .bind(bot)
+            .bind(call_id)
+            .execute(&mut *tx)
+            .await?;
+        return Ok(Some(true));
+    }
+    let machine = result["outcome"] == "voicemail";
     let mut outcome: String = row.try_get(1)?;
     if let Some(carrier) = outcome.strip_prefix("pending_") {
         outcome = carrier.to_string();
@@ -193,12 +213,11 @@ pub(crate) async fn merge_result(tx: &mut AnyConnection, call_id: &str, org: &st
     }
     body["outcome"] = outcome.clone().into();
     let cdr_in = row.try_get::<Option<i64>, _>(3)?.is_some();
-    sqlx::query("UPDATE calls SET result_at = $1, body = $2, outcome = $3, first_audio_ms = $4, bot_id = COALESCE(bot_id, $5) WHERE id = $6")
-        .bind(now)
+    sqlx::query("UPDATE calls SET body = $1, outcome = $2, first_audio_ms = $3, bot_id = COALESCE(bot_id, $4) WHERE id = $5")
         .bind(body.to_string())
         .bind(&outcome)
         .bind(first_audio)
-        .bind(result["bot_id"].as_str().map(str::to_string))
+        .bind(bot)
         .bind(call_id)
         .execute(&mut *tx)
         .await?;
@@ -208,10 +227,15 @@ pub(crate) async fn merge_result(tx: &mut AnyConnection, call_id: &str, org: &st
     Ok(Some(true))
 }
 
-/// Decides an ended call whose engine result is overdue: the carrier's outcome stands.
+/// Decides an ended call whose engine result is overdue: the carrier's outcome stands (a
+/// result that still comes is merged by [`merge_result`]).
 pub async fn give_up_result(db: &AnyPool, call_id: &str, now: i64) -> ApiResult<()> {
     let mut tx = db.begin().await?;
-    let claimed = sqlx::query("UPDATE calls SET result_at = $1 WHERE id = $2 AND status = 'ended' AND result_at IS NULL").bind(now).bind(call_id).execute(&mut *tx).await?;
+    let claimed = sqlx::query("UPDATE calls SET result_at = $1, result_overdue_at = $1 WHERE id = $2 AND status = 'ended' AND result_at IS NULL")
+        .bind(now)
+        .bind(call_id)
+        .execute(&mut *tx)
+        .await?;
     if claimed.rows_affected() > 0 {
         let outcome: String = sqlx::query_scalar("SELECT outcome FROM calls WHERE id = $1").bind(call_id).fetch_one(&mut *tx).await?;
         let carrier = outcome.strip_prefix("pending_").unwrap_or(&outcome).to_string();

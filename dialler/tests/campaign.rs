@@ -115,6 +115,10 @@ struct Rig {
 }
 
 async fn rig() -> Rig {
+    rig_with(|_| {}).await
+}
+
+async fn rig_with(tweak: impl FnOnce(&mut DiallerConfig)) -> Rig {
     let api = Api::start_with(|c| c.clock = Arc::new(SystemClock)).await;
     let token = api.org("Acme").await;
     let http = reqwest::Client::new();
@@ -122,6 +126,7 @@ async fn rig() -> Rig {
     let carriers = Carriers::new(Some(carrier.clone()), http);
     let mut config = DiallerConfig::new(api.base.clone());
     config.tick = Duration::from_millis(20);
+    tweak(&mut config);
     let shared = Shared::new(api.db().clone(), carriers, config);
     api.server.attach_telephony(Arc::new(DiallerTelephony(shared.clone())));
     let dialler = Some(Dialler::start(shared));
@@ -248,5 +253,52 @@ async fn a_direct_call_goes_to_the_freest_engine_and_its_call_end_record_is_chec
     let record = api.get(&format!("/v1/calls/{id}"), token).await.body;
     assert_eq!(record["outcome"], "in_progress", "answered, the engine's result awaited: {record}");
     assert!(record["answered_at"].is_string() && record["ended_at"].is_string(), "{record}");
+    rig.dialler.unwrap().shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_engine_result_after_the_grace_is_merged_once_without_changing_the_decision() {
+    let rig = rig_with(|c| c.result_grace = Duration::from_millis(300)).await;
+    let (api, token) = (&rig.api, &rig.token);
+    let bot = api.post("/v1/bots", token, json!({"name": "Late", "llm": {"provider": "script"}})).await.body["id"].as_str().unwrap().to_string();
+    let now = cxb_control_plane::clock::Clock::now_ms(&SystemClock);
+    sqlx::query("INSERT INTO hosts (id, address, version, workers, slots_total, slots_free, live_calls, pending, first_seen, last_seen) VALUES ('h', 'ws://127.0.0.1:19', 'test', 1, 8, 8, 0, 0, $1, $1)")
+        .bind(now)
+        .execute(api.db())
+        .await
+        .unwrap();
+    let placed = api.post("/v1/calls", token, json!({"bot_id": bot, "to": "+15550300005", "from": "+15550300001"})).await;
+    assert_eq!(placed.status, 201, "{}", placed.body);
+    let id = placed.body["id"].as_str().unwrap().to_string();
+
+    // Answered, and no engine result within the grace: the carrier's outcome is the decision.
+    wait_for("the decision without a result", Duration::from_secs(10), async || {
+        api.get(&format!("/v1/calls/{id}"), token).await.body["outcome"] == "completed"
+    })
+    .await;
+    let decided = api.get(&format!("/v1/calls/{id}"), token).await.body;
+    assert_eq!(decided["transcript"], Value::Null, "{decided}");
+
+    // The result comes late (an engine's outbox that was cut off from the API): merged once.
+    let fleet = api.fleet_token().await;
+    let result = json!({
+        "call_id": id, "bot_id": bot, "direction": "outbound", "from": "+15550300001", "to": "+15550300005",
+        "started_at": "2026-11-22T10:00:00Z", "answered_at": "2026-11-22T10:00:01Z", "ended_at": "2026-11-22T10:00:09Z",
+        "outcome": "voicemail", "end_reason": "machine_detected",
+        "transcript": [{"role": "bot", "text": "Hello!", "at_ms": 40, "interrupted": false}],
+        "costs": [{"item": "tts_characters", "quantity": 6.0, "unit": "character"}],
+        "metrics": {"answer_to_first_audio_ms": 40},
+    });
+    let first = api.post("/v1/runtime/results", &fleet, result.clone()).await;
+    assert_eq!((first.status, &first.body["duplicate"]), (201, &json!(false)), "{}", first.body);
+    let again = api.post("/v1/runtime/results", &fleet, result).await;
+    assert_eq!((again.status, &again.body["duplicate"]), (200, &json!(true)), "{}", again.body);
+    let merged = api.get(&format!("/v1/calls/{id}"), token).await.body;
+    assert_eq!(merged["transcript"][0]["text"], "Hello!", "{merged}");
+    assert_eq!(merged["metrics"]["answer_to_first_audio_ms"], 40);
+    assert_eq!(merged["metrics"]["result_late"], true);
+    assert!(merged["metrics"]["routing"].is_object(), "the dialler's routing record is kept: {merged}");
+    // The decision stands: the outcome and the end reason the carrier gave.
+    assert_eq!((&merged["outcome"], &merged["end_reason"]), (&decided["outcome"], &decided["end_reason"]), "{merged}");
     rig.dialler.unwrap().shutdown().await;
 }
