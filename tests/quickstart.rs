@@ -18,7 +18,7 @@ use common::Kill;
 async fn the_quickstart_campaign_completes_with_cxb_up_alone() {
     let dir = tempfile::tempdir().unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_cxb"))
-        .args(["up", "--listen", "127.0.0.1:0", "--api-listen", "127.0.0.1:0", "--sim-time-scale", "0.1"])
+        .args(["up", "--listen", "127.0.0.1:0", "--api-listen", "127.0.0.1:0", "--sim-time-scale", "0.3"])
         .args(["--sim-mix", "answer=8,busy=1,no_answer=1", "--sim-seed", "3"])
         .arg("--data-dir")
         .arg(dir.path())
@@ -66,7 +66,7 @@ async fn the_quickstart_campaign_completes_with_cxb_up_alone() {
     // The README's bot, assistant and campaign.
     let bot = post(
         "/v1/bots",
-        json!({"name": "Demo", "greeting": "Hello! This is a test call from CX Bridge.",
+        json!({"name": "Demo", "greeting": "Hello! This is a test call from CX Bridge.", "outbound_greeting": "after_hello",
             "stt": {"provider": "none", "options": {"placeholder": "bye"}}, "tts": {"provider": "espeak"},
             "llm": {"provider": "script", "options": {"script": {"fallback": "Sorry?", "intents": [{"keywords": ["bye"],
                 "reply": "Thanks for your time. Goodbye!", "tool": {"name": "end_call", "arguments": {}}}]}}},
@@ -120,6 +120,17 @@ async fn the_quickstart_campaign_completes_with_cxb_up_alone() {
     assert!(first["metrics"]["answer_to_first_audio_ms"].as_i64().is_some(), "{first}");
     assert_eq!(first["recording"]["channels"], 2, "{first}");
     assert_eq!(first["metrics"]["providers"]["tts"], "espeak");
+    // The greeting waited for the callee's "Hello?" and was not cut off by it (callees who
+    // hang up early hear only part); any reply of theirs (the offline STT's "bye") came after.
+    let calls = get(&format!("/v1/calls?campaign_id={id}&outcome=completed&limit=100")).await;
+    let calls = calls["items"].as_array().unwrap();
+    let greeted = calls
+        .iter()
+        .filter(|c| c["transcript"][0]["role"] == "bot" && c["transcript"][0]["text"].as_str().is_some_and(|t| t.starts_with("Hello!")))
+        .filter(|c| c["metrics"]["barge_ins"] == 0)
+        .count();
+    assert!(greeted * 10 >= calls.len() * 9, "{greeted} of {} calls heard the greeting first, uncut", calls.len());
+    assert!(calls.iter().all(|c| c["metrics"]["greeting_wait_ms"].as_i64().is_some_and(|ms| (500..=2_000).contains(&ms))));
     let stt_audio = first["costs"].as_array().unwrap().iter().find(|c| c["item"] == "stt_audio").unwrap();
     assert_eq!(stt_audio["quantity"], 0.0, "the offline `none` STT is not billed: {first}");
 }

@@ -15,6 +15,7 @@ use cxb_codecs::{Encoding, SampleRate, g711};
 use cxb_media::Timestamp;
 use cxb_media::amd::{Amd, AmdConfig, AmdResult, BeepDetector, Verdict};
 use cxb_media::resample::Polyphase;
+use cxb_media::turn::TurnEvent;
 use cxb_pipeline::config::{BotConfig, MachineAction, OutboundGreeting};
 use cxb_pipeline::conversation::{Action, Conversation, Ending};
 use cxb_pipeline::provider::{AudioFormat, Events, Job, LlmProvider, SttCommand, SttSession, ToolCall, TtsProvider};
@@ -286,6 +287,8 @@ pub struct Agent {
     transfer: Option<Value>,
     screening: Option<Screening>,
     hello_wait: Option<HelloWait>,
+    /// The caller's current turn began while the bot's audio was held.
+    turn_held: bool,
 }
 
 impl std::fmt::Debug for Agent {
@@ -345,6 +348,7 @@ impl Agent {
             transfer: None,
             screening: None,
             hello_wait: None,
+            turn_held: false,
             bot,
         };
         agent.conv.start(now);
@@ -399,6 +403,20 @@ impl Agent {
     /// caller's turns are not the conversation's yet.
     pub fn holds_playout(&self) -> bool {
         self.screening.as_ref().is_some_and(|s| s.holding) || self.hello_wait.as_ref().is_some_and(|w| w.held_ms.is_none())
+    }
+
+    /// Whether a turn event of the caller's is the conversation's: not while the bot's audio
+    /// is held, and not the end of a turn that began then (the callee's "Hello?" the greeting
+    /// waited for, or a machine's greeting, may end after the hold does; as a turn it would
+    /// cut the greeting off and be answered).
+    pub fn admits_turn(&mut self, event: &TurnEvent) -> bool {
+        match event {
+            TurnEvent::Started { .. } => {
+                self.turn_held = self.holds_playout();
+                !self.turn_held
+            }
+            TurnEvent::Ended { .. } => !std::mem::take(&mut self.turn_held) && !self.holds_playout(),
+        }
     }
 
     /// One 20 ms frame of the caller: `raw` as the carrier sent it (`encoding`, 8 kHz) and

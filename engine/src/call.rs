@@ -596,7 +596,8 @@ impl Call {
                 // While answering-machine detection runs, the caller's turns are not the
                 // conversation's (a machine's greeting is not a turn to answer).
                 if let Some(event) = turn
-                    && let Some(agent) = self.agent.as_mut().filter(|a| !a.holds_playout())
+                    && let Some(agent) = self.agent.as_mut()
+                    && agent.admits_turn(&event)
                 {
                     agent.conversation().on_turn(now, event);
                     self.run_agent(None);
@@ -656,7 +657,7 @@ impl Call {
         let ended = self.inbound.poll_turn(now);
         if let Some(agent) = self.agent.as_mut() {
             if let Some(event) = ended
-                && !agent.holds_playout()
+                && agent.admits_turn(&event)
             {
                 agent.conversation().on_turn(now, event);
                 self.run_agent(None);

@@ -399,7 +399,9 @@ fn amd_from_the_bot_settings_hears_a_person_and_greets_them_after_the_verdict() 
 
 #[test]
 fn after_hello_the_outbound_greeting_waits_for_the_callees_hello_and_a_pause() {
-    let rig = bot_rig(json!({ "outbound_greeting": "after_hello" }));
+    // The offline STT turns every turn into "bye", which the script answers: the hello must
+    // not become a turn.
+    let rig = bot_rig(json!({ "outbound_greeting": "after_hello", "stt": {"provider": "none", "options": {"placeholder": "hello"}} }));
     let mut call = rig.call(json!({"direction": "outbound"}));
     let held = listen(&mut call, Duration::from_millis(300), Duration::from_millis(300));
     assert_eq!(held.bytes, 0, "the greeting waits for the callee");
@@ -411,8 +413,19 @@ fn after_hello_the_outbound_greeting_waits_for_the_callees_hello_and_a_pause() {
     let expected = (AMD_GREETING.len() * AMD_PER_CHAR).div_ceil(160);
     assert_eq!(greeting.bytes.div_ceil(160), expected, "the whole greeting, uninterrupted");
     assert!(!greeting.cleared);
+    // The hello's turn ends after the greeting began; it is not the conversation's.
+    send_audio(&mut call, &quiet(2_000));
+    let after = listen(&mut call, Duration::from_millis(500), Duration::from_millis(800));
+    assert_eq!(after.bytes, 0, "nothing answers the hello");
     call.stop();
     let result = rig.result();
+    let lines: Vec<(String, String, bool)> = result["transcript"]
+        .as_array()
+        .expect("transcript")
+        .iter()
+        .map(|l| (l["role"].as_str().unwrap_or("").into(), l["text"].as_str().unwrap_or("").into(), l["interrupted"] == true))
+        .collect();
+    assert_eq!(lines, [("bot".to_string(), AMD_GREETING.to_string(), false)]);
     // The hello's last voiced block ends at 720 ms (answering-machine detection's HUMAN verdict
     // on the same audio comes 800 ms later, at 1520); the greeting follows 500 ms after it.
     assert_eq!(result["metrics"]["greeting_wait_ms"], 1_220, "{}", result["metrics"]);
