@@ -281,6 +281,8 @@ pub struct Agent {
     created_unix_ms: u64,
     first_audio: Option<Instant>,
     stt_audio_ms: u64,
+    /// Audio a speech-to-text service hears is billed; the offline `none` hears nothing.
+    stt_billed: bool,
     /// When the provider event behind audio queued into an empty playout arrived: the next
     /// frame on the wire measures the engine's own latency.
     pub(crate) wire_pending: Option<Instant>,
@@ -344,6 +346,7 @@ impl Agent {
             created_unix_ms: unix_ms,
             first_audio: None,
             stt_audio_ms: 0,
+            stt_billed: bot.stt.provider != "none",
             wire_pending: None,
             transfer: None,
             screening: None,
@@ -445,8 +448,7 @@ impl Agent {
                 .iter()
                 .for_each(|s| self.stt_bytes.extend_from_slice(&s.to_le_bytes())),
         }
-        // Audio a speech-to-text service hears is billed; the offline `none` hears nothing.
-        if self.bot.stt.provider != "none" {
+        if self.stt_billed {
             self.stt_audio_ms += 20;
         }
         self.stt
