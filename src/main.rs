@@ -261,6 +261,13 @@ enum AdminAction {
         #[command(flatten)]
         data: DataArgs,
     },
+    /// Start signing call tokens with a new key; the previous keys stay valid for an hour.
+    /// Engines learn the new key from their next heartbeat, and signing switches to it 12 s
+    /// later.
+    RotateCallTokenKey {
+        #[command(flatten)]
+        data: DataArgs,
+    },
 }
 
 #[derive(Args)]
@@ -325,7 +332,11 @@ struct CoreArgs {
     /// The control socket (default: /dev/shm/cxb-core-PORT.sock).
     #[arg(long)]
     control_socket: Option<PathBuf>,
-    /// Offer the `fault` bot, which panics on DTMF (for isolation tests).
+    /// Offer the built-in `echo` and `turn-echo` bots to anyone who reaches the engine (demos
+    /// and load tests); without it they answer 404.
+    #[arg(long)]
+    demo_bots: bool,
+    /// Offer the `fault` bot, which panics on DTMF (for isolation tests; with --demo-bots).
     #[arg(long)]
     fault_injection: bool,
     /// End a call after this many seconds without inbound bytes.
@@ -434,6 +445,11 @@ async fn admin_command(action: AdminAction) -> anyhow::Result<()> {
             let token = admin::create_fleet_token(&db, &name, now).await?;
             println!("{token}");
         }
+        AdminAction::RotateCallTokenKey { data } => {
+            let db = cxb_control_plane::db::connect(&data.database()).await?;
+            let id = cxb_control_plane::call_tokens::rotate(&db, now).await.map_err(|e| anyhow::anyhow!("{}", e.message))?;
+            println!("new call-token key {id}; the previous keys stay valid for an hour");
+        }
     }
     Ok(())
 }
@@ -462,6 +478,10 @@ fn up(listen: SocketAddr, api_listen: SocketAddr, data: &DataArgs, results: &Res
         api.attach_telephony(Arc::new(DiallerTelephony(shared.clone())));
         let dialler = Dialler::start(shared);
         let mut config = EngineConfig::new(listen);
+        config.demo_bots = true;
+        if listen.port() != 0 {
+            config.host_id = Some(host_id(listen.port()));
+        }
         let dir = data_dir(data.data_dir.as_ref());
         let _outbox = wire_results(&mut config, results, &dir, Some((api_url.clone(), token.clone())))?;
         let engine = Engine::start(config).context("starting the engine")?;
@@ -490,9 +510,14 @@ fn up(listen: SocketAddr, api_listen: SocketAddr, data: &DataArgs, results: &Res
 }
 
 fn heartbeat_config(api: String, fleet_token: String, address: String, port: u16) -> HeartbeatConfig {
+    HeartbeatConfig { api, fleet_token, host_id: host_id(port), address, every: Duration::from_secs(2) }
+}
+
+/// This engine's id in the fleet: `hostname:port`. Call tokens name it.
+fn host_id(port: u16) -> String {
     let host = std::fs::read_to_string("/etc/hostname").ok().map(|h| h.trim().to_string()).filter(|h| !h.is_empty());
     let host = host.or_else(|| std::env::var("HOSTNAME").ok()).unwrap_or_else(|| "localhost".into());
-    HeartbeatConfig { api, fleet_token, host_id: format!("{host}:{port}"), address, every: Duration::from_secs(2) }
+    format!("{host}:{port}")
 }
 
 /// The engine as the fleet heartbeat sees it.
@@ -513,6 +538,10 @@ impl Host for EngineHost {
     fn hold(&self, token: &str, ttl: Duration) -> bool {
         self.0.hold_reservation(token, ttl)
     }
+
+    fn set_call_keys(&self, keys: cxb_contract::call_token::KeyRing) {
+        self.0.set_call_keys(keys);
+    }
 }
 
 fn engine_config(a: CoreArgs) -> EngineConfig {
@@ -529,7 +558,12 @@ fn engine_config(a: CoreArgs) -> EngineConfig {
     if let Some(s) = a.control_socket {
         c.control_socket = s;
     }
+    c.demo_bots = a.demo_bots;
     c.fault_injection = a.fault_injection;
+    c.advertise = a.advertise;
+    if a.api.is_some() && a.listen.port() != 0 {
+        c.host_id = Some(host_id(a.listen.port()));
+    }
     c.idle_timeout = Duration::from_secs(a.idle_timeout_secs);
     c
 }
@@ -541,8 +575,10 @@ fn print_welcome(engine: &Engine) {
     println!("  engine      {} workers x {} call slots", c.workers, c.slots_per_worker);
     println!("  health      http://{addr}/health");
     println!("  metrics     http://{addr}/metrics");
-    println!("  Twilio      ws://{addr}/ws/echo        (also /ws/turn-echo)");
-    println!("  Exotel      ws://{addr}/exotel/echo    (also /exotel/turn-echo)");
+    if c.demo_bots {
+        println!("  Twilio      ws://{addr}/ws/echo        (also /ws/turn-echo)");
+        println!("  Exotel      ws://{addr}/exotel/echo    (also /exotel/turn-echo)");
+    }
     println!("  registry    {}", c.registry.display());
     println!("  control     {}", c.control_socket.display());
     println!("  status      cxb core status --port {}", addr.port());

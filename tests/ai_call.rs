@@ -77,6 +77,7 @@ async fn a_bot_from_the_api_answers_a_call_and_its_result_reaches_the_api() {
         "tts": { "provider": "elevenlabs", "base_url": tts.url(), "secrets": { "api_key": "xi-secret" } },
         "voice": "v1",
         "idle": { "reprompt_after_seconds": 30 },
+        "inbound": { "secrets": { "twilio_auth_token": "twilio-auth-token" } },
     });
     let r = http.post(format!("{base}/v1/bots")).bearer_auth(&token).json(&bot).send().await.unwrap();
     assert_eq!(r.status().as_u16(), 201);
@@ -84,10 +85,17 @@ async fn a_bot_from_the_api_answers_a_call_and_its_result_reaches_the_api() {
 
     let (_child, port) = common::core(dir.path(), &base, &fleet, &["--workers", "1"]);
 
-    let bot_path = bot_id.clone();
+    // The bot takes inbound calls that Twilio signed with its auth token, and no others.
+    let url = format!("ws://127.0.0.1:{port}/ws/{bot_id}");
+    let unsigned = tungstenite::client(url.as_str(), TcpStream::connect(("127.0.0.1", port)).unwrap());
+    assert!(matches!(unsigned, Err(tungstenite::HandshakeError::Failure(tungstenite::Error::Http(r))) if r.status() == 401));
     let heard = tokio::task::spawn_blocking(move || {
+        use tungstenite::client::IntoClientRequest;
         let stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
-        let (mut ws, _) = tungstenite::client(format!("ws://127.0.0.1:{port}/ws/{bot_path}"), stream).unwrap();
+        let mut request = url.as_str().into_client_request().unwrap();
+        let signature = cxb_contract::carrier::twilio_signature("twilio-auth-token", &url, &[]);
+        request.headers_mut().insert("X-Twilio-Signature", signature.parse().unwrap());
+        let (mut ws, _) = tungstenite::client(request, stream).unwrap();
         let send = |ws: &mut tungstenite::WebSocket<_>, v: Value| ws.send(Message::text(v.to_string())).unwrap();
         send(&mut ws, json!({"event":"connected","protocol":"Call","version":"1.0.0"}));
         send(&mut ws, json!({"event":"start","sequenceNumber":"1","streamSid":"MZ9","start":{"accountSid":"AC9","streamSid":"MZ9","callSid":"CA9","tracks":["inbound"],"customParameters":{"from":"+15550001111","to":"+15550002222"},"mediaFormat":{"encoding":"audio/x-mulaw","sampleRate":8000,"channels":1}}}));
@@ -125,5 +133,8 @@ async fn a_bot_from_the_api_answers_a_call_and_its_result_reaches_the_api() {
     let wav = std::fs::read(path).unwrap();
     assert_eq!((&wav[..4], u16::from_le_bytes([wav[22], wav[23]])), (&b"RIFF"[..], 2));
     assert!(!call.to_string().contains("dg-secret"), "no provider secret in the stored call");
+    let r = http.get(format!("{base}/v1/bots/{bot_id}")).bearer_auth(&token).send().await.unwrap();
+    let shown: Value = serde_json::from_slice(&r.bytes().await.unwrap()).unwrap();
+    assert_eq!(shown["inbound"], json!({"allow_unsigned": false, "secrets_set": ["twilio_auth_token"]}), "the API says who may call");
     api.shutdown().await;
 }

@@ -31,7 +31,7 @@ fn start_core() -> Core {
     let dir = std::env::temp_dir().join(format!("cxb-cli-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
     let mut child = cxb()
-        .args(["core", "--listen", "127.0.0.1:0", "--workers", "2", "--slots-per-worker", "4", "--no-pin"])
+        .args(["core", "--listen", "127.0.0.1:0", "--workers", "2", "--slots-per-worker", "4", "--no-pin", "--demo-bots"])
         .arg("--registry")
         .arg(dir.join("slots"))
         .arg("--control-socket")

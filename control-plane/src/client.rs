@@ -5,6 +5,8 @@
 
 use std::time::Duration;
 
+use cxb_contract::call_token::{CallKey, KeyRing};
+
 use crate::fleet::{Heartbeat, HeartbeatAnswer};
 
 /// What the heartbeat needs from an engine host.
@@ -15,6 +17,8 @@ pub trait Host: Send + Sync + 'static {
     /// host has no free slot or the token is malformed. Holding the same token twice is one
     /// reservation.
     fn hold(&self, token: &str, ttl: Duration) -> bool;
+    /// Replaces the keys call tokens are verified with (newest first).
+    fn set_call_keys(&self, keys: KeyRing);
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -100,6 +104,14 @@ async fn beat(client: &reqwest::Client, url: &str, c: &HeartbeatConfig, host: &i
         return Err(format!("{status}: {}", String::from_utf8_lossy(&bytes)));
     }
     let answer: HeartbeatAnswer = serde_json::from_slice(&bytes).map_err(|e| format!("unreadable answer: {e}"))?;
+    let keys = answer.call_token_keys.iter().filter_map(|k| match CallKey::from_base64(&k.id, &k.secret) {
+        Ok(key) => Some(key),
+        Err(e) => {
+            eprintln!("cxb core: call-token key {} from the API: {e}", k.id);
+            None
+        }
+    });
+    host.set_call_keys(KeyRing::new(keys.collect()));
     applied.clear();
     for r in &answer.reservations {
         if host.hold(&r.token, Duration::from_millis(r.ttl_ms)) {

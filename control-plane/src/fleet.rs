@@ -57,6 +57,23 @@ pub struct HeartbeatAnswer {
     pub ttl_seconds: u64,
     /// Reserve these slots and list their tokens as `applied` in the next heartbeat.
     pub reservations: Vec<Reservation>,
+    /// The keys call tokens are verified with, newest first (replace the previous set).
+    #[serde(default)]
+    pub call_token_keys: Vec<CallTokenKey>,
+}
+
+/// A call-token key as the fleet channel carries it.
+#[derive(Clone, Serialize, Deserialize, ToSchema)]
+pub struct CallTokenKey {
+    pub id: String,
+    /// 32 or more bytes, standard base64.
+    pub secret: String,
+}
+
+impl std::fmt::Debug for CallTokenKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CallTokenKey").field("id", &self.id).finish_non_exhaustive()
+    }
 }
 
 pub(crate) async fn heartbeat(State(s): State<AppState>, _fleet: Fleet, Body(h): Body<Heartbeat>) -> ApiResult<Json<HeartbeatAnswer>> {
@@ -101,10 +118,12 @@ pub(crate) async fn heartbeat(State(s): State<AppState>, _fleet: Fleet, Body(h):
         .fetch_all(&mut *tx)
         .await?;
     tx.commit().await?;
+    let keys = crate::call_tokens::live_keys(&s.db, now).await?;
     metrics::counter!("cxb_api_heartbeats_total").increment(1);
     Ok(Json(HeartbeatAnswer {
         ttl_seconds: s.config.host_ttl.as_secs().max(1),
         reservations: pending.into_iter().map(|(token, at)| Reservation { token, ttl_ms: (at - now).max(0) as u64 }).collect(),
+        call_token_keys: keys.into_iter().map(|(k, _)| CallTokenKey { id: k.id().to_string(), secret: k.secret_base64() }).collect(),
     }))
 }
 

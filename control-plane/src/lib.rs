@@ -9,6 +9,7 @@
 pub mod admin;
 pub mod attempts;
 pub mod auth;
+pub mod call_tokens;
 pub mod calls;
 mod campaigns;
 pub mod client;

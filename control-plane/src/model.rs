@@ -206,6 +206,24 @@ pub struct Bot {
     /// What the bot does when the caller goes quiet.
     #[serde(default)]
     pub idle: Idle,
+    /// Inbound calls a carrier sends on its own, without a call token: what the engine checks.
+    #[serde(default)]
+    pub inbound: Inbound,
+}
+
+/// Who may call a bot without a call token (calls the platform places always carry one).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Inbound {
+    /// Take inbound calls that carry no credential at all. Off by default; shown on every read
+    /// so no one can miss that a bot is open.
+    #[serde(default)]
+    pub allow_unsigned: bool,
+    /// Write-only: `twilio_auth_token` (the engine verifies Twilio's `X-Twilio-Signature` with
+    /// it) and `secret` (a carrier presents it as `?secret=` in the stream URL or as the
+    /// HTTP Basic password).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub secrets: Secrets,
 }
 
 /// Silence handling: a re-prompt after `reprompt_after_seconds` of silence, at most
@@ -263,6 +281,12 @@ impl Bot {
         }
         if !(1..=600).contains(&self.idle.reprompt_after_seconds) || self.idle.max_reprompts > 10 {
             return Err(ApiError::invalid("idle", "reprompt_after_seconds 1 to 600, max_reprompts at most 10"));
+        }
+        if let Some(name) = self.inbound.secrets.keys().find(|k| !matches!(k.as_str(), "twilio_auth_token" | "secret")) {
+            return Err(ApiError::invalid(format!("inbound.secrets.{name}"), "twilio_auth_token or secret"));
+        }
+        if self.inbound.secrets.get("secret").is_some_and(|s| s.len() < 16 || s.len() > 256) {
+            return Err(ApiError::invalid("inbound.secrets.secret", "16 to 256 characters"));
         }
         if !(10..=14_400).contains(&self.max_call_seconds) {
             return Err(ApiError::invalid("max_call_seconds", "between 10 and 14400"));

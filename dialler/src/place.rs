@@ -5,7 +5,9 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use cxb_contract::call_token::{CallClaims, Direction};
 use cxb_control_plane::attempts::{self, CallEnd};
+use cxb_control_plane::call_tokens;
 use cxb_control_plane::error::ApiError;
 use cxb_control_plane::fleet::reserve_slot;
 use cxb_control_plane::model::{AiAssistant, AssistantKind, LoadBalancer, RoutingType, Strategy as ModelStrategy};
@@ -215,12 +217,31 @@ impl Shared {
     }
 
     /// A stream to a CX Bridge bot on the engine host with the most free capacity, with a slot
-    /// reserved there for this call.
+    /// reserved there for this call. The URL carries a call token signed for that bot and host:
+    /// the engine admits the call with it and takes the call's ids and the reservation from it.
+    /// It expires once the callee can no longer answer (the ring timeout) plus a minute.
     pub(crate) async fn engine_stream(&self, bot_id: &str, t: &Target) -> Result<Destination, RouteError> {
-        let r = reserve_slot(&self.db, self.now(), self.config.host_ttl.as_millis() as i64, self.config.reservation_ttl.as_millis() as i64).await?;
+        let now = self.now();
+        let r = reserve_slot(&self.db, now, self.config.host_ttl.as_millis() as i64, self.config.reservation_ttl.as_millis() as i64).await?;
         let r = r.ok_or(RouteError::NoCapacity)?;
+        let claims = CallClaims {
+            bot_id: bot_id.to_string(),
+            call_id: t.session.clone(),
+            org_id: t.org.clone(),
+            campaign_id: t.campaign_id.clone(),
+            contact_id: t.contact_id.clone(),
+            exp: (now.max(0) as u64 / 1000) + self.config.ring_timeout.as_secs() + 60,
+            host_id: Some(r.host_id.clone()),
+            reservation: Some(r.token.clone()),
+            direction: Direction::Outbound,
+            from: Some(t.from.clone()),
+            to: Some(t.to.clone()),
+            amd: t.amd.clone(),
+            ..CallClaims::default()
+        };
+        let token = call_tokens::issue(&self.db, now, claims).await?;
         let bot: String = percent_encoding::utf8_percent_encode(bot_id, cxml::COMPONENT).collect();
-        let url = format!("{}/ws/{bot}?reservation={}", r.address.trim_end_matches('/'), r.token);
+        let url = format!("{}/ws/{bot}?token={token}", r.address.trim_end_matches('/'));
         Ok(Destination::Stream { url, parameters: parameters(t) })
     }
 

@@ -24,6 +24,7 @@ use cxb_outbox::wav::{Channel, RecordingWriter};
 use serde_json::{Value, json};
 
 use crate::protocol::Start;
+use cxb_contract::call_token::{CallClaims, Direction};
 
 /// Where bots come from: local files, the API, or both (files first).
 #[derive(Debug, Clone, Default)]
@@ -279,6 +280,8 @@ pub struct Agent {
     end: Option<AgentEnd>,
     created: Instant,
     created_unix_ms: u64,
+    /// The call token's claims, for calls the platform placed.
+    claims: Option<CallClaims>,
     first_audio: Option<Instant>,
     stt_audio_ms: u64,
     /// Audio a speech-to-text service hears is billed; the offline `none` hears nothing.
@@ -305,7 +308,9 @@ impl std::fmt::Debug for Agent {
 impl Agent {
     /// Sets up the providers for `bot` and opens the speech-to-text stream and the
     /// greeting's synthesis at once, while the carrier is still setting the call up.
-    pub fn new(bot: Rc<BotConfig>, api: Option<ApiLink>, now: Timestamp, unix_ms: u64) -> Result<Agent, String> {
+    /// `claims`: the call token the call was admitted with (calls the platform placed); the
+    /// call's identity in its result comes from it, never from the carrier's parameters.
+    pub fn new(bot: Rc<BotConfig>, api: Option<ApiLink>, claims: Option<CallClaims>, now: Timestamp, unix_ms: u64) -> Result<Agent, String> {
         let tools = Tools::new(&bot, api).map_err(|e| e.to_string())?;
         let stt = cxb_pipeline::providers::stt(&bot).map_err(|e| e.to_string())?;
         let llm = cxb_pipeline::providers::llm(&bot).map_err(|e| e.to_string())?;
@@ -344,6 +349,7 @@ impl Agent {
             end: None,
             created: Instant::now(),
             created_unix_ms: unix_ms,
+            claims,
             first_audio: None,
             stt_audio_ms: 0,
             stt_billed: bot.stt.provider != "none",
@@ -378,13 +384,13 @@ impl Agent {
         self.end.as_ref()
     }
 
-    /// The carrier's `start`: answering-machine detection runs when the dialler asks for it
-    /// (custom parameter `amd` = `hangup`, `continue` or `leave_voicemail`, the campaign's
-    /// action) or, on outbound calls, when the bot's `answering_machine.detect` is set (its
-    /// `action` applies).
-    pub fn on_start(&mut self, start: &Start) {
-        let param = start.custom_parameters.iter().find(|(k, _)| k == "amd").map(|(_, v)| v.as_str());
-        let outbound = start.custom_parameters.iter().any(|(k, v)| k == "direction" && v == "outbound");
+    /// The carrier's `start`: answering-machine detection runs when the call token asks for
+    /// it (`amd` = `hangup`, `continue` or `leave_voicemail`, the campaign's action) or, on
+    /// outbound calls, when the bot's `answering_machine.detect` is set (its `action`
+    /// applies). Only a call token makes a call outbound; the carrier's parameters do not.
+    pub fn on_start(&mut self, _start: &Start) {
+        let param = self.claims.as_ref().and_then(|c| c.amd.as_deref());
+        let outbound = self.claims.as_ref().is_some_and(|c| c.direction == Direction::Outbound);
         let action = match param {
             Some("hangup") => Some(MachineAction::Hangup),
             Some("continue") => Some(MachineAction::Continue),
@@ -605,6 +611,7 @@ impl Agent {
                     .map(|(_, v)| v.clone())
             })
         };
+        let claims = self.claims.as_ref();
         let amd = self.screening.as_mut().map(Screening::report);
         let end_reason = match self.screening.as_ref().and_then(|s| s.end) {
             Some(reason) if end_reason == crate::call::EndReason::BotHangup.label() => reason,
@@ -622,13 +629,18 @@ impl Agent {
             .map(|l| json!({ "role": l.role, "text": l.text, "at_ms": l.at_ms, "interrupted": l.interrupted }))
             .collect();
         let mut result = json!({
-            "call_id": param("call_id")
-                .filter(|id| !id.is_empty())
+            "call_id": claims.map(|c| c.call_id.clone())
                 .or_else(|| start.and_then(|s| s.call_sid.clone()))
                 .unwrap_or_else(|| call_id.to_string()),
-            "direction": param("direction").filter(|d| d == "outbound").unwrap_or_else(|| "inbound".into()),
-            "from": start.and_then(|s| s.from.clone()).or_else(|| param("from")).unwrap_or_default(),
-            "to": start.and_then(|s| s.to.clone()).or_else(|| param("to")).unwrap_or_default(),
+            "direction": if claims.is_some_and(|c| c.direction == Direction::Outbound) { "outbound" } else { "inbound" },
+            "from": claims.and_then(|c| c.from.clone())
+                .or_else(|| start.and_then(|s| s.from.clone()))
+                .or_else(|| param("from"))
+                .unwrap_or_default(),
+            "to": claims.and_then(|c| c.to.clone())
+                .or_else(|| start.and_then(|s| s.to.clone()))
+                .or_else(|| param("to"))
+                .unwrap_or_default(),
             "started_at": rfc3339(self.created_unix_ms),
             "answered_at": rfc3339(self.created_unix_ms),
             "ended_at": rfc3339(unix_ms),
@@ -655,9 +667,9 @@ impl Agent {
         });
         for (field, value) in [
             ("bot_id", Some(self.bot.id.clone())),
-            ("org_id", self.bot.org_id.clone()),
-            ("campaign_id", param("campaign_id")),
-            ("contact_id", param("contact_id")),
+            ("org_id", claims.map(|c| c.org_id.clone()).or_else(|| self.bot.org_id.clone())),
+            ("campaign_id", claims.and_then(|c| c.campaign_id.clone())),
+            ("contact_id", claims.and_then(|c| c.contact_id.clone())),
         ] {
             if let Some(v) = value.filter(|v| !v.is_empty()) {
                 result[field] = Value::String(v);

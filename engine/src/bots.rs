@@ -1,4 +1,4 @@
-//! The built-in bots that run until the AI pipeline lands, and the lookup of a bot id.
+//! The built-in demo bots (`cxb core --demo-bots`) and the lookup of a bot id.
 
 /// A bot the engine can run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -16,12 +16,13 @@ pub enum BotKind {
 }
 
 impl BotKind {
-    /// The bot for an id from the URL path, if there is one.
-    pub fn lookup(id: &str, fault_injection: bool) -> Option<BotKind> {
+    /// The built-in bot an id from the URL path names, if there is one: `echo` and
+    /// `turn-echo` only with `demo_bots`, `fault` only with `fault_injection` as well.
+    pub fn lookup(id: &str, demo_bots: bool, fault_injection: bool) -> Option<BotKind> {
         match id {
-            "echo" => Some(BotKind::Echo),
-            "turn-echo" => Some(BotKind::TurnEcho),
-            "fault" if fault_injection => Some(BotKind::Fault),
+            "echo" if demo_bots => Some(BotKind::Echo),
+            "turn-echo" if demo_bots => Some(BotKind::TurnEcho),
+            "fault" if demo_bots && fault_injection => Some(BotKind::Fault),
             _ => None,
         }
     }

@@ -21,6 +21,12 @@ pub struct Request {
     pub ws_key: Option<String>,
     /// `Sec-WebSocket-Version`.
     pub ws_version: Option<String>,
+    /// `Host`, for the URL a carrier signed.
+    pub host: Option<String>,
+    /// `Authorization` (HTTP Basic carries an inbound secret).
+    pub authorization: Option<String>,
+    /// `X-Twilio-Signature`.
+    pub twilio_signature: Option<String>,
 }
 
 /// A request head that cannot be served.
@@ -67,6 +73,9 @@ pub fn parse_head(buf: &[u8]) -> Result<Option<(Request, usize)>, HeadError> {
             upgrade,
             ws_key: header("sec-websocket-key").map(str::to_string),
             ws_version: header("sec-websocket-version").map(str::to_string),
+            host: header("host").map(str::to_string),
+            authorization: header("authorization").map(str::to_string),
+            twilio_signature: header("x-twilio-signature").map(str::to_string),
         },
         len,
     )))
@@ -76,6 +85,8 @@ fn reason(status: u16) -> &'static str {
     match status {
         200 => "OK",
         400 => "Bad Request",
+        401 => "Unauthorized",
+        403 => "Forbidden",
         404 => "Not Found",
         405 => "Method Not Allowed",
         426 => "Upgrade Required",

@@ -10,7 +10,9 @@
 //! - [`metrics`]: per-worker counters and their Prometheus rendering.
 //! - [`bots`]: the built-in bots.
 //! - [`agent`]: an AI bot inside a call: providers, audio conversions, recording, result.
+//! - [`admission`]: who may start a call (call tokens, carrier signatures, inbound secrets).
 
+pub mod admission;
 pub mod agent;
 pub mod bots;
 pub mod call;

@@ -83,9 +83,24 @@ pub struct WorkerMetrics {
     pub rejected_busy: Counter,
     /// Requests for a bot that does not exist.
     pub rejected_unknown_bot: Counter,
+    /// Calls refused for want of a valid credential, by [`Refusal::ALL`](crate::admission::Refusal::ALL) reason.
+    pub refused: [Counter; crate::admission::Refusal::ALL.len()],
 }
 
 impl WorkerMetrics {
+    /// Counts a refused admission.
+    pub fn refused(&self, reason: crate::admission::Refusal) {
+        let label = reason.label();
+        if let Some(i) = crate::admission::Refusal::ALL.iter().position(|l| *l == label) {
+            self.refused[i].add(1);
+        }
+    }
+
+    /// Admissions refused for `label` (one of [`Refusal::ALL`](crate::admission::Refusal::ALL)).
+    pub fn refused_count(&self, label: &str) -> u64 {
+        crate::admission::Refusal::ALL.iter().position(|l| *l == label).map_or(0, |i| self.refused[i].get())
+    }
+
     /// Counts a call's end.
     pub fn call_ended(&self, reason: EndReason) {
         match reason {
@@ -238,6 +253,15 @@ pub fn render<'a>(workers: impl Iterator<Item = &'a WorkerMetrics> + Clone) -> S
         "Requests for an unknown bot.",
         &|m| m.rejected_unknown_bot.get(),
     );
+    let _ = writeln!(
+        out,
+        "# HELP cxb_admission_refused_total Calls refused with 401, by reason.\n# TYPE cxb_admission_refused_total counter"
+    );
+    for (w, m) in workers.clone().enumerate() {
+        for (i, reason) in crate::admission::Refusal::ALL.iter().enumerate() {
+            let _ = writeln!(out, "cxb_admission_refused_total{{worker=\"{w}\",reason=\"{reason}\"}} {}", m.refused[i].get());
+        }
+    }
     let workers: Vec<&WorkerMetrics> = workers.collect();
     histogram(
         &mut out,

@@ -36,8 +36,18 @@ pub struct EngineConfig {
     pub registry: PathBuf,
     /// The Unix socket for commands.
     pub control_socket: PathBuf,
-    /// Offer the `fault` bot (panics on DTMF), for isolation tests.
+    /// Offer the built-in `echo` and `turn-echo` bots to anyone who reaches the engine (demos,
+    /// load tests). Without it they answer 404.
+    pub demo_bots: bool,
+    /// Offer the `fault` bot (panics on DTMF), for isolation tests (with `demo_bots`).
     pub fault_injection: bool,
+    /// Call-token keys held locally (a standalone engine, tests); the fleet's come with the
+    /// heartbeat's answer.
+    pub call_keys: cxb_contract::call_token::KeyRing,
+    /// This host's id in the fleet: call tokens for another host are refused.
+    pub host_id: Option<String>,
+    /// How carriers reach this engine (`wss://host`), for the URL Twilio signs.
+    pub advertise: Option<String>,
     /// A call with no inbound bytes for this long ends.
     pub idle_timeout: Duration,
     /// A write the peer does not take within this long ends the call (it stopped reading).
@@ -79,7 +89,11 @@ impl EngineConfig {
             pin: true,
             registry: dir.join(format!("cxb-core-{}.slots", listen.port())),
             control_socket: dir.join(format!("cxb-core-{}.sock", listen.port())),
+            demo_bots: false,
             fault_injection: false,
+            call_keys: cxb_contract::call_token::KeyRing::default(),
+            host_id: None,
+            advertise: None,
             idle_timeout: Duration::from_secs(60),
             write_timeout: Duration::from_secs(2),
             send_buffer: 64 * 1024,
@@ -146,6 +160,7 @@ pub(crate) struct Shared {
     pub(crate) config: EngineConfig,
     pub(crate) workers: Vec<WorkerShared>,
     pub(crate) segment: Segment,
+    pub(crate) gate: crate::admission::Gate,
     inboxes: Vec<flume::Sender<Inbox>>,
     started: Instant,
     stopping: AtomicBool,
@@ -337,6 +352,11 @@ impl EngineHandle {
             .flatten();
         parsed.is_some_and(|t| self.shared.hold(t, ttl))
     }
+
+    /// Replaces the fleet's call-token keys (newest first); keys from the configuration stay.
+    pub fn set_call_keys(&self, keys: cxb_contract::call_token::KeyRing) {
+        self.shared.gate.set_keys(keys);
+    }
 }
 
 /// A running engine.
@@ -364,7 +384,9 @@ impl Engine {
         let control = UnixListener::bind(&config.control_socket)?;
         let (senders, receivers): (Vec<_>, Vec<_>) =
             (0..workers).map(|_| flume::unbounded()).unzip();
+        let gate = crate::admission::Gate::new(config.call_keys.clone(), config.host_id.clone());
         let shared = Arc::new(Shared {
+            gate,
             config: EngineConfig { workers, ..config },
             workers: (0..workers).map(|_| WorkerShared::default()).collect(),
             segment,

@@ -17,6 +17,7 @@ use compio::net::TcpStream;
 use cxb_media::Timestamp;
 use futures_util::future::{Either, select};
 
+use crate::admission::{self, Admitted, Refusal, query_param};
 use crate::agent::{Agent, BotError};
 use crate::bots::BotKind;
 use crate::call::{Call, CallConfig, EndReason, ProtocolErrorKind};
@@ -93,6 +94,9 @@ struct Worker {
     calls: RefCell<HashMap<String, Rc<Mailbox>>>,
     next_call: Cell<u64>,
     draining: Cell<bool>,
+    /// When a refusal was last logged, and how many were not since.
+    refusals_logged: Cell<Option<Instant>>,
+    refusals_unlogged: Cell<u64>,
     epoch: Instant,
 }
 
@@ -139,6 +143,8 @@ pub(crate) fn run(
         calls: RefCell::new(HashMap::new()),
         next_call: Cell::new(0),
         draining: Cell::new(false),
+        refusals_logged: Cell::new(None),
+        refusals_unlogged: Cell::new(0),
         epoch: Instant::now(),
     });
     worker.publish();
@@ -459,11 +465,20 @@ async fn route(worker: Rc<Worker>, stream: TcpStream, req: Request, leftover: Ve
             .await;
         }
     };
-    let builtin = BotKind::lookup(bot_id, worker.shared.config.fault_injection);
+    let config = &worker.shared.config;
+    // A call token is checked before anything is loaded for it.
+    let claims = match query_param(req.query.as_deref(), "token") {
+        Some(token) => match worker.shared.gate.check_token(&token, bot_id, unix_ms() / 1000) {
+            Ok(claims) => Some(claims),
+            Err(why) => return refuse(&worker, &stream, bot_id, why).await,
+        },
+        None => None,
+    };
+    let builtin = BotKind::lookup(bot_id, config.demo_bots, config.fault_injection);
     let agent_bot = match builtin {
         Some(_) => None,
-        None if worker.shared.config.bots.is_configured() => {
-            match worker.shared.config.bots.resolve(bot_id).await {
+        None if config.bots.is_configured() => {
+            match config.bots.resolve(bot_id).await {
                 Ok(bot) => Some(bot),
                 Err(BotError::NotFound) => None,
                 Err(BotError::Unavailable(why)) => {
@@ -491,6 +506,17 @@ async fn route(worker: Rc<Worker>, stream: TcpStream, req: Request, leftover: Ve
         )
         .await;
     };
+    let admitted = match (claims, &agent_bot) {
+        (Some(claims), Some(b)) if b.org_id.as_ref().is_some_and(|org| *org != claims.org_id) => {
+            return refuse(&worker, &stream, bot_id, Refusal::WrongBot).await;
+        }
+        (Some(claims), _) => Admitted::Token(Box::new(claims)),
+        (None, None) => Admitted::Demo,
+        (None, Some(b)) => match admission::check_inbound(&b.inbound, &req, &signed_urls(config.advertise.as_deref(), &req)) {
+            Ok(admitted) => admitted,
+            Err(why) => return refuse(&worker, &stream, bot_id, why).await,
+        },
+    };
     let (true, Some(key)) = (req.upgrade, req.ws_key.as_deref()) else {
         let msg = "this endpoint takes a WebSocket upgrade";
         return reply(
@@ -499,11 +525,11 @@ async fn route(worker: Rc<Worker>, stream: TcpStream, req: Request, leftover: Ve
         )
         .await;
     };
-    let token = req.query.as_deref().and_then(|q| {
-        q.split('&')
-            .find_map(|kv| kv.strip_prefix("reservation="))
-            .and_then(|t| u64::from_str_radix(t, 16).ok())
-    });
+    let reservation = admitted
+        .claims()
+        .and_then(|c| c.reservation.clone())
+        .or_else(|| query_param(req.query.as_deref(), "reservation"));
+    let token = reservation.and_then(|t| u64::from_str_radix(&t, 16).ok());
     let n = worker.next_call.get();
     worker.next_call.set(n + 1);
     let call_id = format!("w{}-{n}", worker.index);
@@ -523,7 +549,7 @@ async fn route(worker: Rc<Worker>, stream: TcpStream, req: Request, leftover: Ve
     let config = CallConfig::new(protocol, bot);
     let call = match agent_bot {
         // The providers start connecting (and the greeting synthesising) before the upgrade.
-        Some(bot) => match Agent::new(bot, worker.shared.config.bots.api.clone(), worker.now(), unix_ms()) {
+        Some(bot) => match Agent::new(bot, worker.shared.config.bots.api.clone(), admitted.claims().cloned(), worker.now(), unix_ms()) {
             Ok(agent) => Call::with_agent(config, agent),
             Err(why) => {
                 worker.free_slot(slot);
@@ -559,6 +585,42 @@ async fn route(worker: Rc<Worker>, stream: TcpStream, req: Request, leftover: Ve
     if call.agent().is_some() {
         finish_agent(&worker, &mut call, &call_id, reason).await;
     }
+}
+
+/// Refuses a call with `401` and the engine's JSON error; counted by reason and logged (at
+/// most once a second per worker, with how many were not logged) without the credential.
+async fn refuse(worker: &Worker, stream: &TcpStream, bot_id: &str, why: Refusal) {
+    worker.metrics().refused(why);
+    let now = Instant::now();
+    let quiet = worker.refusals_logged.get().is_some_and(|at| now.duration_since(at) < Duration::from_secs(1));
+    if quiet {
+        worker.refusals_unlogged.set(worker.refusals_unlogged.get() + 1);
+    } else {
+        let peer = stream.peer_addr().map_or_else(|_| "?".to_string(), |a| a.ip().to_string());
+        let more = worker.refusals_unlogged.replace(0);
+        let more = if more > 0 { format!(" ({more} more refusals not logged)") } else { String::new() };
+        eprintln!("cxb core: refused a call to bot {bot_id} from {peer}: {}{more}", why.label());
+        worker.refusals_logged.set(Some(now));
+    }
+    reply(stream, http::error(401, "unauthorized", why.message(), &[])).await;
+}
+
+/// The URLs a carrier may have signed for `req`: as this engine is advertised, and as the
+/// request's `Host` names it over `wss://` and `ws://`.
+fn signed_urls(advertise: Option<&str>, req: &Request) -> Vec<String> {
+    let target = match &req.query {
+        Some(q) => format!("{}?{q}", req.path),
+        None => req.path.clone(),
+    };
+    let mut urls = Vec::with_capacity(3);
+    if let Some(base) = advertise {
+        urls.push(format!("{}{target}", base.trim_end_matches('/')));
+    }
+    if let Some(host) = &req.host {
+        urls.push(format!("wss://{host}{target}"));
+        urls.push(format!("ws://{host}{target}"));
+    }
+    urls
 }
 
 /// Writes an AI call's result and recording to the outbox and waits until they are durable;

@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::{connect, engine, tempdir};
+use cxb_contract::call_token::Direction;
 use cxb_engine::ResultSink;
 use cxb_pipeline::testkit::deepgram::{DeepgramConfig, DeepgramServer, Reply, Step};
 use cxb_pipeline::testkit::elevenlabs::{ElevenLabsConfig, ElevenLabsServer, expected_audio};
@@ -122,7 +123,8 @@ fn an_ai_call_greets_answers_yields_to_barge_in_and_hangs_up() {
         c.bots.dir = Some(bots);
         c.results = Some(sink);
     });
-    let mut call = connect(e.local_addr(), "/ws/support").expect("upgrade");
+    let path = format!("/ws/support?token={}", common::token(&common::claims("support")));
+    let mut call = connect(e.local_addr(), &path).expect("upgrade");
     call.start();
 
     // The greeting: "Hello, thanks for calling." is 26 characters of audio, padded to 20 ms.
@@ -274,13 +276,22 @@ fn bot_rig(settings: Value) -> AmdRig {
 }
 
 impl AmdRig {
-    /// A call whose Twilio `start` carries these custom parameters; returns once the greeting
-    /// is synthesised (so a greeting not held would be playing).
+    /// A call whose token carries these claims (`call_id`, `campaign_id`, `amd`, `direction`);
+    /// the carrier's `customParameters` try to claim other ids, which the engine must ignore.
+    /// Returns once the greeting is synthesised (so a greeting not held would be playing).
     fn call(&self, parameters: Value) -> common::Carrier {
-        let mut call = connect(self.engine.local_addr(), "/ws/am").expect("upgrade");
+        let mut claims = common::claims("am");
+        let text = |k: &str| parameters[k].as_str().map(str::to_string);
+        claims.call_id = text("call_id").unwrap_or(claims.call_id);
+        claims.campaign_id = text("campaign_id");
+        claims.amd = text("amd");
+        claims.direction = if parameters["direction"] == "outbound" { Direction::Outbound } else { Direction::Inbound };
+        let path = format!("/ws/am?token={}", common::token(&claims));
+        let mut call = connect(self.engine.local_addr(), &path).expect("upgrade");
+        let spoofed = json!({"call_id": "spoofed", "campaign_id": "spoofed", "contact_id": "spoofed", "direction": "outbound", "amd": "hangup"});
         call.send(json!({"event":"connected","protocol":"Call","version":"1.0.0"}));
         call.send(json!({"event":"start","sequenceNumber":"1","streamSid":"MZ1","start":{"accountSid":"AC1","streamSid":"MZ1",
-            "callSid":"CA1","tracks":["inbound"],"customParameters":parameters,
+            "callSid":"CA1","tracks":["inbound"],"customParameters":spoofed,
             "mediaFormat":{"encoding":"audio/x-mulaw","sampleRate":8000,"channels":1}}}));
         let synthesised = common::eventually(Duration::from_secs(5), || {
             self.tts.connections().iter().any(|c| c.text == AMD_GREETING && c.audio_bytes == AMD_GREETING.len() * AMD_PER_CHAR)
@@ -309,8 +320,9 @@ fn amd_hangup_ends_a_machine_call_without_a_word_from_the_bot() {
     assert_eq!(heard.closed, Some((1000, "call ended by the bot".to_string())));
     assert_eq!(heard.bytes, 0, "no bot audio before or after the verdict");
     let result = rig.result();
-    assert_eq!(result["call_id"], "call-42", "the dialler's call id");
+    assert_eq!(result["call_id"], "call-42", "the token's call id, not the carrier's parameter");
     assert_eq!(result["campaign_id"], "camp-1");
+    assert_eq!(result.get("contact_id"), None, "no contact in the token: none from the carrier either");
     assert_eq!((&result["outcome"], &result["end_reason"]), (&json!("voicemail"), &json!("machine_detected")));
     assert_eq!(
         result["metrics"]["amd"],
@@ -391,7 +403,7 @@ fn amd_from_the_bot_settings_hears_a_person_and_greets_them_after_the_verdict() 
     assert_eq!(greeting.bytes.div_ceil(160), expected, "{} bytes", greeting.bytes);
     call.stop();
     let result = rig.result();
-    assert_eq!(result["call_id"], "CA1", "the carrier's call id without the dialler's");
+    assert_eq!((&result["call_id"], &result["direction"]), (&json!("cl-test"), &json!("outbound")), "from the token");
     assert_eq!((&result["outcome"], &result["end_reason"]), (&json!("completed"), &json!("stopped")));
     let amd = json!({"result": "HUMAN", "cause": "HUMAN", "decided_ms": 1520, "action": "hangup"});
     assert_eq!(result["metrics"]["amd"], amd);

@@ -58,6 +58,9 @@ pub struct BotConfig {
     /// Silence handling.
     #[serde(default)]
     pub idle: Idle,
+    /// Who may call the bot without a call token.
+    #[serde(default)]
+    pub inbound: Inbound,
 }
 
 /// One provider's settings.
@@ -191,6 +194,18 @@ pub enum OutboundGreeting {
     /// in which no one spoke: people answer the phone with a word, and a greeting started
     /// at once is talked over.
     AfterHello,
+}
+
+/// Inbound calls a carrier sends on its own (no call token): what the engine checks.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Inbound {
+    /// Take inbound calls that carry no credential at all. Off unless the owner sets it.
+    #[serde(default)]
+    pub allow_unsigned: bool,
+    /// `twilio_auth_token`: Twilio's `X-Twilio-Signature` is verified with it; `secret`: a
+    /// shared secret the carrier presents as `?secret=` or as the HTTP Basic password.
+    #[serde(default)]
+    pub secrets: BTreeMap<String, String>,
 }
 
 /// Answering-machine settings.

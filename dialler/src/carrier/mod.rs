@@ -141,10 +141,4 @@ pub trait Carrier: Send + Sync + std::fmt::Debug {
 
 /// Equal contents, compared without an early exit (the length is not secret): for webhook
 /// tokens.
-pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    let diff = a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y));
-    std::hint::black_box(diff) == 0
-}
+pub use cxb_contract::carrier::constant_time_eq;

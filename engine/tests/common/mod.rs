@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
+use cxb_contract::call_token::{CallClaims, CallKey, KeyRing};
 use cxb_engine::{Engine, EngineConfig};
 use serde_json::{Value, json};
 use tungstenite::protocol::CloseFrame;
@@ -25,8 +26,35 @@ pub fn engine(tweak: impl FnOnce(&mut EngineConfig)) -> Engine {
     c.control_socket = dir.join("ctl.sock");
     c.idle_timeout = Duration::from_secs(10);
     c.write_timeout = Duration::from_millis(300);
+    c.demo_bots = true;
+    c.call_keys = keys();
     tweak(&mut c);
     Engine::start(c).expect("engine starts")
+}
+
+/// The call-token key every test engine holds.
+pub fn keys() -> KeyRing {
+    KeyRing::new(vec![CallKey::new("test", &[42; 32]).expect("key")])
+}
+
+/// Claims for a call to `bot`: a fresh `jti`, valid for an hour.
+pub fn claims(bot: &str) -> CallClaims {
+    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    CallClaims {
+        jti: format!("jti-{}-{n}", std::process::id()),
+        bot_id: bot.into(),
+        call_id: "cl-test".into(),
+        org_id: "org-test".into(),
+        exp: now + 3600,
+        ..CallClaims::default()
+    }
+}
+
+/// A call token for `claims`, signed with [`keys`].
+pub fn token(claims: &CallClaims) -> String {
+    keys().sign(claims).expect("signed")
 }
 
 pub fn tempdir() -> PathBuf {

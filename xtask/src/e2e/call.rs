@@ -21,6 +21,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use cxb_codecs::{SampleRate, g711, payload};
+use cxb_contract::call_token::{CallClaims, CallKey, KeyRing};
 use cxb_engine::{Engine, EngineConfig, ResultSink};
 use serde_json::{Value, json};
 use tungstenite::{Message, WebSocket};
@@ -100,6 +101,11 @@ impl Captured {
     }
 }
 
+/// The call-token key of the engine this run starts (loopback only, gone with the run).
+fn call_keys() -> KeyRing {
+    KeyRing::new(CallKey::new("e2e", &[0x5a; 32]).into_iter().collect())
+}
+
 /// An engine on loopback with one worker and its files in a temporary directory; shut down
 /// and cleaned up when dropped.
 struct Running {
@@ -121,6 +127,7 @@ impl Running {
         config.control_socket = dir.join("ctl.sock");
         config.bots.dir = Some(bots);
         config.results = Some(results);
+        config.call_keys = call_keys();
         let engine = Engine::start(config).map_err(|e| format!("the engine does not start: {e}"))?;
         Ok(Running { engine: Some(engine), dir })
     }
@@ -324,7 +331,11 @@ struct Conversation {
 fn converse(addr: SocketAddr, question: &[[u8; FRAME_BYTES]], goodbye: &[[u8; FRAME_BYTES]]) -> Result<Conversation, String> {
     let deadline = Instant::now() + BUDGET;
     let connected = Instant::now();
-    let mut carrier = Carrier::connect(addr, "/ws/diner")?;
+    // The call comes as the platform places one: with a call token for the bot.
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let claims = CallClaims { jti: "e2e".into(), bot_id: "diner".into(), call_id: "e2e-call".into(), org_id: "e2e".into(), exp: now + 300, ..CallClaims::default() };
+    let token = call_keys().sign(&claims).ok_or("no call-token key")?;
+    let mut carrier = Carrier::connect(addr, &format!("/ws/diner?token={token}"))?;
     let greeting = carrier.listen("the greeting", false, deadline)?;
     carrier.say(question)?;
     let asked = Instant::now();

@@ -1,0 +1,10 @@
+//! The contract between CX Bridge's processes: what one signs and another checks. Pure: no
+//! clock reads, no randomness, no I/O; time and nonces are arguments.
+//!
+//! - [`call_token`]: the signed, expiring, single-use call token the API and dialler put in
+//!   a stream URL and the engine checks before the WebSocket upgrade.
+//! - [`carrier`]: carriers' own request signatures (Twilio's `X-Twilio-Signature`) and the
+//!   constant-time comparison every credential check uses.
+
+pub mod call_token;
+pub mod carrier;
