@@ -353,6 +353,19 @@ impl EngineHandle {
         parsed.is_some_and(|t| self.shared.hold(t, ttl))
     }
 
+    /// Gives back the slot held for fleet reservation `token` (16 hex digits) whose call will
+    /// not come (the carrier reported it ended unanswered). False when no worker holds it.
+    pub fn release_reservation(&self, token: &str) -> bool {
+        let Some(token) = (token.len() == 16).then(|| u64::from_str_radix(token, 16).ok()).flatten() else {
+            return false;
+        };
+        let mut released = false;
+        for w in 0..self.shared.workers.len() {
+            released |= self.shared.ask(w, Command::Release { token })["ok"] == true;
+        }
+        released
+    }
+
     /// Replaces the fleet's call-token keys (newest first); keys from the configuration stay.
     pub fn set_call_keys(&self, keys: cxb_contract::call_token::KeyRing) {
         self.shared.gate.set_keys(keys);
