@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
+use cxb_contract::egress::EgressPolicy;
 use cxb_control_plane::client::{Capacity, HeartbeatConfig, Host, heartbeat_loop};
 use cxb_control_plane::clock::{Clock, SystemClock};
 use cxb_control_plane::{ApiConfig, ApiServer, admin};
@@ -336,6 +337,11 @@ struct CoreArgs {
     /// and load tests); without it they answer 404.
     #[arg(long)]
     demo_bots: bool,
+    /// Let calls' requests for their tenant (tools, providers, Wyoming hosts) reach this
+    /// private or special range, e.g. 10.0.0.0/8 for self-hosted models (repeatable; only
+    /// public addresses otherwise).
+    #[arg(long = "allow-private-egress", value_name = "CIDR")]
+    allow_private_egress: Vec<ipnet::IpNet>,
     /// Offer the `fault` bot, which panics on DTMF (for isolation tests; with --demo-bots).
     #[arg(long)]
     fault_injection: bool,
@@ -479,6 +485,8 @@ fn up(listen: SocketAddr, api_listen: SocketAddr, data: &DataArgs, results: &Res
         let dialler = Dialler::start(shared);
         let mut config = EngineConfig::new(listen);
         config.demo_bots = true;
+        // Local speech servers (Wyoming, espeak) and self-hosted models on this host keep working.
+        config.egress = EgressPolicy::with_loopback();
         if listen.port() != 0 {
             config.host_id = Some(host_id(listen.port()));
         }
@@ -559,6 +567,7 @@ fn engine_config(a: CoreArgs) -> EngineConfig {
         c.control_socket = s;
     }
     c.demo_bots = a.demo_bots;
+    c.egress = EgressPolicy::allowing(a.allow_private_egress);
     c.fault_injection = a.fault_injection;
     c.advertise = a.advertise;
     if a.api.is_some() && a.listen.port() != 0 {

@@ -5,6 +5,8 @@
 //!   a stream URL and the engine checks before the WebSocket upgrade.
 //! - [`carrier`]: carriers' own request signatures (Twilio's `X-Twilio-Signature`) and the
 //!   constant-time comparison every credential check uses.
+//! - [`egress`]: which addresses a request made on a tenant's behalf may reach.
 
 pub mod call_token;
 pub mod carrier;
+pub mod egress;

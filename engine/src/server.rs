@@ -48,6 +48,8 @@ pub struct EngineConfig {
     pub host_id: Option<String>,
     /// How carriers reach this engine (`wss://host`), for the URL Twilio signs.
     pub advertise: Option<String>,
+    /// Which addresses calls' requests for their tenant may reach (public only by default).
+    pub egress: cxb_contract::egress::EgressPolicy,
     /// A call with no inbound bytes for this long ends.
     pub idle_timeout: Duration,
     /// A write the peer does not take within this long ends the call (it stopped reading).
@@ -94,6 +96,7 @@ impl EngineConfig {
             call_keys: cxb_contract::call_token::KeyRing::default(),
             host_id: None,
             advertise: None,
+            egress: cxb_contract::egress::EgressPolicy::public_only(),
             idle_timeout: Duration::from_secs(60),
             write_timeout: Duration::from_secs(2),
             send_buffer: 64 * 1024,

@@ -120,6 +120,7 @@ pub(crate) fn run(
         builder.thread_affinity([cpu].into_iter().collect());
     }
     let runtime = builder.build()?;
+    cxb_pipeline::egress::set_policy(shared.config.egress.clone());
     let driver = if runtime.driver_type().is_iouring() {
         1
     } else {

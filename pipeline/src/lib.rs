@@ -8,6 +8,7 @@
 
 pub mod config;
 pub mod conversation;
+pub mod egress;
 pub mod provider;
 pub mod providers;
 #[cfg(feature = "testkit")]

@@ -541,7 +541,7 @@ pub fn http_tool(tool: Rc<HttpTool>, call: &ToolCall, events: Events, log: ToolL
 }
 
 async fn send_http(tool: &HttpTool, args: &Map<String, Value>) -> Result<(u16, String), String> {
-    let client = crate::providers::http()?;
+    let client = crate::egress::http()?;
     let url = tool.url.as_str();
     let request = match tool.method {
         Method::Get => client.get(url),
@@ -568,7 +568,7 @@ async fn send_http(tool: &HttpTool, args: &Map<String, Value>) -> Result<(u16, S
         }
         request.body(body)
     };
-    let response = request.send().await.map_err(|e| e.to_string())?;
+    let response = request.send().await.map_err(|e| crate::egress::error_chain(&e))?;
     let status = response.status().as_u16();
     let body = read_text(response, MAX_OUTPUT_BYTES).await?;
     Ok((status, body))
@@ -658,7 +658,7 @@ async fn ask_knowledge(api: &ApiLink, bot_id: &str, query: &str) -> Result<(Tool
         .body(body)
         .send()
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| crate::egress::error_chain(&e))?;
     let status = response.status().as_u16();
     let text = read_text(response, MAX_SEARCH_BYTES).await?;
     if !(200..300).contains(&status) {
@@ -722,7 +722,7 @@ async fn update_call(carrier: &CarrierLink, call_sid: &str, twiml: &str) -> Resu
 }
 
 async fn twilio_update(carrier: &CarrierLink, call_sid: &str, twiml: &str) -> Result<(u16, String), String> {
-    let client = crate::providers::http()?;
+    let client = crate::egress::http()?;
     let url = format!("{}/2010-04-01/Accounts/{}/Calls/{call_sid}.json", carrier.base_url.trim_end_matches('/'), carrier.account_sid);
     let response = client
         .post(url)
@@ -731,7 +731,7 @@ async fn twilio_update(carrier: &CarrierLink, call_sid: &str, twiml: &str) -> Re
         .map_err(|e| e.to_string())?
         .send()
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| crate::egress::error_chain(&e))?;
     let status = response.status().as_u16();
     Ok((status, read_text(response, MAX_OUTPUT_BYTES).await?))
 }

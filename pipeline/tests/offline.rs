@@ -27,6 +27,8 @@ use serde_json::{Value, json};
 static SERIAL: Mutex<()> = Mutex::new(());
 
 fn run<F: Future>(f: F) -> F::Output {
+    // The test servers listen on loopback, which the outbound-request guard refuses unless allowed.
+    cxb_pipeline::egress::set_policy(cxb_contract::egress::EgressPolicy::with_loopback());
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     compio::runtime::Runtime::new().expect("a compio runtime").block_on(f)
 }

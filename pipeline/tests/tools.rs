@@ -14,6 +14,8 @@ use cxb_pipeline::tools::{ApiLink, CarrierLink, Destination, ToolAction, Tools, 
 use serde_json::{Value, json};
 
 fn run<F: Future>(f: F) -> F::Output {
+    // The test servers listen on loopback, which the outbound-request guard refuses unless allowed.
+    cxb_pipeline::egress::set_policy(cxb_contract::egress::EgressPolicy::with_loopback());
     compio::runtime::Runtime::new().unwrap().block_on(f)
 }
 
@@ -497,4 +499,41 @@ fn destinations_are_numbers_or_sip_uris_and_hide_digits_in_logs() {
     assert!(!link.contains("very-secret"), "{link}");
     let api = format!("{:?}", ApiLink { base_url: "http://x".into(), fleet_token: "cxf_secret".into() });
     assert!(!api.contains("cxf_secret"), "{api}");
+}
+
+#[test]
+fn requests_for_a_tenant_never_reach_internal_addresses() {
+    use cxb_contract::egress::EgressPolicy;
+    let server = HttpServer::start(|r| match r.path() {
+        "/hop" => Reply::redirect(302, "http://169.254.169.254/latest/meta-data/"),
+        _ => Reply::text(200, "internal secrets"),
+    })
+    .unwrap();
+    let port = server.addr().port();
+    compio::runtime::Runtime::new().unwrap().block_on(async {
+        cxb_pipeline::egress::set_policy(EgressPolicy::public_only());
+        for url in [
+            format!("http://127.0.0.1:{port}/x"),
+            format!("http://localhost:{port}/x"),
+            format!("http://[::ffff:127.0.0.1]:{port}/x"),
+            "http://169.254.169.254/latest/meta-data/".to_string(),
+            "http://10.0.0.1/x".to_string(),
+        ] {
+            let tools = http_bot(&url, json!({}));
+            let out = run_tool(&tools, &call("lookup_order", r#"{"order_id":"1"}"#)).await;
+            assert!(out.failed && out.content.contains("egress_forbidden"), "{url}: {out:?}");
+            let t = tools.log().take();
+            assert_eq!((t[0].status, t[0].ok), (None, false), "a refusal is telemetry, not a crash");
+        }
+        let wyoming = cxb_pipeline::providers::wyoming::Connection::connect(&format!("127.0.0.1:{port}"), Duration::from_secs(2)).await;
+        assert!(wyoming.is_err_and(|e| e.to_string().contains("egress_forbidden")));
+
+        // Allowed explicitly (self-hosted services), but redirects are never followed.
+        cxb_pipeline::egress::set_policy(EgressPolicy::with_loopback());
+        let hop = http_bot(&format!("http://127.0.0.1:{port}/hop"), json!({}));
+        let out = run_tool(&hop, &call("lookup_order", r#"{"order_id":"1"}"#)).await;
+        assert!(out.failed && out.content.contains("HTTP 302"), "{out:?}");
+    });
+    let paths: Vec<String> = server.requests().iter().map(|r| r.path().to_string()).collect();
+    assert_eq!(paths, ["/hop"], "only the redirecting request reached the server");
 }

@@ -18,12 +18,12 @@ impl Drop for Kill {
     }
 }
 
-/// `cxb core --listen 127.0.0.1:0 --no-pin --demo-bots --api BASE` plus `extra`, with its registry,
+/// `cxb core --listen 127.0.0.1:0 --no-pin --demo-bots --allow-private-egress 127.0.0.0/8 --api BASE` plus `extra`, with its registry,
 /// control socket and data in `dir` and the fleet token in the environment; returns the process
 /// and its port once it prints it.
 pub(crate) fn core(dir: &Path, base: &str, fleet_token: &str, extra: &[&str]) -> (Kill, u16) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_cxb"))
-        .args(["core", "--listen", "127.0.0.1:0", "--no-pin", "--demo-bots", "--api", base])
+        .args(["core", "--listen", "127.0.0.1:0", "--no-pin", "--demo-bots", "--allow-private-egress", "127.0.0.0/8", "--api", base])
         .args(extra)
         .arg("--registry")
         .arg(dir.join("slots"))

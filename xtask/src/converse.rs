@@ -194,6 +194,7 @@ impl Engine {
         let stderr = std::fs::File::create(&log).map_err(|e| format!("{}: {e}", log.display()))?;
         let child = Command::new(&o.cxb)
             .args(["core", "--listen", &addr.to_string(), "--workers", "1", "--idle-timeout-secs", "30"])
+            .args(["--allow-private-egress", "127.0.0.0/8"])
             .arg("--bots")
             .arg(dir.join("bots"))
             .arg("--data-dir")

@@ -28,6 +28,8 @@ pub fn engine(tweak: impl FnOnce(&mut EngineConfig)) -> Engine {
     c.write_timeout = Duration::from_millis(300);
     c.demo_bots = true;
     c.call_keys = keys();
+    // The providers' test servers listen on loopback.
+    c.egress = cxb_contract::egress::EgressPolicy::with_loopback();
     tweak(&mut c);
     Engine::start(c).expect("engine starts")
 }

@@ -93,20 +93,20 @@ impl Endpoint {
 
     /// POSTs `body` (JSON); a non-2xx answer becomes its error message.
     async fn post(&self, accept: &str, body: Vec<u8>) -> Result<cyper::Response, String> {
-        let client = crate::providers::http()?;
+        let client = crate::egress::http()?;
         let mut request = client
             .post(self.url.as_str())
             .and_then(|r| r.header("content-type", "application/json"))
             .and_then(|r| r.header("accept", accept))
-            .map_err(|e| describe(&e))?;
+            .map_err(|e| crate::egress::error_chain(&e))?;
         if let Some(key) = &self.api_key {
-            request = request.bearer_auth(key).map_err(|e| describe(&e))?;
+            request = request.bearer_auth(key).map_err(|e| crate::egress::error_chain(&e))?;
         }
         let response = request
             .body(body)
             .send()
             .await
-            .map_err(|e| format!("POST {}: {}", self.url, describe(&e)))?;
+            .map_err(|e| format!("POST {}: {}", self.url, crate::egress::error_chain(&e)))?;
         let status = response.status();
         if status.is_success() {
             return Ok(response);
@@ -117,17 +117,6 @@ impl Endpoint {
 }
 
 /// An error and its causes, on one line.
-fn describe(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
-}
-
 /// Up to `limit` bytes of a response's body (less if reading it fails).
 async fn read_limited(response: cyper::Response, limit: usize) -> Vec<u8> {
     read_limited_stream(std::pin::pin!(response.bytes_stream()), limit).await
@@ -268,7 +257,7 @@ impl LlmProvider for OpenAiChat {
             while !decoder.is_finished() {
                 match body.next().await {
                     Some(Ok(bytes)) => decoder.push(&bytes),
-                    Some(Err(e)) => decoder.fail(format!("reading the stream: {}", describe(&e))),
+                    Some(Err(e)) => decoder.fail(format!("reading the stream: {}", crate::egress::error_chain(&e))),
                     None => {
                         ended = true;
                         decoder.end();
@@ -561,7 +550,7 @@ impl TtsProvider for OpenAiSpeech {
                             emit(TtsEvent::Audio(audio));
                         }
                     }
-                    Err(e) => return emit(TtsEvent::Error(format!("reading audio: {}", describe(&e)))),
+                    Err(e) => return emit(TtsEvent::Error(format!("reading audio: {}", crate::egress::error_chain(&e)))),
                 }
             }
             emit(TtsEvent::Done);

@@ -57,7 +57,8 @@ pub(crate) fn is_header_token(secret: &str) -> bool {
     !secret.is_empty() && secret.bytes().all(|b| b.is_ascii_graphic())
 }
 
-/// Connects and completes the WebSocket handshake within `within`.
+/// Connects through the outbound-request guard and completes the WebSocket handshake within
+/// `within`.
 pub(crate) async fn connect(request: Request, within: Duration) -> Result<Socket, String> {
     let websocket = WebSocketConfig::default()
         .read_buffer_size(BUFFER)
@@ -65,10 +66,17 @@ pub(crate) async fn connect(request: Request, within: Duration) -> Result<Socket
         .max_frame_size(Some(MAX_MESSAGE));
     let config = Config::from(websocket).with_buffer_sizes(BUFFER, 2 * MAX_MESSAGE).disable_nagle(true);
     let connector = TLS.with(Clone::clone);
-    let handshake = compio::ws::connect_async_tls_with_config(request, config, connector);
+    let uri = request.uri();
+    let host = uri.host().ok_or("the URL has no host")?.to_string();
+    let port = uri.port_u16().unwrap_or(if uri.scheme_str() == Some("wss") { 443 } else { 80 });
+    let handshake = async move {
+        let socket = crate::egress::connect(&host, port).await?;
+        let _ = socket.set_nodelay(true);
+        compio::ws::client_async_tls_with_config(request, socket, connector, config).await.map_err(|e| describe_error(&e))
+    };
     match compio::time::timeout(within, handshake).await {
         Err(_) => Err(format!("no connection within {} ms", within.as_millis())),
-        Ok(Err(e)) => Err(describe_error(&e)),
+        Ok(Err(e)) => Err(e),
         Ok(Ok((socket, _response))) => Ok(socket),
     }
 }

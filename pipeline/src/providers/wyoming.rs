@@ -304,14 +304,18 @@ pub struct Connection {
 const READ_BUF: usize = 16 * 1024;
 
 impl Connection {
-    /// Connects to `addr` (`host:port`) within `timeout`.
+    /// Connects to `addr` (`host:port`) within `timeout`, through the outbound-request guard.
     pub async fn connect(addr: &str, timeout: Duration) -> Result<Connection, WyomingError> {
-        match compio::time::timeout(timeout, TcpStream::connect(addr)).await {
+        let (host, port) = addr
+            .rsplit_once(':')
+            .and_then(|(h, p)| Some((h, p.parse::<u16>().ok()?)))
+            .ok_or_else(|| WyomingError::Io(format!("{addr}: not host:port")))?;
+        match compio::time::timeout(timeout, crate::egress::connect(host, port)).await {
             Ok(Ok(stream)) => {
                 let _ = stream.set_nodelay(true);
                 Ok(Connection::new(stream))
             }
-            Ok(Err(e)) => Err(WyomingError::Io(format!("connect to {addr}: {e}"))),
+            Ok(Err(e)) => Err(WyomingError::Io(e)),
             Err(_) => Err(WyomingError::Timeout(timeout)),
         }
     }

@@ -89,22 +89,29 @@ pub struct Reply {
     pub body: Vec<u8>,
     /// How long to wait before answering (timeouts).
     pub delay: Duration,
+    /// A `Location` header (redirects).
+    pub location: Option<String>,
 }
 
 impl Reply {
     /// A JSON answer.
     pub fn json(status: u16, body: &Value) -> Reply {
-        Reply { status, content_type: "application/json".into(), body: body.to_string().into_bytes(), delay: Duration::ZERO }
+        Reply { status, content_type: "application/json".into(), body: body.to_string().into_bytes(), delay: Duration::ZERO, location: None }
     }
 
     /// A plain-text answer.
     pub fn text(status: u16, body: impl Into<String>) -> Reply {
-        Reply { status, content_type: "text/plain; charset=utf-8".into(), body: body.into().into_bytes(), delay: Duration::ZERO }
+        Reply { status, content_type: "text/plain; charset=utf-8".into(), body: body.into().into_bytes(), delay: Duration::ZERO, location: None }
     }
 
     /// The same answer after `delay`.
     pub fn after(self, delay: Duration) -> Reply {
         Reply { delay, ..self }
+    }
+
+    /// A redirect to `location`.
+    pub fn redirect(status: u16, location: &str) -> Reply {
+        Reply { location: Some(location.to_string()), ..Reply::text(status, "moved") }
     }
 }
 
@@ -301,8 +308,9 @@ async fn write_reply(stream: &mut TcpStream, reply: &Reply, keep_alive: bool) ->
         503 => "Service Unavailable",
         _ => "Status",
     };
+    let location = reply.location.as_deref().map(|l| format!("Location: {l}\r\n")).unwrap_or_default();
     let mut out = format!(
-        "HTTP/1.1 {} {reason}\r\nContent-Type: {}\r\nContent-Length: {}\r\nConnection: {}\r\n\r\n",
+        "HTTP/1.1 {} {reason}\r\nContent-Type: {}\r\nContent-Length: {}\r\n{location}Connection: {}\r\n\r\n",
         reply.status,
         reply.content_type,
         reply.body.len(),

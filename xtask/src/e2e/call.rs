@@ -128,6 +128,8 @@ impl Running {
         config.bots.dir = Some(bots);
         config.results = Some(results);
         config.call_keys = call_keys();
+        // Whisper and Piper listen on loopback.
+        config.egress = cxb_contract::egress::EgressPolicy::with_loopback();
         let engine = Engine::start(config).map_err(|e| format!("the engine does not start: {e}"))?;
         Ok(Running { engine: Some(engine), dir })
     }
