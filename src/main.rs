@@ -342,6 +342,14 @@ struct CoreArgs {
     /// public addresses otherwise).
     #[arg(long = "allow-private-egress", value_name = "CIDR")]
     allow_private_egress: Vec<ipnet::IpNet>,
+    /// AI calls one worker (core) carries at most; beyond, new AI calls answer 503 so the core
+    /// never falls behind (500 held the engine's added latency under 20 ms p99 on this
+    /// project's 2-core VM; see docs/PERFORMANCE.md).
+    #[arg(long, default_value_t = 500)]
+    ai_calls_per_worker: usize,
+    /// Connections one client address may have waiting for their request head (429 beyond).
+    #[arg(long, default_value_t = 64)]
+    pending_per_address: u32,
     /// Offer the `fault` bot, which panics on DTMF (for isolation tests; with --demo-bots).
     #[arg(long)]
     fault_injection: bool,
@@ -567,6 +575,8 @@ fn engine_config(a: CoreArgs) -> EngineConfig {
         c.control_socket = s;
     }
     c.demo_bots = a.demo_bots;
+    c.ai_calls_per_worker = a.ai_calls_per_worker;
+    c.address_limits.pending_per_address = a.pending_per_address;
     c.egress = EgressPolicy::allowing(a.allow_private_egress);
     c.fault_injection = a.fault_injection;
     c.advertise = a.advertise;

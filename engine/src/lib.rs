@@ -11,12 +11,14 @@
 //! - [`bots`]: the built-in bots.
 //! - [`agent`]: an AI bot inside a call: providers, audio conversions, recording, result.
 //! - [`admission`]: who may start a call (call tokens, carrier signatures, inbound secrets).
+//! - [`limits`]: per-address limits before the upgrade (pending heads, failed admissions).
 
 pub mod admission;
 pub mod agent;
 pub mod bots;
 pub mod call;
 pub mod http;
+pub mod limits;
 pub mod metrics;
 pub mod protocol;
 pub mod registry;

@@ -83,6 +83,9 @@ pub struct WorkerMetrics {
     pub rejected_busy: Counter,
     /// Requests for a bot that does not exist.
     pub rejected_unknown_bot: Counter,
+    /// Connections refused with 429 by their address's limits (too many waiting for their
+    /// heads, or backing off after failed admissions).
+    pub rejected_address: Counter,
     /// Calls refused for want of a valid credential, by [`Refusal::ALL`](crate::admission::Refusal::ALL) reason.
     pub refused: [Counter; crate::admission::Refusal::ALL.len()],
 }
@@ -252,6 +255,13 @@ pub fn render<'a>(workers: impl Iterator<Item = &'a WorkerMetrics> + Clone) -> S
         "counter",
         "Requests for an unknown bot.",
         &|m| m.rejected_unknown_bot.get(),
+    );
+    each(
+        &mut out,
+        "cxb_rejected_address_total",
+        "counter",
+        "Connections refused by their address's limits (429).",
+        &|m| m.rejected_address.get(),
     );
     let _ = writeln!(
         out,

@@ -22,6 +22,7 @@ use crate::agent::{Agent, BotError};
 use crate::bots::BotKind;
 use crate::call::{Call, CallConfig, EndReason, ProtocolErrorKind};
 use crate::http::{self, HeadError, Request};
+use crate::limits::Verdict;
 use crate::protocol::Protocol;
 use crate::registry::{SlotState, SlotUpdate, WorkerRecord};
 use crate::server::{Command, Inbox, Shared, unix_ms};
@@ -73,6 +74,15 @@ impl Mailbox {
     }
 }
 
+/// Why a worker takes no more calls.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Full {
+    /// Every slot is taken (or the worker drains).
+    Slots,
+    /// The worker carries `ai_calls_per_worker` AI calls.
+    AiCalls,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Local {
     Free,
@@ -94,6 +104,8 @@ struct Worker {
     calls: RefCell<HashMap<String, Rc<Mailbox>>>,
     next_call: Cell<u64>,
     draining: Cell<bool>,
+    /// AI calls in progress on this worker.
+    ai_calls: Cell<usize>,
     /// When a refusal was last logged, and how many were not since.
     refusals_logged: Cell<Option<Instant>>,
     refusals_unlogged: Cell<u64>,
@@ -144,6 +156,7 @@ pub(crate) fn run(
         calls: RefCell::new(HashMap::new()),
         next_call: Cell::new(0),
         draining: Cell::new(false),
+        ai_calls: Cell::new(0),
         refusals_logged: Cell::new(None),
         refusals_unlogged: Cell::new(0),
         epoch: Instant::now(),
@@ -226,17 +239,26 @@ impl Worker {
         &self.shared.workers[self.index].metrics
     }
 
-    /// Publishes free capacity to the acceptor and the registry.
+    /// Slots a new AI call may still take here: the AI-call limit less the AI calls running
+    /// and the slots reserved (reservations are for AI calls).
+    fn ai_room(&self, slots: &Slots) -> usize {
+        let reserved = slots.state.iter().filter(|s| matches!(s, Local::Reserved { .. })).count();
+        self.shared.config.ai_calls_per_worker.saturating_sub(self.ai_calls.get() + reserved)
+    }
+
+    /// Publishes free capacity (the slots a new AI call could take) to the acceptor and the
+    /// registry.
     fn publish(&self) {
         let slots = self.slots.borrow();
         let free = if self.draining.get() {
             0
         } else {
-            slots.free.len()
+            slots.free.len().min(self.ai_room(&slots))
         };
         let live = slots.state.iter().filter(|s| **s == Local::Active).count();
         let w = &self.shared.workers[self.index];
         w.free.store(free, Ordering::Relaxed);
+        w.ai_calls.store(self.ai_calls.get(), Ordering::Relaxed);
         w.metrics.live_calls.store(live as u64, Ordering::Relaxed);
         self.shared.segment.write_worker(
             self.index,
@@ -250,8 +272,9 @@ impl Worker {
     }
 
     /// Takes a slot for a call: the reserved one named by `token` if it is ours, else a free
-    /// one (unless draining).
-    fn acquire(&self, call_id: &str, bot: &str, token: Option<u64>) -> Option<usize> {
+    /// one (unless draining, or, for an AI call, unless the worker carries all the AI calls it
+    /// may). An AI call is counted until [`Worker::free_slot`]'s caller says it ended.
+    fn acquire(&self, call_id: &str, bot: &str, token: Option<u64>, ai: bool) -> Result<usize, Full> {
         let slot = {
             let mut slots = self.slots.borrow_mut();
             let reserved = token.and_then(|t| {
@@ -261,11 +284,15 @@ impl Worker {
                     .position(|s| matches!(s, Local::Reserved { token, .. } if *token == t))
             });
             match reserved {
-                Some(i) => Some(i),
-                None if self.draining.get() => None,
-                None => slots.free.pop(),
+                Some(i) => i,
+                None if self.draining.get() => return Err(Full::Slots),
+                None if ai && self.ai_room(&slots) == 0 => return Err(Full::AiCalls),
+                None => slots.free.pop().ok_or(Full::Slots)?,
             }
-        }?;
+        };
+        if ai {
+            self.ai_calls.set(self.ai_calls.get() + 1);
+        }
         self.slots.borrow_mut().state[slot] = Local::Active;
         let update = SlotUpdate {
             state: SlotState::Active,
@@ -276,7 +303,7 @@ impl Worker {
         };
         self.shared.segment.write_slot(self.index, slot, update);
         self.publish();
-        Some(slot)
+        Ok(slot)
     }
 
     fn free_slot(&self, slot: usize) {
@@ -315,7 +342,9 @@ impl Worker {
                     self.slots.borrow_mut().state[slot] = Local::Reserved { until_ms, token };
                     return json!({ "ok": true, "worker": self.index, "slot": slot, "token": format!("{token:016x}"), "expires_unix_ms": until_ms });
                 }
-                let Some(slot) = self.slots.borrow_mut().free.pop() else {
+                let room = self.ai_room(&self.slots.borrow());
+                let popped = if room == 0 { None } else { self.slots.borrow_mut().free.pop() };
+                let Some(slot) = popped else {
                     return json!({ "ok": false, "error": "no free slot" });
                 };
                 let until_ms = unix_ms() + ttl.as_millis() as u64;
@@ -381,23 +410,59 @@ struct CallGuard {
     slot: usize,
     call_id: String,
     reason: EndReason,
+    ai: bool,
 }
 
 impl Drop for CallGuard {
     fn drop(&mut self) {
         self.worker.calls.borrow_mut().remove(&self.call_id);
         self.worker.metrics().call_ended(self.reason);
+        if self.ai {
+            self.worker.ai_calls.set(self.worker.ai_calls.get().saturating_sub(1));
+        }
         self.worker.free_slot(self.slot);
     }
 }
 
-/// Serves one accepted connection: a plain HTTP request, or a call.
+/// Counts a connection as waiting for its request head until dropped.
+struct PendingHead<'a> {
+    shared: &'a crate::server::Shared,
+    ip: std::net::IpAddr,
+}
+
+impl Drop for PendingHead<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut limits) = self.shared.limits.lock() {
+            limits.head_done(self.ip);
+        }
+    }
+}
+
+/// Serves one accepted connection: a plain HTTP request, or a call. Its address's limits are
+/// checked first (connections waiting for their heads, back-off after failed admissions).
 async fn serve(worker: Rc<Worker>, stream: std::net::TcpStream) {
     let _ = stream.set_nodelay(true);
     let _ = socket2::SockRef::from(&stream).set_send_buffer_size(worker.shared.config.send_buffer);
+    let ip = stream.peer_addr().map_or(std::net::IpAddr::from([0, 0, 0, 0]), |a| a.ip());
     let Ok(stream) = TcpStream::from_std(stream) else {
         return;
     };
+    let verdict = worker.shared.limits.lock().map_or(Verdict::Proceed, |mut l| l.open(ip, Instant::now()));
+    match verdict {
+        Verdict::Proceed => {}
+        Verdict::TooManyPending => {
+            worker.metrics().rejected_address.add(1);
+            let msg = "too many connections from this address are waiting to be served";
+            return reply(&stream, http::error(429, "too_many_connections", msg, &[("Retry-After", "1")])).await;
+        }
+        Verdict::BackOff(wait) => {
+            worker.metrics().rejected_address.add(1);
+            let retry = wait.as_secs().max(1).to_string();
+            let msg = "too many failed admissions from this address; try again later";
+            return reply(&stream, http::error(429, "backing_off", msg, &[("Retry-After", &retry)])).await;
+        }
+    }
+    let pending = PendingHead { shared: &worker.shared, ip };
     let mut head = Vec::new();
     let mut buf = Vec::with_capacity(READ_BUF);
     let deadline = Instant::now() + HEAD_TIMEOUT;
@@ -427,8 +492,9 @@ async fn serve(worker: Rc<Worker>, stream: std::net::TcpStream) {
             _ => return,
         }
     };
+    drop(pending);
     let leftover = head[len..].to_vec();
-    route(worker, stream, request, leftover).await;
+    route(worker, stream, request, leftover, ip).await;
 }
 
 async fn reply(stream: &TcpStream, bytes: Vec<u8>) {
@@ -437,7 +503,7 @@ async fn reply(stream: &TcpStream, bytes: Vec<u8>) {
     let _ = s.shutdown().await;
 }
 
-async fn route(worker: Rc<Worker>, stream: TcpStream, req: Request, leftover: Vec<u8>) {
+async fn route(worker: Rc<Worker>, stream: TcpStream, req: Request, leftover: Vec<u8>, ip: std::net::IpAddr) {
     let call_path = |prefix: &str| {
         req.path
             .strip_prefix(prefix)
@@ -471,7 +537,7 @@ async fn route(worker: Rc<Worker>, stream: TcpStream, req: Request, leftover: Ve
     let claims = match query_param(req.query.as_deref(), "token") {
         Some(token) => match worker.shared.gate.check_token(&token, bot_id, unix_ms() / 1000) {
             Ok(claims) => Some(claims),
-            Err(why) => return refuse(&worker, &stream, bot_id, why).await,
+            Err(why) => return refuse(&worker, &stream, ip, bot_id, why).await,
         },
         None => None,
     };
@@ -509,13 +575,13 @@ async fn route(worker: Rc<Worker>, stream: TcpStream, req: Request, leftover: Ve
     };
     let admitted = match (claims, &agent_bot) {
         (Some(claims), Some(b)) if b.org_id.as_ref().is_some_and(|org| *org != claims.org_id) => {
-            return refuse(&worker, &stream, bot_id, Refusal::WrongBot).await;
+            return refuse(&worker, &stream, ip, bot_id, Refusal::WrongBot).await;
         }
         (Some(claims), _) => Admitted::Token(Box::new(claims)),
         (None, None) => Admitted::Demo,
         (None, Some(b)) => match admission::check_inbound(&b.inbound, &req, &signed_urls(config.advertise.as_deref(), &req)) {
             Ok(admitted) => admitted,
-            Err(why) => return refuse(&worker, &stream, bot_id, why).await,
+            Err(why) => return refuse(&worker, &stream, ip, bot_id, why).await,
         },
     };
     let (true, Some(key)) = (req.upgrade, req.ws_key.as_deref()) else {
@@ -534,14 +600,17 @@ async fn route(worker: Rc<Worker>, stream: TcpStream, req: Request, leftover: Ve
     let n = worker.next_call.get();
     worker.next_call.set(n + 1);
     let call_id = format!("w{}-{n}", worker.index);
-    let Some(slot) = worker.acquire(&call_id, bot.id(), token) else {
-        worker.metrics().rejected_busy.add(1);
-        let msg = "every call slot on this host is taken";
-        return reply(
-            &stream,
-            http::error(503, "busy", msg, &[("Retry-After", "1")]),
-        )
-        .await;
+    let is_ai = agent_bot.is_some();
+    let slot = match worker.acquire(&call_id, bot.id(), token, is_ai) {
+        Ok(slot) => slot,
+        Err(full) => {
+            worker.metrics().rejected_busy.add(1);
+            let (code, msg) = match full {
+                Full::Slots => ("busy", "every call slot on this host is taken"),
+                Full::AiCalls => ("ai_capacity", "this core carries all the AI calls it may; try another host"),
+            };
+            return reply(&stream, http::error(503, code, msg, &[("Retry-After", "1")])).await;
+        }
     };
     if let Some(token) = token {
         // A reservation held by another worker is given back: this call took a slot here.
@@ -553,6 +622,7 @@ async fn route(worker: Rc<Worker>, stream: TcpStream, req: Request, leftover: Ve
         Some(bot) => match Agent::new(bot, worker.shared.config.bots.api.clone(), admitted.claims().cloned(), worker.now(), unix_ms()) {
             Ok(agent) => Call::with_agent(config, agent),
             Err(why) => {
+                worker.ai_calls.set(worker.ai_calls.get().saturating_sub(1));
                 worker.free_slot(slot);
                 eprintln!("cxb core: bot {bot_id}: {why}");
                 return reply(&stream, http::error(503, "bot_unavailable", &why, &[])).await;
@@ -562,6 +632,9 @@ async fn route(worker: Rc<Worker>, stream: TcpStream, req: Request, leftover: Ve
     };
     let mut s = &stream;
     if s.write_all(http::switching_protocols(key)).await.0.is_err() {
+        if is_ai {
+            worker.ai_calls.set(worker.ai_calls.get().saturating_sub(1));
+        }
         worker.free_slot(slot);
         return;
     }
@@ -580,6 +653,7 @@ async fn route(worker: Rc<Worker>, stream: TcpStream, req: Request, leftover: Ve
         slot,
         call_id: call_id.clone(),
         reason: EndReason::PeerClosed,
+        ai: is_ai,
     };
     let (reason, mut call) = run_call(&worker, &stream, slot, call, leftover, &mailbox).await;
     guard.reason = reason;
@@ -590,14 +664,17 @@ async fn route(worker: Rc<Worker>, stream: TcpStream, req: Request, leftover: Ve
 
 /// Refuses a call with `401` and the engine's JSON error; counted by reason and logged (at
 /// most once a second per worker, with how many were not logged) without the credential.
-async fn refuse(worker: &Worker, stream: &TcpStream, bot_id: &str, why: Refusal) {
+async fn refuse(worker: &Worker, stream: &TcpStream, ip: std::net::IpAddr, bot_id: &str, why: Refusal) {
     worker.metrics().refused(why);
     let now = Instant::now();
+    if let Ok(mut limits) = worker.shared.limits.lock() {
+        limits.failed(ip, now);
+    }
     let quiet = worker.refusals_logged.get().is_some_and(|at| now.duration_since(at) < Duration::from_secs(1));
     if quiet {
         worker.refusals_unlogged.set(worker.refusals_unlogged.get() + 1);
     } else {
-        let peer = stream.peer_addr().map_or_else(|_| "?".to_string(), |a| a.ip().to_string());
+        let peer = ip;
         let more = worker.refusals_unlogged.replace(0);
         let more = if more > 0 { format!(" ({more} more refusals not logged)") } else { String::new() };
         eprintln!("cxb core: refused a call to bot {bot_id} from {peer}: {}{more}", why.label());

@@ -11,7 +11,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
 use base64::Engine as _;
-use common::{claims, connect, engine, get, mulaw_frame, tempdir, token};
+use common::{claims, connect, engine, mulaw_frame, tempdir, token};
 use cxb_contract::call_token::{CallKey, KeyRing};
 use cxb_contract::carrier::twilio_signature;
 use cxb_engine::Engine;
@@ -76,7 +76,8 @@ fn refused(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> String {
 }
 
 fn refusals(addr: SocketAddr, reason: &str) -> u64 {
-    let metrics = get(addr, "/metrics").1;
+    // From another loopback address: the one under test may be backing off.
+    let metrics = get_from(addr, [127, 0, 0, 3], "/metrics").1;
     let prefix = format!("cxb_admission_refused_total{{worker=\"0\",reason=\"{reason}\"}} ");
     metrics.lines().find_map(|l| l.strip_prefix(&prefix)).and_then(|n| n.parse().ok()).expect("the metric is rendered")
 }
@@ -187,17 +188,25 @@ fn demo_bots_exist_only_when_asked_for() {
 }
 
 #[test]
-fn a_flood_of_refused_upgrades_leaves_admitted_calls_echoing() {
+fn a_flood_of_refused_upgrades_backs_off_and_leaves_admitted_calls_echoing() {
     let e = ai_engine(json!({}), |_| {});
     let addr = e.local_addr();
     let mut call = connect(addr, "/ws/echo").expect("upgrade");
     call.start();
     let flood = std::thread::spawn(move || {
+        let (mut unauthorized, mut backing_off) = (0u64, 0u64);
         for i in 0..2_000 {
             let path = if i % 2 == 0 { "/ws/ai".to_string() } else { format!("/ws/ai?token=ct1.test.e30.{i}") };
-            let (status, _) = upgrade(addr, &path, &[]);
-            assert_eq!(status, 401);
+            match upgrade(addr, &path, &[]) {
+                (401, _) => unauthorized += 1,
+                (429, body) => {
+                    assert!(body.contains("backing_off"), "{body}");
+                    backing_off += 1;
+                }
+                other => panic!("{other:?}"),
+            }
         }
+        (unauthorized, backing_off)
     });
     let mut echoed = 0;
     while !flood.is_finished() {
@@ -206,13 +215,104 @@ fn a_flood_of_refused_upgrades_leaves_admitted_calls_echoing() {
             echoed += 1;
         }
     }
-    flood.join().expect("every attempt refused");
+    let (unauthorized, backing_off) = flood.join().expect("every attempt refused");
     assert!(echoed > 0);
     for _ in 0..50 {
         call.media(&mulaw_frame());
         assert!(call.next_media().is_some(), "the admitted call still echoes");
     }
     let counted: u64 = ["missing", "malformed_token", "bad_signature"].iter().map(|r| refusals(addr, r)).sum();
-    assert_eq!(counted, 2_000, "every refusal counted");
+    assert_eq!(counted, unauthorized, "every 401 counted");
+    assert!(backing_off > 1_000, "past 20 failures the address backs off: {unauthorized} refused, {backing_off} backing off");
+    let metrics = get_from(addr, [127, 0, 0, 2], "/metrics").1;
+    assert!(metrics.contains(&format!("cxb_rejected_address_total{{worker=\"0\"}} {backing_off}")), "counted");
+    e.shutdown();
+}
+
+/// A GET from a given loopback source address.
+fn get_from(addr: SocketAddr, source: [u8; 4], path: &str) -> (u16, String) {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+    socket.bind(&SocketAddr::from((source, 0)).into()).expect("bind a loopback source");
+    socket.connect(&addr.into()).expect("connect");
+    let mut s: TcpStream = socket.into();
+    s.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes()).expect("send");
+    let mut raw = String::new();
+    let _ = s.read_to_string(&mut raw);
+    let status = raw.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    (status, raw.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default())
+}
+
+#[test]
+fn an_address_that_keeps_failing_backs_off_even_with_a_good_token_then_may_try_again() {
+    let e = ai_engine(json!({}), |c| {
+        c.address_limits.failures_allowed = 3;
+        c.address_limits.first_backoff = Duration::from_millis(300);
+    });
+    let addr = e.local_addr();
+    for _ in 0..4 {
+        assert_eq!(upgrade(addr, "/ws/ai", &[]).0, 401);
+    }
+    let good = format!("/ws/ai?token={}", token(&claims("ai")));
+    let (status, body) = upgrade(addr, &good, &[]);
+    assert_eq!(status, 429, "{body}");
+    assert_eq!(serde_json::from_str::<Value>(&body).expect("json")["error"]["code"], "backing_off");
+    assert_eq!(get_from(addr, [127, 0, 0, 2], "/health").0, 200, "other addresses are served");
+    std::thread::sleep(Duration::from_millis(350)); // the engine's own clock: no virtual time here
+    assert_eq!(upgrade(addr, &good, &[]).0, 101, "after the back-off");
+    e.shutdown();
+}
+
+#[test]
+fn a_core_takes_ai_calls_up_to_its_limit_and_says_so_in_health() {
+    let e = ai_engine(json!({}), |c| c.ai_calls_per_worker = 1);
+    let addr = e.local_addr();
+    let h = common::health(addr);
+    assert_eq!(h["limits"]["ai_calls_per_worker"], 1);
+    assert_eq!(h["limits"]["pending_per_address"], 64);
+    assert_eq!(h["slots_free"], 1, "free capacity is what one more AI call could take");
+    let mut first = connect(addr, &format!("/ws/ai?token={}", token(&claims("ai")))).expect("the first AI call");
+    first.start();
+    let (status, body) = upgrade(addr, &format!("/ws/ai?token={}", token(&claims("ai"))), &[]);
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("ai_capacity"), "{body}");
+    assert_eq!(upgrade(addr, "/ws/echo", &[]).0, 101, "demo calls are not AI calls");
+    let h = common::health(addr);
+    assert_eq!((&h["workers"][0]["ai_calls"], &h["slots_free"]), (&json!(1), &json!(0)));
+    first.stop();
+    assert!(common::eventually(Duration::from_secs(5), || common::health(addr)["workers"][0]["ai_calls"] == 0));
+    assert_eq!(upgrade(addr, &format!("/ws/ai?token={}", token(&claims("ai"))), &[]).0, 101, "room again");
+    e.shutdown();
+}
+
+#[test]
+fn slow_request_heads_from_one_address_cannot_starve_health() {
+    let e = engine(|c| c.slots_per_worker = 4);
+    let addr = e.local_addr();
+    // 200 connections that send their head a byte at a time, slowly.
+    let mut slow: Vec<TcpStream> = (0..200).map(|_| TcpStream::connect(addr).expect("connect")).collect();
+    let started = std::time::Instant::now();
+    let mut worst = Duration::ZERO;
+    for round in 0..4 {
+        for s in &mut slow {
+            let _ = s.write_all(&b"GET /ws/echo HTTP/1.1\r\n"[round..=round]);
+        }
+        let asked = std::time::Instant::now();
+        let (status, _) = get_from(addr, [127, 0, 0, 2], "/health");
+        worst = worst.max(asked.elapsed());
+        assert_eq!(status, 200);
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    assert!(worst < Duration::from_secs(1), "health answered within {worst:?} each time");
+    // Beyond 64 waiting heads, the address's further connections were turned away at once.
+    let refused = slow
+        .iter_mut()
+        .filter_map(|s| {
+            s.set_read_timeout(Some(Duration::from_millis(200))).expect("timeout");
+            let mut buf = [0u8; 64];
+            matches!(s.read(&mut buf), Ok(n) if n > 12 && buf.starts_with(b"HTTP/1.1 429")).then_some(())
+        })
+        .count();
+    assert_eq!(refused, 200 - 64, "in {:?}", started.elapsed());
     e.shutdown();
 }
