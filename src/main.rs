@@ -342,6 +342,13 @@ struct CoreArgs {
     /// public addresses otherwise).
     #[arg(long = "allow-private-egress", value_name = "CIDR")]
     allow_private_egress: Vec<ipnet::IpNet>,
+    /// Serve wss:// (and https:// health and metrics) with this PEM certificate chain (with
+    /// --tls-key). The address announced to the API becomes wss://.
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The certificate's private key (PEM: PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
     /// AI calls one worker (core) carries at most; beyond, new AI calls answer 503 so the core
     /// never falls behind (500 held the engine's added latency under 20 ms p99 on this
     /// project's 2-core VM; see docs/PERFORMANCE.md).
@@ -379,14 +386,15 @@ fn main() -> anyhow::Result<()> {
         Command::Core(CoreCommand { action: None, run }) => {
             let heartbeat = run.api.clone().zip(run.fleet_token.clone());
             let advertise = run.advertise.clone();
+            let scheme = if run.tls_cert.is_some() { "wss" } else { "ws" };
             let data = data_dir(run.data_dir.as_ref());
             let results = run.results.clone();
-            let mut config = engine_config(run);
+            let mut config = engine_config(run)?;
             let _outbox = wire_results(&mut config, &results, &data, heartbeat.clone())?;
             let engine = Engine::start(config).context("starting the engine")?;
             print_welcome(&engine);
             if let Some((api, token)) = heartbeat {
-                let address = advertise.unwrap_or_else(|| format!("ws://{}", engine.local_addr()));
+                let address = advertise.unwrap_or_else(|| format!("{scheme}://{}", engine.local_addr()));
                 let config = heartbeat_config(api, token, address, engine.local_addr().port());
                 let host = EngineHost(engine.handle());
                 std::thread::Builder::new().name("cxb-heartbeat".into()).spawn(move || {
@@ -560,8 +568,14 @@ impl Host for EngineHost {
     }
 }
 
-fn engine_config(a: CoreArgs) -> EngineConfig {
+fn engine_config(a: CoreArgs) -> anyhow::Result<EngineConfig> {
     let mut c = EngineConfig::new(a.listen);
+    if let (Some(cert), Some(key)) = (&a.tls_cert, &a.tls_key) {
+        c.tls = Some(cxb_engine::tls::TlsConfig::load(cert, key)?);
+        if c.advertise.is_none() {
+            c.advertise = Some(format!("wss://{}", a.listen));
+        }
+    }
     if let Some(w) = a.workers {
         c.workers = w;
     }
@@ -579,12 +593,14 @@ fn engine_config(a: CoreArgs) -> EngineConfig {
     c.address_limits.pending_per_address = a.pending_per_address;
     c.egress = EgressPolicy::allowing(a.allow_private_egress);
     c.fault_injection = a.fault_injection;
-    c.advertise = a.advertise;
+    if a.advertise.is_some() {
+        c.advertise = a.advertise;
+    }
     if a.api.is_some() && a.listen.port() != 0 {
         c.host_id = Some(host_id(a.listen.port()));
     }
     c.idle_timeout = Duration::from_secs(a.idle_timeout_secs);
-    c
+    Ok(c)
 }
 
 fn print_welcome(engine: &Engine) {
@@ -592,11 +608,12 @@ fn print_welcome(engine: &Engine) {
     let c = engine.config();
     println!("CX Bridge is up.");
     println!("  engine      {} workers x {} call slots", c.workers, c.slots_per_worker);
-    println!("  health      http://{addr}/health");
-    println!("  metrics     http://{addr}/metrics");
+    let (http, ws) = if c.tls.is_some() { ("https", "wss") } else { ("http", "ws") };
+    println!("  health      {http}://{addr}/health");
+    println!("  metrics     {http}://{addr}/metrics");
     if c.demo_bots {
-        println!("  Twilio      ws://{addr}/ws/echo        (also /ws/turn-echo)");
-        println!("  Exotel      ws://{addr}/exotel/echo    (also /exotel/turn-echo)");
+        println!("  Twilio      {ws}://{addr}/ws/echo        (also /ws/turn-echo)");
+        println!("  Exotel      {ws}://{addr}/exotel/echo    (also /exotel/turn-echo)");
     }
     println!("  registry    {}", c.registry.display());
     println!("  control     {}", c.control_socket.display());

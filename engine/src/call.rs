@@ -42,11 +42,13 @@ pub enum ProtocolErrorKind {
     UnsupportedFormat,
     /// A WebSocket protocol violation (bad framing, bad UTF-8, unmasked client frames).
     WebSocket,
+    /// A TLS record that does not decrypt (or any TLS alert from the peer).
+    Tls,
 }
 
 impl ProtocolErrorKind {
     /// Every kind, for metrics.
-    pub const ALL: [ProtocolErrorKind; 8] = [
+    pub const ALL: [ProtocolErrorKind; 9] = [
         ProtocolErrorKind::MalformedJson,
         ProtocolErrorKind::BadBase64,
         ProtocolErrorKind::BadAudio,
@@ -55,6 +57,7 @@ impl ProtocolErrorKind {
         ProtocolErrorKind::MediaBeforeStart,
         ProtocolErrorKind::UnsupportedFormat,
         ProtocolErrorKind::WebSocket,
+        ProtocolErrorKind::Tls,
     ];
 
     /// The metric label.
@@ -68,6 +71,7 @@ impl ProtocolErrorKind {
             ProtocolErrorKind::MediaBeforeStart => "media_before_start",
             ProtocolErrorKind::UnsupportedFormat => "unsupported_format",
             ProtocolErrorKind::WebSocket => "websocket",
+            ProtocolErrorKind::Tls => "tls",
         }
     }
 
@@ -80,7 +84,7 @@ impl ProtocolErrorKind {
             | ProtocolErrorKind::BadAudio => 1007,
             ProtocolErrorKind::MediaBeforeStart | ProtocolErrorKind::UnsupportedFormat => 1008,
             ProtocolErrorKind::Oversized => 1009,
-            ProtocolErrorKind::WebSocket => 1002,
+            ProtocolErrorKind::WebSocket | ProtocolErrorKind::Tls => 1002,
         }
     }
 }

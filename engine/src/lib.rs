@@ -11,6 +11,7 @@
 //! - [`bots`]: the built-in bots.
 //! - [`agent`]: an AI bot inside a call: providers, audio conversions, recording, result.
 //! - [`admission`]: who may start a call (call tokens, carrier signatures, inbound secrets).
+//! - [`tls`]: `wss://` through rustls, sans-IO between the socket and the parsers.
 //! - [`limits`]: per-address limits before the upgrade (pending heads, failed admissions).
 
 pub mod admission;
@@ -23,6 +24,7 @@ pub mod metrics;
 pub mod protocol;
 pub mod registry;
 pub mod server;
+pub mod tls;
 mod worker;
 pub mod ws;
 

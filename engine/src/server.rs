@@ -56,6 +56,8 @@ pub struct EngineConfig {
     pub ai_calls_per_worker: usize,
     /// Per-address limits before the upgrade.
     pub address_limits: crate::limits::AddressLimitConfig,
+    /// Serve `wss://` (and `https://` for health and metrics) with this certificate.
+    pub tls: Option<crate::tls::TlsConfig>,
     /// A call with no inbound bytes for this long ends.
     pub idle_timeout: Duration,
     /// A write the peer does not take within this long ends the call (it stopped reading).
@@ -105,6 +107,7 @@ impl EngineConfig {
             egress: cxb_contract::egress::EgressPolicy::public_only(),
             ai_calls_per_worker: 500,
             address_limits: crate::limits::AddressLimitConfig::default(),
+            tls: None,
             idle_timeout: Duration::from_secs(60),
             write_timeout: Duration::from_secs(2),
             send_buffer: 64 * 1024,

@@ -23,6 +23,7 @@ use crate::bots::BotKind;
 use crate::call::{Call, CallConfig, EndReason, ProtocolErrorKind};
 use crate::http::{self, HeadError, Request};
 use crate::limits::Verdict;
+use crate::tls::{Session, Wire};
 use crate::protocol::Protocol;
 use crate::registry::{SlotState, SlotUpdate, WorkerRecord};
 use crate::server::{Command, Inbox, Shared, unix_ms};
@@ -447,19 +448,27 @@ async fn serve(worker: Rc<Worker>, stream: std::net::TcpStream) {
     let Ok(stream) = TcpStream::from_std(stream) else {
         return;
     };
+    let mut wire = match &worker.shared.config.tls {
+        Some(tls) => match Session::new(tls) {
+            Ok(session) => Wire::Tls(Box::new(session)),
+            Err(_) => return,
+        },
+        None => Wire::Plain,
+    };
     let verdict = worker.shared.limits.lock().map_or(Verdict::Proceed, |mut l| l.open(ip, Instant::now()));
     match verdict {
         Verdict::Proceed => {}
         Verdict::TooManyPending => {
             worker.metrics().rejected_address.add(1);
             let msg = "too many connections from this address are waiting to be served";
-            return reply(&stream, http::error(429, "too_many_connections", msg, &[("Retry-After", "1")])).await;
+            // Over TLS there is no session yet to answer in: the connection is just closed.
+            return reply(&stream, &mut wire, http::error(429, "too_many_connections", msg, &[("Retry-After", "1")])).await;
         }
         Verdict::BackOff(wait) => {
             worker.metrics().rejected_address.add(1);
             let retry = wait.as_secs().max(1).to_string();
             let msg = "too many failed admissions from this address; try again later";
-            return reply(&stream, http::error(429, "backing_off", msg, &[("Retry-After", &retry)])).await;
+            return reply(&stream, &mut wire, http::error(429, "backing_off", msg, &[("Retry-After", &retry)])).await;
         }
     }
     let pending = PendingHead { shared: &worker.shared, ip };
@@ -473,19 +482,30 @@ async fn serve(worker: Rc<Worker>, stream: std::net::TcpStream) {
             Err(HeadError::TooLarge) => {
                 return reply(
                     &stream,
+                    &mut wire,
                     http::error(431, "head_too_large", "request head too large", &[]),
                 )
                 .await;
             }
             Err(HeadError::Malformed(m)) => {
-                return reply(&stream, http::error(400, "bad_request", &m, &[])).await;
+                return reply(&stream, &mut wire, http::error(400, "bad_request", &m, &[])).await;
             }
         }
         let read =
             compio::time::timeout_at(deadline, (&stream).read(std::mem::take(&mut buf))).await;
         match read {
             Ok(BufResult(Ok(n), b)) if n > 0 => {
-                head.extend_from_slice(&b[..n]);
+                if wire.receive(&b[..n], &mut head).is_err() {
+                    return; // not TLS, or a broken handshake
+                }
+                // The handshake's answers.
+                let answer = wire.pending();
+                if !answer.is_empty() {
+                    let mut w = &stream;
+                    if compio::time::timeout_at(deadline, w.write_all(answer)).await.is_err() {
+                        return;
+                    }
+                }
                 buf = b;
                 buf.clear();
             }
@@ -494,16 +514,26 @@ async fn serve(worker: Rc<Worker>, stream: std::net::TcpStream) {
     };
     drop(pending);
     let leftover = head[len..].to_vec();
-    route(worker, stream, request, leftover, ip).await;
+    route(worker, stream, wire, request, leftover, ip).await;
 }
 
-async fn reply(stream: &TcpStream, bytes: Vec<u8>) {
+/// Sends a whole response (through TLS when the connection has it) and closes.
+async fn reply(stream: &TcpStream, wire: &mut Wire, bytes: Vec<u8>) {
+    if matches!(wire, Wire::Tls(s) if s.handshaking()) {
+        let mut s = stream;
+        let _ = s.shutdown().await;
+        return;
+    }
+    let mut bytes = wire.seal(bytes);
+    if let Wire::Tls(session) = wire {
+        session.close(&mut bytes);
+    }
     let mut s = stream;
     let _ = compio::time::timeout(Duration::from_secs(5), s.write_all(bytes)).await;
     let _ = s.shutdown().await;
 }
 
-async fn route(worker: Rc<Worker>, stream: TcpStream, req: Request, leftover: Vec<u8>, ip: std::net::IpAddr) {
+async fn route(worker: Rc<Worker>, stream: TcpStream, mut wire: Wire, req: Request, leftover: Vec<u8>, ip: std::net::IpAddr) {
     let call_path = |prefix: &str| {
         req.path
             .strip_prefix(prefix)
@@ -512,12 +542,13 @@ async fn route(worker: Rc<Worker>, stream: TcpStream, req: Request, leftover: Ve
     let (protocol, bot_id) = match (req.path.as_str(), call_path("/ws/"), call_path("/exotel/")) {
         ("/health", _, _) if req.method == "GET" => {
             let body = worker.shared.health().to_string();
-            return reply(&stream, http::response(200, "application/json", &[], &body)).await;
+            return reply(&stream, &mut wire, http::response(200, "application/json", &[], &body)).await;
         }
         ("/metrics", _, _) if req.method == "GET" => {
             let body = crate::metrics::render(worker.shared.workers.iter().map(|w| &w.metrics));
             return reply(
                 &stream,
+                &mut wire,
                 http::response(200, "text/plain; version=0.0.4", &[], &body),
             )
             .await;
@@ -527,6 +558,7 @@ async fn route(worker: Rc<Worker>, stream: TcpStream, req: Request, leftover: Ve
         _ => {
             return reply(
                 &stream,
+                &mut wire,
                 http::error(404, "not_found", "no such endpoint", &[]),
             )
             .await;
@@ -537,7 +569,7 @@ async fn route(worker: Rc<Worker>, stream: TcpStream, req: Request, leftover: Ve
     let claims = match query_param(req.query.as_deref(), "token") {
         Some(token) => match worker.shared.gate.check_token(&token, bot_id, unix_ms() / 1000) {
             Ok(claims) => Some(claims),
-            Err(why) => return refuse(&worker, &stream, ip, bot_id, why).await,
+            Err(why) => return refuse(&worker, &stream, &mut wire, ip, bot_id, why).await,
         },
         None => None,
     };
@@ -552,6 +584,7 @@ async fn route(worker: Rc<Worker>, stream: TcpStream, req: Request, leftover: Ve
                     eprintln!("cxb core: bot {bot_id}: {why}");
                     return reply(
                         &stream,
+                        &mut wire,
                         http::error(
                             503,
                             "bot_unavailable",
@@ -569,25 +602,27 @@ async fn route(worker: Rc<Worker>, stream: TcpStream, req: Request, leftover: Ve
         worker.metrics().rejected_unknown_bot.add(1);
         return reply(
             &stream,
+            &mut wire,
             http::error(404, "unknown_bot", &format!("no bot `{bot_id}`"), &[]),
         )
         .await;
     };
     let admitted = match (claims, &agent_bot) {
         (Some(claims), Some(b)) if b.org_id.as_ref().is_some_and(|org| *org != claims.org_id) => {
-            return refuse(&worker, &stream, ip, bot_id, Refusal::WrongBot).await;
+            return refuse(&worker, &stream, &mut wire, ip, bot_id, Refusal::WrongBot).await;
         }
         (Some(claims), _) => Admitted::Token(Box::new(claims)),
         (None, None) => Admitted::Demo,
         (None, Some(b)) => match admission::check_inbound(&b.inbound, &req, &signed_urls(config.advertise.as_deref(), &req)) {
             Ok(admitted) => admitted,
-            Err(why) => return refuse(&worker, &stream, ip, bot_id, why).await,
+            Err(why) => return refuse(&worker, &stream, &mut wire, ip, bot_id, why).await,
         },
     };
     let (true, Some(key)) = (req.upgrade, req.ws_key.as_deref()) else {
         let msg = "this endpoint takes a WebSocket upgrade";
         return reply(
             &stream,
+            &mut wire,
             http::error(426, "upgrade_required", msg, &[("Upgrade", "websocket")]),
         )
         .await;
@@ -609,7 +644,7 @@ async fn route(worker: Rc<Worker>, stream: TcpStream, req: Request, leftover: Ve
                 Full::Slots => ("busy", "every call slot on this host is taken"),
                 Full::AiCalls => ("ai_capacity", "this core carries all the AI calls it may; try another host"),
             };
-            return reply(&stream, http::error(503, code, msg, &[("Retry-After", "1")])).await;
+            return reply(&stream, &mut wire, http::error(503, code, msg, &[("Retry-After", "1")])).await;
         }
     };
     if let Some(token) = token {
@@ -625,13 +660,13 @@ async fn route(worker: Rc<Worker>, stream: TcpStream, req: Request, leftover: Ve
                 worker.ai_calls.set(worker.ai_calls.get().saturating_sub(1));
                 worker.free_slot(slot);
                 eprintln!("cxb core: bot {bot_id}: {why}");
-                return reply(&stream, http::error(503, "bot_unavailable", &why, &[])).await;
+                return reply(&stream, &mut wire, http::error(503, "bot_unavailable", &why, &[])).await;
             }
         },
         None => Call::new(config),
     };
     let mut s = &stream;
-    if s.write_all(http::switching_protocols(key)).await.0.is_err() {
+    if s.write_all(wire.seal(http::switching_protocols(key))).await.0.is_err() {
         if is_ai {
             worker.ai_calls.set(worker.ai_calls.get().saturating_sub(1));
         }
@@ -655,7 +690,7 @@ async fn route(worker: Rc<Worker>, stream: TcpStream, req: Request, leftover: Ve
         reason: EndReason::PeerClosed,
         ai: is_ai,
     };
-    let (reason, mut call) = run_call(&worker, &stream, slot, call, leftover, &mailbox).await;
+    let (reason, mut call) = run_call(&worker, &stream, &mut wire, slot, call, leftover, &mailbox).await;
     guard.reason = reason;
     if call.agent().is_some() {
         finish_agent(&worker, &mut call, &call_id, reason).await;
@@ -664,7 +699,7 @@ async fn route(worker: Rc<Worker>, stream: TcpStream, req: Request, leftover: Ve
 
 /// Refuses a call with `401` and the engine's JSON error; counted by reason and logged (at
 /// most once a second per worker, with how many were not logged) without the credential.
-async fn refuse(worker: &Worker, stream: &TcpStream, ip: std::net::IpAddr, bot_id: &str, why: Refusal) {
+async fn refuse(worker: &Worker, stream: &TcpStream, wire: &mut Wire, ip: std::net::IpAddr, bot_id: &str, why: Refusal) {
     worker.metrics().refused(why);
     let now = Instant::now();
     if let Ok(mut limits) = worker.shared.limits.lock() {
@@ -680,7 +715,7 @@ async fn refuse(worker: &Worker, stream: &TcpStream, ip: std::net::IpAddr, bot_i
         eprintln!("cxb core: refused a call to bot {bot_id} from {peer}: {}{more}", why.label());
         worker.refusals_logged.set(Some(now));
     }
-    reply(stream, http::error(401, "unauthorized", why.message(), &[])).await;
+    reply(stream, wire, http::error(401, "unauthorized", why.message(), &[])).await;
 }
 
 /// The URLs a carrier may have signed for `req`: as this engine is advertised, and as the
@@ -736,6 +771,7 @@ async fn read_into(stream: &TcpStream, buf: Vec<u8>) -> BufResult<usize, Vec<u8>
 async fn run_call(
     worker: &Rc<Worker>,
     stream: &TcpStream,
+    wire: &mut Wire,
     slot: usize,
     mut call: Call,
     leftover: Vec<u8>,
@@ -744,6 +780,8 @@ async fn run_call(
     let config = &worker.shared.config;
     let mut socket = WsSocket::new();
     socket.feed(&leftover);
+    let mut plain = Vec::new();
+    let mut sealed = Vec::new();
     let mut read = Box::pin(read_into(stream, Vec::with_capacity(READ_BUF)));
     let mut ctl = std::pin::pin!(mailbox.recv());
     let mut out = Vec::new();
@@ -780,13 +818,18 @@ async fn run_call(
             socket.send_text(&msg);
             call.recycle(msg);
         }
-        if !socket.output().is_empty() {
+        if !socket.output().is_empty() || wire.wants_write() {
             // First a non-blocking send: when the socket buffer has room (nearly always) the
             // frame is handed to the kernel at once, without an io_uring round trip and a
             // second wake-up of this task. Whatever does not fit goes through the runtime,
             // bounded: the send backlog is the kernel's (bounded) buffer plus this one write,
             // and a peer that stops reading ends the call instead of queueing more.
             std::mem::swap(socket.output(), &mut out);
+            if let Wire::Tls(session) = wire {
+                sealed.clear();
+                session.send(&out, &mut sealed);
+                std::mem::swap(&mut out, &mut sealed);
+            }
             let sent = match socket2::SockRef::from(stream).send_with_flags(&out, MSG_DONTWAIT) {
                 Ok(n) => n,
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => 0,
@@ -838,7 +881,16 @@ async fn run_call(
         match waiting.await {
             Either::Left((BufResult(Ok(n), buf), _)) if n > 0 => {
                 mailbox.last_rx.set(Instant::now());
-                socket.feed(&buf[..n]);
+                match wire {
+                    Wire::Plain => socket.feed(&buf[..n]),
+                    Wire::Tls(session) => {
+                        plain.clear();
+                        if session.receive(&buf[..n], &mut plain).is_err() {
+                            break EndReason::Protocol(ProtocolErrorKind::Tls);
+                        }
+                        socket.feed(&plain);
+                    }
+                }
                 let mut buf = buf;
                 buf.clear();
                 read = Box::pin(read_into(stream, buf));
@@ -878,7 +930,10 @@ async fn run_call(
     drop(read);
     if let Some((code, text)) = reason.close() {
         socket.close(code, &text);
-        let bytes = std::mem::take(socket.output());
+        let mut bytes = wire.seal(std::mem::take(socket.output()));
+        if let Wire::Tls(session) = wire {
+            session.close(&mut bytes);
+        }
         let mut w = stream;
         let _ = compio::time::timeout(Duration::from_secs(1), w.write_all(bytes)).await;
     }

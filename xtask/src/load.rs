@@ -10,6 +10,7 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use compio::BufResult;
@@ -24,6 +25,7 @@ usage: cargo xtask load [options]
   --calls N             concurrent calls (default 100)
   --seconds S           length of each call's stream (default 60)
   --protocol P          twilio | exotel (default twilio)
+  --tls-ca PEM          connect over TLS (wss://), trusting this certificate; server name localhost
   --bot ID              bot to call (default echo)
   --ramp-seconds R      spread call starts over R seconds (default 5)
   --pin CPU             pin the generator to this CPU (default 1; -1 for none)
@@ -38,6 +40,8 @@ struct Options {
     calls: usize,
     seconds: u64,
     exotel: bool,
+    /// Connect over TLS, trusting this configuration's roots.
+    tls: Option<Arc<rustls::ClientConfig>>,
     bot: String,
     ramp: Duration,
     pin: Option<usize>,
@@ -52,6 +56,7 @@ fn parse(args: &[String]) -> Result<Options, String> {
         calls: 100,
         seconds: 60,
         exotel: false,
+        tls: None,
         bot: "echo".into(),
         ramp: Duration::from_secs(5),
         pin: Some(1),
@@ -83,6 +88,7 @@ fn parse(args: &[String]) -> Result<Options, String> {
                 o.sweep = value()?.split(',').map(|n| n.trim().parse().map_err(|_| format!("--sweep: bad level `{n}`"))).collect::<Result<_, _>>()?
             }
             "--epoll" => o.epoll = true,
+            "--tls-ca" => o.tls = Some(tls_client(&value()?)?),
             "--help" | "-h" => return Err(USAGE.to_string()),
             other => return Err(format!("unknown option `{other}`\n\n{USAGE}")),
         }
@@ -421,17 +427,96 @@ pub(crate) enum UpgradeError {
     Io(String),
 }
 
+/// A client connection's bytes as they go on the wire: as they are, or through TLS (rustls
+/// driven in memory, as the engine drives its side).
+pub(crate) enum ClientWire {
+    Plain,
+    Tls(Box<rustls::ClientConnection>),
+}
+
+impl ClientWire {
+    /// Socket bytes in; the plaintext they carry appended to `plain`.
+    fn receive(&mut self, mut bytes: &[u8], plain: &mut Vec<u8>) -> Result<(), String> {
+        let ClientWire::Tls(conn) = self else {
+            plain.extend_from_slice(bytes);
+            return Ok(());
+        };
+        while !bytes.is_empty() {
+            conn.read_tls(&mut bytes).map_err(|e| format!("tls: {e}"))?;
+            let state = conn.process_new_packets().map_err(|e| format!("tls: {e}"))?;
+            let n = state.plaintext_bytes_to_read();
+            let start = plain.len();
+            plain.resize(start + n, 0);
+            std::io::Read::read_exact(&mut conn.reader(), &mut plain[start..]).map_err(|e| format!("tls: {e}"))?;
+        }
+        Ok(())
+    }
+
+    /// Plaintext in; what goes on the socket appended to `out` (with anything the TLS session
+    /// has waiting, such as its handshake).
+    fn seal(&mut self, plain: &[u8], out: &mut Vec<u8>) {
+        match self {
+            ClientWire::Plain => out.extend_from_slice(plain),
+            ClientWire::Tls(conn) => {
+                if !plain.is_empty() {
+                    let _ = std::io::Write::write_all(&mut conn.writer(), plain);
+                }
+                while conn.wants_write() {
+                    if conn.write_tls(out).is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A TLS client configuration that trusts the PEM certificate at `path` (a test engine's
+/// self-signed one).
+pub(crate) fn tls_client(path: &str) -> Result<Arc<rustls::ClientConfig>, String> {
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls::pki_types::CertificateDer::pem_file_iter(path).map_err(|e| format!("{path}: {e}"))? {
+        roots.add(cert.map_err(|e| format!("{path}: {e}"))?).map_err(|e| format!("{path}: {e}"))?;
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Arc::new(config))
+}
+
 /// Opens a carrier WebSocket to `path`: the stream, a read buffer, and a client socket fed
 /// with whatever followed the 101 answer.
 pub(crate) async fn upgrade(addr: SocketAddr, path: &str) -> Result<(TcpStream, Vec<u8>, WsSocket), UpgradeError> {
+    upgrade_with(addr, path, None).await.map(|(stream, buf, ws, _)| (stream, buf, ws))
+}
+
+/// [`upgrade`], through TLS when `tls` is given (server name `localhost`).
+pub(crate) async fn upgrade_with(
+    addr: SocketAddr,
+    path: &str,
+    tls: Option<&Arc<rustls::ClientConfig>>,
+) -> Result<(TcpStream, Vec<u8>, WsSocket, ClientWire), UpgradeError> {
     let io = |what: &str, e: std::io::Error| UpgradeError::Io(format!("{what}: {}", e.kind()));
     let stream = TcpStream::connect(addr).await.map_err(|e| io("connect", e))?;
     stream.set_nodelay(true).map_err(|e| io("nodelay", e))?;
+    let mut wire = match tls {
+        Some(config) => {
+            let name = rustls::pki_types::ServerName::try_from("localhost").map_err(|e| UpgradeError::Io(e.to_string()))?;
+            let conn = rustls::ClientConnection::new(config.clone(), name).map_err(|e| UpgradeError::Io(e.to_string()))?;
+            ClientWire::Tls(Box::new(conn))
+        }
+        None => ClientWire::Plain,
+    };
     let request = format!(
         "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
     );
+    let mut first = Vec::new();
+    wire.seal(request.as_bytes(), &mut first);
     let mut w = &stream;
-    w.write_all(request.into_bytes()).await.0.map_err(|e| io("handshake write", e))?;
+    w.write_all(first).await.0.map_err(|e| io("handshake write", e))?;
     let mut head = Vec::new();
     let mut buf = Vec::with_capacity(8192);
     loop {
@@ -440,7 +525,12 @@ pub(crate) async fn upgrade(addr: SocketAddr, path: &str) -> Result<(TcpStream, 
         if n == 0 {
             return Err(UpgradeError::Io("closed during handshake".into()));
         }
-        head.extend_from_slice(&b[..n]);
+        wire.receive(&b[..n], &mut head).map_err(UpgradeError::Io)?;
+        let mut more = Vec::new();
+        wire.seal(&[], &mut more);
+        if !more.is_empty() {
+            w.write_all(more).await.0.map_err(|e| io("handshake write", e))?;
+        }
         buf = b;
         buf.clear();
         if let Some(end) = head.windows(4).position(|w| w == b"\r\n\r\n") {
@@ -449,14 +539,31 @@ pub(crate) async fn upgrade(addr: SocketAddr, path: &str) -> Result<(TcpStream, 
             }
             let mut ws = WsSocket::client();
             ws.feed(&head[end + 4..]);
-            return Ok((stream, buf, ws));
+            return Ok((stream, buf, ws, wire));
         }
     }
 }
 
+/// [`write`] through the call's wire.
+async fn write_wire(stream: &TcpStream, ws: &mut WsSocket, wire: &mut ClientWire, plain: &mut Vec<u8>, out: &mut Vec<u8>) -> Result<(), String> {
+    if ws.output().is_empty() {
+        return Ok(());
+    }
+    std::mem::swap(ws.output(), plain);
+    out.clear();
+    wire.seal(plain, out);
+    plain.clear();
+    let mut w = stream;
+    let BufResult(r, mut b) = w.write_all(std::mem::take(out)).await;
+    r.map_err(|e| format!("write: {}", e.kind()))?;
+    b.clear();
+    *out = b;
+    Ok(())
+}
+
 async fn call(o: &Options, script: &Script, shared: &RefCell<Shared>) -> Result<(), String> {
     let path = if o.exotel { format!("/exotel/{}", o.bot) } else { format!("/ws/{}", o.bot) };
-    let (stream, buf, mut ws) = match upgrade(o.addr, &path).await {
+    let (stream, buf, mut ws, mut wire) = match upgrade_with(o.addr, &path, o.tls.as_ref()).await {
         Ok(up) => up,
         Err(UpgradeError::Refused(e)) => {
             shared.borrow_mut().rejected += 1;
@@ -468,8 +575,8 @@ async fn call(o: &Options, script: &Script, shared: &RefCell<Shared>) -> Result<
     for m in &script.start {
         ws.send_text(m);
     }
-    let mut out = Vec::new();
-    write(&stream, &mut ws, &mut out).await?;
+    let (mut out, mut plain) = (Vec::new(), Vec::new());
+    write_wire(&stream, &mut ws, &mut wire, &mut plain, &mut out).await?;
 
     let t0 = Instant::now();
     let total = script.messages.len();
@@ -486,7 +593,14 @@ async fn call(o: &Options, script: &Script, shared: &RefCell<Shared>) -> Result<
         let wake = if next < total { due } else { end };
         match select(read.as_mut(), Box::pin(compio::time::sleep_until(wake))).await {
             Either::Left((BufResult(Ok(n), b), _)) if n > 0 => {
-                ws.feed(&b[..n]);
+                if matches!(wire, ClientWire::Plain) {
+                    ws.feed(&b[..n]);
+                } else {
+                    plain.clear();
+                    wire.receive(&b[..n], &mut plain)?;
+                    ws.feed(&plain);
+                    plain.clear();
+                }
                 let mut b = b;
                 b.clear();
                 read = Box::pin(read_into(&stream, b));
@@ -514,7 +628,7 @@ async fn call(o: &Options, script: &Script, shared: &RefCell<Shared>) -> Result<
                         }
                     }
                 }
-                write(&stream, &mut ws, &mut out).await?;
+                write_wire(&stream, &mut ws, &mut wire, &mut plain, &mut out).await?;
             }
             Either::Left(_) => break Err("server closed the call early".to_string()),
             Either::Right(_) => {
@@ -526,12 +640,12 @@ async fn call(o: &Options, script: &Script, shared: &RefCell<Shared>) -> Result<
                 sent_at.push(now);
                 ws.send_text(&script.messages[next]);
                 next += 1;
-                write(&stream, &mut ws, &mut out).await?;
+                write_wire(&stream, &mut ws, &mut wire, &mut plain, &mut out).await?;
             }
         }
     };
     ws.send_text(TWILIO_STOP);
-    let _ = write(&stream, &mut ws, &mut out).await;
+    let _ = write_wire(&stream, &mut ws, &mut wire, &mut plain, &mut out).await;
     let mut s = shared.borrow_mut();
     s.frames_sent += next as u64 * script.frames_per_message;
     s.frames_echoed += (echoed_bytes / frame_bytes) as u64;
