@@ -217,7 +217,7 @@ impl ResultSink for OutboxSink {
 
 /// Wires AI bots into `config`: bot files, the API (bots and result delivery) and the outbox
 /// in `data`. The guard keeps the outbox thread running.
-fn wire_results(config: &mut EngineConfig, args: &ResultArgs, data: &std::path::Path, api: Option<(String, String)>) -> anyhow::Result<OutboxGuard> {
+fn wire_results(config: &mut EngineConfig, args: &ResultArgs, data: &std::path::Path, api: Option<(String, String)>) -> anyhow::Result<Results> {
     let bots = args.bots.clone().or_else(|| Some(data.join("bots")).filter(|d| d.is_dir()));
     config.bots.dir = bots;
     let mut outbox = OutboxConfig::new(data);
@@ -237,8 +237,54 @@ fn wire_results(config: &mut EngineConfig, args: &ResultArgs, data: &std::path::
         outbox.api = Some(ApiTarget { base_url, fleet_token });
     }
     let (handle, guard) = Outbox::start(outbox).context("starting the result outbox")?;
-    config.results = Some(Arc::new(OutboxSink(handle)));
-    Ok(guard)
+    config.results = Some(Arc::new(OutboxSink(handle.clone())));
+    Ok(Results { handle, guard })
+}
+
+/// The running outbox: its handle (for its counters) and the guard that keeps its threads.
+struct Results {
+    handle: OutboxHandle,
+    guard: OutboxGuard,
+}
+
+impl Results {
+    /// Gives the outbox up to `within` to deliver what it holds, then stops it. Whatever is
+    /// not delivered stays on disk for the next start.
+    fn finish(self, within: Duration) {
+        let deadline = std::time::Instant::now() + within;
+        while self.handle.stats().pending > 0 && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let pending = self.handle.stats().pending;
+        if pending > 0 {
+            eprintln!("cxb: {pending} call results stay in the outbox for the next start");
+        }
+        drop(self.guard);
+    }
+}
+
+/// Stops the engine gracefully: no new calls, live calls run for up to `drain`, then the rest
+/// are ended with their results written to the outbox, which gets a few seconds to deliver.
+fn stop_engine(engine: Engine, outbox: Results, drain: Duration) {
+    let live = engine.health()["live_calls"].as_u64().unwrap_or(0);
+    eprintln!("cxb core: stopping; {live} live calls get up to {} s to finish", drain.as_secs());
+    let left = engine.drain(drain);
+    if left > 0 {
+        eprintln!("cxb core: ending the {left} calls still live");
+    }
+    engine.shutdown();
+    outbox.finish(Duration::from_secs(10));
+}
+
+/// Waits for SIGTERM or SIGINT (Ctrl-C).
+async fn stop_signal() -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("listening for SIGTERM")?;
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => r.context("listening for SIGINT")?,
+        _ = term.recv() => {}
+    }
+    Ok(())
 }
 
 #[derive(Subcommand)]
@@ -372,6 +418,10 @@ struct CoreArgs {
     /// How carriers reach this host, as announced to the API (default: ws://LISTEN).
     #[arg(long)]
     advertise: Option<String>,
+    /// On SIGTERM or SIGINT: stop taking calls and let live calls run this long before they
+    /// are ended (their results written to the outbox either way).
+    #[arg(long, default_value_t = 30)]
+    drain_seconds: u64,
     /// Where the result outbox and local recordings live (default: $CXB_DATA_DIR, else
     /// $XDG_DATA_HOME/cxb, else ~/.local/share/cxb).
     #[arg(long)]
@@ -389,8 +439,9 @@ fn main() -> anyhow::Result<()> {
             let scheme = if run.tls_cert.is_some() { "wss" } else { "ws" };
             let data = data_dir(run.data_dir.as_ref());
             let results = run.results.clone();
+            let drain = Duration::from_secs(run.drain_seconds);
             let mut config = engine_config(run)?;
-            let _outbox = wire_results(&mut config, &results, &data, heartbeat.clone())?;
+            let outbox = wire_results(&mut config, &results, &data, heartbeat.clone())?;
             let engine = Engine::start(config).context("starting the engine")?;
             print_welcome(&engine);
             if let Some((api, token)) = heartbeat {
@@ -404,7 +455,9 @@ fn main() -> anyhow::Result<()> {
                     }
                 })?;
             }
-            engine.wait();
+            let signals = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            signals.block_on(stop_signal())?;
+            stop_engine(engine, outbox, drain);
             Ok(())
         }
         Command::Api { listen, public_url, data, sim } => tokio_runtime()?.block_on(async {
@@ -414,7 +467,7 @@ fn main() -> anyhow::Result<()> {
             api.attach_telephony(Arc::new(DiallerTelephony(shared)));
             println!("CX Bridge API on http://{}  (OpenAPI: /v1/openapi.json)", api.local_addr());
             let _ = std::io::stdout().flush();
-            tokio::signal::ctrl_c().await?;
+            stop_signal().await?;
             api.shutdown().await;
             Ok(())
         }),
@@ -425,7 +478,7 @@ fn main() -> anyhow::Result<()> {
             let dialler = Dialler::start(telephony(db, public_url, &sim, id, Some((lease, call_lease)))?);
             println!("CX Bridge dialler {} running", dialler.id());
             let _ = std::io::stdout().flush();
-            tokio::signal::ctrl_c().await?;
+            stop_signal().await?;
             dialler.shutdown().await;
             Ok(())
         }),
@@ -507,7 +560,7 @@ fn up(listen: SocketAddr, api_listen: SocketAddr, data: &DataArgs, results: &Res
             config.host_id = Some(host_id(listen.port()));
         }
         let dir = data_dir(data.data_dir.as_ref());
-        let _outbox = wire_results(&mut config, results, &dir, Some((api_url.clone(), token.clone())))?;
+        let outbox = wire_results(&mut config, results, &dir, Some((api_url.clone(), token.clone())))?;
         let engine = Engine::start(config).context("starting the engine")?;
         print_welcome(&engine);
         println!("  API         {api_url}   (OpenAPI: {api_url}/v1/openapi.json)");
@@ -524,11 +577,12 @@ fn up(listen: SocketAddr, api_listen: SocketAddr, data: &DataArgs, results: &Res
         let _ = std::io::stdout().flush();
         let config = heartbeat_config(api_url, token, format!("ws://{}", engine.local_addr()), engine.local_addr().port());
         let beat = tokio::spawn(heartbeat_loop(config, EngineHost(engine.handle())));
-        tokio::signal::ctrl_c().await?;
-        beat.abort();
+        stop_signal().await?;
+        // Calls first (their results go to the API, which is still up), then what places them.
         dialler.shutdown().await;
+        tokio::task::block_in_place(|| stop_engine(engine, outbox, Duration::from_secs(30)));
+        beat.abort();
         api.shutdown().await;
-        engine.shutdown();
         Ok(())
     })
 }

@@ -216,8 +216,9 @@ impl Shared {
         let live: u64 = (0..self.workers.len())
             .map(|i| self.segment.worker(i).live)
             .sum();
+        let draining = (0..self.workers.len()).all(|i| self.segment.worker(i).draining);
         json!({
-            "status": "ok",
+            "status": if draining { "draining" } else { "ok" },
             "pid": std::process::id(),
             "version": env!("CARGO_PKG_VERSION"),
             "uptime_seconds": self.started.elapsed().as_secs_f64(),
@@ -503,7 +504,25 @@ impl Engine {
         }
     }
 
-    /// Closes every call (1001), stops every thread and removes the registry and socket files.
+    /// Stops taking calls (every worker drains: new calls and reservations answer 503, and the
+    /// fleet sees no free slot) and waits up to `within` for live calls to end by themselves.
+    /// Returns how many are still live; [`Engine::shutdown`] then ends them.
+    pub fn drain(&self, within: Duration) -> u64 {
+        for w in 0..self.shared.workers.len() {
+            self.shared.ask(w, Command::Drain { on: true });
+        }
+        let deadline = Instant::now() + within;
+        loop {
+            let live = self.shared.health()["live_calls"].as_u64().unwrap_or(0);
+            if live == 0 || Instant::now() >= deadline {
+                return live;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Closes every call (1001; AI calls write their results and recordings to the outbox
+    /// first), stops every thread and removes the registry and socket files.
     pub fn shutdown(self) {
         self.shared.stopping.store(true, Ordering::SeqCst);
         let _ = TcpStream::connect(self.addr); // wakes the acceptor

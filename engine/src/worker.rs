@@ -178,8 +178,9 @@ pub(crate) fn run(
                     for mailbox in worker.calls.borrow().values() {
                         mailbox.post(Control::Shutdown);
                     }
-                    // Let calls send their close frames.
-                    let deadline = Instant::now() + Duration::from_secs(2);
+                    // Let calls send their close frames and AI calls write their results and
+                    // recordings to the outbox (each waits at most 30 s for it).
+                    let deadline = Instant::now() + Duration::from_secs(35);
                     while !worker.calls.borrow().is_empty() && Instant::now() < deadline {
                         compio::time::sleep(Duration::from_millis(10)).await;
                     }
