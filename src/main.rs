@@ -620,6 +620,10 @@ impl Host for EngineHost {
     fn set_call_keys(&self, keys: cxb_contract::call_token::KeyRing) {
         self.0.set_call_keys(keys);
     }
+
+    fn release(&self, token: &str) -> bool {
+        self.0.release_reservation(token)
+    }
 }
 
 fn engine_config(a: CoreArgs) -> anyhow::Result<EngineConfig> {

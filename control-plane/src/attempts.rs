@@ -7,6 +7,12 @@
 //! It is final once the call-end record is in and, when an engine runs the call, its result too
 //! (or that result is given up on). Every step is one conditional `UPDATE`, so a repeated
 //! webhook or a second dialler changes nothing.
+//!
+//! An answered call that an engine was to run counts as `completed` only on the engine's word:
+//! with no result at all (given up on after the grace, or at once when the engine's host stopped
+//! heartbeating) or a result whose stream broke before the callee said anything, it is `failed`
+//! and retried by the campaign's policy. The engine slot reserved for a call is given back when
+//! its call-end record comes (see [`crate::fleet::release_in`]).
 
 use axum::Json;
 use axum::extract::{Path, State};
@@ -18,6 +24,7 @@ use crate::auth::Caller;
 use crate::calls::fetch;
 use crate::clock::rfc3339;
 use crate::error::{ApiError, ApiResult};
+use crate::fleet::{self, SlotHold};
 use crate::model::{Campaign, RetryOn};
 
 /// A call the dialler is about to place.
@@ -42,6 +49,8 @@ pub struct NewCall {
     pub routing: Value,
     /// The call's live lease runs out then unless renewed.
     pub lease_until: i64,
+    /// The engine slot reserved for the call, given back when the call ends.
+    pub slot: Option<SlotHold>,
 }
 
 /// Writes the record and the live-call lease of a call about to be placed, in `tx`.
@@ -57,8 +66,8 @@ pub async fn insert_call(tx: &mut AnyConnection, call: &NewCall, now: i64) -> Ap
     });
     sqlx::query(
         "INSERT INTO calls (id, org_id, direction, from_number, to_number, bot_id, campaign_id, contact_id, started_at, outcome, body, \
-         created_at, status, attempt, carrier, cdr_token, expects_result, assistant_id) \
-         VALUES ($1, $2, 'outbound', $3, $4, $5, $6, $7, $8, 'in_progress', $9, $8, 'live', $10, $11, $12, $13, $14)",
+         created_at, status, attempt, carrier, cdr_token, expects_result, assistant_id, engine_host, reservation, reservation_until) \
+         VALUES ($1, $2, 'outbound', $3, $4, $5, $6, $7, $8, 'in_progress', $9, $8, 'live', $10, $11, $12, $13, $14, $15, $16, $17)",
     )
     .bind(&call.id)
     .bind(&call.org_id)
@@ -74,6 +83,9 @@ pub async fn insert_call(tx: &mut AnyConnection, call: &NewCall, now: i64) -> Ap
     .bind(&call.cdr_token)
     .bind(i64::from(call.expects_result))
     .bind(call.assistant_id.clone())
+    .bind(call.slot.as_ref().map(|h| h.host_id.clone()))
+    .bind(call.slot.as_ref().map(|h| h.token.clone()))
+    .bind(call.slot.as_ref().map(|h| h.until))
     .execute(&mut *tx)
     .await?;
     sqlx::query("INSERT INTO call_leases (call_id, org_id, campaign_id, assistant_id, expires_at) VALUES ($1, $2, $3, $4, $5)")
@@ -106,7 +118,8 @@ pub struct CallEnd {
 }
 
 /// Records a call's end: the row becomes `ended` (once: a repeated record returns `false`), its
-/// live lease is released, and the call is decided if nothing else is awaited.
+/// live lease and its engine slot's reservation are released, and the call is decided if
+/// nothing else is awaited.
 pub async fn record_end(db: &AnyPool, call_id: &str, end: &CallEnd, now: i64) -> ApiResult<bool> {
     let mut tx = db.begin().await?;
     // Write first, so SQLite takes the write lock at the start of the transaction (a read
@@ -116,13 +129,26 @@ pub async fn record_end(db: &AnyPool, call_id: &str, end: &CallEnd, now: i64) ->
         tx.rollback().await?;
         return Ok(false);
     }
-    let row = sqlx::query("SELECT body, outcome, result_at, expects_result FROM calls WHERE id = $1").bind(call_id).fetch_one(&mut *tx).await?;
+    let row = sqlx::query("SELECT body, outcome, result_at, expects_result, engine_host, reservation, reservation_until FROM calls WHERE id = $1")
+        .bind(call_id)
+        .fetch_one(&mut *tx)
+        .await?;
     let mut body: Value = serde_json::from_str(&row.try_get::<String, _>(0)?).map_err(ApiError::internal)?;
     let current: String = row.try_get(1)?;
     let result_in = row.try_get::<Option<i64>, _>(2)?.is_some();
     let awaits_result = row.try_get::<i64, _>(3)? != 0 && end.answered_at.is_some() && !result_in;
-    // The engine's verdict (an answering machine) outranks the carrier's "answered".
-    let outcome = if current == "voicemail" { "voicemail" } else { end.outcome };
+    if let (Some(host_id), Some(token), Some(until)) = (row.try_get::<Option<String>, _>(4)?, row.try_get::<Option<String>, _>(5)?, row.try_get::<Option<i64>, _>(6)?) {
+        // Whether or not the call reached its engine, it will not come any more: a slot still
+        // held for it is free again (an engine that took the call holds no reservation for it).
+        fleet::release_in(&mut tx, &SlotHold { host_id, token, until }, now).await?;
+    }
+    // The engine's verdict (an answering machine; a stream that broke before anyone spoke)
+    // outranks the carrier's "answered".
+    let outcome = match current.as_str() {
+        "voicemail" => "voicemail",
+        "failed" if result_in && end.outcome == "completed" => "failed",
+        _ => end.outcome,
+    };
     body["outcome"] = outcome.into();
     if body.get("end_reason").is_none_or(Value::is_null) {
         body["end_reason"] = end.reason.clone().unwrap_or_else(|| outcome.to_string()).into();
@@ -208,8 +234,11 @@ pub(crate) async fn merge_result(tx: &mut AnyConnection, call_id: &str, org: &st
     if let Some(carrier) = outcome.strip_prefix("pending_") {
         outcome = carrier.to_string();
     }
-    if machine && (outcome == "completed" || outcome == "in_progress") {
+    let answered = outcome == "completed" || outcome == "in_progress";
+    if machine && answered {
         outcome = "voicemail".into();
+    } else if answered && broke_before_conversation(result) {
+        outcome = "failed".into();
     }
     body["outcome"] = outcome.clone().into();
     let cdr_in = row.try_get::<Option<i64>, _>(3)?.is_some();
@@ -227,9 +256,46 @@ pub(crate) async fn merge_result(tx: &mut AnyConnection, call_id: &str, org: &st
     Ok(Some(true))
 }
 
-/// Decides an ended call whose engine result is overdue: the carrier's outcome stands (a
-/// result that still comes is merged by [`merge_result`]).
-pub async fn give_up_result(db: &AnyPool, call_id: &str, now: i64) -> ApiResult<()> {
+/// Why an ended call's engine result is given up on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum NoResult {
+    /// None came within the grace after the call-end record.
+    Overdue,
+    /// The engine host the call was routed to stopped heartbeating: none can come.
+    HostLost,
+}
+
+impl NoResult {
+    /// The end reason of an answered call decided without its result.
+    pub fn reason(self) -> &'static str {
+        match self {
+            NoResult::Overdue => "no_engine_result",
+            NoResult::HostLost => "engine_host_lost",
+        }
+    }
+}
+
+/// Engine end reasons that say the call's media stream failed (or the engine did), rather than
+/// that the call ended: the carrier never sent `stop`, broke the protocol, stopped reading or
+/// sending, the call's processing panicked, or the engine shut down under it.
+const BROKEN_STREAM: &[&str] = &["stream_error", "protocol_error", "peer_closed", "slow_consumer", "panicked", "idle_timeout", "shutdown"];
+
+/// Whether an engine's result says its stream broke (or the engine failed it) before the callee
+/// said anything: no caller turn in the transcript. Such an answered call is `failed`, not
+/// `completed`, and retried by the campaign's policy.
+pub fn broke_before_conversation(result: &Value) -> bool {
+    let reason = result["end_reason"].as_str().unwrap_or_default();
+    let broke = BROKEN_STREAM.contains(&reason) || result["outcome"] == "error";
+    let spoke = result["transcript"].as_array().is_some_and(|t| t.iter().any(|turn| turn["role"] == "caller"));
+    broke && !spoke
+}
+
+/// Decides an ended call whose engine result is overdue or cannot come (`why`). An answered call
+/// that an engine never reported on did not reach the bot as far as anyone can tell: it is
+/// `failed` with `why`'s reason and retried by the campaign's policy; other outcomes stand. A
+/// result that still comes is merged by [`merge_result`] without changing the decision.
+pub async fn give_up_result(db: &AnyPool, call_id: &str, why: NoResult, now: i64) -> ApiResult<()> {
     let mut tx = db.begin().await?;
     let claimed = sqlx::query("UPDATE calls SET result_at = $1, result_overdue_at = $1 WHERE id = $2 AND status = 'ended' AND result_at IS NULL")
         .bind(now)
@@ -237,9 +303,17 @@ pub async fn give_up_result(db: &AnyPool, call_id: &str, now: i64) -> ApiResult<
         .execute(&mut *tx)
         .await?;
     if claimed.rows_affected() > 0 {
-        let outcome: String = sqlx::query_scalar("SELECT outcome FROM calls WHERE id = $1").bind(call_id).fetch_one(&mut *tx).await?;
+        let row = sqlx::query("SELECT outcome, body FROM calls WHERE id = $1").bind(call_id).fetch_one(&mut *tx).await?;
+        let outcome: String = row.try_get(0)?;
         let carrier = outcome.strip_prefix("pending_").unwrap_or(&outcome).to_string();
-        sqlx::query("UPDATE calls SET outcome = $1 WHERE id = $2").bind(carrier).bind(call_id).execute(&mut *tx).await?;
+        if carrier == "completed" {
+            let mut body: Value = serde_json::from_str(&row.try_get::<String, _>(1)?).map_err(ApiError::internal)?;
+            body["outcome"] = "failed".into();
+            body["end_reason"] = why.reason().into();
+            sqlx::query("UPDATE calls SET outcome = 'failed', body = $1 WHERE id = $2").bind(body.to_string()).bind(call_id).execute(&mut *tx).await?;
+        } else {
+            sqlx::query("UPDATE calls SET outcome = $1 WHERE id = $2").bind(carrier).bind(call_id).execute(&mut *tx).await?;
+        }
         finalize_in(&mut tx, call_id, now).await?;
     }
     tx.commit().await?;
@@ -401,6 +475,22 @@ mod tests {
         assert_eq!(retry_rule("failed", "invalid_number"), None);
         assert_eq!(retry_rule("completed", ""), None);
         assert_eq!(retry_rule("voicemail", ""), Some(RetryOn::Voicemail));
+    }
+
+    #[test]
+    fn a_stream_that_broke_before_the_callee_spoke_is_no_conversation() {
+        let result = |reason: &str, roles: &[&str]| {
+            let transcript: Vec<Value> = roles.iter().map(|r| json!({"role": r, "text": "…", "at_ms": 0})).collect();
+            json!({"outcome": "completed", "end_reason": reason, "transcript": transcript})
+        };
+        assert!(broke_before_conversation(&result("stream_error", &[])));
+        assert!(broke_before_conversation(&result("protocol_error", &["bot"])), "the greeting alone is no conversation");
+        assert!(broke_before_conversation(&result("peer_closed", &[])));
+        assert!(!broke_before_conversation(&result("peer_closed", &["bot", "caller"])), "the callee spoke");
+        assert!(!broke_before_conversation(&result("stopped", &[])), "the carrier ended the stream");
+        assert!(!broke_before_conversation(&result("bot_hangup", &["bot"])));
+        assert!(broke_before_conversation(&json!({"outcome": "error", "end_reason": "", "transcript": []})));
+        assert!(!broke_before_conversation(&json!({})), "no reason: nothing says it broke");
     }
 
     #[test]

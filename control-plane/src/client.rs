@@ -1,7 +1,7 @@
 //! The engine's side of the fleet registry: a heartbeat loop that reports a host's capacity to
-//! `POST /v1/runtime/hosts/heartbeat`, holds the reservations the API hands back, and confirms
-//! them in the next heartbeat. The engine plugs in through [`Host`], so this crate needs no
-//! engine types and the engine needs no tokio.
+//! `POST /v1/runtime/hosts/heartbeat`, holds the reservations the API hands back, gives back
+//! the ones it says will not be used, and confirms both in the next heartbeat. The engine plugs
+//! in through [`Host`], so this crate needs no engine types and the engine needs no tokio.
 
 use std::time::Duration;
 
@@ -19,6 +19,13 @@ pub trait Host: Send + Sync + 'static {
     fn hold(&self, token: &str, ttl: Duration) -> bool;
     /// Replaces the keys call tokens are verified with (newest first).
     fn set_call_keys(&self, keys: KeyRing);
+    /// Gives back the slot held for reservation `token`: its call will not come (it ended
+    /// unanswered, or never reached this host). False when no slot is held for it (already used,
+    /// lapsed or never held). The default keeps the slot until the reservation lapses.
+    fn release(&self, token: &str) -> bool {
+        let _ = token;
+        false
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,7 +49,8 @@ pub struct HeartbeatConfig {
 }
 
 /// Heartbeats forever. Failures are logged once per streak and retried at the next beat;
-/// confirmations of held reservations are kept until a heartbeat carrying them succeeds.
+/// confirmations of held and released reservations are kept until a heartbeat carrying them
+/// succeeds.
 pub async fn heartbeat_loop(config: HeartbeatConfig, host: impl Host) {
     let client = match crate::http_client(Duration::from_secs(5)) {
         Ok(c) => c,
@@ -52,17 +60,17 @@ pub async fn heartbeat_loop(config: HeartbeatConfig, host: impl Host) {
         }
     };
     let url = format!("{}/v1/runtime/hosts/heartbeat", config.api.trim_end_matches('/'));
-    let mut applied: Vec<String> = Vec::new();
+    let mut confirm = Confirmations::default();
     let mut failing = false;
     loop {
-        match beat(&client, &url, &config, &host, &mut applied).await {
+        match beat(&client, &url, &config, &host, &mut confirm).await {
             Ok(again) => {
                 if failing {
                     eprintln!("cxb core: heartbeat to {} works again", config.api);
                 }
                 failing = false;
                 if again {
-                    continue; // confirm new reservations at once
+                    continue; // confirm new reservations and releases at once
                 }
             }
             Err(e) => {
@@ -76,8 +84,17 @@ pub async fn heartbeat_loop(config: HeartbeatConfig, host: impl Host) {
     }
 }
 
-/// One heartbeat; true when it brought reservations to confirm.
-async fn beat(client: &reqwest::Client, url: &str, c: &HeartbeatConfig, host: &impl Host, applied: &mut Vec<String>) -> Result<bool, String> {
+/// What the next heartbeat confirms.
+#[derive(Debug, Default)]
+struct Confirmations {
+    /// Reservations now held.
+    applied: Vec<String>,
+    /// Releases carried out (or found nothing to release).
+    released: Vec<String>,
+}
+
+/// One heartbeat; true when it brought reservations or releases to confirm.
+async fn beat(client: &reqwest::Client, url: &str, c: &HeartbeatConfig, host: &impl Host, confirm: &mut Confirmations) -> Result<bool, String> {
     let cap = host.capacity();
     let report = Heartbeat {
         host_id: c.host_id.clone(),
@@ -87,7 +104,8 @@ async fn beat(client: &reqwest::Client, url: &str, c: &HeartbeatConfig, host: &i
         slots_total: cap.slots_total,
         slots_free: cap.slots_free,
         live_calls: cap.live_calls,
-        applied: applied.clone(),
+        applied: confirm.applied.clone(),
+        released: confirm.released.clone(),
     };
     let body = serde_json::to_vec(&report).map_err(|e| e.to_string())?;
     let response = client
@@ -112,11 +130,17 @@ async fn beat(client: &reqwest::Client, url: &str, c: &HeartbeatConfig, host: &i
         }
     });
     host.set_call_keys(KeyRing::new(keys.collect()));
-    applied.clear();
+    confirm.applied.clear();
+    confirm.released.clear();
     for r in &answer.reservations {
         if host.hold(&r.token, Duration::from_millis(r.ttl_ms)) {
-            applied.push(r.token.clone());
+            confirm.applied.push(r.token.clone());
         }
     }
-    Ok(!applied.is_empty())
+    // After the holds: a token offered and withdrawn in one answer ends up free.
+    for token in &answer.release {
+        host.release(token);
+        confirm.released.push(token.clone());
+    }
+    Ok(!confirm.applied.is_empty() || !confirm.released.is_empty())
 }

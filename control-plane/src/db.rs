@@ -23,6 +23,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     (5, "dialler", include_str!("../migrations/0005_dialler.sql")),
     (6, "late_results", include_str!("../migrations/0006_late_results.sql")),
     (7, "call_tokens", include_str!("../migrations/0007_call_tokens.sql")),
+    (8, "call_slots", include_str!("../migrations/0008_call_slots.sql")),
 ];
 
 /// Opens (creating if needed) the database at `url` and brings its schema up to date.

@@ -6,6 +6,12 @@
 //! already holds) − `pending` (reservations made here that it has not confirmed). A reserve is
 //! one conditional `UPDATE … SET pending = pending + 1 WHERE slots_free - pending > 0`, so two
 //! concurrent reservations can never both take the last slot, on SQLite or PostgreSQL.
+//!
+//! A reservation whose call will not come (the carrier ended it unanswered, refused it, or the
+//! dialler could not claim its contact) is given back at once with [`release_in`]: a promise the
+//! host has not confirmed stops counting here, and one it may hold goes to it in the
+//! `release` list of its heartbeat answers until it confirms it as `released` (or the
+//! reservation lapses on its own), so the engine frees the slot within a heartbeat.
 
 use axum::Json;
 use axum::extract::{FromRequestParts, Path, State};
@@ -41,6 +47,10 @@ pub struct Heartbeat {
     /// Reservation tokens from earlier answers that the host now holds.
     #[serde(default)]
     pub applied: Vec<String>,
+    /// Tokens from earlier answers' `release` lists that the host has given back (or did not
+    /// hold). Left out when empty, so an API from before releases takes the report.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub released: Vec<String>,
 }
 
 /// A reservation the host must hold for `ttl_ms` more.
@@ -60,6 +70,10 @@ pub struct HeartbeatAnswer {
     /// The keys call tokens are verified with, newest first (replace the previous set).
     #[serde(default)]
     pub call_token_keys: Vec<CallTokenKey>,
+    /// Reservations whose calls will not come: free their slots (after holding this answer's
+    /// `reservations`) and list the tokens as `released` in the next heartbeat.
+    #[serde(default)]
+    pub release: Vec<String>,
 }
 
 /// A call-token key as the fleet channel carries it.
@@ -83,8 +97,11 @@ pub(crate) async fn heartbeat(State(s): State<AppState>, _fleet: Fleet, Body(h):
     if !(h.address.starts_with("ws://") || h.address.starts_with("wss://")) || h.address.len() > 500 {
         return Err(ApiError::invalid("address", "a ws:// or wss:// base URL"));
     }
-    if h.slots_free > h.slots_total || h.applied.len() > 10_000 {
+    if h.slots_free > h.slots_total {
         return Err(ApiError::invalid("slots_free", "at most slots_total"));
+    }
+    if h.applied.len() > 10_000 || h.released.len() > 10_000 {
+        return Err(ApiError::invalid("applied", "at most 10,000 tokens per list"));
     }
     let now = s.now();
     let mut tx = s.db.begin().await?;
@@ -109,6 +126,11 @@ pub(crate) async fn heartbeat(State(s): State<AppState>, _fleet: Fleet, Body(h):
         sqlx::query("DELETE FROM reservations WHERE host_id = $1 AND token = $2").bind(&h.host_id).bind(token).execute(&mut *tx).await?;
     }
     sqlx::query("DELETE FROM reservations WHERE host_id = $1 AND expires_at <= $2").bind(&h.host_id).bind(now).execute(&mut *tx).await?;
+    for token in &h.released {
+        sqlx::query("DELETE FROM reservation_releases WHERE host_id = $1 AND token = $2").bind(&h.host_id).bind(token).execute(&mut *tx).await?;
+    }
+    // Lapsed reservations are free on their hosts already, whoever they were for.
+    sqlx::query("DELETE FROM reservation_releases WHERE expires_at <= $1").bind(now).execute(&mut *tx).await?;
     sqlx::query("UPDATE hosts SET pending = (SELECT COUNT(*) FROM reservations WHERE host_id = $1) WHERE id = $1")
         .bind(&h.host_id)
         .execute(&mut *tx)
@@ -117,6 +139,8 @@ pub(crate) async fn heartbeat(State(s): State<AppState>, _fleet: Fleet, Body(h):
         .bind(&h.host_id)
         .fetch_all(&mut *tx)
         .await?;
+    let release: Vec<String> =
+        sqlx::query_scalar("SELECT token FROM reservation_releases WHERE host_id = $1 ORDER BY token").bind(&h.host_id).fetch_all(&mut *tx).await?;
     tx.commit().await?;
     let keys = crate::call_tokens::live_keys(&s.db, now).await?;
     metrics::counter!("cxb_api_heartbeats_total").increment(1);
@@ -124,6 +148,7 @@ pub(crate) async fn heartbeat(State(s): State<AppState>, _fleet: Fleet, Body(h):
         ttl_seconds: s.config.host_ttl.as_secs().max(1),
         reservations: pending.into_iter().map(|(token, at)| Reservation { token, ttl_ms: (at - now).max(0) as u64 }).collect(),
         call_token_keys: keys.into_iter().map(|(k, _)| CallTokenKey { id: k.id().to_string(), secret: k.secret_base64() }).collect(),
+        release,
     }))
 }
 
@@ -236,6 +261,50 @@ pub async fn reserve_slot(db: &sqlx::AnyPool, now: i64, host_ttl_ms: i64, reserv
     }
     metrics::counter!("cxb_api_reservations_total", "result" => "no_capacity").increment(1);
     Ok(None)
+}
+
+/// A slot reserved for one placed call: where, the reservation's token, and when it lapses on
+/// its own (Unix ms).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SlotHold {
+    pub host_id: String,
+    pub token: String,
+    pub until: i64,
+}
+
+/// Gives back a reservation whose call will not come, in `tx` (which must already have written,
+/// or be about to: this starts with a write). Not yet confirmed by its host, it stops counting
+/// at once; the host may hold it all the same (an answer carrying it may be on its way), so
+/// until it lapses it is also listed in the host's heartbeat answers for release.
+pub async fn release_in(tx: &mut sqlx::AnyConnection, hold: &SlotHold, now: i64) -> ApiResult<()> {
+    // The host's row first, then its reservations: the order heartbeats and `reserve_slot` take
+    // them in, so no two transactions wait on each other (PostgreSQL would abort one).
+    sqlx::query("UPDATE hosts SET pending = pending WHERE id = $1").bind(&hold.host_id).execute(&mut *tx).await?;
+    let pending = sqlx::query("DELETE FROM reservations WHERE token = $1 AND host_id = $2").bind(&hold.token).bind(&hold.host_id).execute(&mut *tx).await?;
+    if pending.rows_affected() > 0 {
+        sqlx::query("UPDATE hosts SET pending = (SELECT COUNT(*) FROM reservations WHERE host_id = $1) WHERE id = $1")
+            .bind(&hold.host_id)
+            .execute(&mut *tx)
+            .await?;
+    }
+    if hold.until > now {
+        sqlx::query("INSERT INTO reservation_releases (token, host_id, expires_at) VALUES ($1, $2, $3) ON CONFLICT (token) DO NOTHING")
+            .bind(&hold.token)
+            .bind(&hold.host_id)
+            .bind(hold.until)
+            .execute(&mut *tx)
+            .await?;
+    }
+    metrics::counter!("cxb_api_reservations_total", "result" => "released").increment(1);
+    Ok(())
+}
+
+/// [`release_in`] in a transaction of its own.
+pub async fn release(db: &sqlx::AnyPool, hold: &SlotHold, now: i64) -> ApiResult<()> {
+    let mut tx = db.begin().await?;
+    release_in(&mut tx, hold, now).await?;
+    tx.commit().await?;
+    Ok(())
 }
 
 /// `GET /v1/runtime/bots/{id}`: everything the engine needs at call start, secrets included.

@@ -9,7 +9,7 @@ use cxb_contract::call_token::{CallClaims, Direction};
 use cxb_control_plane::attempts::{self, CallEnd};
 use cxb_control_plane::call_tokens;
 use cxb_control_plane::error::ApiError;
-use cxb_control_plane::fleet::reserve_slot;
+use cxb_control_plane::fleet::{SlotHold, release, reserve_slot};
 use cxb_control_plane::model::{AiAssistant, AssistantKind, LoadBalancer, RoutingType, Strategy as ModelStrategy};
 use serde_json::{Value, json};
 
@@ -37,6 +37,8 @@ pub(crate) struct Target {
     pub metadata: Vec<(String, String)>,
     /// The campaign's answering-machine action, passed to the engine.
     pub amd: Option<String>,
+    /// How long after routing the carrier gets the call (the campaign's pacing).
+    pub wait: Duration,
 }
 
 /// Where a call goes.
@@ -49,6 +51,8 @@ pub(crate) struct Routed {
     pub expects_result: bool,
     /// Kept in the call record: destination type, balancer, members tried.
     pub notes: Value,
+    /// The engine slot reserved for the call (CX Bridge bots on the fleet).
+    pub slot: Option<SlotHold>,
 }
 
 /// Why a call cannot be routed now.
@@ -104,6 +108,7 @@ impl Shared {
                 bot_id: None,
                 expects_result: false,
                 notes: json!({ "type": "hangup" }),
+                slot: None,
             }),
             (RoutingType::AiAssistant, Some(id)) => {
                 let a: AiAssistant = self.document("ai_assistants", &t.org, id).await?;
@@ -188,6 +193,7 @@ impl Shared {
     }
 
     async fn to_assistant(&self, id: &str, a: &AiAssistant, t: &Target) -> Result<Routed, RouteError> {
+        let mut slot = None;
         let (destination, bot_id, expects_result) = match a.kind {
             AssistantKind::Sip => {
                 let d = Destination::Sip { provider: a.sip_provider.clone().unwrap_or_default(), uri: a.sip_uri.clone().unwrap_or_default() };
@@ -209,20 +215,26 @@ impl Shared {
                     let bot = a.bot_id.clone().unwrap_or_default();
                     // The engine's built-in bots report no result; AI bots do.
                     let ai: Option<String> = sqlx::query_scalar("SELECT id FROM bots WHERE id = $1 AND org_id = $2").bind(&bot).bind(&t.org).fetch_optional(&self.db).await?;
-                    (self.engine_stream(&bot, t).await?, Some(bot), ai.is_some())
+                    let (destination, hold) = self.engine_stream(&bot, t).await?;
+                    slot = Some(hold);
+                    (destination, Some(bot), ai.is_some())
                 }
             },
         };
-        Ok(Routed { destination, assistant_id: Some(id.to_string()), bot_id, expects_result, notes: Value::Null })
+        Ok(Routed { destination, assistant_id: Some(id.to_string()), bot_id, expects_result, notes: Value::Null, slot })
     }
 
     /// A stream to a CX Bridge bot on the engine host with the most free capacity, with a slot
     /// reserved there for this call. The URL carries a call token signed for that bot and host:
     /// the engine admits the call with it and takes the call's ids and the reservation from it.
-    /// It expires once the callee can no longer answer (the ring timeout) plus a minute.
-    pub(crate) async fn engine_stream(&self, bot_id: &str, t: &Target) -> Result<Destination, RouteError> {
+    /// The token expires once the callee can no longer answer (the pacing wait and the ring
+    /// timeout) plus a minute; the reservation is bounded by the same wait and ring timeout
+    /// plus [`crate::DiallerConfig::reservation_margin`], and given back when the call ends
+    /// without reaching the engine (`attempts::record_end`).
+    pub(crate) async fn engine_stream(&self, bot_id: &str, t: &Target) -> Result<(Destination, SlotHold), RouteError> {
         let now = self.now();
-        let r = reserve_slot(&self.db, now, self.config.host_ttl.as_millis() as i64, self.config.reservation_ttl.as_millis() as i64).await?;
+        let ttl = (t.wait + self.config.ring_timeout + self.config.reservation_margin).as_millis() as i64;
+        let r = reserve_slot(&self.db, now, self.config.host_ttl.as_millis() as i64, ttl).await?;
         let r = r.ok_or(RouteError::NoCapacity)?;
         let claims = CallClaims {
             bot_id: bot_id.to_string(),
@@ -230,7 +242,7 @@ impl Shared {
             org_id: t.org.clone(),
             campaign_id: t.campaign_id.clone(),
             contact_id: t.contact_id.clone(),
-            exp: (now.max(0) as u64 / 1000) + self.config.ring_timeout.as_secs() + 60,
+            exp: (now.max(0) as u64 / 1000) + (t.wait + self.config.ring_timeout).as_secs() + 60,
             host_id: Some(r.host_id.clone()),
             reservation: Some(r.token.clone()),
             direction: Direction::Outbound,
@@ -239,15 +251,22 @@ impl Shared {
             amd: t.amd.clone(),
             ..CallClaims::default()
         };
-        let token = call_tokens::issue(&self.db, now, claims).await?;
+        let hold = SlotHold { host_id: r.host_id, token: r.token, until: now + ttl };
+        let token = match call_tokens::issue(&self.db, now, claims).await {
+            Ok(token) => token,
+            Err(e) => {
+                let _ = release(&self.db, &hold, now).await;
+                return Err(e.into());
+            }
+        };
         let bot: String = percent_encoding::utf8_percent_encode(bot_id, cxml::COMPONENT).collect();
         let url = format!("{}/ws/{bot}?token={token}", r.address.trim_end_matches('/'));
-        Ok(Destination::Stream { url, parameters: parameters(t) })
+        Ok((Destination::Stream { url, parameters: parameters(t) }, hold))
     }
 
     /// Writes nothing: hands a call already recorded to its carrier, in the background. A
     /// refusal ends the call's record as failed; an unreachable carrier ends it with reason
-    /// `carrier_unavailable`.
+    /// `carrier_unavailable`. Either way its engine slot is given back (`attempts::record_end`).
     pub(crate) fn dial(self: &Arc<Self>, carrier: Arc<dyn Carrier>, request: CallRequest) {
         let shared = self.clone();
         tokio::spawn(async move {

@@ -7,17 +7,21 @@
 //! window wait, numbers on the do-not-call list are closed as `dnc`, the rest are paced (calls
 //! at least 1/CPS apart) and claimed in one transaction that also checks the lease is still
 //! held, the campaign still ACTIVE and fewer than CAC live-call leases exist, and writes the
-//! call record and its lease. Then the carrier gets the call. The task also renews the leases of
-//! its live calls while the carrier says they live, closes calls whose lease ran out without a
-//! call-end record, and completes the campaign when no contact has an attempt left.
+//! call record and its lease. Then the carrier gets the call. The task also sweeps its calls
+//! (see [`Shared::sweep`]): renews the leases of live calls while the carrier says they live or
+//! cannot be asked (an outage, up to a grace), closes calls the carrier says ended without a
+//! call-end record once their lease runs out, decides answered calls whose engine result is
+//! overdue or whose engine host died, and completes the campaign when no contact has an attempt
+//! left.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use cxb_control_plane::attempts::{self, CallEnd, NewCall};
+use cxb_control_plane::attempts::{self, CallEnd, NewCall, NoResult};
 use cxb_control_plane::clock::{Clock, SystemClock};
 use cxb_control_plane::db::new_id;
+use cxb_control_plane::fleet;
 use cxb_control_plane::model::{Campaign, MachineAction};
 use rand::RngCore;
 use serde_json::Value;
@@ -42,17 +46,27 @@ pub struct DiallerConfig {
     /// How often a campaign task looks for work.
     pub tick: Duration,
     pub campaign_lease_ttl: Duration,
-    /// A live call's lease; renewed while the carrier says the call lives.
+    /// A live call's lease; renewed while the carrier says the call lives or cannot be asked.
     pub call_lease_ttl: Duration,
+    /// While the carrier cannot be asked about a live call (its API fails), the call keeps its
+    /// lease (it may still be ringing or talking; its contact is not dialled again) for this
+    /// long from the first failed question; then it is closed as failed
+    /// (`carrier_unreachable`) and its contact retried by the campaign's policy.
+    pub carrier_outage_grace: Duration,
     /// Diallers not seen for this long no longer count when campaigns are shared out.
     pub node_ttl: Duration,
-    /// How long an answered call's engine result is awaited after its call-end record.
+    /// How long an answered call's engine result is awaited after its call-end record (unless
+    /// its engine host is seen dead first).
     pub result_grace: Duration,
     /// Ringing longer than this ends as no-answer.
     pub ring_timeout: Duration,
-    /// Engine hosts whose last heartbeat is older do not take calls.
+    /// Engine hosts whose last heartbeat is older do not take calls, and the results of calls
+    /// they ran are no longer awaited.
     pub host_ttl: Duration,
-    pub reservation_ttl: Duration,
+    /// An engine slot reserved for a call is held for the pacing wait before the carrier
+    /// request, the ring timeout, and this much more (the carrier's request, the answer and the
+    /// stream's connection); it is given back as soon as the call ends without reaching it.
+    pub reservation_margin: Duration,
     pub clock: Arc<dyn Clock>,
 }
 
@@ -64,11 +78,12 @@ impl DiallerConfig {
             tick: Duration::from_millis(200),
             campaign_lease_ttl: Duration::from_secs(15),
             call_lease_ttl: Duration::from_secs(60),
+            carrier_outage_grace: Duration::from_secs(600),
             node_ttl: Duration::from_secs(10),
             result_grace: Duration::from_secs(60),
             ring_timeout: Duration::from_secs(30),
             host_ttl: Duration::from_secs(10),
-            reservation_ttl: Duration::from_secs(60),
+            reservation_margin: Duration::from_secs(15),
             clock: Arc::new(SystemClock),
         }
     }
@@ -148,7 +163,7 @@ async fn node_loop(s: Arc<Shared>, mut stopped: watch::Receiver<bool>) {
         if let Err(e) = share_out(&s, &mut tasks, &stopped).await {
             eprintln!("cxb dialler: leasing campaigns: {e}");
         }
-        if let Err(e) = sweep(&s, None).await {
+        if let Err(e) = s.sweep(None).await {
             eprintln!("cxb dialler: direct calls: {e}");
         }
         tokio::select! {
@@ -223,10 +238,18 @@ struct Pacer {
 }
 
 impl Pacer {
+    fn gap(cps: f64) -> Duration {
+        Duration::from_secs_f64(1.0 / cps.max(0.001))
+    }
+
+    /// How long [`Pacer::wait`] would wait now.
+    fn delay(&self, cps: f64) -> Duration {
+        self.last.map_or(Duration::ZERO, |last| (last + Pacer::gap(cps)).saturating_duration_since(tokio::time::Instant::now()))
+    }
+
     async fn wait(&mut self, cps: f64) {
-        let gap = Duration::from_secs_f64(1.0 / cps.max(0.001));
         if let Some(last) = self.last {
-            tokio::time::sleep_until(last + gap).await;
+            tokio::time::sleep_until(last + Pacer::gap(cps)).await;
         }
         self.last = Some(tokio::time::Instant::now());
     }
@@ -287,7 +310,7 @@ async fn campaign_step(s: &Arc<Shared>, id: &str, pacer: &mut Pacer, last_sweep:
     let campaign: Campaign = serde_json::from_str(&row.try_get::<String, _>(2)?)?;
     if last_sweep.elapsed() >= s.config.tick * 5 {
         *last_sweep = tokio::time::Instant::now();
-        sweep(s, Some(id)).await?;
+        s.sweep(Some(id)).await?;
     }
     match state.as_str() {
         "ACTIVE" => {}
@@ -360,6 +383,8 @@ async fn campaign_step(s: &Arc<Shared>, id: &str, pacer: &mut Pacer, last_sweep:
         contact_id: Some(contact_id.clone()),
         metadata,
         amd: campaign.amd.enabled.then(|| amd_action(campaign.amd.action).to_string()),
+        // A reserved engine slot must outlast the pacing wait too.
+        wait: pacer.delay(campaign.cps),
     };
     let routed = match s.route(campaign.routing.kind, campaign.routing.target_id.as_deref(), &target).await {
         Ok(r) => r,
@@ -386,8 +411,18 @@ async fn campaign_step(s: &Arc<Shared>, id: &str, pacer: &mut Pacer, last_sweep:
         expects_result: routed.expects_result,
         routing: routed.notes.clone(),
         lease_until: now + Shared::ms(s.config.call_lease_ttl),
+        slot: routed.slot.clone(),
     };
-    if !claim(s, id, &contact_id, attempts_made, campaign.cac, &call, now).await? {
+    let claimed = claim(s, id, &contact_id, attempts_made, campaign.cac, &call, now).await;
+    if !matches!(claimed, Ok(true))
+        && let Some(slot) = &routed.slot
+    {
+        // No call will come for the slot reserved while routing.
+        if let Err(e) = fleet::release(&s.db, slot, s.now()).await {
+            eprintln!("cxb dialler: campaign {id}: giving back an engine slot: {e}");
+        }
+    }
+    if !claimed? {
         return Ok(Step::Continue); // paused, lease lost, CAC reached or contact taken meanwhile
     }
     // Paced where the carrier sees it: each request at least 1/CPS after the one before.
@@ -461,43 +496,163 @@ async fn complete_if_done(s: &Shared, id: &str) -> Result<(), sqlx::Error> {
     Ok(())
 }
 
-/// Live calls of a campaign (or direct calls, `None`): renews the leases of calls the carrier
-/// says still live, closes calls whose lease ran out with no call-end record (`no_cdr`), and
-/// decides answered calls whose engine result is overdue.
-async fn sweep(s: &Arc<Shared>, campaign: Option<&str>) -> anyhow::Result<()> {
-    let now = s.now();
-    let ttl = Shared::ms(s.config.call_lease_ttl);
-    let scope = if campaign.is_some() { "c.campaign_id = $2" } else { "c.campaign_id IS NULL AND $2 = ''" };
-    let sql = format!(
-        "SELECT c.id, c.org_id, c.carrier_call_id, l.expires_at FROM calls c LEFT JOIN call_leases l ON l.call_id = c.id \
-         WHERE c.status = 'live' AND {scope} AND (l.expires_at IS NULL OR l.expires_at < $1)"
-    );
-    let rows = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(now + ttl / 2).bind(campaign.unwrap_or_default()).fetch_all(&s.db).await?;
-    for row in rows {
-        let (call, org): (String, String) = (row.try_get(0)?, row.try_get(1)?);
-        let carrier_id: Option<String> = row.try_get(2)?;
-        let expires: Option<i64> = row.try_get(3)?;
-        // A call the carrier never confirmed (its dialler died placing it) is not renewed: its
-        // lease lapses and it closes as `no_cdr`.
-        let state = match (&carrier_id, s.carriers.for_org(&s.db, &org).await) {
-            (Some(cid), Ok((carrier, _))) => carrier.call_state(cid).await.unwrap_or(CallState::Unknown),
-            _ => CallState::Unknown,
-        };
-        if state == CallState::Live {
-            sqlx::query("UPDATE call_leases SET expires_at = $1 WHERE call_id = $2").bind(now + ttl).bind(&call).execute(&s.db).await?;
-        } else if expires.is_none_or(|e| e <= now) {
-            let end = CallEnd { outcome: "failed", reason: Some("no_cdr".into()), answered_at: None, ended_at: now };
-            attempts::record_end(&s.db, &call, &end, now).await?;
+/// What the carrier said about a live call whose lease is running out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Asked {
+    Live,
+    /// Ended, or unknown to the carrier (never placed there, or forgotten).
+    Gone,
+    /// The carrier could not be asked (its API failed, the organization's carrier could not be
+    /// built): the call may be ringing or talking.
+    Unreachable,
+    /// The call never got a carrier id (its dialler died placing it): nothing to ask.
+    NotPlaced,
+}
+
+/// What happens to a live call's lease.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LeaseStep {
+    /// Renew until then; `unknown_since` starts, continues or (None) ends an outage streak.
+    Renew { until: i64, unknown_since: Option<i64> },
+    /// Close the call as failed with this reason (once: `attempts::record_end`).
+    Close(&'static str),
+    /// Let the lease run: the call-end record may still come.
+    Wait,
+}
+
+/// The lease rule, decided once per sweep of a call: renew while the carrier says it lives or
+/// cannot be asked (an outage, counted from its first failed question, up to `grace`); close
+/// when the carrier says it ended (or does not know it) and the lease has run out with no
+/// call-end record (`no_cdr`), or when the outage outlasts the grace (`carrier_unreachable`).
+fn lease_step(asked: Asked, now: i64, expires: Option<i64>, unknown_since: Option<i64>, ttl: i64, grace: i64) -> LeaseStep {
+    match asked {
+        Asked::Live => LeaseStep::Renew { until: now + ttl, unknown_since: None },
+        Asked::Unreachable => {
+            let since = unknown_since.unwrap_or(now).min(now);
+            let deadline = since + grace;
+            if now >= deadline {
+                LeaseStep::Close("carrier_unreachable")
+            } else {
+                LeaseStep::Renew { until: (now + ttl).min(deadline), unknown_since: Some(since) }
+            }
+        }
+        Asked::Gone | Asked::NotPlaced if expires.is_none_or(|e| e <= now) => LeaseStep::Close("no_cdr"),
+        Asked::Gone | Asked::NotPlaced => LeaseStep::Wait,
+    }
+}
+
+impl Shared {
+    /// Sweeps the live and ended calls of a campaign (or the direct calls, `None`): asks the
+    /// carrier about each live call whose lease runs out within half a TTL and renews, closes or
+    /// waits by [`lease_step`]; decides answered calls whose engine result is overdue by the
+    /// grace, or at once when their engine host stopped heartbeating. Campaign tasks run it every
+    /// few ticks and the node loop for direct calls; it is safe to run at any time, from any
+    /// process, as often as wanted.
+    pub async fn sweep(self: &Arc<Self>, campaign: Option<&str>) -> anyhow::Result<()> {
+        let s = self;
+        let now = s.now();
+        let ttl = Shared::ms(s.config.call_lease_ttl);
+        let scope = if campaign.is_some() { "c.campaign_id = $2" } else { "c.campaign_id IS NULL AND $2 = ''" };
+        let sql = format!(
+            "SELECT c.id, c.org_id, c.carrier_call_id, l.expires_at, l.unknown_since FROM calls c LEFT JOIN call_leases l ON l.call_id = c.id \
+             WHERE c.status = 'live' AND {scope} AND (l.expires_at IS NULL OR l.expires_at < $1)"
+        );
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(now + ttl / 2).bind(campaign.unwrap_or_default()).fetch_all(&s.db).await?;
+        for row in rows {
+            let (call, org): (String, String) = (row.try_get(0)?, row.try_get(1)?);
+            let carrier_id: Option<String> = row.try_get(2)?;
+            let expires: Option<i64> = row.try_get(3)?;
+            let unknown_since: Option<i64> = row.try_get(4)?;
+            let asked = match (&carrier_id, s.carriers.for_org(&s.db, &org).await) {
+                (None, _) => Asked::NotPlaced,
+                (Some(cid), Ok((carrier, _))) => match carrier.call_state(cid).await {
+                    Ok(CallState::Live) => Asked::Live,
+                    Ok(CallState::Ended | CallState::Unknown) => Asked::Gone,
+                    Err(e) => {
+                        if unknown_since.is_none() {
+                            eprintln!("cxb dialler: call {call}: the carrier cannot say whether it lives ({e}); keeping it");
+                        }
+                        Asked::Unreachable
+                    }
+                },
+                (Some(_), Err(e)) => {
+                    if unknown_since.is_none() {
+                        eprintln!("cxb dialler: call {call}: no carrier to ask ({e}); keeping it");
+                    }
+                    Asked::Unreachable
+                }
+            };
+            let now = s.now();
+            match lease_step(asked, now, expires, unknown_since, ttl, Shared::ms(s.config.carrier_outage_grace)) {
+                LeaseStep::Renew { until, unknown_since } => {
+                    sqlx::query("UPDATE call_leases SET expires_at = $1, unknown_since = $2 WHERE call_id = $3")
+                        .bind(until)
+                        .bind(unknown_since)
+                        .bind(&call)
+                        .execute(&s.db)
+                        .await?;
+                }
+                LeaseStep::Close(reason) => {
+                    let end = CallEnd { outcome: "failed", reason: Some(reason.into()), answered_at: None, ended_at: now };
+                    attempts::record_end(&s.db, &call, &end, now).await?;
+                }
+                LeaseStep::Wait => {}
+            }
+        }
+        // Answered calls whose engine host stopped heartbeating: no result can come.
+        let lost_sql = format!(
+            "SELECT c.id FROM calls c JOIN hosts h ON h.id = c.engine_host \
+             WHERE c.status = 'ended' AND {scope} AND c.result_at IS NULL AND h.last_seen < $1"
+        );
+        let lost: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(lost_sql))
+            .bind(now - Shared::ms(s.config.host_ttl))
+            .bind(campaign.unwrap_or_default())
+            .fetch_all(&s.db)
+            .await?;
+        for call in lost {
+            attempts::give_up_result(&s.db, &call, NoResult::HostLost, now).await?;
+        }
+        let overdue_sql = format!("SELECT c.id FROM calls c WHERE c.status = 'ended' AND {scope} AND c.cdr_at < $1");
+        let overdue: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(overdue_sql))
+            .bind(now - Shared::ms(s.config.result_grace))
+            .bind(campaign.unwrap_or_default())
+            .fetch_all(&s.db)
+            .await?;
+        for call in overdue {
+            attempts::give_up_result(&s.db, &call, NoResult::Overdue, now).await?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TTL: i64 = 60_000;
+    const GRACE: i64 = 600_000;
+
+    #[test]
+    fn a_live_call_is_renewed_and_an_outage_ends_its_streak() {
+        assert_eq!(lease_step(Asked::Live, 1_000, Some(900), Some(500), TTL, GRACE), LeaseStep::Renew { until: 61_000, unknown_since: None });
+    }
+
+    #[test]
+    fn an_outage_keeps_the_lease_up_to_the_grace_from_its_first_failed_question() {
+        assert_eq!(lease_step(Asked::Unreachable, 1_000, Some(900), None, TTL, GRACE), LeaseStep::Renew { until: 61_000, unknown_since: Some(1_000) });
+        // Even a lease that already ran out (the sweep came late): the call may live.
+        assert_eq!(lease_step(Asked::Unreachable, 100_000, Some(90_000), Some(1_000), TTL, GRACE), LeaseStep::Renew { until: 160_000, unknown_since: Some(1_000) });
+        // Never renewed past the grace, and closed once it is over.
+        assert_eq!(lease_step(Asked::Unreachable, 580_000, Some(590_000), Some(1_000), TTL, GRACE), LeaseStep::Renew { until: 601_000, unknown_since: Some(1_000) });
+        assert_eq!(lease_step(Asked::Unreachable, 601_000, Some(601_000), Some(1_000), TTL, GRACE), LeaseStep::Close("carrier_unreachable"));
+    }
+
+    #[test]
+    fn an_ended_or_unplaced_call_waits_for_its_record_until_the_lease_runs_out() {
+        for asked in [Asked::Gone, Asked::NotPlaced] {
+            assert_eq!(lease_step(asked, 1_000, Some(20_000), None, TTL, GRACE), LeaseStep::Wait);
+            assert_eq!(lease_step(asked, 20_000, Some(20_000), Some(5), TTL, GRACE), LeaseStep::Close("no_cdr"));
+            assert_eq!(lease_step(asked, 20_000, None, None, TTL, GRACE), LeaseStep::Close("no_cdr"));
         }
     }
-    let overdue_sql = format!("SELECT c.id FROM calls c WHERE c.status = 'ended' AND {scope} AND c.cdr_at < $1");
-    let overdue: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(overdue_sql))
-        .bind(now - Shared::ms(s.config.result_grace))
-        .bind(campaign.unwrap_or_default())
-        .fetch_all(&s.db)
-        .await?;
-    for call in overdue {
-        attempts::give_up_result(&s.db, &call, now).await?;
-    }
-    Ok(())
 }

@@ -9,6 +9,7 @@ use cxb_control_plane::AppState;
 use cxb_control_plane::attempts::{self, CallEnd, NewCall};
 use cxb_control_plane::db::new_id;
 use cxb_control_plane::error::{ApiError, ApiResult};
+use cxb_control_plane::fleet;
 use cxb_control_plane::telephony::{CarrierWebhook, DirectCall, Reply, Telephony};
 use serde_json::{Value, json};
 use sqlx::Row;
@@ -64,7 +65,7 @@ async fn place_direct(s: &Arc<Shared>, state: &AppState, org: &str, call: Direct
         metadata: call.metadata.into_iter().collect(),
         ..Target::default()
     };
-    let destination = s.engine_stream(&call.bot_id, &target).await.map_err(|e| match e {
+    let (destination, slot) = s.engine_stream(&call.bot_id, &target).await.map_err(|e| match e {
         RouteError::NoCapacity => ApiError { retry_after: Some(1), ..ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "no_capacity", "no engine host has a free slot") },
         other => ApiError::internal(other),
     })?;
@@ -74,6 +75,7 @@ async fn place_direct(s: &Arc<Shared>, state: &AppState, org: &str, call: Direct
         bot_id: Some(call.bot_id.clone()),
         expects_result: true,
         notes: json!({ "type": "direct", "bot_id": call.bot_id }),
+        slot: Some(slot.clone()),
     };
     let token = new_id("tok", now);
     let record = NewCall {
@@ -91,10 +93,19 @@ async fn place_direct(s: &Arc<Shared>, state: &AppState, org: &str, call: Direct
         expects_result: true,
         routing: routed.notes.clone(),
         lease_until: now + s.config.call_lease_ttl.as_millis() as i64,
+        slot: Some(slot.clone()),
     };
-    let mut tx = s.db.begin().await?;
-    attempts::insert_call(&mut tx, &record, now).await?;
-    tx.commit().await?;
+    let recorded = async {
+        let mut tx = s.db.begin().await?;
+        attempts::insert_call(&mut tx, &record, now).await?;
+        tx.commit().await?;
+        ApiResult::Ok(())
+    };
+    if let Err(e) = recorded.await {
+        // No call will come for the slot.
+        let _ = fleet::release(&s.db, &slot, now).await;
+        return Err(e);
+    }
     let request = s.request(&target, &routed, settings.webhook_url.as_deref(), &token);
     match carrier.create_call(&request).await {
         Ok(placed) => attempts::set_carrier_call_id(&s.db, &target.session, &placed.carrier_call_id).await?,

@@ -280,13 +280,15 @@ async fn an_engine_result_after_the_grace_is_merged_once_without_changing_the_de
     assert_eq!(placed.status, 201, "{}", placed.body);
     let id = placed.body["id"].as_str().unwrap().to_string();
 
-    // Answered, and no engine result within the grace: the carrier's outcome is the decision.
+    // Answered, and no engine result within the grace: as far as anyone can tell the call never
+    // reached the bot, so it is decided as failed.
     wait_for("the decision without a result", Duration::from_secs(10), async || {
-        api.get(&format!("/v1/calls/{id}"), token).await.body["outcome"] == "completed"
+        api.get(&format!("/v1/calls/{id}"), token).await.body["outcome"] == "failed"
     })
     .await;
     let decided = api.get(&format!("/v1/calls/{id}"), token).await.body;
     assert_eq!(decided["transcript"], Value::Null, "{decided}");
+    assert_eq!(decided["end_reason"], "no_engine_result", "{decided}");
 
     // The result comes late (an engine's outbox that was cut off from the API): merged once.
     let fleet = api.fleet_token().await;
