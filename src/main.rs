@@ -70,6 +70,8 @@ enum Command {
         data: DataArgs,
         #[command(flatten)]
         sim: SimulatorArgs,
+        #[command(flatten)]
+        egress: EgressArgs,
     },
     /// Campaign execution: leases active campaigns (several processes split them), paces,
     /// routes and retries their calls.
@@ -93,6 +95,8 @@ enum Command {
         data: DataArgs,
         #[command(flatten)]
         sim: SimulatorArgs,
+        #[command(flatten)]
+        egress: EgressArgs,
     },
     /// Administration that needs no account: first organizations, fleet tokens.
     Admin {
@@ -118,6 +122,21 @@ impl DataArgs {
             return url.clone();
         }
         format!("sqlite://{}", data_dir(self.data_dir.as_ref()).join("cxb.db").display())
+    }
+}
+
+/// Which private ranges requests made for tenants may reach.
+#[derive(Args, Clone)]
+struct EgressArgs {
+    /// Let requests made for tenants (webhooks, carrier APIs) reach this private or special
+    /// range, e.g. 10.0.0.0/8 (repeatable; only public addresses otherwise).
+    #[arg(long = "allow-private-egress", value_name = "CIDR")]
+    allow_private_egress: Vec<ipnet::IpNet>,
+}
+
+impl EgressArgs {
+    fn policy(&self) -> EgressPolicy {
+        EgressPolicy::allowing(self.allow_private_egress.clone())
     }
 }
 
@@ -158,8 +177,11 @@ impl SimulatorArgs {
 }
 
 /// The dialler's shared state over `db`: carriers (the simulator included) and its settings.
-fn telephony(db: sqlx::AnyPool, public_url: String, sim: &SimulatorArgs, id: Option<String>, leases: Option<(Duration, Duration)>) -> anyhow::Result<Arc<Shared>> {
+fn telephony(db: sqlx::AnyPool, public_url: String, sim: &SimulatorArgs, egress: EgressPolicy, id: Option<String>, leases: Option<(Duration, Duration)>) -> anyhow::Result<Arc<Shared>> {
     let http = cxb_control_plane::http_client(Duration::from_secs(10))?;
+    // Requests for tenants (their carriers' APIs) go through the guard; the simulator's
+    // call-end records go to this platform's own API.
+    let egress = cxb_control_plane::egress::Egress::new(egress, Duration::from_secs(10))?;
     let simulator: Arc<dyn Carrier> = Simulator::start(sim.config()?, http.clone());
     let mut config = DiallerConfig::new(public_url);
     config.id = id.unwrap_or_default();
@@ -167,7 +189,7 @@ fn telephony(db: sqlx::AnyPool, public_url: String, sim: &SimulatorArgs, id: Opt
         config.campaign_lease_ttl = campaign;
         config.call_lease_ttl = call;
     }
-    Ok(Shared::new(db, Carriers::new(Some(simulator), http), config))
+    Ok(Shared::new(db, Carriers::new(Some(simulator), egress.clone()), config))
 }
 
 /// The data directory: the flag, else $CXB_DATA_DIR, $XDG_DATA_HOME/cxb, ~/.local/share/cxb.
@@ -460,10 +482,10 @@ fn main() -> anyhow::Result<()> {
             stop_engine(engine, outbox, drain);
             Ok(())
         }
-        Command::Api { listen, public_url, data, sim } => tokio_runtime()?.block_on(async {
+        Command::Api { listen, public_url, data, sim, egress } => tokio_runtime()?.block_on(async {
             let api = ApiServer::start(ApiConfig::new(listen, data.database())).await?;
             let public_url = public_url.unwrap_or_else(|| format!("http://{}", api.local_addr()));
-            let shared = telephony(api.state().db.clone(), public_url, &sim, None, None)?;
+            let shared = telephony(api.state().db.clone(), public_url, &sim, egress.policy(), None, None)?;
             api.attach_telephony(Arc::new(DiallerTelephony(shared)));
             println!("CX Bridge API on http://{}  (OpenAPI: /v1/openapi.json)", api.local_addr());
             let _ = std::io::stdout().flush();
@@ -471,11 +493,11 @@ fn main() -> anyhow::Result<()> {
             api.shutdown().await;
             Ok(())
         }),
-        Command::Dialler { public_url, id, lease_seconds, call_lease_seconds, data, sim } => tokio_runtime()?.block_on(async {
+        Command::Dialler { public_url, id, lease_seconds, call_lease_seconds, data, sim, egress } => tokio_runtime()?.block_on(async {
             let db = cxb_control_plane::db::connect(&data.database()).await?;
             let lease = Duration::try_from_secs_f64(lease_seconds).context("--lease-seconds")?;
             let call_lease = Duration::try_from_secs_f64(call_lease_seconds).context("--call-lease-seconds")?;
-            let dialler = Dialler::start(telephony(db, public_url, &sim, id, Some((lease, call_lease)))?);
+            let dialler = Dialler::start(telephony(db, public_url, &sim, egress.policy(), id, Some((lease, call_lease)))?);
             println!("CX Bridge dialler {} running", dialler.id());
             let _ = std::io::stdout().flush();
             stop_signal().await?;
@@ -549,7 +571,7 @@ fn up(listen: SocketAddr, api_listen: SocketAddr, data: &DataArgs, results: &Res
         admin::revoke_fleet_tokens(db, UP_TOKEN).await?;
         let token = admin::create_fleet_token(db, UP_TOKEN, now).await?;
         let api_url = format!("http://{}", api.local_addr());
-        let shared = telephony(api.state().db.clone(), api_url.clone(), sim, None, None)?;
+        let shared = telephony(api.state().db.clone(), api_url.clone(), sim, EgressPolicy::with_loopback(), None, None)?;
         api.attach_telephony(Arc::new(DiallerTelephony(shared.clone())));
         let dialler = Dialler::start(shared);
         let mut config = EngineConfig::new(listen);

@@ -128,7 +128,7 @@ async fn a_campaign_of_200_contacts_keeps_cac_and_cps_and_every_contact_ends_or_
     let mut config = DiallerConfig::new(client.base.clone());
     config.tick = Duration::from_millis(50);
     config.ring_timeout = Duration::from_secs(30);
-    let shared = Shared::new(api.state().db.clone(), Carriers::new(Some(simulator.clone()), http), config);
+    let shared = Shared::new(api.state().db.clone(), Carriers::new(Some(simulator.clone()), egress()), config);
     api.attach_telephony(Arc::new(DiallerTelephony(shared.clone())));
     let dialler = Dialler::start(shared);
 
@@ -248,7 +248,7 @@ async fn two_diallers_split_the_campaigns_and_one_takes_over_when_the_other_dies
     // The API takes the simulator's call-end records.
     let http = cxb_control_plane::http_client(Duration::from_secs(10)).unwrap();
     let parser = Simulator::start(SimulatorConfig::default(), http.clone());
-    let shared = Shared::new(api.state().db.clone(), Carriers::new(Some(parser), http), DiallerConfig::new(client.base.clone()));
+    let shared = Shared::new(api.state().db.clone(), Carriers::new(Some(parser), egress()), DiallerConfig::new(client.base.clone()));
     api.attach_telephony(Arc::new(DiallerTelephony(shared)));
     let db = api.state().db.clone();
     let database = format!("sqlite://{}/cxb.db", dir.path().display());
@@ -328,4 +328,9 @@ async fn two_diallers_split_the_campaigns_and_one_takes_over_when_the_other_dies
         assert!(per_contact.values().all(|&n| n <= 2), "{per_contact:?}");
     }
     api.shutdown().await;
+}
+
+/// The tenant-request guard as these tests need it: the carrier doubles listen on loopback.
+fn egress() -> cxb_control_plane::egress::Egress {
+    cxb_control_plane::egress::Egress::new(cxb_contract::egress::EgressPolicy::with_loopback(), std::time::Duration::from_secs(10)).unwrap()
 }

@@ -3,7 +3,8 @@
 //! endpoints. Passwords are argon2id; tokens are stored as SHA-256 hashes.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
 
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use rand_core::OsRng;
@@ -13,6 +14,7 @@ use axum::http::request::Parts;
 use axum::http::header;
 use serde::{Deserialize, Serialize};
 use sqlx::Row;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use utoipa::ToSchema;
 
 use crate::db::token_hash;
@@ -180,54 +182,161 @@ pub fn check_password(password: &str) -> ApiResult<()> {
     Ok(())
 }
 
-/// Failed sign-ins per account and per client address in a sliding window; past the limit,
-/// sign-in answers 429 until the oldest failure leaves the window.
+/// How long an address that signed in to an account stays trusted by that account.
+const TRUSTED_MS: i64 = 30 * 24 * 3600 * 1000;
+/// Past this many keys, expired ones are swept before a new one is added.
+const SWEEP_AT: usize = 100_000;
+
+/// The sign-in limiter: failures counted in a sliding window per (account, address), per
+/// address and per account, and a bound on password verifications running at once.
+///
+/// An attempt counts as a failure from the moment it starts ([`LoginLimiter::begin`]) until
+/// its password checks out, so concurrent guesses cannot all pass the check before the first
+/// failure is recorded. Locking is by (account, address): an attacker's failures lock the
+/// account for the attacker's address only, never for its user elsewhere. The per-account
+/// ceiling, above what any one address may fail in a window, stops many addresses from
+/// guessing together; reaching it locks out only addresses that have never signed in to the
+/// account, so even a botnet cannot lock its user out of a trusted address, and the ceiling
+/// expires with the window like the other limits. (Letting every address that has not failed
+/// try past the ceiling would give a botnet a fresh set of guesses per address; holding
+/// trusted addresses to it would let any three addresses lock a user out for as long as they
+/// keep at it.) Counts and trust live in this process's memory: a restart forgets them.
 #[derive(Debug)]
 pub struct LoginLimiter {
-    failures: Mutex<HashMap<String, Vec<i64>>>,
+    failures: Mutex<Failures>,
     window_ms: i64,
-    per_account: usize,
+    per_pair: usize,
     per_address: usize,
+    per_account: usize,
+    verifications: Arc<Semaphore>,
+    verify_wait: std::time::Duration,
+}
+
+#[derive(Debug, Default)]
+struct Failures {
+    /// Start times of failed (or still running) attempts by key.
+    times: HashMap<String, Vec<i64>>,
+    /// (account, address) → last successful sign-in.
+    trusted: HashMap<(String, String), i64>,
+}
+
+/// A sign-in under way: counted as a failure until [`LoginLimiter::succeeded`] or
+/// [`LoginLimiter::cancel`] says otherwise.
+#[derive(Debug)]
+#[must_use]
+pub struct Attempt {
+    account: String,
+    address: String,
+    at: i64,
+}
+
+/// The address as the limits see it: IPv4 as is, IPv6 by its /64 (what one subscriber gets).
+fn address_key(ip: IpAddr) -> String {
+    match ip {
+        IpAddr::V4(v4) => v4.to_string(),
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => v4.to_string(),
+            None => {
+                let s = v6.segments();
+                format!("{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
+            }
+        },
+    }
 }
 
 impl LoginLimiter {
-    pub fn new(window_ms: i64, per_account: usize, per_address: usize) -> LoginLimiter {
-        LoginLimiter { failures: Mutex::new(HashMap::new()), window_ms, per_account, per_address }
+    pub fn new(config: &crate::ApiConfig) -> LoginLimiter {
+        LoginLimiter {
+            failures: Mutex::new(Failures::default()),
+            window_ms: config.login_window.as_millis() as i64,
+            per_pair: config.login_failures_per_account_address,
+            per_address: config.login_failures_per_address,
+            per_account: config.login_failures_per_account,
+            verifications: Arc::new(Semaphore::new(config.login_verifications)),
+            verify_wait: config.login_verify_wait,
+        }
     }
 
-    fn keys(email: &str, address: &str) -> [String; 2] {
-        [format!("account:{}", email.to_lowercase()), format!("address:{address}")]
+    fn keys(account: &str, address: &str) -> [String; 3] {
+        [format!("pair:{account} {address}"), format!("address:{address}"), format!("account:{account}")]
     }
 
-    /// `Err(seconds to wait)` when either key is over its limit.
-    pub fn check(&self, email: &str, address: &str, now: i64) -> Result<(), u64> {
-        let mut map = self.failures.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    /// Starts a sign-in to `email` from `ip` at `now`, counting it as a failure already;
+    /// `Err(seconds to wait)` when a limit is reached (nothing is counted then).
+    pub fn begin(&self, email: &str, ip: IpAddr, now: i64) -> Result<Attempt, u64> {
+        let account = email.trim().to_lowercase();
+        let address = address_key(ip);
+        let mut f = self.failures.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if f.times.len() > SWEEP_AT {
+            let cutoff = now - self.window_ms;
+            f.times.retain(|_, times| times.iter().any(|&t| t > cutoff));
+        }
+        if f.trusted.len() > SWEEP_AT {
+            f.trusted.retain(|_, &mut at| at > now - TRUSTED_MS);
+        }
+        let trusted = f.trusted.get(&(account.clone(), address.clone())).is_some_and(|&at| at > now - TRUSTED_MS);
+        let keys = Self::keys(&account, &address);
+        // A trusted address is not held to the account-wide ceiling.
+        let limits = [self.per_pair, self.per_address, if trusted { usize::MAX } else { self.per_account }];
         let mut wait = 0i64;
-        for (key, limit) in Self::keys(email, address).iter().zip([self.per_account, self.per_address]) {
-            if let Some(times) = map.get_mut(key) {
+        for (key, limit) in keys.iter().zip(limits) {
+            if let Some(times) = f.times.get_mut(key) {
                 times.retain(|&t| t > now - self.window_ms);
                 if times.len() >= limit {
                     wait = wait.max(times[times.len() - limit] + self.window_ms - now);
                 }
             }
         }
-        if wait > 0 { Err((wait as u64).div_ceil(1000)) } else { Ok(()) }
+        if wait > 0 {
+            return Err((wait as u64).div_ceil(1000).max(1));
+        }
+        for key in keys {
+            f.times.entry(key).or_default().push(now);
+        }
+        Ok(Attempt { account, address, at: now })
     }
 
-    pub fn failed(&self, email: &str, address: &str, now: i64) {
-        let mut map = self.failures.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if map.len() > 100_000 {
-            let cutoff = now - self.window_ms;
-            map.retain(|_, times| times.iter().any(|&t| t > cutoff));
-        }
-        for key in Self::keys(email, address) {
-            map.entry(key).or_default().push(now);
+    /// Waits (at most the configured wait) for room to verify a password; holding the permit
+    /// is running a verification.
+    pub async fn verification(&self) -> Option<OwnedSemaphorePermit> {
+        tokio::time::timeout(self.verify_wait, self.verifications.clone().acquire_owned()).await.ok()?.ok()
+    }
+
+    /// The bound on verifications at once, for operators' gauges and for tests that hold it.
+    pub fn verifications(&self) -> &Arc<Semaphore> {
+        &self.verifications
+    }
+
+    /// Takes back the failure `attempt` counted in advance.
+    fn uncount(f: &mut Failures, attempt: &Attempt) {
+        for key in Self::keys(&attempt.account, &attempt.address) {
+            if let Some(times) = f.times.get_mut(&key)
+                && let Some(i) = times.iter().position(|&t| t == attempt.at)
+            {
+                times.swap_remove(i);
+            }
         }
     }
 
-    pub fn succeeded(&self, email: &str) {
-        let mut map = self.failures.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        map.remove(&format!("account:{}", email.to_lowercase()));
+    /// The attempt was never checked (no verification slot): it is not a failure.
+    pub fn cancel(&self, attempt: Attempt) {
+        let mut f = self.failures.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        Self::uncount(&mut f, &attempt);
+    }
+
+    /// The password checked out: the attempt is not a failure, this address's earlier
+    /// failures on the account are forgiven, and the address is trusted by the account.
+    /// Failures elsewhere stand: they were someone else's.
+    pub fn succeeded(&self, attempt: Attempt, now: i64) {
+        let mut f = self.failures.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        Self::uncount(&mut f, &attempt);
+        f.times.remove(&Self::keys(&attempt.account, &attempt.address)[0]);
+        f.trusted.insert((attempt.account, attempt.address), now);
+    }
+
+    /// The attempt failed: it stays counted.
+    pub fn failed(&self, attempt: Attempt) {
+        drop(attempt);
     }
 }
 
@@ -235,26 +344,64 @@ impl LoginLimiter {
 mod tests {
     use super::*;
 
+    fn limiter(pair: usize, address: usize, account: usize) -> LoginLimiter {
+        let mut config = crate::ApiConfig::new("127.0.0.1:0".parse().unwrap_or_else(|_| unreachable!()), "sqlite::memory:");
+        config.login_window = std::time::Duration::from_secs(60);
+        (config.login_failures_per_account_address, config.login_failures_per_address, config.login_failures_per_account) = (pair, address, account);
+        LoginLimiter::new(&config)
+    }
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap_or_else(|_| unreachable!("{s} is an address"))
+    }
+
     #[test]
-    fn limiter_locks_an_account_then_lets_it_go() {
-        let l = LoginLimiter::new(60_000, 3, 10);
+    fn limiter_locks_an_account_from_one_address_then_lets_it_go() {
+        let l = limiter(3, 10, 50);
         for t in 0..3 {
-            assert_eq!(l.check("a@x", "1.1.1.1", t), Ok(()));
-            l.failed("A@x", "1.1.1.1", t);
+            let a = l.begin("A@x", ip("1.1.1.1"), t);
+            l.failed(a.unwrap_or_else(|w| panic!("refused, {w} s")));
         }
-        assert_eq!(l.check("a@x", "2.2.2.2", 10), Err(60));
-        assert_eq!(l.check("b@x", "1.1.1.1", 10), Ok(()));
-        assert_eq!(l.check("a@x", "1.1.1.1", 60_001), Ok(()));
+        assert_eq!(l.begin("a@x", ip("1.1.1.1"), 10).err(), Some(60));
+        assert!(l.begin("a@x", ip("2.2.2.2"), 10).is_ok(), "another address is not locked out");
+        assert!(l.begin("b@x", ip("1.1.1.1"), 10).is_ok());
+        assert!(l.begin("a@x", ip("1.1.1.1"), 60_001).is_ok());
+    }
+
+    #[test]
+    fn attempts_count_before_they_finish() {
+        let l = limiter(3, 10, 50);
+        let running: Vec<_> = (0..3).map(|t| l.begin("a@x", ip("1.1.1.1"), t)).collect();
+        assert!(running.iter().all(Result::is_ok));
+        assert!(l.begin("a@x", ip("1.1.1.1"), 5).is_err(), "a fourth guess while three run");
+        let mut running = running.into_iter().flatten();
+        l.cancel(running.next().unwrap_or_else(|| unreachable!()));
+        let fourth = l.begin("a@x", ip("1.1.1.1"), 6);
+        assert!(fourth.is_ok(), "a cancelled attempt is not a failure");
+        for a in running.chain(fourth) {
+            l.succeeded(a, 7);
+        }
+        assert!(l.begin("a@x", ip("1.1.1.1"), 8).is_ok(), "success forgives the address");
     }
 
     #[test]
     fn limiter_locks_an_address_across_accounts() {
-        let l = LoginLimiter::new(60_000, 3, 4);
+        let l = limiter(3, 4, 50);
         for (t, who) in ["a", "b", "c", "d"].iter().enumerate() {
-            l.failed(who, "9.9.9.9", t as i64);
+            l.failed(l.begin(who, ip("9.9.9.9"), t as i64).unwrap_or_else(|w| panic!("{w}")));
         }
-        assert!(l.check("e", "9.9.9.9", 5).is_err());
-        assert_eq!(l.check("e", "8.8.8.8", 5), Ok(()));
+        assert!(l.begin("e", ip("9.9.9.9"), 5).is_err());
+        assert!(l.begin("e", ip("8.8.8.8"), 5).is_ok());
+    }
+
+    #[test]
+    fn ipv6_addresses_count_by_their_64() {
+        let l = limiter(2, 10, 50);
+        l.failed(l.begin("a", ip("2001:db8:1:2::1"), 0).unwrap_or_else(|w| panic!("{w}")));
+        l.failed(l.begin("a", ip("2001:db8:1:2::ffff"), 1).unwrap_or_else(|w| panic!("{w}")));
+        assert!(l.begin("a", ip("2001:db8:1:2:aaaa::9"), 2).is_err());
+        assert!(l.begin("a", ip("2001:db8:1:3::1"), 2).is_ok());
+        assert_eq!(address_key(ip("::ffff:10.1.2.3")), "10.1.2.3");
     }
 
     #[test]

@@ -130,15 +130,132 @@ pub struct CallResult {
     pub metrics: serde_json::Map<String, Value>,
 }
 
+/// Bounds on a call result, checked before anything reaches the database (a NUL in `from`
+/// made PostgreSQL fail with 500, which the engine's outbox retries forever). The body as a
+/// whole is at most 1 MiB, the API's body limit; a one-hour call's transcript is about 60 KB.
+mod bounds {
+    /// Identifiers (`org_id`, `bot_id`, `campaign_id`, `contact_id`, a transcript line's
+    /// `role`, a cost line's `item`, `unit` and `currency`, metrics' keys): bytes, no control
+    /// characters. `call_id` is stricter: 1 to 128 of `[A-Za-z0-9-_.:]`.
+    pub(super) const ID: usize = 128;
+    /// Numbers and addresses (`from`, `to`: E.164, SIP URIs, `client:` names; empty when
+    /// withheld): bytes, no control characters.
+    pub(super) const NUMBER: usize = 256;
+    /// Times (`started_at`, `answered_at`, `ended_at`), before they are parsed.
+    pub(super) const TIME: usize = 64;
+    /// `end_reason`: bytes, no control characters.
+    pub(super) const REASON: usize = 256;
+    /// `recording.location`, an object-store key or URL: bytes, no control characters.
+    pub(super) const LOCATION: usize = 2048;
+    /// Transcript lines.
+    pub(super) const TURNS: usize = 10_000;
+    /// One transcript line's `text`, and any string in `metrics`: bytes of free text (no NUL,
+    /// no control character but `\n`, `\r` and `\t`).
+    pub(super) const TEXT: usize = 64 * 1024;
+    /// Cost lines.
+    pub(super) const COSTS: usize = 100;
+    /// `metrics` as JSON, and how deep its values nest.
+    pub(super) const METRICS: usize = 256 * 1024;
+    pub(super) const DEPTH: usize = 16;
+}
+
+/// An identifier, number or reason: at most `max` bytes and no control characters at all.
+fn plain(field: &str, value: &str, max: usize) -> ApiResult<()> {
+    if value.len() > max {
+        return Err(ApiError::invalid(field, format!("at most {max} bytes")));
+    }
+    if value.chars().any(char::is_control) {
+        return Err(ApiError::invalid(field, "control characters are not allowed"));
+    }
+    Ok(())
+}
+
+/// Free text: at most `max` bytes, no NUL and no control characters but line breaks and tabs.
+fn text(field: &str, value: &str, max: usize) -> ApiResult<()> {
+    if value.len() > max {
+        return Err(ApiError::invalid(field, format!("at most {max} bytes")));
+    }
+    if value.chars().any(|c| c.is_control() && !matches!(c, '\n' | '\r' | '\t')) {
+        return Err(ApiError::invalid(field, "NUL and control characters other than newline, carriage return and tab are not allowed"));
+    }
+    Ok(())
+}
+
+/// Every string of a result within its bound ([`bounds`]); the error names the field, such as
+/// `transcript[3].text` or `metrics.tools[0].error`.
+fn check_result(r: &CallResult) -> ApiResult<()> {
+    if r.call_id.is_empty() || r.call_id.len() > bounds::ID || !r.call_id.chars().all(|c| c.is_ascii_alphanumeric() || "-_.:".contains(c)) {
+        return Err(ApiError::invalid("call_id", "1 to 128 letters, digits, '-', '_', '.' or ':'"));
+    }
+    for (field, value) in [("org_id", &r.org_id), ("bot_id", &r.bot_id), ("campaign_id", &r.campaign_id), ("contact_id", &r.contact_id)] {
+        if let Some(value) = value {
+            plain(field, value, bounds::ID)?;
+        }
+    }
+    plain("from", &r.from, bounds::NUMBER)?;
+    plain("to", &r.to, bounds::NUMBER)?;
+    plain("started_at", &r.started_at, bounds::TIME)?;
+    for (field, value) in [("answered_at", &r.answered_at), ("ended_at", &r.ended_at)] {
+        if let Some(value) = value {
+            plain(field, value, bounds::TIME)?;
+        }
+    }
+    plain("end_reason", &r.end_reason, bounds::REASON)?;
+    if r.transcript.len() > bounds::TURNS {
+        return Err(ApiError::invalid("transcript", format!("at most {} lines", bounds::TURNS)));
+    }
+    for (i, turn) in r.transcript.iter().enumerate() {
+        plain(&format!("transcript[{i}].role"), &turn.role, bounds::ID)?;
+        text(&format!("transcript[{i}].text"), &turn.text, bounds::TEXT)?;
+    }
+    if let Some(recording) = &r.recording {
+        plain("recording.location", &recording.location, bounds::LOCATION)?;
+    }
+    if r.costs.len() > bounds::COSTS {
+        return Err(ApiError::invalid("costs", format!("at most {} lines", bounds::COSTS)));
+    }
+    for (i, cost) in r.costs.iter().enumerate() {
+        plain(&format!("costs[{i}].item"), &cost.item, bounds::ID)?;
+        plain(&format!("costs[{i}].unit"), &cost.unit, bounds::ID)?;
+        plain(&format!("costs[{i}].currency"), &cost.currency, bounds::ID)?;
+    }
+    let size = serde_json::to_vec(&r.metrics).map_or(usize::MAX, |v| v.len());
+    if size > bounds::METRICS {
+        return Err(ApiError::invalid("metrics", format!("at most {} KiB as JSON", bounds::METRICS / 1024)));
+    }
+    for (key, value) in &r.metrics {
+        let path = format!("metrics.{key}");
+        plain(&path, key, bounds::ID)?;
+        check_metric(&path, value, 1)?;
+    }
+    Ok(())
+}
+
+fn check_metric(path: &str, value: &Value, depth: usize) -> ApiResult<()> {
+    if depth > bounds::DEPTH {
+        return Err(ApiError::invalid(path, format!("nested deeper than {} levels", bounds::DEPTH)));
+    }
+    match value {
+        Value::String(s) => text(path, s, bounds::TEXT),
+        Value::Array(items) => items.iter().enumerate().try_for_each(|(i, v)| check_metric(&format!("{path}[{i}]"), v, depth + 1)),
+        Value::Object(map) => map.iter().try_for_each(|(k, v)| {
+            let path = format!("{path}.{k}");
+            plain(&path, k, bounds::ID)?;
+            check_metric(&path, v, depth + 1)
+        }),
+        Value::Null | Value::Bool(_) | Value::Number(_) => Ok(()),
+    }
+}
+
 fn time(field: &str, t: &str) -> ApiResult<i64> {
     parse_time(t).ok_or_else(|| ApiError::invalid(field, "an RFC 3339 time"))
 }
 
-/// Stores a result once; the second delivery of the same call id answers 200 `duplicate`.
+/// Stores a result once; the second delivery of the same call id answers 200 `duplicate`. A
+/// result outside [`bounds`] answers 422 naming the field, which the engine's outbox treats as
+/// final (the entry goes to its `dead/` folder) instead of retrying it.
 pub(crate) async fn post_result(State(s): State<AppState>, _fleet: Fleet, Body(r): Body<CallResult>) -> ApiResult<(StatusCode, Json<Value>)> {
-    if r.call_id.is_empty() || r.call_id.len() > 128 || !r.call_id.chars().all(|c| c.is_ascii_alphanumeric() || "-_.:".contains(c)) {
-        return Err(ApiError::invalid("call_id", "1 to 128 letters, digits, '-', '_', '.' or ':'"));
-    }
+    check_result(&r)?;
     let org = match (&r.bot_id, &r.org_id) {
         (Some(bot), given) => {
             let org: Option<String> = sqlx::query_scalar("SELECT org_id FROM bots WHERE id = $1").bind(bot).fetch_optional(&s.db).await?;

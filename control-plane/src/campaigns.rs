@@ -196,6 +196,10 @@ pub(crate) async fn import(State(s): State<AppState>, caller: Caller, Path(campa
     let cc = open_campaign(&s, &caller.org_id, &campaign).await?;
     let cc = q.default_country_code.or(cc);
     let bytes = body_bytes(req, &s, "text/csv").await?;
+    // A NUL would reach a text column, which PostgreSQL refuses (500): refuse the file instead.
+    if bytes.contains(&0) {
+        return Err(ApiError::invalid("file", "the file holds NUL bytes; is it a spreadsheet rather than CSV?"));
+    }
     let report = import_csv(&bytes, cc.as_deref()).map_err(|e| ApiError::invalid("file", e.to_string()))?;
     let (mut inserted, mut updated) = (0u64, 0u64);
     let now = s.now();

@@ -60,6 +60,12 @@ impl ApiError {
         ApiError { retry_after: Some(retry_after), ..ApiError::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", message) }
     }
 
+    /// 503 with `Retry-After`: the server is busy (too many requests in flight, too slow a
+    /// request, no room for one more password check); the same request may succeed later.
+    pub fn unavailable(code: &'static str, retry_after: u64, message: impl Into<String>) -> ApiError {
+        ApiError { retry_after: Some(retry_after), ..ApiError::new(StatusCode::SERVICE_UNAVAILABLE, code, message) }
+    }
+
     /// 500 with a fixed message; the cause goes to the log only.
     pub fn internal(cause: impl std::fmt::Display) -> ApiError {
         eprintln!("cxb api: internal error: {cause}");

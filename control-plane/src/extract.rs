@@ -1,6 +1,7 @@
 //! Request extractors whose rejections are the API's own JSON errors: JSON bodies (400 when
 //! not JSON, 413 when too large, 415 for another media type, 422 naming the field when the
-//! shape is wrong) and query strings; plus the cursor page every list answers with.
+//! shape is wrong or a string holds NUL) and query strings; plus the cursor page every list
+//! answers with.
 
 use axum::body::Bytes;
 use axum::extract::{FromRequest, FromRequestParts, Request};
@@ -21,10 +22,33 @@ impl<S: Send + Sync> FromRequest<S> for JsonObject {
     async fn from_request(req: Request, state: &S) -> ApiResult<JsonObject> {
         let bytes = body_bytes(req, state, "application/json").await?;
         match serde_json::from_slice::<Value>(&bytes) {
-            Ok(Value::Object(map)) => Ok(JsonObject(map)),
+            Ok(Value::Object(map)) => {
+                // JSON writes NUL only as `\u0000`: most bodies need no walk.
+                if bytes.windows(6).any(|w| w == b"\\u0000") {
+                    for (key, value) in &map {
+                        no_nul(key, key, value)?;
+                    }
+                }
+                Ok(JsonObject(map))
+            }
             Ok(_) => Err(ApiError::bad_request("the body must be a JSON object")),
             Err(e) => Err(ApiError::bad_request(format!("the body is not valid JSON: {e}"))),
         }
+    }
+}
+
+/// Refuses NUL in any key or string of a body (422 naming the field, such as `tools[1].name`):
+/// no field of this API takes one, and PostgreSQL cannot store one in a text column.
+fn no_nul(path: &str, key: &str, value: &Value) -> ApiResult<()> {
+    let bad = |s: &str| s.contains('\0');
+    if bad(key) {
+        return Err(ApiError::invalid(path, "NUL characters are not allowed in keys"));
+    }
+    match value {
+        Value::String(s) if bad(s) => Err(ApiError::invalid(path, "NUL characters are not allowed")),
+        Value::Array(items) => items.iter().enumerate().try_for_each(|(i, v)| no_nul(&format!("{path}[{i}]"), "", v)),
+        Value::Object(map) => map.iter().try_for_each(|(k, v)| no_nul(&format!("{path}.{k}"), k, v)),
+        _ => Ok(()),
     }
 }
 

@@ -15,6 +15,8 @@ mod campaigns;
 pub mod client;
 pub mod clock;
 pub mod db;
+pub mod egress;
+pub mod secrets;
 pub mod error;
 mod extract;
 pub mod fleet;
@@ -23,6 +25,7 @@ mod metrics;
 pub mod model;
 mod resources;
 mod routes;
+mod server;
 mod settings;
 pub mod telephony;
 mod users;
@@ -53,10 +56,37 @@ pub struct ApiConfig {
     pub reservation_ttl: Duration,
     /// How often due webhook deliveries are sent; `None` leaves it to [`ApiServer::deliver_webhooks`].
     pub webhook_interval: Option<Duration>,
-    /// Failed sign-ins allowed per account and per address within `login_window`.
+    /// Webhook deliveries in flight at once, in all (`webhook_concurrency`) and per
+    /// organization (`webhook_per_org`), so one slow receiver delays only its own organization.
+    pub webhook_concurrency: usize,
+    pub webhook_per_org: usize,
+    /// The sliding window of the sign-in limits below.
     pub login_window: Duration,
-    pub login_failures_per_account: usize,
+    /// Failed sign-ins to one account from one client address (an IPv6 /64) in the window;
+    /// past it that address may not try that account until its oldest failure leaves the window.
+    pub login_failures_per_account_address: usize,
+    /// Failed sign-ins from one address to any accounts in the window.
     pub login_failures_per_address: usize,
+    /// Failed sign-ins to one account from all addresses in the window. Past it the account
+    /// takes sign-ins only from addresses that signed in to it successfully before (within 30
+    /// days), so that many attackers can neither keep guessing nor lock its users out. Keep it
+    /// above `login_failures_per_address`: one address alone cannot reach it.
+    pub login_failures_per_account: usize,
+    /// Password verifications (argon2id: 19 MiB and tens of milliseconds of a core each) run at once.
+    pub login_verifications: usize,
+    /// How long a sign-in waits for a verification slot before it answers 503 `busy`.
+    pub login_verify_wait: Duration,
+    /// A connection that has not sent a whole request head this long after it opened (or
+    /// after its previous response: the keep-alive idle time) is closed.
+    pub header_read_timeout: Duration,
+    /// How long a request may take, from its head to its response (its body read included);
+    /// past it the answer is 503 `timeout`. No route streams; uploads have their own.
+    pub request_timeout: Duration,
+    /// The deadline of routes that take uploads (CSV contact imports, up to 32 MiB).
+    pub upload_timeout: Duration,
+    /// Requests handled at once (`/health` and `/metrics` aside); past it a request answers
+    /// 503 `overloaded` with `Retry-After` instead of waiting.
+    pub max_in_flight: usize,
     pub clock: Arc<dyn Clock>,
 }
 
@@ -69,9 +99,18 @@ impl ApiConfig {
             host_ttl: Duration::from_secs(10),
             reservation_ttl: Duration::from_secs(60),
             webhook_interval: Some(Duration::from_secs(1)),
+            webhook_concurrency: 64,
+            webhook_per_org: 4,
             login_window: Duration::from_secs(15 * 60),
-            login_failures_per_account: 5,
+            login_failures_per_account_address: 5,
             login_failures_per_address: 20,
+            login_failures_per_account: 50,
+            login_verifications: std::thread::available_parallelism().map_or(2, std::num::NonZero::get),
+            login_verify_wait: Duration::from_secs(2),
+            header_read_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(30),
+            upload_timeout: Duration::from_secs(120),
+            max_in_flight: 1024,
             clock: Arc::new(SystemClock),
         }
     }
@@ -87,6 +126,8 @@ pub struct Inner {
     pub config: ApiConfig,
     pub logins: LoginLimiter,
     pub http: reqwest::Client,
+    /// Room for webhook deliveries in flight, overall and per organization.
+    pub(crate) webhook_slots: webhooks::Slots,
     /// The dialler's side of `POST /v1/calls` and the carriers' webhooks, attached after start
     /// ([`ApiServer::attach_telephony`]); unset, those routes answer 503.
     pub telephony: std::sync::OnceLock<Arc<dyn telephony::Telephony>>,
@@ -122,6 +163,8 @@ pub fn http_client(timeout: Duration) -> anyhow::Result<reqwest::Client> {
         .timeout(timeout)
         .connect_timeout(timeout)
         .user_agent(concat!("cxb/", env!("CARGO_PKG_VERSION")))
+        // A redirect could take a request (and its headers) somewhere nobody checked.
+        .redirect(reqwest::redirect::Policy::none())
         .build()
         .context("building the HTTP client")
 }
@@ -134,33 +177,25 @@ impl ApiServer {
         let addr = listener.local_addr()?;
         let state = AppState(Arc::new(Inner {
             db,
-            logins: LoginLimiter::new(
-                config.login_window.as_millis() as i64,
-                config.login_failures_per_account,
-                config.login_failures_per_address,
-            ),
+            logins: LoginLimiter::new(&config),
             http: http_client(Duration::from_secs(10))?,
+            webhook_slots: webhooks::Slots::new(config.webhook_concurrency, config.webhook_per_org),
             telephony: std::sync::OnceLock::new(),
             config,
         }));
-        let app = routes::build().router.with_state(state.clone());
+        let app = server::app(state.clone());
         let (stop, stopped) = oneshot::channel::<()>();
-        let mut tasks = vec![tokio::spawn(async move {
-            let service = app.into_make_service_with_connect_info::<SocketAddr>();
-            let served = axum::serve(listener, service).with_graceful_shutdown(async {
-                let _ = stopped.await;
-            });
-            if let Err(e) = served.await {
-                eprintln!("cxb api: server stopped: {e}");
-            }
-        })];
+        // Requests in flight at a stop end by their deadline; a second more lets them answer.
+        let drain = state.config.request_timeout.max(state.config.upload_timeout) + Duration::from_secs(1);
+        let mut tasks = vec![tokio::spawn(server::serve(listener, app, state.config.header_read_timeout, drain, stopped))];
         if let Some(every) = state.config.webhook_interval {
             let s = state.clone();
             tasks.push(tokio::spawn(async move {
                 let mut tick = tokio::time::interval(every);
                 loop {
                     tick.tick().await;
-                    webhooks::deliver_due(&s).await;
+                    // Started, not awaited: a slow receiver holds only its own slots.
+                    webhooks::start_due(&s).await;
                 }
             }));
         }
@@ -180,7 +215,8 @@ impl ApiServer {
         let _ = self.state.telephony.set(telephony);
     }
 
-    /// Sends every webhook delivery that is due now; returns how many were attempted.
+    /// Sends every webhook delivery that is due now and has room (overall and in its
+    /// organization), waiting for their answers; returns how many were attempted.
     pub async fn deliver_webhooks(&self) -> usize {
         webhooks::deliver_due(&self.state).await
     }

@@ -5,6 +5,7 @@ use std::sync::OnceLock;
 use std::time::Instant;
 
 use axum::extract::{MatchedPath, Request};
+use axum::http::Method;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
@@ -21,17 +22,35 @@ fn handle() -> Option<&'static PrometheusHandle> {
         .as_ref()
 }
 
-/// Counts and times every request under the route's pattern (not its ids).
+/// Counts and times every request. Labels stay bounded whatever clients send: the route's
+/// pattern (not its ids; `unmatched` for unknown paths), the method among the standard ones
+/// (`other` for the rest) and the status code.
 pub(crate) async fn track(req: Request, next: Next) -> Response {
     let _ = handle();
     let route = req.extensions().get::<MatchedPath>().map_or_else(|| "unmatched".to_string(), |p| p.as_str().to_string());
-    let method = req.method().to_string();
+    let method = method_label(req.method());
     let start = Instant::now();
     let response = next.run(req).await;
     let status = response.status().as_u16().to_string();
     metrics::counter!("cxb_api_requests_total", "route" => route.clone(), "method" => method, "status" => status).increment(1);
     metrics::histogram!("cxb_api_request_seconds", "route" => route).record(start.elapsed().as_secs_f64());
     response
+}
+
+/// The method as a label: one of the nine standard methods, else `other`.
+fn method_label(method: &Method) -> &'static str {
+    match *method {
+        Method::GET => "GET",
+        Method::HEAD => "HEAD",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::PATCH => "PATCH",
+        Method::DELETE => "DELETE",
+        Method::OPTIONS => "OPTIONS",
+        Method::CONNECT => "CONNECT",
+        Method::TRACE => "TRACE",
+        _ => "other",
+    }
 }
 
 pub(crate) async fn render() -> Response {

@@ -376,10 +376,8 @@ pub(crate) fn build() -> Routes {
     r.add("POST", "/v1/fleet/reserve", fleet::reserve, Doc::fleet("fleet", "Reserve a slot on the host with the most free capacity").created(reserved));
 
     let router = std::mem::take(&mut r.router);
-    r.router = router
-        .fallback(not_found)
-        .layer(axum::middleware::from_fn(metrics::track))
-        .layer(DefaultBodyLimit::max(1 << 20));
+    // Timeouts, the in-flight limit and metrics are added around this by `server::app`.
+    r.router = router.fallback(not_found).layer(DefaultBodyLimit::max(1 << 20));
     r
 }
 

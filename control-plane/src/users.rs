@@ -27,31 +27,64 @@ pub(crate) struct Login {
 /// A hash that never matches, checked for unknown emails so that they take as long as known ones.
 const DECOY: &str = "$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHRzb21lc2FsdA$W3hF2pDGAo/I3XSSpHOUbqiF9hKmXylJ9WDCVSz0mMQ";
 
-async fn verify_blocking(password: String, hash: String) -> bool {
-    tokio::task::spawn_blocking(move || verify_password(&password, &hash)).await.unwrap_or(false)
+/// Verifies on a blocking thread that holds `slot` until the hash is computed, even when the
+/// request is dropped (a client that hangs up cannot start more verifications than there are slots).
+async fn verify_blocking(password: String, hash: String, slot: tokio::sync::OwnedSemaphorePermit) -> bool {
+    tokio::task::spawn_blocking(move || {
+        let ok = verify_password(&password, &hash);
+        drop(slot);
+        ok
+    })
+    .await
+    .unwrap_or(false)
 }
 
+/// Signs in. The attempt is counted as a failure before the password is checked (and taken
+/// back if it checks out), and the check waits for one of a few verification slots: argon2id
+/// costs 19 MiB and tens of milliseconds of a core, so a flood of sign-ins answers 503 `busy`
+/// instead of exhausting memory and threads.
 pub(crate) async fn login(State(s): State<AppState>, ConnectInfo(peer): ConnectInfo<SocketAddr>, Body(l): Body<Login>) -> ApiResult<Json<Value>> {
     let now = s.now();
-    let address = peer.ip().to_string();
-    let email = l.email.trim().to_lowercase();
-    if let Err(wait) = s.logins.check(&email, &address, now) {
-        return Err(ApiError::too_many(wait, "too many failed sign-ins; try again later"));
+    if l.email.len() > 254 || l.email.chars().any(char::is_control) {
+        return Err(ApiError::invalid("email", "an email address"));
     }
-    let row = sqlx::query("SELECT id, org_id, password_hash, role, name FROM users WHERE email = $1")
-        .bind(&email)
-        .fetch_optional(&s.db)
-        .await?;
-    let hash = match &row {
-        Some(r) => r.try_get::<String, _>(2)?,
-        None => DECOY.to_string(),
+    if l.password.len() > 1024 {
+        return Err(ApiError::invalid("password", "at most 1024 bytes"));
+    }
+    let email = l.email.trim().to_lowercase();
+    let attempt = s.logins.begin(&email, peer.ip(), now).map_err(|wait| ApiError::too_many(wait, "too many failed sign-ins; try again later"))?;
+    let Some(verifying) = s.logins.verification().await else {
+        s.logins.cancel(attempt);
+        return Err(ApiError::unavailable("busy", 1, "too many sign-ins at once; try again shortly"));
     };
-    let ok = verify_blocking(l.password, hash).await && row.is_some();
-    let Some(row) = row.filter(|_| ok) else {
-        s.logins.failed(&email, &address, now);
-        return Err(ApiError::unauthorized("wrong email or password"));
+    let checked = async {
+        let row = sqlx::query("SELECT id, org_id, password_hash, role, name FROM users WHERE email = $1")
+            .bind(&email)
+            .fetch_optional(&s.db)
+            .await?;
+        let hash = match &row {
+            Some(r) => r.try_get::<String, _>(2)?,
+            None => DECOY.to_string(),
+        };
+        let ok = verify_blocking(l.password, hash, verifying).await && row.is_some();
+        ApiResult::Ok(row.filter(|_| ok))
+    }
+    .await;
+    let row = match checked {
+        Ok(Some(row)) => {
+            s.logins.succeeded(attempt, now);
+            row
+        }
+        Ok(None) => {
+            s.logins.failed(attempt);
+            return Err(ApiError::unauthorized("wrong email or password"));
+        }
+        // The password was not checked: not the caller's failure.
+        Err(e) => {
+            s.logins.cancel(attempt);
+            return Err(e);
+        }
     };
-    s.logins.succeeded(&email);
     let token = new_secret("cxs");
     let expires = now + s.config.session_ttl.as_millis() as i64;
     let user_id: String = row.try_get(0)?;

@@ -1,8 +1,12 @@
 //! CRM webhooks: events are queued in the database in the same transaction as the record
 //! they describe, then POSTed with an HMAC-SHA256 signature and retried with exponential
-//! back-off; every attempt's outcome is visible in the webhook's delivery log.
+//! back-off; every attempt's outcome is visible in the webhook's delivery log. Deliveries run
+//! concurrently, a few per organization at most, and redirects are not followed.
 //!
 //! Signature header: `X-CXB-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256(secret, "<t>.<body>")>`.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 use axum::Json;
 use axum::extract::{Path, State};
@@ -10,6 +14,8 @@ use hmac::{Hmac, Mac};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use sqlx::Row;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinHandle;
 
 use crate::AppState;
 use crate::auth::Caller;
@@ -68,71 +74,158 @@ pub(crate) async fn enqueue(tx: &mut sqlx::AnyConnection, org: &str, event: &str
     Ok(())
 }
 
-/// Sends every delivery that is due; returns how many were attempted.
-pub(crate) async fn deliver_due(s: &AppState) -> usize {
-    match deliver_batch(s).await {
-        Ok(n) => n,
+/// Room for deliveries in flight: a few per organization and more in all, so that one
+/// organization's slow or dead receiver (10 s per attempt) delays only that organization.
+#[derive(Debug)]
+pub(crate) struct Slots {
+    all: Arc<Semaphore>,
+    per_org: usize,
+    orgs: Mutex<HashMap<String, Arc<Semaphore>>>,
+}
+
+/// One delivery's room, held until its attempt is recorded.
+#[derive(Debug)]
+struct Slot {
+    _all: OwnedSemaphorePermit,
+    _org: OwnedSemaphorePermit,
+}
+
+impl Slots {
+    pub(crate) fn new(all: usize, per_org: usize) -> Slots {
+        Slots { all: Arc::new(Semaphore::new(all)), per_org, orgs: Mutex::new(HashMap::new()) }
+    }
+
+    /// Room for one more delivery of `org`, if there is any.
+    fn take(&self, org: &str) -> Option<Slot> {
+        let mut orgs = self.orgs.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let per_org = self.per_org;
+        let sem = orgs.entry(org.to_string()).or_insert_with(|| Arc::new(Semaphore::new(per_org))).clone();
+        let org_permit = sem.try_acquire_owned().ok()?;
+        let all = self.all.clone().try_acquire_owned().ok()?;
+        Some(Slot { _all: all, _org: org_permit })
+    }
+
+    fn has_room(&self) -> bool {
+        self.all.available_permits() > 0
+    }
+
+    /// Forgets organizations with nothing in flight (under the lock, so no slot is taken from
+    /// a semaphore being forgotten).
+    fn sweep(&self) {
+        let mut orgs = self.orgs.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        orgs.retain(|_, sem| sem.available_permits() < self.per_org);
+    }
+}
+
+/// Starts every due delivery that has room, overall and in its organization, each on its own
+/// task; returns the tasks. The rest stay due for the next round.
+pub(crate) async fn start_due(s: &AppState) -> Vec<JoinHandle<()>> {
+    match start_batch(s).await {
+        Ok(started) => started,
         Err(e) => {
             eprintln!("cxb api: webhook delivery: {}", e.message);
-            0
+            Vec::new()
         }
     }
 }
 
-async fn deliver_batch(s: &AppState) -> ApiResult<usize> {
+/// Starts the due deliveries that have room and waits for them; returns how many were attempted.
+pub(crate) async fn deliver_due(s: &AppState) -> usize {
+    let started = start_due(s).await;
+    let n = started.len();
+    for task in started {
+        let _ = task.await;
+    }
+    n
+}
+
+async fn start_batch(s: &AppState) -> ApiResult<Vec<JoinHandle<()>>> {
     let now = s.now();
-    let due: Vec<(String, String, String, i64, i64)> = sqlx::query_as(
-        "SELECT id, webhook_id, payload, attempts, next_attempt_at FROM webhook_deliveries \
-         WHERE status = 'pending' AND next_attempt_at <= $1 ORDER BY next_attempt_at LIMIT 50",
+    s.webhook_slots.sweep();
+    // Organizations with something due, the longest waiting first: one organization's
+    // backlog cannot hide another's deliveries.
+    let orgs: Vec<String> = sqlx::query_scalar(
+        "SELECT org_id FROM webhook_deliveries WHERE status = 'pending' AND next_attempt_at <= $1 \
+         GROUP BY org_id ORDER BY MIN(next_attempt_at) LIMIT 1000",
     )
     .bind(now)
     .fetch_all(&s.db)
     .await?;
-    let mut attempted = 0;
-    for (id, hook_id, payload, attempts, due_at) in due {
-        let claimed = sqlx::query("UPDATE webhook_deliveries SET next_attempt_at = $1 WHERE id = $2 AND status = 'pending' AND next_attempt_at = $3")
-            .bind(now + CLAIM_MS)
-            .bind(&id)
-            .bind(due_at)
-            .execute(&s.db)
-            .await?;
-        if claimed.rows_affected() == 0 {
-            continue; // another sender has it
+    let mut started = Vec::new();
+    for org in orgs {
+        if !s.webhook_slots.has_room() {
+            break;
         }
-        attempted += 1;
-        let body: Option<String> = sqlx::query_scalar("SELECT body FROM webhooks WHERE id = $1").bind(&hook_id).fetch_optional(&s.db).await?;
-        let hook = body.and_then(|b| serde_json::from_str::<Webhook>(&b).ok());
-        let (status, error) = match &hook {
-            Some(hook) if hook.enabled => send(s, hook, &id, &payload, now).await,
-            _ => (None, Some("the webhook was disabled".to_string())),
-        };
-        let attempts = attempts + 1;
-        let delivered = status.is_some_and(|c| (200..300).contains(&c));
-        let (state, next) = if delivered {
-            ("delivered", now)
-        } else if attempts >= MAX_ATTEMPTS || hook.as_ref().is_none_or(|h| !h.enabled) {
-            ("failed", now)
-        } else {
-            ("pending", now + backoff_ms(attempts))
-        };
-        sqlx::query(
-            "UPDATE webhook_deliveries SET status = $1, attempts = $2, next_attempt_at = $3, last_status = $4, last_error = $5, updated_at = $6 WHERE id = $7",
+        let due: Vec<(String, String, String, i64, i64)> = sqlx::query_as(
+            "SELECT id, webhook_id, payload, attempts, next_attempt_at FROM webhook_deliveries \
+             WHERE org_id = $1 AND status = 'pending' AND next_attempt_at <= $2 ORDER BY next_attempt_at LIMIT $3",
         )
-        .bind(state)
-        .bind(attempts)
-        .bind(next)
-        .bind(status.map(i64::from))
-        .bind(error)
+        .bind(&org)
         .bind(now)
-        .bind(&id)
-        .execute(&s.db)
+        .bind(s.config.webhook_per_org as i64)
+        .fetch_all(&s.db)
         .await?;
-        metrics::counter!("cxb_api_webhook_attempts_total", "result" => state).increment(1);
+        for (id, hook_id, payload, attempts, due_at) in due {
+            let Some(slot) = s.webhook_slots.take(&org) else {
+                break;
+            };
+            let claimed = sqlx::query("UPDATE webhook_deliveries SET next_attempt_at = $1 WHERE id = $2 AND status = 'pending' AND next_attempt_at = $3")
+                .bind(now + CLAIM_MS)
+                .bind(&id)
+                .bind(due_at)
+                .execute(&s.db)
+                .await?;
+            if claimed.rows_affected() == 0 {
+                continue; // another sender has it
+            }
+            let s = s.clone();
+            started.push(tokio::spawn(async move {
+                if let Err(e) = attempt(&s, &id, &hook_id, &payload, attempts, now).await {
+                    eprintln!("cxb api: webhook delivery {id}: {}", e.message);
+                }
+                drop(slot);
+            }));
+        }
     }
-    Ok(attempted)
+    Ok(started)
 }
 
-/// One POST: the HTTP status, or the error that prevented one.
+/// One attempt of a claimed delivery, and its outcome recorded.
+async fn attempt(s: &AppState, id: &str, hook_id: &str, payload: &str, attempts: i64, now: i64) -> ApiResult<()> {
+    let body: Option<String> = sqlx::query_scalar("SELECT body FROM webhooks WHERE id = $1").bind(hook_id).fetch_optional(&s.db).await?;
+    let hook = body.and_then(|b| serde_json::from_str::<Webhook>(&b).ok());
+    let (status, error) = match &hook {
+        Some(hook) if hook.enabled => send(s, hook, id, payload, now).await,
+        _ => (None, Some("the webhook was disabled".to_string())),
+    };
+    let attempts = attempts + 1;
+    let delivered = status.is_some_and(|c| (200..300).contains(&c));
+    let (state, next) = if delivered {
+        ("delivered", now)
+    } else if attempts >= MAX_ATTEMPTS || hook.as_ref().is_none_or(|h| !h.enabled) {
+        ("failed", now)
+    } else {
+        ("pending", now + backoff_ms(attempts))
+    };
+    sqlx::query(
+        "UPDATE webhook_deliveries SET status = $1, attempts = $2, next_attempt_at = $3, last_status = $4, last_error = $5, updated_at = $6 WHERE id = $7",
+    )
+    .bind(state)
+    .bind(attempts)
+    .bind(next)
+    .bind(status.map(i64::from))
+    .bind(error)
+    .bind(now)
+    .bind(id)
+    .execute(&s.db)
+    .await?;
+    metrics::counter!("cxb_api_webhook_attempts_total", "result" => state).increment(1);
+    Ok(())
+}
+
+/// One POST through the API's shared client (which follows no redirects): the HTTP status,
+/// or the error that prevented one. A redirect is a failed attempt like any other non-2xx:
+/// the receiver's URL is the one its owner registered, nowhere else.
 async fn send(s: &AppState, hook: &Webhook, delivery: &str, payload: &str, now: i64) -> (Option<u16>, Option<String>) {
     let secret = hook.secrets.get("signing_secret").map_or("", String::as_str);
     let request = s
@@ -144,6 +237,7 @@ async fn send(s: &AppState, hook: &Webhook, delivery: &str, payload: &str, now: 
         .body(payload.to_string());
     match request.send().await {
         Ok(r) if r.status().is_success() => (Some(r.status().as_u16()), None),
+        Ok(r) if r.status().is_redirection() => (Some(r.status().as_u16()), Some(format!("the receiver answered {}; redirects are not followed", r.status()))),
         Ok(r) => (Some(r.status().as_u16()), Some(format!("the receiver answered {}", r.status()))),
         Err(e) => (None, Some(format!("{e}"))),
     }

@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use cxb_control_plane::egress::Egress;
 use cxb_control_plane::model::{CarrierKind, Settings};
 use sqlx::AnyPool;
 
@@ -20,15 +21,16 @@ type Cached = (Instant, Arc<dyn Carrier>, Settings);
 #[derive(Debug)]
 pub struct Carriers {
     simulator: Option<Arc<dyn Carrier>>,
-    http: reqwest::Client,
+    egress: Egress,
     cache: Mutex<HashMap<String, Cached>>,
 }
 
 impl Carriers {
     /// `simulator`: the process's built-in carrier simulator, used by organizations whose
-    /// carrier is `simulator` (none: such organizations cannot place calls here).
-    pub fn new(simulator: Option<Arc<dyn Carrier>>, http: reqwest::Client) -> Carriers {
-        Carriers { simulator, http, cache: Mutex::new(HashMap::new()) }
+    /// carrier is `simulator` (none: such organizations cannot place calls here). `egress`:
+    /// the guarded client every carrier API request of a tenant goes through.
+    pub fn new(simulator: Option<Arc<dyn Carrier>>, egress: Egress) -> Carriers {
+        Carriers { simulator, egress, cache: Mutex::new(HashMap::new()) }
     }
 
     /// The organization's carrier and settings.
@@ -61,13 +63,19 @@ impl Carriers {
             CarrierKind::Cloudonix => {
                 let domain = c.domain.clone().ok_or_else(|| CarrierError::Config("carrier.domain is required for Cloudonix".into()))?;
                 let api_key = c.secrets.get("api_key").cloned().ok_or_else(|| CarrierError::Config("carrier.secrets.api_key is required for Cloudonix".into()))?;
+                let api_base = c.api_base.clone().unwrap_or_else(|| DEFAULT_API_BASE.into());
+                // A name is judged when it is resolved (the client's resolver is the guard); an
+                // address literal here.
+                if let Err(why) = self.egress.policy().check_url(&api_base) {
+                    return Err(CarrierError::Config(format!("egress_forbidden: carrier.api_base points at {why}")));
+                }
                 let config = CloudonixConfig {
-                    api_base: c.api_base.clone().unwrap_or_else(|| DEFAULT_API_BASE.into()),
+                    api_base,
                     domain,
                     api_key,
                     webhook_token: c.secrets.get("webhook_token").cloned(),
                 };
-                Ok(Arc::new(Cloudonix::new(self.http.clone(), config)))
+                Ok(Arc::new(Cloudonix::new(self.egress.client().clone(), config)))
             }
         }
     }

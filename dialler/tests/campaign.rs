@@ -123,7 +123,7 @@ async fn rig_with(tweak: impl FnOnce(&mut DiallerConfig)) -> Rig {
     let token = api.org("Acme").await;
     let http = reqwest::Client::new();
     let carrier = Arc::new(Quick { http: http.clone(), live: Arc::default(), peak: Arc::default(), placed: Mutex::default(), requests: Mutex::default() });
-    let carriers = Carriers::new(Some(carrier.clone()), http);
+    let carriers = Carriers::new(Some(carrier.clone()), loopback_egress());
     let mut config = DiallerConfig::new(api.base.clone());
     config.tick = Duration::from_millis(20);
     tweak(&mut config);
@@ -312,4 +312,9 @@ async fn an_engine_result_after_the_grace_is_merged_once_without_changing_the_de
     // The decision stands: the outcome and the end reason the carrier gave.
     assert_eq!((&merged["outcome"], &merged["end_reason"]), (&decided["outcome"], &decided["end_reason"]), "{merged}");
     rig.dialler.unwrap().shutdown().await;
+}
+
+/// The tenant-request guard as these tests need it: the carrier doubles listen on loopback.
+fn loopback_egress() -> cxb_control_plane::egress::Egress {
+    cxb_control_plane::egress::Egress::new(cxb_contract::egress::EgressPolicy::with_loopback(), Duration::from_secs(10)).unwrap()
 }

@@ -145,3 +145,62 @@ pub(crate) async fn product(api: &Api, token: &str) -> (String, String, String, 
     let id = |r: &Reply| r.body["id"].as_str().unwrap().to_string();
     (id(&bot), asst_id, id(&lb), id(&campaign))
 }
+
+/// A dialler stand-in whose direct calls (`POST /v1/calls`) wait until the test opens
+/// [`HeldCalls::open`]: a handler that runs as long as the test wants.
+#[derive(Debug, Clone)]
+pub(crate) struct HeldCalls(Arc<Held>);
+
+#[derive(Debug)]
+pub(crate) struct Held {
+    arrived: tokio::sync::watch::Sender<usize>,
+    gate: tokio::sync::Semaphore,
+}
+
+impl HeldCalls {
+    /// Attached to `api`, closed.
+    pub(crate) fn attach(api: &Api) -> HeldCalls {
+        let held = HeldCalls(Arc::new(Held { arrived: tokio::sync::watch::channel(0).0, gate: tokio::sync::Semaphore::new(0) }));
+        api.server.attach_telephony(Arc::new(held.clone()));
+        held
+    }
+
+    /// Waits until `n` calls are being held.
+    pub(crate) async fn arrived(&self, n: usize) {
+        let mut rx = self.0.arrived.subscribe();
+        tokio::time::timeout(Duration::from_secs(10), rx.wait_for(|&seen| seen >= n)).await.expect("calls arrived in time").unwrap();
+    }
+
+    /// Lets every held call (and every later one) finish.
+    pub(crate) fn open(&self) {
+        self.0.gate.add_permits(1);
+    }
+}
+
+impl cxb_control_plane::telephony::Telephony for HeldCalls {
+    fn place_call(&self, _: cxb_control_plane::AppState, _: String, _: cxb_control_plane::telephony::DirectCall) -> cxb_control_plane::telephony::Reply {
+        let held = self.0.clone();
+        Box::pin(async move {
+            held.arrived.send_modify(|n| *n += 1);
+            let _pass = held.gate.acquire().await;
+            Ok((reqwest::StatusCode::CREATED, json!({"placed": true})))
+        })
+    }
+
+    fn carrier_webhook(&self, _: cxb_control_plane::AppState, _: String, _: cxb_control_plane::telephony::CarrierWebhook) -> cxb_control_plane::telephony::Reply {
+        Box::pin(async { Ok((reqwest::StatusCode::OK, json!({}))) })
+    }
+}
+
+/// Sends `raw` (a request head and maybe a body) over a new connection, waits for the whole
+/// answer, and returns its status code and text.
+pub(crate) async fn raw_http(addr: std::net::SocketAddr, raw: &[u8]) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream.write_all(raw).await.unwrap();
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer).await;
+    let text = String::from_utf8_lossy(&answer).to_string();
+    let status = text.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    (status, text)
+}
