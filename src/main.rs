@@ -14,6 +14,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
 use cxb_contract::egress::EgressPolicy;
+use cxb_control_plane::secrets::SecretBox;
 use cxb_control_plane::client::{Capacity, HeartbeatConfig, Host, heartbeat_loop};
 use cxb_control_plane::clock::{Clock, SystemClock};
 use cxb_control_plane::{ApiConfig, ApiServer, admin};
@@ -117,6 +118,19 @@ struct DataArgs {
 }
 
 impl DataArgs {
+    /// Where the key sealing stored secrets lives (`CXB_SECRET_KEY` wins).
+    fn secret_key_file(&self) -> PathBuf {
+        cxb_control_plane::secrets::key_file(&self.database(), &data_dir(self.data_dir.as_ref()))
+    }
+
+    /// The API's configuration over this data: its database, its secret key, the egress policy.
+    fn api_config(&self, listen: SocketAddr, egress: EgressPolicy) -> ApiConfig {
+        let mut config = ApiConfig::new(listen, self.database());
+        config.secret_key_file = self.secret_key_file();
+        config.egress = egress;
+        config
+    }
+
     fn database(&self) -> String {
         if let Some(url) = &self.database {
             return url.clone();
@@ -128,6 +142,10 @@ impl DataArgs {
 /// Which private ranges requests made for tenants may reach.
 #[derive(Args, Clone)]
 struct EgressArgs {
+    /// (`cxb api`) Let engine hosts advertise plain ws:// to addresses that are not loopback
+    /// (otherwise only wss://).
+    #[arg(long)]
+    allow_ws_hosts: bool,
     /// Let requests made for tenants (webhooks, carrier APIs) reach this private or special
     /// range, e.g. 10.0.0.0/8 (repeatable; only public addresses otherwise).
     #[arg(long = "allow-private-egress", value_name = "CIDR")]
@@ -177,7 +195,7 @@ impl SimulatorArgs {
 }
 
 /// The dialler's shared state over `db`: carriers (the simulator included) and its settings.
-fn telephony(db: sqlx::AnyPool, public_url: String, sim: &SimulatorArgs, egress: EgressPolicy, id: Option<String>, leases: Option<(Duration, Duration)>) -> anyhow::Result<Arc<Shared>> {
+fn telephony(db: sqlx::AnyPool, public_url: String, sim: &SimulatorArgs, egress: EgressPolicy, secrets: Arc<SecretBox>, id: Option<String>, leases: Option<(Duration, Duration)>) -> anyhow::Result<Arc<Shared>> {
     let http = cxb_control_plane::http_client(Duration::from_secs(10))?;
     // Requests for tenants (their carriers' APIs) go through the guard; the simulator's
     // call-end records go to this platform's own API.
@@ -189,7 +207,7 @@ fn telephony(db: sqlx::AnyPool, public_url: String, sim: &SimulatorArgs, egress:
         config.campaign_lease_ttl = campaign;
         config.call_lease_ttl = call;
     }
-    Ok(Shared::new(db, Carriers::new(Some(simulator), egress.clone()), config))
+    Ok(Shared::new(db, Carriers::new(Some(simulator), egress, secrets), config))
 }
 
 /// The data directory: the flag, else $CXB_DATA_DIR, $XDG_DATA_HOME/cxb, ~/.local/share/cxb.
@@ -227,13 +245,36 @@ struct ResultArgs {
     s3_secret_access_key: Option<String>,
 }
 
-/// The engine's durable outbox as the engine sees it.
+/// The engine's durable outbox as the engine sees it: AI calls are admitted while it can
+/// write, and their recordings stream into it as the calls go.
 #[derive(Debug)]
 struct OutboxSink(OutboxHandle);
 
 impl ResultSink for OutboxSink {
     fn submit(&self, result: serde_json::Value, recording: Option<Vec<u8>>) -> flume::Receiver<Result<(), String>> {
         self.0.submit_plain(result, recording)
+    }
+
+    fn writable(&self) -> bool {
+        self.0.writable()
+    }
+
+    fn recording_stream(&self) -> Option<Box<dyn cxb_outbox::wav::RecordingSink>> {
+        Some(Box::new(self.0.recording_stream()))
+    }
+
+    fn submit_streamed(
+        &self,
+        result: serde_json::Value,
+        recording: Box<dyn cxb_outbox::wav::RecordingSink>,
+        summary: cxb_outbox::wav::RecordingSummary,
+    ) -> flume::Receiver<Result<(), String>> {
+        let recording: Box<dyn std::any::Any> = recording;
+        match recording.downcast::<cxb_outbox::RecordingStream>() {
+            Ok(stream) => self.0.submit_stream_plain(result, *stream, summary),
+            // Only the streams made above come back here; anything else has no file to keep.
+            Err(_) => self.0.submit_plain(result, None),
+        }
     }
 }
 
@@ -327,6 +368,23 @@ enum AdminAction {
     CreateFleetToken {
         #[arg(long, default_value = "fleet")]
         name: String,
+        /// `engine` (heartbeat, runtime endpoints) or `dialler` (slot reservations).
+        #[arg(long, default_value = "engine")]
+        scope: cxb_control_plane::auth::FleetScope,
+        /// Bind the engine token to this host id (`hostname:port`, what `cxb core` heartbeats
+        /// as); unbound, it is bound to the first host it heartbeats as.
+        #[arg(long)]
+        host_id: Option<String>,
+        #[command(flatten)]
+        data: DataArgs,
+    },
+    /// Seal stored secrets with a new key: adds it to the key file and reseals every stored
+    /// secret with it. The old keys stay in the file (processes still running use them until
+    /// they restart); run again with --drop-old once every API and dialler has restarted.
+    RotateSecretKey {
+        /// Only remove the old keys from the key file.
+        #[arg(long)]
+        drop_old: bool,
         #[command(flatten)]
         data: DataArgs,
     },
@@ -483,9 +541,11 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Api { listen, public_url, data, sim, egress } => tokio_runtime()?.block_on(async {
-            let api = ApiServer::start(ApiConfig::new(listen, data.database())).await?;
+            let mut config = data.api_config(listen, egress.policy());
+            config.allow_ws_hosts = egress.allow_ws_hosts;
+            let api = ApiServer::start(config).await?;
             let public_url = public_url.unwrap_or_else(|| format!("http://{}", api.local_addr()));
-            let shared = telephony(api.state().db.clone(), public_url, &sim, egress.policy(), None, None)?;
+            let shared = telephony(api.state().db.clone(), public_url, &sim, egress.policy(), api.state().secrets.clone(), None, None)?;
             api.attach_telephony(Arc::new(DiallerTelephony(shared)));
             println!("CX Bridge API on http://{}  (OpenAPI: /v1/openapi.json)", api.local_addr());
             let _ = std::io::stdout().flush();
@@ -497,7 +557,8 @@ fn main() -> anyhow::Result<()> {
             let db = cxb_control_plane::db::connect(&data.database()).await?;
             let lease = Duration::try_from_secs_f64(lease_seconds).context("--lease-seconds")?;
             let call_lease = Duration::try_from_secs_f64(call_lease_seconds).context("--call-lease-seconds")?;
-            let dialler = Dialler::start(telephony(db, public_url, &sim, egress.policy(), id, Some((lease, call_lease)))?);
+            let secrets = Arc::new(SecretBox::load(&data.secret_key_file())?);
+            let dialler = Dialler::start(telephony(db, public_url, &sim, egress.policy(), secrets, id, Some((lease, call_lease)))?);
             println!("CX Bridge dialler {} running", dialler.id());
             let _ = std::io::stdout().flush();
             stop_signal().await?;
@@ -537,10 +598,22 @@ async fn admin_command(action: AdminAction) -> anyhow::Result<()> {
             let org = admin::create_org(&db, &name, &email, password, now).await?;
             println!("organization {} ({name}) created; sign in as {} with the password given", org.org_id, org.email);
         }
-        AdminAction::CreateFleetToken { name, data } => {
+        AdminAction::CreateFleetToken { name, scope, host_id, data } => {
             let db = cxb_control_plane::db::connect(&data.database()).await?;
-            let token = admin::create_fleet_token(&db, &name, now).await?;
+            let token = admin::create_scoped_fleet_token(&db, &name, scope, host_id.as_deref(), now).await?;
             println!("{token}");
+        }
+        AdminAction::RotateSecretKey { drop_old, data } => {
+            let file = data.secret_key_file();
+            if drop_old {
+                cxb_control_plane::secrets::drop_old_keys(&file)?;
+                println!("kept only the newest key in {}", file.display());
+                return Ok(());
+            }
+            let db = cxb_control_plane::db::connect(&data.database()).await?;
+            let secrets = cxb_control_plane::secrets::add_key(&file)?;
+            let resealed = cxb_control_plane::secrets::seal_stored_rows(&db, &secrets, true).await?;
+            println!("sealed the secrets of {resealed} documents with the new key {}; run again with --drop-old once every API and dialler has restarted", secrets.current());
         }
         AdminAction::RotateCallTokenKey { data } => {
             let db = cxb_control_plane::db::connect(&data.database()).await?;
@@ -558,7 +631,8 @@ fn up(listen: SocketAddr, api_listen: SocketAddr, data: &DataArgs, results: &Res
     let rt = tokio_runtime()?;
     rt.block_on(async {
         let database = data.database();
-        let api = ApiServer::start(ApiConfig::new(api_listen, database.clone())).await.context("starting the API")?;
+        // Webhooks to local receivers and self-hosted services on this host keep working.
+        let api = ApiServer::start(data.api_config(api_listen, EgressPolicy::with_loopback())).await.context("starting the API")?;
         let db = &api.state().db;
         let now = SystemClock.now_ms();
         let first = if admin::org_count(db).await? == 0 {
@@ -571,7 +645,7 @@ fn up(listen: SocketAddr, api_listen: SocketAddr, data: &DataArgs, results: &Res
         admin::revoke_fleet_tokens(db, UP_TOKEN).await?;
         let token = admin::create_fleet_token(db, UP_TOKEN, now).await?;
         let api_url = format!("http://{}", api.local_addr());
-        let shared = telephony(api.state().db.clone(), api_url.clone(), sim, EgressPolicy::with_loopback(), None, None)?;
+        let shared = telephony(api.state().db.clone(), api_url.clone(), sim, EgressPolicy::with_loopback(), api.state().secrets.clone(), None, None)?;
         api.attach_telephony(Arc::new(DiallerTelephony(shared.clone())));
         let dialler = Dialler::start(shared);
         let mut config = EngineConfig::new(listen);

@@ -51,7 +51,10 @@ fn hear(ws: &mut tungstenite::WebSocket<TcpStream>, quiet: Duration, limit: Dura
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bot_from_the_api_answers_a_call_and_its_result_reaches_the_api() {
     let dir = tempfile::tempdir().unwrap();
-    let api = ApiServer::start(ApiConfig::new("127.0.0.1:0".parse().unwrap(), format!("sqlite://{}/cxb.db", dir.path().display()))).await.unwrap();
+    let mut config = ApiConfig::new("127.0.0.1:0".parse().unwrap(), format!("sqlite://{}/cxb.db", dir.path().display()));
+    // The providers' test servers listen on loopback.
+    config.egress = cxb_contract::egress::EgressPolicy::with_loopback();
+    let api = ApiServer::start(config).await.unwrap();
     let base = format!("http://{}", api.local_addr());
     let now = SystemClock.now_ms();
     admin::create_org(&api.state().db, "Acme", "a@acme.test", "correct horse battery".into(), now).await.unwrap();

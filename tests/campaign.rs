@@ -80,7 +80,10 @@ impl Client {
 }
 
 async fn api(dir: &std::path::Path) -> (ApiServer, Client) {
-    let api = ApiServer::start(ApiConfig::new("127.0.0.1:0".parse().unwrap(), format!("sqlite://{}/cxb.db", dir.display()))).await.unwrap();
+    let mut config = ApiConfig::new("127.0.0.1:0".parse().unwrap(), format!("sqlite://{}/cxb.db", dir.display()));
+    // The assistants' stream URLs (probed by the dialler) are on loopback.
+    config.egress = cxb_contract::egress::EgressPolicy::with_loopback();
+    let api = ApiServer::start(config).await.unwrap();
     let base = format!("http://{}", api.local_addr());
     admin::create_org(&api.state().db, "Acme", "a@acme.test", "correct horse battery".into(), SystemClock.now_ms()).await.unwrap();
     let http = reqwest::Client::new();
@@ -128,7 +131,7 @@ async fn a_campaign_of_200_contacts_keeps_cac_and_cps_and_every_contact_ends_or_
     let mut config = DiallerConfig::new(client.base.clone());
     config.tick = Duration::from_millis(50);
     config.ring_timeout = Duration::from_secs(30);
-    let shared = Shared::new(api.state().db.clone(), Carriers::new(Some(simulator.clone()), egress()), config);
+    let shared = Shared::new(api.state().db.clone(), Carriers::new(Some(simulator.clone()), egress(), api.state().secrets.clone()), config);
     api.attach_telephony(Arc::new(DiallerTelephony(shared.clone())));
     let dialler = Dialler::start(shared);
 
@@ -248,7 +251,7 @@ async fn two_diallers_split_the_campaigns_and_one_takes_over_when_the_other_dies
     // The API takes the simulator's call-end records.
     let http = cxb_control_plane::http_client(Duration::from_secs(10)).unwrap();
     let parser = Simulator::start(SimulatorConfig::default(), http.clone());
-    let shared = Shared::new(api.state().db.clone(), Carriers::new(Some(parser), egress()), DiallerConfig::new(client.base.clone()));
+    let shared = Shared::new(api.state().db.clone(), Carriers::new(Some(parser), egress(), api.state().secrets.clone()), DiallerConfig::new(client.base.clone()));
     api.attach_telephony(Arc::new(DiallerTelephony(shared)));
     let db = api.state().db.clone();
     let database = format!("sqlite://{}/cxb.db", dir.path().display());

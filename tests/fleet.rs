@@ -47,7 +47,11 @@ async fn an_engine_heartbeats_holds_a_fleet_reservation_and_a_call_takes_it() {
     assert_eq!(host["address"], format!("ws://127.0.0.1:{port}"));
     assert_eq!((host["workers"].as_i64(), host["slots_free"].as_i64()), (Some(2), Some(6)));
 
-    let r = http.post(format!("{base}/v1/fleet/reserve")).bearer_auth(&token).send().await.unwrap();
+    // Reservations are a dialler's to make: an engine's token may not.
+    let refused = http.post(format!("{base}/v1/fleet/reserve")).bearer_auth(&token).send().await.unwrap();
+    assert_eq!(refused.status().as_u16(), 403);
+    let dialler = admin::create_scoped_fleet_token(&api.state().db, "dialler", cxb_control_plane::auth::FleetScope::Dialler, None, SystemClock.now_ms()).await.unwrap();
+    let r = http.post(format!("{base}/v1/fleet/reserve")).bearer_auth(&dialler).send().await.unwrap();
     assert_eq!(r.status().as_u16(), 201);
     let reserved: Value = serde_json::from_slice(&r.bytes().await.unwrap()).unwrap();
     let reservation = reserved["token"].as_str().unwrap().to_string();

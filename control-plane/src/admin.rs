@@ -4,7 +4,7 @@
 use anyhow::{Context, bail};
 use sqlx::AnyPool;
 
-use crate::auth::Role;
+use crate::auth::{FleetScope, Role};
 use crate::db::{new_id, new_secret, token_hash};
 use crate::users::insert_user;
 
@@ -39,14 +39,34 @@ pub async fn org_count(db: &AnyPool) -> anyhow::Result<i64> {
     sqlx::query_scalar("SELECT COUNT(*) FROM orgs").fetch_one(db).await.context("counting organizations")
 }
 
-/// Creates a fleet token named `name`; returns its value, which is stored only as a hash.
+/// Creates an engine fleet token named `name`, not bound to a host yet: it binds to the first
+/// host id it heartbeats as. Returns its value, which is stored only as a hash.
 pub async fn create_fleet_token(db: &AnyPool, name: &str, now: i64) -> anyhow::Result<String> {
+    create_scoped_fleet_token(db, name, FleetScope::Engine, None, now).await
+}
+
+/// Creates a fleet token named `name` of `scope`. An engine token given `host_id` (what the
+/// engine heartbeats as, `hostname:port` for `cxb core`) may heartbeat as that host only;
+/// without one it binds to the first host id it heartbeats as. Dialler tokens have no host.
+/// Returns the token's value, which is stored only as a hash.
+pub async fn create_scoped_fleet_token(db: &AnyPool, name: &str, scope: FleetScope, host_id: Option<&str>, now: i64) -> anyhow::Result<String> {
+    if let Some(host) = host_id {
+        if scope != FleetScope::Engine {
+            bail!("only engine tokens are bound to a host; a {scope} token takes no host id");
+        }
+        if host.is_empty() || host.len() > 200 {
+            bail!("a host id has 1 to 200 characters");
+        }
+    }
     let token = new_secret("cxf");
-    sqlx::query("INSERT INTO fleet_tokens (id, name, token_hash, created_at) VALUES ($1, $2, $3, $4)")
+    sqlx::query("INSERT INTO fleet_tokens (id, name, token_hash, created_at, scope, host_id, bound_at) VALUES ($1, $2, $3, $4, $5, $6, $7)")
         .bind(new_id("flt", now))
         .bind(name)
         .bind(token_hash(&token))
         .bind(now)
+        .bind(scope.as_str())
+        .bind(host_id)
+        .bind(host_id.map(|_| now))
         .execute(db)
         .await
         .context("storing the fleet token")?;

@@ -1,6 +1,8 @@
 //! Who is calling: session tokens (`cxs_…`) and API keys (`cxk_…`) act for an organization
 //! with a role; fleet tokens (`cxf_…`) act for engines and diallers and reach only the runtime
-//! endpoints. Passwords are argon2id; tokens are stored as SHA-256 hashes.
+//! and fleet endpoints, each within its scope: `engine` tokens the routes an engine uses,
+//! `dialler` tokens the fleet's hosts and reservations. Passwords are argon2id; tokens are
+//! stored as SHA-256 hashes.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -11,7 +13,7 @@ use rand_core::OsRng;
 use argon2::Argon2;
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
-use axum::http::header;
+use axum::http::{StatusCode, header};
 use serde::{Deserialize, Serialize};
 use sqlx::Row;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -72,9 +74,87 @@ impl Caller {
     }
 }
 
-/// An engine or dialler presenting a fleet token.
+/// What a fleet token may reach.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum FleetScope {
+    /// An engine host: heartbeats (as its one host), bots' runtime configs, call results,
+    /// knowledge search. Tokens made before scopes existed are engine tokens.
+    Engine,
+    /// A dialler process: the fleet's live hosts and slot reservations.
+    Dialler,
+}
+
+impl FleetScope {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FleetScope::Engine => "engine",
+            FleetScope::Dialler => "dialler",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<FleetScope> {
+        match s {
+            "engine" => Some(FleetScope::Engine),
+            "dialler" => Some(FleetScope::Dialler),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for FleetScope {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for FleetScope {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<FleetScope, String> {
+        FleetScope::parse(s).ok_or_else(|| format!("`{s}` is not a fleet scope (engine or dialler)"))
+    }
+}
+
+/// A fleet token that checked out, whatever its scope. Routes take [`Fleet`] or [`Dialler`],
+/// which also check the scope; this one only where any fleet member may read.
+#[derive(Debug, Clone)]
+pub struct FleetToken {
+    pub token_id: String,
+    pub scope: FleetScope,
+    /// The host an engine token heartbeats as: given when it was made, or else the first host
+    /// id it heartbeated as. `None`: not bound yet (or a dialler token).
+    pub host_id: Option<String>,
+}
+
+impl FleetToken {
+    /// 403 `wrong_scope` unless the token's scope is `scope`.
+    pub fn require(&self, scope: FleetScope) -> ApiResult<()> {
+        if self.scope == scope {
+            Ok(())
+        } else {
+            Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "wrong_scope",
+                format!("this route needs a fleet token of scope `{scope}`; this one is `{}`", self.scope),
+            ))
+        }
+    }
+}
+
+/// An engine presenting a fleet token of scope `engine`: what the `/v1/runtime/*` routes take.
+/// A token of another scope is refused with 403 `wrong_scope`.
 #[derive(Debug, Clone)]
 pub struct Fleet {
+    pub token_id: String,
+    /// The host the token is bound to, if it is yet (see [`FleetToken::host_id`]).
+    pub host_id: Option<String>,
+}
+
+/// A dialler presenting a fleet token of scope `dialler` (`/v1/fleet/reserve`). A token of
+/// another scope is refused with 403 `wrong_scope`.
+#[derive(Debug, Clone)]
+pub struct Dialler {
     pub token_id: String,
 }
 
@@ -143,19 +223,43 @@ impl FromRequestParts<AppState> for Caller {
     }
 }
 
+impl FromRequestParts<AppState> for FleetToken {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> ApiResult<FleetToken> {
+        let token = bearer(&parts.headers)?;
+        if !token.starts_with("cxf_") {
+            return Err(ApiError::forbidden("runtime and fleet endpoints need a fleet token (cxb admin create-fleet-token)"));
+        }
+        let row: Option<(String, String, Option<String>)> = sqlx::query_as("SELECT id, scope, host_id FROM fleet_tokens WHERE token_hash = $1")
+            .bind(token_hash(token))
+            .fetch_optional(&state.db)
+            .await?;
+        let (token_id, scope, host_id) = row.ok_or_else(|| ApiError::unauthorized("unknown fleet token"))?;
+        // The column is checked by the schema; an unknown value reaches nothing.
+        let scope = FleetScope::parse(&scope)
+            .ok_or_else(|| ApiError::new(StatusCode::FORBIDDEN, "wrong_scope", "this fleet token has no known scope"))?;
+        Ok(FleetToken { token_id, scope, host_id })
+    }
+}
+
 impl FromRequestParts<AppState> for Fleet {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> ApiResult<Fleet> {
-        let token = bearer(&parts.headers)?;
-        if !token.starts_with("cxf_") {
-            return Err(ApiError::forbidden("runtime endpoints need a fleet token (cxb admin create-fleet-token)"));
-        }
-        let id: Option<String> = sqlx::query_scalar("SELECT id FROM fleet_tokens WHERE token_hash = $1")
-            .bind(token_hash(token))
-            .fetch_optional(&state.db)
-            .await?;
-        id.map(|token_id| Fleet { token_id }).ok_or_else(|| ApiError::unauthorized("unknown fleet token"))
+        let token = FleetToken::from_request_parts(parts, state).await?;
+        token.require(FleetScope::Engine)?;
+        Ok(Fleet { token_id: token.token_id, host_id: token.host_id })
+    }
+}
+
+impl FromRequestParts<AppState> for Dialler {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> ApiResult<Dialler> {
+        let token = FleetToken::from_request_parts(parts, state).await?;
+        token.require(FleetScope::Dialler)?;
+        Ok(Dialler { token_id: token.token_id })
     }
 }
 

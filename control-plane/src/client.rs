@@ -41,9 +41,12 @@ pub struct Capacity {
 pub struct HeartbeatConfig {
     /// The API's base URL, e.g. `http://127.0.0.1:8081`.
     pub api: String,
+    /// A fleet token of scope `engine`; it heartbeats as one host only (the one it was made
+    /// for, or else the first `host_id` it heartbeats with).
     pub fleet_token: String,
     pub host_id: String,
-    /// The engine's address for carriers, `ws://host:port`.
+    /// The engine's address for carriers, `wss://host:port` (`ws://` is accepted only to a
+    /// loopback host, unless the API allows plain `ws://`).
     pub address: String,
     pub every: Duration,
 }
@@ -119,7 +122,7 @@ async fn beat(client: &reqwest::Client, url: &str, c: &HeartbeatConfig, host: &i
     let status = response.status();
     let bytes = response.bytes().await.map_err(|e| e.to_string())?;
     if !status.is_success() {
-        return Err(format!("{status}: {}", String::from_utf8_lossy(&bytes)));
+        return Err(refusal(status, &bytes, c));
     }
     let answer: HeartbeatAnswer = serde_json::from_slice(&bytes).map_err(|e| format!("unreadable answer: {e}"))?;
     let keys = answer.call_token_keys.iter().filter_map(|k| match CallKey::from_base64(&k.id, &k.secret) {
@@ -143,4 +146,38 @@ async fn beat(client: &reqwest::Client, url: &str, c: &HeartbeatConfig, host: &i
         confirm.released.push(token.clone());
     }
     Ok(!confirm.applied.is_empty() || !confirm.released.is_empty())
+}
+
+/// Why the API refused a heartbeat, with what to do about the refusals that only the operator
+/// can fix (retrying will not help until they do).
+fn refusal(status: reqwest::StatusCode, body: &[u8], c: &HeartbeatConfig) -> String {
+    let error: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
+    let code = error["error"]["code"].as_str().unwrap_or_default();
+    let message = error["error"]["message"].as_str().map_or_else(|| String::from_utf8_lossy(body).into_owned(), str::to_string);
+    let hint = match (code, error["error"]["field"].as_str()) {
+        ("wrong_host", _) => {
+            format!(" (this engine heartbeats as `{}`: give it the token made for that host, or a new one: cxb admin create-fleet-token --host-id {})", c.host_id, c.host_id)
+        }
+        ("wrong_scope", _) => " (engines need a token of scope engine: cxb admin create-fleet-token --scope engine)".to_string(),
+        (_, Some("address")) => " (serve TLS with --tls-cert/--tls-key so the engine advertises wss://)".to_string(),
+        _ => String::new(),
+    };
+    format!("{status}: {message}{hint}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refusals_say_what_to_do() {
+        let c = HeartbeatConfig { api: "http://api".into(), fleet_token: "cxf_x".into(), host_id: "e2:8080".into(), address: "ws://10.0.0.2:8080".into(), every: Duration::from_secs(2) };
+        let wrong = br#"{"error":{"code":"wrong_host","message":"this fleet token is bound to host `e1:8080`"}}"#;
+        let text = refusal(reqwest::StatusCode::FORBIDDEN, wrong, &c);
+        assert!(text.starts_with("403 Forbidden: this fleet token is bound to host `e1:8080`"), "{text}");
+        assert!(text.contains("--host-id e2:8080"), "{text}");
+        let address = br#"{"error":{"code":"validation_failed","message":"address: ws:// is accepted only to a loopback host","field":"address"}}"#;
+        assert!(refusal(reqwest::StatusCode::UNPROCESSABLE_ENTITY, address, &c).contains("--tls-cert"));
+        assert_eq!(refusal(reqwest::StatusCode::BAD_GATEWAY, b"upstream", &c), "502 Bad Gateway: upstream");
+    }
 }

@@ -12,6 +12,13 @@
 //! host has not confirmed stops counting here, and one it may hold goes to it in the
 //! `release` list of its heartbeat answers until it confirms it as `released` (or the
 //! reservation lapses on its own), so the engine frees the slot within a heartbeat.
+//!
+//! Who may do what: engines heartbeat with `engine` fleet tokens, each as one host only (the
+//! host its token was made for, or else the first one it heartbeats as, recorded in the
+//! heartbeat's transaction), so no engine learns another host's reservations or releases;
+//! diallers reserve with `dialler` tokens; any fleet token (or an admin) reads the live hosts.
+//! Hosts advertise `wss://` addresses; `ws://` only to a loopback host, unless the operator
+//! allows it ([`check_address`]).
 
 use axum::Json;
 use axum::extract::{FromRequestParts, Path, State};
@@ -25,7 +32,7 @@ use utoipa::ToSchema;
 
 
 use crate::AppState;
-use crate::auth::{Caller, Fleet, Role, bearer};
+use crate::auth::{Caller, Dialler, Fleet, FleetToken, Role, bearer};
 use crate::clock::rfc3339;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::Body;
@@ -36,7 +43,8 @@ use crate::extract::Body;
 pub struct Heartbeat {
     /// Stable per host process, e.g. `hostname:port`.
     pub host_id: String,
-    /// Where carriers reach it: `ws://host:port` or `wss://…`.
+    /// Where carriers reach it: `wss://host:port` (a base URL). `ws://` only to a loopback host
+    /// (127.0.0.0/8, ::1, `localhost`) unless the API allows plain `ws://`.
     pub address: String,
     #[serde(default)]
     pub version: String,
@@ -90,18 +98,103 @@ impl std::fmt::Debug for CallTokenKey {
     }
 }
 
-pub(crate) async fn heartbeat(State(s): State<AppState>, _fleet: Fleet, Body(h): Body<Heartbeat>) -> ApiResult<Json<HeartbeatAnswer>> {
+/// Checks the address a host advertises: a `wss://` base URL (a host, an optional port and path;
+/// no credentials, query or fragment), or a `ws://` one to a loopback host (127.0.0.0/8, ::1,
+/// `localhost`). `allow_ws` (the operator's switch) also lets `ws://` reach any other host.
+/// A refusal is 422 naming `address`.
+pub fn check_address(address: &str, allow_ws: bool) -> ApiResult<()> {
+    if address.len() > 500 {
+        return Err(ApiError::invalid("address", "at most 500 bytes"));
+    }
+    let url = reqwest::Url::parse(address).map_err(|_| ApiError::invalid("address", "a wss:// base URL"))?;
+    let host = url.host_str().unwrap_or_default();
+    if host.is_empty() || !url.username().is_empty() || url.password().is_some() || url.query().is_some() || url.fragment().is_some() {
+        return Err(ApiError::invalid("address", "a base URL: a host, an optional port and path; no credentials, query or fragment"));
+    }
+    match url.scheme() {
+        "wss" => Ok(()),
+        "ws" if allow_ws || loopback_host(host) => Ok(()),
+        "ws" => Err(ApiError::invalid(
+            "address",
+            "ws:// is accepted only to a loopback host (127.0.0.0/8, ::1, localhost): serve TLS (cxb core --tls-cert/--tls-key) and advertise wss://",
+        )),
+        _ => Err(ApiError::invalid("address", "a wss:// base URL")),
+    }
+}
+
+/// A URL's host (as the URL parser normalised it: IPv4 in dotted decimal, IPv6 in brackets,
+/// names in lowercase) that is a loopback address or `localhost`.
+fn loopback_host(host: &str) -> bool {
+    if host == "localhost" || host == "localhost." {
+        return true;
+    }
+    let literal = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
+    match literal.parse::<std::net::IpAddr>() {
+        Ok(std::net::IpAddr::V4(v4)) => v4.is_loopback(),
+        Ok(std::net::IpAddr::V6(v6)) => v6.is_loopback() || v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback()),
+        Err(_) => false,
+    }
+}
+
+/// Whether hosts may advertise plain `ws://` to hosts that are not loopback: the operator's
+/// switch, off until `ApiConfig` carries it (`allow_ws_hosts`).
+fn allow_ws_hosts(s: &AppState) -> bool {
+    s.config.allow_ws_hosts
+}
+
+/// 403 `wrong_host`: an engine token heartbeating as a host it is not bound to.
+fn wrong_host(message: String) -> ApiError {
+    metrics::counter!("cxb_api_heartbeats_refused_total", "reason" => "wrong_host").increment(1);
+    ApiError::new(StatusCode::FORBIDDEN, "wrong_host", message)
+}
+
+/// Binds an engine token that is not bound yet to `host_id`, its first heartbeat's host (trust
+/// on first use), in that heartbeat's transaction `tx`, after the host's row is written: first
+/// heartbeats as one host from different tokens wait on that row, so one of them binds and the
+/// others then see the binding. A host another token is bound to is refused.
+async fn bind_on_first_use(tx: &mut sqlx::AnyConnection, token_id: &str, host_id: &str, now: i64) -> ApiResult<()> {
+    let bound = sqlx::query(
+        "UPDATE fleet_tokens SET host_id = $1, bound_at = $2 WHERE id = $3 AND host_id IS NULL \
+         AND NOT EXISTS (SELECT 1 FROM fleet_tokens WHERE host_id = $1)",
+    )
+    .bind(host_id)
+    .bind(now)
+    .bind(token_id)
+    .execute(&mut *tx)
+    .await?;
+    if bound.rows_affected() > 0 {
+        return Ok(());
+    }
+    // Bound meanwhile by a concurrent heartbeat, or the host is another token's.
+    let current: Option<Option<String>> =
+        sqlx::query_scalar("SELECT host_id FROM fleet_tokens WHERE id = $1").bind(token_id).fetch_optional(&mut *tx).await?;
+    match current {
+        None => Err(ApiError::unauthorized("unknown fleet token")),
+        Some(Some(bound)) if bound == host_id => Ok(()),
+        Some(Some(bound)) => Err(wrong_host(format!("this fleet token is bound to host `{bound}`"))),
+        Some(None) => Err(wrong_host(format!("host `{host_id}` is bound to another fleet token"))),
+    }
+}
+
+pub(crate) async fn heartbeat(State(s): State<AppState>, fleet: Fleet, Body(h): Body<Heartbeat>) -> ApiResult<Json<HeartbeatAnswer>> {
     if h.host_id.is_empty() || h.host_id.len() > 200 {
         return Err(ApiError::invalid("host_id", "1 to 200 characters"));
     }
-    if !(h.address.starts_with("ws://") || h.address.starts_with("wss://")) || h.address.len() > 500 {
-        return Err(ApiError::invalid("address", "a ws:// or wss:// base URL"));
+    if let Err(e) = check_address(&h.address, allow_ws_hosts(&s)) {
+        metrics::counter!("cxb_api_heartbeats_refused_total", "reason" => "address").increment(1);
+        return Err(e);
     }
     if h.slots_free > h.slots_total {
         return Err(ApiError::invalid("slots_free", "at most slots_total"));
     }
     if h.applied.len() > 10_000 || h.released.len() > 10_000 {
         return Err(ApiError::invalid("applied", "at most 10,000 tokens per list"));
+    }
+    // A binding never changes once made, so a bound token is checked before anything is written.
+    if let Some(bound) = fleet.host_id.as_deref()
+        && bound != h.host_id
+    {
+        return Err(wrong_host(format!("this fleet token is bound to host `{bound}`")));
     }
     let now = s.now();
     let mut tx = s.db.begin().await?;
@@ -122,6 +215,13 @@ pub(crate) async fn heartbeat(State(s): State<AppState>, _fleet: Fleet, Body(h):
     .bind(now)
     .execute(&mut *tx)
     .await?;
+    if fleet.host_id.is_none()
+        && let Err(refused) = bind_on_first_use(&mut tx, &fleet.token_id, &h.host_id, now).await
+    {
+        // Nothing of this heartbeat is kept: the host's row stays as its own engine left it.
+        tx.rollback().await?;
+        return Err(refused);
+    }
     for token in &h.applied {
         sqlx::query("DELETE FROM reservations WHERE host_id = $1 AND token = $2").bind(&h.host_id).bind(token).execute(&mut *tx).await?;
     }
@@ -152,7 +252,7 @@ pub(crate) async fn heartbeat(State(s): State<AppState>, _fleet: Fleet, Body(h):
     }))
 }
 
-/// A fleet token, or a signed-in admin.
+/// A fleet token of any scope, or a signed-in admin.
 #[derive(Debug)]
 pub(crate) struct FleetOrAdmin;
 
@@ -161,7 +261,7 @@ impl FromRequestParts<AppState> for FleetOrAdmin {
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> ApiResult<FleetOrAdmin> {
         if bearer(&parts.headers)?.starts_with("cxf_") {
-            Fleet::from_request_parts(parts, state).await?;
+            FleetToken::from_request_parts(parts, state).await?;
         } else {
             Caller::from_request_parts(parts, state).await?.require(Role::Admin)?;
         }
@@ -187,7 +287,8 @@ fn host_view(row: &sqlx::any::AnyRow) -> ApiResult<Value> {
     }))
 }
 
-/// Live hosts, the most available capacity first.
+/// Live hosts, the most available capacity first (any fleet token, or an admin: these are the
+/// addresses hosts advertise to carriers anyway).
 pub(crate) async fn hosts(State(s): State<AppState>, _who: FleetOrAdmin) -> ApiResult<Json<Value>> {
     let cutoff = s.now() - s.config.host_ttl.as_millis() as i64;
     let rows = sqlx::query(
@@ -217,7 +318,8 @@ fn new_token() -> String {
     format!("{:016x}", 0xff00_0000_0000_0000u64 | (OsRng.next_u64() & 0x00ff_ffff_ffff_ffff))
 }
 
-pub(crate) async fn reserve(State(s): State<AppState>, _fleet: Fleet) -> ApiResult<(StatusCode, Json<Reserved>)> {
+/// `POST /v1/fleet/reserve` (a `dialler` token).
+pub(crate) async fn reserve(State(s): State<AppState>, _dialler: Dialler) -> ApiResult<(StatusCode, Json<Reserved>)> {
     let reserved = reserve_slot(&s.db, s.now(), s.config.host_ttl.as_millis() as i64, s.config.reservation_ttl.as_millis() as i64).await?;
     let Some(reserved) = reserved else {
         return Err(ApiError { retry_after: Some(1), ..ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "no_capacity", "no engine host has a free slot") });
@@ -307,7 +409,8 @@ pub async fn release(db: &sqlx::AnyPool, hold: &SlotHold, now: i64) -> ApiResult
     Ok(())
 }
 
-/// `GET /v1/runtime/bots/{id}`: everything the engine needs at call start, secrets included.
+/// `GET /v1/runtime/bots/{id}` (an `engine` token, bound or not): everything the engine needs
+/// at call start, secrets included.
 pub(crate) async fn runtime_bot(State(s): State<AppState>, _fleet: Fleet, Path(id): Path<String>) -> ApiResult<Json<Value>> {
     let row = sqlx::query("SELECT org_id, body, updated_at FROM bots WHERE id = $1")
         .bind(&id)
@@ -316,8 +419,64 @@ pub(crate) async fn runtime_bot(State(s): State<AppState>, _fleet: Fleet, Path(i
         .ok_or_else(|| ApiError::not_found("bot"))?;
     let body: String = row.try_get(1)?;
     let mut bot: Value = serde_json::from_str(&body).map_err(ApiError::internal)?;
+    // The engine needs the bot's secrets open; they stay sealed at rest.
+    s.secrets.open_document(&mut bot).map_err(ApiError::internal)?;
     bot["id"] = Value::String(id);
     bot["org_id"] = Value::String(row.try_get(0)?);
     bot["updated_at"] = rfc3339(row.try_get(2)?).into();
     Ok(Json(bot))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn field(r: ApiResult<()>) -> Option<String> {
+        r.err().and_then(|e| e.field)
+    }
+
+    #[test]
+    fn addresses_are_wss_or_ws_to_loopback() {
+        for ok in [
+            "wss://engine.example",
+            "wss://10.0.0.1:8443",
+            "wss://edge.example/engine-1",
+            "ws://127.0.0.1:8080",
+            "ws://127.9.9.9",
+            "ws://[::1]:8080",
+            "ws://[::ffff:127.0.0.1]:8080",
+            "ws://localhost:8080",
+            "ws://LOCALHOST:8080",
+            "ws://2130706433:80",
+        ] {
+            assert!(check_address(ok, false).is_ok(), "{ok}");
+        }
+        for refused in [
+            "ws://10.0.0.1:8080",
+            "ws://0.0.0.0:8080",
+            "ws://engine.example",
+            "ws://localhost.example",
+            "ws://127.0.0.1.nip.io",
+            "ws://[::2]:8080",
+            "http://127.0.0.1:8080",
+            "https://engine.example",
+            "wss://",
+            "wss://user:pw@engine.example",
+            "wss://engine.example/?x=1",
+            "wss://engine.example/#x",
+            "engine.example:8080",
+            "",
+        ] {
+            assert_eq!(field(check_address(refused, false)).as_deref(), Some("address"), "{refused}");
+        }
+        assert!(check_address(&format!("wss://{}", "a".repeat(500)), false).is_err());
+    }
+
+    #[test]
+    fn the_operators_switch_allows_plain_ws_anywhere() {
+        assert!(check_address("ws://10.0.0.1:8080", true).is_ok());
+        assert!(check_address("ws://engine.example", true).is_ok());
+        assert!(check_address("http://10.0.0.1:8080", true).is_err(), "still a WebSocket URL");
+        assert!(check_address("ws://u@10.0.0.1", true).is_err(), "still a base URL");
+    }
 }

@@ -87,14 +87,22 @@ pub struct ApiConfig {
     /// Requests handled at once (`/health` and `/metrics` aside); past it a request answers
     /// 503 `overloaded` with `Retry-After` instead of waiting.
     pub max_in_flight: usize,
+    /// Which addresses requests made for tenants (webhooks) may reach, and which address
+    /// literals documents may hold (public only by default).
+    pub egress: cxb_contract::egress::EgressPolicy,
+    /// The key file secrets are sealed with (`CXB_SECRET_KEY` wins): by default beside the
+    /// SQLite database, else `secret.key` in the working directory.
+    pub secret_key_file: std::path::PathBuf,
+    /// Let engine hosts advertise plain `ws://` to hosts that are not loopback.
+    pub allow_ws_hosts: bool,
     pub clock: Arc<dyn Clock>,
 }
 
 impl ApiConfig {
     pub fn new(listen: SocketAddr, database: impl Into<String>) -> ApiConfig {
+        let database: String = database.into();
         ApiConfig {
             listen,
-            database: database.into(),
             session_ttl: Duration::from_secs(12 * 3600),
             host_ttl: Duration::from_secs(10),
             reservation_ttl: Duration::from_secs(60),
@@ -111,6 +119,10 @@ impl ApiConfig {
             request_timeout: Duration::from_secs(30),
             upload_timeout: Duration::from_secs(120),
             max_in_flight: 1024,
+            egress: cxb_contract::egress::EgressPolicy::public_only(),
+            secret_key_file: secrets::key_file(&database, std::path::Path::new(".")),
+            allow_ws_hosts: false,
+            database,
             clock: Arc::new(SystemClock),
         }
     }
@@ -126,6 +138,10 @@ pub struct Inner {
     pub config: ApiConfig,
     pub logins: LoginLimiter,
     pub http: reqwest::Client,
+    /// The guarded client for requests made for tenants (webhooks).
+    pub egress: egress::Egress,
+    /// Seals and opens the secrets in stored documents.
+    pub secrets: Arc<secrets::SecretBox>,
     /// Room for webhook deliveries in flight, overall and per organization.
     pub(crate) webhook_slots: webhooks::Slots,
     /// The dialler's side of `POST /v1/calls` and the carriers' webhooks, attached after start
@@ -173,12 +189,19 @@ impl ApiServer {
     /// Opens and migrates the database, binds, and serves until [`ApiServer::shutdown`].
     pub async fn start(config: ApiConfig) -> anyhow::Result<ApiServer> {
         let db = db::connect(&config.database).await?;
+        let secrets = secrets::SecretBox::load(&config.secret_key_file)?;
+        let sealed = secrets::seal_stored_rows(&db, &secrets, false).await?;
+        if sealed > 0 {
+            eprintln!("cxb api: sealed the secrets of {sealed} documents stored before secrets were encrypted");
+        }
         let listener = tokio::net::TcpListener::bind(config.listen).await.with_context(|| format!("binding {}", config.listen))?;
         let addr = listener.local_addr()?;
         let state = AppState(Arc::new(Inner {
             db,
             logins: LoginLimiter::new(&config),
             http: http_client(Duration::from_secs(10))?,
+            egress: egress::Egress::new(config.egress.clone(), Duration::from_secs(10))?,
+            secrets: Arc::new(secrets),
             webhook_slots: webhooks::Slots::new(config.webhook_concurrency, config.webhook_per_org),
             telephony: std::sync::OnceLock::new(),
             config,

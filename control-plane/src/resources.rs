@@ -213,7 +213,7 @@ pub(crate) async fn create<T: Document>(State(s): State<AppState>, caller: Calle
     let once = doc.generate();
     let now = s.now();
     let id = new_id(T::PREFIX, now);
-    let body = serde_json::to_string(&doc).map_err(ApiError::internal)?;
+    let body = seal_for_storage(&s, &doc)?;
     let (cols, vals) = if T::STATEFUL { (", state", ", $7") } else { ("", "") };
     let sql = format!(
         "INSERT INTO {} (id, org_id, name, body, created_at, updated_at{cols}) VALUES ($1, $2, $3, $4, $5, $6{vals})",
@@ -254,12 +254,19 @@ pub(crate) async fn update<T: Document>(
     }
     let stored: String = row.try_get("body")?;
     let before: i64 = row.try_get("updated_at")?;
-    let mut doc: Value = serde_json::from_str(&stored).map_err(ApiError::internal)?;
-    model::merge_patch(&mut doc, Value::Object(patch));
+    let mut stored: Value = serde_json::from_str(&stored).map_err(ApiError::internal)?;
+    s.secrets.open_document(&mut stored).map_err(ApiError::internal)?;
+    let mut doc = stored.clone();
+    let patch = Value::Object(patch);
+    model::merge_patch(&mut doc, patch.clone());
+    let cleared = crate::secrets::bind_to_destinations(&stored, &mut doc, &patch);
     let mut doc: T = typed(doc)?;
     doc.check(&s, &caller.org_id).await?;
+    // A document whose secrets were cleared gets new generated ones (a webhook's signing
+    // secret), shown once.
+    let once = if cleared.is_empty() { None } else { doc.generate() };
     let now = s.now().max(before + 1);
-    let body = serde_json::to_string(&doc).map_err(ApiError::internal)?;
+    let body = seal_for_storage(&s, &doc)?;
     let sql = format!("UPDATE {} SET name = $1, body = $2, updated_at = $3 WHERE id = $4 AND org_id = $5 AND updated_at = $6", T::TABLE);
     let done = sqlx::query(AssertSqlSafe(sql))
         .bind(doc.name().trim())
@@ -273,7 +280,26 @@ pub(crate) async fn update<T: Document>(
     if done.rows_affected() == 0 {
         return Err(ApiError::conflict("edit_conflict", format!("the {} changed while this edit was made; fetch it and try again", T::WHAT)));
     }
-    Ok(Json(view(&fetch::<T>(&s, &caller.org_id, &id).await?)?))
+    let mut out = view(&fetch::<T>(&s, &caller.org_id, &id).await?)?;
+    if let Value::Object(out) = &mut out {
+        if !cleared.is_empty() {
+            // Secrets do not follow a new destination unless they are sent again.
+            out.insert("secrets_cleared".into(), json!(cleared));
+        }
+        if let Some(Value::Object(once)) = once {
+            out.extend(once);
+        }
+    }
+    Ok(Json(out))
+}
+
+/// A document as stored: every address literal it holds passes the egress policy (422
+/// `egress_forbidden` naming the field), and its secrets are sealed.
+pub(crate) fn seal_for_storage<T: Serialize>(s: &AppState, doc: &T) -> ApiResult<String> {
+    let mut value = serde_json::to_value(doc).map_err(ApiError::internal)?;
+    crate::egress::check_document(&value, &s.config.egress)?;
+    s.secrets.seal_document(&mut value, false).map_err(ApiError::internal)?;
+    Ok(value.to_string())
 }
 
 pub(crate) async fn delete<T: Document>(State(s): State<AppState>, caller: Caller, Path(id): Path<String>) -> ApiResult<StatusCode> {

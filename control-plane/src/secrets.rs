@@ -5,8 +5,10 @@
 //! The key comes from `CXB_SECRET_KEY` (32 bytes, standard base64), else from the key file
 //! `secret.key` (made with mode 0600 at first start) beside the SQLite database, or in the data
 //! directory for PostgreSQL. The file may hold several keys, newest first: the newest seals,
-//! any opens. `cxb admin rotate-secret-key` adds a key, reseals every row, then drops the old
-//! keys. Rows written before sealing existed are sealed when the API starts.
+//! any opens. `cxb admin rotate-secret-key` adds a key and reseals every row with it; the old
+//! keys stay in the file (processes still running seal with them until they restart, and read
+//! the file again when they meet the new key); `--drop-old` removes them once all restarted.
+//! Rows written before sealing existed are sealed when the API starts.
 
 use std::path::{Path, PathBuf};
 
@@ -36,15 +38,29 @@ struct Key {
     key: LessSafeKey,
 }
 
-/// The keys secrets are sealed with (the first) and opened with (any).
+/// The keys secrets are sealed with (the first) and opened with (any). A box loaded from a key
+/// file reads the file again when it meets a key it does not hold (another process rotated).
 pub struct SecretBox {
-    keys: Vec<Key>,
+    keys: std::sync::RwLock<Vec<Key>>,
+    file: Option<PathBuf>,
 }
 
 impl std::fmt::Debug for SecretBox {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SecretBox").field("keys", &self.keys.iter().map(|k| k.id.as_str()).collect::<Vec<_>>()).finish()
+        f.debug_struct("SecretBox").field("current", &self.current()).finish_non_exhaustive()
     }
+}
+
+fn make_keys(keys: &[[u8; 32]]) -> Result<Vec<Key>, SecretError> {
+    if keys.is_empty() {
+        return Err(SecretError::Key("no key".into()));
+    }
+    keys.iter()
+        .map(|k| {
+            let unbound = UnboundKey::new(&CHACHA20_POLY1305, k).map_err(|_| SecretError::Key("not a ChaCha20-Poly1305 key".into()))?;
+            Ok(Key { id: key_id(k), key: LessSafeKey::new(unbound) })
+        })
+        .collect()
 }
 
 fn key_id(bytes: &[u8]) -> String {
@@ -55,17 +71,11 @@ fn key_id(bytes: &[u8]) -> String {
 impl SecretBox {
     /// A box from raw 32-byte keys, newest first.
     pub fn new(keys: &[[u8; 32]]) -> Result<SecretBox, SecretError> {
-        if keys.is_empty() {
-            return Err(SecretError::Key("no key".into()));
-        }
-        let keys = keys
-            .iter()
-            .map(|k| {
-                let unbound = UnboundKey::new(&CHACHA20_POLY1305, k).map_err(|_| SecretError::Key("not a ChaCha20-Poly1305 key".into()))?;
-                Ok(Key { id: key_id(k), key: LessSafeKey::new(unbound) })
-            })
-            .collect::<Result<_, SecretError>>()?;
-        Ok(SecretBox { keys })
+        Ok(SecretBox { keys: std::sync::RwLock::new(make_keys(keys)?), file: None })
+    }
+
+    fn from_file(file: &Path, keys: &[[u8; 32]]) -> Result<SecretBox, SecretError> {
+        Ok(SecretBox { keys: std::sync::RwLock::new(make_keys(keys)?), file: Some(file.to_path_buf()) })
     }
 
     /// The box for a deployment: `CXB_SECRET_KEY` if set, else the key file at `file`, made
@@ -75,19 +85,19 @@ impl SecretBox {
             return SecretBox::new(&parse_keys(&env)?);
         }
         match std::fs::read_to_string(file) {
-            Ok(text) => SecretBox::new(&parse_keys(&text)?),
+            Ok(text) => SecretBox::from_file(file, &parse_keys(&text)?),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 let key = random_key()?;
                 write_key_file(file, &[key])?;
-                SecretBox::new(&[key])
+                SecretBox::from_file(file, &[key])
             }
             Err(e) => Err(SecretError::Key(format!("{}: {e}", file.display()))),
         }
     }
 
     /// The id of the key that seals.
-    pub fn current(&self) -> &str {
-        &self.keys[0].id
+    pub fn current(&self) -> String {
+        self.keys.read().map(|k| k[0].id.clone()).unwrap_or_default()
     }
 
     /// Whether `value` is a sealed secret.
@@ -97,7 +107,8 @@ impl SecretBox {
 
     /// Seals `plain` with the newest key.
     pub fn seal(&self, plain: &str) -> Result<String, SecretError> {
-        let key = &self.keys[0];
+        let keys = self.keys.read().map_err(|_| SecretError::Key("poisoned".into()))?;
+        let key = &keys[0];
         let mut nonce = [0u8; 12];
         SystemRandom::new().fill(&mut nonce).map_err(|_| SecretError::Key("no randomness".into()))?;
         let mut data = plain.as_bytes().to_vec();
@@ -114,7 +125,17 @@ impl SecretBox {
     pub fn open(&self, value: &str) -> Result<String, SecretError> {
         let Some(rest) = value.strip_prefix(PREFIX) else { return Ok(value.to_string()) };
         let (id, data) = rest.split_once(':').ok_or(SecretError::Corrupt)?;
-        let key = self.keys.iter().find(|k| k.id == id).ok_or_else(|| SecretError::UnknownKey(id.to_string()))?;
+        let known = |b: &SecretBox| b.keys.read().is_ok_and(|k| k.iter().any(|k| k.id == id));
+        if !known(self)
+            && let Some(file) = &self.file
+            && let Ok(text) = std::fs::read_to_string(file)
+            && let Ok(keys) = parse_keys(&text).and_then(|k| make_keys(&k))
+            && let Ok(mut held) = self.keys.write()
+        {
+            *held = keys;
+        }
+        let keys = self.keys.read().map_err(|_| SecretError::Key("poisoned".into()))?;
+        let key = keys.iter().find(|k| k.id == id).ok_or_else(|| SecretError::UnknownKey(id.to_string()))?;
         let mut bytes = URL_SAFE_NO_PAD.decode(data).map_err(|_| SecretError::Corrupt)?;
         if bytes.len() < 12 + 16 {
             return Err(SecretError::Corrupt);
@@ -129,7 +150,8 @@ impl SecretBox {
     /// `reseal`, not sealed with the newest key).
     pub fn seal_document(&self, doc: &mut Value, reseal: bool) -> Result<(), SecretError> {
         for_each_secret(doc, &mut |v| {
-            let stale = reseal && Self::is_sealed(v) && !v[PREFIX.len()..].starts_with(&format!("{}:", self.current()));
+            let current = self.current();
+            let stale = reseal && Self::is_sealed(v) && !v[PREFIX.len()..].starts_with(&format!("{current}:"));
             if !Self::is_sealed(v) || stale {
                 *v = self.seal(&self.open(v)?)?;
             }
@@ -143,6 +165,66 @@ impl SecretBox {
             *v = self.open(v)?;
             Ok(())
         })
+    }
+}
+
+/// The tables whose documents hold `secrets` maps, and their key column.
+const SEALED_TABLES: [(&str, &str); 4] = [("bots", "id"), ("ai_assistants", "id"), ("webhooks", "id"), ("settings", "org_id")];
+
+/// Seals every stored secret that is not sealed yet (at start: rows from before sealing), or,
+/// with `reseal`, every one not sealed with the newest key (a key rotation). Returns how many
+/// documents changed.
+pub async fn seal_stored_rows(db: &sqlx::AnyPool, secrets: &SecretBox, reseal: bool) -> anyhow::Result<usize> {
+    let mut changed = 0;
+    for (table, key) in SEALED_TABLES {
+        let sql = format!("SELECT {key}, body FROM {table} WHERE body LIKE '%\"secrets\"%'");
+        let rows: Vec<(String, String)> = sqlx::query_as(sqlx::AssertSqlSafe(sql)).fetch_all(db).await?;
+        for (id, body) in rows {
+            let mut doc: Value = serde_json::from_str(&body)?;
+            let before = doc.clone();
+            secrets.seal_document(&mut doc, reseal)?;
+            if doc != before {
+                let sql = format!("UPDATE {table} SET body = $1 WHERE {key} = $2 AND body = $3");
+                sqlx::query(sqlx::AssertSqlSafe(sql)).bind(doc.to_string()).bind(&id).bind(&body).execute(db).await?;
+                changed += 1;
+            }
+        }
+    }
+    Ok(changed)
+}
+
+/// Fields that say where a document's secrets are sent.
+const DESTINATION_FIELDS: [&str; 7] = ["url", "base_url", "url_template", "api_base", "provider", "domain", "host"];
+
+/// A secret is bound to its destination: wherever `after` (a document after an edit) holds a
+/// `secrets` map beside a destination field that differs from `before` (the stored document),
+/// and the edit (`patch`) did not send that map again, the secrets are removed. Returns the
+/// paths of the maps cleared (`""` for the document itself, `stt`, `carrier`, …).
+pub fn bind_to_destinations(before: &Value, after: &mut Value, patch: &Value) -> Vec<String> {
+    let mut cleared = Vec::new();
+    bind(before, after, Some(patch), &mut String::new(), &mut cleared);
+    cleared
+}
+
+fn bind(before: &Value, after: &mut Value, patch: Option<&Value>, path: &mut String, cleared: &mut Vec<String>) {
+    let Value::Object(map) = after else { return };
+    let moved = DESTINATION_FIELDS.iter().any(|f| map.get(*f) != before.get(*f));
+    let resent = patch.and_then(|p| p.get("secrets")).is_some_and(|s| s.as_object().is_some_and(|m| !m.is_empty()));
+    if moved && !resent && map.get("secrets").and_then(Value::as_object).is_some_and(|m| !m.is_empty()) {
+        map.remove("secrets");
+        cleared.push(path.clone());
+    }
+    for (k, v) in map.iter_mut() {
+        if k == "secrets" || !v.is_object() {
+            continue;
+        }
+        let len = path.len();
+        if !path.is_empty() {
+            path.push('.');
+        }
+        path.push_str(k);
+        bind(before.get(k).unwrap_or(&Value::Null), v, patch.and_then(|p| p.get(k)), path, cleared);
+        path.truncate(len);
     }
 }
 
@@ -230,10 +312,11 @@ pub fn add_key(file: &Path) -> Result<SecretBox, SecretError> {
     let mut keys = parse_keys(&text)?;
     keys.insert(0, random_key()?);
     write_key_file(file, &keys)?;
-    SecretBox::new(&keys)
+    SecretBox::from_file(file, &keys)
 }
 
-/// Keeps only the newest key in the key file.
+/// Keeps only the newest key in the key file (once every process has been restarted after a
+/// rotation: a process that still seals with an old key would write values nobody can open).
 pub fn drop_old_keys(file: &Path) -> Result<(), SecretError> {
     let text = std::fs::read_to_string(file).map_err(|e| SecretError::Key(format!("{}: {e}", file.display())))?;
     let keys = parse_keys(&text)?;
@@ -275,6 +358,26 @@ mod tests {
         both.seal_document(&mut doc, true).expect("resealed");
         let new = SecretBox::new(&[[2; 32]]).expect("box");
         assert_eq!(new.open(doc["secrets"]["k"].as_str().expect("s")).expect("opens with the new key alone"), "v");
+    }
+
+    #[test]
+    fn moving_a_destination_without_resending_its_secrets_clears_them() {
+        let before = json!({"stt": {"provider": "deepgram", "base_url": "https://api.deepgram.com", "secrets": {"api_key": "k"}},
+                            "tts": {"provider": "elevenlabs", "secrets": {"api_key": "x"}}, "url": "https://a", "secrets": {"s": "1"}});
+        let patch = json!({"stt": {"base_url": "https://evil.example"}, "tts": {"voice": "v"}});
+        let mut after = before.clone();
+        crate::model::merge_patch(&mut after, patch.clone());
+        assert_eq!(bind_to_destinations(&before, &mut after, &patch), ["stt"]);
+        assert_eq!(after["stt"].get("secrets"), None, "the key does not follow the new URL");
+        assert_eq!(after["tts"]["secrets"]["api_key"], "x", "untouched destinations keep theirs");
+        let resend = json!({"stt": {"base_url": "https://self-hosted.example", "secrets": {"api_key": "k2"}}});
+        let mut after = before.clone();
+        crate::model::merge_patch(&mut after, resend.clone());
+        assert!(bind_to_destinations(&before, &mut after, &resend).is_empty(), "sent again: kept");
+        let top = json!({"url": "https://b"});
+        let mut after = before.clone();
+        crate::model::merge_patch(&mut after, top.clone());
+        assert_eq!(bind_to_destinations(&before, &mut after, &top), [""]);
     }
 
     #[test]

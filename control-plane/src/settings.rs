@@ -36,11 +36,15 @@ pub(crate) async fn get(State(s): State<AppState>, caller: Caller) -> ApiResult<
 pub(crate) async fn update(State(s): State<AppState>, caller: Caller, JsonObject(mut patch): JsonObject) -> ApiResult<Json<Value>> {
     caller.require(Role::Admin)?;
     patch.remove("updated_at");
-    let (mut doc, _) = load(&s, &caller.org_id).await?;
-    model::merge_patch(&mut doc, Value::Object(patch));
+    let (mut stored, _) = load(&s, &caller.org_id).await?;
+    s.secrets.open_document(&mut stored).map_err(ApiError::internal)?;
+    let mut doc = stored.clone();
+    let patch = Value::Object(patch);
+    model::merge_patch(&mut doc, patch.clone());
+    let cleared = crate::secrets::bind_to_destinations(&stored, &mut doc, &patch);
     let mut settings: Settings = typed(doc)?;
     settings.check()?;
-    let body = serde_json::to_string(&settings).map_err(ApiError::internal)?;
+    let body = crate::resources::seal_for_storage(&s, &settings)?;
     let now = s.now();
     sqlx::query(
         "INSERT INTO settings (org_id, body, updated_at) VALUES ($1, $2, $3) \
@@ -51,5 +55,9 @@ pub(crate) async fn update(State(s): State<AppState>, caller: Caller, JsonObject
     .bind(now)
     .execute(&s.db)
     .await?;
-    Ok(Json(view(serde_json::from_str(&body).map_err(ApiError::internal)?, now)))
+    let mut out = view(serde_json::from_str(&body).map_err(ApiError::internal)?, now);
+    if let (false, Value::Object(map)) = (cleared.is_empty(), &mut out) {
+        map.insert("secrets_cleared".into(), json!(cleared));
+    }
+    Ok(Json(out))
 }

@@ -193,7 +193,14 @@ async fn start_batch(s: &AppState) -> ApiResult<Vec<JoinHandle<()>>> {
 /// One attempt of a claimed delivery, and its outcome recorded.
 async fn attempt(s: &AppState, id: &str, hook_id: &str, payload: &str, attempts: i64, now: i64) -> ApiResult<()> {
     let body: Option<String> = sqlx::query_scalar("SELECT body FROM webhooks WHERE id = $1").bind(hook_id).fetch_optional(&s.db).await?;
-    let hook = body.and_then(|b| serde_json::from_str::<Webhook>(&b).ok());
+    let hook = body.and_then(|b| {
+        let mut doc: Value = serde_json::from_str(&b).ok()?;
+        if let Err(e) = s.secrets.open_document(&mut doc) {
+            eprintln!("cxb api: webhook {hook_id}: {e}");
+            return None;
+        }
+        serde_json::from_value::<Webhook>(doc).ok()
+    });
     let (status, error) = match &hook {
         Some(hook) if hook.enabled => send(s, hook, id, payload, now).await,
         _ => (None, Some("the webhook was disabled".to_string())),
@@ -223,19 +230,26 @@ async fn attempt(s: &AppState, id: &str, hook_id: &str, payload: &str, attempts:
     Ok(())
 }
 
-/// One POST through the API's shared client (which follows no redirects): the HTTP status,
-/// or the error that prevented one. A redirect is a failed attempt like any other non-2xx:
-/// the receiver's URL is the one its owner registered, nowhere else.
+/// One POST through the outbound-request guard (which follows no redirects and reaches no
+/// internal address): the HTTP status, or the error that prevented one. A redirect is a
+/// failed attempt like any other non-2xx: the receiver's URL is the one its owner registered,
+/// nowhere else.
 async fn send(s: &AppState, hook: &Webhook, delivery: &str, payload: &str, now: i64) -> (Option<u16>, Option<String>) {
     let secret = hook.secrets.get("signing_secret").map_or("", String::as_str);
     let request = s
-        .http
+        .egress
+        .client()
         .post(&hook.url)
         .header("content-type", "application/json")
         .header("x-cxb-signature", signature(secret, now / 1000, payload))
         .header("x-cxb-delivery", delivery)
-        .body(payload.to_string());
-    match request.send().await {
+        .body(payload.to_string())
+        .build();
+    let request = match request {
+        Ok(r) => r,
+        Err(e) => return (None, Some(format!("{e}"))),
+    };
+    match s.egress.execute(request).await {
         Ok(r) if r.status().is_success() => (Some(r.status().as_u16()), None),
         Ok(r) if r.status().is_redirection() => (Some(r.status().as_u16()), Some(format!("the receiver answered {}; redirects are not followed", r.status()))),
         Ok(r) => (Some(r.status().as_u16()), Some(format!("the receiver answered {}", r.status()))),

@@ -7,6 +7,9 @@
 mod common;
 
 use common::{Api, product};
+use cxb_control_plane::admin;
+use cxb_control_plane::auth::FleetScope;
+use cxb_control_plane::clock::Clock;
 use reqwest::Method;
 use serde_json::{Value, json};
 
@@ -438,22 +441,24 @@ fn cxb_control_plane_signature(secret: &str, t: i64, body: &str) -> String {
 }
 
 fn beat(host: &str, free: u64, applied: &[&str]) -> Value {
-    json!({"host_id": host, "address": format!("ws://{host}"), "workers": 2, "slots_total": 10, "slots_free": free, "live_calls": 10 - free, "applied": applied})
+    json!({"host_id": host, "address": format!("wss://{host}"), "workers": 2, "slots_total": 10, "slots_free": free, "live_calls": 10 - free, "applied": applied})
 }
 
 #[tokio::test]
 async fn fleet_reserves_atomically_on_the_freest_live_host() {
     let api = Api::start().await;
-    let fleet = api.fleet_token().await;
+    // One engine token per host (each binds to its first heartbeat's host); a dialler reserves.
+    let (fleet, fleet2) = (api.fleet_token().await, api.fleet_token().await);
+    let dialler = admin::create_scoped_fleet_token(api.db(), "dialler", FleetScope::Dialler, None, api.clock.now_ms()).await.unwrap();
     let admin = api.org("Ops").await;
     assert_eq!(api.post("/v1/runtime/hosts/heartbeat", &fleet, beat("10.0.0.1:8080", 3, &[])).await.status, 200);
-    assert_eq!(api.post("/v1/runtime/hosts/heartbeat", &fleet, beat("10.0.0.2:8080", 1, &[])).await.status, 200);
+    assert_eq!(api.post("/v1/runtime/hosts/heartbeat", &fleet2, beat("10.0.0.2:8080", 1, &[])).await.status, 200);
     let hosts = api.get("/v1/fleet/hosts", &admin).await;
     assert_eq!(hosts.body["items"][0]["host_id"], "10.0.0.1:8080", "{}", hosts.body);
     assert_eq!(api.get("/v1/fleet/hosts", &fleet).await.body["items"].as_array().unwrap().len(), 2);
 
     // 12 concurrent reservations for 4 free slots: exactly 4 succeed, 3 on the freer host.
-    let tries = (0..12).map(|_| api.call(Method::POST, "/v1/fleet/reserve", &fleet, None));
+    let tries = (0..12).map(|_| api.call(Method::POST, "/v1/fleet/reserve", &dialler, None));
     let replies = futures_join_all(tries).await;
     let ok: Vec<&Value> = replies.iter().filter(|r| r.status == 201).map(|r| &r.body).collect();
     assert_eq!(ok.len(), 4, "{:?}", replies.iter().map(|r| r.status).collect::<Vec<_>>());
@@ -470,17 +475,17 @@ async fn fleet_reserves_atomically_on_the_freest_live_host() {
     let mut expected = tokens.clone();
     expected.sort();
     assert_eq!(offered, expected);
-    assert_eq!(api.call(Method::POST, "/v1/fleet/reserve", &fleet, None).await.status, 503);
+    assert_eq!(api.call(Method::POST, "/v1/fleet/reserve", &dialler, None).await.status, 503);
     let applied: Vec<&str> = tokens.iter().map(String::as_str).collect();
     let answer = api.post("/v1/runtime/hosts/heartbeat", &fleet, beat("10.0.0.1:8080", 0, &applied)).await;
     assert_eq!(answer.body["reservations"], json!([]));
-    assert_eq!(api.call(Method::POST, "/v1/fleet/reserve", &fleet, None).await.status, 503);
+    assert_eq!(api.call(Method::POST, "/v1/fleet/reserve", &dialler, None).await.status, 503);
     api.post("/v1/runtime/hosts/heartbeat", &fleet, beat("10.0.0.1:8080", 2, &[])).await;
-    assert_eq!(api.call(Method::POST, "/v1/fleet/reserve", &fleet, None).await.status, 201);
+    assert_eq!(api.call(Method::POST, "/v1/fleet/reserve", &dialler, None).await.status, 201);
 
     // A host that stops heartbeating drops out after the TTL (10 s).
     api.clock.advance_ms(9_000);
-    api.post("/v1/runtime/hosts/heartbeat", &fleet, beat("10.0.0.2:8080", 1, &[])).await;
+    api.post("/v1/runtime/hosts/heartbeat", &fleet2, beat("10.0.0.2:8080", 1, &[])).await;
     api.clock.advance_ms(2_000);
     let live = api.get("/v1/fleet/hosts", &fleet).await;
     assert_eq!(live.body["items"].as_array().unwrap().iter().map(|h| h["host_id"].as_str().unwrap()).collect::<Vec<_>>(), ["10.0.0.2:8080"]);

@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use cxb_control_plane::egress::Egress;
+use cxb_control_plane::secrets::SecretBox;
 use cxb_control_plane::model::{CarrierKind, Settings};
 use sqlx::AnyPool;
 
@@ -22,15 +23,22 @@ type Cached = (Instant, Arc<dyn Carrier>, Settings);
 pub struct Carriers {
     simulator: Option<Arc<dyn Carrier>>,
     egress: Egress,
+    secrets: Arc<SecretBox>,
     cache: Mutex<HashMap<String, Cached>>,
 }
 
 impl Carriers {
     /// `simulator`: the process's built-in carrier simulator, used by organizations whose
     /// carrier is `simulator` (none: such organizations cannot place calls here). `egress`:
-    /// the guarded client every carrier API request of a tenant goes through.
-    pub fn new(simulator: Option<Arc<dyn Carrier>>, egress: Egress) -> Carriers {
-        Carriers { simulator, egress, cache: Mutex::new(HashMap::new()) }
+    /// the guarded client every carrier API request of a tenant goes through. `secrets`: opens
+    /// the sealed secrets of stored documents (the API's key).
+    pub fn new(simulator: Option<Arc<dyn Carrier>>, egress: Egress, secrets: Arc<SecretBox>) -> Carriers {
+        Carriers { simulator, egress, secrets, cache: Mutex::new(HashMap::new()) }
+    }
+
+    /// Opens the sealed secrets of a stored document.
+    pub fn open_secrets(&self, doc: &mut serde_json::Value) -> Result<(), String> {
+        self.secrets.open_document(doc).map_err(|e| e.to_string())
     }
 
     /// The organization's carrier and settings.
@@ -46,7 +54,11 @@ impl Carriers {
             .await
             .map_err(|e| CarrierError::Unavailable(format!("reading settings: {e}")))?;
         let settings: Settings = match body {
-            Some(b) => serde_json::from_str(&b).map_err(|e| CarrierError::Config(format!("stored settings: {e}")))?,
+            Some(b) => {
+                let mut doc: serde_json::Value = serde_json::from_str(&b).map_err(|e| CarrierError::Config(format!("stored settings: {e}")))?;
+                self.open_secrets(&mut doc).map_err(|e| CarrierError::Config(format!("stored settings: {e}")))?;
+                serde_json::from_value(doc).map_err(|e| CarrierError::Config(format!("stored settings: {e}")))?
+            }
             None => Settings::default(),
         };
         let carrier = self.build(&settings)?;

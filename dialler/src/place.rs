@@ -96,7 +96,9 @@ impl Shared {
         let sql = format!("SELECT body FROM {table} WHERE id = $1 AND org_id = $2");
         let body: Option<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(sql)).bind(id).bind(org).fetch_optional(&self.db).await?;
         let body = body.ok_or_else(|| RouteError::Missing(id.to_string()))?;
-        serde_json::from_str(&body).map_err(|e| RouteError::Db(format!("stored {table} {id}: {e}")))
+        let mut doc: Value = serde_json::from_str(&body).map_err(|e| RouteError::Db(format!("stored {table} {id}: {e}")))?;
+        self.carriers.open_secrets(&mut doc).map_err(|e| RouteError::Db(format!("stored {table} {id}: {e}")))?;
+        serde_json::from_value(doc).map_err(|e| RouteError::Db(format!("stored {table} {id}: {e}")))
     }
 
     /// Routes a campaign's answered call by its routing type and target.

@@ -123,7 +123,7 @@ async fn rig_with(tweak: impl FnOnce(&mut DiallerConfig)) -> Rig {
     let token = api.org("Acme").await;
     let http = reqwest::Client::new();
     let carrier = Arc::new(Quick { http: http.clone(), live: Arc::default(), peak: Arc::default(), placed: Mutex::default(), requests: Mutex::default() });
-    let carriers = Carriers::new(Some(carrier.clone()), loopback_egress());
+    let carriers = Carriers::new(Some(carrier.clone()), loopback_egress(), api.secrets());
     let mut config = DiallerConfig::new(api.base.clone());
     config.tick = Duration::from_millis(20);
     tweak(&mut config);

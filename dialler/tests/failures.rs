@@ -124,7 +124,7 @@ async fn rig() -> Rig {
     let token = api.org("Acme").await;
     let (tx, placed) = unbounded_channel();
     let carrier = Arc::new(Scripted { says: Mutex::new(Says::Live), refuse: AtomicBool::new(false), asked: AtomicUsize::new(0), requests: Mutex::default(), placed: tx });
-    let carriers = Carriers::new(Some(carrier.clone()), cxb_control_plane::egress::Egress::new(cxb_contract::egress::EgressPolicy::with_loopback(), std::time::Duration::from_secs(10)).unwrap());
+    let carriers = Carriers::new(Some(carrier.clone()), cxb_control_plane::egress::Egress::new(cxb_contract::egress::EgressPolicy::with_loopback(), std::time::Duration::from_secs(10)).unwrap(), api.secrets());
     let mut config = DiallerConfig::new(api.base.clone());
     config.tick = Duration::from_millis(20);
     config.clock = api.clock.clone();

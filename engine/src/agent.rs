@@ -4,11 +4,18 @@
 //! The [`Call`](crate::call::Call) owns its agent and carries out the playout actions (audio,
 //! marks, clears) itself; everything else the conversation asks for happens here: provider
 //! requests are tasks on this worker's runtime, started and cancelled without blocking.
+//!
+//! The recording streams to the engine's result sink as the call goes when the sink offers a
+//! stream ([`ResultSink::recording_stream`]: the outbox writes it to a file on its own thread),
+//! so a call holds about 1.5 s of audio whatever its length: the writer's timeline is allocated
+//! when the call starts, its chunk buffers come back from the outbox for reuse, and no file is
+//! touched on this thread.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cxb_codecs::{Encoding, SampleRate, g711};
@@ -20,10 +27,11 @@ use cxb_pipeline::config::{BotConfig, MachineAction, OutboundGreeting};
 use cxb_pipeline::conversation::{Action, Conversation, Ending};
 use cxb_pipeline::provider::{AudioFormat, Events, Job, LlmProvider, SttCommand, SttSession, ToolCall, TtsProvider};
 use cxb_pipeline::tools::{CarrierLink, Destination, ToolAction, Tools};
-use cxb_outbox::wav::{Channel, RecordingWriter};
+use cxb_outbox::wav::{Channel, RecordingSink, RecordingSummary, RecordingWriter};
 use serde_json::{Value, json};
 
 use crate::protocol::Start;
+use crate::server::ResultSink;
 use cxb_contract::call_token::{CallClaims, Direction};
 
 /// Where bots come from: local files, the API, or both (files first).
@@ -50,6 +58,78 @@ pub enum BotError {
 
 thread_local! {
     static CACHE: RefCell<HashMap<String, (Instant, Rc<BotConfig>)>> = RefCell::new(HashMap::new());
+    /// The result sink of the engine whose worker runs on this thread: agents made here stream
+    /// their recordings into it. Set by the worker as it admits an AI call ([`record_into`]).
+    static RESULTS: RefCell<Option<Arc<dyn ResultSink>>> = const { RefCell::new(None) };
+}
+
+/// Names the result sink that agents made next on this worker thread record into (the
+/// engine's; per thread, as the egress policy is).
+pub(crate) fn record_into(results: Option<&Arc<dyn ResultSink>>) {
+    RESULTS.with_borrow_mut(|r| match (r.as_ref(), results) {
+        (Some(held), Some(new)) if Arc::ptr_eq(held, new) => {}
+        _ => *r = results.cloned(),
+    });
+}
+
+/// A call's recording: streamed into the result sink as the call goes, or kept in memory when
+/// the sink takes only whole files.
+#[derive(Debug)]
+enum Recorder {
+    Memory(RecordingWriter),
+    Streamed(RecordingWriter<Box<dyn RecordingSink>>),
+}
+
+impl Recorder {
+    /// A recording for a call of at most `max`, streamed if this thread's result sink can.
+    fn new(max: Duration) -> Recorder {
+        let rate = SampleRate::Hz8000;
+        match RESULTS.with_borrow(|r| r.as_ref().and_then(|sink| sink.recording_stream())) {
+            Some(stream) => Recorder::Streamed(RecordingWriter::with_sink(rate, max, stream)),
+            None => Recorder::Memory(RecordingWriter::new(rate, max)),
+        }
+    }
+
+    fn write(&mut self, channel: Channel, at: Duration, samples: &[i16]) {
+        match self {
+            Recorder::Memory(w) => w.write(channel, at, samples),
+            Recorder::Streamed(w) => w.write(channel, at, samples),
+        }
+    }
+
+    fn append(&mut self, channel: Channel, samples: &[i16]) {
+        match self {
+            Recorder::Memory(w) => w.append(channel, samples),
+            Recorder::Streamed(w) => w.append(channel, samples),
+        }
+    }
+
+    fn dropped(&self) -> Duration {
+        match self {
+            Recorder::Memory(w) => w.dropped(),
+            Recorder::Streamed(w) => w.dropped(),
+        }
+    }
+
+    fn finish(self) -> Recording {
+        match self {
+            Recorder::Memory(w) => Recording::Wav(w.finish()),
+            Recorder::Streamed(w) => {
+                let (stream, summary) = w.close();
+                Recording::Streamed(stream, summary)
+            }
+        }
+    }
+}
+
+/// A finished call's recording, for the result sink.
+#[derive(Debug)]
+pub enum Recording {
+    /// The whole WAV file ([`ResultSink::submit`]).
+    Wav(Vec<u8>),
+    /// Streamed into the sink's stream, which now holds all of it
+    /// ([`ResultSink::submit_streamed`]).
+    Streamed(Box<dyn RecordingSink>, RecordingSummary),
 }
 
 impl BotSource {
@@ -276,7 +356,7 @@ pub struct Agent {
     pcm: Vec<i16>,
     narrow: Vec<i16>,
     stt_bytes: Vec<u8>,
-    recorder: Option<RecordingWriter>,
+    recorder: Option<Recorder>,
     end: Option<AgentEnd>,
     created: Instant,
     created_unix_ms: u64,
@@ -326,9 +406,7 @@ impl Agent {
             }
         };
         let conv = Conversation::new(&bot, tts_format, tools.specs(), now);
-        let recorder = bot.recording.then(|| {
-            RecordingWriter::new(SampleRate::Hz8000, Duration::from_secs(u64::from(bot.max_call_seconds) + 5))
-        });
+        let recorder = bot.recording.then(|| Recorder::new(Duration::from_secs(u64::from(bot.max_call_seconds) + 5)));
         let mut agent = Agent {
             stt_format: stt.input_format(),
             stt: stt.open(events.clone()),
@@ -589,7 +667,7 @@ impl Agent {
         });
     }
 
-    /// The call is over: close the providers and write the call's result and recording.
+    /// The call is over: close the providers; the call's result and its recording.
     pub fn finish(
         &mut self,
         now: Timestamp,
@@ -597,7 +675,7 @@ impl Agent {
         start: Option<&Start>,
         call_id: &str,
         end_reason: &str,
-    ) -> (Value, Option<Vec<u8>>) {
+    ) -> (Value, Option<Recording>) {
         self.conv.finish(now);
         self.stt.send(SttCommand::Close);
         self.llm_job = None;
@@ -675,7 +753,16 @@ impl Agent {
                 result[field] = Value::String(v);
             }
         }
-        (result, self.recorder.take().map(RecordingWriter::finish))
+        let recording = self.recorder.take().map(|recorder| {
+            // Audio the recording could not keep (placed too late, or the sink was behind)
+            // reads back as silence: say how much.
+            let dropped = u64::try_from(recorder.dropped().as_millis()).unwrap_or(u64::MAX);
+            if dropped > 0 {
+                result["metrics"]["recording_dropped_ms"] = json!(dropped);
+            }
+            recorder.finish()
+        });
+        (result, recording)
     }
 }
 

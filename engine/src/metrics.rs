@@ -81,6 +81,9 @@ pub struct WorkerMetrics {
     pub agent_dispatch: Histogram,
     /// Upgrades refused with 503 because every slot was taken.
     pub rejected_busy: Counter,
+    /// AI calls refused with 503 because the outbox could not take their results (over its
+    /// disk cap, or its writes fail).
+    pub rejected_outbox: Counter,
     /// Requests for a bot that does not exist.
     pub rejected_unknown_bot: Counter,
     /// Connections refused with 429 by their address's limits (too many waiting for their
@@ -248,6 +251,13 @@ pub fn render<'a>(workers: impl Iterator<Item = &'a WorkerMetrics> + Clone) -> S
         "counter",
         "Upgrades refused: no free slot.",
         &|m| m.rejected_busy.get(),
+    );
+    each(
+        &mut out,
+        "cxb_rejected_outbox_total",
+        "counter",
+        "AI calls refused (503): the outbox could not take their results.",
+        &|m| m.rejected_outbox.get(),
     );
     each(
         &mut out,

@@ -82,6 +82,36 @@ pub trait ResultSink: Send + Sync + std::fmt::Debug {
         result: serde_json::Value,
         recording: Option<Vec<u8>>,
     ) -> flume::Receiver<Result<(), String>>;
+
+    /// Whether the sink can take new calls' results now (not over its disk cap, its last write
+    /// did not fail). While it says no, the engine admits no new AI call (503
+    /// `outbox_unavailable` before the upgrade); calls already running still submit theirs.
+    /// Read on every AI call's admission: keep it to an atomic load. Default: always.
+    fn writable(&self) -> bool {
+        true
+    }
+
+    /// A sink for a new AI call's recording that takes it to durable storage as the call goes,
+    /// so the call's memory stays bounded whatever its length. Its `write` and `spare` are
+    /// called on the call's worker thread and must not block. `None` (the default): the
+    /// engine keeps the recording in memory and passes the WAV file to [`ResultSink::submit`].
+    fn recording_stream(&self) -> Option<Box<dyn cxb_outbox::wav::RecordingSink>> {
+        None
+    }
+
+    /// Stores a finished call whose recording went to `recording` (made by
+    /// [`ResultSink::recording_stream`], everything written to it), `summary` saying what it
+    /// holds; otherwise as [`ResultSink::submit`]. The default, for sinks that make no
+    /// streams, stores the result without the recording.
+    fn submit_streamed(
+        &self,
+        result: serde_json::Value,
+        recording: Box<dyn cxb_outbox::wav::RecordingSink>,
+        summary: cxb_outbox::wav::RecordingSummary,
+    ) -> flume::Receiver<Result<(), String>> {
+        let _ = (recording, summary);
+        self.submit(result, None)
+    }
 }
 
 impl EngineConfig {
@@ -225,6 +255,9 @@ impl Shared {
             "slots_total": per * self.workers.len(),
             "slots_free": free,
             "live_calls": live,
+            // False while the result outbox cannot write (its disk cap, a full disk): new AI
+            // calls are refused then.
+            "outbox_writable": self.config.results.as_ref().is_none_or(|r| r.writable()),
             "limits": {
                 "ai_calls_per_worker": self.config.ai_calls_per_worker,
                 "pending_per_address": self.config.address_limits.pending_per_address,

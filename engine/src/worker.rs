@@ -134,6 +134,8 @@ pub(crate) fn run(
     }
     let runtime = builder.build()?;
     cxb_pipeline::egress::set_policy(shared.config.egress.clone());
+    // AI calls on this thread stream their recordings into the result sink.
+    crate::agent::record_into(shared.config.results.as_ref());
     let driver = if runtime.driver_type().is_iouring() {
         1
     } else {
@@ -637,6 +639,11 @@ async fn route(worker: Rc<Worker>, stream: TcpStream, mut wire: Wire, req: Reque
     worker.next_call.set(n + 1);
     let call_id = format!("w{}-{n}", worker.index);
     let is_ai = agent_bot.is_some();
+    if is_ai && config.results.as_ref().is_some_and(|r| !r.writable()) {
+        worker.metrics().rejected_outbox.add(1);
+        let msg = "this host cannot store call results now (its outbox is full or failing); try another host";
+        return reply(&stream, &mut wire, http::error(503, "outbox_unavailable", msg, &[("Retry-After", "5")])).await;
+    }
     let slot = match worker.acquire(&call_id, bot.id(), token, is_ai) {
         Ok(slot) => slot,
         Err(full) => {
@@ -738,8 +745,12 @@ fn signed_urls(advertise: Option<&str>, req: &Request) -> Vec<String> {
 }
 
 /// Writes an AI call's result and recording to the outbox and waits until they are durable;
-/// the call's slot is freed only after that.
+/// the call's slot is freed only after that. The call was admitted, so its result is written
+/// if at all possible: a write that fails (a full disk) is tried again every second, without
+/// the recording, for up to 30 s in all.
 async fn finish_agent(worker: &Worker, call: &mut Call, call_id: &str, reason: EndReason) {
+    use crate::agent::Recording;
+    const AGAIN: Duration = Duration::from_secs(1);
     let start = call.start_info().cloned();
     let Some(agent) = call.agent() else { return };
     let (result, recording) = agent.finish(
@@ -753,12 +764,24 @@ async fn finish_agent(worker: &Worker, call: &mut Call, call_id: &str, reason: E
         eprintln!("cxb core: call {call_id}: no outbox configured; result dropped");
         return;
     };
-    let done = sink.submit(result, recording);
-    match compio::time::timeout(Duration::from_secs(30), done.recv_async()).await {
-        Ok(Ok(Ok(()))) => {}
-        Ok(Ok(Err(e))) => eprintln!("cxb core: call {call_id}: outbox: {e}"),
-        Ok(Err(_)) => eprintln!("cxb core: call {call_id}: outbox stopped"),
-        Err(_) => eprintln!("cxb core: call {call_id}: outbox did not answer in 30 s"),
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut done = match recording {
+        Some(Recording::Wav(wav)) => sink.submit(result.clone(), Some(wav)),
+        Some(Recording::Streamed(stream, summary)) => sink.submit_streamed(result.clone(), stream, summary),
+        None => sink.submit(result.clone(), None),
+    };
+    loop {
+        match compio::time::timeout_at(deadline, done.recv_async()).await {
+            Ok(Ok(Ok(()))) => return,
+            Ok(Ok(Err(e))) if Instant::now() + AGAIN < deadline => {
+                eprintln!("cxb core: call {call_id}: outbox: {e}; trying again");
+                compio::time::sleep(AGAIN).await;
+                done = sink.submit(result.clone(), None);
+            }
+            Ok(Ok(Err(e))) => return eprintln!("cxb core: call {call_id}: outbox: {e}; result lost"),
+            Ok(Err(_)) => return eprintln!("cxb core: call {call_id}: outbox stopped"),
+            Err(_) => return eprintln!("cxb core: call {call_id}: outbox did not answer in 30 s"),
+        }
     }
 }
 

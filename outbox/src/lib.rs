@@ -3,13 +3,31 @@
 //! an object store and posts the result to `cxb api` (`POST /v1/runtime/results`), retrying
 //! until the API has it. An API outage or a crash loses nothing: the API stores a call id once.
 //!
-//! The engine only ever calls [`OutboxHandle::submit`] (or [`OutboxHandle::submit_recording`])
-//! and awaits the [`Receipt`] it returns,
+//! The engine only ever calls [`OutboxHandle::submit`] (or [`OutboxHandle::submit_recording`],
+//! [`OutboxHandle::submit_stream`]) and awaits the [`Receipt`] it returns,
 //! which is runtime-agnostic (a flume channel), so a compio worker awaits it without blocking.
 //! Everything else runs on the outbox's own two threads: a writer (plain blocking file I/O,
 //! one directory fsync per batch of submissions) and a sender (a tokio current-thread runtime
 //! with reqwest and `object_store`). [`wav`] is the recording writer the engine uses on its
 //! own thread; it has no runtime in it.
+//!
+//! **Recordings stream to disk during the call.** A [`RecordingStream`]
+//! ([`OutboxHandle::recording_stream`]) is the sink of the engine's [`wav::RecordingWriter`]:
+//! the writer keeps the last second of the call's timeline and hands older audio on in
+//! half-second chunks; the stream sends each chunk through the writer thread's channel, the
+//! writer thread writes it at its place in `tmp/{id}.partial.wav` and hands the buffer back
+//! (at most 8 per recording, then audio is dropped rather than held), so a call's memory is
+//! bounded whatever its length and the engine's worker thread never touches the disk. At the
+//! end the submission completes the file (header, length, fsync) and moves it beside its entry.
+//!
+//! **Nothing blocks the queue.** Entries are delivered in order; one that keeps failing while
+//! the API shows it takes results (a probe that changes nothing) is parked and tried again on
+//! its own slower schedule; an API that is down for everyone parks nothing (see `queue`).
+//!
+//! **A disk-usage cap** ([`OutboxConfig::max_bytes`], 1 GiB by default) on everything in the
+//! directory: at or over it, or after a write failed (a full disk) until a write succeeds
+//! again, [`OutboxHandle::writable`] says no and the engine takes no new AI calls; what is
+//! submitted is still written if the disk takes it.
 //!
 //! Architecture invariant: tokio and `object_store` run only on the sender thread; nothing
 //! the engine calls touches them.
@@ -20,6 +38,8 @@
 #[cfg(feature = "delivery")]
 mod outbox;
 #[cfg(feature = "delivery")]
+mod queue;
+#[cfg(feature = "delivery")]
 mod sender;
 #[cfg(feature = "delivery")]
 mod spool;
@@ -27,6 +47,6 @@ pub mod wav;
 
 #[cfg(feature = "delivery")]
 pub use outbox::{
-    ApiTarget, Outbox, OutboxConfig, OutboxError, OutboxGuard, OutboxHandle, Receipt, ReceiptFuture, RecordingStore, RetryPolicy, S3Config,
-    Stats,
+    ApiTarget, Outbox, OutboxConfig, OutboxError, OutboxGuard, OutboxHandle, Receipt, ReceiptFuture, RecordingStore, RecordingStream, RetryPolicy,
+    S3Config, Stats,
 };

@@ -3,12 +3,14 @@
 //! buries it on a 4xx that judges the result (400, 413, 422, …), and tries again after a
 //! jittered exponential backoff on anything else: 5xx, connection errors, timeouts, 408, 429,
 //! and 401/403/404, which say the engine's token or API address is wrong, not the result, and
-//! must not bury every result of a misconfigured engine. A tokio current-thread runtime owned
-//! by this thread; nothing else runs on it.
+//! must not bury every result of a misconfigured engine. An entry that keeps failing while the
+//! API takes other results is parked and tried again later, so it holds back nothing;
+//! [`crate::queue`] decides what goes when. A tokio current-thread runtime owned by this
+//! thread; nothing else runs on it.
 
-use std::collections::VecDeque;
-use std::hash::BuildHasher;
+use std::cell::RefCell;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use object_store::aws::{AmazonS3, AmazonS3Builder};
@@ -17,9 +19,10 @@ use object_store::path::{Path as Key, PathPart};
 use object_store::{ClientOptions, ObjectStoreExt, RetryConfig};
 use serde_json::{Value, json};
 
-use crate::spool::{Entry, PendingRecording, ReadError, Spool};
 use crate::outbox::Counters;
-use crate::{ApiTarget, OutboxConfig, OutboxError, RecordingStore, RetryPolicy};
+use crate::queue::{Next, Outcome, Queue, QueuePolicy};
+use crate::spool::{Entry, PendingRecording, ReadError, Spool};
+use crate::{ApiTarget, OutboxConfig, OutboxError, RecordingStore};
 
 /// Where recordings are put.
 enum Store {
@@ -79,12 +82,16 @@ pub(crate) struct Sender {
     runtime: tokio::runtime::Runtime,
     client: reqwest::Client,
     url: String,
+    health_url: String,
     token: String,
     store: Store,
     timeout: Duration,
-    retry: RetryPolicy,
+    policy: QueuePolicy,
     spool: Arc<Spool>,
     counters: Arc<Counters>,
+    /// The body of the last result the API took, and when: posted again, it is the probe (the
+    /// API stores a call id once and answers 200).
+    last_delivered: RefCell<Option<(tokio::time::Instant, Vec<u8>)>>,
 }
 
 impl Sender {
@@ -102,16 +109,19 @@ impl Sender {
             .build()
             .map_err(|e| OutboxError::Config(format!("HTTP client: {e}")))?;
         let store = Store::new(&config.recordings, config.request_timeout)?;
+        let base = api.base_url.trim_end_matches('/');
         Ok(Sender {
             runtime,
             client,
-            url: format!("{}/v1/runtime/results", api.base_url.trim_end_matches('/')),
+            url: format!("{base}/v1/runtime/results"),
+            health_url: format!("{base}/health"),
             token: api.fleet_token.clone(),
             store,
             timeout: config.request_timeout,
-            retry: config.retry,
+            policy: QueuePolicy { park_after: config.park_after.max(1), retry: config.retry, park: config.park_retry },
             spool,
             counters,
+            last_delivered: RefCell::new(None),
         })
     }
 
@@ -126,40 +136,97 @@ impl Sender {
     }
 
     async fn deliver_all(&self, queued: Vec<u64>, written: flume::Receiver<u64>) {
-        let mut queue = VecDeque::from(queued);
-        let mut backoff = Backoff::new(self.retry);
+        let epoch = tokio::time::Instant::now();
+        let mut queue = Queue::new(self.policy, queued);
+        let mut writer_open = true;
         let mut failures = 0u64;
         loop {
-            queue.extend(written.try_iter());
-            let Some(&seq) = queue.front() else {
-                match written.recv_async().await {
-                    Ok(seq) => {
-                        queue.push_back(seq);
-                        continue;
-                    }
-                    // The writer has stopped and everything is delivered.
-                    Err(_) => return,
-                }
-            };
-            match self.deliver(seq).await {
-                Ok(()) => {
-                    queue.pop_front();
-                    if failures > 0 {
-                        eprintln!("cxb outbox: delivering again after {failures} failed attempts");
-                    }
-                    failures = 0;
-                    backoff.reset();
-                }
-                Err(e) => {
-                    Counters::bump(&self.counters.retries);
-                    if failures == 0 {
-                        eprintln!("cxb outbox: {e}; retrying with backoff");
-                    }
-                    failures += 1;
-                    tokio::time::sleep(backoff.next()).await;
+            while writer_open {
+                match written.try_recv() {
+                    Ok(seq) => queue.push(seq),
+                    Err(flume::TryRecvError::Empty) => break,
+                    Err(flume::TryRecvError::Disconnected) => writer_open = false,
                 }
             }
+            match queue.next(epoch.elapsed()) {
+                Next::Attempt(seq) => {
+                    let outcome = match self.deliver(seq).await {
+                        Ok(()) => {
+                            if failures > 0 {
+                                eprintln!("cxb outbox: delivering again after {failures} failed attempts");
+                            }
+                            failures = 0;
+                            Outcome::Settled
+                        }
+                        Err(e) => {
+                            Counters::bump(&self.counters.retries);
+                            if failures == 0 {
+                                eprintln!("cxb outbox: {e}; retrying with backoff");
+                            }
+                            failures += 1;
+                            Outcome::Failed
+                        }
+                    };
+                    if queue.attempted(seq, epoch.elapsed(), outcome) {
+                        Counters::bump(&self.counters.parks);
+                        eprintln!(
+                            "cxb outbox: entry {seq} keeps failing while the API takes results; parked, tried again in {} s",
+                            self.policy.park.initial.as_secs()
+                        );
+                    }
+                    self.counters.parked.store(queue.parked() as u64, Ordering::Relaxed);
+                }
+                Next::Probe => {
+                    let up = self.probe().await;
+                    queue.probed(epoch.elapsed(), up);
+                }
+                Next::Wait(at) => {
+                    let sleep = tokio::time::sleep_until(epoch + at);
+                    if writer_open {
+                        tokio::select! {
+                            () = sleep => {}
+                            next = written.recv_async() => match next {
+                                Ok(seq) => queue.push(seq),
+                                Err(_) => writer_open = false,
+                            },
+                        }
+                    } else {
+                        sleep.await;
+                    }
+                }
+                Next::Idle => match written.recv_async().await {
+                    Ok(seq) => queue.push(seq),
+                    // The writer has stopped and everything is delivered.
+                    Err(_) => return,
+                },
+            }
         }
+    }
+
+    /// Whether the API takes results now, asked without changing anything: the last result
+    /// it took (in the past ten minutes), posted again (it answers 200, a duplicate), or `GET
+    /// /health` (which checks its database) when there is none or the API now judges that one
+    /// (say its bot was deleted).
+    async fn probe(&self) -> bool {
+        // Only a recent one: a result stored long ago may have been removed since, and posting
+        // it again would store it anew.
+        let last = self.last_delivered.borrow().as_ref().filter(|(at, _)| at.elapsed() < PROBE_WITH_RESULT_FOR).map(|(_, body)| body.clone());
+        if let Some(body) = last {
+            let sent = self
+                .client
+                .post(&self.url)
+                .bearer_auth(&self.token)
+                .header(reqwest::header::CONTENT_TYPE, "application/json")
+                .body(body)
+                .send()
+                .await;
+            match sent.map(|r| r.status()) {
+                Ok(status) if status.is_success() => return true,
+                Ok(status) if judges_result(status) => *self.last_delivered.borrow_mut() = None,
+                _ => return false,
+            }
+        }
+        matches!(self.client.get(&self.health_url).send().await, Ok(r) if r.status().is_success())
     }
 
     /// `Ok`: the entry is settled (delivered, buried, or already gone). `Err`: try again.
@@ -182,7 +249,7 @@ impl Sender {
             .post(&self.url)
             .bearer_auth(&self.token)
             .header(reqwest::header::CONTENT_TYPE, "application/json")
-            .body(body)
+            .body(body.clone())
             .send()
             .await
             .map_err(|e| format!("posting a result to {}: {e}", self.url))?;
@@ -190,6 +257,7 @@ impl Sender {
         let answer = response.bytes().await.unwrap_or_default();
         if status.is_success() {
             let duplicate = serde_json::from_slice::<Value>(&answer).ok().and_then(|v| v.get("duplicate")?.as_bool()) == Some(true);
+            *self.last_delivered.borrow_mut() = Some((tokio::time::Instant::now(), body));
             self.spool.remove(seq).map_err(|e| format!("removing delivered entry {seq}: {e}"))?;
             Counters::bump(&self.counters.delivered);
             if duplicate {
@@ -197,7 +265,7 @@ impl Sender {
             }
             self.counters.settled();
             Ok(())
-        } else if status.is_client_error() && !matches!(status.as_u16(), 401 | 403 | 404 | 408 | 429) {
+        } else if judges_result(status) {
             let answer = serde_json::from_slice::<Value>(&answer)
                 .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(answer.get(..4096).unwrap_or(&answer)).into_owned()));
             self.bury(seq, json!({ "error": format!("the API rejected the result: {status}"), "status": status.as_u16(), "answer": answer }))
@@ -247,46 +315,19 @@ fn recording_key(result: &serde_json::Map<String, Value>) -> Key {
     Key::from_iter([PathPart::from("recordings"), PathPart::from(owner), PathPart::from(call.as_str())])
 }
 
-/// Exponential backoff with jitter.
-struct Backoff {
-    policy: RetryPolicy,
-    next: Duration,
-}
+/// How long after its delivery a result serves as the probe.
+const PROBE_WITH_RESULT_FOR: Duration = Duration::from_secs(600);
 
-impl Backoff {
-    fn new(policy: RetryPolicy) -> Backoff {
-        Backoff { policy, next: policy.initial }
-    }
-
-    fn reset(&mut self) {
-        self.next = self.policy.initial;
-    }
-
-    /// The next wait: the current step jittered into [d/2, d]; the step doubles up to `max`.
-    fn next(&mut self) -> Duration {
-        let d = self.next;
-        self.next = d.saturating_mul(2).min(self.policy.max);
-        let random = std::collections::hash_map::RandomState::new().hash_one(d) as f64 / u64::MAX as f64;
-        d.mul_f64(0.5 + 0.5 * random)
-    }
+/// A 4xx that judges the result (400, 413, 422, …), not the engine's token or address
+/// (401, 403, 404) or the moment (408, 429).
+fn judges_result(status: reqwest::StatusCode) -> bool {
+    status.is_client_error() && !matches!(status.as_u16(), 401 | 403 | 404 | 408 | 429)
 }
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn backoff_doubles_to_the_cap_with_jitter() {
-        let mut b = Backoff::new(RetryPolicy::default());
-        let waits: Vec<Duration> = (0..9).map(|_| b.next()).collect();
-        for (wait, step) in waits.iter().zip([1u64, 2, 4, 8, 16, 32, 60, 60, 60]) {
-            let step = Duration::from_secs(step);
-            assert!(*wait >= step / 2 && *wait <= step, "{wait:?} for a {step:?} step");
-        }
-        b.reset();
-        assert!(b.next() <= Duration::from_secs(1));
-    }
 
     #[test]
     fn keys_stay_in_their_folder() {

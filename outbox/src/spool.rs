@@ -1,13 +1,21 @@
 //! The outbox directory: one JSON file per finished call (`{seq}.json`, `seq` zero-padded so
 //! names sort in submission order) and its recording beside it (`{seq}.wav`) until uploaded.
+//! Recordings of calls still running grow in `tmp/{id}.partial.wav`; a crash leaves at most
+//! those, and the next start removes them.
 //!
 //! Every file is written to `*.tmp`, fsynced, renamed into place, and the directory fsynced,
 //! so after a crash an entry is either whole or absent. Entries that cannot be read or that the
-//! API rejects move to `dead/` with an `{seq}.error.json` saying why.
+//! API rejects move to `dead/` with an `{name}.error.json` saying why; `name` is the entry's
+//! `seq`, with `-{n}` added when an earlier entry of that `seq` is already there (sequence
+//! numbers start again at 1 when the directory has emptied).
+//!
+//! The spool counts the bytes of every file it holds (entries, recordings, partial recordings,
+//! `dead/`), for the outbox's disk-usage cap.
 
 use std::fs::{self, File};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -76,14 +84,20 @@ pub(crate) enum ReadError {
 pub(crate) struct Spool {
     dir: PathBuf,
     dead: PathBuf,
+    tmp: PathBuf,
+    /// Bytes of the files in the directory (and `dead/`, `tmp/`), as far as this process has
+    /// seen them change.
+    used: AtomicU64,
 }
 
 impl Spool {
-    /// Creates the directory (and `dead/`) if needed.
+    /// Creates the directory (and `dead/`, `tmp/`) if needed.
     pub(crate) fn open(dir: &Path) -> io::Result<Spool> {
         let dead = dir.join("dead");
+        let tmp = dir.join("tmp");
         fs::create_dir_all(&dead)?;
-        let spool = Spool { dir: dir.to_path_buf(), dead };
+        fs::create_dir_all(&tmp)?;
+        let spool = Spool { dir: dir.to_path_buf(), dead, tmp, used: AtomicU64::new(0) };
         spool.sync_dir()?;
         match dir.parent() {
             Some(parent) if !parent.as_os_str().is_empty() => sync_dir(parent)?,
@@ -92,40 +106,87 @@ impl Spool {
         Ok(spool)
     }
 
-    /// The entries on disk, oldest first. Removes what a crash can leave: `*.tmp` files and
-    /// recordings whose entry was never written or already delivered.
+    /// The entries on disk, oldest first. Removes what a crash can leave: `*.tmp` files,
+    /// partial recordings in `tmp/`, and recordings whose entry was never written or already
+    /// delivered. Counts the bytes of what stays.
     pub(crate) fn scan(&self) -> io::Result<Vec<u64>> {
         let mut entries = Vec::new();
         let mut wavs = Vec::new();
+        let mut used = 0u64;
+        for item in fs::read_dir(&self.tmp)? {
+            fs::remove_file(item?.path())?;
+        }
         for item in fs::read_dir(&self.dir)? {
             let item = item?;
+            if !item.file_type()?.is_file() {
+                continue;
+            }
             let name = item.file_name();
             let Some(name) = name.to_str() else { continue };
             if name.ends_with(".tmp") {
                 fs::remove_file(item.path())?;
+                continue;
             } else if let Some(seq) = seq_of(name, ".json") {
                 entries.push(seq);
             } else if let Some(seq) = seq_of(name, ".wav") {
                 wavs.push(seq);
             }
+            used += file_len(&item);
         }
         entries.sort_unstable();
+        for item in fs::read_dir(&self.dead)? {
+            used += file_len(&item?);
+        }
+        self.used.store(used, Ordering::Relaxed);
         for seq in wavs {
             if entries.binary_search(&seq).is_err() {
-                remove(&self.wav(seq))?;
+                self.remove_file(&self.wav(seq))?;
             }
         }
+        sync_dir(&self.tmp)?;
         self.sync_dir()?;
         Ok(entries)
     }
 
+    /// Bytes of the files the spool holds.
+    pub(crate) fn used(&self) -> u64 {
+        self.used.load(Ordering::Relaxed)
+    }
+
+    /// Counts `delta` more (or fewer) bytes on disk.
+    pub(crate) fn count(&self, delta: i64) {
+        let magnitude = delta.unsigned_abs();
+        if delta >= 0 {
+            self.used.fetch_add(magnitude, Ordering::Relaxed);
+        } else {
+            let _ = self.used.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |u| Some(u.saturating_sub(magnitude)));
+        }
+    }
+
     /// Writes a new entry and its recording, each fsynced; the caller fsyncs the directory
-    /// (once for a batch) before telling anyone the entry is safe.
+    /// (once for a batch) before telling anyone the entry is safe. On failure nothing of the
+    /// entry is left behind (and nothing else is touched).
     pub(crate) fn write_new(&self, entry: &Entry, wav: Option<&[u8]>) -> io::Result<()> {
         if let Some(wav) = wav {
-            write_atomic(&self.wav(entry.seq), wav)?;
+            self.put(&self.wav(entry.seq), wav)?;
         }
-        self.write(entry)
+        self.write_entry(entry)
+    }
+
+    /// Writes a new entry whose recording was streamed to `partial` (complete and fsynced):
+    /// the recording is moved beside the entry first.
+    pub(crate) fn write_streamed(&self, entry: &Entry, partial: &Path) -> io::Result<()> {
+        fs::rename(partial, self.wav(entry.seq))?;
+        self.write_entry(entry)
+    }
+
+    fn write_entry(&self, entry: &Entry) -> io::Result<()> {
+        let wrote = self.write(entry);
+        if wrote.is_err() {
+            // The recording must not outlive its entry (the next start would remove it anyway).
+            let _ = self.remove_file(&self.wav(entry.seq));
+        }
+        wrote
     }
 
     /// Replaces an entry (after its recording was uploaded), durably.
@@ -136,7 +197,7 @@ impl Spool {
 
     fn write(&self, entry: &Entry) -> io::Result<()> {
         let bytes = serde_json::to_vec(entry).map_err(io::Error::other)?;
-        write_atomic(&self.entry(entry.seq), &bytes)
+        self.put(&self.entry(entry.seq), &bytes)
     }
 
     pub(crate) fn read(&self, seq: u64) -> Result<Entry, ReadError> {
@@ -158,36 +219,80 @@ impl Spool {
 
     /// Forgets a recording once the entry records where it was uploaded.
     pub(crate) fn remove_wav(&self, seq: u64) -> io::Result<()> {
-        remove(&self.wav(seq))?;
+        self.remove_file(&self.wav(seq))?;
         self.sync_dir()
     }
 
     /// Forgets a delivered entry.
     pub(crate) fn remove(&self, seq: u64) -> io::Result<()> {
-        remove(&self.entry(seq))?;
-        remove(&self.wav(seq))?;
+        self.remove_file(&self.entry(seq))?;
+        self.remove_file(&self.wav(seq))?;
         self.sync_dir()
     }
 
     /// Moves an entry (and its recording, if still here) to `dead/` beside an
-    /// `{seq}.error.json` that says why.
+    /// `{name}.error.json` that says why. `name` is the entry's `seq`, or `{seq}-{n}` with the
+    /// smallest `n` that no file in `dead/` has yet: nothing buried earlier is overwritten.
     pub(crate) fn bury(&self, seq: u64, error: &Value) -> io::Result<()> {
         let bytes = serde_json::to_vec_pretty(error).map_err(io::Error::other)?;
-        write_atomic(&self.dead.join(format!("{seq:020}.error.json")), &bytes)?;
-        for from in [self.wav(seq), self.entry(seq)] {
-            if let Some(name) = from.file_name() {
-                match fs::rename(&from, self.dead.join(name)) {
-                    Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
-                    _ => {}
-                }
+        let name = self.dead_name(seq);
+        self.put(&self.dead.join(format!("{name}.error.json")), &bytes)?;
+        for (from, to) in [(self.wav(seq), format!("{name}.wav")), (self.entry(seq), format!("{name}.json"))] {
+            match fs::rename(&from, self.dead.join(to)) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+                _ => {}
             }
         }
         sync_dir(&self.dead)?;
         self.sync_dir()
     }
 
+    /// The first of `{seq}`, `{seq}-1`, `{seq}-2`, … of which `dead/` has no file.
+    fn dead_name(&self, seq: u64) -> String {
+        let taken = |name: &str| [".json", ".error.json", ".wav"].iter().any(|suffix| self.dead.join(format!("{name}{suffix}")).exists());
+        let first = format!("{seq:020}");
+        if !taken(&first) {
+            return first;
+        }
+        (1u64..).map(|n| format!("{seq:020}-{n}")).find(|name| !taken(name)).unwrap_or(first)
+    }
+
     pub(crate) fn sync_dir(&self) -> io::Result<()> {
         sync_dir(&self.dir)
+    }
+
+    /// Writes and removes a small file, each fsynced: whether the directory takes writes.
+    pub(crate) fn probe(&self) -> io::Result<()> {
+        let path = self.tmp.join("probe");
+        let written = write_atomic(&path, b"probe");
+        let _ = fs::remove_file(&path);
+        written
+    }
+
+    /// Where the recording of a call still running grows.
+    pub(crate) fn partial(&self, id: u64) -> PathBuf {
+        self.tmp.join(format!("{id:020}.partial.wav"))
+    }
+
+    /// Removes a file, counting its bytes off; a missing file is no error.
+    pub(crate) fn remove_file(&self, path: &Path) -> io::Result<()> {
+        let len = fs::metadata(path).map_or(0, |m| m.len());
+        match fs::remove_file(path) {
+            Ok(()) => {
+                self.count(-i64::try_from(len).unwrap_or(i64::MAX));
+                Ok(())
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// [`write_atomic`], counting the bytes.
+    fn put(&self, path: &Path, bytes: &[u8]) -> io::Result<()> {
+        let before = fs::metadata(path).map_or(0, |m| m.len());
+        write_atomic(path, bytes)?;
+        self.count(i64::try_from(bytes.len() as u64).unwrap_or(i64::MAX) - i64::try_from(before).unwrap_or(i64::MAX));
+        Ok(())
     }
 
     fn entry(&self, seq: u64) -> PathBuf {
@@ -197,6 +302,10 @@ impl Spool {
     fn wav(&self, seq: u64) -> PathBuf {
         self.dir.join(format!("{seq:020}.wav"))
     }
+}
+
+fn file_len(item: &fs::DirEntry) -> u64 {
+    item.metadata().ok().filter(fs::Metadata::is_file).map_or(0, |m| m.len())
 }
 
 /// The sequence number of a file named `{20 digits}{suffix}`.
@@ -209,22 +318,20 @@ fn seq_of(name: &str, suffix: &str) -> Option<u64> {
 }
 
 /// Writes `path` through `path.tmp`: write, fsync, rename. The directory is not synced.
+/// A half-written `.tmp` file is removed again when the write fails (a full disk).
 fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(".tmp");
     let tmp = PathBuf::from(tmp);
-    let mut file = File::create(&tmp)?;
-    file.write_all(bytes)?;
-    file.sync_all()?;
-    drop(file);
-    fs::rename(&tmp, path)
-}
-
-fn remove(path: &Path) -> io::Result<()> {
-    match fs::remove_file(path) {
-        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
-        _ => Ok(()),
+    let written = File::create(&tmp).and_then(|mut file| {
+        file.write_all(bytes)?;
+        file.sync_all()
+    });
+    if let Err(e) = written {
+        let _ = fs::remove_file(&tmp);
+        return Err(e);
     }
+    fs::rename(&tmp, path)
 }
 
 fn sync_dir(dir: &Path) -> io::Result<()> {
@@ -247,6 +354,62 @@ mod tests {
         }
         for bad in [json!({"v": 1, "seq": 7, "result": 5}), json!({"v": 1, "seq": 7, "result": {"call_id": ""}}), json!({"v": 2, "seq": 7, "result": {"call_id": "x"}})] {
             assert!(Entry::parse(7, bad.to_string().as_bytes()).is_err(), "{bad}");
+        }
+    }
+
+    fn spool() -> (tempfile::TempDir, Spool) {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(&dir.path().join("outbox")).unwrap();
+        assert!(spool.scan().unwrap().is_empty());
+        (dir, spool)
+    }
+
+    fn wav(seq: u64) -> PendingRecording {
+        PendingRecording { duration_ms: seq, channels: 2 }
+    }
+
+    #[test]
+    fn a_failed_write_is_an_error_that_leaves_no_debris_and_loses_nothing() {
+        let (_dir, spool) = spool();
+        spool.write_new(&Entry::new(1, json!({"call_id": "a"}), Some(wav(1))), Some(b"first recording")).unwrap();
+        let used = spool.used();
+        assert_eq!(used, fs::metadata(spool.entry(1)).unwrap().len() + 15);
+        // The entry's temporary file cannot be made: a directory is in its place.
+        fs::create_dir(spool.dir.join(format!("{:020}.json.tmp", 2))).unwrap();
+        let failed = spool.write_new(&Entry::new(2, json!({"call_id": "b"}), Some(wav(2))), Some(b"second recording"));
+        assert_eq!(failed.unwrap_err().kind(), io::ErrorKind::IsADirectory);
+        assert!(!spool.wav(2).exists() && !spool.entry(2).exists(), "nothing of it is left");
+        assert_eq!(spool.used(), used);
+        assert_eq!(spool.read(1).unwrap().result["call_id"], "a");
+        assert_eq!(spool.read_wav(1).unwrap().unwrap(), b"first recording");
+        // A start after that keeps the good entry and leaves what is not its own.
+        assert_eq!(spool.scan().unwrap(), [1]);
+        assert_eq!(spool.used(), used);
+    }
+
+    #[test]
+    fn burying_twice_under_one_seq_keeps_both() {
+        let (_dir, spool) = spool();
+        for (n, call) in ["a", "b", "c"].into_iter().enumerate() {
+            spool.write_new(&Entry::new(1, json!({"call_id": call}), Some(wav(1))), Some(call.as_bytes())).unwrap();
+            spool.bury(1, &json!({"error": n})).unwrap();
+        }
+        let mut names: Vec<String> = fs::read_dir(&spool.dead).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+        names.sort();
+        let first = "00000000000000000001";
+        let expected: Vec<String> = ["", "-1", "-2"]
+            .iter()
+            .flat_map(|suffix| [".error.json", ".json", ".wav"].map(|ext| format!("{first}{suffix}{ext}")))
+            .collect();
+        let mut expected = expected;
+        expected.sort();
+        assert_eq!(names, expected);
+        for (suffix, call, n) in [("", "a", 0), ("-1", "b", 1), ("-2", "c", 2)] {
+            let entry: Value = serde_json::from_slice(&fs::read(spool.dead.join(format!("{first}{suffix}.json"))).unwrap()).unwrap();
+            assert_eq!(entry["result"]["call_id"], call);
+            assert_eq!(fs::read(spool.dead.join(format!("{first}{suffix}.wav"))).unwrap(), call.as_bytes());
+            let error: Value = serde_json::from_slice(&fs::read(spool.dead.join(format!("{first}{suffix}.error.json"))).unwrap()).unwrap();
+            assert_eq!(error["error"], n);
         }
     }
 

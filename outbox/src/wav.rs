@@ -1,9 +1,20 @@
-//! Call recordings as two-channel 16-bit PCM WAV files: [`RecordingWriter`] collects the
-//! caller (left) and the bot (right) on one timeline, [`WavInfo::parse`] reads a header back.
+//! Call recordings as two-channel 16-bit PCM WAV files: [`RecordingWriter`] lays the caller
+//! (left) and the bot (right) on one timeline and hands the interleaved audio on, in chunks, to
+//! a [`RecordingSink`] as the call goes; [`WavInfo::parse`] reads a header back.
 //!
 //! Sans-IO and runtime-free: the engine calls this on its own worker thread, positions are
 //! offsets from the start of the recording that the caller passes in, never a clock read.
+//!
+//! **Memory is bounded whatever the call's length.** The writer keeps only the last [`KEEP`]
+//! of the timeline (plus one [`CHUNK`]) per channel, allocated once when it is made: at 8 kHz,
+//! 2 channels x 1.5 s x 8,000 samples x 2 bytes = 48 KB. Older audio goes to the sink in chunks
+//! of whole frames. [`MemoryWav`] is a sink that keeps the whole file in memory (short
+//! recordings, tests, sinks that cannot stream); the outbox's recording stream sends each
+//! chunk to the outbox's writer thread, which writes it into a file, and hands the buffer back
+//! for reuse, so the steady state allocates nothing.
 
+use std::any::Any;
+use std::fmt;
 use std::time::Duration;
 
 use cxb_codecs::SampleRate;
@@ -17,30 +28,205 @@ pub enum Channel {
     Bot,
 }
 
+impl Channel {
+    fn index(self) -> usize {
+        match self {
+            Channel::Caller => 0,
+            Channel::Bot => 1,
+        }
+    }
+}
+
 /// How far (in time) a write may land from the end of its channel and still be appended right
 /// after it: absorbs the jitter of timestamps taken from a real clock, so audio that arrives
 /// back to back stays back to back instead of gaining clicks of silence or losing samples.
 pub const SNAP: Duration = Duration::from_millis(10);
 
-/// Collects a call's two sides at one sample rate and writes them as one stereo WAV file.
+/// How far behind the furthest audio written a later write may still land (and overwrite or
+/// fill in): the two channels arrive on their own schedules (the caller's frames after the
+/// jitter buffer, the bot's as the playout clock releases them), a few hundred milliseconds
+/// apart at worst. Audio placed earlier than that is dropped (it is already with the sink) and
+/// counted in [`RecordingWriter::dropped`]; a channel left that far behind continues from there.
+pub const KEEP: Duration = Duration::from_secs(1);
+
+/// How much audio goes to the sink at a time (must not exceed [`KEEP`]).
+pub const CHUNK: Duration = Duration::from_millis(500);
+
+/// Bytes per frame of a two-channel 16-bit recording.
+pub const FRAME_BYTES: usize = 4;
+
+/// Where a recording's audio goes as the call runs.
+///
+/// `Any`, so that whoever made a sink can take it back from a `Box<dyn RecordingSink>` (the
+/// engine hands its recording back to the result sink it came from).
+pub trait RecordingSink: Any + Send + fmt::Debug {
+    /// Takes `data`, whole frames (the caller's sample, then the bot's, each 16-bit
+    /// little-endian), the first of which is frame `frame` of the recording. Frames never
+    /// written read back as silence. Must not block.
+    fn write(&mut self, frame: u64, data: Vec<u8>);
+
+    /// An empty buffer to fill for the next [`RecordingSink::write`]: one handed back after an
+    /// earlier write, or a new one. `None` while the sink holds as many as it allows (its
+    /// storage is behind): the writer then drops that stretch of audio rather than hold more.
+    fn spare(&mut self) -> Option<Vec<u8>>;
+
+    /// Bytes of buffers the sink holds for this recording (spare, or in flight).
+    fn held_bytes(&self) -> usize {
+        0
+    }
+}
+
+impl<S: RecordingSink + ?Sized> RecordingSink for Box<S> {
+    fn write(&mut self, frame: u64, data: Vec<u8>) {
+        (**self).write(frame, data);
+    }
+
+    fn spare(&mut self) -> Option<Vec<u8>> {
+        (**self).spare()
+    }
+
+    fn held_bytes(&self) -> usize {
+        (**self).held_bytes()
+    }
+}
+
+/// A sink that keeps the whole WAV file in memory; [`RecordingWriter::finish`] returns it.
+#[derive(Debug, Clone, Default)]
+pub struct MemoryWav {
+    /// The file so far: room for the header, then the frames written.
+    file: Vec<u8>,
+    spare: Vec<u8>,
+}
+
+impl RecordingSink for MemoryWav {
+    fn write(&mut self, frame: u64, data: Vec<u8>) {
+        let at = usize::try_from(frame).unwrap_or(usize::MAX).saturating_mul(FRAME_BYTES).saturating_add(HEADER_LEN);
+        let end = at.saturating_add(data.len());
+        if self.file.len() < end {
+            self.file.resize(end, 0);
+        }
+        if let Some(dst) = self.file.get_mut(at..end) {
+            dst.copy_from_slice(&data);
+        }
+        self.spare = data;
+    }
+
+    fn spare(&mut self) -> Option<Vec<u8>> {
+        Some(std::mem::take(&mut self.spare))
+    }
+
+    fn held_bytes(&self) -> usize {
+        self.file.capacity() + self.spare.capacity()
+    }
+}
+
+/// What a finished recording holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RecordingSummary {
+    /// The sample rate of both channels.
+    pub rate: SampleRate,
+    /// Frames (one sample per channel) from the start to the end of the longer channel.
+    pub frames: u64,
+    /// Audio was dropped because the recording reached its maximum length.
+    pub truncated: bool,
+    /// Frames of audio that were dropped and read back as silence: placed more than [`KEEP`]
+    /// behind, or not taken by a sink that was behind.
+    pub dropped_frames: u64,
+}
+
+impl RecordingSummary {
+    /// The length of the recording.
+    pub fn duration(&self) -> Duration {
+        samples_to_duration(self.frames, self.rate.hz())
+    }
+
+    /// The WAV file's header for this recording.
+    pub fn header(&self) -> [u8; HEADER_LEN] {
+        header(self.rate.hz(), self.frames)
+    }
+
+    /// The length of the whole WAV file.
+    pub fn file_len(&self) -> u64 {
+        HEADER_LEN as u64 + self.frames.saturating_mul(FRAME_BYTES as u64)
+    }
+}
+
+/// Lays a call's two sides on one timeline at one sample rate and writes them, as one stereo
+/// WAV file's frames, to its sink `S` ([`MemoryWav`] unless another is given).
 ///
 /// Each write carries its position (offset from the start of the recording); a channel with no
 /// audio at some time is silent there, so the two sides stay aligned however they arrive.
-#[derive(Debug, Clone)]
-pub struct RecordingWriter {
+#[derive(Clone)]
+pub struct RecordingWriter<S = MemoryWav> {
     rate: SampleRate,
-    max_samples: usize,
-    left: Vec<i16>,
-    right: Vec<i16>,
+    max_frames: u64,
+    snap: u64,
+    keep: usize,
+    chunk: usize,
+    /// The frame `tracks[_][0]` is; everything before is with the sink. A multiple of `chunk`.
+    base: u64,
+    /// The caller's and the bot's samples from `base` on.
+    tracks: [Vec<i16>; 2],
     truncated: bool,
+    dropped: u64,
+    sink: S,
 }
 
-impl RecordingWriter {
-    /// A recording at `rate` that keeps at most `max` of audio (later audio is dropped and
-    /// [`RecordingWriter::truncated`] says so), to bound the memory of a call that never ends.
+impl<S: fmt::Debug> fmt::Debug for RecordingWriter<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RecordingWriter")
+            .field("rate", &self.rate)
+            .field("base", &self.base)
+            .field("held", &[self.tracks[0].len(), self.tracks[1].len()])
+            .field("truncated", &self.truncated)
+            .field("dropped", &self.dropped)
+            .field("sink", &self.sink)
+            .finish()
+    }
+}
+
+impl RecordingWriter<MemoryWav> {
+    /// A recording in memory at `rate` that keeps at most `max` of audio (later audio is
+    /// dropped and [`RecordingWriter::truncated`] says so).
     pub fn new(rate: SampleRate, max: Duration) -> RecordingWriter {
-        let max_samples = usize::try_from(max.as_millis() * u128::from(rate.hz()) / 1000).unwrap_or(usize::MAX);
-        RecordingWriter { rate, max_samples, left: Vec::new(), right: Vec::new(), truncated: false }
+        RecordingWriter::with_sink(rate, max, MemoryWav::default())
+    }
+
+    /// The WAV file: a 44-byte header, then the two channels interleaved, the shorter one
+    /// padded with silence at the end.
+    pub fn finish(self) -> Vec<u8> {
+        let (sink, summary) = self.close();
+        let mut file = sink.file;
+        // A frame count over usize cannot happen: `max` bounds it.
+        file.resize(usize::try_from(summary.file_len()).unwrap_or(usize::MAX), 0);
+        if let Some(head) = file.get_mut(..HEADER_LEN) {
+            head.copy_from_slice(&summary.header());
+        }
+        file
+    }
+}
+
+impl<S: RecordingSink> RecordingWriter<S> {
+    /// A recording at `rate` that keeps at most `max` of audio and hands it to `sink` as it
+    /// goes. Its memory is allocated here, once.
+    pub fn with_sink(rate: SampleRate, max: Duration, sink: S) -> RecordingWriter<S> {
+        let hz = rate.hz();
+        let max_frames = frames_in(max, hz);
+        let keep = usize::try_from(frames_in(KEEP, hz)).unwrap_or(usize::MAX).max(1);
+        let chunk = usize::try_from(frames_in(CHUNK, hz)).unwrap_or(usize::MAX).clamp(1, keep);
+        let room = usize::try_from(max_frames).unwrap_or(usize::MAX).min(keep + chunk);
+        RecordingWriter {
+            rate,
+            max_frames,
+            snap: frames_in(SNAP, hz),
+            keep,
+            chunk,
+            base: 0,
+            tracks: [Vec::with_capacity(room), Vec::with_capacity(room)],
+            truncated: false,
+            dropped: 0,
+            sink,
+        }
     }
 
     /// The sample rate of both channels.
@@ -51,33 +237,49 @@ impl RecordingWriter {
     /// Places `samples` (mono, 16-bit) on `channel` starting at offset `at`.
     ///
     /// Within [`SNAP`] of the channel's end the samples are appended right after it. Later, the
-    /// gap is silence. Earlier, they overwrite what the channel had from `at` on.
+    /// gap is silence. Earlier, they overwrite what the channel had from `at` on, back to
+    /// [`KEEP`] behind the furthest audio of either channel; what lands before that is dropped.
     pub fn write(&mut self, channel: Channel, at: Duration, samples: &[i16]) {
         if samples.is_empty() {
             return;
         }
-        let rate = u128::from(self.rate.hz());
-        let start = usize::try_from(at.as_micros() * rate / 1_000_000).unwrap_or(usize::MAX);
-        let snap = usize::try_from(SNAP.as_micros() * rate / 1_000_000).unwrap_or(0);
-        let max = self.max_samples;
-        let track = match channel {
-            Channel::Caller => &mut self.left,
-            Channel::Bot => &mut self.right,
-        };
-        let start = if start.abs_diff(track.len()) <= snap { track.len() } else { start };
-        let end = start.saturating_add(samples.len());
-        let kept = end.min(max);
-        if kept < end {
+        let c = channel.index();
+        let end = self.end(c);
+        let start = frames_in(at, self.rate.hz());
+        let start = if start.abs_diff(end) <= self.snap { end } else { start };
+        let stop = start.saturating_add(samples.len() as u64);
+        let kept = stop.min(self.max_frames);
+        if kept < stop {
             self.truncated = true;
         }
         if kept <= start {
             return;
         }
-        if track.len() < kept {
-            track.resize(kept, 0);
+        let mut samples = samples.get(..to_usize(kept - start)).unwrap_or(samples);
+        let mut start = start;
+        if start < self.base {
+            let late = to_usize(self.base - start).min(samples.len());
+            self.dropped += late as u64;
+            samples = samples.get(late..).unwrap_or_default();
+            start = self.base;
         }
-        if let (Some(dst), Some(src)) = (track.get_mut(start..kept), samples.get(..kept - start)) {
-            dst.copy_from_slice(src);
+        let room = (self.keep + self.chunk) as u64;
+        for piece in samples.chunks(self.chunk) {
+            let stop = start + piece.len() as u64;
+            if stop - self.base > room {
+                // Whole chunks go out; `base` stays at or before `start` (a piece is at most a
+                // chunk, and a chunk at most `keep`).
+                self.advance(stop - room);
+            }
+            let at = to_usize(start - self.base);
+            let track = &mut self.tracks[c];
+            if track.len() < at + piece.len() {
+                track.resize(at + piece.len(), 0);
+            }
+            if let Some(dst) = track.get_mut(at..at + piece.len()) {
+                dst.copy_from_slice(piece);
+            }
+            start = stop;
         }
     }
 
@@ -87,18 +289,15 @@ impl RecordingWriter {
         self.write(channel, at, samples);
     }
 
-    /// The offset just after the last sample of `channel`.
+    /// The offset just after the last sample of `channel` (or where the audio already handed
+    /// to the sink ends, if that is later: a channel left [`KEEP`] behind continues there).
     pub fn position(&self, channel: Channel) -> Duration {
-        let n = match channel {
-            Channel::Caller => self.left.len(),
-            Channel::Bot => self.right.len(),
-        };
-        samples_to_duration(n as u64, self.rate.hz())
+        samples_to_duration(self.end(channel.index()), self.rate.hz())
     }
 
     /// The length of the recording: the longer of the two channels.
     pub fn duration(&self) -> Duration {
-        samples_to_duration(self.left.len().max(self.right.len()) as u64, self.rate.hz())
+        samples_to_duration(self.frames(), self.rate.hz())
     }
 
     /// Some audio was dropped because the recording reached its maximum length.
@@ -106,44 +305,124 @@ impl RecordingWriter {
         self.truncated
     }
 
-    /// The WAV file: a 44-byte header, then the two channels interleaved, the shorter one
-    /// padded with silence at the end.
-    pub fn finish(self) -> Vec<u8> {
-        let frames = self.left.len().max(self.right.len());
-        let data_len = frames * 4;
-        let mut out = Vec::with_capacity(HEADER_LEN + data_len);
-        // A frame count over u32 cannot happen: `max_samples` would have to exceed ~2^30, and
-        // `u32::MAX` in the header still yields a file that players read up to that length.
-        let data_len32 = u32::try_from(data_len).unwrap_or(u32::MAX - 36);
-        let rate = self.rate.hz();
-        out.extend_from_slice(b"RIFF");
-        out.extend_from_slice(&(36 + data_len32).to_le_bytes());
-        out.extend_from_slice(b"WAVEfmt ");
-        out.extend_from_slice(&16u32.to_le_bytes()); // fmt chunk size
-        out.extend_from_slice(&1u16.to_le_bytes()); // PCM
-        out.extend_from_slice(&2u16.to_le_bytes()); // channels
-        out.extend_from_slice(&rate.to_le_bytes());
-        out.extend_from_slice(&(rate * 4).to_le_bytes()); // bytes per second
-        out.extend_from_slice(&4u16.to_le_bytes()); // block align
-        out.extend_from_slice(&16u16.to_le_bytes()); // bits per sample
-        out.extend_from_slice(b"data");
-        out.extend_from_slice(&data_len32.to_le_bytes());
-        out.resize(HEADER_LEN + data_len, 0);
-        let silence = std::iter::repeat(&0i16);
-        let samples = self.left.iter().chain(silence.clone()).zip(self.right.iter().chain(silence));
-        for (frame, (l, r)) in out[HEADER_LEN..].chunks_exact_mut(4).zip(samples) {
-            frame[..2].copy_from_slice(&l.to_le_bytes());
-            frame[2..].copy_from_slice(&r.to_le_bytes());
-        }
-        out
+    /// How much audio was dropped (and reads back as silence): placed more than [`KEEP`]
+    /// behind, or not taken by a sink that was behind.
+    pub fn dropped(&self) -> Duration {
+        samples_to_duration(self.dropped, self.rate.hz())
     }
+
+    /// Bytes this recording holds in memory: the writer's timeline and the sink's buffers.
+    pub fn memory(&self) -> usize {
+        (self.tracks[0].capacity() + self.tracks[1].capacity()) * 2 + self.sink.held_bytes()
+    }
+
+    /// The sink.
+    pub fn sink(&self) -> &S {
+        &self.sink
+    }
+
+    /// Hands everything still held to the sink; returns the sink and what the recording holds.
+    pub fn close(mut self) -> (S, RecordingSummary) {
+        let frames = self.frames();
+        while self.held() > 0 {
+            self.flush();
+        }
+        let summary = RecordingSummary { rate: self.rate, frames, truncated: self.truncated, dropped_frames: self.dropped };
+        (self.sink, summary)
+    }
+
+    fn end(&self, c: usize) -> u64 {
+        self.base + self.tracks[c].len() as u64
+    }
+
+    fn frames(&self) -> u64 {
+        self.base + self.held() as u64
+    }
+
+    fn held(&self) -> usize {
+        self.tracks[0].len().max(self.tracks[1].len())
+    }
+
+    /// Moves `base` to `to` or just past it, a chunk at a time; a stretch with no audio on
+    /// either channel is skipped, not written (it reads back as silence).
+    fn advance(&mut self, to: u64) {
+        let chunk = self.chunk as u64;
+        while self.base < to {
+            if self.held() == 0 {
+                self.base += (to - self.base).div_ceil(chunk) * chunk;
+                return;
+            }
+            self.flush();
+        }
+    }
+
+    /// Hands the oldest chunk to the sink (or drops it, if the sink has no buffer for it).
+    fn flush(&mut self) {
+        let data = self.chunk.min(self.held());
+        if data > 0 {
+            match self.sink.spare() {
+                Some(mut buf) => {
+                    buf.clear();
+                    buf.reserve(data * FRAME_BYTES);
+                    let [left, right] = &self.tracks;
+                    for i in 0..data {
+                        let l = left.get(i).copied().unwrap_or(0);
+                        let r = right.get(i).copied().unwrap_or(0);
+                        buf.extend_from_slice(&l.to_le_bytes());
+                        buf.extend_from_slice(&r.to_le_bytes());
+                    }
+                    self.sink.write(self.base, buf);
+                }
+                None => self.dropped += data as u64,
+            }
+        }
+        for track in &mut self.tracks {
+            let n = self.chunk.min(track.len());
+            track.drain(..n);
+        }
+        self.base += self.chunk as u64;
+    }
+}
+
+/// The canonical 44-byte header of a two-channel 16-bit PCM WAV file of `frames` frames.
+pub fn header(rate_hz: u32, frames: u64) -> [u8; HEADER_LEN] {
+    // A frame count over u32 cannot happen for a call (`max` would have to exceed ~37 hours at
+    // 8 kHz); `u32::MAX` in the header still yields a file players read up to that length.
+    let data_len = u32::try_from(frames.saturating_mul(FRAME_BYTES as u64)).unwrap_or(u32::MAX - 36).min(u32::MAX - 36);
+    let fields: [&[u8]; 12] = [
+        b"RIFF",
+        &(36 + data_len).to_le_bytes(),
+        b"WAVEfmt ",
+        &16u32.to_le_bytes(), // fmt chunk size
+        &1u16.to_le_bytes(),  // PCM
+        &2u16.to_le_bytes(),  // channels
+        &rate_hz.to_le_bytes(),
+        &rate_hz.saturating_mul(4).to_le_bytes(), // bytes per second
+        &4u16.to_le_bytes(),                      // block align
+        &16u16.to_le_bytes(),                     // bits per sample
+        b"data",
+        &data_len.to_le_bytes(),
+    ];
+    let mut out = [0u8; HEADER_LEN];
+    for (dst, src) in out.iter_mut().zip(fields.into_iter().flatten()) {
+        *dst = *src;
+    }
+    out
+}
+
+fn frames_in(d: Duration, hz: u32) -> u64 {
+    u64::try_from(d.as_micros() * u128::from(hz) / 1_000_000).unwrap_or(u64::MAX)
+}
+
+fn to_usize(n: u64) -> usize {
+    usize::try_from(n).unwrap_or(usize::MAX)
 }
 
 fn samples_to_duration(samples: u64, hz: u32) -> Duration {
     Duration::from_micros(samples.saturating_mul(1_000_000) / u64::from(hz))
 }
 
-/// The length of the canonical header [`RecordingWriter::finish`] writes.
+/// The length of the canonical header [`header`] writes.
 pub const HEADER_LEN: usize = 44;
 
 /// What a WAV file holds, read from its header.

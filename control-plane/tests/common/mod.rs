@@ -50,6 +50,10 @@ impl Api {
         let mut config = ApiConfig::new("127.0.0.1:0".parse().unwrap(), database);
         config.clock = clock.clone();
         config.webhook_interval = None;
+        // Webhook receivers and carrier doubles listen on loopback; a test of the guard itself
+        // sets its own policy.
+        config.egress = cxb_contract::egress::EgressPolicy::with_loopback();
+        config.secret_key_file = dir.path().join("secret.key");
         tweak(&mut config);
         let server = ApiServer::start(config).await.unwrap();
         let base = format!("http://{}", server.local_addr());
@@ -59,6 +63,11 @@ impl Api {
 
     pub(crate) fn db(&self) -> &sqlx::AnyPool {
         &self.server.state().db
+    }
+
+    /// The API's sealed-secret keys (a dialler in the same test opens stored secrets with them).
+    pub(crate) fn secrets(&self) -> std::sync::Arc<cxb_control_plane::secrets::SecretBox> {
+        self.server.state().secrets.clone()
     }
 
     pub(crate) async fn raw(&self, method: Method, path: &str, token: Option<&str>, body: Option<(&str, Vec<u8>)>) -> Reply {

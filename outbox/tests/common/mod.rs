@@ -118,12 +118,14 @@ async fn serve(addr: SocketAddr, database: &str) -> ApiServer {
     ApiServer::start(config).await.unwrap()
 }
 
-/// An outbox in `data/outbox`, recordings in `data/recordings`, quick retries.
+/// An outbox in `data/outbox`, recordings in `data/recordings`, quick retries (parked entries
+/// wait the default minutes: tests that park set their own).
 pub(crate) fn config(data: &Path, api: Option<ApiTarget>) -> OutboxConfig {
     let mut config = OutboxConfig::new(data);
     config.api = api;
     config.retry = RetryPolicy { initial: Duration::from_millis(20), max: Duration::from_millis(200) };
     config.request_timeout = Duration::from_secs(10);
+    config.write_probe = Duration::from_millis(20);
     config
 }
 
@@ -266,4 +268,100 @@ pub(crate) fn block_on<F: std::future::Future>(f: F) -> F::Output {
         assert!(std::time::Instant::now() < deadline, "timed out");
         std::thread::park_timeout(Duration::from_millis(100));
     }
+}
+
+/// How the fake API answers, and what it saw.
+#[derive(Debug, Default)]
+pub(crate) struct FakeState {
+    /// Call ids whose results get 500.
+    pub(crate) failing: std::collections::HashSet<String>,
+    /// Call ids whose results get 422 (judged invalid).
+    pub(crate) rejecting: std::collections::HashSet<String>,
+    /// Everything gets 503, `/health` too.
+    pub(crate) down: bool,
+    /// Every result gets 500 (its database fails writes); `/health` still answers 200.
+    pub(crate) results_down: bool,
+    /// Call ids stored, in order (each once).
+    pub(crate) stored: Vec<String>,
+    /// Results posted again after they were stored (answered 200 duplicate).
+    pub(crate) duplicates: Vec<String>,
+    /// `GET /health` requests.
+    pub(crate) health_checks: usize,
+}
+
+/// A fake `cxb api` on 127.0.0.1 for deliveries (HTTP/1.1, keep-alive): `POST
+/// /v1/runtime/results` stores a result once by `call_id` (201, then 200 `duplicate`), or
+/// fails as the state says; `GET /health` answers 200 unless down.
+pub(crate) async fn fake_api() -> (ApiTarget, Arc<std::sync::Mutex<FakeState>>) {
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let state = Arc::new(std::sync::Mutex::new(FakeState::default()));
+    let shared = state.clone();
+    tokio::spawn(async move {
+        while let Ok((socket, _)) = listener.accept().await {
+            let state = shared.clone();
+            tokio::spawn(async move {
+                let mut conn = BufReader::new(socket);
+                loop {
+                    let mut line = String::new();
+                    if conn.read_line(&mut line).await.unwrap_or(0) == 0 {
+                        return;
+                    }
+                    let mut parts = line.split_whitespace();
+                    let (method, path) = (parts.next().unwrap_or("").to_string(), parts.next().unwrap_or("").to_string());
+                    let mut len = 0usize;
+                    loop {
+                        let mut h = String::new();
+                        if conn.read_line(&mut h).await.unwrap_or(0) == 0 {
+                            return;
+                        }
+                        let h = h.trim_end();
+                        if h.is_empty() {
+                            break;
+                        }
+                        if let Some((n, v)) = h.split_once(':')
+                            && n.trim().eq_ignore_ascii_case("content-length")
+                        {
+                            len = v.trim().parse().unwrap();
+                        }
+                    }
+                    let mut body = vec![0; len];
+                    conn.read_exact(&mut body).await.unwrap();
+                    let (status, answer) = {
+                        let mut s = state.lock().unwrap();
+                        match (method.as_str(), path.as_str()) {
+                            _ if s.down => (503, json!({"error": {"code": "unavailable"}})),
+                            ("GET", "/health") => {
+                                s.health_checks += 1;
+                                (200, json!({"status": "ok"}))
+                            }
+                            ("POST", "/v1/runtime/results") => {
+                                let result: Value = serde_json::from_slice(&body).unwrap();
+                                let id = result["call_id"].as_str().unwrap().to_string();
+                                if s.results_down || s.failing.contains(&id) {
+                                    (500, json!({"error": {"code": "internal"}}))
+                                } else if s.rejecting.contains(&id) {
+                                    (422, json!({"error": {"code": "invalid", "field": "call_id"}}))
+                                } else if s.stored.contains(&id) {
+                                    s.duplicates.push(id.clone());
+                                    (200, json!({"call_id": id, "duplicate": true}))
+                                } else {
+                                    s.stored.push(id.clone());
+                                    (201, json!({"call_id": id, "duplicate": false}))
+                                }
+                            }
+                            _ => (404, json!({"error": {"code": "not_found"}})),
+                        }
+                    };
+                    let body = answer.to_string();
+                    let head = format!("HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n", body.len());
+                    if conn.get_mut().write_all(format!("{head}{body}").as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (ApiTarget { base_url: format!("http://{addr}"), fleet_token: "cxf_test".into() }, state)
 }
