@@ -671,7 +671,12 @@ fn up(listen: SocketAddr, api_listen: SocketAddr, data: &DataArgs, results: &Res
             println!("                -d '{{\"email\":\"{}\",\"password\":\"{password}\"}}'", org.email);
         }
         let _ = std::io::stdout().flush();
-        let config = heartbeat_config(api_url, token, format!("ws://{}", engine.local_addr()), engine.local_addr().port());
+        // The fleet takes plain ws:// only on loopback: a wildcard listener is announced there.
+        let mut announced = engine.local_addr();
+        if announced.ip().is_unspecified() {
+            announced.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+        }
+        let config = heartbeat_config(api_url, token, format!("ws://{announced}"), engine.local_addr().port());
         let beat = tokio::spawn(heartbeat_loop(config, EngineHost(engine.handle())));
         stop_signal().await?;
         // Calls first (their results go to the API, which is still up), then what places them.

@@ -753,6 +753,7 @@ impl Agent {
                 result[field] = Value::String(v);
             }
         }
+        clean_result(&mut result);
         let recording = self.recorder.take().map(|recorder| {
             // Audio the recording could not keep (placed too late, or the sink was behind)
             // reads back as silence: say how much.
@@ -763,6 +764,33 @@ impl Agent {
             recorder.finish()
         });
         (result, recording)
+    }
+}
+
+/// Text the API would refuse (422), and so the outbox would bury, made acceptable: free text
+/// (what the caller said, what the model wrote, tool errors) keeps only `\n`, `\r` and `\t`
+/// of the control characters; the call's ids and numbers keep none and at most 256 bytes.
+fn clean_result(result: &mut Value) {
+    fn free_text(v: &mut Value) {
+        match v {
+            Value::String(s) if s.chars().any(|c| c.is_control() && !matches!(c, '\n' | '\r' | '\t')) => {
+                s.retain(|c| !c.is_control() || matches!(c, '\n' | '\r' | '\t'));
+            }
+            Value::Array(items) => items.iter_mut().for_each(free_text),
+            Value::Object(map) => map.values_mut().for_each(free_text),
+            _ => {}
+        }
+    }
+    free_text(result);
+    for field in ["call_id", "from", "to", "end_reason", "bot_id", "org_id", "campaign_id", "contact_id"] {
+        if let Some(Value::String(s)) = result.get_mut(field) {
+            s.retain(|c| !c.is_control());
+            let mut end = s.len().min(256);
+            while !s.is_char_boundary(end) {
+                end -= 1;
+            }
+            s.truncate(end);
+        }
     }
 }
 
@@ -792,6 +820,16 @@ pub fn rfc3339(unix_ms: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn results_lose_what_the_api_would_refuse() {
+        let mut r = json!({"from": "+1555\u{0}\t0100", "to": "x".repeat(300), "transcript": [{"text": "line one\nline\u{0} two\u{7}"}], "metrics": {"tools": [{"error": "bad\u{1b}[31m"}]}});
+        clean_result(&mut r);
+        assert_eq!(r["from"], "+15550100");
+        assert_eq!(r["to"].as_str().map(str::len), Some(256));
+        assert_eq!(r["transcript"][0]["text"], "line one\nline two");
+        assert_eq!(r["metrics"]["tools"][0]["error"], "bad[31m");
+    }
 
     #[test]
     fn rfc3339_matches_known_dates() {
