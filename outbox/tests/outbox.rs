@@ -62,6 +62,30 @@ async fn an_api_outage_and_an_outbox_restart_lose_nothing_and_duplicate_nothing(
     drop(guard);
 }
 
+/// The fault suite's queue: 1,000 results submitted while the API is down all arrive once it
+/// is back, none twice, none parked (the API was down for everyone).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_results_queued_through_an_api_outage_arrive_once() {
+    let data = tempfile::tempdir().unwrap();
+    let mut api = Api::start(&data.path().join("api")).await;
+    api.stop().await;
+    let (outbox, guard) = Outbox::start(config(data.path(), Some(api.target()))).unwrap();
+    let ids: Vec<String> = (0..1_000).map(|i| format!("q-{i:04}")).collect();
+    let receipts: Vec<_> = ids.iter().map(|id| outbox.submit_plain(result(id, &api.bot_id), None)).collect();
+    for r in receipts {
+        r.recv_async().await.unwrap().unwrap();
+    }
+    let s = until("failed deliveries", || outbox.stats(), |s| s.retries >= 2).await;
+    assert_eq!((s.pending, s.delivered), (1_000, 0));
+    api.restart().await;
+    let s = until("every result delivered", || outbox.stats(), |s| s.pending == 0).await;
+    assert_eq!((s.delivered, s.duplicates, s.dead, s.parked), (1_000, 0, 0, 0), "{s:?}");
+    let stored = api.stored_order().await;
+    assert_eq!(stored.len(), 1_000, "one row per call");
+    assert_eq!(stored.iter().collect::<BTreeSet<_>>(), ids.iter().collect::<BTreeSet<_>>(), "each once");
+    drop(guard);
+}
+
 /// One second: the caller throughout, the bot in the second half.
 fn writer() -> RecordingWriter {
     let mut w = RecordingWriter::new(SampleRate::Hz8000, Duration::from_secs(60));
