@@ -259,6 +259,19 @@ impl ResultSink for OutboxSink {
         self.0.writable()
     }
 
+    fn gauges(&self) -> Vec<(&'static str, &'static str, u64)> {
+        let s = self.0.stats();
+        vec![
+            ("cxb_outbox_bytes", "Bytes of the files in the result outbox (its cap refuses new AI calls).", s.bytes_used),
+            ("cxb_outbox_writable", "1 while the outbox can take new calls' results.", u64::from(s.writable)),
+            ("cxb_outbox_pending", "Results on disk waiting for delivery.", s.pending),
+            ("cxb_outbox_parked", "Of those, results parked after failing while others were delivered.", s.parked),
+            ("cxb_outbox_delivered_total", "Results the API accepted.", s.delivered),
+            ("cxb_outbox_dead_total", "Results moved to dead/.", s.dead),
+            ("cxb_outbox_write_errors_total", "Outbox writes that failed.", s.write_errors),
+        ]
+    }
+
     fn recording_stream(&self) -> Option<Box<dyn cxb_outbox::wav::RecordingSink>> {
         Some(Box::new(self.0.recording_stream()))
     }

@@ -136,6 +136,12 @@ async fn a_bot_from_the_api_answers_a_call_and_its_result_reaches_the_api() {
     let wav = std::fs::read(path).unwrap();
     assert_eq!((&wav[..4], u16::from_le_bytes([wav[22], wav[23]])), (&b"RIFF"[..], 2));
     assert!(!call.to_string().contains("dg-secret"), "no provider secret in the stored call");
+    // The engine's /metrics shows its outbox: what it holds, whether it can write, what it delivered.
+    let metrics = reqwest::get(format!("http://127.0.0.1:{port}/metrics")).await.unwrap().text().await.unwrap();
+    for line in ["cxb_outbox_writable 1", "cxb_outbox_delivered_total 1", "cxb_outbox_pending 0"] {
+        assert!(metrics.lines().any(|l| l == line), "{line} in\n{metrics}");
+    }
+    assert!(metrics.lines().any(|l| l.starts_with("cxb_outbox_bytes ")));
     let r = http.get(format!("{base}/v1/bots/{bot_id}")).bearer_auth(&token).send().await.unwrap();
     let shown: Value = serde_json::from_slice(&r.bytes().await.unwrap()).unwrap();
     assert_eq!(shown["inbound"], json!({"allow_unsigned": false, "secrets_set": ["twilio_auth_token"]}), "the API says who may call");

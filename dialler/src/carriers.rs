@@ -36,6 +36,11 @@ impl Carriers {
         Carriers { simulator, egress, secrets, cache: Mutex::new(HashMap::new()) }
     }
 
+    /// Whether the egress policy lets requests for tenants reach `ip`.
+    pub fn egress_allows(&self, ip: std::net::IpAddr) -> bool {
+        self.egress.policy().check(ip).is_ok()
+    }
+
     /// Opens the sealed secrets of a stored document.
     pub fn open_secrets(&self, doc: &mut serde_json::Value) -> Result<(), String> {
         self.secrets.open_document(doc).map_err(|e| e.to_string())

@@ -187,7 +187,18 @@ impl Shared {
         {
             return *up;
         }
-        let up = matches!(tokio::time::timeout(Duration::from_secs(1), tokio::net::TcpStream::connect(addr)).await, Ok(Ok(_)));
+        // The probe is a request made for the tenant: only to addresses the egress policy allows.
+        let probe = async {
+            let addrs = tokio::net::lookup_host(addr).await.ok()?;
+            let allowed: Vec<std::net::SocketAddr> = addrs.filter(|a| self.carriers.egress_allows(a.ip())).collect();
+            for a in allowed {
+                if tokio::net::TcpStream::connect(a).await.is_ok() {
+                    return Some(());
+                }
+            }
+            None
+        };
+        let up = matches!(tokio::time::timeout(Duration::from_secs(1), probe).await, Ok(Some(())));
         if let Ok(mut probes) = self.probes.lock() {
             probes.insert(addr.to_string(), (Instant::now(), up));
         }

@@ -307,6 +307,14 @@ pub fn render<'a>(workers: impl Iterator<Item = &'a WorkerMetrics> + Clone) -> S
     out
 }
 
+/// Appends host-wide gauges (name, help, value), e.g. the result outbox's.
+pub fn render_gauges(out: &mut String, gauges: &[(&str, &str, u64)]) {
+    for (name, help, value) in gauges {
+        let kind = if name.ends_with("_total") { "counter" } else { "gauge" };
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}");
+    }
+}
+
 fn histogram(
     out: &mut String,
     name: &str,

@@ -91,6 +91,12 @@ pub trait ResultSink: Send + Sync + std::fmt::Debug {
         true
     }
 
+    /// Gauges for `/metrics` (name, help, value): the outbox's disk use and queue. Default:
+    /// none.
+    fn gauges(&self) -> Vec<(&'static str, &'static str, u64)> {
+        Vec::new()
+    }
+
     /// A sink for a new AI call's recording that takes it to durable storage as the call goes,
     /// so the call's memory stays bounded whatever its length. Its `write` and `spare` are
     /// called on the call's worker thread and must not block. `None` (the default): the

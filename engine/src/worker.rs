@@ -548,7 +548,10 @@ async fn route(worker: Rc<Worker>, stream: TcpStream, mut wire: Wire, req: Reque
             return reply(&stream, &mut wire, http::response(200, "application/json", &[], &body)).await;
         }
         ("/metrics", _, _) if req.method == "GET" => {
-            let body = crate::metrics::render(worker.shared.workers.iter().map(|w| &w.metrics));
+            let mut body = crate::metrics::render(worker.shared.workers.iter().map(|w| &w.metrics));
+            if let Some(results) = &worker.shared.config.results {
+                crate::metrics::render_gauges(&mut body, &results.gauges());
+            }
             return reply(
                 &stream,
                 &mut wire,
