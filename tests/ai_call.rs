@@ -10,8 +10,6 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
-use cxb_control_plane::clock::{Clock, SystemClock};
-use cxb_control_plane::{ApiConfig, ApiServer, admin};
 use cxb_pipeline::testkit::deepgram::{DeepgramConfig, DeepgramServer, Reply, Step};
 use cxb_pipeline::testkit::elevenlabs::{ElevenLabsConfig, ElevenLabsServer};
 use serde_json::{Value, json};
@@ -51,17 +49,8 @@ fn hear(ws: &mut tungstenite::WebSocket<TcpStream>, quiet: Duration, limit: Dura
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bot_from_the_api_answers_a_call_and_its_result_reaches_the_api() {
     let dir = tempfile::tempdir().unwrap();
-    let mut config = ApiConfig::new("127.0.0.1:0".parse().unwrap(), format!("sqlite://{}/cxb.db", dir.path().display()));
-    // The providers' test servers listen on loopback.
-    config.egress = cxb_contract::egress::EgressPolicy::with_loopback();
-    let api = ApiServer::start(config).await.unwrap();
-    let base = format!("http://{}", api.local_addr());
-    let now = SystemClock.now_ms();
-    admin::create_org(&api.state().db, "Acme", "a@acme.test", "correct horse battery".into(), now).await.unwrap();
-    let fleet = admin::create_fleet_token(&api.state().db, "test", now).await.unwrap();
+    let (api, base, fleet, token) = common::api_with_org(dir.path()).await;
     let http = reqwest::Client::new();
-    let login = http.post(format!("{base}/v1/auth/login")).json(&json!({"email":"a@acme.test","password":"correct horse battery"})).send().await.unwrap();
-    let token = serde_json::from_slice::<Value>(&login.bytes().await.unwrap()).unwrap()["token"].as_str().unwrap().to_string();
 
     let stt = DeepgramServer::start(DeepgramConfig {
         script: vec![Step::on_finalize(Reply::Final { text: "when are you open".into(), speech_final: true })],

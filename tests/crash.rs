@@ -7,8 +7,6 @@
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use cxb_control_plane::clock::{Clock, SystemClock};
-use cxb_control_plane::{ApiConfig, ApiServer, admin};
 use serde_json::{Value, json};
 use tungstenite::Message;
 
@@ -33,14 +31,8 @@ async fn live_calls(port: u16) -> Option<u64> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn results_of_ended_calls_survive_a_kill_9_and_arrive_once() {
     let dir = tempfile::tempdir().unwrap();
-    let api = ApiServer::start(ApiConfig::new("127.0.0.1:0".parse().unwrap(), format!("sqlite://{}/cxb.db", dir.path().display()))).await.unwrap();
-    let base = format!("http://{}", api.local_addr());
-    let now = SystemClock.now_ms();
-    admin::create_org(&api.state().db, "Acme", "a@acme.test", "correct horse battery".into(), now).await.unwrap();
-    let fleet = admin::create_fleet_token(&api.state().db, "test", now).await.unwrap();
+    let (api, base, fleet, token) = common::api_with_org(dir.path()).await;
     let http = reqwest::Client::new();
-    let login = http.post(format!("{base}/v1/auth/login")).json(&json!({"email":"a@acme.test","password":"correct horse battery"})).send().await.unwrap();
-    let token = serde_json::from_slice::<Value>(&login.bytes().await.unwrap()).unwrap()["token"].as_str().unwrap().to_string();
     let bot = json!({"name": "Listener", "stt": {"provider": "none"}, "tts": {"provider": "espeak"},
         "llm": {"provider": "script", "options": {"script": {"fallback": "Yes?"}}}, "recording": false, "inbound": {"allow_unsigned": true}});
     let r = http.post(format!("{base}/v1/bots")).bearer_auth(&token).json(&bot).send().await.unwrap();

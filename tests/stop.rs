@@ -7,8 +7,6 @@
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use cxb_control_plane::clock::{Clock, SystemClock};
-use cxb_control_plane::{ApiConfig, ApiServer, admin};
 use serde_json::{Value, json};
 use tungstenite::Message;
 
@@ -17,14 +15,8 @@ mod common;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_live_ai_calls_and_delivers_every_result() {
     let dir = tempfile::tempdir().unwrap();
-    let api = ApiServer::start(ApiConfig::new("127.0.0.1:0".parse().unwrap(), format!("sqlite://{}/cxb.db", dir.path().display()))).await.unwrap();
-    let base = format!("http://{}", api.local_addr());
-    let now = SystemClock.now_ms();
-    admin::create_org(&api.state().db, "Acme", "a@acme.test", "correct horse battery".into(), now).await.unwrap();
-    let fleet = admin::create_fleet_token(&api.state().db, "test", now).await.unwrap();
+    let (api, base, fleet, token) = common::api_with_org(dir.path()).await;
     let http = reqwest::Client::new();
-    let login = http.post(format!("{base}/v1/auth/login")).json(&json!({"email":"a@acme.test","password":"correct horse battery"})).send().await.unwrap();
-    let token = serde_json::from_slice::<Value>(&login.bytes().await.unwrap()).unwrap()["token"].as_str().unwrap().to_string();
     // No greeting and no transcription: the calls only listen, so 50 of them cost little.
     let bot = json!({
         "name": "Listener",

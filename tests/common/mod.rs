@@ -1,5 +1,6 @@
-//! Shared by the binary's end-to-end tests: a child process killed when dropped, and
-//! `cxb core --api` started as its own process on a free port.
+//! Shared by the binary's end-to-end tests: a child process killed when dropped,
+//! `cxb core --api` started as its own process on a free port, and an API with an organization
+//! whose admin is signed in.
 
 #![allow(dead_code, clippy::unwrap_used)]
 
@@ -48,4 +49,28 @@ pub(crate) fn core(dir: &Path, base: &str, fleet_token: &str, extra: &[&str]) ->
     });
     let port = rx.recv_timeout(Duration::from_secs(20)).unwrap();
     (child, port)
+}
+
+/// An API over SQLite in `dir` (requests for tenants may reach loopback, where the tests'
+/// servers are) with organization Acme: the server, its base URL, an engine fleet token and the
+/// admin's bearer token.
+pub(crate) async fn api_with_org(dir: &Path) -> (cxb_control_plane::ApiServer, String, String, String) {
+    use cxb_control_plane::clock::{Clock, SystemClock};
+    use cxb_control_plane::{ApiConfig, ApiServer, admin};
+    let mut config = ApiConfig::new("127.0.0.1:0".parse().unwrap(), format!("sqlite://{}/cxb.db", dir.display()));
+    config.egress = cxb_contract::egress::EgressPolicy::with_loopback();
+    let api = ApiServer::start(config).await.unwrap();
+    let base = format!("http://{}", api.local_addr());
+    let now = SystemClock.now_ms();
+    admin::create_org(&api.state().db, "Acme", "a@acme.test", "correct horse battery".into(), now).await.unwrap();
+    let fleet = admin::create_fleet_token(&api.state().db, "test", now).await.unwrap();
+    let login = reqwest::Client::new()
+        .post(format!("{base}/v1/auth/login"))
+        .json(&serde_json::json!({"email":"a@acme.test","password":"correct horse battery"}))
+        .send()
+        .await
+        .unwrap();
+    let body: serde_json::Value = serde_json::from_slice(&login.bytes().await.unwrap()).unwrap();
+    let token = body["token"].as_str().unwrap().to_string();
+    (api, base, fleet, token)
 }
