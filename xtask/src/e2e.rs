@@ -356,6 +356,9 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
     let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| crate::root().join("target"), PathBuf::from);
     let dir = target.join("e2e-local");
     let runtime = compio::runtime::Runtime::new().map_err(|e| format!("compio runtime: {e}"))?;
+    // The speech servers listen on loopback, which requests through the pipeline's
+    // outbound-request guard may reach only when allowed (this thread talks to them directly).
+    cxb_pipeline::egress::set_policy(cxb_contract::egress::EgressPolicy::with_loopback());
     let speech = runtime.block_on(LocalSpeech::start(&dir))?;
     let t = speech.timings;
     eprintln!("e2e-local: whisper on {}, piper on {}", speech.stt, speech.tts);
