@@ -337,3 +337,118 @@ async fn two_diallers_split_the_campaigns_and_one_takes_over_when_the_other_dies
 fn egress() -> cxb_control_plane::egress::Egress {
     cxb_control_plane::egress::Egress::new(cxb_contract::egress::EgressPolicy::with_loopback(), std::time::Duration::from_secs(10)).unwrap()
 }
+
+/// The fault suite's dead engine: two engines take a campaign's AI calls; one is killed (-9)
+/// with calls live on it. The fleet routes around it, its calls are decided as failed and
+/// retried by the campaign's policy, no contact is dialled twice at once, and the campaign
+/// completes on the engine that lives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_campaign_routes_around_an_engine_killed_with_live_calls_and_retries_its_contacts() {
+    let dir = tempfile::tempdir().unwrap();
+    let (api, client) = api(dir.path()).await;
+    let fleet = |name: &'static str| {
+        let db = api.state().db.clone();
+        async move { admin::create_fleet_token(&db, name, SystemClock.now_ms()).await.unwrap() }
+    };
+    let (dir_a, dir_b) = (dir.path().join("a"), dir.path().join("b"));
+    std::fs::create_dir_all(&dir_a).unwrap();
+    std::fs::create_dir_all(&dir_b).unwrap();
+    let (mut engine_a, port_a) = common::core(&dir_a, &client.base, &fleet("a").await, &["--workers", "1", "--slots-per-worker", "16"]);
+    let (_engine_b, port_b) = common::core(&dir_b, &client.base, &fleet("b").await, &["--workers", "1", "--slots-per-worker", "16"]);
+    wait_until("both engines' heartbeats", Duration::from_secs(20), async || {
+        client.get("/v1/fleet/hosts").await["items"].as_array().is_some_and(|h| h.len() == 2)
+    })
+    .await;
+
+    // Everyone answers and stays 2-5 s on the line (a tenth of life's pace).
+    let sim = SimulatorConfig {
+        mix: OutcomeMix::only(Outcome::Answer),
+        time_scale: 0.1,
+        talk: Span::ms(20_000, 50_000),
+        seed: Some(11),
+        ..SimulatorConfig::default()
+    };
+    let http = cxb_control_plane::http_client(Duration::from_secs(10)).unwrap();
+    let simulator = Simulator::start(sim, http.clone());
+    let mut config = DiallerConfig::new(client.base.clone());
+    config.tick = Duration::from_millis(50);
+    config.ring_timeout = Duration::from_secs(30);
+    let shared = Shared::new(api.state().db.clone(), Carriers::new(Some(simulator.clone()), egress(), api.state().secrets.clone()), config);
+    api.attach_telephony(Arc::new(DiallerTelephony(shared.clone())));
+    let dialler = Dialler::start(shared);
+
+    let bot = client
+        .post("/v1/bots", json!({"name": "Listener", "stt": {"provider": "none"}, "tts": {"provider": "espeak"}, "recording": false,
+            "llm": {"provider": "script", "options": {"script": {"fallback": "Yes?"}}}}))
+        .await;
+    let assistant = client.post("/v1/ai-assistants", json!({"name": "fleet bot", "kind": "websocket", "bot_id": bot["id"]})).await;
+    let campaign = client
+        .post(
+            "/v1/campaigns",
+            json!({
+                "name": "Forty", "routing": {"type": "ai_assistant", "target_id": assistant["id"]},
+                "caller_ids": ["+15550009001"], "cac": 8, "cps": 20,
+                "retry": {"max_attempts": 3, "backoff_seconds": 1, "retry_on": ["busy", "no_answer", "failed"]},
+            }),
+        )
+        .await;
+    let id = campaign["id"].as_str().unwrap().to_string();
+    let csv: String = std::iter::once("phone\n".to_string()).chain((0..40).map(|i| format!("+1555030{i:04}\n"))).collect();
+    assert_eq!(client.import(&id, csv).await["imported"], 40);
+    client.post(&format!("/v1/campaigns/{id}/start"), json!({})).await;
+
+    // Kill engine A once it carries calls.
+    let health = |port: u16| {
+        let http = client.http.clone();
+        async move {
+            let r = http.get(format!("http://127.0.0.1:{port}/health")).send().await.ok()?;
+            serde_json::from_slice::<Value>(&r.bytes().await.ok()?).ok()
+        }
+    };
+    wait_until("calls on engine A", Duration::from_secs(30), async || health(port_a).await.is_some_and(|h| h["live_calls"].as_u64().unwrap_or(0) >= 2)).await;
+    engine_a.0.kill().unwrap();
+    engine_a.0.wait().unwrap();
+    let killed_at = SystemClock.now_ms();
+
+    wait_until("the campaign to complete", Duration::from_secs(120), async || {
+        client.get(&format!("/v1/campaigns/{id}/stats")).await["state"] == "COMPLETED"
+    })
+    .await;
+    let stats = client.get(&format!("/v1/campaigns/{id}/stats")).await;
+    assert_eq!(stats["contacts"]["done"], 40, "{stats:#}");
+    assert!(health(port_b).await.is_some(), "engine B lives");
+
+    // The calls engine A carried were decided as failed and their contacts called again.
+    let rows: Vec<(Option<String>, String, i64, String)> =
+        sqlx::query_as("SELECT engine_host, body, created_at, contact_id FROM calls WHERE campaign_id = $1").bind(&id).fetch_all(&api.state().db).await.unwrap();
+    let rows: Vec<(Option<String>, Option<String>, i64, String)> = rows
+        .into_iter()
+        .map(|(host, body, at, contact)| {
+            let reason = serde_json::from_str::<Value>(&body).ok().and_then(|b| b["end_reason"].as_str().map(str::to_string));
+            (host, reason, at, contact)
+        })
+        .collect();
+    let host_a = format!("{}:{port_a}", common::hostname());
+    let lost: Vec<&String> = rows.iter().filter(|r| r.0.as_deref() == Some(host_a.as_str()) && r.2 < killed_at && r.1.as_deref() == Some("engine_host_lost")).map(|r| &r.3).collect();
+    assert!(!lost.is_empty(), "calls live on the killed engine are decided as lost: {rows:?}");
+    for contact in &lost {
+        assert!(rows.iter().filter(|r| &&r.3 == contact).count() >= 2, "contact {contact} was called again");
+    }
+    // Once the fleet knew A was gone (its heartbeat TTL), no call went there.
+    let late_on_a = rows.iter().filter(|r| r.0.as_deref() == Some(host_a.as_str()) && r.2 > killed_at + 11_000).count();
+    assert_eq!(late_on_a, 0, "routed around the dead host");
+    // Never two attempts at once for one contact.
+    let calls = client.calls(&id).await;
+    let mut by_contact: HashMap<String, Vec<&Value>> = HashMap::new();
+    for c in &calls {
+        by_contact.entry(c["contact_id"].as_str().unwrap().to_string()).or_default().push(c);
+    }
+    for (contact, mut attempts) in by_contact {
+        attempts.sort_by_key(|c| c["started_at"].as_str().unwrap().to_string());
+        for pair in attempts.windows(2) {
+            assert!(pair[0]["ended_at"].as_str().unwrap() <= pair[1]["started_at"].as_str().unwrap(), "{contact} dialled twice at once");
+        }
+    }
+    dialler.shutdown().await;
+    api.shutdown().await;
+}

@@ -74,3 +74,9 @@ pub(crate) async fn api_with_org(dir: &Path) -> (cxb_control_plane::ApiServer, S
     let token = body["token"].as_str().unwrap().to_string();
     (api, base, fleet, token)
 }
+
+/// This machine's host name as `cxb core` puts it in its fleet host id (`hostname:port`).
+pub(crate) fn hostname() -> String {
+    let host = std::fs::read_to_string("/etc/hostname").ok().map(|h| h.trim().to_string()).filter(|h| !h.is_empty());
+    host.or_else(|| std::env::var("HOSTNAME").ok()).unwrap_or_else(|| "localhost".into())
+}
