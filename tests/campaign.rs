@@ -92,6 +92,19 @@ async fn api(dir: &std::path::Path) -> (ApiServer, Client) {
     (api, Client { http, base, token })
 }
 
+/// A dialler in this process over the API's database, its carrier the simulator `sim`,
+/// attached to the API as its telephony (a 50 ms tick, a 30 s ring timeout).
+fn start_dialler(api: &ApiServer, client: &Client, sim: SimulatorConfig) -> (Dialler, Arc<Simulator>) {
+    let http = cxb_control_plane::http_client(Duration::from_secs(10)).unwrap();
+    let simulator = Simulator::start(sim, http);
+    let mut config = DiallerConfig::new(client.base.clone());
+    config.tick = Duration::from_millis(50);
+    config.ring_timeout = Duration::from_secs(30);
+    let shared = Shared::new(api.state().db.clone(), Carriers::new(Some(simulator.clone()), egress(), api.state().secrets.clone()), config);
+    api.attach_telephony(Arc::new(DiallerTelephony(shared.clone())));
+    (Dialler::start(shared), simulator)
+}
+
 async fn wait_until<F: AsyncFnMut() -> bool>(what: &str, limit: Duration, mut done: F) {
     let start = Instant::now();
     while !done().await {
@@ -126,14 +139,7 @@ async fn a_campaign_of_200_contacts_keeps_cac_and_cps_and_every_contact_ends_or_
         rules: vec![Rule::new("1", Outcome::Busy), Rule::new("2", Outcome::NoAnswer), Rule::new("3", Outcome::Failed), Rule::new("4", Outcome::Voicemail)],
         ..SimulatorConfig::default()
     };
-    let http = cxb_control_plane::http_client(Duration::from_secs(10)).unwrap();
-    let simulator = Simulator::start(sim, http.clone());
-    let mut config = DiallerConfig::new(client.base.clone());
-    config.tick = Duration::from_millis(50);
-    config.ring_timeout = Duration::from_secs(30);
-    let shared = Shared::new(api.state().db.clone(), Carriers::new(Some(simulator.clone()), egress(), api.state().secrets.clone()), config);
-    api.attach_telephony(Arc::new(DiallerTelephony(shared.clone())));
-    let dialler = Dialler::start(shared);
+    let (dialler, simulator) = start_dialler(&api, &client, sim);
 
     // Wait for the engine's first heartbeat, so bots on it can be reached.
     wait_until("the engine's heartbeat", Duration::from_secs(20), async || {
@@ -368,14 +374,7 @@ async fn a_campaign_routes_around_an_engine_killed_with_live_calls_and_retries_i
         seed: Some(11),
         ..SimulatorConfig::default()
     };
-    let http = cxb_control_plane::http_client(Duration::from_secs(10)).unwrap();
-    let simulator = Simulator::start(sim, http.clone());
-    let mut config = DiallerConfig::new(client.base.clone());
-    config.tick = Duration::from_millis(50);
-    config.ring_timeout = Duration::from_secs(30);
-    let shared = Shared::new(api.state().db.clone(), Carriers::new(Some(simulator.clone()), egress(), api.state().secrets.clone()), config);
-    api.attach_telephony(Arc::new(DiallerTelephony(shared.clone())));
-    let dialler = Dialler::start(shared);
+    let (dialler, _simulator) = start_dialler(&api, &client, sim);
 
     let bot = client
         .post("/v1/bots", json!({"name": "Listener", "stt": {"provider": "none"}, "tts": {"provider": "espeak"}, "recording": false,
