@@ -692,7 +692,7 @@ impl Agent {
         let claims = self.claims.as_ref();
         let amd = self.screening.as_mut().map(Screening::report);
         let end_reason = match self.screening.as_ref().and_then(|s| s.end) {
-            Some(reason) if end_reason == crate::call::EndReason::BotHangup.label() => reason,
+            Some(reason) if end_reason == crate::error::EndReason::BotHangup.label() => reason,
             _ => end_reason,
         };
         let outcome = match self.conv.ending() {

@@ -4,6 +4,7 @@
 //! - [`server`]: start and stop; the acceptor, workers and control socket.
 //! - `worker`: a worker thread's runtime, connections and call loops.
 //! - [`call`]: one call, sans-IO: carrier messages and time in, messages out.
+//! - [`error`]: why a call ended; how a peer broke the protocol.
 //! - [`protocol`]: the Twilio / Cloudonix and Exotel wire formats, sans-IO.
 //! - [`ws`], [`http`]: WebSocket framing (tungstenite, driven in memory) and HTTP heads.
 //! - [`registry`]: the shared-memory slot registry other processes read.
@@ -18,6 +19,7 @@ pub mod admission;
 pub mod agent;
 pub mod bots;
 pub mod call;
+pub mod error;
 pub mod http;
 pub mod limits;
 pub mod metrics;

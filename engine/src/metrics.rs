@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
-use crate::call::{EndReason, ProtocolErrorKind};
+use crate::error::{EndReason, ProtocolErrorKind};
 
 /// A monotonically increasing count.
 #[derive(Debug, Default)]

@@ -20,7 +20,8 @@ use futures_util::future::{Either, select};
 use crate::admission::{self, Admitted, Refusal, query_param};
 use crate::agent::{Agent, BotError};
 use crate::bots::BotKind;
-use crate::call::{Call, CallConfig, EndReason, ProtocolErrorKind};
+use crate::call::{Call, CallConfig};
+use crate::error::{EndReason, ProtocolErrorKind};
 use crate::http::{self, HeadError, Request};
 use crate::limits::Verdict;
 use crate::tls::{Session, Wire};
@@ -957,6 +958,11 @@ async fn run_call(
     drop(read);
     if let Some((code, text)) = reason.close() {
         socket.close(code, &text);
+    }
+    // What is queued leaves before the shutdown: our close frame, or the reply to the peer's
+    // close (and a pong read with it) that makes the close clean. A peer that stopped reading
+    // gets nothing more.
+    if reason != EndReason::SlowConsumer && !socket.output().is_empty() {
         let mut bytes = wire.seal(std::mem::take(socket.output()));
         if let Wire::Tls(session) = wire {
             session.close(&mut bytes);

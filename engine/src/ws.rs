@@ -8,7 +8,7 @@
 //! docs/PERFORMANCE.md). Tests and fuzz targets hold it to the RFC; tungstenite remains the
 //! client in the tests, so the two implementations check each other.
 
-use crate::call::ProtocolErrorKind;
+use crate::error::ProtocolErrorKind;
 
 /// Largest message accepted: Exotel's biggest chunk (100 KB of audio) in base64 and JSON.
 pub const MAX_MESSAGE: usize = 192 * 1024;
@@ -115,7 +115,7 @@ impl WsSocket {
             match frame.opcode {
                 0x1 | 0x2 if self.partial.is_some() => return Err(ProtocolErrorKind::WebSocket),
                 0x1 if frame.fin => {
-                    let text = std::str::from_utf8(&self.input[payload]).map_err(|_| ProtocolErrorKind::WebSocket)?;
+                    let text = std::str::from_utf8(&self.input[payload]).map_err(|_| ProtocolErrorKind::InvalidUtf8)?;
                     return Ok(Some(Incoming::Text(text)));
                 }
                 0x2 if frame.fin => return Ok(Some(Incoming::Binary)),
@@ -133,14 +133,15 @@ impl WsSocket {
                         if opcode == 0x2 {
                             return Ok(Some(Incoming::Binary));
                         }
-                        let text = std::str::from_utf8(data).map_err(|_| ProtocolErrorKind::WebSocket)?;
+                        let text = std::str::from_utf8(data).map_err(|_| ProtocolErrorKind::InvalidUtf8)?;
                         return Ok(Some(Incoming::Text(text)));
                     }
                 }
                 0x8 => {
-                    let body = &self.input[payload];
-                    let code = if body.len() >= 2 { u16::from_be_bytes([body[0], body[1]]) } else { 1000 };
-                    self.close(if body.is_empty() { 1000 } else { code }, "");
+                    // The reply echoes a valid code (RFC 6455 5.5.1); a close without one is
+                    // answered with 1000, a malformed one is a protocol error of its own.
+                    let code = close_code(&self.input[payload])?;
+                    self.close(code, "");
                     return Ok(Some(Incoming::Closed));
                 }
                 0x9 => {
@@ -214,6 +215,24 @@ impl WsSocket {
     /// Bytes waiting to be written to the socket.
     pub fn output(&mut self) -> &mut Vec<u8> {
         &mut self.output
+    }
+}
+
+/// The code of a close frame's payload: none (1000), or a code a peer may send (RFC 6455
+/// 7.4) followed by a UTF-8 reason.
+fn close_code(body: &[u8]) -> Result<u16, ProtocolErrorKind> {
+    match body {
+        [] => Ok(1000),
+        [_] => Err(ProtocolErrorKind::WebSocket),
+        [hi, lo, reason @ ..] => {
+            let code = u16::from_be_bytes([*hi, *lo]);
+            // 1004 is reserved; 1005, 1006 and 1015 are never sent on the wire.
+            if !matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999) {
+                return Err(ProtocolErrorKind::WebSocket);
+            }
+            std::str::from_utf8(reason).map_err(|_| ProtocolErrorKind::InvalidUtf8)?;
+            Ok(code)
+        }
     }
 }
 
@@ -343,7 +362,7 @@ mod tests {
         assert_eq!(s.read(), Err(ProtocolErrorKind::WebSocket));
         let mut s = WsSocket::new();
         s.feed(&client_frame(0x81, &[0xFF, 0xFE])); // not UTF-8
-        assert_eq!(s.read(), Err(ProtocolErrorKind::WebSocket));
+        assert_eq!(s.read(), Err(ProtocolErrorKind::InvalidUtf8));
         let mut s = WsSocket::new();
         s.feed(&client_frame(0xC1, b"x")); // RSV1 without an extension
         assert_eq!(s.read(), Err(ProtocolErrorKind::WebSocket));
@@ -363,6 +382,41 @@ mod tests {
         assert_eq!(s.output().as_slice(), &[0x88, 0x02, 0x03, 0xE9]);
         s.close(1000, "again");
         assert_eq!(s.output().len(), 4);
+    }
+
+    #[test]
+    fn close_payloads_are_checked_before_they_are_echoed() {
+        for (payload, expect) in [
+            (vec![], Ok(1000u16)),
+            (1000u16.to_be_bytes().to_vec(), Ok(1000)),
+            (4999u16.to_be_bytes().to_vec(), Ok(4999)),
+            ([&1011u16.to_be_bytes()[..], "ünïcode".as_bytes()].concat(), Ok(1011)),
+            (vec![0x03], Err(ProtocolErrorKind::WebSocket)),
+            ([&1000u16.to_be_bytes()[..], &[0xCE, 0xBA, 0xFF]].concat(), Err(ProtocolErrorKind::InvalidUtf8)),
+        ] {
+            let mut s = WsSocket::new();
+            s.feed(&client_frame(0x88, &payload));
+            match expect {
+                Ok(code) => {
+                    assert_eq!(s.read(), Ok(Some(Incoming::Closed)), "{payload:?}");
+                    assert_eq!(s.output()[2..4], code.to_be_bytes(), "{payload:?}");
+                }
+                Err(kind) => assert_eq!(s.read(), Err(kind), "{payload:?}"),
+            }
+        }
+        for code in [0u16, 999, 1004, 1005, 1006, 1015, 1016, 2999, 5000, 65535] {
+            let mut s = WsSocket::new();
+            s.feed(&client_frame(0x88, &code.to_be_bytes()));
+            assert_eq!(s.read(), Err(ProtocolErrorKind::WebSocket), "code {code}");
+        }
+    }
+
+    #[test]
+    fn a_ping_in_the_same_read_as_a_close_is_answered_before_it() {
+        let mut s = WsSocket::new();
+        s.feed(&[client_frame(0x89, b"hi"), client_frame(0x88, &1000u16.to_be_bytes())].concat());
+        assert_eq!(s.read(), Ok(Some(Incoming::Closed)));
+        assert_eq!(s.output().as_slice(), &[0x8A, 0x02, b'h', b'i', 0x88, 0x02, 0x03, 0xE8]);
     }
 
     #[test]

@@ -110,6 +110,71 @@ fn bad_peers_are_cut_off_alone_with_the_right_code() {
     e.shutdown();
 }
 
+/// A masked client frame, written by hand so that the test can break the rules.
+fn raw_frame(b0: u8, payload: &[u8]) -> Vec<u8> {
+    let mask = [9u8, 8, 7, 6];
+    assert!(payload.len() < 126);
+    let mut f = vec![b0, 0x80 | payload.len() as u8];
+    f.extend_from_slice(&mask);
+    f.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    f
+}
+
+/// Writes `bytes` on an upgraded echo call's socket in one write, then reads until the
+/// engine closes the TCP connection: the server's frames as (opcode, payload).
+fn raw_exchange(addr: std::net::SocketAddr, bytes: &[u8]) -> Vec<(u8, Vec<u8>)> {
+    use std::io::{Read, Write};
+    let mut call = connect(addr, "/ws/echo").expect("upgrade");
+    call.start();
+    let stream = call.ws.get_mut();
+    stream.write_all(bytes).expect("write");
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) => panic!("the engine did not close the connection: {e}"),
+        }
+    }
+    let mut frames = Vec::new();
+    let mut rest = got.as_slice();
+    while rest.len() >= 2 {
+        let len = usize::from(rest[1] & 0x7F);
+        assert!(len < 126 && rest[1] & 0x80 == 0, "a short unmasked server frame");
+        frames.push((rest[0] & 0x0F, rest[2..2 + len].to_vec()));
+        rest = &rest[2 + len..];
+    }
+    frames
+}
+
+#[test]
+fn a_client_close_is_answered_on_the_socket_and_bad_closes_get_1002_or_1007() {
+    let e = engine(|_| {});
+    let addr = e.local_addr();
+    // A ping and a close in one write: the pong, then the close echoed, then EOF.
+    let frames = raw_exchange(addr, &[raw_frame(0x89, b"ping"), raw_frame(0x88, &[0x03, 0xE9, b'o', b'k'])].concat());
+    assert_eq!(frames, vec![(0xA, b"ping".to_vec()), (0x8, vec![0x03, 0xE9])]);
+    let close_code = |frames: &[(u8, Vec<u8>)]| {
+        let (op, body) = frames.last().expect("a close frame");
+        assert_eq!(*op, 0x8);
+        u16::from_be_bytes([body[0], body[1]])
+    };
+    for (what, bytes, code) in [
+        ("code 5000", raw_frame(0x88, &5000u16.to_be_bytes()), 1002),
+        ("code 1005", raw_frame(0x88, &1005u16.to_be_bytes()), 1002),
+        ("one-byte close", raw_frame(0x88, &[0x03]), 1002),
+        ("reason not UTF-8", raw_frame(0x88, &[0x03, 0xE8, 0xFF]), 1007),
+        ("text not UTF-8", raw_frame(0x81, &[0xCE, 0xBA, 0xE1, 0xBD]), 1007),
+    ] {
+        assert_eq!(close_code(&raw_exchange(addr, &bytes)), code, "{what}");
+    }
+    assert!(eventually(Duration::from_secs(2), || health(addr)["slots_free"] == 16));
+    let metrics = get(addr, "/metrics").1;
+    assert!(metrics.contains("kind=\"invalid_utf8\"} 2"), "invalid UTF-8 counted: {metrics}");
+    e.shutdown();
+}
+
 #[test]
 fn a_full_host_answers_503_before_any_upgrade() {
     let e = engine(|c| c.slots_per_worker = 2);
