@@ -33,8 +33,35 @@ static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[derive(Parser)]
 #[command(name = "cxb", version, about = "CX Bridge: AI phone calls at scale")]
 struct Cli {
+    /// How log lines on standard error look: `text` for people, `json` (one object per line)
+    /// for log collectors.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    /// What to log, as `RUST_LOG` directives: a level (`info`), or per module
+    /// (`warn,cxb_engine=debug`).
+    #[arg(long = "log", global = true, env = "RUST_LOG", default_value = "info")]
+    log_filter: String,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Logs go to standard error through `tracing`; standard output is for what a command prints
+/// for its user (credentials, status tables).
+fn init_logging(format: LogFormat, filter: &str) -> anyhow::Result<()> {
+    use std::io::IsTerminal;
+    let filter = tracing_subscriber::EnvFilter::try_new(filter).with_context(|| format!("--log {filter:?}"))?;
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let done = match format {
+        LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).try_init(),
+        LogFormat::Json => builder.json().with_current_span(true).with_span_list(false).try_init(),
+    };
+    done.map_err(|e| anyhow::anyhow!("logging: {e}"))
 }
 
 #[derive(Subcommand)]
@@ -333,7 +360,7 @@ impl Results {
         }
         let pending = self.handle.stats().pending;
         if pending > 0 {
-            eprintln!("cxb: {pending} call results stay in the outbox for the next start");
+            tracing::warn!(pending, "call results stay in the outbox for the next start");
         }
         drop(self.guard);
     }
@@ -343,10 +370,10 @@ impl Results {
 /// are ended with their results written to the outbox, which gets a few seconds to deliver.
 fn stop_engine(engine: Engine, outbox: Results, drain: Duration) {
     let live = engine.health()["live_calls"].as_u64().unwrap_or(0);
-    eprintln!("cxb core: stopping; {live} live calls get up to {} s to finish", drain.as_secs());
+    tracing::info!(live, drain_seconds = drain.as_secs(), "stopping; live calls get the drain time to finish");
     let left = engine.drain(drain);
     if left > 0 {
-        eprintln!("cxb core: ending the {left} calls still live");
+        tracing::info!(left, "ending the calls still live");
     }
     engine.shutdown();
     outbox.finish(Duration::from_secs(10));
@@ -524,7 +551,9 @@ struct CoreArgs {
 }
 
 fn main() -> anyhow::Result<()> {
-    match Cli::parse().command {
+    let cli = Cli::parse();
+    init_logging(cli.log_format, &cli.log_filter)?;
+    match cli.command {
         Command::Up { listen, api_listen, data, results, sim } => up(listen, api_listen, &data, &results, &sim),
         Command::Core(CoreCommand { action: None, run }) => {
             let heartbeat = run.api.clone().zip(run.fleet_token.clone());
@@ -544,7 +573,7 @@ fn main() -> anyhow::Result<()> {
                 std::thread::Builder::new().name("cxb-heartbeat".into()).spawn(move || {
                     match tokio::runtime::Builder::new_current_thread().enable_all().build() {
                         Ok(rt) => rt.block_on(heartbeat_loop(config, host)),
-                        Err(e) => eprintln!("cxb core: no heartbeat: {e}"),
+                        Err(e) => tracing::error!("no heartbeat: {e}"),
                     }
                 })?;
             }

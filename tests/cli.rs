@@ -28,7 +28,11 @@ fn cxb() -> Command {
 }
 
 fn start_core() -> Core {
-    let dir = std::env::temp_dir().join(format!("cxb-cli-{}", std::process::id()));
+    start_core_with(&[], Stdio::null(), "status")
+}
+
+fn start_core_with(extra: &[&str], stderr: Stdio, name: &str) -> Core {
+    let dir = std::env::temp_dir().join(format!("cxb-cli-{name}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
     let mut child = cxb()
         .args(["core", "--listen", "127.0.0.1:0", "--workers", "2", "--slots-per-worker", "4", "--no-pin", "--demo-bots"])
@@ -38,8 +42,9 @@ fn start_core() -> Core {
         .arg(dir.join("ctl.sock"))
         .arg("--data-dir")
         .arg(&dir)
+        .args(extra)
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(stderr)
         .spawn()
         .expect("cxb core starts");
     let stdout = child.stdout.take().expect("stdout");
@@ -54,6 +59,18 @@ fn start_core() -> Core {
     Core { child, port, dir }
 }
 
+fn echo_call(port: u16) -> tungstenite::WebSocket<TcpStream> {
+    let stream = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    stream.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+    let (mut ws, _) = tungstenite::client::client(format!("ws://127.0.0.1:{port}/ws/echo"), stream).map_err(|_| ()).expect("upgrade");
+    ws.send(Message::text(r#"{"event":"start","streamSid":"MZ1","start":{"streamSid":"MZ1"}}"#)).expect("start");
+    // 160 bytes of mu-law silence (0xFF): 53 groups of "////" and a final "/w==".
+    let payload = format!("{}/w==", "////".repeat(53));
+    ws.send(Message::text(format!(r#"{{"event":"media","streamSid":"MZ1","media":{{"payload":"{payload}"}}}}"#))).expect("media");
+    let _ = ws.read().expect("echo");
+    ws
+}
+
 fn run(cmd: &mut Command) -> String {
     let out = cmd.output().expect("runs");
     assert!(out.status.success(), "{cmd:?}: {}", String::from_utf8_lossy(&out.stderr));
@@ -63,14 +80,7 @@ fn run(cmd: &mut Command) -> String {
 #[test]
 fn status_reads_the_registry_from_another_process() {
     let core = start_core();
-    let stream = TcpStream::connect(("127.0.0.1", core.port)).expect("connect");
-    stream.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
-    let (mut ws, _) = tungstenite::client::client(format!("ws://127.0.0.1:{}/ws/echo", core.port), stream).map_err(|_| ()).expect("upgrade");
-    ws.send(Message::text(r#"{"event":"start","streamSid":"MZ1","start":{"streamSid":"MZ1"}}"#)).expect("start");
-    // 160 bytes of mu-law silence (0xFF): 53 groups of "////" and a final "/w==".
-    let payload = format!("{}/w==", "////".repeat(53));
-    ws.send(Message::text(format!(r#"{{"event":"media","streamSid":"MZ1","media":{{"payload":"{payload}"}}}}"#))).expect("media");
-    let _ = ws.read().expect("echo");
+    let _ws = echo_call(core.port);
 
     let registry = core.dir.join("slots");
     let status = || run(cxb().args(["core", "status", "--slots", "--registry"]).arg(&registry));
@@ -93,4 +103,37 @@ fn status_reads_the_registry_from_another_process() {
         std::thread::sleep(Duration::from_millis(20));
     }
     assert!(status().contains("reserved "), "the reservation shows in the registry");
+}
+
+#[test]
+fn json_logs_carry_each_call_in_its_span_and_obey_the_filter() {
+    let mut core = start_core_with(&["--log-format", "json", "--log", "warn,cxb_engine=debug"], Stdio::piped(), "logs");
+    let mut ws = echo_call(core.port);
+    ws.send(Message::text(r#"{"event":"stop","streamSid":"MZ1"}"#)).expect("stop");
+    while ws.read().is_ok() {}
+    let stderr = core.child.stderr.take().expect("stderr");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let mut ended = None;
+    let mut lines = Vec::new();
+    while let Ok(line) = rx.recv_timeout(Duration::from_secs(5)) {
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        if v["fields"]["message"] == "call ended" {
+            ended = Some(v.clone());
+            break;
+        }
+        lines.push(line);
+    }
+    let ended = ended.unwrap_or_else(|| panic!("no `call ended` line in:\n{}", lines.join("\n")));
+    assert_eq!(ended["level"], "DEBUG");
+    assert_eq!(ended["fields"]["reason"], "stopped");
+    assert_eq!(ended["span"]["name"], "call");
+    assert_eq!(ended["span"]["bot"], "echo");
+    assert_eq!(ended["span"]["transport"], "twilio");
+    assert!(lines.iter().any(|l| l.contains("worker running")), "the workers' start is logged: {lines:?}");
+    assert!(!lines.iter().any(|l| l.contains("\"INFO\"") && !l.contains("cxb_engine")), "other crates log only warnings: {lines:?}");
 }

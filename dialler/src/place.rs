@@ -287,7 +287,7 @@ impl Shared {
             match carrier.create_call(&request).await {
                 Ok(placed) => {
                     if let Err(e) = attempts::set_carrier_call_id(&shared.db, &session, &placed.carrier_call_id).await {
-                        eprintln!("cxb dialler: call {session}: noting the carrier's id: {e}");
+                        tracing::warn!(call = %session, "noting the carrier's id: {e}");
                     }
                 }
                 Err(e) => {
@@ -297,11 +297,11 @@ impl Shared {
                         CarrierError::Unavailable(_) => "carrier_unavailable".to_string(),
                         CarrierError::Config(_) => "carrier_settings".to_string(),
                     };
-                    eprintln!("cxb dialler: call {session}: {e}");
+                    tracing::warn!(call = %session, "{e}");
                     let now = shared.now();
                     let end = CallEnd { outcome: "failed", reason: Some(reason), answered_at: None, ended_at: now };
                     if let Err(e) = attempts::record_end(&shared.db, &session, &end, now).await {
-                        eprintln!("cxb dialler: call {session}: recording the failure: {e}");
+                        tracing::warn!(call = %session, "recording the failure: {e}");
                     }
                 }
             }

@@ -161,10 +161,10 @@ async fn node_loop(s: Arc<Shared>, mut stopped: watch::Receiver<bool>) {
     loop {
         tasks.retain(|_, t| !t.is_finished());
         if let Err(e) = share_out(&s, &mut tasks, &stopped).await {
-            eprintln!("cxb dialler: leasing campaigns: {e}");
+            tracing::warn!("leasing campaigns: {e}");
         }
         if let Err(e) = s.sweep(None).await {
-            eprintln!("cxb dialler: direct calls: {e}");
+            tracing::warn!("direct calls: {e}");
         }
         tokio::select! {
             _ = tokio::time::sleep(every) => {}
@@ -270,7 +270,7 @@ async fn campaign_task(s: Arc<Shared>, id: String, mut stopped: watch::Receiver<
             Ok(Step::Wait(d)) => d,
             Ok(Step::Stop) => return,
             Err(e) => {
-                eprintln!("cxb dialler: campaign {id}: {e}");
+                tracing::warn!(campaign = %id, "{e}");
                 s.config.tick * 5
             }
         };
@@ -358,14 +358,14 @@ async fn campaign_step(s: &Arc<Shared>, id: &str, pacer: &mut Pacer, last_sweep:
     let (carrier, settings) = match s.carriers.for_org(&s.db, &org).await {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("cxb dialler: campaign {id}: {e}");
+            tracing::warn!(campaign = %id, "{e}");
             return Ok(Step::Wait(Duration::from_secs(5)));
         }
     };
     let caller_ids: Vec<&String> =
         if campaign.caller_ids.is_empty() { settings.default_caller_id.iter().collect() } else { campaign.caller_ids.iter().collect() };
     let Some(&from) = caller_ids.get(attempts_rotation(s, id, caller_ids.len().max(1)).await?) else {
-        eprintln!("cxb dialler: campaign {id}: no caller ID (set the campaign's caller_ids or the organization's default_caller_id)");
+        tracing::warn!(campaign = %id, "no caller ID (set the campaign's caller_ids or the organization's default_caller_id)");
         return Ok(Step::Wait(Duration::from_secs(5)));
     };
     let name: String = contact.try_get(2)?;
@@ -389,7 +389,7 @@ async fn campaign_step(s: &Arc<Shared>, id: &str, pacer: &mut Pacer, last_sweep:
     let routed = match s.route(campaign.routing.kind, campaign.routing.target_id.as_deref(), &target).await {
         Ok(r) => r,
         Err(e @ (RouteError::NoCapacity | RouteError::AllDown)) => {
-            eprintln!("cxb dialler: campaign {id}: {e}; waiting");
+            tracing::warn!(campaign = %id, "{e}; waiting");
             return Ok(Step::Wait(Duration::from_secs(1)));
         }
         Err(e) => return Err(e.into()),
@@ -419,7 +419,7 @@ async fn campaign_step(s: &Arc<Shared>, id: &str, pacer: &mut Pacer, last_sweep:
     {
         // No call will come for the slot reserved while routing.
         if let Err(e) = fleet::release(&s.db, slot, s.now()).await {
-            eprintln!("cxb dialler: campaign {id}: giving back an engine slot: {e}");
+            tracing::warn!(campaign = %id, "giving back an engine slot: {e}");
         }
     }
     if !claimed? {
@@ -570,14 +570,14 @@ impl Shared {
                     Ok(CallState::Ended | CallState::Unknown) => Asked::Gone,
                     Err(e) => {
                         if unknown_since.is_none() {
-                            eprintln!("cxb dialler: call {call}: the carrier cannot say whether it lives ({e}); keeping it");
+                            tracing::warn!(call = %call, "the carrier cannot say whether it lives ({e}); keeping it");
                         }
                         Asked::Unreachable
                     }
                 },
                 (Some(_), Err(e)) => {
                     if unknown_since.is_none() {
-                        eprintln!("cxb dialler: call {call}: no carrier to ask ({e}); keeping it");
+                        tracing::warn!(call = %call, "no carrier to ask ({e}); keeping it");
                     }
                     Asked::Unreachable
                 }

@@ -487,7 +487,7 @@ impl Engine {
                     .name(format!("cxb-worker-{i}"))
                     .spawn(move || {
                         if let Err(e) = crate::worker::run(i, shared, inbox) {
-                            eprintln!("cxb core: worker {i} failed to start: {e}");
+                            tracing::error!(worker = i, "worker failed to start: {e}");
                         }
                     })?,
             );

@@ -16,6 +16,7 @@ use compio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use compio::net::TcpStream;
 use cxb_media::Timestamp;
 use futures_util::future::{Either, select};
+use tracing::Instrument;
 
 use crate::admission::{self, Admitted, Refusal, query_param};
 use crate::agent::{Agent, BotError};
@@ -145,10 +146,7 @@ pub(crate) fn run(
     shared.workers[index]
         .driver
         .store(driver, Ordering::Relaxed);
-    eprintln!(
-        "cxb core: worker {index} running on {}",
-        if driver == 1 { "io_uring" } else { "epoll" }
-    );
+    tracing::info!(worker = index, driver = if driver == 1 { "io_uring" } else { "epoll" }, "worker running");
     let slots = shared.config.slots_per_worker;
     let worker = Rc::new(Worker {
         index,
@@ -588,7 +586,7 @@ async fn route(worker: Rc<Worker>, stream: TcpStream, mut wire: Wire, req: Reque
                 Ok(bot) => Some(bot),
                 Err(BotError::NotFound) => None,
                 Err(BotError::Unavailable(why)) => {
-                    eprintln!("cxb core: bot {bot_id}: {why}");
+                    tracing::warn!(bot = bot_id, "bot unavailable: {why}");
                     return reply(
                         &stream,
                         &mut wire,
@@ -671,7 +669,7 @@ async fn route(worker: Rc<Worker>, stream: TcpStream, mut wire: Wire, req: Reque
             Err(why) => {
                 worker.ai_calls.set(worker.ai_calls.get().saturating_sub(1));
                 worker.free_slot(slot);
-                eprintln!("cxb core: bot {bot_id}: {why}");
+                tracing::warn!(bot = bot_id, "bot failed to start: {why}");
                 return reply(&stream, &mut wire, http::error(503, "bot_unavailable", &why, &[])).await;
             }
         },
@@ -702,11 +700,31 @@ async fn route(worker: Rc<Worker>, stream: TcpStream, mut wire: Wire, req: Reque
         reason: EndReason::PeerClosed,
         ai: is_ai,
     };
-    let (reason, mut call) = run_call(&worker, &stream, &mut wire, slot, call, leftover, &mailbox).await;
-    guard.reason = reason;
-    if call.agent().is_some() {
-        finish_agent(&worker, &mut call, &call_id, reason).await;
+    let span = tracing::info_span!(
+        "call",
+        id = %call_id,
+        bot = bot_id,
+        transport = protocol.name(),
+        worker = worker.index,
+        call = tracing::field::Empty,
+        org = tracing::field::Empty,
+    );
+    if let Some(claims) = admitted.claims() {
+        span.record("call", claims.call_id.as_str());
+        span.record("org", claims.org_id.as_str());
     }
+    async {
+        tracing::debug!("call started");
+        let (reason, mut call) = run_call(&worker, &stream, &mut wire, slot, call, leftover, &mailbox).await;
+        guard.reason = reason;
+        if call.agent().is_some() {
+            finish_agent(&worker, &mut call, &call_id, reason).await;
+        }
+        let stats = call.stats();
+        tracing::debug!(reason = reason.label(), frames_in = stats.frames_in, frames_out = stats.frames_out, "call ended");
+    }
+    .instrument(span)
+    .await;
 }
 
 /// Refuses a call with `401` and the engine's JSON error; counted by reason and logged (at
@@ -723,8 +741,7 @@ async fn refuse(worker: &Worker, stream: &TcpStream, wire: &mut Wire, ip: std::n
     } else {
         let peer = ip;
         let more = worker.refusals_unlogged.replace(0);
-        let more = if more > 0 { format!(" ({more} more refusals not logged)") } else { String::new() };
-        eprintln!("cxb core: refused a call to bot {bot_id} from {peer}: {}{more}", why.label());
+        tracing::warn!(bot = bot_id, %peer, reason = why.label(), not_logged = more, "call refused");
         worker.refusals_logged.set(Some(now));
     }
     reply(stream, wire, http::error(401, "unauthorized", why.message(), &[])).await;
@@ -765,7 +782,7 @@ async fn finish_agent(worker: &Worker, call: &mut Call, call_id: &str, reason: E
         reason.label(),
     );
     let Some(sink) = worker.shared.config.results.as_ref() else {
-        eprintln!("cxb core: call {call_id}: no outbox configured; result dropped");
+        tracing::warn!("no outbox configured; result dropped");
         return;
     };
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -778,13 +795,13 @@ async fn finish_agent(worker: &Worker, call: &mut Call, call_id: &str, reason: E
         match compio::time::timeout_at(deadline, done.recv_async()).await {
             Ok(Ok(Ok(()))) => return,
             Ok(Ok(Err(e))) if Instant::now() + AGAIN < deadline => {
-                eprintln!("cxb core: call {call_id}: outbox: {e}; trying again");
+                tracing::warn!("outbox: {e}; trying again");
                 compio::time::sleep(AGAIN).await;
                 done = sink.submit(result.clone(), None);
             }
-            Ok(Ok(Err(e))) => return eprintln!("cxb core: call {call_id}: outbox: {e}; result lost"),
-            Ok(Err(_)) => return eprintln!("cxb core: call {call_id}: outbox stopped"),
-            Err(_) => return eprintln!("cxb core: call {call_id}: outbox did not answer in 30 s"),
+            Ok(Ok(Err(e))) => return tracing::error!("outbox: {e}; result lost"),
+            Ok(Err(_)) => return tracing::error!("outbox stopped; result lost"),
+            Err(_) => return tracing::error!("outbox did not answer in 30 s; result lost"),
         }
     }
 }

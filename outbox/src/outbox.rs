@@ -546,8 +546,8 @@ impl Outbox {
         let queued = spool.scan().map_err(|e| OutboxError::io("reading the directory", e))?;
         let used = spool.used();
         if used >= config.max_bytes {
-            eprintln!(
-                "cxb outbox: {} holds {used} bytes, at or over its cap of {}: no new AI calls until deliveries free space",
+            tracing::warn!(
+                "{} holds {used} bytes, at or over its cap of {}: no new AI calls until deliveries free space",
                 config.dir.display(),
                 config.max_bytes
             );
@@ -570,8 +570,8 @@ impl Outbox {
                     .map_err(|e| OutboxError::io("starting the sender thread", e))?;
                 threads.push(thread);
             }
-            None => eprintln!(
-                "cxb outbox: no API configured; results are kept in {} ({} waiting)",
+            None => tracing::info!(
+                "no API configured; results are kept in {} ({} waiting)",
                 config.dir.display(),
                 queued.len()
             ),
@@ -642,7 +642,7 @@ impl Writer {
             if failed && probed.elapsed() >= self.write_probe {
                 probed = Instant::now();
                 if self.spool.probe().is_ok() {
-                    eprintln!("cxb outbox: the directory takes writes again");
+                    tracing::info!("the directory takes writes again");
                     self.counters.write_failed.store(false, Ordering::Relaxed);
                 }
             }
@@ -733,7 +733,7 @@ impl Writer {
                 }
                 Err(why) => {
                     let call = spool::check_result(&result).unwrap_or_default().to_string();
-                    eprintln!("cxb outbox: call {call}: the recording is lost ({why}); keeping the result without it");
+                    tracing::warn!(call = %call, "the recording is lost ({why}); keeping the result without it");
                     self.spool.write_new(&Entry::new(seq, result, None), None)
                 }
             },
@@ -779,7 +779,7 @@ impl Writer {
 fn failed(counters: &Counters, e: &std::io::Error) {
     Counters::bump(&counters.write_errors);
     if !counters.write_failed.swap(true, Ordering::Relaxed) {
-        eprintln!("cxb outbox: a write failed ({e}); taking no new calls until the directory takes writes again");
+        tracing::error!("a write failed ({e}); taking no new calls until the directory takes writes again");
     }
 }
 

@@ -153,7 +153,7 @@ impl Sender {
                     let outcome = match self.deliver(seq).await {
                         Ok(()) => {
                             if failures > 0 {
-                                eprintln!("cxb outbox: delivering again after {failures} failed attempts");
+                                tracing::info!("delivering again after {failures} failed attempts");
                             }
                             failures = 0;
                             Outcome::Settled
@@ -161,7 +161,7 @@ impl Sender {
                         Err(e) => {
                             Counters::bump(&self.counters.retries);
                             if failures == 0 {
-                                eprintln!("cxb outbox: {e}; retrying with backoff");
+                                tracing::warn!("{e}; retrying with backoff");
                             }
                             failures += 1;
                             Outcome::Failed
@@ -169,8 +169,8 @@ impl Sender {
                     };
                     if queue.attempted(seq, epoch.elapsed(), outcome) {
                         Counters::bump(&self.counters.parks);
-                        eprintln!(
-                            "cxb outbox: entry {seq} keeps failing while the API takes results; parked, tried again in {} s",
+                        tracing::warn!(
+                            "entry {seq} keeps failing while the API takes results; parked, tried again in {} s",
                             self.policy.park.initial.as_secs()
                         );
                     }
@@ -290,7 +290,7 @@ impl Sender {
                     json!({ "location": location, "duration_ms": recording.duration_ms, "channels": recording.channels }),
                 );
             }
-            _ => eprintln!("cxb outbox: the recording of entry {seq} is missing; delivering the result without it"),
+            _ => tracing::warn!("the recording of entry {seq} is missing; delivering the result without it"),
         }
         entry.recording = None;
         self.spool.rewrite(entry).map_err(|e| format!("updating entry {seq}: {e}"))?;
@@ -299,7 +299,7 @@ impl Sender {
 
     fn bury(&self, seq: u64, error: Value) -> Result<(), String> {
         self.spool.bury(seq, &error).map_err(|e| format!("moving entry {seq} to dead/: {e}"))?;
-        eprintln!("cxb outbox: entry {seq} moved to dead/: {error}");
+        tracing::warn!("entry {seq} moved to dead/: {error}");
         Counters::bump(&self.counters.dead);
         self.counters.settled();
         Ok(())

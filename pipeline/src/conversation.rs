@@ -164,6 +164,9 @@ struct Reply {
     latency: Option<(Timestamp, TurnLatency)>,
     /// Whether the reply goes into the language model's context.
     in_context: bool,
+    /// The turn's span (replies to the caller only), a child of the call's; its stage
+    /// latencies are logged in it when the reply is recorded.
+    span: tracing::Span,
 }
 
 impl Reply {
@@ -183,6 +186,7 @@ impl Reply {
             started_at: now,
             latency: None,
             in_context: true,
+            span: tracing::Span::none(),
         }
     }
 
@@ -486,6 +490,7 @@ impl Conversation {
         let latency = TurnLatency { final_transcript_ms: ms_between(ended, now), ..TurnLatency::default() };
         let mut reply = Reply::new(now, After::Listen);
         reply.latency = Some((ended, latency));
+        reply.span = tracing::info_span!("turn", n = self.latencies.len() + 1);
         self.reply = Some(reply);
         self.request_llm();
     }
@@ -724,6 +729,16 @@ impl Conversation {
     fn record_reply(&mut self, _now: Timestamp, reply: Reply, interrupted: bool) {
         if let Some((_, latency)) = reply.latency.filter(|(_, l)| l.first_frame_ms > 0) {
             self.latencies.push(latency);
+            reply.span.in_scope(|| {
+                tracing::info!(
+                    final_transcript_ms = latency.final_transcript_ms,
+                    first_token_ms = latency.first_token_ms,
+                    first_audio_ms = latency.first_audio_ms,
+                    first_frame_ms = latency.first_frame_ms,
+                    interrupted,
+                    "turn answered"
+                );
+            });
         }
         if reply.heard.is_empty() {
             return;
