@@ -299,15 +299,15 @@ impl ResultSink for OutboxSink {
         ]
     }
 
-    fn recording_stream(&self) -> Option<Box<dyn cxb_outbox::wav::RecordingSink>> {
+    fn recording_stream(&self) -> Option<Box<dyn cxb_codecs::wav::RecordingSink>> {
         Some(Box::new(self.0.recording_stream()))
     }
 
     fn submit_streamed(
         &self,
         result: serde_json::Value,
-        recording: Box<dyn cxb_outbox::wav::RecordingSink>,
-        summary: cxb_outbox::wav::RecordingSummary,
+        recording: Box<dyn cxb_codecs::wav::RecordingSink>,
+        summary: cxb_codecs::wav::RecordingSummary,
     ) -> flume::Receiver<Result<(), String>> {
         let recording: Box<dyn std::any::Any> = recording;
         match recording.downcast::<cxb_outbox::RecordingStream>() {

@@ -27,7 +27,7 @@ use cxb_pipeline::config::{BotConfig, MachineAction, OutboundGreeting};
 use cxb_pipeline::conversation::{Action, Conversation, Ending};
 use cxb_pipeline::provider::{AudioFormat, Events, Job, LlmProvider, SttCommand, SttSession, ToolCall, TtsProvider};
 use cxb_pipeline::tools::{CarrierLink, Destination, ToolAction, Tools};
-use cxb_outbox::wav::{Channel, RecordingSink, RecordingSummary, RecordingWriter};
+use cxb_codecs::wav::{Channel, RecordingSink, RecordingSummary, RecordingWriter};
 use serde_json::{Value, json};
 
 use crate::protocol::Start;

@@ -101,7 +101,7 @@ pub trait ResultSink: Send + Sync + std::fmt::Debug {
     /// so the call's memory stays bounded whatever its length. Its `write` and `spare` are
     /// called on the call's worker thread and must not block. `None` (the default): the
     /// engine keeps the recording in memory and passes the WAV file to [`ResultSink::submit`].
-    fn recording_stream(&self) -> Option<Box<dyn cxb_outbox::wav::RecordingSink>> {
+    fn recording_stream(&self) -> Option<Box<dyn cxb_codecs::wav::RecordingSink>> {
         None
     }
 
@@ -112,8 +112,8 @@ pub trait ResultSink: Send + Sync + std::fmt::Debug {
     fn submit_streamed(
         &self,
         result: serde_json::Value,
-        recording: Box<dyn cxb_outbox::wav::RecordingSink>,
-        summary: cxb_outbox::wav::RecordingSummary,
+        recording: Box<dyn cxb_codecs::wav::RecordingSink>,
+        summary: cxb_codecs::wav::RecordingSummary,
     ) -> flume::Receiver<Result<(), String>> {
         let _ = (recording, summary);
         self.submit(result, None)

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use common::{connect, engine, eventually, get, tempdir};
 use cxb_engine::{Engine, ResultSink};
-use cxb_outbox::wav::{RecordingSink, RecordingSummary};
+use cxb_codecs::wav::{RecordingSink, RecordingSummary};
 use serde_json::{Value, json};
 
 /// Chunks a test stream received: (first frame, interleaved bytes).

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use arbitrary::Arbitrary;
 use cxb_codecs::SampleRate;
-use cxb_outbox::wav::{Channel, RecordingWriter, WavInfo};
+use cxb_codecs::wav::{Channel, RecordingWriter, WavInfo};
 use libfuzzer_sys::fuzz_target;
 
 #[derive(Arbitrary, Debug)]

@@ -8,11 +8,11 @@
 //! which is runtime-agnostic (a flume channel), so a compio worker awaits it without blocking.
 //! Everything else runs on the outbox's own two threads: a writer (plain blocking file I/O,
 //! one directory fsync per batch of submissions) and a sender (a tokio current-thread runtime
-//! with reqwest and `object_store`). [`wav`] is the recording writer the engine uses on its
-//! own thread; it has no runtime in it.
+//! with reqwest and `object_store`). The recording writer the engine uses on its own thread
+//! is `cxb_codecs::wav`; it has no runtime in it.
 //!
 //! **Recordings stream to disk during the call.** A [`RecordingStream`]
-//! ([`OutboxHandle::recording_stream`]) is the sink of the engine's [`wav::RecordingWriter`]:
+//! ([`OutboxHandle::recording_stream`]) is the sink of the engine's `cxb_codecs::wav::RecordingWriter`:
 //! the writer keeps the last second of the call's timeline and hands older audio on in
 //! half-second chunks; the stream sends each chunk through the writer thread's channel, the
 //! writer thread writes it at its place in `tmp/{id}.partial.wav` and hands the buffer back
@@ -31,21 +31,12 @@
 //!
 //! Architecture invariant: tokio and `object_store` run only on the sender thread; nothing
 //! the engine calls touches them.
-//!
-//! Features: `delivery` (default) is the outbox itself; without it the crate is only [`wav`],
-//! with no runtime, HTTP or object-store dependencies (what the fuzz targets build).
 
-#[cfg(feature = "delivery")]
 mod outbox;
-#[cfg(feature = "delivery")]
 mod queue;
-#[cfg(feature = "delivery")]
 mod sender;
-#[cfg(feature = "delivery")]
 mod spool;
-pub mod wav;
 
-#[cfg(feature = "delivery")]
 pub use outbox::{
     ApiTarget, Outbox, OutboxConfig, OutboxError, OutboxGuard, OutboxHandle, Receipt, ReceiptFuture, RecordingStore, RecordingStream, RetryPolicy,
     S3Config, Stats,

@@ -17,7 +17,7 @@ use serde_json::Value;
 
 use crate::sender;
 use crate::spool::{self, Entry, PendingRecording, Spool};
-use crate::wav::{FRAME_BYTES, HEADER_LEN, RecordingSink, RecordingSummary, RecordingWriter, WavError, WavInfo};
+use cxb_codecs::wav::{FRAME_BYTES, HEADER_LEN, RecordingSink, RecordingSummary, RecordingWriter, WavError, WavInfo};
 
 /// Where `cxb api` is and the fleet token the engine presents to it.
 #[derive(Clone)]
@@ -343,7 +343,7 @@ impl OutboxHandle {
     ///
     /// Its chunks go to the outbox's writer thread through a channel and their buffers come
     /// back for reuse: at most [`RecordingStream::MAX_BUFFERS`] per recording (8 chunks of
-    /// [`CHUNK`](crate::wav::CHUNK), 4 s of audio), after which the writer is behind and audio
+    /// [`CHUNK`](cxb_codecs::wav::CHUNK), 4 s of audio), after which the writer is behind and audio
     /// is dropped (it reads back as silence) rather than held. Never blocks.
     pub fn recording_stream(&self) -> RecordingStream {
         let id = self.next_stream.fetch_add(1, Ordering::Relaxed);

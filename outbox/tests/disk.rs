@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use common::{config, fake_api, files, outbox_dir, result, until};
 use cxb_codecs::SampleRate;
-use cxb_outbox::wav::{CHUNK, Channel, KEEP, RecordingWriter, WavInfo};
+use cxb_codecs::wav::{CHUNK, Channel, KEEP, RecordingWriter, WavInfo};
 use cxb_outbox::{Outbox, OutboxError, RecordingStream};
 use serde_json::Value;
 

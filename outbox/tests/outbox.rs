@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use common::{Api, config, files, outbox_dir, result, until};
 use cxb_codecs::SampleRate;
-use cxb_outbox::wav::{Channel, RecordingWriter, WavError};
+use cxb_codecs::wav::{Channel, RecordingWriter, WavError};
 use cxb_outbox::{ApiTarget, Outbox, OutboxError, RecordingStore, S3Config};
 use serde_json::{Value, json};
 

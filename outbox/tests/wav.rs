@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use cxb_codecs::SampleRate;
-use cxb_outbox::wav::{Channel, RecordingSink, RecordingWriter, WavInfo};
+use cxb_codecs::wav::{Channel, RecordingSink, RecordingWriter, WavInfo};
 
 fn ms(n: u64) -> Duration {
     Duration::from_millis(n)

@@ -7,7 +7,7 @@
 //! e.g. `en-us+f3`) and `-s` the speed in words per minute (default 175). Its voices speak
 //! 16-bit mono at 22,050 Hz, and it writes the WAV header before it knows the length (the
 //! sizes are placeholders), so the audio streams: [`WavStream`] reads the header once it is
-//! whole (with [`cxb_outbox::wav::WavInfo`]) and hands on the samples as they arrive.
+//! whole (with [`cxb_codecs::wav::WavInfo`]) and hands on the samples as they arrive.
 //!
 //! The text goes in on standard input, never through a shell or the command line (where other
 //! local users could read it in `/proc`). Everything is bounded: the text
@@ -24,7 +24,7 @@ use std::time::Duration;
 use compio::BufResult;
 use compio::io::{AsyncRead, AsyncWriteExt};
 use compio::runtime::fd::AsyncFd;
-use cxb_outbox::wav::{WavError, WavInfo};
+use cxb_codecs::wav::{WavError, WavInfo};
 use futures_util::future::try_join3;
 
 use crate::config::BotConfig;

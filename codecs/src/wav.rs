@@ -17,7 +17,7 @@ use std::any::Any;
 use std::fmt;
 use std::time::Duration;
 
-use cxb_codecs::SampleRate;
+use crate::SampleRate;
 
 /// Which side of the call a piece of audio is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
