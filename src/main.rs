@@ -119,6 +119,10 @@ enum Command {
         /// call-end record is lost holds its CAC place at most this long).
         #[arg(long, default_value_t = 60.0)]
         call_lease_seconds: f64,
+        /// Serve Prometheus metrics (campaign tasks, leases, claims, pacing waits, carrier
+        /// requests and errors) at http://ADDR/metrics.
+        #[arg(long)]
+        metrics_listen: Option<SocketAddr>,
         #[command(flatten)]
         data: DataArgs,
         #[command(flatten)]
@@ -595,13 +599,22 @@ fn main() -> anyhow::Result<()> {
             api.shutdown().await;
             Ok(())
         }),
-        Command::Dialler { public_url, id, lease_seconds, call_lease_seconds, data, sim, egress } => tokio_runtime()?.block_on(async {
+        Command::Dialler { public_url, id, lease_seconds, call_lease_seconds, metrics_listen, data, sim, egress } => tokio_runtime()?.block_on(async {
             let db = cxb_control_plane::db::connect(&data.database()).await?;
             let lease = Duration::try_from_secs_f64(lease_seconds).context("--lease-seconds")?;
             let call_lease = Duration::try_from_secs_f64(call_lease_seconds).context("--call-lease-seconds")?;
             let secrets = Arc::new(SecretBox::load(&data.secret_key_file())?);
             let dialler = Dialler::start(telephony(db, public_url, &sim, egress.policy(), secrets, id, Some((lease, call_lease)))?);
             println!("CX Bridge dialler {} running", dialler.id());
+            if let Some(addr) = metrics_listen {
+                let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("--metrics-listen {addr}"))?;
+                println!("  metrics     http://{}/metrics", listener.local_addr()?);
+                tokio::spawn(async move {
+                    if let Err(e) = cxb_dialler::metrics::serve(listener).await {
+                        tracing::error!("dialler metrics: {e}");
+                    }
+                });
+            }
             let _ = std::io::stdout().flush();
             stop_signal().await?;
             dialler.shutdown().await;
@@ -704,6 +717,7 @@ fn up(listen: SocketAddr, api_listen: SocketAddr, data: &DataArgs, results: &Res
         println!("  API         {api_url}   (OpenAPI: {api_url}/v1/openapi.json)");
         println!("  database    {database}");
         println!("  dialler     {} (carrier: the built-in simulator unless settings name one)", dialler.id());
+        println!("  metrics     {api_url}/metrics   (the API's and the dialler's)");
         if let Some((org, password)) = first {
             println!();
             println!("First start: organization {} was created. Its admin (shown only this once):", org.org_id);

@@ -250,6 +250,24 @@ fn dialler_process(database: &str, base: &str, id: &str) -> Kill {
     Kill(child)
 }
 
+/// A dialler process serving its metrics on a port it picks; the process and where they are.
+fn dialler_process_with_metrics(database: &str, base: &str, id: &str) -> (Kill, String) {
+    use std::io::BufRead;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_cxb"))
+        .args(["dialler", "--database", database, "--public-url", base, "--id", id, "--lease-seconds", "2", "--call-lease-seconds", "4", "--sim-time-scale", "0.01"])
+        .args(["--sim-mix", "answer=1", "--metrics-listen", "127.0.0.1:0"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let url = std::io::BufReader::new(stdout)
+        .lines()
+        .map_while(Result::ok)
+        .find_map(|l| l.trim().strip_prefix("metrics").map(|u| u.trim().to_string()))
+        .expect("the dialler prints where its metrics are");
+    (Kill(child), url)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_diallers_split_the_campaigns_and_one_takes_over_when_the_other_dies() {
     let dir = tempfile::tempdir().unwrap();
@@ -279,7 +297,7 @@ async fn two_diallers_split_the_campaigns_and_one_takes_over_when_the_other_dies
         ids.push(id);
     }
     let first = dialler_process(&database, &client.base, "d1");
-    let _second = dialler_process(&database, &client.base, "d2");
+    let (_second, metrics_url) = dialler_process_with_metrics(&database, &client.base, "d2");
     for id in &ids {
         client.post(&format!("/v1/campaigns/{id}/start"), json!({})).await;
     }
@@ -336,6 +354,21 @@ async fn two_diallers_split_the_campaigns_and_one_takes_over_when_the_other_dies
         // A call lost with d1 may be retried once (its lease lapsed with no CDR); none twice.
         assert!(per_contact.values().all(|&n| n <= 2), "{per_contact:?}");
     }
+    // d2's own /metrics: what it claimed, waited for and asked the carrier, and what it holds.
+    let metrics = reqwest::get(&metrics_url).await.unwrap().text().await.unwrap();
+    let value = |line_start: &str| -> f64 {
+        metrics
+            .lines()
+            .find(|l| l.starts_with(line_start))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {line_start} in:\n{metrics}"))
+    };
+    assert!(value("cxb_dialler_claims_total{result=\"claimed\"}") >= 80.0, "d2 placed at least its two campaigns' calls");
+    assert!(value("cxb_dialler_carrier_requests_total{carrier=\"simulator\",op=\"create_call\",result=\"ok\"}") >= 80.0);
+    assert!(value("cxb_dialler_pacing_wait_seconds_count") > 0.0);
+    assert!(value("cxb_dialler_leases_held{kind=\"campaign\"}") <= 4.0);
+    assert!(value("cxb_dialler_campaign_tasks") <= 4.0);
     api.shutdown().await;
 }
 

@@ -21,7 +21,7 @@ pub mod error;
 mod extract;
 pub mod fleet;
 mod knowledge;
-mod metrics;
+pub mod metrics;
 pub mod model;
 mod resources;
 mod routes;

@@ -1,5 +1,6 @@
 //! `/metrics` for the API: requests by route, method and status, and their latency, through
-//! the `metrics` facade and its Prometheus exporter (one recorder per process).
+//! the `metrics` facade and its Prometheus exporter (one recorder per process, shared with a
+//! dialler running in the same process).
 
 use std::sync::OnceLock;
 use std::time::Instant;
@@ -53,7 +54,13 @@ fn method_label(method: &Method) -> &'static str {
     }
 }
 
-pub(crate) async fn render() -> Response {
+/// Installs the process's recorder (once; later calls do nothing).
+pub fn install() {
+    let _ = handle();
+}
+
+/// Everything the process's recorder holds, in the Prometheus text format.
+pub async fn render() -> Response {
     let body = handle().map(PrometheusHandle::render).unwrap_or_default();
     ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
 }

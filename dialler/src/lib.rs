@@ -13,6 +13,8 @@ pub mod carrier;
 pub mod carriers;
 pub mod cxml;
 #[cfg(feature = "runtime")]
+pub mod metrics;
+#[cfg(feature = "runtime")]
 mod place;
 #[cfg(feature = "runtime")]
 pub mod run;

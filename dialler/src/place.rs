@@ -284,7 +284,9 @@ impl Shared {
         let shared = self.clone();
         tokio::spawn(async move {
             let session = request.session.clone();
-            match carrier.create_call(&request).await {
+            let placed = carrier.create_call(&request).await;
+            crate::metrics::carrier_request(carrier.name(), "create_call", &placed);
+            match placed {
                 Ok(placed) => {
                     if let Err(e) = attempts::set_carrier_call_id(&shared.db, &session, &placed.carrier_call_id).await {
                         tracing::warn!(call = %session, "noting the carrier's id: {e}");

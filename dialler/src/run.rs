@@ -228,6 +228,15 @@ async fn share_out(s: &Arc<Shared>, tasks: &mut HashMap<String, JoinHandle<()>>,
             tasks.insert(id.clone(), tokio::spawn(campaign_task(s.clone(), id.clone(), stopped.clone())));
         }
     }
+    tasks.retain(|_, t| !t.is_finished());
+    let call_leases: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM call_leases c JOIN campaign_leases l ON l.campaign_id = c.campaign_id WHERE l.holder = $1 AND c.expires_at > $2",
+    )
+    .bind(me)
+    .bind(now)
+    .fetch_one(&s.db)
+    .await?;
+    crate::metrics::held(tasks.len(), held, call_leases);
     Ok(())
 }
 
@@ -249,7 +258,9 @@ impl Pacer {
 
     async fn wait(&mut self, cps: f64) {
         if let Some(last) = self.last {
+            let waited = self.delay(cps);
             tokio::time::sleep_until(last + Pacer::gap(cps)).await;
+            crate::metrics::pacing_wait(waited);
         }
         self.last = Some(tokio::time::Instant::now());
     }
@@ -422,7 +433,9 @@ async fn campaign_step(s: &Arc<Shared>, id: &str, pacer: &mut Pacer, last_sweep:
             tracing::warn!(campaign = %id, "giving back an engine slot: {e}");
         }
     }
-    if !claimed? {
+    let claimed = claimed?;
+    crate::metrics::claim(claimed);
+    if !claimed {
         return Ok(Step::Continue); // paused, lease lost, CAC reached or contact taken meanwhile
     }
     // Paced where the carrier sees it: each request at least 1/CPS after the one before.
@@ -565,16 +578,20 @@ impl Shared {
             let unknown_since: Option<i64> = row.try_get(4)?;
             let asked = match (&carrier_id, s.carriers.for_org(&s.db, &org).await) {
                 (None, _) => Asked::NotPlaced,
-                (Some(cid), Ok((carrier, _))) => match carrier.call_state(cid).await {
-                    Ok(CallState::Live) => Asked::Live,
-                    Ok(CallState::Ended | CallState::Unknown) => Asked::Gone,
-                    Err(e) => {
-                        if unknown_since.is_none() {
-                            tracing::warn!(call = %call, "the carrier cannot say whether it lives ({e}); keeping it");
+                (Some(cid), Ok((carrier, _))) => {
+                    let state = carrier.call_state(cid).await;
+                    crate::metrics::carrier_request(carrier.name(), "call_state", &state);
+                    match state {
+                        Ok(CallState::Live) => Asked::Live,
+                        Ok(CallState::Ended | CallState::Unknown) => Asked::Gone,
+                        Err(e) => {
+                            if unknown_since.is_none() {
+                                tracing::warn!(call = %call, "the carrier cannot say whether it lives ({e}); keeping it");
+                            }
+                            Asked::Unreachable
                         }
-                        Asked::Unreachable
                     }
-                },
+                }
                 (Some(_), Err(e)) => {
                     if unknown_since.is_none() {
                         tracing::warn!(call = %call, "no carrier to ask ({e}); keeping it");
