@@ -687,6 +687,8 @@ fn up(listen: SocketAddr, api_listen: SocketAddr, data: &DataArgs, results: &Res
     rt.block_on(async {
         let database = data.database();
         // Webhooks to local receivers and self-hosted services on this host keep working.
+        // One recorder for the API and the dialler, installed before either counts anything.
+        cxb_control_plane::metrics::install();
         let api = ApiServer::start(data.api_config(api_listen, EgressPolicy::with_loopback())).await.context("starting the API")?;
         let db = &api.state().db;
         let now = SystemClock.now_ms();
