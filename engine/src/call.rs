@@ -392,10 +392,13 @@ impl Call {
                 }
                 self.take_media(now, chunk.or(sequence), metrics)
             }
-            CarrierEvent::Dtmf { .. } => {
+            CarrierEvent::Dtmf { digit, .. } => {
                 self.stats.dtmf += 1;
                 if self.config.bot == BotKind::Fault {
                     panic!("fault bot: injected panic on DTMF");
+                }
+                if let (Some(agent), Some(digit)) = (self.agent.as_mut(), digit.chars().next()) {
+                    agent.conversation().on_dtmf(now, digit);
                 }
                 Ok(())
             }

@@ -137,6 +137,8 @@ fn an_ai_call_greets_answers_yields_to_barge_in_and_hangs_up() {
     }
     let answer = listen(&mut call, Duration::from_millis(400), Duration::from_secs(5));
     assert_eq!(answer.bytes.div_ceil(160), ("We are open nine to five.".len() * PER_CHAR).div_ceil(160), "{} bytes", answer.bytes);
+    // A key pressed, as Twilio reports it, reaches the conversation.
+    call.send(json!({"event":"dtmf","streamSid":"MZ1","sequenceNumber":"900","dtmf":{"track":"inbound_track","digit":"7"}}));
 
     // Another question; the caller speaks over the long answer once 200 ms of it was heard.
     for f in speech_frames() {
@@ -171,6 +173,7 @@ fn an_ai_call_greets_answers_yields_to_barge_in_and_hangs_up() {
     assert_eq!(caller, ["what are your opening hours", "tell me about the menu", "ok bye"]);
     assert_eq!(lines[0], ("bot".into(), "Hello, thanks for calling.".into(), false));
     assert_eq!(lines[2], ("bot".into(), "We are open nine to five.".into(), false));
+    assert_eq!(lines[3], ("dtmf".into(), "7".into(), false), "the key, after the answer it followed");
     let cut = lines.iter().find(|l| l.2).expect("an interrupted bot line");
     assert!(cut.1.len() < "We have soups and stews. We have salads of every kind.".len(), "only what was heard: {:?}", cut.1);
     assert_eq!(lines.last().map(|l| l.1.as_str()), Some("Thanks for calling."));

@@ -23,6 +23,9 @@ use crate::provider::{AudioFormat, ChatRequest, Event, LlmEvent, Message, Role, 
 /// what there is.
 const FINAL_WAIT: Duration = Duration::from_millis(1500);
 
+/// Keys a call's transcript keeps at most (a stuck key or a fax tone cannot grow a result).
+pub const MAX_DTMF: u32 = 256;
+
 /// What the call must do next.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Action {
@@ -70,7 +73,7 @@ pub enum Action {
 /// One line of the transcript.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Line {
-    /// `caller` or `bot`.
+    /// `caller`, `bot` or `dtmf` (a key the caller pressed: `text` is the digit).
     pub role: &'static str,
     /// What was said (for the bot: what the caller heard).
     pub text: String,
@@ -223,6 +226,8 @@ pub struct Conversation {
     ending: Ending,
     hung_up: bool,
     latencies: Vec<TurnLatency>,
+    /// Keys pressed so far (bounded by [`MAX_DTMF`]).
+    dtmf: u32,
     usage: Usage,
     barge_ins: u32,
 }
@@ -260,6 +265,7 @@ impl Conversation {
             ending: Ending::Ongoing,
             hung_up: false,
             latencies: Vec::new(),
+            dtmf: 0,
             usage: Usage::default(),
             barge_ins: 0,
         }
@@ -393,6 +399,20 @@ impl Conversation {
                 reply.tool_results.push(message);
                 self.continue_after_tools(now);
             }
+        }
+    }
+
+    /// The caller pressed a key (`0`-`9`, `*`, `#`, `A`-`D`; anything else is ignored). It
+    /// goes into the transcript (at most [`MAX_DTMF`] per call) and counts as the caller's
+    /// activity for the re-prompt timer; what a bot does with keys comes with its settings.
+    pub fn on_dtmf(&mut self, now: Timestamp, digit: char) {
+        if self.hung_up || !matches!(digit, '0'..='9' | '*' | '#' | 'A'..='D') || self.dtmf >= MAX_DTMF {
+            return;
+        }
+        self.dtmf += 1;
+        self.transcript.push(Line { role: "dtmf", text: digit.to_string(), at_ms: ms_between(self.start, now), interrupted: false });
+        if self.idle_at.is_some() {
+            self.idle_at = Some(now + self.reprompt_after());
         }
     }
 
@@ -1063,6 +1083,26 @@ mod tests {
         }
         assert_eq!(said, ["Are you still there?", "Are you still there?", "I'll let you go now.", "Goodbye."]);
         assert_eq!(c.deadline(), None);
+    }
+
+    #[test]
+    fn keys_pressed_reach_the_transcript_and_hold_off_the_reprompt() {
+        let mut c = Conversation::new(&bot(), AudioFormat::Mulaw8k, Vec::new(), at(0));
+        c.start(at(0));
+        let greeting = drain(&mut c);
+        speak_all(&mut c, &greeting, at(1_000));
+        assert_eq!(c.deadline(), Some(at(6_000)), "re-prompt 5 s after the greeting");
+        c.on_dtmf(at(4_000), '5');
+        c.on_dtmf(at(4_100), 'x'); // not a key
+        c.on_dtmf(at(4_200), '#');
+        assert_eq!(c.deadline(), Some(at(9_200)), "a key is the caller's activity");
+        let keys: Vec<(&str, u64)> = c.transcript().iter().filter(|l| l.role == "dtmf").map(|l| (l.text.as_str(), l.at_ms)).collect();
+        assert_eq!(keys, [("5", 4_000), ("#", 4_200)]);
+        for _ in 0..MAX_DTMF {
+            c.on_dtmf(at(5_000), '1');
+        }
+        assert_eq!(c.transcript().iter().filter(|l| l.role == "dtmf").count(), MAX_DTMF as usize, "bounded");
+        assert!(drain(&mut c).is_empty(), "keys alone make the bot do nothing yet");
     }
 
     #[test]
