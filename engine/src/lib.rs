@@ -3,6 +3,7 @@
 //!
 //! - [`server`]: start and stop; the acceptor, workers and control socket.
 //! - `worker`: a worker thread's runtime, connections and call loops.
+//! - `slots`: a worker's slot table, pure (free, reserved, carrying a call; AI room).
 //! - [`call`]: one call, sans-IO: carrier messages and time in, messages out.
 //! - [`error`]: why a call ended; how a peer broke the protocol.
 //! - [`protocol`]: the Twilio / Cloudonix and Exotel wire formats, sans-IO.
@@ -26,6 +27,7 @@ pub mod metrics;
 pub mod protocol;
 pub mod registry;
 pub mod server;
+mod slots;
 pub mod tls;
 mod worker;
 pub mod ws;

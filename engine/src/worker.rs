@@ -29,6 +29,7 @@ use crate::tls::{Session, Wire};
 use crate::protocol::Protocol;
 use crate::registry::{SlotState, SlotUpdate, WorkerRecord};
 use crate::server::{Command, Inbox, Shared, unix_ms};
+use crate::slots::{Full, Reserved, SlotTable};
 use crate::ws::{Incoming, WsSocket};
 
 /// `MSG_DONTWAIT` (Linux): send without blocking even on a socket in blocking mode.
@@ -77,38 +78,14 @@ impl Mailbox {
     }
 }
 
-/// Why a worker takes no more calls.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Full {
-    /// Every slot is taken (or the worker drains).
-    Slots,
-    /// The worker carries `ai_calls_per_worker` AI calls.
-    AiCalls,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Local {
-    Free,
-    Reserved { until_ms: u64, token: u64 },
-    Active,
-}
-
-/// The worker's slots; mirrored into the shared registry as they change.
-struct Slots {
-    state: Vec<Local>,
-    free: Vec<usize>,
-}
-
 /// Everything the worker's tasks share, on this thread only.
 struct Worker {
     index: usize,
     shared: Arc<Shared>,
-    slots: RefCell<Slots>,
+    /// The worker's slots; mirrored into the shared registry as they change.
+    slots: RefCell<SlotTable>,
     calls: RefCell<HashMap<String, Rc<Mailbox>>>,
     next_call: Cell<u64>,
-    draining: Cell<bool>,
-    /// AI calls in progress on this worker.
-    ai_calls: Cell<usize>,
     /// When a refusal was last logged, and how many were not since.
     refusals_logged: Cell<Option<Instant>>,
     refusals_unlogged: Cell<u64>,
@@ -147,18 +124,13 @@ pub(crate) fn run(
         .driver
         .store(driver, Ordering::Relaxed);
     tracing::info!(worker = index, driver = if driver == 1 { "io_uring" } else { "epoll" }, "worker running");
-    let slots = shared.config.slots_per_worker;
+    let (slots, ai_limit) = (shared.config.slots_per_worker, shared.config.ai_calls_per_worker);
     let worker = Rc::new(Worker {
         index,
         shared,
-        slots: RefCell::new(Slots {
-            state: vec![Local::Free; slots],
-            free: (0..slots).rev().collect(),
-        }),
+        slots: RefCell::new(SlotTable::new(slots, ai_limit)),
         calls: RefCell::new(HashMap::new()),
         next_call: Cell::new(0),
-        draining: Cell::new(false),
-        ai_calls: Cell::new(0),
         refusals_logged: Cell::new(None),
         refusals_unlogged: Cell::new(0),
         epoch: Instant::now(),
@@ -175,7 +147,7 @@ pub(crate) fn run(
                     let _ = reply.send(worker.command(cmd));
                 }
                 Inbox::Shutdown => {
-                    worker.draining.set(true);
+                    worker.slots.borrow_mut().set_draining(true);
                     for mailbox in worker.calls.borrow().values() {
                         mailbox.post(Control::Shutdown);
                     }
@@ -207,12 +179,7 @@ async fn housekeeping(worker: Rc<Worker>) {
     loop {
         compio::time::sleep(Duration::from_secs(1)).await;
         let now = unix_ms();
-        let expired: Vec<usize> = {
-            let slots = worker.slots.borrow();
-            (0..slots.state.len())
-                .filter(|&i| matches!(slots.state[i], Local::Reserved { until_ms, .. } if until_ms <= now))
-                .collect()
-        };
+        let expired: Vec<usize> = worker.slots.borrow().expired(now).collect();
         for slot in expired {
             worker.free_slot(slot);
         }
@@ -242,32 +209,20 @@ impl Worker {
         &self.shared.workers[self.index].metrics
     }
 
-    /// Slots a new AI call may still take here: the AI-call limit less the AI calls running
-    /// and the slots reserved (reservations are for AI calls).
-    fn ai_room(&self, slots: &Slots) -> usize {
-        let reserved = slots.state.iter().filter(|s| matches!(s, Local::Reserved { .. })).count();
-        self.shared.config.ai_calls_per_worker.saturating_sub(self.ai_calls.get() + reserved)
-    }
-
     /// Publishes free capacity (the slots a new AI call could take) to the acceptor and the
     /// registry.
     fn publish(&self) {
         let slots = self.slots.borrow();
-        let free = if self.draining.get() {
-            0
-        } else {
-            slots.free.len().min(self.ai_room(&slots))
-        };
-        let live = slots.state.iter().filter(|s| **s == Local::Active).count();
+        let (free, live) = (slots.capacity(), slots.live());
         let w = &self.shared.workers[self.index];
         w.free.store(free, Ordering::Relaxed);
-        w.ai_calls.store(self.ai_calls.get(), Ordering::Relaxed);
+        w.ai_calls.store(slots.ai_calls(), Ordering::Relaxed);
         w.metrics.live_calls.store(live as u64, Ordering::Relaxed);
         self.shared.segment.write_worker(
             self.index,
             WorkerRecord {
                 driver: u64::from(w.driver.load(Ordering::Relaxed)),
-                draining: self.draining.get(),
+                draining: slots.draining(),
                 live: live as u64,
                 free: free as u64,
             },
@@ -276,27 +231,9 @@ impl Worker {
 
     /// Takes a slot for a call: the reserved one named by `token` if it is ours, else a free
     /// one (unless draining, or, for an AI call, unless the worker carries all the AI calls it
-    /// may). An AI call is counted until [`Worker::free_slot`]'s caller says it ended.
+    /// may). An AI call counts as one until [`Worker::free_slot`].
     fn acquire(&self, call_id: &str, bot: &str, token: Option<u64>, ai: bool) -> Result<usize, Full> {
-        let slot = {
-            let mut slots = self.slots.borrow_mut();
-            let reserved = token.and_then(|t| {
-                slots
-                    .state
-                    .iter()
-                    .position(|s| matches!(s, Local::Reserved { token, .. } if *token == t))
-            });
-            match reserved {
-                Some(i) => i,
-                None if self.draining.get() => return Err(Full::Slots),
-                None if ai && self.ai_room(&slots) == 0 => return Err(Full::AiCalls),
-                None => slots.free.pop().ok_or(Full::Slots)?,
-            }
-        };
-        if ai {
-            self.ai_calls.set(self.ai_calls.get() + 1);
-        }
-        self.slots.borrow_mut().state[slot] = Local::Active;
+        let slot = self.slots.borrow_mut().acquire(token, ai)?;
         let update = SlotUpdate {
             state: SlotState::Active,
             started_ms: unix_ms(),
@@ -310,15 +247,10 @@ impl Worker {
     }
 
     fn free_slot(&self, slot: usize) {
-        let mut slots = self.slots.borrow_mut();
-        if slots.state[slot] != Local::Free {
-            slots.state[slot] = Local::Free;
-            slots.free.push(slot);
-            self.shared
-                .segment
-                .write_slot(self.index, slot, SlotUpdate::FREE);
+        let freed = self.slots.borrow_mut().free(slot);
+        if freed {
+            self.shared.segment.write_slot(self.index, slot, SlotUpdate::FREE);
         }
-        drop(slots);
         self.publish();
     }
 
@@ -326,32 +258,22 @@ impl Worker {
         use serde_json::json;
         match cmd {
             Command::Reserve { ttl, token } => {
-                if self.draining.get() {
+                if self.slots.borrow().draining() {
                     return json!({ "ok": false, "error": "draining" });
                 }
                 if self.shared.token_used(token) {
                     // Its call came before the reservation did: nothing is left to hold.
                     return json!({ "ok": true, "worker": self.index, "token": format!("{token:016x}"), "used": true });
                 }
-                let held = self
-                    .slots
-                    .borrow()
-                    .state
-                    .iter()
-                    .position(|s| matches!(s, Local::Reserved { token: t, .. } if *t == token));
-                if let Some(slot) = held {
-                    // Holding a token twice is one reservation, with the later expiry.
-                    let until_ms = unix_ms() + ttl.as_millis() as u64;
-                    self.slots.borrow_mut().state[slot] = Local::Reserved { until_ms, token };
-                    return json!({ "ok": true, "worker": self.index, "slot": slot, "token": format!("{token:016x}"), "expires_unix_ms": until_ms });
-                }
-                let room = self.ai_room(&self.slots.borrow());
-                let popped = if room == 0 { None } else { self.slots.borrow_mut().free.pop() };
-                let Some(slot) = popped else {
-                    return json!({ "ok": false, "error": "no free slot" });
-                };
                 let until_ms = unix_ms() + ttl.as_millis() as u64;
-                self.slots.borrow_mut().state[slot] = Local::Reserved { until_ms, token };
+                let reserved = self.slots.borrow_mut().reserve(token, until_ms);
+                let slot = match reserved {
+                    None => return json!({ "ok": false, "error": "no free slot" }),
+                    Some(Reserved::Renewed(slot)) => {
+                        return json!({ "ok": true, "worker": self.index, "slot": slot, "token": format!("{token:016x}"), "expires_unix_ms": until_ms });
+                    }
+                    Some(Reserved::New(slot)) => slot,
+                };
                 let update = SlotUpdate {
                     state: SlotState::Reserved,
                     started_ms: unix_ms(),
@@ -364,12 +286,7 @@ impl Worker {
                 json!({ "ok": true, "worker": self.index, "slot": slot, "token": format!("{token:016x}"), "expires_unix_ms": until_ms })
             }
             Command::Release { token } => {
-                let slot = self
-                    .slots
-                    .borrow()
-                    .state
-                    .iter()
-                    .position(|s| matches!(s, Local::Reserved { token: t, .. } if *t == token));
+                let slot = self.slots.borrow().reservation(token);
                 match slot {
                     Some(slot) => {
                         self.free_slot(slot);
@@ -386,19 +303,11 @@ impl Worker {
                 None => json!({ "ok": false, "error": "no such call" }),
             },
             Command::Drain { on } => {
-                self.draining.set(on);
-                let slots = self.slots.borrow();
-                for (i, s) in slots.state.iter().enumerate() {
-                    if *s == Local::Active {
-                        let state = if on {
-                            SlotState::Draining
-                        } else {
-                            SlotState::Active
-                        };
-                        self.shared.segment.set_state(self.index, i, state);
-                    }
+                self.slots.borrow_mut().set_draining(on);
+                let state = if on { SlotState::Draining } else { SlotState::Active };
+                for slot in self.slots.borrow().active_slots() {
+                    self.shared.segment.set_state(self.index, slot, state);
                 }
-                drop(slots);
                 self.publish();
                 json!({ "ok": true, "worker": self.index, "draining": on })
             }
@@ -413,16 +322,12 @@ struct CallGuard {
     slot: usize,
     call_id: String,
     reason: EndReason,
-    ai: bool,
 }
 
 impl Drop for CallGuard {
     fn drop(&mut self) {
         self.worker.calls.borrow_mut().remove(&self.call_id);
         self.worker.metrics().call_ended(self.reason);
-        if self.ai {
-            self.worker.ai_calls.set(self.worker.ai_calls.get().saturating_sub(1));
-        }
         self.worker.free_slot(self.slot);
     }
 }
@@ -667,7 +572,6 @@ async fn route(worker: Rc<Worker>, stream: TcpStream, mut wire: Wire, req: Reque
         Some(bot) => match Agent::new(bot, worker.shared.config.bots.api.clone(), admitted.claims().cloned(), worker.now(), unix_ms()) {
             Ok(agent) => Call::with_agent(config, agent),
             Err(why) => {
-                worker.ai_calls.set(worker.ai_calls.get().saturating_sub(1));
                 worker.free_slot(slot);
                 tracing::warn!(bot = bot_id, "bot failed to start: {why}");
                 return reply(&stream, &mut wire, http::error(503, "bot_unavailable", &why, &[])).await;
@@ -677,9 +581,6 @@ async fn route(worker: Rc<Worker>, stream: TcpStream, mut wire: Wire, req: Reque
     };
     let mut s = &stream;
     if s.write_all(wire.seal(http::switching_protocols(key))).await.0.is_err() {
-        if is_ai {
-            worker.ai_calls.set(worker.ai_calls.get().saturating_sub(1));
-        }
         worker.free_slot(slot);
         return;
     }
@@ -698,7 +599,6 @@ async fn route(worker: Rc<Worker>, stream: TcpStream, mut wire: Wire, req: Reque
         slot,
         call_id: call_id.clone(),
         reason: EndReason::PeerClosed,
-        ai: is_ai,
     };
     let span = tracing::info_span!(
         "call",
