@@ -31,7 +31,7 @@ use cxb_codecs::wav::{Channel, RecordingSink, RecordingSummary, RecordingWriter}
 use serde_json::{Value, json};
 
 use crate::protocol::Start;
-use crate::server::ResultSink;
+use crate::results::ResultSink;
 use cxb_contract::call_token::{CallClaims, Direction};
 
 /// Where bots come from: local files, the API, or both (files first).

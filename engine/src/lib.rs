@@ -2,6 +2,9 @@
 //! the carriers' telephony WebSockets, each call living its whole life on one core.
 //!
 //! - [`server`]: start and stop; the acceptor, workers and control socket.
+//! - [`config`]: how the engine runs.
+//! - `shared`: what the engine's threads share; the commands a worker takes.
+//! - [`results`]: where finished calls go (the outbox's interface).
 //! - `worker`: a worker thread's runtime, connections and call loops.
 //! - `slots`: a worker's slot table, pure (free, reserved, carrying a call; AI room).
 //! - [`call`]: one call, sans-IO: carrier messages and time in, messages out.
@@ -20,13 +23,16 @@ pub mod admission;
 pub mod agent;
 pub mod bots;
 pub mod call;
+pub mod config;
 pub mod error;
 pub mod http;
 pub mod limits;
 pub mod metrics;
 pub mod protocol;
 pub mod registry;
+pub mod results;
 pub mod server;
+mod shared;
 mod slots;
 pub mod tls;
 mod worker;

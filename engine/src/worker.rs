@@ -28,7 +28,7 @@ use crate::limits::Verdict;
 use crate::tls::{Session, Wire};
 use crate::protocol::Protocol;
 use crate::registry::{SlotState, SlotUpdate, WorkerRecord};
-use crate::server::{Command, Inbox, Shared, unix_ms};
+use crate::shared::{Command, Inbox, Shared, unix_ms};
 use crate::slots::{Full, Reserved, SlotTable};
 use crate::ws::{Incoming, WsSocket};
 
@@ -334,7 +334,7 @@ impl Drop for CallGuard {
 
 /// Counts a connection as waiting for its request head until dropped.
 struct PendingHead<'a> {
-    shared: &'a crate::server::Shared,
+    shared: &'a crate::shared::Shared,
     ip: std::net::IpAddr,
 }
 

@@ -1,0 +1,50 @@
+//! Where finished calls go: the [`ResultSink`] the engine hands each AI call's result and
+//! recording to (the durable outbox in `cxb`, a capture in tests).
+
+/// Where finished calls go: a durable outbox that delivers them to the control plane.
+pub trait ResultSink: Send + Sync + std::fmt::Debug {
+    /// Stores a finished call's result (a `POST /v1/runtime/results` body) and recording (a
+    /// WAV file). The receiver answers once the entry is durable (fsynced): the call's slot
+    /// is freed only after that.
+    fn submit(
+        &self,
+        result: serde_json::Value,
+        recording: Option<Vec<u8>>,
+    ) -> flume::Receiver<Result<(), String>>;
+
+    /// Whether the sink can take new calls' results now (not over its disk cap, its last write
+    /// did not fail). While it says no, the engine admits no new AI call (503
+    /// `outbox_unavailable` before the upgrade); calls already running still submit theirs.
+    /// Read on every AI call's admission: keep it to an atomic load. Default: always.
+    fn writable(&self) -> bool {
+        true
+    }
+
+    /// Gauges for `/metrics` (name, help, value): the outbox's disk use and queue. Default:
+    /// none.
+    fn gauges(&self) -> Vec<(&'static str, &'static str, u64)> {
+        Vec::new()
+    }
+
+    /// A sink for a new AI call's recording that takes it to durable storage as the call goes,
+    /// so the call's memory stays bounded whatever its length. Its `write` and `spare` are
+    /// called on the call's worker thread and must not block. `None` (the default): the
+    /// engine keeps the recording in memory and passes the WAV file to [`ResultSink::submit`].
+    fn recording_stream(&self) -> Option<Box<dyn cxb_codecs::wav::RecordingSink>> {
+        None
+    }
+
+    /// Stores a finished call whose recording went to `recording` (made by
+    /// [`ResultSink::recording_stream`], everything written to it), `summary` saying what it
+    /// holds; otherwise as [`ResultSink::submit`]. The default, for sinks that make no
+    /// streams, stores the result without the recording.
+    fn submit_streamed(
+        &self,
+        result: serde_json::Value,
+        recording: Box<dyn cxb_codecs::wav::RecordingSink>,
+        summary: cxb_codecs::wav::RecordingSummary,
+    ) -> flume::Receiver<Result<(), String>> {
+        let _ = (recording, summary);
+        self.submit(result, None)
+    }
+}
