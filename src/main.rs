@@ -25,6 +25,7 @@ use cxb_dialler::{Dialler, DiallerConfig, DiallerTelephony, Shared};
 use cxb_engine::registry::Segment;
 use cxb_engine::agent::ApiLink;
 use cxb_engine::{Engine, EngineConfig, EngineHandle, ResultSink};
+use cxb_engine::results::CallResult;
 use cxb_outbox::{ApiTarget, Outbox, OutboxConfig, OutboxGuard, OutboxHandle, RecordingStore, S3Config};
 
 #[global_allocator]
@@ -281,9 +282,14 @@ struct ResultArgs {
 #[derive(Debug)]
 struct OutboxSink(OutboxHandle);
 
+/// A result as the outbox stores it and the API takes it (a typed result always serializes).
+fn result_json(result: &CallResult) -> serde_json::Value {
+    serde_json::to_value(result).unwrap_or(serde_json::Value::Null)
+}
+
 impl ResultSink for OutboxSink {
-    fn submit(&self, result: serde_json::Value, recording: Option<Vec<u8>>) -> flume::Receiver<Result<(), String>> {
-        self.0.submit_plain(result, recording)
+    fn submit(&self, result: CallResult, recording: Option<Vec<u8>>) -> flume::Receiver<Result<(), String>> {
+        self.0.submit_plain(result_json(&result), recording)
     }
 
     fn writable(&self) -> bool {
@@ -309,15 +315,15 @@ impl ResultSink for OutboxSink {
 
     fn submit_streamed(
         &self,
-        result: serde_json::Value,
+        result: CallResult,
         recording: Box<dyn cxb_codecs::wav::RecordingSink>,
         summary: cxb_codecs::wav::RecordingSummary,
     ) -> flume::Receiver<Result<(), String>> {
         let recording: Box<dyn std::any::Any> = recording;
         match recording.downcast::<cxb_outbox::RecordingStream>() {
-            Ok(stream) => self.0.submit_stream_plain(result, *stream, summary),
+            Ok(stream) => self.0.submit_stream_plain(result_json(&result), *stream, summary),
             // Only the streams made above come back here; anything else has no file to keep.
-            Err(_) => self.0.submit_plain(result, None),
+            Err(_) => self.0.submit_plain(result_json(&result), None),
         }
     }
 }

@@ -25,6 +25,7 @@ pub const MIN_KEY_LEN: usize = 32;
 
 /// Which way a call goes.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum Direction {
     Inbound,

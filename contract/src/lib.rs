@@ -6,7 +6,9 @@
 //! - [`carrier`]: carriers' own request signatures (Twilio's `X-Twilio-Signature`) and the
 //!   constant-time comparison every credential check uses.
 //! - [`egress`]: which addresses a request made on a tenant's behalf may reach.
+//! - [`result`]: a finished call's result, as the engine writes it and the API stores it.
 
 pub mod call_token;
 pub mod carrier;
 pub mod egress;
+pub mod result;

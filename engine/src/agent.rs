@@ -33,6 +33,7 @@ use serde_json::{Value, json};
 use crate::protocol::Start;
 use crate::results::ResultSink;
 use cxb_contract::call_token::{CallClaims, Direction};
+use cxb_contract::result::{CallResult, CostLine, Outcome, Turn};
 
 /// Where bots come from: local files, the API, or both (files first).
 #[derive(Debug, Clone, Default)]
@@ -675,7 +676,7 @@ impl Agent {
         start: Option<&Start>,
         call_id: &str,
         end_reason: &str,
-    ) -> (Value, Option<Recording>) {
+    ) -> (CallResult, Option<Recording>) {
         self.conv.finish(now);
         self.stt.send(SttCommand::Close);
         self.llm_job = None;
@@ -696,101 +697,78 @@ impl Agent {
             _ => end_reason,
         };
         let outcome = match self.conv.ending() {
-            Ending::Voicemail => "voicemail",
-            _ => "completed",
+            Ending::Voicemail => Outcome::Voicemail,
+            _ => Outcome::Completed,
         };
         let usage = self.conv.usage();
-        let transcript: Vec<Value> = self
+        let transcript = self
             .conv
             .transcript()
             .iter()
-            .map(|l| json!({ "role": l.role, "text": l.text, "at_ms": l.at_ms, "interrupted": l.interrupted }))
+            .map(|l| Turn { role: l.role.to_string(), text: l.text.clone(), at_ms: l.at_ms, interrupted: l.interrupted })
             .collect();
-        let mut result = json!({
-            "call_id": claims.map(|c| c.call_id.clone())
+        let metrics = json!({
+            "turn_latency_ms": self.conv.latencies(),
+            "answer_to_first_audio_ms": self.first_audio.map(|t| t.duration_since(self.created).as_millis() as u64),
+            "barge_ins": self.conv.barge_ins(),
+            "llm_requests": usage.llm_requests,
+            "tools": self.tools.log().take(),
+            "transfer": self.transfer,
+            "amd": amd,
+            "greeting_wait_ms": self.hello_wait.as_ref().and_then(|w| w.held_ms),
+            "providers": { "stt": self.bot.stt.provider, "llm": self.bot.llm.provider, "tts": self.bot.tts.provider },
+        });
+        let non_empty = |v: Option<String>| v.filter(|v| !v.is_empty());
+        let mut result = CallResult {
+            call_id: claims
+                .map(|c| c.call_id.clone())
                 .or_else(|| start.and_then(|s| s.call_sid.clone()))
                 .unwrap_or_else(|| call_id.to_string()),
-            "direction": if claims.is_some_and(|c| c.direction == Direction::Outbound) { "outbound" } else { "inbound" },
-            "from": claims.and_then(|c| c.from.clone())
+            org_id: non_empty(claims.map(|c| c.org_id.clone()).or_else(|| self.bot.org_id.clone())),
+            direction: if claims.is_some_and(|c| c.direction == Direction::Outbound) { Direction::Outbound } else { Direction::Inbound },
+            from: claims
+                .and_then(|c| c.from.clone())
                 .or_else(|| start.and_then(|s| s.from.clone()))
                 .or_else(|| param("from"))
                 .unwrap_or_default(),
-            "to": claims.and_then(|c| c.to.clone())
+            to: claims
+                .and_then(|c| c.to.clone())
                 .or_else(|| start.and_then(|s| s.to.clone()))
                 .or_else(|| param("to"))
                 .unwrap_or_default(),
-            "started_at": rfc3339(self.created_unix_ms),
-            "answered_at": rfc3339(self.created_unix_ms),
-            "ended_at": rfc3339(unix_ms),
-            "outcome": outcome,
-            "end_reason": end_reason,
-            "transcript": transcript,
-            "costs": [
-                { "item": "stt_audio", "quantity": self.stt_audio_ms as f64 / 1000.0, "unit": "second" },
-                { "item": "llm_prompt_tokens", "quantity": usage.prompt_tokens as f64, "unit": "token" },
-                { "item": "llm_completion_tokens", "quantity": usage.completion_tokens as f64, "unit": "token" },
-                { "item": "tts_characters", "quantity": usage.tts_characters as f64, "unit": "character" },
+            bot_id: non_empty(Some(self.bot.id.clone())),
+            campaign_id: non_empty(claims.and_then(|c| c.campaign_id.clone())),
+            contact_id: non_empty(claims.and_then(|c| c.contact_id.clone())),
+            started_at: rfc3339(self.created_unix_ms),
+            answered_at: Some(rfc3339(self.created_unix_ms)),
+            ended_at: Some(rfc3339(unix_ms)),
+            outcome,
+            end_reason: end_reason.to_string(),
+            transcript,
+            recording: None,
+            costs: vec![
+                CostLine::quantity("stt_audio", self.stt_audio_ms as f64 / 1000.0, "second"),
+                CostLine::quantity("llm_prompt_tokens", usage.prompt_tokens as f64, "token"),
+                CostLine::quantity("llm_completion_tokens", usage.completion_tokens as f64, "token"),
+                CostLine::quantity("tts_characters", usage.tts_characters as f64, "character"),
             ],
-            "metrics": {
-                "turn_latency_ms": self.conv.latencies(),
-                "answer_to_first_audio_ms": self.first_audio.map(|t| t.duration_since(self.created).as_millis() as u64),
-                "barge_ins": self.conv.barge_ins(),
-                "llm_requests": usage.llm_requests,
-                "tools": self.tools.log().take(),
-                "transfer": self.transfer,
-                "amd": amd,
-                "greeting_wait_ms": self.hello_wait.as_ref().and_then(|w| w.held_ms),
-                "providers": { "stt": self.bot.stt.provider, "llm": self.bot.llm.provider, "tts": self.bot.tts.provider },
+            metrics: match metrics {
+                Value::Object(map) => map,
+                _ => serde_json::Map::new(),
             },
-        });
-        for (field, value) in [
-            ("bot_id", Some(self.bot.id.clone())),
-            ("org_id", claims.map(|c| c.org_id.clone()).or_else(|| self.bot.org_id.clone())),
-            ("campaign_id", claims.and_then(|c| c.campaign_id.clone())),
-            ("contact_id", claims.and_then(|c| c.contact_id.clone())),
-        ] {
-            if let Some(v) = value.filter(|v| !v.is_empty()) {
-                result[field] = Value::String(v);
-            }
-        }
-        clean_result(&mut result);
+        };
         let recording = self.recorder.take().map(|recorder| {
             // Audio the recording could not keep (placed too late, or the sink was behind)
             // reads back as silence: say how much.
             let dropped = u64::try_from(recorder.dropped().as_millis()).unwrap_or(u64::MAX);
             if dropped > 0 {
-                result["metrics"]["recording_dropped_ms"] = json!(dropped);
+                result.metrics.insert("recording_dropped_ms".into(), json!(dropped));
             }
             recorder.finish()
         });
+        // What the API would refuse (422), and so the outbox would bury, is made acceptable.
+        result.clean();
         (result, recording)
-    }
-}
-
-/// Text the API would refuse (422), and so the outbox would bury, made acceptable: free text
-/// (what the caller said, what the model wrote, tool errors) keeps only `\n`, `\r` and `\t`
-/// of the control characters; the call's ids and numbers keep none and at most 256 bytes.
-fn clean_result(result: &mut Value) {
-    fn free_text(v: &mut Value) {
-        match v {
-            Value::String(s) if s.chars().any(|c| c.is_control() && !matches!(c, '\n' | '\r' | '\t')) => {
-                s.retain(|c| !c.is_control() || matches!(c, '\n' | '\r' | '\t'));
-            }
-            Value::Array(items) => items.iter_mut().for_each(free_text),
-            Value::Object(map) => map.values_mut().for_each(free_text),
-            _ => {}
-        }
-    }
-    free_text(result);
-    for field in ["call_id", "from", "to", "end_reason", "bot_id", "org_id", "campaign_id", "contact_id"] {
-        if let Some(Value::String(s)) = result.get_mut(field) {
-            s.retain(|c| !c.is_control());
-            let mut end = s.len().min(256);
-            while !s.is_char_boundary(end) {
-                end -= 1;
-            }
-            s.truncate(end);
-        }
     }
 }
 
@@ -820,16 +798,6 @@ pub fn rfc3339(unix_ms: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn results_lose_what_the_api_would_refuse() {
-        let mut r = json!({"from": "+1555\u{0}\t0100", "to": "x".repeat(300), "transcript": [{"text": "line one\nline\u{0} two\u{7}"}], "metrics": {"tools": [{"error": "bad\u{1b}[31m"}]}});
-        clean_result(&mut r);
-        assert_eq!(r["from"], "+15550100");
-        assert_eq!(r["to"].as_str().map(str::len), Some(256));
-        assert_eq!(r["transcript"][0]["text"], "line one\nline two");
-        assert_eq!(r["metrics"]["tools"][0]["error"], "bad[31m");
-    }
 
     #[test]
     fn rfc3339_matches_known_dates() {

@@ -1,16 +1,14 @@
 //! Where finished calls go: the [`ResultSink`] the engine hands each AI call's result and
 //! recording to (the durable outbox in `cxb`, a capture in tests).
 
+pub use cxb_contract::result::CallResult;
+
 /// Where finished calls go: a durable outbox that delivers them to the control plane.
 pub trait ResultSink: Send + Sync + std::fmt::Debug {
-    /// Stores a finished call's result (a `POST /v1/runtime/results` body) and recording (a
+    /// Stores a finished call's result (the `POST /v1/runtime/results` body) and recording (a
     /// WAV file). The receiver answers once the entry is durable (fsynced): the call's slot
     /// is freed only after that.
-    fn submit(
-        &self,
-        result: serde_json::Value,
-        recording: Option<Vec<u8>>,
-    ) -> flume::Receiver<Result<(), String>>;
+    fn submit(&self, result: CallResult, recording: Option<Vec<u8>>) -> flume::Receiver<Result<(), String>>;
 
     /// Whether the sink can take new calls' results now (not over its disk cap, its last write
     /// did not fail). While it says no, the engine admits no new AI call (503
@@ -40,7 +38,7 @@ pub trait ResultSink: Send + Sync + std::fmt::Debug {
     /// streams, stores the result without the recording.
     fn submit_streamed(
         &self,
-        result: serde_json::Value,
+        result: CallResult,
         recording: Box<dyn cxb_codecs::wav::RecordingSink>,
         summary: cxb_codecs::wav::RecordingSummary,
     ) -> flume::Receiver<Result<(), String>> {

@@ -27,7 +27,8 @@ use tungstenite::Message;
 struct Captured(Mutex<Vec<(Value, Option<Vec<u8>>)>>);
 
 impl ResultSink for Captured {
-    fn submit(&self, result: Value, recording: Option<Vec<u8>>) -> flume::Receiver<Result<(), String>> {
+    fn submit(&self, result: cxb_engine::results::CallResult, recording: Option<Vec<u8>>) -> flume::Receiver<Result<(), String>> {
+        let result = serde_json::to_value(&result).expect("a result is JSON");
         self.0.lock().expect("lock").push((result, recording));
         let (tx, rx) = flume::bounded(1);
         let _ = tx.send(Ok(()));

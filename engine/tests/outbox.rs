@@ -32,7 +32,8 @@ struct Sink {
 }
 
 impl ResultSink for Sink {
-    fn submit(&self, result: Value, recording: Option<Vec<u8>>) -> flume::Receiver<Result<(), String>> {
+    fn submit(&self, result: cxb_engine::results::CallResult, recording: Option<Vec<u8>>) -> flume::Receiver<Result<(), String>> {
+        let result = serde_json::to_value(&result).expect("a result is JSON");
         self.whole.lock().expect("lock").push((result, recording));
         done()
     }
@@ -45,7 +46,8 @@ impl ResultSink for Sink {
         self.streams.then(|| Box::new(Stream { chunks: self.chunks.clone(), spare: None }) as Box<dyn RecordingSink>)
     }
 
-    fn submit_streamed(&self, result: Value, recording: Box<dyn RecordingSink>, summary: RecordingSummary) -> flume::Receiver<Result<(), String>> {
+    fn submit_streamed(&self, result: cxb_engine::results::CallResult, recording: Box<dyn RecordingSink>, summary: RecordingSummary) -> flume::Receiver<Result<(), String>> {
+        let result = serde_json::to_value(&result).expect("a result is JSON");
         let recording: Box<dyn std::any::Any> = recording;
         assert!(recording.downcast::<Stream>().is_ok(), "the stream this sink made comes back");
         self.streamed.lock().expect("lock").push((result, summary));

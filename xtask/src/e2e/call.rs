@@ -77,7 +77,8 @@ fn bot(speech: &LocalSpeech) -> Value {
 struct Captured(Mutex<Option<(Value, Option<Vec<u8>>)>>);
 
 impl ResultSink for Captured {
-    fn submit(&self, result: Value, recording: Option<Vec<u8>>) -> flume::Receiver<Result<(), String>> {
+    fn submit(&self, result: cxb_engine::results::CallResult, recording: Option<Vec<u8>>) -> flume::Receiver<Result<(), String>> {
+        let result = serde_json::to_value(&result).expect("a result is JSON");
         *self.0.lock().unwrap_or_else(PoisonError::into_inner) = Some((result, recording));
         let (tx, rx) = flume::bounded(1);
         let _ = tx.send(Ok(()));
