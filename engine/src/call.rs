@@ -614,7 +614,7 @@ impl Call {
                     return;
                 };
                 let mut msg = self.spare.pop().unwrap_or_default();
-                protocol.mark(sid, &format!("utterance-{id}"), &mut msg);
+                protocol.mark_utterance(sid, id, &mut msg);
                 self.tx.push_back(msg);
                 self.stats.marks_sent += 1;
             }

@@ -838,7 +838,8 @@ async fn run_call(
                 }
                 let mut buf = buf;
                 buf.clear();
-                read = Box::pin(read_into(stream, buf));
+                // The next read in the same box: no allocation per read.
+                read.set(read_into(stream, buf));
             }
             Either::Left(_) => break EndReason::PeerClosed,
             Either::Right((Either::Left(((), _)), _)) => {

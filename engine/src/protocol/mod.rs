@@ -65,6 +65,16 @@ impl Protocol {
         out.push_str("}}");
     }
 
+    /// Writes the mark of the bot's utterance `id` (`utterance-{id}`) into `out`, in place:
+    /// no allocation once `out` has grown to a message's size.
+    pub fn mark_utterance(self, stream: &StreamSid, id: u64, out: &mut String) {
+        use std::fmt::Write as _;
+        out.clear();
+        out.push_str(r#"{"event":"mark","#);
+        self.push_sid(stream, out);
+        let _ = write!(out, r#","mark":{{"name":"utterance-{id}"}}}}"#);
+    }
+
     /// Writes an outbound `clear` message into `out`.
     pub fn clear(self, stream: &StreamSid, out: &mut String) {
         out.clear();
@@ -208,6 +218,9 @@ mod tests {
         assert_eq!(v["streamSid"], "MZ\"quoted\"");
         assert_eq!(v["media"]["payload"], "/38A");
         Protocol::Exotel.mark(&sid, "utterance-1", &mut out);
+        let mut again = String::new();
+        Protocol::Exotel.mark_utterance(&sid, 1, &mut again);
+        assert_eq!(again, out, "the in-place utterance mark is the same message");
         let v: serde_json::Value = serde_json::from_str(&out).expect("json");
         assert_eq!((v["event"].as_str(), v["stream_sid"].as_str()), (Some("mark"), Some("MZ\"quoted\"")));
         assert_eq!(v["mark"]["name"], "utterance-1");

@@ -15,7 +15,7 @@ struct Raw<'a> {
     event: Cow<'a, str>,
     #[serde(default, rename = "sequenceNumber", alias = "sequence_number", deserialize_with = "flex::opt_u64")]
     sequence: Option<u64>,
-    #[serde(default, borrow, rename = "streamSid", alias = "stream_sid")]
+    #[serde(default, borrow, rename = "streamSid", alias = "stream_sid", deserialize_with = "flex::opt_cow")]
     stream_sid: Option<Cow<'a, str>>,
     #[serde(default, borrow)]
     media: Option<RawMedia<'a>>,

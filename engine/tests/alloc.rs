@@ -1,0 +1,129 @@
+//! The steady-state media path does not allocate: a thousand 20 ms ticks of an echo call,
+//! from the WebSocket bytes a carrier sends to the bytes the engine writes back, counted by a
+//! global allocator that counts this thread's allocations.
+
+// A counting allocator is the one way to see allocations; it only forwards to the system's.
+#![allow(unsafe_code)]
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+use cxb_engine::bots::BotKind;
+use cxb_engine::call::{Call, CallConfig};
+use cxb_engine::metrics::WorkerMetrics;
+use cxb_engine::protocol::Protocol;
+use cxb_engine::ws::{Incoming, WsSocket};
+use cxb_media::Timestamp;
+
+struct Counting;
+
+static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
+
+thread_local! {
+    static COUNTING: Cell<bool> = const { Cell::new(false) };
+}
+
+fn note() {
+    if COUNTING.try_with(Cell::get).unwrap_or(false) {
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        note();
+        unsafe { System.alloc(layout) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        unsafe { System.dealloc(ptr, layout) }
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        note();
+        unsafe { System.alloc_zeroed(layout) }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        note();
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+/// Allocations `f` makes on this thread.
+fn allocations(f: impl FnOnce()) -> u64 {
+    let before = ALLOCATIONS.load(Ordering::Relaxed);
+    COUNTING.with(|c| c.set(true));
+    f();
+    COUNTING.with(|c| c.set(false));
+    ALLOCATIONS.load(Ordering::Relaxed) - before
+}
+
+/// 20 ms of a 1 kHz tone in mu-law, as a carrier's `media` message.
+fn media(n: u64) -> String {
+    let frame: Vec<u8> = (0..160).map(|i| cxb_codecs::g711::encode_mulaw(((f64::from(i) * std::f64::consts::PI / 4.0).sin() * 8000.0) as i16)).collect();
+    format!(
+        r#"{{"event":"media","sequenceNumber":"{}","streamSid":"MZ1","media":{{"track":"inbound","chunk":"{n}","timestamp":"{}","payload":"{}"}}}}"#,
+        n + 1,
+        n * 20,
+        STANDARD.encode(frame)
+    )
+}
+
+#[test]
+fn a_thousand_steady_echo_ticks_allocate_nothing() {
+    const WARM: u64 = 200;
+    const TICKS: u64 = 1_000;
+    let metrics = WorkerMetrics::default();
+    let mut call = Call::new(CallConfig::new(Protocol::Twilio, BotKind::Echo));
+    let mut server = WsSocket::new();
+    let mut client = WsSocket::client();
+    // Everything the carrier sends, framed and masked beforehand.
+    let mut wire: Vec<Vec<u8>> = Vec::new();
+    for n in 0..WARM + TICKS {
+        client.send_text(&media(n));
+        wire.push(std::mem::take(client.output()));
+    }
+    client.send_text(r#"{"event":"start","streamSid":"MZ1","start":{"streamSid":"MZ1","mediaFormat":{"encoding":"audio/x-mulaw","sampleRate":8000,"channels":1}}}"#);
+    server.feed(&std::mem::take(client.output()));
+    let mut now = Timestamp::ZERO;
+    let mut sent = 0u64;
+    let tick = |n: usize, now: Timestamp, call: &mut Call, server: &mut WsSocket, sent: &mut u64| {
+        if n < wire.len() {
+            server.feed(&wire[n]);
+        }
+        while let Ok(Some(Incoming::Text(text))) = server.read() {
+            call.on_text(now, text, &metrics).expect("a valid message");
+        }
+        if call.deadline().is_some_and(|at| at <= now) {
+            call.on_timeout(now, &metrics);
+        }
+        while let Some(msg) = call.poll_transmit() {
+            server.send_text(&msg);
+            call.recycle(msg);
+            *sent += 1;
+        }
+        server.output().clear();
+    };
+    tick(usize::MAX, now, &mut call, &mut server, &mut sent);
+    for n in 0..WARM as usize {
+        now += Duration::from_millis(20);
+        tick(n, now, &mut call, &mut server, &mut sent);
+    }
+    let warm_sent = sent;
+    let counted = allocations(|| {
+        for n in WARM as usize..(WARM + TICKS) as usize {
+            now += Duration::from_millis(20);
+            tick(n, now, &mut call, &mut server, &mut sent);
+        }
+    });
+    assert!(sent - warm_sent >= TICKS - 5, "the echo came back: {} frames", sent - warm_sent);
+    assert_eq!(counted, 0, "allocations in {TICKS} steady echo ticks");
+}
