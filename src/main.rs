@@ -28,6 +28,14 @@ use cxb_engine::{Engine, EngineConfig, EngineHandle, ResultSink};
 use cxb_engine::results::CallResult;
 use cxb_outbox::{ApiTarget, Outbox, OutboxConfig, OutboxGuard, OutboxHandle, RecordingStore, S3Config};
 
+/// A line for whoever started a service. A closed standard output (`cxb up | head`) must
+/// not stop the service, so a failed write is ignored where `println!` would panic.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
@@ -599,7 +607,7 @@ fn main() -> anyhow::Result<()> {
             let public_url = public_url.unwrap_or_else(|| format!("http://{}", api.local_addr()));
             let shared = telephony(api.state().db.clone(), public_url, &sim, egress.policy(), api.state().secrets.clone(), None, None)?;
             api.attach_telephony(Arc::new(DiallerTelephony(shared)));
-            println!("CX Bridge API on http://{}  (OpenAPI: /v1/openapi.json)", api.local_addr());
+            say!("CX Bridge API on http://{}  (OpenAPI: /v1/openapi.json)", api.local_addr());
             let _ = std::io::stdout().flush();
             stop_signal().await?;
             api.shutdown().await;
@@ -611,10 +619,10 @@ fn main() -> anyhow::Result<()> {
             let call_lease = Duration::try_from_secs_f64(call_lease_seconds).context("--call-lease-seconds")?;
             let secrets = Arc::new(SecretBox::load(&data.secret_key_file())?);
             let dialler = Dialler::start(telephony(db, public_url, &sim, egress.policy(), secrets, id, Some((lease, call_lease)))?);
-            println!("CX Bridge dialler {} running", dialler.id());
+            say!("CX Bridge dialler {} running", dialler.id());
             if let Some(addr) = metrics_listen {
                 let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("--metrics-listen {addr}"))?;
-                println!("  metrics     http://{}/metrics", listener.local_addr()?);
+                say!("  metrics     http://{}/metrics", listener.local_addr()?);
                 tokio::spawn(async move {
                     if let Err(e) = cxb_dialler::metrics::serve(listener).await {
                         tracing::error!("dialler metrics: {e}");
@@ -722,17 +730,17 @@ fn up(listen: SocketAddr, api_listen: SocketAddr, data: &DataArgs, results: &Res
         let outbox = wire_results(&mut config, results, &dir, Some((api_url.clone(), token.clone())))?;
         let engine = Engine::start(config).context("starting the engine")?;
         print_welcome(&engine);
-        println!("  API         {api_url}   (OpenAPI: {api_url}/v1/openapi.json)");
-        println!("  database    {database}");
-        println!("  dialler     {} (carrier: the built-in simulator unless settings name one)", dialler.id());
-        println!("  metrics     {api_url}/metrics   (the API's and the dialler's)");
+        say!("  API         {api_url}   (OpenAPI: {api_url}/v1/openapi.json)");
+        say!("  database    {database}");
+        say!("  dialler     {} (carrier: the built-in simulator unless settings name one)", dialler.id());
+        say!("  metrics     {api_url}/metrics   (the API's and the dialler's)");
         if let Some((org, password)) = first {
-            println!();
-            println!("First start: organization {} was created. Its admin (shown only this once):", org.org_id);
-            println!("  email       {}", org.email);
-            println!("  password    {password}");
-            println!("  sign in     curl -s {api_url}/v1/auth/login -H 'content-type: application/json' \\");
-            println!("                -d '{{\"email\":\"{}\",\"password\":\"{password}\"}}'", org.email);
+            say!();
+            say!("First start: organization {} was created. Its admin (shown only this once):", org.org_id);
+            say!("  email       {}", org.email);
+            say!("  password    {password}");
+            say!("  sign in     curl -s {api_url}/v1/auth/login -H 'content-type: application/json' \\");
+            say!("                -d '{{\"email\":\"{}\",\"password\":\"{password}\"}}'", org.email);
         }
         let _ = std::io::stdout().flush();
         // The fleet takes plain ws:// only on loopback: a wildcard listener is announced there.
@@ -829,18 +837,18 @@ fn engine_config(a: CoreArgs) -> anyhow::Result<EngineConfig> {
 fn print_welcome(engine: &Engine) {
     let addr = engine.local_addr();
     let c = engine.config();
-    println!("CX Bridge is up.");
-    println!("  engine      {} workers x {} call slots", c.workers, c.slots_per_worker);
+    say!("CX Bridge is up.");
+    say!("  engine      {} workers x {} call slots", c.workers, c.slots_per_worker);
     let (http, ws) = if c.tls.is_some() { ("https", "wss") } else { ("http", "ws") };
-    println!("  health      {http}://{addr}/health");
-    println!("  metrics     {http}://{addr}/metrics");
+    say!("  health      {http}://{addr}/health");
+    say!("  metrics     {http}://{addr}/metrics");
     if c.demo_bots {
-        println!("  Twilio      {ws}://{addr}/ws/echo        (also /ws/turn-echo)");
-        println!("  Exotel      {ws}://{addr}/exotel/echo    (also /exotel/turn-echo)");
+        say!("  Twilio      {ws}://{addr}/ws/echo        (also /ws/turn-echo)");
+        say!("  Exotel      {ws}://{addr}/exotel/echo    (also /exotel/turn-echo)");
     }
-    println!("  registry    {}", c.registry.display());
-    println!("  control     {}", c.control_socket.display());
-    println!("  status      cxb core status --port {}", addr.port());
+    say!("  registry    {}", c.registry.display());
+    say!("  control     {}", c.control_socket.display());
+    say!("  status      cxb core status --port {}", addr.port());
     let _ = std::io::stdout().flush();
 }
 

@@ -49,13 +49,16 @@ fn start_core_with(extra: &[&str], stderr: Stdio, name: &str) -> Core {
         .expect("cxb core starts");
     let stdout = child.stdout.take().expect("stdout");
     let mut port = 0;
-    for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+    let mut lines = BufReader::new(stdout).lines().map_while(Result::ok);
+    for line in lines.by_ref() {
         if let Some(rest) = line.trim().strip_prefix("health      http://127.0.0.1:") {
             port = rest.trim_end_matches("/health").parse().expect("port");
             break;
         }
     }
     assert_ne!(port, 0, "cxb core printed where to connect");
+    // The rest of what it prints is read and dropped, as a terminal would take it.
+    std::thread::spawn(move || lines.for_each(drop));
     Core { child, port, dir }
 }
 
@@ -121,7 +124,7 @@ fn json_logs_carry_each_call_in_its_span_and_obey_the_filter() {
     let mut ended = None;
     let mut lines = Vec::new();
     while let Ok(line) = rx.recv_timeout(Duration::from_secs(5)) {
-        let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line:?}"));
         if v["fields"]["message"] == "call ended" {
             ended = Some(v.clone());
             break;
