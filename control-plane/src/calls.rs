@@ -96,12 +96,15 @@ fn two() -> u8 {
 #[serde(deny_unknown_fields)]
 pub struct CallResult {
     /// Unique per call across the fleet; the same id twice is stored once.
+    #[schema(pattern = "^[A-Za-z0-9._:-]{1,128}$")]
     pub call_id: String,
     /// Needed when there is no `bot_id`; else the bot's organization is used.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub org_id: Option<String>,
     pub direction: Direction,
+    #[schema(max_length = 256, pattern = "^[^\\x00-\\x1f\\x7f-\\x9f]*$")]
     pub from: String,
+    #[schema(max_length = 256, pattern = "^[^\\x00-\\x1f\\x7f-\\x9f]*$")]
     pub to: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bot_id: Option<String>,
@@ -117,12 +120,15 @@ pub struct CallResult {
     pub ended_at: Option<String>,
     pub outcome: Outcome,
     #[serde(default)]
+    #[schema(max_length = 256, pattern = "^[^\\x00-\\x1f\\x7f-\\x9f]*$")]
     pub end_reason: String,
     #[serde(default)]
+    #[schema(max_items = 10000)]
     pub transcript: Vec<Turn>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub recording: Option<Recording>,
     #[serde(default)]
+    #[schema(max_items = 100)]
     pub costs: Vec<CostLine>,
     /// Per-turn latencies, provider usage and anything else the engine measured.
     #[serde(default)]

@@ -71,10 +71,14 @@ pub(crate) async fn org_country_code(s: &AppState, org: &str) -> ApiResult<Optio
 pub(crate) struct NewContact {
     /// E.164, or national with the campaign's default country code.
     pub(crate) phone: String,
+    /// At most 1,000 bytes.
     #[serde(default)]
+    #[schema(max_length = 1000)]
     pub(crate) name: String,
+    /// An IANA time zone such as `America/New_York`.
     #[serde(default)]
     pub(crate) time_zone: Option<String>,
+    /// At most 64.
     #[serde(default)]
     pub(crate) fields: std::collections::BTreeMap<String, String>,
 }
@@ -273,8 +277,11 @@ pub(crate) async fn delete_contact(State(s): State<AppState>, caller: Caller, Pa
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct NewDnc {
+    /// E.164, or national with the organization's default country code.
     pub(crate) phone: String,
+    /// At most 1,000 bytes.
     #[serde(default)]
+    #[schema(max_length = 1000)]
     pub(crate) note: String,
 }
 

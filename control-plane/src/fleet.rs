@@ -41,10 +41,12 @@ use crate::extract::Body;
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Heartbeat {
-    /// Stable per host process, e.g. `hostname:port`.
+    /// Stable per host process, e.g. `hostname:port` (1 to 200 bytes).
+    #[schema(min_length = 1, max_length = 200)]
     pub host_id: String,
     /// Where carriers reach it: `wss://host:port` (a base URL). `ws://` only to a loopback host
-    /// (127.0.0.0/8, ::1, `localhost`) unless the API allows plain `ws://`.
+    /// (127.0.0.0/8, ::1, `localhost`) unless the API allows plain `ws://`. At most 500 bytes.
+    #[schema(max_length = 500)]
     pub address: String,
     #[serde(default)]
     pub version: String,
@@ -54,10 +56,12 @@ pub struct Heartbeat {
     pub live_calls: u64,
     /// Reservation tokens from earlier answers that the host now holds.
     #[serde(default)]
+    #[schema(max_items = 10000)]
     pub applied: Vec<String>,
     /// Tokens from earlier answers' `release` lists that the host has given back (or did not
     /// hold). Left out when empty, so an API from before releases takes the report.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schema(max_items = 10000)]
     pub released: Vec<String>,
 }
 

@@ -35,9 +35,11 @@ const CHUNK_MIN_CHARS: usize = 200;
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct NewDocument {
-    /// 1 to 200 characters.
+    /// 1 to 200 characters, not only spaces.
+    #[schema(min_length = 1, max_length = 200, pattern = r"\S")]
     pub(crate) title: String,
     /// Plain text, at most 200 KiB. Blank lines separate paragraphs.
+    #[schema(max_length = 204800)]
     pub(crate) text: String,
 }
 
@@ -46,10 +48,12 @@ pub(crate) struct NewDocument {
 #[serde(deny_unknown_fields)]
 pub(crate) struct Search {
     pub(crate) bot_id: String,
-    /// What to look for, 1 to 1000 characters.
+    /// What to look for, 1 to 1000 characters, not only spaces.
+    #[schema(min_length = 1, max_length = 1000, pattern = r"\S")]
     pub(crate) query: String,
     /// How many matches, 1 to 20 (default 3).
     #[serde(default)]
+    #[schema(minimum = 1, maximum = 20)]
     pub(crate) limit: Option<u32>,
 }
 

@@ -49,6 +49,7 @@ pub struct Provider {
     pub model: Option<String>,
     /// For self-hosted or OpenAI-compatible servers, and Wyoming's `tcp://host:port`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(max_length = 2048)]
     pub base_url: Option<String>,
     /// Adapter options passed through (e.g. `endpointing`, `temperature`).
     #[serde(default, skip_serializing_if = "serde_json::Map::is_empty")]
@@ -88,8 +89,9 @@ pub enum ToolKind {
 #[serde(deny_unknown_fields)]
 pub struct Tool {
     pub kind: ToolKind,
-    /// Required for HTTP tools; built-ins are named by their kind.
+    /// Required for HTTP tools; built-ins are named by their kind. Unique among the bot's tools.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(pattern = "^[A-Za-z0-9_-]{1,64}$")]
     pub name: Option<String>,
     #[serde(default)]
     pub description: String,
@@ -97,8 +99,11 @@ pub struct Tool {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<Object>)]
     pub parameters: Option<Value>,
+    /// HTTP tools: the `http` or `https` URL called.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(max_length = 2048)]
     pub url: Option<String>,
+    /// HTTP tools: `GET`, `POST` (the default), `PUT`, `PATCH` or `DELETE`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub method: Option<String>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -106,6 +111,7 @@ pub struct Tool {
     /// Headers whose values are secret (write-only).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub secrets: Secrets,
+    /// HTTP tools: 100 to 30,000 (default 5,000).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout_ms: Option<u32>,
     /// `transfer_call`: the default destination, a number or SIP URI.
@@ -155,8 +161,9 @@ pub struct AnsweringMachine {
     pub detect: bool,
     #[serde(default)]
     pub action: MachineAction,
-    /// Spoken after the beep when the action is `leave_voicemail`.
+    /// Spoken after the beep when the action is `leave_voicemail` (at most 4,000 bytes).
     #[serde(default)]
+    #[schema(max_length = 4000)]
     pub voicemail_message: String,
 }
 
@@ -174,14 +181,20 @@ fn default_max_call() -> u32 {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Bot {
+    /// 1 to 200 characters, not only spaces.
+    #[schema(min_length = 1, max_length = 200, pattern = r"\S")]
     pub name: String,
-    /// Spoken first, as soon as the call is answered.
+    /// Spoken first, as soon as the call is answered (at most 4,000 bytes).
     #[serde(default)]
+    #[schema(max_length = 4000)]
     pub greeting: String,
+    /// At most 100,000 bytes.
     #[serde(default)]
+    #[schema(max_length = 100000)]
     pub system_prompt: String,
-    /// BCP 47, e.g. `en-US`.
+    /// BCP 47, e.g. `en-US` (default).
     #[serde(default = "default_language")]
+    #[schema(pattern = "^[A-Za-z0-9-]{1,35}$")]
     pub language: String,
     #[serde(default)]
     pub stt: Provider,
@@ -200,8 +213,9 @@ pub struct Bot {
     pub outbound_greeting: OutboundGreeting,
     #[serde(default = "yes")]
     pub recording: bool,
-    /// Calls end after this many seconds (10 to 14,400).
+    /// Calls end after this many seconds (10 to 14,400; default 1,800).
     #[serde(default = "default_max_call")]
+    #[schema(minimum = 10, maximum = 14400)]
     pub max_call_seconds: u32,
     /// What the bot does when the caller goes quiet.
     #[serde(default)]
@@ -231,11 +245,15 @@ pub struct Inbound {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Idle {
+    /// 1 to 600 (default 8).
     #[serde(default = "default_reprompt_after")]
+    #[schema(minimum = 1, maximum = 600)]
     pub reprompt_after_seconds: u32,
     #[serde(default = "default_reprompt")]
     pub reprompt: String,
+    /// At most 10 (default 2).
     #[serde(default = "default_max_reprompts")]
+    #[schema(maximum = 10)]
     pub max_reprompts: u32,
     #[serde(default = "default_goodbye")]
     pub goodbye: String,
@@ -366,8 +384,13 @@ pub enum Weekday {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Window {
+    #[schema(min_items = 1)]
     pub days: Vec<Weekday>,
+    /// `HH:MM`, `00:00` to `23:59`.
+    #[schema(pattern = "^([01][0-9]|2[0-3]):[0-5][0-9]$")]
     pub start: String,
+    /// `HH:MM` after `start`, up to `24:00`.
+    #[schema(pattern = "^(([01][0-9]|2[0-3]):[0-5][0-9]|24:00)$")]
     pub end: String,
 }
 
@@ -430,14 +453,20 @@ fn retry_on() -> Vec<RetryOn> {
 pub struct RetryPolicy {
     /// Attempts per contact in all, the first included (1 to 20).
     #[serde(default = "three")]
+    #[schema(minimum = 1, maximum = 20)]
     pub max_attempts: u32,
-    /// Wait before the first retry; each later one waits `backoff_multiplier` times longer.
+    /// Wait before the first retry; each later one waits `backoff_multiplier` times longer
+    /// (at most 604,800: a week).
     #[serde(default = "five_minutes")]
+    #[schema(maximum = 604800)]
     pub backoff_seconds: u32,
+    /// 1 to 10.
     #[serde(default = "two")]
+    #[schema(minimum = 1, maximum = 10)]
     pub backoff_multiplier: f64,
-    /// No wait is longer than this.
+    /// No wait is longer than this (at most 604,800: a week).
     #[serde(default = "an_hour")]
+    #[schema(maximum = 604800)]
     pub max_backoff_seconds: u32,
     #[serde(default = "retry_on")]
     pub retry_on: Vec<RetryOn>,
@@ -484,18 +513,23 @@ fn one() -> f64 {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Campaign {
+    /// 1 to 200 characters, not only spaces.
+    #[schema(min_length = 1, max_length = 200, pattern = r"\S")]
     pub name: String,
     #[serde(default)]
     pub description: String,
     pub routing: Routing,
-    /// Caller IDs in E.164, used in turn.
+    /// Caller IDs in E.164, used in turn (at most 1,000).
     #[serde(default)]
+    #[schema(max_items = 1000)]
     pub caller_ids: Vec<String>,
     /// Concurrent active calls at most (1 to 10,000).
     #[serde(default = "ten")]
+    #[schema(minimum = 1, maximum = 10000)]
     pub cac: u32,
     /// Call attempts per second at most (0.01 to 1,000).
     #[serde(default = "one")]
+    #[schema(minimum = 0.01, maximum = 1000)]
     pub cps: f64,
     #[serde(default)]
     pub schedule: Schedule,
@@ -505,6 +539,7 @@ pub struct Campaign {
     pub amd: AmdPolicy,
     /// Calling code for contact numbers written without one, e.g. `1`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(pattern = "^[1-9][0-9]{0,2}$")]
     pub default_country_code: Option<String>,
 }
 
@@ -620,6 +655,8 @@ pub enum AssistantKind {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AiAssistant {
+    /// 1 to 200 characters, not only spaces.
+    #[schema(min_length = 1, max_length = 200, pattern = r"\S")]
     pub name: String,
     pub kind: AssistantKind,
     /// SIP: the provider name used in `<Service provider="…">`.
@@ -627,10 +664,12 @@ pub struct AiAssistant {
     pub sip_provider: Option<String>,
     /// SIP: `sip:` or `sips:` URI.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(max_length = 1024)]
     pub sip_uri: Option<String>,
     /// WebSocket: `ws://` or `wss://` URL with `{session}`, `{from}`, `{to}`, `{bot_id}`,
     /// `{auth_token}` placeholders.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(max_length = 2048)]
     pub url_template: Option<String>,
     /// A CX Bridge bot: the URL then points at an engine host picked by free capacity.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -693,6 +732,7 @@ pub struct Member {
     pub assistant_id: String,
     /// For `weighted` (1 to 1,000).
     #[serde(default = "one_u32")]
+    #[schema(minimum = 1, maximum = 1000)]
     pub weight: u32,
 }
 
@@ -704,8 +744,12 @@ fn one_u32() -> u32 {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LoadBalancer {
+    /// 1 to 200 characters, not only spaces.
+    #[schema(min_length = 1, max_length = 200, pattern = r"\S")]
     pub name: String,
     pub strategy: Strategy,
+    /// 1 to 100 AI assistants, each listed once.
+    #[schema(min_items = 1, max_items = 100)]
     pub members: Vec<Member>,
 }
 
@@ -751,9 +795,14 @@ fn call_completed() -> Vec<Event> {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Webhook {
+    /// 1 to 200 characters, not only spaces.
+    #[schema(min_length = 1, max_length = 200, pattern = r"\S")]
     pub name: String,
+    /// An `http` or `https` URL.
+    #[schema(max_length = 2048)]
     pub url: String,
     #[serde(default = "call_completed")]
+    #[schema(min_items = 1)]
     pub events: Vec<Event>,
     #[serde(default = "yes")]
     pub enabled: bool,
@@ -795,6 +844,7 @@ pub struct Carrier {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub domain: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(max_length = 2048)]
     pub api_base: Option<String>,
     /// Write-only, e.g. `{"api_key": "…", "webhook_token": "…"}`.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -810,10 +860,13 @@ pub struct Settings {
     /// E.164, used when a call names no caller ID.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub default_caller_id: Option<String>,
+    /// Calling code for numbers written without one, e.g. `1`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(pattern = "^[1-9][0-9]{0,2}$")]
     pub default_country_code: Option<String>,
     /// The public base URL carriers post call-end (CDR) webhooks to.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(max_length = 2048)]
     pub webhook_url: Option<String>,
 }
 

@@ -20,7 +20,11 @@ use crate::extract::{Arg, Body, Filter, Query, limit};
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct Login {
+    /// At most 254 bytes, no control characters.
+    #[schema(max_length = 254, pattern = "^[^\\x00-\\x1f\\x7f-\\x9f]*$")]
     pub(crate) email: String,
+    /// At most 1,024 bytes.
+    #[schema(max_length = 1024)]
     pub(crate) password: String,
 }
 
@@ -146,11 +150,14 @@ pub(crate) async fn me(State(s): State<AppState>, caller: Caller) -> ApiResult<J
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct NewUser {
+    /// An email address (at most 254 bytes); unique across the service.
+    #[schema(max_length = 254)]
     pub(crate) email: String,
     #[serde(default)]
     pub(crate) name: String,
     pub(crate) role: Role,
-    /// At least 10 characters.
+    /// At least 10 characters, at most 1,024 bytes.
+    #[schema(min_length = 10, max_length = 1024)]
     pub(crate) password: String,
 }
 
@@ -218,7 +225,9 @@ pub(crate) async fn get_user(State(s): State<AppState>, caller: Caller, Path(id)
 pub(crate) struct UserPatch {
     pub(crate) name: Option<String>,
     pub(crate) role: Option<Role>,
-    /// Users may change their own password; admins anyone's.
+    /// Users may change their own password; admins anyone's. At least 10 characters, at
+    /// most 1,024 bytes.
+    #[schema(min_length = 10, max_length = 1024)]
     pub(crate) password: Option<String>,
 }
 
@@ -277,6 +286,8 @@ pub(crate) async fn delete_user(State(s): State<AppState>, caller: Caller, Path(
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct NewApiKey {
+    /// 1 to 200 bytes, not only spaces.
+    #[schema(min_length = 1, max_length = 200, pattern = r"\S")]
     pub(crate) name: String,
     pub(crate) role: Role,
     /// RFC 3339; none: no expiry.
