@@ -101,16 +101,16 @@ fn two() -> u8 {
 #[serde(deny_unknown_fields)]
 pub struct CallResult {
     /// Unique per call across the fleet; the same id twice is stored once.
-    #[cfg_attr(feature = "openapi", schema(min_length = 1, max_length = 128, pattern = r"^[A-Za-z0-9._:-]+$"))]
+    #[cfg_attr(feature = "openapi", schema(pattern = "^[A-Za-z0-9._:-]{1,128}$"))]
     pub call_id: String,
     /// Needed when there is no `bot_id`; else the bot's organization is used.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[cfg_attr(feature = "openapi", schema(max_length = 128))]
     pub org_id: Option<String>,
     pub direction: Direction,
-    #[cfg_attr(feature = "openapi", schema(max_length = 256))]
+    #[cfg_attr(feature = "openapi", schema(max_length = 256, pattern = "^[^\\x00-\\x1f\\x7f-\\x9f]*$"))]
     pub from: String,
-    #[cfg_attr(feature = "openapi", schema(max_length = 256))]
+    #[cfg_attr(feature = "openapi", schema(max_length = 256, pattern = "^[^\\x00-\\x1f\\x7f-\\x9f]*$"))]
     pub to: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[cfg_attr(feature = "openapi", schema(max_length = 128))]
@@ -132,7 +132,7 @@ pub struct CallResult {
     pub ended_at: Option<String>,
     pub outcome: Outcome,
     #[serde(default)]
-    #[cfg_attr(feature = "openapi", schema(max_length = 256))]
+    #[cfg_attr(feature = "openapi", schema(max_length = 256, pattern = "^[^\\x00-\\x1f\\x7f-\\x9f]*$"))]
     pub end_reason: String,
     #[serde(default)]
     #[cfg_attr(feature = "openapi", schema(max_items = 10000))]
