@@ -58,7 +58,7 @@ pub async fn heartbeat_loop(config: HeartbeatConfig, host: impl Host) {
     let client = match crate::http_client(Duration::from_secs(5)) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("cxb core: no heartbeat: {e:#}");
+            tracing::error!(error = %format_args!("{e:#}"), "no heartbeat: building the HTTP client failed");
             return;
         }
     };
@@ -69,7 +69,7 @@ pub async fn heartbeat_loop(config: HeartbeatConfig, host: impl Host) {
         match beat(&client, &url, &config, &host, &mut confirm).await {
             Ok(again) => {
                 if failing {
-                    eprintln!("cxb core: heartbeat to {} works again", config.api);
+                    tracing::info!(api = %config.api, "heartbeat works again");
                 }
                 failing = false;
                 if again {
@@ -78,7 +78,7 @@ pub async fn heartbeat_loop(config: HeartbeatConfig, host: impl Host) {
             }
             Err(e) => {
                 if !failing {
-                    eprintln!("cxb core: heartbeat to {} failed: {e}", config.api);
+                    tracing::warn!(api = %config.api, error = %e, "heartbeat failed; retrying at each beat");
                 }
                 failing = true;
             }
@@ -128,7 +128,7 @@ async fn beat(client: &reqwest::Client, url: &str, c: &HeartbeatConfig, host: &i
     let keys = answer.call_token_keys.iter().filter_map(|k| match CallKey::from_base64(&k.id, &k.secret) {
         Ok(key) => Some(key),
         Err(e) => {
-            eprintln!("cxb core: call-token key {} from the API: {e}", k.id);
+            tracing::warn!(key = %k.id, error = %e, "ignoring an unreadable call-token key from the API");
             None
         }
     });

@@ -68,7 +68,7 @@ impl ApiError {
 
     /// 500 with a fixed message; the cause goes to the log only.
     pub fn internal(cause: impl std::fmt::Display) -> ApiError {
-        eprintln!("cxb api: internal error: {cause}");
+        tracing::error!(cause = %cause, "internal error");
         ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error")
     }
 }

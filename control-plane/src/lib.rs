@@ -192,7 +192,7 @@ impl ApiServer {
         let secrets = secrets::SecretBox::load(&config.secret_key_file)?;
         let sealed = secrets::seal_stored_rows(&db, &secrets, false).await?;
         if sealed > 0 {
-            eprintln!("cxb api: sealed the secrets of {sealed} documents stored before secrets were encrypted");
+            tracing::info!(documents = sealed, "sealed the secrets of documents stored before secrets were encrypted");
         }
         let listener = tokio::net::TcpListener::bind(config.listen).await.with_context(|| format!("binding {}", config.listen))?;
         let addr = listener.local_addr()?;

@@ -104,7 +104,7 @@ pub(crate) async fn serve(listener: TcpListener, app: Router, head_timeout: Dura
                 Err(e) if is_connection_error(&e) => continue,
                 Err(e) => {
                     // Out of file descriptors and the like: wait instead of spinning.
-                    eprintln!("cxb api: accepting a connection: {e}");
+                    tracing::error!(error = %e, "accepting a connection");
                     tokio::time::sleep(Duration::from_millis(100)).await;
                     continue;
                 }
@@ -119,7 +119,7 @@ pub(crate) async fn serve(listener: TcpListener, app: Router, head_timeout: Dura
     drop(stopping_rx);
     // Every connection task holds a receiver; all gone means all connections are done.
     if tokio::time::timeout(drain, stopping.closed()).await.is_err() {
-        eprintln!("cxb api: stopped with connections still open after {drain:?}");
+        tracing::warn!(drain_ms = drain.as_millis() as u64, "stopped with connections still open after the drain time");
     }
 }
 

@@ -123,7 +123,7 @@ pub(crate) async fn start_due(s: &AppState) -> Vec<JoinHandle<()>> {
     match start_batch(s).await {
         Ok(started) => started,
         Err(e) => {
-            eprintln!("cxb api: webhook delivery: {}", e.message);
+            tracing::error!(error = %e.message, "starting webhook deliveries");
             Vec::new()
         }
     }
@@ -181,7 +181,7 @@ async fn start_batch(s: &AppState) -> ApiResult<Vec<JoinHandle<()>>> {
             let s = s.clone();
             started.push(tokio::spawn(async move {
                 if let Err(e) = attempt(&s, &id, &hook_id, &payload, attempts, now).await {
-                    eprintln!("cxb api: webhook delivery {id}: {}", e.message);
+                    tracing::warn!(delivery = %id, error = %e.message, "webhook delivery attempt");
                 }
                 drop(slot);
             }));
@@ -196,7 +196,7 @@ async fn attempt(s: &AppState, id: &str, hook_id: &str, payload: &str, attempts:
     let hook = body.and_then(|b| {
         let mut doc: Value = serde_json::from_str(&b).ok()?;
         if let Err(e) = s.secrets.open_document(&mut doc) {
-            eprintln!("cxb api: webhook {hook_id}: {e}");
+            tracing::error!(webhook = %hook_id, error = %e, "opening the webhook's secrets");
             return None;
         }
         serde_json::from_value::<Webhook>(doc).ok()
