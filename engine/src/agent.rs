@@ -1,9 +1,11 @@
 //! An AI bot inside a call: the conversation, its provider sessions, the audio conversions
 //! between the carrier and the providers, the recording, and the call's result.
 //!
-//! The [`Call`](crate::call::Call) owns its agent and carries out the playout actions (audio,
-//! marks, clears) itself; everything else the conversation asks for happens here: provider
-//! requests are tasks on this worker's runtime, started and cancelled without blocking.
+//! The agent is the call's [`Bot`]: the session hands it the caller's frames, turns, keys and
+//! the clock, and it plays through the session's outbound path. Synthesised audio that runs
+//! ahead of the playout waits in the agent's own backlog (8 kHz PCM and the marks between
+//! sentences). Provider requests are tasks on this worker's runtime, started and cancelled
+//! without blocking; their replies wake the call through [`Agent::events`].
 //!
 //! The recording streams to the engine's result sink as the call goes when the sink offers a
 //! stream ([`ResultSink::recording_stream`]: the outbox writes it to a file on its own thread),
@@ -12,7 +14,7 @@
 //! touched on this thread.
 
 use std::cell::RefCell;
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -27,11 +29,13 @@ use cxb_pipeline::config::{BotConfig, MachineAction, OutboundGreeting};
 use cxb_pipeline::conversation::{Action, Conversation, Ending};
 use cxb_pipeline::provider::{AudioFormat, Events, Job, LlmProvider, SttCommand, SttSession, ToolCall, TtsProvider};
 use cxb_pipeline::tools::{CarrierLink, Destination, ToolAction, Tools};
-use cxb_codecs::wav::{Channel, RecordingSink, RecordingSummary, RecordingWriter};
+use cxb_codecs::wav::{Channel, RecordingSink, RecordingWriter};
 use serde_json::{Value, json};
 
+use crate::error::EndReason;
 use crate::protocol::Start;
-use crate::results::ResultSink;
+use crate::results::{Recording, ResultSink};
+use crate::session::{Bot, CallerFrame, Playback, PlayoutRoom, SessionEvent};
 use cxb_contract::call_token::{CallClaims, Direction};
 use cxb_contract::result::{CallResult, CostLine, Outcome, Turn};
 
@@ -123,16 +127,6 @@ impl Recorder {
     }
 }
 
-/// A finished call's recording, for the result sink.
-#[derive(Debug)]
-pub enum Recording {
-    /// The whole WAV file ([`ResultSink::submit`]).
-    Wav(Vec<u8>),
-    /// Streamed into the sink's stream, which now holds all of it
-    /// ([`ResultSink::submit_streamed`]).
-    Streamed(Box<dyn RecordingSink>, RecordingSummary),
-}
-
 impl BotSource {
     /// Whether any source is configured.
     pub fn is_configured(&self) -> bool {
@@ -214,7 +208,7 @@ async fn fetch(api: &ApiLink, id: &str) -> Result<BotConfig, BotError> {
 
 /// How the agent wants the call to end.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum AgentEnd {
+enum AgentEnd {
     /// The bot hung up.
     Hangup(String),
     /// The call is to be handed to this destination.
@@ -358,18 +352,27 @@ pub struct Agent {
     narrow: Vec<i16>,
     stt_bytes: Vec<u8>,
     recorder: Option<Recorder>,
+    /// Synthesised audio waiting for room in the playout, at 8 kHz, and the marks in it
+    /// (position in samples pushed so far, id).
+    backlog: VecDeque<i16>,
+    marks: VecDeque<(u64, u64)>,
+    /// Samples ever pushed into / taken out of the backlog.
+    backlog_in: u64,
+    backlog_out: u64,
+    /// The carrier's `start`.
+    start: Option<Box<Start>>,
     end: Option<AgentEnd>,
-    created: Instant,
+    created: Timestamp,
     created_unix_ms: u64,
     /// The call token's claims, for calls the platform placed.
     claims: Option<CallClaims>,
-    first_audio: Option<Instant>,
+    first_audio: Option<Timestamp>,
     stt_audio_ms: u64,
     /// Audio a speech-to-text service hears is billed; the offline `none` hears nothing.
     stt_billed: bool,
     /// When the provider event behind audio queued into an empty playout arrived: the next
     /// frame on the wire measures the engine's own latency.
-    pub(crate) wire_pending: Option<Instant>,
+    wire_pending: Option<Instant>,
     transfer: Option<Value>,
     screening: Option<Screening>,
     hello_wait: Option<HelloWait>,
@@ -425,8 +428,13 @@ impl Agent {
             narrow: Vec::new(),
             stt_bytes: Vec::new(),
             recorder,
+            backlog: VecDeque::new(),
+            marks: VecDeque::new(),
+            backlog_in: 0,
+            backlog_out: 0,
+            start: None,
             end: None,
-            created: Instant::now(),
+            created: now,
             created_unix_ms: unix_ms,
             claims,
             first_audio: None,
@@ -443,31 +451,11 @@ impl Agent {
         Ok(agent)
     }
 
-    /// The queue providers report to; the call's task waits on it.
-    pub fn events(&self) -> &Events {
-        &self.events
-    }
-
-    /// When the conversation next needs the clock.
-    pub fn deadline(&self) -> Option<Timestamp> {
-        self.conv.deadline()
-    }
-
-    /// The conversation.
-    pub fn conversation(&mut self) -> &mut Conversation {
-        &mut self.conv
-    }
-
-    /// How the agent wants the call to end, once it does.
-    pub fn end(&self) -> Option<&AgentEnd> {
-        self.end.as_ref()
-    }
-
     /// The carrier's `start`: answering-machine detection runs when the call token asks for
     /// it (`amd` = `hangup`, `continue` or `leave_voicemail`, the campaign's action) or, on
     /// outbound calls, when the bot's `answering_machine.detect` is set (its `action`
     /// applies). Only a call token makes a call outbound; the carrier's parameters do not.
-    pub fn on_start(&mut self, _start: &Start) {
+    fn on_start(&mut self) {
         let param = self.claims.as_ref().and_then(|c| c.amd.as_deref());
         let outbound = self.claims.as_ref().is_some_and(|c| c.direction == Direction::Outbound);
         let action = match param {
@@ -489,7 +477,7 @@ impl Agent {
     /// Whether the bot's audio is held (answering-machine detection is deciding or waiting for
     /// the beep, or the greeting waits for the callee's "Hello?"): nothing plays and the
     /// caller's turns are not the conversation's yet.
-    pub fn holds_playout(&self) -> bool {
+    fn holds_playout(&self) -> bool {
         self.screening.as_ref().is_some_and(|s| s.holding) || self.hello_wait.as_ref().is_some_and(|w| w.held_ms.is_none())
     }
 
@@ -497,7 +485,7 @@ impl Agent {
     /// is held, and not the end of a turn that began then (the callee's "Hello?" the greeting
     /// waited for, or a machine's greeting, may end after the hold does; as a turn it would
     /// cut the greeting off and be answered).
-    pub fn admits_turn(&mut self, event: &TurnEvent) -> bool {
+    fn admits_turn(&mut self, event: &TurnEvent) -> bool {
         match event {
             TurnEvent::Started { .. } => {
                 self.turn_held = self.holds_playout();
@@ -507,29 +495,28 @@ impl Agent {
         }
     }
 
-    /// One 20 ms frame of the caller: `raw` as the carrier sent it (`encoding`, 8 kHz) and
-    /// `wide` as the media path made it (16 kHz). Goes to the recording, to answering-machine
-    /// detection while it runs, and otherwise to speech-to-text in the provider's format,
-    /// converted only when it differs. Returns whether the detection acted (the
-    /// conversation may have actions, the playout may be released).
-    pub fn caller_frame(&mut self, now: Timestamp, raw: &[u8], encoding: Encoding, wide: &[i16]) -> bool {
-        self.pcm.clear();
-        let _ = encoding.decode_into(raw, &mut self.pcm);
+    /// One 20 ms frame of the caller. Goes to the recording, to answering-machine detection
+    /// while it runs, and otherwise to speech-to-text in the provider's format, converted
+    /// only when it differs. Returns whether the detection acted (the conversation may have
+    /// actions, the playout may be released).
+    fn hear(&mut self, now: Timestamp, frame: &CallerFrame<'_>) -> bool {
         if let Some(r) = self.recorder.as_mut() {
-            r.append(Channel::Caller, &self.pcm);
+            r.append(Channel::Caller, frame.narrow);
         }
         if self.holds_playout() {
-            return self.screen(now);
+            return self.screen(now, frame.narrow);
         }
         self.stt_bytes.clear();
-        match (self.stt_format, encoding) {
-            (AudioFormat::Mulaw8k, Encoding::Mulaw) => self.stt_bytes.extend_from_slice(raw),
-            (AudioFormat::Mulaw8k, _) => g711::encode_mulaw_into(&self.pcm, &mut self.stt_bytes),
-            (AudioFormat::Pcm16(16_000), _) => wide
+        match (self.stt_format, frame.encoding) {
+            (AudioFormat::Mulaw8k, Encoding::Mulaw) => self.stt_bytes.extend_from_slice(frame.raw),
+            (AudioFormat::Mulaw8k, _) => g711::encode_mulaw_into(frame.narrow, &mut self.stt_bytes),
+            (AudioFormat::Pcm16(16_000), _) => frame
+                .wide
+                .samples()
                 .iter()
                 .for_each(|s| self.stt_bytes.extend_from_slice(&s.to_le_bytes())),
-            (AudioFormat::Pcm16(_), _) => self
-                .pcm
+            (AudioFormat::Pcm16(_), _) => frame
+                .narrow
                 .iter()
                 .for_each(|s| self.stt_bytes.extend_from_slice(&s.to_le_bytes())),
         }
@@ -543,12 +530,12 @@ impl Agent {
 
     /// Answering-machine detection, or the wait for "Hello?", on the frame in `pcm`; whether
     /// it acted.
-    fn screen(&mut self, now: Timestamp) -> bool {
+    fn screen(&mut self, now: Timestamp, pcm: &[i16]) -> bool {
         if let Some(wait) = self.hello_wait.as_mut() {
-            return wait.frame(&self.pcm);
+            return wait.frame(pcm);
         }
         let Some(s) = self.screening.as_mut() else { return false };
-        let fresh = s.frame(&self.pcm);
+        let fresh = s.frame(pcm);
         let Some(verdict) = s.amd.verdict() else { return false };
         match (verdict.result, s.action) {
             (AmdResult::Machine, MachineAction::Hangup) => {
@@ -571,33 +558,13 @@ impl Agent {
         true
     }
 
-    /// Bot audio released to the carrier `offset` after the stream began (for the recording).
-    pub fn bot_frames(&mut self, offset: Duration, raw: &[u8], encoding: Encoding) {
-        if self.first_audio.is_none() {
-            self.first_audio = Some(Instant::now());
-        }
-        if let Some(r) = self.recorder.as_mut() {
-            self.pcm.clear();
-            let _ = encoding.decode_into(raw, &mut self.pcm);
-            r.write(Channel::Bot, offset, &self.pcm);
-        }
-    }
-
-    /// Converts synthesised audio to the carrier's encoding at 8 kHz, appending to `out`.
-    pub fn to_carrier(&mut self, audio: &[u8], encoding: Encoding, out: &mut Vec<u8>) {
-        if self.tts_format == AudioFormat::Mulaw8k && encoding == Encoding::Mulaw {
-            out.extend_from_slice(audio);
-            return;
-        }
+    /// Converts synthesised audio to 8 kHz PCM at the end of the backlog.
+    fn queue_audio(&mut self, audio: &[u8]) {
         self.pcm.clear();
         match self.tts_format {
             AudioFormat::Mulaw8k => g711::decode_mulaw_into(audio, &mut self.pcm),
             AudioFormat::Pcm16(_) => {
-                self.pcm.extend(
-                    audio
-                        .chunks_exact(2)
-                        .map(|b| i16::from_le_bytes([b[0], b[1]])),
-                );
+                self.pcm.extend(audio.chunks_exact(2).map(|b| i16::from_le_bytes([b[0], b[1]])));
             }
         }
         let samples = match self.to_8k.as_mut() {
@@ -608,11 +575,79 @@ impl Agent {
             }
             None => &self.pcm,
         };
-        encoding.encode_into(samples, out);
+        self.backlog.extend(samples);
+        self.backlog_in += samples.len() as u64;
+    }
+
+    /// Carries out what the conversation asks; returns whether a provider request went out.
+    /// `arrived`: when the provider event that led here arrived.
+    fn act(&mut self, out: &mut Playback<'_>, arrived: Option<Instant>) -> bool {
+        let mut requested = false;
+        while let Some(action) = self.conv.poll_action() {
+            match action {
+                Action::Play(audio) => {
+                    // Audio into an empty playout (a sentence's start mark may wait ahead of
+                    // it) on a streaming call: its first frame measures the engine.
+                    let idle = out.streaming() && self.backlog.is_empty() && out.queued() == 0;
+                    if idle && let Some(t) = arrived {
+                        self.wire_pending.get_or_insert(t);
+                    }
+                    self.queue_audio(&audio);
+                }
+                Action::Mark(id) => self.marks.push_back((self.backlog_in, id)),
+                Action::ClearPlayout => {
+                    let pending = !self.backlog.is_empty();
+                    self.backlog_out += self.backlog.len() as u64;
+                    self.backlog.clear();
+                    self.marks.clear();
+                    out.clear(pending);
+                }
+                Action::Transfer { destination } => {
+                    let start = self.start.take();
+                    self.transfer(&destination, start.as_deref());
+                    self.start = start;
+                }
+                other => {
+                    requested |= matches!(other, Action::Llm { .. } | Action::Synthesize { .. } | Action::RunTool(_) | Action::SttFinalize);
+                    self.execute(other);
+                }
+            }
+        }
+        self.fill(out);
+        requested
+    }
+
+    /// Moves backlog audio and marks into the playout as room allows (not while the bot's
+    /// audio is held).
+    fn fill(&mut self, out: &mut Playback<'_>) {
+        if !out.streaming() || self.holds_playout() {
+            return;
+        }
+        loop {
+            if let Some(&(at, id)) = self.marks.front()
+                && at <= self.backlog_out
+            {
+                out.mark(id);
+                self.marks.pop_front();
+                continue;
+            }
+            let until = self.marks.front().map_or(u64::MAX, |&(at, _)| at - self.backlog_out);
+            let (front, _) = self.backlog.as_slices();
+            let want = front.len().min(usize::try_from(until).unwrap_or(usize::MAX));
+            if want == 0 {
+                return;
+            }
+            let took = out.push_narrow(&front[..want]);
+            self.backlog.drain(..took);
+            self.backlog_out += took as u64;
+            if took < want {
+                return;
+            }
+        }
     }
 
     /// Carries out a provider action of the conversation (playout actions are the call's).
-    pub fn execute(&mut self, action: Action) {
+    fn execute(&mut self, action: Action) {
         match action {
             Action::SttFinalize => self.stt.send(SttCommand::Finalize),
             Action::Llm { turn, request } => {
@@ -644,7 +679,7 @@ impl Agent {
     /// auth token (secret `auth_token`; the account comes from the stream's `start`), the
     /// call is updated through Twilio's REST API with `<Dial>` TwiML; the request outlives
     /// the media stream, which Twilio ends itself.
-    pub fn transfer(&mut self, destination: &str, start: Option<&Start>) {
+    fn transfer(&mut self, destination: &str, start: Option<&Start>) {
         self.end = Some(AgentEnd::Transfer(destination.to_string()));
         let tool = self.bot.tools.iter().find(|t| t.kind == cxb_pipeline::config::ToolKind::TransferCall);
         let token = tool.and_then(|t| t.secrets.get("auth_token"));
@@ -669,14 +704,8 @@ impl Agent {
     }
 
     /// The call is over: close the providers; the call's result and its recording.
-    pub fn finish(
-        &mut self,
-        now: Timestamp,
-        unix_ms: u64,
-        start: Option<&Start>,
-        call_id: &str,
-        end_reason: &str,
-    ) -> (CallResult, Option<Recording>) {
+    pub fn finish(&mut self, now: Timestamp, unix_ms: u64, call_id: &str, end_reason: &str) -> (CallResult, Option<Recording>) {
+        let start = self.start.as_deref();
         self.conv.finish(now);
         self.stt.send(SttCommand::Close);
         self.llm_job = None;
@@ -709,7 +738,7 @@ impl Agent {
             .collect();
         let metrics = json!({
             "turn_latency_ms": self.conv.latencies(),
-            "answer_to_first_audio_ms": self.first_audio.map(|t| t.duration_since(self.created).as_millis() as u64),
+            "answer_to_first_audio_ms": self.first_audio.map(|t| t.saturating_since(self.created).as_millis() as u64),
             "barge_ins": self.conv.barge_ins(),
             "llm_requests": usage.llm_requests,
             "tools": self.tools.log().take(),
@@ -771,6 +800,95 @@ impl Agent {
         (result, recording)
     }
 }
+
+impl Bot for Agent {
+    fn playout_room(&self) -> PlayoutRoom {
+        PlayoutRoom { capacity: AGENT_QUEUE, lead: None }
+    }
+
+    fn start(&mut self, _now: Timestamp, start: &Start, out: &mut Playback<'_>) {
+        self.on_start();
+        self.start = Some(Box::new(start.clone()));
+        self.act(out, None);
+    }
+
+    fn caller_frame(&mut self, now: Timestamp, frame: &CallerFrame<'_>, out: &mut Playback<'_>) {
+        if self.hear(now, frame) {
+            self.act(out, None);
+        }
+    }
+
+    /// While answering-machine detection runs, the caller's turns are not the conversation's
+    /// (a machine's greeting is not a turn to answer).
+    fn turn(&mut self, now: Timestamp, event: TurnEvent, out: &mut Playback<'_>) {
+        if self.admits_turn(&event) {
+            self.conv.on_turn(now, event);
+            self.act(out, None);
+        }
+    }
+
+    fn dtmf(&mut self, now: Timestamp, digit: char, out: &mut Playback<'_>) {
+        self.conv.on_dtmf(now, digit);
+        self.act(out, None);
+    }
+
+    fn mark_played(&mut self, now: Timestamp, id: u64, out: &mut Playback<'_>) {
+        self.conv.on_mark(now, id);
+        self.act(out, None);
+    }
+
+    fn timeout(&mut self, now: Timestamp, out: &mut Playback<'_>) {
+        self.conv.on_timeout(now);
+        self.act(out, None);
+    }
+
+    fn wake(&mut self, now: Timestamp, out: &mut Playback<'_>) {
+        while let Some((arrived, event)) = self.events.pop() {
+            self.conv.on_event(now, event);
+            if self.act(out, Some(arrived)) {
+                out.event(SessionEvent::Dispatched(arrived));
+            }
+        }
+    }
+
+    fn feed(&mut self, out: &mut Playback<'_>) {
+        self.fill(out);
+    }
+
+    /// Bot audio released `offset` after the stream began goes to the recording.
+    fn played(&mut self, now: Timestamp, offset: Duration, frames: &[u8], encoding: Encoding) -> Option<Instant> {
+        self.first_audio.get_or_insert(now);
+        if let Some(r) = self.recorder.as_mut() {
+            self.pcm.clear();
+            let _ = encoding.decode_into(frames, &mut self.pcm);
+            r.write(Channel::Bot, offset, &self.pcm);
+        }
+        self.wire_pending.take()
+    }
+
+    fn deadline(&self) -> Option<Timestamp> {
+        self.conv.deadline()
+    }
+
+    fn end(&self) -> Option<EndReason> {
+        self.end.as_ref().map(|end| match end {
+            AgentEnd::Hangup(_) => EndReason::BotHangup,
+            AgentEnd::Transfer(_) => EndReason::Transferred,
+        })
+    }
+
+    fn events(&self) -> Option<&Events> {
+        Some(&self.events)
+    }
+
+    fn finish(&mut self, now: Timestamp, unix_ms: u64, call_id: &str, reason: EndReason) -> Option<(CallResult, Option<Recording>)> {
+        Some(Agent::finish(self, now, unix_ms, call_id, reason.label()))
+    }
+}
+
+/// Playout room for an AI bot's replies; synthesis that runs ahead of playback waits in the
+/// agent's backlog rather than in the playout queue.
+const AGENT_QUEUE: Duration = Duration::from_secs(4);
 
 /// Unix milliseconds as RFC 3339 UTC, e.g. `2026-11-21T09:30:00.125Z`.
 pub fn rfc3339(unix_ms: u64) -> String {

@@ -7,13 +7,17 @@
 //! - [`results`]: where finished calls go (the outbox's interface).
 //! - `worker`: a worker thread's runtime, connections and call loops.
 //! - `slots`: a worker's slot table, pure (free, reserved, carrying a call; AI room).
-//! - [`call`]: one call, sans-IO: carrier messages and time in, messages out.
+//! - [`session`]: the call whatever carries it, sans-IO: caller audio, keys and time in,
+//!   one `poll_output()` out; the [`session::Bot`] interface every bot answers through.
+//! - [`transport`]: the carriers' WebSockets as a transport: text frames to call events and
+//!   the session's transmits back to text frames.
+//! - [`call`]: drives a transport and a session for the worker; their events to metrics.
 //! - [`error`]: why a call ended; how a peer broke the protocol.
 //! - [`protocol`]: the Twilio / Cloudonix and Exotel wire formats, sans-IO.
 //! - [`ws`], [`http`]: WebSocket framing (tungstenite, driven in memory) and HTTP heads.
 //! - [`registry`]: the shared-memory slot registry other processes read.
 //! - [`metrics`]: per-worker counters and their Prometheus rendering.
-//! - [`bots`]: the built-in bots.
+//! - [`bots`]: the built-in bots (`echo`, `turn-echo`, `fault`).
 //! - [`agent`]: an AI bot inside a call: providers, audio conversions, recording, result.
 //! - [`admission`]: who may start a call (call tokens, carrier signatures, inbound secrets).
 //! - [`tls`]: `wss://` through rustls, sans-IO between the socket and the parsers.
@@ -32,9 +36,11 @@ pub mod protocol;
 pub mod registry;
 pub mod results;
 pub mod server;
+pub mod session;
 mod shared;
 mod slots;
 pub mod tls;
+pub mod transport;
 mod worker;
 pub mod ws;
 

@@ -3,6 +3,16 @@
 
 pub use cxb_contract::result::CallResult;
 
+/// A finished call's recording, for the result sink.
+#[derive(Debug)]
+pub enum Recording {
+    /// The whole WAV file ([`ResultSink::submit`]).
+    Wav(Vec<u8>),
+    /// Streamed into the sink's stream, which now holds all of it
+    /// ([`ResultSink::submit_streamed`]).
+    Streamed(Box<dyn cxb_codecs::wav::RecordingSink>, cxb_codecs::wav::RecordingSummary),
+}
+
 /// Where finished calls go: a durable outbox that delivers them to the control plane.
 pub trait ResultSink: Send + Sync + std::fmt::Debug {
     /// Stores a finished call's result (the `POST /v1/runtime/results` body) and recording (a

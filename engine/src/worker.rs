@@ -617,9 +617,7 @@ async fn route(worker: Rc<Worker>, stream: TcpStream, mut wire: Wire, req: Reque
         tracing::debug!("call started");
         let (reason, mut call) = run_call(&worker, &stream, &mut wire, slot, call, leftover, &mailbox).await;
         guard.reason = reason;
-        if call.agent().is_some() {
-            finish_agent(&worker, &mut call, &call_id, reason).await;
-        }
+        finish_bot(&worker, &mut call, &call_id, reason).await;
         let stats = call.stats();
         tracing::debug!(reason = reason.label(), frames_in = stats.frames_in, frames_out = stats.frames_out, "call ended");
     }
@@ -669,18 +667,10 @@ fn signed_urls(advertise: Option<&str>, req: &Request) -> Vec<String> {
 /// the call's slot is freed only after that. The call was admitted, so its result is written
 /// if at all possible: a write that fails (a full disk) is tried again every second, without
 /// the recording, for up to 30 s in all.
-async fn finish_agent(worker: &Worker, call: &mut Call, call_id: &str, reason: EndReason) {
-    use crate::agent::Recording;
+async fn finish_bot(worker: &Worker, call: &mut Call, call_id: &str, reason: EndReason) {
+    use crate::results::Recording;
     const AGAIN: Duration = Duration::from_secs(1);
-    let start = call.start_info().cloned();
-    let Some(agent) = call.agent() else { return };
-    let (result, recording) = agent.finish(
-        worker.now(),
-        unix_ms(),
-        start.as_ref(),
-        call_id,
-        reason.label(),
-    );
+    let Some((result, recording)) = call.finish(worker.now(), unix_ms(), call_id, reason) else { return };
     let Some(sink) = worker.shared.config.results.as_ref() else {
         tracing::warn!("no outbox configured; result dropped");
         return;
@@ -730,7 +720,7 @@ async fn run_call(
     let mut read = Box::pin(read_into(stream, Vec::with_capacity(READ_BUF)));
     let mut ctl = std::pin::pin!(mailbox.recv());
     let mut out = Vec::new();
-    let events = call.agent().map(|a| a.events().clone());
+    let events = call.events();
     let reason = 'call: loop {
         // Everything readable.
         loop {
@@ -799,7 +789,7 @@ async fn run_call(
         if let Some(t) = call.take_wire_sent() {
             worker.metrics().agent_wire.observe(t.elapsed());
         }
-        if let Some(reason) = call.agent_end() {
+        if let Some(reason) = call.end() {
             break reason;
         }
         // Wait for bytes, the call's next deadline or a control message (hang-up, shutdown,

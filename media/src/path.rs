@@ -106,6 +106,12 @@ impl Inbound {
         &self.wide
     }
 
+    /// The last processed payload decoded, at the carrier's 8 kHz: decoded once here, for
+    /// whoever else needs the caller's samples (recording, speech-to-text, detectors).
+    pub fn narrow(&self) -> &Pcm<Hz8> {
+        &self.narrow
+    }
+
     /// The end of the caller's turn, once the silence after their speech is long enough.
     pub fn poll_turn(&mut self, now: Timestamp) -> Option<TurnEvent> {
         self.turn.poll(now)
@@ -167,6 +173,16 @@ impl<M> Outbound<M> {
         self.encoded.clear();
         self.encoding.encode_into(self.narrow.samples(), &mut self.encoded);
         self.playout.push(&self.encoded) == self.encoded.len()
+    }
+
+    /// Queues 8 kHz audio, as much of it as the queue has room for; returns how many samples
+    /// it took.
+    pub fn push_narrow(&mut self, samples: &[i16]) -> usize {
+        let n = samples.len().min(self.playout.room() / self.encoding.bytes_per_sample());
+        self.encoded.clear();
+        self.encoding.encode_into(&samples[..n], &mut self.encoded);
+        self.playout.push(&self.encoded);
+        n
     }
 
     /// Appends the encoded frames due at `now` to `out`.
