@@ -28,6 +28,8 @@ use cxb_engine::{Engine, EngineConfig, EngineHandle, ResultSink};
 use cxb_engine::results::CallResult;
 use cxb_outbox::{ApiTarget, Outbox, OutboxConfig, OutboxGuard, OutboxHandle, RecordingStore, S3Config};
 
+mod otel;
+
 /// A line for whoever started a service. A closed standard output (`cxb up | head`) must
 /// not stop the service, so a failed write is ignored where `println!` would panic.
 macro_rules! say {
@@ -50,6 +52,11 @@ struct Cli {
     /// (`warn,cxb_engine=debug`).
     #[arg(long = "log", global = true, env = "RUST_LOG", default_value = "info")]
     log_filter: String,
+    /// Export each call's span and its turns' spans (with their stage latencies) to this
+    /// OpenTelemetry collector over OTLP/HTTP (JSON), e.g. `http://127.0.0.1:4318`; spans go
+    /// to `URL/v1/traces`. Off when not given.
+    #[arg(long, global = true, env = "CXB_OTLP_ENDPOINT", value_name = "URL")]
+    otlp_endpoint: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -61,16 +68,28 @@ enum LogFormat {
 }
 
 /// Logs go to standard error through `tracing`; standard output is for what a command prints
-/// for its user (credentials, status tables).
-fn init_logging(format: LogFormat, filter: &str) -> anyhow::Result<()> {
+/// for its user (credentials, status tables). With `otlp`, call and turn spans also go to that
+/// collector (`otel`), whatever `filter` says; the guard sends the last ones when dropped.
+fn init_logging(format: LogFormat, filter: &str, otlp: Option<&str>) -> anyhow::Result<Option<otel::OtlpGuard>> {
     use std::io::IsTerminal;
+    use tracing_subscriber::Layer as _;
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
     let filter = tracing_subscriber::EnvFilter::try_new(filter).with_context(|| format!("--log {filter:?}"))?;
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    let done = match format {
-        LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).try_init(),
-        LogFormat::Json => builder.json().with_current_span(true).with_span_list(false).try_init(),
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let fmt = match format {
+        LogFormat::Text => fmt.with_ansi(std::io::stderr().is_terminal()).boxed(),
+        LogFormat::Json => fmt.json().with_current_span(true).with_span_list(false).boxed(),
     };
-    done.map_err(|e| anyhow::anyhow!("logging: {e}"))
+    let (otlp, guard) = match otlp.filter(|url| !url.is_empty()) {
+        Some(url) => {
+            let (layer, guard) = otel::layer(url)?;
+            (Some(layer.with_filter(otel::filter())), Some(guard))
+        }
+        None => (None, None),
+    };
+    tracing_subscriber::registry().with(fmt.with_filter(filter)).with(otlp).try_init().map_err(|e| anyhow::anyhow!("logging: {e}"))?;
+    Ok(guard)
 }
 
 #[derive(Subcommand)]
@@ -570,7 +589,8 @@ struct CoreArgs {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    init_logging(cli.log_format, &cli.log_filter)?;
+    // Held to the end of `main`: dropping it sends the spans still queued.
+    let _otlp = init_logging(cli.log_format, &cli.log_filter, cli.otlp_endpoint.as_deref())?;
     match cli.command {
         Command::Up { listen, api_listen, data, results, sim } => up(listen, api_listen, &data, &results, &sim),
         Command::Core(CoreCommand { action: None, run }) => {
