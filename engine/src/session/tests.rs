@@ -1,12 +1,14 @@
+//! The session under a virtual clock, with a bot made for the test; helpers for the built-in
+//! bots' tests.
+
 use std::time::Duration;
 
 use cxb_codecs::g711;
 
 use super::*;
-use crate::bots::{BotKind, builtin};
 use crate::protocol::StreamSid;
 
-fn start_info() -> Start {
+pub(crate) fn start_info() -> Start {
     Start {
         stream_sid: StreamSid::new("MZ1"),
         call_sid: None,
@@ -18,12 +20,12 @@ fn start_info() -> Start {
     }
 }
 
-fn at(ms: u64) -> Timestamp {
+pub(crate) fn at(ms: u64) -> Timestamp {
     Timestamp::from_millis(ms)
 }
 
 /// 20 ms of a 440 Hz tone (speech to the detector) or silence, in mu-law.
-fn frame(loud: bool, n: u64) -> Vec<u8> {
+pub(crate) fn frame(loud: bool, n: u64) -> Vec<u8> {
     (0..160u64)
         .map(|i| {
             let t = (n * 160 + i) as f64 / 8_000.0;
@@ -35,14 +37,18 @@ fn frame(loud: bool, n: u64) -> Vec<u8> {
 
 /// Everything the session has to say now: transmits (audio as frame counts), events dropped.
 #[derive(Debug, PartialEq)]
-enum Seen {
+pub(crate) enum Seen {
+    /// Audio, in frames.
     Audio(usize),
+    /// A mark to confirm.
     Mark(u64),
+    /// A clear, and whether the session had audio queued.
     Clear(bool),
+    /// The end.
     End(EndReason),
 }
 
-fn drain(s: &mut Session) -> (Vec<Seen>, Option<Timestamp>) {
+pub(crate) fn drain(s: &mut Session) -> (Vec<Seen>, Option<Timestamp>) {
     let mut seen = Vec::new();
     loop {
         match s.poll_output() {
@@ -54,67 +60,6 @@ fn drain(s: &mut Session) -> (Vec<Seen>, Option<Timestamp>) {
             Output::Timeout(next) => return (seen, next),
         }
     }
-}
-
-fn session(kind: BotKind) -> Session {
-    Session::new(SessionConfig::default(), Encoding::Mulaw, builtin(kind, Duration::from_secs(8)))
-}
-
-#[test]
-fn an_echo_session_sends_each_frame_back_on_the_virtual_clock() {
-    let mut s = session(BotKind::Echo);
-    s.caller_audio(at(0), &frame(true, 0));
-    assert_eq!(drain(&mut s), (vec![], None), "nothing before the stream starts");
-    s.start(at(0), Encoding::Mulaw, &start_info());
-    let mut out = 0;
-    for n in 0..50 {
-        s.caller_audio(at(20 * n), &frame(n % 10 < 5, n));
-        let (seen, next) = drain(&mut s);
-        out += seen.iter().map(|x| if let Seen::Audio(f) = x { *f } else { 0 }).sum::<usize>();
-        assert!(next.is_none_or(|t| t > at(20 * n)), "frame {n}: a deadline in the past: {next:?}");
-    }
-    assert_eq!(s.stats().frames_in, 50);
-    assert!(out >= 48, "the echo came back: {out} frames");
-    assert_eq!(s.stats().frames_out, out as u64);
-}
-
-#[test]
-fn turn_echo_plays_a_turn_back_asks_for_a_mark_and_clears_when_the_caller_speaks_over_it() {
-    let mut s = session(BotKind::TurnEcho);
-    s.start(at(0), Encoding::Mulaw, &start_info());
-    let mut seen = Vec::new();
-    // A second of speech, then silence until the turn ends and its playback is under way.
-    for n in 0..100 {
-        let now = 20 * n;
-        s.caller_audio(at(now), &frame(n < 50, n));
-        seen.extend(drain(&mut s).0);
-    }
-    let played: usize = seen.iter().map(|x| if let Seen::Audio(f) = x { *f } else { 0 }).sum();
-    assert!(played > 0, "the turn plays back: {seen:?}");
-    assert!(!seen.iter().any(|x| matches!(x, Seen::Mark(_))), "not all of it yet: {seen:?}");
-    // The caller speaks over the playback: it is cleared, and the carrier told.
-    let mut seen = Vec::new();
-    for n in 100..120 {
-        let now = 20 * n;
-        s.caller_audio(at(now), &frame(true, n));
-        seen.extend(drain(&mut s).0);
-    }
-    assert!(seen.contains(&Seen::Clear(true)), "{seen:?}");
-    // Quiet again: the second turn plays out whole, then its mark is to be confirmed.
-    let mut seen = Vec::new();
-    for n in 120..400 {
-        let now = 20 * n;
-        s.caller_audio(at(now), &frame(false, n));
-        let (more, next) = drain(&mut s);
-        seen.extend(more);
-        if let Some(t) = next.filter(|t| *t <= at(now)) {
-            s.handle_timeout(t);
-            seen.extend(drain(&mut s).0);
-        }
-    }
-    assert_eq!(seen.iter().filter(|x| matches!(x, Seen::Mark(_))).count(), 1, "{seen:?}");
-    let mark = seen.iter().position(|x| matches!(x, Seen::Mark(_))).unwrap_or(0);
-    assert!(seen[..mark].iter().any(|x| matches!(x, Seen::Audio(_))), "the mark follows the audio: {seen:?}");
 }
 
 /// A bot that plays 100 ms on `1`, barges in on `2` and hangs up on `#`.
@@ -179,7 +124,7 @@ fn outputs_come_in_order_from_one_poll_and_end_is_last() {
 
 #[test]
 fn audio_the_media_path_cannot_take_ends_the_call() {
-    let mut s = Session::new(SessionConfig::default(), Encoding::Mulaw, builtin(BotKind::Echo, Duration::from_secs(8)));
+    let mut s = Session::new(SessionConfig::default(), Encoding::Mulaw, Box::new(Keys::default()));
     s.start(at(0), Encoding::L16, &start_info());
     s.caller_audio(at(0), &[0; 321]);
     let (seen, _) = drain(&mut s);
