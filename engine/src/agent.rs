@@ -523,8 +523,7 @@ impl Agent {
         if self.stt_billed {
             self.stt_audio_ms += 20;
         }
-        self.stt
-            .send(SttCommand::Audio(std::mem::take(&mut self.stt_bytes)));
+        self.stt.send_audio(&self.stt_bytes);
         false
     }
 

@@ -222,19 +222,129 @@ pub enum SttCommand {
 /// A streaming speech-to-text session: commands in, events out through the call's queue.
 #[derive(Debug)]
 pub struct SttSession {
-    commands: flume::Sender<SttCommand>,
+    commands: SttSender,
     _task: Option<Job>,
 }
 
 impl SttSession {
     /// A session whose task reads `commands`' other end. Dropping the session cancels it.
-    pub fn new(commands: flume::Sender<SttCommand>, task: Job) -> SttSession {
+    pub fn new(commands: SttSender, task: Job) -> SttSession {
         SttSession { commands, _task: Some(task) }
     }
 
-    /// Queues a command; never blocks. A session whose task has ended drops it.
+    /// Queues a command; never blocks.
     pub fn send(&self, command: SttCommand) {
-        let _ = self.commands.send(command);
+        self.commands.send(command);
+    }
+
+    /// Queues the caller's audio (in the provider's input format), copied: no allocation
+    /// once the queue's buffers have grown, no lock.
+    pub fn send_audio(&self, audio: &[u8]) {
+        self.commands.send_audio(audio);
+    }
+}
+
+/// The call's commands to its speech-to-text task, both on the call's thread: a queue with no
+/// lock, where consecutive audio joins one buffer and buffers the task hands back
+/// ([`SttReceiver::recycle`]) are filled again, so steady audio allocates nothing.
+pub fn stt_channel() -> (SttSender, SttReceiver) {
+    let queue = Rc::new(SttQueue::default());
+    (SttSender(queue.clone()), SttReceiver(queue))
+}
+
+#[derive(Default)]
+struct SttQueue {
+    commands: RefCell<VecDeque<SttCommand>>,
+    spare: RefCell<Vec<Vec<u8>>>,
+    waker: Cell<Option<Waker>>,
+    closed: Cell<bool>,
+}
+
+impl SttQueue {
+    fn wake(&self) {
+        if let Some(w) = self.waker.take() {
+            w.wake();
+        }
+    }
+}
+
+/// The call's end of [`stt_channel`]; dropping it ends the task's reading.
+pub struct SttSender(Rc<SttQueue>);
+
+impl std::fmt::Debug for SttSender {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SttSender").field("queued", &self.0.commands.borrow().len()).finish()
+    }
+}
+
+impl SttSender {
+    /// Queues a command.
+    pub fn send(&self, command: SttCommand) {
+        self.0.commands.borrow_mut().push_back(command);
+        self.0.wake();
+    }
+
+    /// Queues audio, joined to audio queued just before it.
+    pub fn send_audio(&self, audio: &[u8]) {
+        let mut commands = self.0.commands.borrow_mut();
+        match commands.back_mut() {
+            Some(SttCommand::Audio(queued)) => queued.extend_from_slice(audio),
+            _ => {
+                let mut buf = self.0.spare.borrow_mut().pop().unwrap_or_default();
+                buf.extend_from_slice(audio);
+                commands.push_back(SttCommand::Audio(buf));
+            }
+        }
+        drop(commands);
+        self.0.wake();
+    }
+}
+
+impl Drop for SttSender {
+    fn drop(&mut self) {
+        self.0.closed.set(true);
+        self.0.wake();
+    }
+}
+
+/// The task's end of [`stt_channel`].
+pub struct SttReceiver(Rc<SttQueue>);
+
+impl std::fmt::Debug for SttReceiver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SttReceiver").field("queued", &self.0.commands.borrow().len()).finish()
+    }
+}
+
+impl SttReceiver {
+    /// The next command, or `Pending` (the task is woken when one comes); `None` once the
+    /// sender is gone and nothing is left.
+    pub fn poll_recv(&self, cx: &mut std::task::Context<'_>) -> Poll<Option<SttCommand>> {
+        if let Some(command) = self.0.commands.borrow_mut().pop_front() {
+            return Poll::Ready(Some(command));
+        }
+        if self.0.closed.get() {
+            return Poll::Ready(None);
+        }
+        match self.0.waker.take() {
+            Some(w) if w.will_wake(cx.waker()) => self.0.waker.set(Some(w)),
+            _ => self.0.waker.set(Some(cx.waker().clone())),
+        }
+        Poll::Pending
+    }
+
+    /// The next command; `None` once the sender is gone and nothing is left.
+    pub async fn recv(&self) -> Option<SttCommand> {
+        std::future::poll_fn(|cx| self.poll_recv(cx)).await
+    }
+
+    /// Hands an audio buffer back for the sender to fill again.
+    pub fn recycle(&self, mut buf: Vec<u8>) {
+        let mut spare = self.0.spare.borrow_mut();
+        if spare.len() < 4 {
+            buf.clear();
+            spare.push(buf);
+        }
     }
 }
 

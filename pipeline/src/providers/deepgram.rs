@@ -29,7 +29,7 @@ use serde_json::Value;
 use super::ws::{self, Request, Socket};
 use crate::config::{BotConfig, ProviderConfig};
 use crate::provider::{
-    AudioFormat, Event, Events, ProviderError, SttCommand, SttEvent, SttProvider, SttSession,
+    AudioFormat, Event, Events, ProviderError, SttCommand, SttEvent, SttProvider, SttReceiver, SttSession, stt_channel,
 };
 
 /// Deepgram's hosted API.
@@ -129,7 +129,7 @@ impl SttProvider for Deepgram {
     }
 
     fn open(&self, events: Events) -> SttSession {
-        let (commands, incoming) = flume::unbounded();
+        let (commands, incoming) = stt_channel();
         let request = self.request();
         let keepalive = self.keepalive;
         let task = compio::runtime::spawn(async move {
@@ -157,10 +157,9 @@ enum Wake {
 async fn run(
     request: Request,
     keepalive: Duration,
-    commands: flume::Receiver<SttCommand>,
+    incoming: SttReceiver,
     events: &Events,
 ) -> Result<(), String> {
-    let mut incoming = commands.into_stream();
     let mut early = EarlyAudio::new(AudioFormat::Mulaw8k.bytes_per_ms(EARLY_AUDIO_MS));
     let mut connect = pin!(ws::connect(request, CONNECT_TIMEOUT));
     let mut socket = loop {
@@ -168,7 +167,7 @@ async fn run(
             if let Poll::Ready(r) = connect.as_mut().poll(cx) {
                 return Poll::Ready(Either::Left(r));
             }
-            incoming.poll_next_unpin(cx).map(Either::Right)
+            incoming.poll_recv(cx).map(Either::Right)
         })
         .await;
         match wake {
@@ -178,7 +177,7 @@ async fn run(
         }
     };
     for command in early.drain() {
-        if let Err(e) = send_command(&mut socket, command).await {
+        if let Err(e) = send_command(&mut socket, command, &incoming).await {
             return Err(why_closed(&mut socket, events, e).await);
         }
     }
@@ -190,7 +189,7 @@ async fn run(
             if let Poll::Ready(m) = socket.poll_next_unpin(cx) {
                 return Poll::Ready(Wake::Server(m));
             }
-            if let Poll::Ready(c) = incoming.poll_next_unpin(cx) {
+            if let Poll::Ready(c) = incoming.poll_recv(cx) {
                 return Poll::Ready(Wake::Command(c));
             }
             tick.as_mut().poll(cx).map(|()| Wake::KeepAlive)
@@ -208,7 +207,7 @@ async fn run(
                 return Ok(());
             }
             Wake::Command(Some(command)) => {
-                if let Err(e) = send_command(&mut socket, command).await {
+                if let Err(e) = send_command(&mut socket, command, &incoming).await {
                     return Err(why_closed(&mut socket, events, e).await);
                 }
                 last_sent = Instant::now();
@@ -230,11 +229,15 @@ async fn send(socket: &mut Socket, message: Message) -> Result<(), String> {
     socket.send(message).await.map_err(|e| ws::describe_error(&e))
 }
 
-/// Sends audio as a binary frame, `Finalize` as its control message.
-async fn send_command(socket: &mut Socket, command: SttCommand) -> Result<(), String> {
+/// Sends audio as a binary frame (its buffer goes back to the call), `Finalize` as its
+/// control message.
+async fn send_command(socket: &mut Socket, command: SttCommand, incoming: &SttReceiver) -> Result<(), String> {
     match command {
-        SttCommand::Audio(audio) if audio.is_empty() => Ok(()),
-        SttCommand::Audio(audio) => send(socket, Message::binary(audio)).await,
+        SttCommand::Audio(audio) => {
+            let sent = if audio.is_empty() { Ok(()) } else { send(socket, Message::binary(audio.clone())).await };
+            incoming.recycle(audio);
+            sent
+        }
         SttCommand::Finalize => send(socket, Message::text(FINALIZE)).await,
         SttCommand::Close => Ok(()),
     }

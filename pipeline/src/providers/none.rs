@@ -12,7 +12,7 @@
 use std::rc::Rc;
 
 use crate::config::BotConfig;
-use crate::provider::{AudioFormat, Event, Events, ProviderError, SttCommand, SttEvent, SttProvider, SttSession};
+use crate::provider::{AudioFormat, Event, Events, ProviderError, SttCommand, SttEvent, SttProvider, SttSession, stt_channel};
 
 /// What each caller turn reads as when the config sets no placeholder.
 pub const DEFAULT_PLACEHOLDER: &str = "...";
@@ -55,13 +55,13 @@ impl SttProvider for NoStt {
     }
 
     fn open(&self, events: Events) -> SttSession {
-        let (commands, rx) = flume::unbounded();
+        let (commands, rx) = stt_channel();
         let placeholder = self.placeholder.clone();
         let task = compio::runtime::spawn(async move {
             // The audio is read (so the queue stays empty) and dropped.
-            while let Ok(command) = rx.recv_async().await {
+            while let Some(command) = rx.recv().await {
                 match command {
-                    SttCommand::Audio(_) => {}
+                    SttCommand::Audio(audio) => rx.recycle(audio),
                     SttCommand::Finalize => {
                         let text = placeholder.to_string();
                         events.push(Event::Stt(SttEvent::Final { text, end_of_turn: true }));

@@ -30,8 +30,8 @@ use serde_json::{Map, Value, json};
 
 use crate::config::{BotConfig, ProviderConfig};
 use crate::provider::{
-    AudioFormat, Event, Events, Job, ProviderError, SttCommand, SttEvent, SttProvider, SttSession, TtsEvent,
-    TtsProvider,
+    AudioFormat, Event, Events, Job, ProviderError, SttCommand, SttEvent, SttProvider, SttReceiver, SttSession, TtsEvent,
+    TtsProvider, stt_channel,
 };
 
 /// The protocol version this side announces (the `wyoming` package release it follows).
@@ -476,7 +476,7 @@ impl SttProvider for WyomingStt {
     }
 
     fn open(&self, events: Events) -> SttSession {
-        let (commands, rx) = flume::unbounded();
+        let (commands, rx) = stt_channel();
         let settings = self.0.clone();
         let task = compio::runtime::spawn(async move {
             if let Err(e) = transcribe_utterances(&settings, &rx, &events).await {
@@ -511,7 +511,7 @@ async fn start_utterance(settings: &SttSettings, check: bool) -> Result<Connecti
 /// The session: one connection per utterance, each opened before it is needed.
 async fn transcribe_utterances(
     settings: &SttSettings,
-    commands: &flume::Receiver<SttCommand>,
+    commands: &SttReceiver,
     events: &Events,
 ) -> Result<(), WyomingError> {
     let chunk = AudioFormat::Pcm16(STT_RATE).bytes_per_ms(CHUNK_MS);
@@ -520,9 +520,10 @@ async fn transcribe_utterances(
     loop {
         let mut sent = false;
         loop {
-            match commands.recv_async().await {
-                Ok(SttCommand::Audio(bytes)) => {
+            match commands.recv().await {
+                Some(SttCommand::Audio(bytes)) => {
                     pending.extend_from_slice(&bytes);
+                    commands.recycle(bytes);
                     if pending.len() >= chunk {
                         let frames: Vec<Frame> = pending
                             .chunks_exact(chunk)
@@ -533,8 +534,8 @@ async fn transcribe_utterances(
                         sent = true;
                     }
                 }
-                Ok(SttCommand::Finalize) => break,
-                Ok(SttCommand::Close) | Err(_) => return Ok(()),
+                Some(SttCommand::Finalize) => break,
+                Some(SttCommand::Close) | None => return Ok(()),
             }
         }
         // An odd trailing byte is half a sample: dropped.
