@@ -1,0 +1,336 @@
+//! A worker: one thread, pinned to its core, running its own single-threaded compio runtime
+//! (io_uring, or epoll where io_uring is refused or `--force-epoll` asks). Every call it
+//! accepts lives here until it ends: socket, WebSocket framing, media path and timers. Per-call
+//! state is `!Send` and shared only within the thread (`Rc`, `RefCell`), never locked.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::panic::AssertUnwindSafe;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use compio::BufResult;
+use compio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use compio::net::TcpStream;
+use cxb_media::Timestamp;
+use futures_util::future::{Either, select};
+use tracing::Instrument;
+
+use crate::admission::{self, Admitted, Refusal, query_param};
+use crate::agent::{Agent, BotError};
+use crate::bots::BotKind;
+use crate::call::{Call, CallConfig};
+use crate::error::{EndReason, ProtocolErrorKind};
+use crate::http::{self, HeadError, Request};
+use crate::limits::Verdict;
+use crate::tls::{Session, Wire};
+use crate::protocol::Protocol;
+use crate::registry::{SlotState, SlotUpdate, WorkerRecord};
+use crate::shared::{Command, Inbox, Shared, unix_ms};
+use crate::slots::{Full, Reserved, SlotTable};
+use crate::ws::{Incoming, WsSocket};
+
+/// `MSG_DONTWAIT` (Linux): send without blocking even on a socket in blocking mode.
+const MSG_DONTWAIT: i32 = 0x40;
+
+/// Bytes read from a socket at a time.
+const READ_BUF: usize = 8 * 1024;
+/// How long a client may take to send its request head.
+const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Messages to a live call from outside it.
+#[derive(Debug, Clone, Copy)]
+enum Control {
+    Hangup,
+    Shutdown,
+    Idle,
+}
+
+/// A call's mailbox: how its worker (on the same thread) reaches the call's task, and when
+/// the call last heard from its peer. Cheaper to poll than a channel: one `Cell` check.
+struct Mailbox {
+    message: Cell<Option<Control>>,
+    waker: Cell<Option<std::task::Waker>>,
+    last_rx: Cell<Instant>,
+}
+
+impl Mailbox {
+    fn post(&self, message: Control) {
+        self.message.set(Some(message));
+        if let Some(w) = self.waker.take() {
+            w.wake();
+        }
+    }
+
+    fn recv(&self) -> impl std::future::Future<Output = Control> + '_ {
+        std::future::poll_fn(move |cx| match self.message.take() {
+            Some(m) => std::task::Poll::Ready(m),
+            None => {
+                match self.waker.take() {
+                    Some(w) if w.will_wake(cx.waker()) => self.waker.set(Some(w)),
+                    _ => self.waker.set(Some(cx.waker().clone())),
+                }
+                std::task::Poll::Pending
+            }
+        })
+    }
+}
+
+/// Everything the worker's tasks share, on this thread only.
+struct Worker {
+    index: usize,
+    shared: Arc<Shared>,
+    /// The worker's slots; mirrored into the shared registry as they change.
+    slots: RefCell<SlotTable>,
+    calls: RefCell<HashMap<String, Rc<Mailbox>>>,
+    next_call: Cell<u64>,
+    /// When a refusal was last logged, and how many were not since.
+    refusals_logged: Cell<Option<Instant>>,
+    refusals_unlogged: Cell<u64>,
+    epoch: Instant,
+}
+
+/// Runs worker `index` until shutdown. Called on the worker's own thread.
+pub(crate) fn run(
+    index: usize,
+    shared: Arc<Shared>,
+    inbox: flume::Receiver<Inbox>,
+) -> std::io::Result<()> {
+    let mut proactor = compio::driver::ProactorBuilder::new();
+    if shared.config.force_epoll {
+        proactor.driver_type(compio::driver::DriverType::Poll);
+    } else {
+        // Deferred task work (completions reaped only when the worker enters the kernel) was
+        // measured: it cut no CPU and added 20 ms of queueing at 400 calls, so it stays off.
+        proactor.capacity(4096);
+    }
+    let mut builder = compio::runtime::RuntimeBuilder::new();
+    builder.with_proactor(proactor);
+    if let Some(cpu) = shared.config.pin.then(|| core_for(index)).flatten() {
+        builder.thread_affinity([cpu].into_iter().collect());
+    }
+    let runtime = builder.build()?;
+    cxb_pipeline::egress::set_policy(shared.config.egress.clone());
+    // AI calls on this thread stream their recordings into the result sink.
+    crate::agent::record_into(shared.config.results.as_ref());
+    let driver = if runtime.driver_type().is_iouring() {
+        1
+    } else {
+        2
+    };
+    shared.workers[index]
+        .driver
+        .store(driver, Ordering::Relaxed);
+    tracing::info!(worker = index, driver = if driver == 1 { "io_uring" } else { "epoll" }, "worker running");
+    let (slots, ai_limit) = (shared.config.slots_per_worker, shared.config.ai_calls_per_worker);
+    let worker = Rc::new(Worker {
+        index,
+        shared,
+        slots: RefCell::new(SlotTable::new(slots, ai_limit)),
+        calls: RefCell::new(HashMap::new()),
+        next_call: Cell::new(0),
+        refusals_logged: Cell::new(None),
+        refusals_unlogged: Cell::new(0),
+        epoch: Instant::now(),
+    });
+    worker.publish();
+    runtime.block_on(async move {
+        compio::runtime::spawn(housekeeping(worker.clone())).detach();
+        while let Ok(msg) = inbox.recv_async().await {
+            match msg {
+                Inbox::Connection(stream) => {
+                    compio::runtime::spawn(serve::serve(worker.clone(), stream)).detach();
+                }
+                Inbox::Command(cmd, reply) => {
+                    let _ = reply.send(worker.command(cmd));
+                }
+                Inbox::Shutdown => {
+                    worker.slots.borrow_mut().set_draining(true);
+                    for mailbox in worker.calls.borrow().values() {
+                        mailbox.post(Control::Shutdown);
+                    }
+                    // Let calls send their close frames and AI calls write their results and
+                    // recordings to the outbox (each waits at most 30 s for it).
+                    let deadline = Instant::now() + Duration::from_secs(35);
+                    while !worker.calls.borrow().is_empty() && Instant::now() < deadline {
+                        compio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                    break;
+                }
+            }
+        }
+    });
+    Ok(())
+}
+
+/// The CPU to pin worker `index` to: the `index`-th CPU this process may run on.
+fn core_for(index: usize) -> Option<usize> {
+    let online = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    Some(index % online)
+}
+
+/// Once a second: lapse expired reservations, end idle calls, publish the worker's summary,
+/// beat.
+async fn housekeeping(worker: Rc<Worker>) {
+    loop {
+        compio::time::sleep(Duration::from_secs(1)).await;
+        let now = unix_ms();
+        let expired: Vec<usize> = worker.slots.borrow().expired(now).collect();
+        for slot in expired {
+            worker.free_slot(slot);
+        }
+        let idle_since = Instant::now() - worker.shared.config.idle_timeout;
+        for mailbox in worker.calls.borrow().values() {
+            if mailbox.last_rx.get() <= idle_since {
+                mailbox.post(Control::Idle);
+            }
+        }
+        worker.publish();
+        if worker.index == 0 {
+            worker.shared.segment.beat(now);
+        }
+    }
+}
+
+impl Worker {
+    fn now(&self) -> Timestamp {
+        Timestamp::from_micros(self.epoch.elapsed().as_micros() as u64)
+    }
+
+    fn instant(&self, t: Timestamp) -> Instant {
+        self.epoch + Duration::from_micros(t.as_micros())
+    }
+
+    fn metrics(&self) -> &crate::metrics::WorkerMetrics {
+        &self.shared.workers[self.index].metrics
+    }
+
+    /// Publishes free capacity (the slots a new AI call could take) to the acceptor and the
+    /// registry.
+    fn publish(&self) {
+        let slots = self.slots.borrow();
+        let (free, live) = (slots.capacity(), slots.live());
+        let w = &self.shared.workers[self.index];
+        w.free.store(free, Ordering::Relaxed);
+        w.ai_calls.store(slots.ai_calls(), Ordering::Relaxed);
+        w.metrics.live_calls.store(live as u64, Ordering::Relaxed);
+        self.shared.segment.write_worker(
+            self.index,
+            WorkerRecord {
+                driver: u64::from(w.driver.load(Ordering::Relaxed)),
+                draining: slots.draining(),
+                live: live as u64,
+                free: free as u64,
+            },
+        );
+    }
+
+    /// Takes a slot for a call: the reserved one named by `token` if it is ours, else a free
+    /// one (unless draining, or, for an AI call, unless the worker carries all the AI calls it
+    /// may). An AI call counts as one until [`Worker::free_slot`].
+    fn acquire(&self, call_id: &str, bot: &str, token: Option<u64>, ai: bool) -> Result<usize, Full> {
+        let slot = self.slots.borrow_mut().acquire(token, ai)?;
+        let update = SlotUpdate {
+            state: SlotState::Active,
+            started_ms: unix_ms(),
+            until_ms: 0,
+            call_id,
+            bot_id: bot,
+        };
+        self.shared.segment.write_slot(self.index, slot, update);
+        self.publish();
+        Ok(slot)
+    }
+
+    fn free_slot(&self, slot: usize) {
+        let freed = self.slots.borrow_mut().free(slot);
+        if freed {
+            self.shared.segment.write_slot(self.index, slot, SlotUpdate::FREE);
+        }
+        self.publish();
+    }
+
+    fn command(&self, cmd: Command) -> serde_json::Value {
+        use serde_json::json;
+        match cmd {
+            Command::Reserve { ttl, token } => {
+                if self.slots.borrow().draining() {
+                    return json!({ "ok": false, "error": "draining" });
+                }
+                if self.shared.token_used(token) {
+                    // Its call came before the reservation did: nothing is left to hold.
+                    return json!({ "ok": true, "worker": self.index, "token": format!("{token:016x}"), "used": true });
+                }
+                let until_ms = unix_ms() + ttl.as_millis() as u64;
+                let reserved = self.slots.borrow_mut().reserve(token, until_ms);
+                let slot = match reserved {
+                    None => return json!({ "ok": false, "error": "no free slot" }),
+                    Some(Reserved::Renewed(slot)) => {
+                        return json!({ "ok": true, "worker": self.index, "slot": slot, "token": format!("{token:016x}"), "expires_unix_ms": until_ms });
+                    }
+                    Some(Reserved::New(slot)) => slot,
+                };
+                let update = SlotUpdate {
+                    state: SlotState::Reserved,
+                    started_ms: unix_ms(),
+                    until_ms,
+                    call_id: "",
+                    bot_id: "",
+                };
+                self.shared.segment.write_slot(self.index, slot, update);
+                self.publish();
+                json!({ "ok": true, "worker": self.index, "slot": slot, "token": format!("{token:016x}"), "expires_unix_ms": until_ms })
+            }
+            Command::Release { token } => {
+                let slot = self.slots.borrow().reservation(token);
+                match slot {
+                    Some(slot) => {
+                        self.free_slot(slot);
+                        json!({ "ok": true })
+                    }
+                    None => json!({ "ok": false, "error": "no such reservation" }),
+                }
+            }
+            Command::Hangup { call_id } => match self.calls.borrow().get(&call_id) {
+                Some(mailbox) => {
+                    mailbox.post(Control::Hangup);
+                    json!({ "ok": true })
+                }
+                None => json!({ "ok": false, "error": "no such call" }),
+            },
+            Command::Drain { on } => {
+                self.slots.borrow_mut().set_draining(on);
+                let state = if on { SlotState::Draining } else { SlotState::Active };
+                for slot in self.slots.borrow().active_slots() {
+                    self.shared.segment.set_state(self.index, slot, state);
+                }
+                self.publish();
+                json!({ "ok": true, "worker": self.index, "draining": on })
+            }
+        }
+    }
+}
+
+/// Frees a call's slot and counts its end however the call's task finishes, unwinding
+/// included.
+struct CallGuard {
+    worker: Rc<Worker>,
+    slot: usize,
+    call_id: String,
+    reason: EndReason,
+}
+
+impl Drop for CallGuard {
+    fn drop(&mut self) {
+        self.worker.calls.borrow_mut().remove(&self.call_id);
+        self.worker.metrics().call_ended(self.reason);
+        self.worker.free_slot(self.slot);
+    }
+}
+
+mod call_loop;
+mod serve;
