@@ -14,7 +14,7 @@
 //! - [`call`]: drives a transport and a session for the worker; their events to metrics.
 //! - [`error`]: why a call ended; how a peer broke the protocol.
 //! - [`protocol`]: the Twilio / Cloudonix and Exotel wire formats, sans-IO.
-//! - [`ws`], [`http`]: WebSocket framing (tungstenite, driven in memory) and HTTP heads.
+//! - [`ws`], [`http`]: WebSocket framing (RFC 6455, sans-IO, zero-copy) and HTTP heads.
 //! - [`registry`]: the shared-memory slot registry other processes read.
 //! - [`metrics`]: per-worker counters and their Prometheus rendering.
 //! - [`bots`]: the built-in bots (`echo`, `turn-echo`, `fault`).
