@@ -89,6 +89,28 @@ fn carrier_wire(n: u64) -> (Vec<u8>, Vec<Vec<u8>>) {
     (std::mem::take(client.output()), wire)
 }
 
+/// One 20 ms tick at `now`: the carrier's bytes `bytes` in, what is due run, what the call
+/// sends framed onto the server's socket (and dropped); returns the messages sent.
+fn tick(call: &mut Call, server: &mut WsSocket, bytes: Option<&Vec<u8>>, now: Timestamp, metrics: &WorkerMetrics) -> u64 {
+    if let Some(bytes) = bytes {
+        server.feed(bytes);
+    }
+    while let Ok(Some(Incoming::Text(text))) = server.read() {
+        call.on_text(now, text, metrics).expect("a valid message");
+    }
+    if call.deadline().is_some_and(|at| at <= now) {
+        call.on_timeout(now, metrics);
+    }
+    let mut sent = 0;
+    while let Some(msg) = call.poll_transmit() {
+        server.send_text(&msg);
+        call.recycle(msg);
+        sent += 1;
+    }
+    server.output().clear();
+    sent
+}
+
 /// Lets the runtime's other tasks (the providers') run once.
 async fn yield_now() {
     let mut yielded = false;
@@ -130,32 +152,18 @@ fn a_thousand_steady_ai_ticks_allocate_nothing() {
         let mut server = WsSocket::new();
         server.feed(&start);
         let mut now = Timestamp::ZERO;
-        let mut tick = |n: usize, now: Timestamp, call: &mut Call| {
-            if n < wire.len() {
-                server.feed(&wire[n]);
-            }
-            while let Ok(Some(Incoming::Text(text))) = server.read() {
-                call.on_text(now, text, &metrics).expect("a valid message");
-            }
-            if call.deadline().is_some_and(|at| at <= now) {
-                call.on_timeout(now, &metrics);
-            }
-            while let Some(msg) = call.poll_transmit() {
-                server.send_text(&msg);
-                call.recycle(msg);
-            }
-            server.output().clear();
-        };
-        tick(usize::MAX, now, &mut call);
-        for n in 0..WARM as usize {
+        tick(&mut call, &mut server, None, now, &metrics);
+        for bytes in &wire[..WARM as usize] {
             now += Duration::from_millis(20);
-            tick(n, now, &mut call);
+            tick(&mut call, &mut server, Some(bytes), now, &metrics);
             yield_now().await;
         }
         let mut counted = 0;
-        for n in WARM as usize..(WARM + TICKS) as usize {
+        for bytes in &wire[WARM as usize..] {
             now += Duration::from_millis(20);
-            counted += allocations(|| tick(n, now, &mut call));
+            counted += allocations(|| {
+                tick(&mut call, &mut server, Some(bytes), now, &metrics);
+            });
             // The speech-to-text task takes the audio (not counted: it is the provider's).
             yield_now().await;
         }
@@ -172,47 +180,22 @@ fn a_thousand_steady_echo_ticks_allocate_nothing() {
     const TICKS: u64 = 1_000;
     let metrics = WorkerMetrics::default();
     let mut call = Call::new(CallConfig::new(Protocol::Twilio, BotKind::Echo));
+    let (start, wire) = carrier_wire(WARM + TICKS);
     let mut server = WsSocket::new();
-    let mut client = WsSocket::client();
-    // Everything the carrier sends, framed and masked beforehand.
-    let mut wire: Vec<Vec<u8>> = Vec::new();
-    for n in 0..WARM + TICKS {
-        client.send_text(&media(n));
-        wire.push(std::mem::take(client.output()));
-    }
-    client.send_text(r#"{"event":"start","streamSid":"MZ1","start":{"streamSid":"MZ1","mediaFormat":{"encoding":"audio/x-mulaw","sampleRate":8000,"channels":1}}}"#);
-    server.feed(&std::mem::take(client.output()));
+    server.feed(&start);
     let mut now = Timestamp::ZERO;
-    let mut sent = 0u64;
-    let tick = |n: usize, now: Timestamp, call: &mut Call, server: &mut WsSocket, sent: &mut u64| {
-        if n < wire.len() {
-            server.feed(&wire[n]);
-        }
-        while let Ok(Some(Incoming::Text(text))) = server.read() {
-            call.on_text(now, text, &metrics).expect("a valid message");
-        }
-        if call.deadline().is_some_and(|at| at <= now) {
-            call.on_timeout(now, &metrics);
-        }
-        while let Some(msg) = call.poll_transmit() {
-            server.send_text(&msg);
-            call.recycle(msg);
-            *sent += 1;
-        }
-        server.output().clear();
-    };
-    tick(usize::MAX, now, &mut call, &mut server, &mut sent);
-    for n in 0..WARM as usize {
+    tick(&mut call, &mut server, None, now, &metrics);
+    for bytes in &wire[..WARM as usize] {
         now += Duration::from_millis(20);
-        tick(n, now, &mut call, &mut server, &mut sent);
+        tick(&mut call, &mut server, Some(bytes), now, &metrics);
     }
-    let warm_sent = sent;
+    let mut sent = 0;
     let counted = allocations(|| {
-        for n in WARM as usize..(WARM + TICKS) as usize {
+        for bytes in &wire[WARM as usize..] {
             now += Duration::from_millis(20);
-            tick(n, now, &mut call, &mut server, &mut sent);
+            sent += tick(&mut call, &mut server, Some(bytes), now, &metrics);
         }
     });
-    assert!(sent - warm_sent >= TICKS - 5, "the echo came back: {} frames", sent - warm_sent);
+    assert!(sent >= TICKS - 5, "the echo came back: {sent} frames");
     assert_eq!(counted, 0, "allocations in {TICKS} steady echo ticks");
 }
