@@ -156,25 +156,27 @@ impl Call {
             WsEvent::Mark => self.session.mark_confirmed(),
             WsEvent::Stop => return Err(EndReason::Stopped),
         }
-        self.drain(now, metrics);
+        self.drain(now, None, metrics);
         Ok(())
     }
 
-    /// Handles the bot's queued events (provider replies).
-    pub fn on_events(&mut self, now: Timestamp, metrics: &WorkerMetrics) {
+    /// Handles the bot's queued events (provider replies); `at` is `now` on the clock the
+    /// providers stamp their events with.
+    pub fn on_events(&mut self, now: Timestamp, at: std::time::Instant, metrics: &WorkerMetrics) {
         self.session.wake(now);
-        self.drain(now, metrics);
+        self.drain(now, Some(at), metrics);
     }
 
     /// Runs what is due at `now`.
     pub fn on_timeout(&mut self, now: Timestamp, metrics: &WorkerMetrics) {
         self.session.handle_timeout(now);
-        self.drain(now, metrics);
+        self.drain(now, None, metrics);
         self.transport.handle_timeout(now);
     }
 
-    /// Carries the session's outputs to the transport and the metrics.
-    fn drain(&mut self, now: Timestamp, metrics: &WorkerMetrics) {
+    /// Carries the session's outputs to the transport and the metrics (provider dispatch
+    /// latency when the instant of `now` is given: only provider events lead to requests).
+    fn drain(&mut self, now: Timestamp, at: Option<std::time::Instant>, metrics: &WorkerMetrics) {
         loop {
             match self.session.poll_output() {
                 Output::Transmit(what) => self.transport.transmit(now, what),
@@ -184,7 +186,11 @@ impl Call {
                     }
                     metrics.frames_out.add(released.frames as u64);
                 }
-                Output::Event(SessionEvent::Dispatched(arrived)) => metrics.agent_dispatch.observe(arrived.elapsed()),
+                Output::Event(SessionEvent::Dispatched(arrived)) => {
+                    if let Some(at) = at {
+                        metrics.agent_dispatch.observe(at.saturating_duration_since(arrived));
+                    }
+                }
                 Output::Event(SessionEvent::FirstAudio(arrived)) => self.wire_sent = Some(arrived),
                 Output::Timeout(at) => {
                     self.next = at;

@@ -194,8 +194,9 @@ pub(super) async fn run_call(
             }
             Either::Right((Either::Right((Either::Right(((), _)), _)), _)) => {
                 let now = worker.now();
+                let at = worker.instant(now);
                 if std::panic::catch_unwind(AssertUnwindSafe(|| {
-                    call.on_events(now, worker.metrics())
+                    call.on_events(now, at, worker.metrics())
                 }))
                 .is_err()
                 {
