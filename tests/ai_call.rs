@@ -17,34 +17,7 @@ use tungstenite::Message;
 
 mod common;
 
-fn caller_turn() -> Vec<Vec<u8>> {
-    let pcm = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/codecs/tests/fixtures/speech-8k.s16")).unwrap();
-    let samples: Vec<i16> = pcm.chunks_exact(2).map(|b| i16::from_le_bytes([b[0], b[1]])).collect();
-    let mut frames: Vec<Vec<u8>> = samples.chunks_exact(160).take(60).map(|f| f.iter().map(|&s| cxb_codecs::g711::encode_mulaw(s)).collect()).collect();
-    frames.extend(std::iter::repeat_n(vec![0xFF; 160], 15));
-    frames
-}
-
-/// Media bytes received until `quiet` passes without any after the first (at most `limit`).
-fn hear(ws: &mut tungstenite::WebSocket<TcpStream>, quiet: Duration, limit: Duration) -> usize {
-    let (end, mut last, mut bytes) = (Instant::now() + limit, None::<Instant>, 0);
-    ws.get_ref().set_read_timeout(Some(Duration::from_millis(50))).unwrap();
-    while Instant::now() < end && last.is_none_or(|t| t.elapsed() < quiet) {
-        match ws.read() {
-            Ok(Message::Text(t)) => {
-                let v: Value = serde_json::from_str(t.as_str()).unwrap();
-                if v["event"] == "media" {
-                    bytes += STANDARD.decode(v["media"]["payload"].as_str().unwrap()).unwrap().len();
-                    last = Some(Instant::now());
-                }
-            }
-            Ok(_) => {}
-            Err(tungstenite::Error::Io(e)) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
-            Err(e) => panic!("the call broke: {e}"),
-        }
-    }
-    bytes
-}
+use common::{caller_turn, hear};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bot_from_the_api_answers_a_call_and_its_result_reaches_the_api() {

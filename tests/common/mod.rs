@@ -80,3 +80,34 @@ pub(crate) fn hostname() -> String {
     let host = std::fs::read_to_string("/etc/hostname").ok().map(|h| h.trim().to_string()).filter(|h| !h.is_empty());
     host.or_else(|| std::env::var("HOSTNAME").ok()).unwrap_or_else(|| "localhost".into())
 }
+
+/// About a second of speech, then silence long enough to end the turn: mu-law frames.
+pub(crate) fn caller_turn() -> Vec<Vec<u8>> {
+    let pcm = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/codecs/tests/fixtures/speech-8k.s16")).unwrap();
+    let samples: Vec<i16> = pcm.chunks_exact(2).map(|b| i16::from_le_bytes([b[0], b[1]])).collect();
+    let mut frames: Vec<Vec<u8>> = samples.chunks_exact(160).take(60).map(|f| f.iter().map(|&s| cxb_codecs::g711::encode_mulaw(s)).collect()).collect();
+    frames.extend(std::iter::repeat_n(vec![0xFF; 160], 15));
+    frames
+}
+
+/// Media bytes received until `quiet` passes without any after the first (at most `limit`).
+pub(crate) fn hear(ws: &mut tungstenite::WebSocket<std::net::TcpStream>, quiet: Duration, limit: Duration) -> usize {
+    let (end, mut last, mut bytes) = (std::time::Instant::now() + limit, None::<std::time::Instant>, 0);
+    ws.get_ref().set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+    while std::time::Instant::now() < end && last.is_none_or(|t| t.elapsed() < quiet) {
+        match ws.read() {
+            Ok(tungstenite::Message::Text(t)) => {
+                let v: serde_json::Value = serde_json::from_str(t.as_str()).unwrap();
+                if v["event"] == "media" {
+                    use base64::Engine as _;
+                    bytes += base64::engine::general_purpose::STANDARD.decode(v["media"]["payload"].as_str().unwrap()).unwrap().len();
+                    last = Some(std::time::Instant::now());
+                }
+            }
+            Ok(_) => {}
+            Err(tungstenite::Error::Io(e)) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+            Err(e) => panic!("the call broke: {e}"),
+        }
+    }
+    bytes
+}
