@@ -10,8 +10,6 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
-use cxb_pipeline::testkit::deepgram::{DeepgramConfig, DeepgramServer, Reply, Step};
-use cxb_pipeline::testkit::elevenlabs::{ElevenLabsConfig, ElevenLabsServer};
 use serde_json::{Value, json};
 use tungstenite::Message;
 
@@ -25,25 +23,9 @@ async fn a_bot_from_the_api_answers_a_call_and_its_result_reaches_the_api() {
     let (api, base, fleet, token) = common::api_with_org(dir.path()).await;
     let http = reqwest::Client::new();
 
-    let stt = DeepgramServer::start(DeepgramConfig {
-        script: vec![Step::on_finalize(Reply::Final { text: "when are you open".into(), speech_final: true })],
-        ..DeepgramConfig::default()
-    })
-    .unwrap();
-    let tts = ElevenLabsServer::start(ElevenLabsConfig { bytes_per_char: 160, ..ElevenLabsConfig::default() }).unwrap();
-    let bot = json!({
-        "name": "Front desk",
-        "greeting": "Hello!",
-        "stt": { "provider": "deepgram", "base_url": stt.url(), "secrets": { "api_key": "dg-secret" } },
-        "llm": { "provider": "script", "options": { "script": {
-            "intents": [{ "name": "hours", "keywords": ["open"], "reply": "Nine to five." }],
-            "fallback": "Sorry?"
-        } } },
-        "tts": { "provider": "elevenlabs", "base_url": tts.url(), "secrets": { "api_key": "xi-secret" } },
-        "voice": "v1",
-        "idle": { "reprompt_after_seconds": 30 },
-        "inbound": { "secrets": { "twilio_auth_token": "twilio-auth-token" } },
-    });
+    let (_stt, _tts, mut bot) = common::front_desk();
+    bot["idle"] = json!({ "reprompt_after_seconds": 30 });
+    bot["inbound"] = json!({ "secrets": { "twilio_auth_token": "twilio-auth-token" } });
     let r = http.post(format!("{base}/v1/bots")).bearer_auth(&token).json(&bot).send().await.unwrap();
     assert_eq!(r.status().as_u16(), 201);
     let bot_id = serde_json::from_slice::<Value>(&r.bytes().await.unwrap()).unwrap()["id"].as_str().unwrap().to_string();

@@ -12,8 +12,6 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
-use cxb_pipeline::testkit::deepgram::{DeepgramConfig, DeepgramServer, Reply, Step};
-use cxb_pipeline::testkit::elevenlabs::{ElevenLabsConfig, ElevenLabsServer};
 use serde_json::{Value, json};
 use tungstenite::Message;
 
@@ -74,25 +72,9 @@ fn is_hex(v: &Value, len: usize) -> bool {
 fn call_and_turn_spans_reach_the_collector_as_one_trace() {
     let dir = tempfile::tempdir().unwrap();
     let (collector_port, exports) = collector();
-    let stt = DeepgramServer::start(DeepgramConfig {
-        script: vec![Step::on_finalize(Reply::Final { text: "when are you open".into(), speech_final: true })],
-        ..DeepgramConfig::default()
-    })
-    .unwrap();
-    let tts = ElevenLabsServer::start(ElevenLabsConfig { bytes_per_char: 160, ..ElevenLabsConfig::default() }).unwrap();
-    let bot = json!({
-        "name": "Front desk",
-        "greeting": "Hello!",
-        "stt": { "provider": "deepgram", "base_url": stt.url(), "secrets": { "api_key": "dg-secret" } },
-        "llm": { "provider": "script", "options": { "script": {
-            "intents": [{ "name": "hours", "keywords": ["open"], "reply": "Nine to five." }],
-            "fallback": "Sorry?"
-        } } },
-        "tts": { "provider": "elevenlabs", "base_url": tts.url(), "secrets": { "api_key": "xi-secret" } },
-        "voice": "v1",
-        "recording": false,
-        "inbound": { "allow_unsigned": true },
-    });
+    let (_stt, _tts, mut bot) = common::front_desk();
+    bot["recording"] = json!(false);
+    bot["inbound"] = json!({ "allow_unsigned": true });
     std::fs::create_dir_all(dir.path().join("bots")).unwrap();
     std::fs::write(dir.path().join("bots/desk.json"), bot.to_string()).unwrap();
 

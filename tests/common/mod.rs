@@ -9,6 +9,9 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use cxb_pipeline::testkit::deepgram::{DeepgramConfig, DeepgramServer, Reply, Step};
+use cxb_pipeline::testkit::elevenlabs::{ElevenLabsConfig, ElevenLabsServer};
+
 /// A child process, killed and reaped when dropped.
 pub(crate) struct Kill(pub(crate) std::process::Child);
 
@@ -110,4 +113,28 @@ pub(crate) fn hear(ws: &mut tungstenite::WebSocket<std::net::TcpStream>, quiet: 
         }
     }
     bytes
+}
+
+/// Fake Deepgram and ElevenLabs servers on loopback and a bot that uses them: it greets, hears
+/// "when are you open" at the end of the caller's turn, and answers "Nine to five." (script).
+/// Keep the servers alive as long as the call.
+pub(crate) fn front_desk() -> (DeepgramServer, ElevenLabsServer, serde_json::Value) {
+    let stt = DeepgramServer::start(DeepgramConfig {
+        script: vec![Step::on_finalize(Reply::Final { text: "when are you open".into(), speech_final: true })],
+        ..DeepgramConfig::default()
+    })
+    .unwrap();
+    let tts = ElevenLabsServer::start(ElevenLabsConfig { bytes_per_char: 160, ..ElevenLabsConfig::default() }).unwrap();
+    let bot = serde_json::json!({
+        "name": "Front desk",
+        "greeting": "Hello!",
+        "stt": { "provider": "deepgram", "base_url": stt.url(), "secrets": { "api_key": "dg-secret" } },
+        "llm": { "provider": "script", "options": { "script": {
+            "intents": [{ "name": "hours", "keywords": ["open"], "reply": "Nine to five." }],
+            "fallback": "Sorry?"
+        } } },
+        "tts": { "provider": "elevenlabs", "base_url": tts.url(), "secrets": { "api_key": "xi-secret" } },
+        "voice": "v1",
+    });
+    (stt, tts, bot)
 }
