@@ -258,3 +258,95 @@ impl WsTransport {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EXOTEL_START: &str = r#"{"event":"start","stream_sid":"S1","start":{"stream_sid":"S1","media_format":{"encoding":"raw/slin","sample_rate":8000}}}"#;
+    const TWILIO_START: &str = r#"{"event":"start","streamSid":"MZ1","start":{"streamSid":"MZ1"}}"#;
+
+    fn at(ms: u64) -> Timestamp {
+        Timestamp::from_millis(ms)
+    }
+
+    fn sent(t: &mut WsTransport) -> Vec<serde_json::Value> {
+        std::iter::from_fn(|| t.poll_transmit()).map(|m| serde_json::from_str(&m).expect("JSON")).collect()
+    }
+
+    #[test]
+    fn twilio_frames_go_out_one_message_each_and_marks_and_clears_follow() {
+        let mut t = WsTransport::new(Protocol::Twilio);
+        t.transmit(at(0), Transmit::Audio(&[0xFF; 160]));
+        assert!(sent(&mut t).is_empty(), "nothing before the stream starts");
+        assert!(matches!(t.on_text(TWILIO_START), Ok(WsEvent::Start(_, Encoding::Mulaw))));
+        assert!(matches!(t.on_text(TWILIO_START), Ok(WsEvent::Nothing)), "a second start is nothing");
+        t.transmit(at(0), Transmit::Audio(&[0xFF; 480]));
+        t.transmit(at(0), Transmit::Mark(3));
+        t.transmit(at(0), Transmit::Clear { playing: false });
+        t.transmit(at(0), Transmit::Clear { playing: true });
+        let out = sent(&mut t);
+        let events: Vec<&str> = out.iter().map(|m| m["event"].as_str().unwrap_or("")).collect();
+        assert_eq!(events, ["media", "media", "media", "mark", "clear"], "a clear with nothing playing is not sent");
+        assert_eq!(out[3]["mark"]["name"], "utterance-3");
+        assert_eq!(t.stats(), WsStats { marks_sent: 1, clears_sent: 1 });
+    }
+
+    #[test]
+    fn exotel_audio_goes_out_in_100_ms_chunks_and_a_tail_waits_then_is_padded() {
+        let mut t = WsTransport::new(Protocol::Exotel);
+        assert!(matches!(t.on_text(EXOTEL_START), Ok(WsEvent::Start(_, Encoding::L16))));
+        t.transmit(at(0), Transmit::Audio(&[1; 320 * 7]));
+        let out = sent(&mut t);
+        assert!(out.is_empty(), "140 ms is short of a chunk: {out:?}");
+        assert_eq!(t.deadline(), Some(at(250)));
+        t.transmit(at(20), Transmit::Audio(&[1; 320 * 4]));
+        let out = sent(&mut t);
+        let mut bytes = Vec::new();
+        payload::decode_into(out[0]["media"]["payload"].as_str().unwrap_or(""), &mut bytes).expect("base64");
+        assert_eq!((out.len(), bytes.len()), (1, 320 * 11), "220 ms: all of it in one message");
+        assert_eq!(t.deadline(), None, "nothing waits");
+        t.transmit(at(40), Transmit::Audio(&[1; 320 * 2]));
+        assert_eq!(t.deadline(), Some(at(290)), "40 ms waits for more");
+        t.handle_timeout(at(289));
+        assert!(sent(&mut t).is_empty());
+        t.handle_timeout(at(290));
+        let out = sent(&mut t);
+        bytes.clear();
+        payload::decode_into(out[0]["media"]["payload"].as_str().unwrap_or(""), &mut bytes).expect("base64");
+        assert_eq!(bytes.len(), exotel::MIN_CHUNK, "the tail padded to 100 ms");
+        assert_eq!(t.deadline(), None);
+        // A barge-in drops audio the transport holds and tells the carrier, even when the
+        // session had nothing queued.
+        t.transmit(at(300), Transmit::Audio(&[1; 320]));
+        t.transmit(at(300), Transmit::Clear { playing: false });
+        let events: Vec<String> = sent(&mut t).iter().map(|m| m["event"].to_string()).collect();
+        assert_eq!(events, ["\"clear\""]);
+        t.handle_timeout(at(600));
+        assert!(sent(&mut t).is_empty(), "the dropped audio never goes out");
+    }
+
+    #[test]
+    fn inbound_audio_is_reframed_and_bad_messages_end_the_call() {
+        let mut t = WsTransport::new(Protocol::Exotel);
+        let mut b64 = String::new();
+        payload::encode_into(&[0; 500], &mut b64);
+        let media = format!(r#"{{"event":"media","stream_sid":"S1","media":{{"payload":"{b64}"}}}}"#);
+        assert_eq!(t.on_text(&media).err(), Some(EndReason::Protocol(ProtocolErrorKind::MediaBeforeStart)));
+        t.on_text(EXOTEL_START).expect("start");
+        match t.on_text(&media) {
+            Ok(WsEvent::Audio { frames, .. }) => assert_eq!(frames.len(), 320, "one whole frame of 500 bytes"),
+            other => panic!("{other:?}"),
+        }
+        match t.on_text(&media) {
+            Ok(WsEvent::Audio { frames, .. }) => assert_eq!(frames.len(), 640, "the 180 left and 500 more"),
+            other => panic!("{other:?}"),
+        }
+        b64.clear();
+        payload::encode_into(&[0; 3], &mut b64);
+        let odd = format!(r#"{{"event":"media","stream_sid":"S1","media":{{"payload":"{b64}"}}}}"#);
+        assert_eq!(t.on_text(&odd).err(), Some(EndReason::Protocol(ProtocolErrorKind::BadAudio)));
+        assert_eq!(t.on_text("{").err(), Some(EndReason::Protocol(ProtocolErrorKind::MalformedJson)));
+        assert!(matches!(t.on_text(r#"{"event":"stop","stream_sid":"S1"}"#), Ok(WsEvent::Stop)));
+    }
+}
