@@ -1,6 +1,6 @@
 //! Pure audio codecs and audio types: G.711 mu-law and A-law, LINEAR16 framing, base64
-//! payloads, the sample-rate types that keep 8 kHz audio out of 16 kHz consumers, and the
-//! two-channel WAV recordings of calls.
+//! payloads, RTP packets and telephone events, the sample-rate types that keep 8 kHz audio
+//! out of 16 kHz consumers, and the two-channel WAV recordings of calls.
 //!
 //! Nothing here performs I/O, reads a clock or allocates on the per-frame path once buffers
 //! have reached their working size.
@@ -9,6 +9,7 @@ pub mod g711;
 pub mod l16;
 pub mod payload;
 pub mod rate;
+pub mod rtp;
 pub mod wav;
 
 pub use rate::{AnyPcm, FrameDuration, Hz8, Hz16, Hz24, Hz48, Pcm, Rate, RateMismatch, SampleRate};
