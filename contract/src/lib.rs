@@ -6,9 +6,12 @@
 //! - [`carrier`]: carriers' own request signatures (Twilio's `X-Twilio-Signature`) and the
 //!   constant-time comparison every credential check uses.
 //! - [`egress`]: which addresses a request made on a tenant's behalf may reach.
+//! - [`fleet`]: an engine host's heartbeat and the API's answer (reservations, releases,
+//!   call-token keys), and the slot a dialler reserves.
 //! - [`result`]: a finished call's result, as the engine writes it and the API stores it.
 
 pub mod call_token;
 pub mod carrier;
 pub mod egress;
+pub mod fleet;
 pub mod result;

@@ -25,11 +25,8 @@ use axum::extract::{FromRequestParts, Path, State};
 use axum::http::StatusCode;
 use axum::http::request::Parts;
 use rand_core::{OsRng, RngCore};
-use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use sqlx::Row;
-use utoipa::ToSchema;
-
 
 use crate::AppState;
 use crate::auth::{Caller, Dialler, Fleet, FleetToken, Role, bearer};
@@ -37,70 +34,8 @@ use crate::clock::rfc3339;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::Body;
 
-/// An engine host's report.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct Heartbeat {
-    /// Stable per host process, e.g. `hostname:port` (1 to 200 bytes).
-    #[schema(min_length = 1, max_length = 200)]
-    pub host_id: String,
-    /// Where carriers reach it: `wss://host:port` (a base URL). `ws://` only to a loopback host
-    /// (127.0.0.0/8, ::1, `localhost`) unless the API allows plain `ws://`. At most 500 bytes.
-    #[schema(max_length = 500)]
-    pub address: String,
-    #[serde(default)]
-    pub version: String,
-    pub workers: u32,
-    pub slots_total: u64,
-    pub slots_free: u64,
-    pub live_calls: u64,
-    /// Reservation tokens from earlier answers that the host now holds.
-    #[serde(default)]
-    #[schema(max_items = 10000)]
-    pub applied: Vec<String>,
-    /// Tokens from earlier answers' `release` lists that the host has given back (or did not
-    /// hold). Left out when empty, so an API from before releases takes the report.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schema(max_items = 10000)]
-    pub released: Vec<String>,
-}
-
-/// A reservation the host must hold for `ttl_ms` more.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-pub struct Reservation {
-    pub token: String,
-    pub ttl_ms: u64,
-}
-
-/// The answer to a heartbeat.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-pub struct HeartbeatAnswer {
-    /// Heartbeat at least this often, or drop out of the fleet.
-    pub ttl_seconds: u64,
-    /// Reserve these slots and list their tokens as `applied` in the next heartbeat.
-    pub reservations: Vec<Reservation>,
-    /// The keys call tokens are verified with, newest first (replace the previous set).
-    #[serde(default)]
-    pub call_token_keys: Vec<CallTokenKey>,
-    /// Reservations whose calls will not come: free their slots (after holding this answer's
-    /// `reservations`) and list the tokens as `released` in the next heartbeat.
-    #[serde(default)]
-    pub release: Vec<String>,
-}
-
-/// A call-token key as the fleet channel carries it.
-#[derive(Clone, Serialize, Deserialize, ToSchema)]
-pub struct CallTokenKey {
-    pub id: String,
-    /// 32 or more bytes, standard base64.
-    pub secret: String,
-}
-
-impl std::fmt::Debug for CallTokenKey {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CallTokenKey").field("id", &self.id).finish_non_exhaustive()
-    }
-}
+/// The messages of the fleet channel, defined in the contract the engine shares.
+pub use cxb_contract::fleet::{CallTokenKey, Heartbeat, HeartbeatAnswer, Reservation, Reserved};
 
 /// Checks the address a host advertises: a `wss://` base URL (a host, an optional port and path;
 /// no credentials, query or fragment), or a `ws://` one to a loopback host (127.0.0.0/8, ::1,
@@ -304,16 +239,6 @@ pub(crate) async fn hosts(State(s): State<AppState>, _who: FleetOrAdmin) -> ApiR
     .await?;
     let items = rows.iter().map(host_view).collect::<ApiResult<Vec<_>>>()?;
     Ok(Json(json!({ "items": items })))
-}
-
-/// A slot promised on a host.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-pub struct Reserved {
-    pub host_id: String,
-    pub address: String,
-    /// Present it as `?reservation=<token>` when connecting to the host.
-    pub token: String,
-    pub expires_at: String,
 }
 
 /// A reservation token: 64 bits, hex, top byte `ff` (engine tokens carry their worker there;
