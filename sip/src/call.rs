@@ -1,0 +1,447 @@
+//! One inbound SIP call as the called user agent (UAS), sans-IO: the INVITE's server
+//! transaction and the dialog it makes (RFC 3261 §12, §13.3, §15, §17.2), with the timers on
+//! the caller's clock. Messages and `now` go in; [`InboundCall::poll_output`] answers what to
+//! send, what happened and when to be called again. Time is a `Duration` since any epoch the
+//! owner keeps.
+//!
+//! What it does: 100 Trying at once; 180 Ringing and a 2xx answer (with a To tag and our
+//! Contact) or a final refusal when the owner says; 2xx retransmitted until the ACK (T1
+//! doubling to T2; after 64·T1 the call is ended with a BYE); a refusal retransmitted over
+//! UDP until its ACK (Timers G and H); a retransmitted INVITE answered with the last
+//! response; CANCEL before the answer (200, then 487 for the INVITE); BYE from the caller
+//! (200); our BYE with its own retransmissions (Timers E and F) and the caller's Record-Route;
+//! OPTIONS (200), INFO key presses (`application/dtmf-relay`, `application/dtmf`), re-INVITEs
+//! handed to the owner (hold and unhold) and answered with the owner's SDP; other requests in
+//! the dialog get 501, requests for another dialog 481.
+
+use std::collections::VecDeque;
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use crate::message::{Message, StartLine, param, response};
+
+/// RFC 3261's T1: the round-trip estimate.
+pub const T1: Duration = Duration::from_millis(500);
+/// RFC 3261's T2: the longest retransmission interval.
+pub const T2: Duration = Duration::from_secs(4);
+const METHODS: &str = "INVITE, ACK, BYE, CANCEL, OPTIONS, INFO";
+
+/// How a call ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EndCause {
+    /// The caller hung up (BYE).
+    RemoteBye,
+    /// We hung up (our BYE answered or timed out).
+    LocalBye,
+    /// The caller gave up before the answer (CANCEL).
+    Cancelled,
+    /// We refused the call with this status.
+    Refused(u16),
+    /// Our 2xx was never acknowledged (64·T1): we sent a BYE.
+    NoAck,
+}
+
+/// What happened in the call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CallEvent {
+    /// The caller acknowledged the answer: media may flow both ways.
+    Confirmed,
+    /// A key press sent as SIP INFO.
+    Dtmf(char),
+    /// A re-INVITE offered this SDP (hold, unhold, a new address): answer it with
+    /// [`InboundCall::answer_reoffer`].
+    Reoffer(String),
+    /// The call is over.
+    Ended(EndCause),
+}
+
+/// One answer of [`InboundCall::poll_output`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Output {
+    /// Send this message to the peer.
+    Transmit(String),
+    /// Note this.
+    Event(CallEvent),
+    /// Nothing more now; call [`InboundCall::handle_timeout`] at this time (`None`: wait for
+    /// messages).
+    Timeout(Option<Duration>),
+}
+
+/// Our side of the call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Local {
+    /// Our To tag (random, chosen by the owner).
+    pub tag: String,
+    /// Our Contact URI, e.g. `sip:bot@203.0.113.5:5060`.
+    pub contact: String,
+    /// Our sent-by for the Via of our requests, e.g. `203.0.113.5:5060`.
+    pub sent_by: String,
+    /// `UDP`, `TCP` or `TLS`: retransmissions only over UDP.
+    pub transport: &'static str,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// INVITE received, no final response yet.
+    Proceeding,
+    /// 2xx sent, waiting for the ACK.
+    Answered,
+    /// Non-2xx final sent, waiting for the ACK.
+    Refused(u16),
+    /// The dialog is up.
+    Confirmed,
+    /// Our BYE is out.
+    Leaving,
+    Ended,
+}
+
+/// What the INVITE said that later messages need.
+#[derive(Debug, Clone)]
+struct Invite {
+    via: Vec<String>,
+    from: String,
+    to: String,
+    call_id: String,
+    cseq: u32,
+    branch: String,
+    remote_tag: String,
+    remote_target: String,
+    route: Vec<String>,
+}
+
+/// A retransmitted message and its schedule.
+#[derive(Debug, Clone)]
+struct Retransmit {
+    message: String,
+    next: Duration,
+    interval: Duration,
+    give_up: Duration,
+}
+
+/// One inbound call.
+#[derive(Debug)]
+pub struct InboundCall {
+    local: Local,
+    invite: Invite,
+    state: State,
+    /// The last response to the INVITE, for a retransmitted INVITE.
+    last_response: Option<String>,
+    retransmit: Option<Retransmit>,
+    local_cseq: u32,
+    /// The CSeq of a re-INVITE waiting for the owner's answer, and its request.
+    reoffer: Option<String>,
+    out: VecDeque<Output>,
+    buf: String,
+}
+
+fn uri_of(name_addr: &str) -> &str {
+    match (name_addr.find('<'), name_addr.find('>')) {
+        (Some(open), Some(close)) if open < close => &name_addr[open + 1..close],
+        _ => name_addr.split(';').next().unwrap_or(name_addr).trim(),
+    }
+}
+
+impl InboundCall {
+    /// A call for `invite` (an INVITE outside any dialog, checked by the caller), answered
+    /// at once with 100 Trying.
+    pub fn new(invite: &Message<'_>, local: Local) -> Option<InboundCall> {
+        if invite.method() != Some("INVITE") {
+            return None;
+        }
+        let info = Invite {
+            via: invite.header_lines("Via").map(str::to_string).collect(),
+            from: invite.header("From")?.to_string(),
+            to: invite.header("To")?.to_string(),
+            call_id: invite.call_id().to_string(),
+            cseq: invite.cseq()?.0,
+            branch: invite.branch().unwrap_or_default().to_string(),
+            remote_tag: invite.tag("From").unwrap_or_default().to_string(),
+            remote_target: invite.header("Contact").map(uri_of).unwrap_or_default().to_string(),
+            route: invite.header_lines("Record-Route").map(str::to_string).collect(),
+        };
+        let mut call = InboundCall {
+            local,
+            invite: info,
+            state: State::Proceeding,
+            last_response: None,
+            retransmit: None,
+            local_cseq: 1,
+            reoffer: None,
+            out: VecDeque::new(),
+            buf: String::new(),
+        };
+        call.respond_invite(invite, 100, "Trying", "");
+        Some(call)
+    }
+
+    /// The SIP Call-ID.
+    pub fn call_id(&self) -> &str {
+        &self.invite.call_id
+    }
+
+    fn reliable(&self) -> bool {
+        self.local.transport != "UDP"
+    }
+
+    fn emit(&mut self, event: CallEvent) {
+        self.out.push_back(Output::Event(event));
+    }
+
+    fn end(&mut self, cause: EndCause) {
+        if self.state != State::Ended {
+            self.state = State::Ended;
+            self.retransmit = None;
+            self.emit(CallEvent::Ended(cause));
+        }
+    }
+
+    fn respond_invite(&mut self, invite: &Message<'_>, code: u16, reason: &str, body: &str) {
+        let tag = (code > 100).then_some(self.local.tag.as_str());
+        let contact = format!("<{}>", self.local.contact);
+        let mut extra: Vec<(&str, &str)> = Vec::new();
+        if (200..300).contains(&code) || (180..190).contains(&code) {
+            extra.push(("Contact", &contact));
+            for rr in &self.invite.route {
+                extra.push(("Record-Route", rr));
+            }
+        }
+        if !body.is_empty() {
+            extra.push(("Content-Type", "application/sdp"));
+        }
+        if (200..300).contains(&code) {
+            extra.push(("Allow", METHODS));
+        }
+        response(invite, code, reason, tag, &extra, body, &mut self.buf);
+        self.last_response = Some(self.buf.clone());
+        self.out.push_back(Output::Transmit(self.buf.clone()));
+    }
+
+    /// Rebuilds the INVITE's response from what was kept (for answers given after the
+    /// INVITE's message is gone).
+    fn invite_response(&mut self, now: Duration, code: u16, reason: &str, body: &str) {
+        let mut head = String::with_capacity(512);
+        let _ = write!(head, "INVITE {} SIP/2.0\r\n", self.local.contact);
+        for via in &self.invite.via {
+            let _ = write!(head, "Via: {via}\r\n");
+        }
+        let _ = write!(head, "From: {}\r\nTo: {}\r\nCall-ID: {}\r\nCSeq: {} INVITE\r\nContent-Length: 0\r\n\r\n", self.invite.from, self.invite.to, self.invite.call_id, self.invite.cseq);
+        let Ok(invite) = Message::parse(head.as_bytes()) else { return };
+        self.respond_invite(&invite, code, reason, body);
+        let final_ = code >= 200;
+        if final_ {
+            let message = self.buf.clone();
+            // 2xx: the UAS core retransmits until the ACK; a refusal: Timer G over UDP only.
+            let resend = (200..300).contains(&code) || !self.reliable();
+            self.retransmit = Some(Retransmit {
+                message,
+                next: if resend { now + T1 } else { Duration::MAX },
+                interval: T1,
+                give_up: now + 64 * T1,
+            });
+        }
+    }
+
+    /// 180 Ringing.
+    pub fn ring(&mut self, now: Duration) {
+        if self.state == State::Proceeding {
+            self.invite_response(now, 180, "Ringing", "");
+        }
+    }
+
+    /// Answers with our SDP.
+    pub fn answer(&mut self, now: Duration, sdp: &str) {
+        if self.state == State::Proceeding {
+            self.invite_response(now, 200, "OK", sdp);
+            self.state = State::Answered;
+        }
+    }
+
+    /// Refuses the call (404, 403, 486, 488, 503 …).
+    pub fn refuse(&mut self, now: Duration, code: u16, reason: &str) {
+        if self.state == State::Proceeding && (300..700).contains(&code) {
+            self.invite_response(now, code, reason, "");
+            self.state = State::Refused(code);
+        }
+    }
+
+    /// Answers a re-INVITE the owner was told of ([`CallEvent::Reoffer`]).
+    pub fn answer_reoffer(&mut self, sdp: &str) {
+        let Some(request) = self.reoffer.take() else { return };
+        let Ok(m) = Message::parse(request.as_bytes()) else { return };
+        let contact = format!("<{}>", self.local.contact);
+        response(&m, 200, "OK", None, &[("Contact", &contact), ("Content-Type", "application/sdp")], sdp, &mut self.buf);
+        self.out.push_back(Output::Transmit(self.buf.clone()));
+    }
+
+    /// Hangs up: a BYE in the dialog (or, before the answer, a 480 refusal).
+    pub fn hang_up(&mut self, now: Duration) {
+        match self.state {
+            State::Proceeding => self.refuse(now, 480, "Temporarily Unavailable"),
+            State::Answered | State::Confirmed => self.send_bye(now),
+            State::Refused(_) | State::Leaving | State::Ended => {}
+        }
+    }
+
+    fn send_bye(&mut self, now: Duration) {
+        self.local_cseq += 1;
+        let mut bye = String::with_capacity(512);
+        let target = if self.invite.remote_target.is_empty() { uri_of(&self.invite.from).to_string() } else { self.invite.remote_target.clone() };
+        let _ = write!(bye, "BYE {target} SIP/2.0\r\n");
+        let _ = write!(bye, "Via: SIP/2.0/{} {};branch=z9hG4bK{}b{};rport\r\n", self.local.transport, self.local.sent_by, self.local.tag, self.local_cseq);
+        let _ = write!(bye, "Max-Forwards: 70\r\n");
+        for route in &self.invite.route {
+            let _ = write!(bye, "Route: {route}\r\n");
+        }
+        let from = if param(&self.invite.to, "tag").is_some() { self.invite.to.clone() } else { format!("{};tag={}", self.invite.to, self.local.tag) };
+        let _ = write!(bye, "From: {from}\r\nTo: {}\r\nCall-ID: {}\r\nCSeq: {} BYE\r\nContent-Length: 0\r\n\r\n", self.invite.from, self.invite.call_id, self.local_cseq);
+        self.out.push_back(Output::Transmit(bye.clone()));
+        self.state = State::Leaving;
+        self.retransmit = Some(Retransmit {
+            message: bye,
+            next: if self.reliable() { Duration::MAX } else { now + T1 },
+            interval: T1,
+            give_up: now + 64 * T1,
+        });
+    }
+
+    /// A message from the peer that belongs to this call (same Call-ID).
+    pub fn on_message(&mut self, now: Duration, m: &Message<'_>) {
+        if self.state == State::Ended || m.call_id() != self.invite.call_id {
+            return;
+        }
+        match m.start {
+            StartLine::Response { code, .. } => {
+                if self.state == State::Leaving && m.cseq() == Some((self.local_cseq, "BYE")) && code >= 200 {
+                    self.end(EndCause::LocalBye);
+                }
+            }
+            StartLine::Request { method, .. } => self.on_request(now, method, m),
+        }
+    }
+
+    fn on_request(&mut self, now: Duration, method: &str, m: &Message<'_>) {
+        // In this dialog: our To tag and the caller's From tag.
+        let ours = m.tag("To") == Some(self.local.tag.as_str()) && m.tag("From").unwrap_or_default() == self.invite.remote_tag;
+        let same_transaction = m.branch() == Some(self.invite.branch.as_str()) && !self.invite.branch.is_empty();
+        match method {
+            "INVITE" if same_transaction && !ours => {
+                if let Some(last) = self.last_response.clone() {
+                    self.out.push_back(Output::Transmit(last));
+                }
+            }
+            "ACK" => match self.state {
+                State::Answered if m.cseq().map(|c| c.0) == Some(self.invite.cseq) => {
+                    self.retransmit = None;
+                    self.state = State::Confirmed;
+                    self.emit(CallEvent::Confirmed);
+                }
+                State::Refused(code) => self.end(if code == 487 { EndCause::Cancelled } else { EndCause::Refused(code) }),
+                _ => {}
+            },
+            "CANCEL" if same_transaction => {
+                response(m, 200, "OK", Some(&self.local.tag.clone()), &[], "", &mut self.buf);
+                self.out.push_back(Output::Transmit(self.buf.clone()));
+                if self.state == State::Proceeding {
+                    // The call ends (Cancelled) with the ACK of this 487, or Timer H.
+                    self.invite_response(now, 487, "Request Terminated", "");
+                    self.state = State::Refused(487);
+                }
+            }
+            "OPTIONS" => self.reply(m, 200, "OK", &[("Allow", METHODS)]),
+            _ if !ours => self.reply(m, 481, "Call/Transaction Does Not Exist", &[]),
+            "BYE" => {
+                self.reply(m, 200, "OK", &[]);
+                self.end(EndCause::RemoteBye);
+            }
+            "INFO" => match dtmf_of(m) {
+                Some(digit) => {
+                    self.reply(m, 200, "OK", &[]);
+                    self.emit(CallEvent::Dtmf(digit));
+                }
+                None => self.reply(m, 415, "Unsupported Media Type", &[("Accept", "application/dtmf-relay, application/dtmf")]),
+            },
+            "INVITE" => {
+                if self.reoffer.is_some() {
+                    self.reply(m, 491, "Request Pending", &[]);
+                    return;
+                }
+                let body = String::from_utf8_lossy(m.body).into_owned();
+                // Kept whole, to answer it once the owner has its SDP.
+                let mut head = String::with_capacity(512);
+                let _ = write!(head, "INVITE {} SIP/2.0\r\n", self.local.contact);
+                for via in m.header_lines("Via") {
+                    let _ = write!(head, "Via: {via}\r\n");
+                }
+                let _ = write!(head, "From: {}\r\nTo: {}\r\nCall-ID: {}\r\nCSeq: {}\r\nContent-Length: 0\r\n\r\n", m.header("From").unwrap_or_default(), m.header("To").unwrap_or_default(), m.call_id(), m.header("CSeq").unwrap_or_default());
+                self.reoffer = Some(head);
+                self.emit(CallEvent::Reoffer(body));
+            }
+            "CANCEL" => self.reply(m, 481, "Call/Transaction Does Not Exist", &[]),
+            _ => self.reply(m, 501, "Not Implemented", &[("Allow", METHODS)]),
+        }
+    }
+
+    fn reply(&mut self, m: &Message<'_>, code: u16, reason: &str, extra: &[(&str, &str)]) {
+        response(m, code, reason, None, extra, "", &mut self.buf);
+        self.out.push_back(Output::Transmit(self.buf.clone()));
+    }
+
+    /// Runs the timers due at `now`.
+    pub fn handle_timeout(&mut self, now: Duration) {
+        let Some(r) = self.retransmit.as_mut() else { return };
+        if now >= r.give_up {
+            match self.state {
+                State::Answered => {
+                    // RFC 3261 §13.3.1.4: no ACK for the 2xx; the dialog ends with a BYE.
+                    self.retransmit = None;
+                    self.send_bye(now);
+                    self.retransmit = None;
+                    self.state = State::Ended;
+                    self.emit(CallEvent::Ended(EndCause::NoAck));
+                }
+                State::Refused(code) => self.end(if code == 487 { EndCause::Cancelled } else { EndCause::Refused(code) }),
+                State::Leaving => self.end(EndCause::LocalBye),
+                _ => self.retransmit = None,
+            }
+            return;
+        }
+        if now >= r.next {
+            self.out.push_back(Output::Transmit(r.message.clone()));
+            r.interval = (r.interval * 2).min(T2);
+            r.next = now + r.interval;
+        }
+    }
+
+    /// The next output. Call until it answers [`Output::Timeout`] after every input.
+    pub fn poll_output(&mut self) -> Output {
+        if let Some(o) = self.out.pop_front() {
+            return o;
+        }
+        Output::Timeout(self.retransmit.as_ref().map(|r| r.next.min(r.give_up)))
+    }
+
+    /// Whether the call is over (its last outputs may still be queued).
+    pub fn is_ended(&self) -> bool {
+        self.state == State::Ended
+    }
+}
+
+/// The key of an INFO: `application/dtmf-relay` (`Signal=5`) or `application/dtmf` (`5`).
+fn dtmf_of(m: &Message<'_>) -> Option<char> {
+    let kind = m.header("Content-Type")?.split(';').next()?.trim().to_ascii_lowercase();
+    let body = std::str::from_utf8(m.body).ok()?;
+    let signal = match kind.as_str() {
+        "application/dtmf-relay" => body.lines().find_map(|l| {
+            let (k, v) = l.split_once('=')?;
+            k.trim().eq_ignore_ascii_case("signal").then(|| v.trim())
+        })?,
+        "application/dtmf" => body.trim(),
+        _ => return None,
+    };
+    let mut chars = signal.chars();
+    let c = chars.next()?.to_ascii_uppercase();
+    (chars.next().is_none() && matches!(c, '0'..='9' | '*' | '#' | 'A'..='D')).then_some(c)
+}
+
+#[cfg(test)]
+mod tests;
