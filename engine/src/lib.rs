@@ -9,8 +9,9 @@
 //! - `slots`: a worker's slot table, pure (free, reserved, carrying a call; AI room).
 //! - [`session`]: the call whatever carries it, sans-IO: caller audio, keys and time in,
 //!   one `poll_output()` out; the [`session::Bot`] interface every bot answers through.
-//! - [`transport`]: the carriers' WebSockets as a transport: text frames to call events and
-//!   the session's transmits back to text frames.
+//! - [`transport`]: carriers' wires to the session's inputs and its transmits back: the
+//!   carriers' WebSockets (`ws`) and the RTP media of SIP calls (`rtp`, not yet wired to
+//!   sockets).
 //! - [`call`]: drives a transport and a session for the worker; their events to metrics.
 //! - [`error`]: why a call ended; how a peer broke the protocol.
 //! - [`protocol`]: the Twilio / Cloudonix and Exotel wire formats, sans-IO.

@@ -1,5 +1,5 @@
-//! The carriers' telephony WebSockets (Twilio / Cloudonix media streams, Exotel voicebot) as a
-//! transport, sans-IO: text frames in, call events out; the session's transmits in, text
+//! The carriers' telephony WebSockets (Twilio / Cloudonix media streams, Exotel voicebot),
+//! sans-IO: text frames in, call events out; the session's transmits in, text
 //! frames out. It owns what is the carrier's: the JSON messages, base64, ordering by the
 //! carrier's sequence numbers (jitter buffer), re-framing into 20 ms frames (Exotel sends
 //! ~100 ms chunks) and Exotel's rule for outbound chunk sizes.

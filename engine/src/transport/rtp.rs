@@ -1,0 +1,305 @@
+//! The media of a SIP call over RTP, sans-IO: datagrams in, whole 20 ms frames of the
+//! negotiated G.711 codec and key presses out; the session's audio out as RTP packets, one per
+//! 20 ms frame, with silence sent on the same clock while the bot is quiet (a SIP peer
+//! expects a continuous stream and may hang up on a silent one). The caller's address is
+//! latched from its first packet (symmetric RTP, for callers behind NAT); packets from any
+//! other address are dropped after that.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use cxb_codecs::Encoding;
+use cxb_codecs::rtp::{DtmfReceiver, RtpPacket, SequenceUnwrapper, TelephoneEvent};
+use cxb_media::Timestamp;
+use cxb_media::jitter::JitterBuffer;
+
+use crate::session::Transmit;
+
+/// 20 ms of G.711 at 8 kHz.
+const FRAME: usize = 160;
+const PERIOD: Duration = Duration::from_millis(20);
+
+/// How a call's RTP was negotiated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RtpConfig {
+    /// `Mulaw` (PCMU) or `Alaw` (PCMA).
+    pub codec: Encoding,
+    /// Its payload type (0 or 8).
+    pub payload_type: u8,
+    /// The telephone-event payload type, if negotiated.
+    pub dtmf: Option<u8>,
+    /// Our SSRC (random, chosen by the owner).
+    pub ssrc: u32,
+    /// Where the peer's SDP says to send; replaced by the source of its first packet.
+    pub remote: Option<SocketAddr>,
+}
+
+/// What one datagram meant for the call.
+#[derive(Debug, PartialEq, Eq)]
+pub enum RtpEvent<'a> {
+    /// Nothing for the call (not RTP, another source, another payload type, a repeated key).
+    Nothing,
+    /// Whole 20 ms frames of the caller in order; `late` and `lost`: frames the jitter
+    /// buffer gave up on with this packet.
+    Audio {
+        /// The frames.
+        frames: &'a [u8],
+        /// Arrived after their turn.
+        late: u64,
+        /// Never arrived.
+        lost: u64,
+    },
+    /// A key press (RFC 4733).
+    Dtmf(char),
+}
+
+/// Counters of one call's RTP.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RtpStats {
+    /// Packets taken.
+    pub packets_in: u64,
+    /// Packets sent (audio and silence).
+    pub packets_out: u64,
+    /// Datagrams that were not RTP.
+    pub malformed: u64,
+    /// Packets from an address other than the latched one.
+    pub foreign: u64,
+}
+
+/// One SIP call's RTP stream.
+#[derive(Debug)]
+pub struct RtpTransport {
+    config: RtpConfig,
+    remote: Option<SocketAddr>,
+    latched: bool,
+    sequence_in: SequenceUnwrapper,
+    jitter: JitterBuffer<u8>,
+    pending: Vec<u8>,
+    taken: usize,
+    keys: DtmfReceiver,
+    sequence: u16,
+    timestamp: u32,
+    /// The next packet starts a talk spurt.
+    marker: bool,
+    /// When the next packet is due if the session sends none: silence keeps the clock.
+    next_due: Option<Timestamp>,
+    silence: [u8; FRAME],
+    tx: VecDeque<Vec<u8>>,
+    spare: Vec<Vec<u8>>,
+    stats: RtpStats,
+}
+
+impl RtpTransport {
+    /// A stream as `config` negotiated it.
+    pub fn new(config: RtpConfig) -> RtpTransport {
+        let silence = config.codec.silence_byte();
+        RtpTransport {
+            remote: config.remote,
+            latched: false,
+            sequence_in: SequenceUnwrapper::default(),
+            jitter: JitterBuffer::new(3, 64, silence),
+            pending: Vec::new(),
+            taken: 0,
+            keys: DtmfReceiver::default(),
+            sequence: (config.ssrc >> 16) as u16,
+            timestamp: config.ssrc.rotate_left(7),
+            marker: true,
+            next_due: None,
+            silence: [silence; FRAME],
+            tx: VecDeque::new(),
+            spare: Vec::new(),
+            stats: RtpStats::default(),
+            config,
+        }
+    }
+
+    /// The counters so far.
+    pub fn stats(&self) -> RtpStats {
+        self.stats
+    }
+
+    /// Where packets go now.
+    pub fn remote(&self) -> Option<SocketAddr> {
+        self.remote
+    }
+
+    /// Reads one datagram from `from`.
+    pub fn on_datagram(&mut self, from: SocketAddr, datagram: &[u8]) -> RtpEvent<'_> {
+        self.pending.drain(..self.taken);
+        self.taken = 0;
+        let Ok(packet) = RtpPacket::parse(datagram) else {
+            self.stats.malformed += 1;
+            return RtpEvent::Nothing;
+        };
+        if self.latched && self.remote != Some(from) {
+            self.stats.foreign += 1;
+            return RtpEvent::Nothing;
+        }
+        if !self.latched {
+            self.latched = true;
+            self.remote = Some(from);
+        }
+        self.stats.packets_in += 1;
+        if Some(packet.payload_type) == self.config.dtmf {
+            return match TelephoneEvent::parse(packet.payload).and_then(|e| self.keys.receive(packet.timestamp, e)) {
+                Some(key) => RtpEvent::Dtmf(key),
+                None => RtpEvent::Nothing,
+            };
+        }
+        if packet.payload_type != self.config.payload_type || packet.payload.is_empty() {
+            return RtpEvent::Nothing;
+        }
+        let before = self.jitter.stats();
+        self.jitter.push(self.sequence_in.unwrap(packet.sequence), packet.payload);
+        while self.jitter.pop(&mut self.pending).is_some() {}
+        let after = self.jitter.stats();
+        self.taken = self.pending.len() / FRAME * FRAME;
+        RtpEvent::Audio { frames: &self.pending[..self.taken], late: after.late - before.late, lost: after.lost - before.lost }
+    }
+
+    /// Carries out what the session asks at `now`: audio goes out a packet per frame; marks
+    /// and clears mean nothing on RTP (nothing is buffered past the socket).
+    pub fn transmit(&mut self, now: Timestamp, what: Transmit<'_>) {
+        if let Transmit::Audio(frames) = what {
+            for frame in frames.chunks(FRAME) {
+                self.packet(frame);
+            }
+            self.next_due = Some(now + PERIOD);
+        }
+    }
+
+    fn packet(&mut self, payload: &[u8]) {
+        let mut buf = self.spare.pop().unwrap_or_default();
+        RtpPacket {
+            marker: std::mem::take(&mut self.marker),
+            payload_type: self.config.payload_type,
+            sequence: self.sequence,
+            timestamp: self.timestamp,
+            ssrc: self.config.ssrc,
+            payload,
+        }
+        .write(&mut buf);
+        self.sequence = self.sequence.wrapping_add(1);
+        self.timestamp = self.timestamp.wrapping_add(payload.len() as u32);
+        self.stats.packets_out += 1;
+        self.tx.push_back(buf);
+    }
+
+    /// Starts the stream's clock at `now` (the call is answered).
+    pub fn start(&mut self, now: Timestamp) {
+        self.next_due.get_or_insert(now);
+    }
+
+    /// When silence is next due.
+    pub fn deadline(&self) -> Option<Timestamp> {
+        self.next_due
+    }
+
+    /// Sends silence for each period the session left empty up to `now`.
+    pub fn handle_timeout(&mut self, now: Timestamp) {
+        let mut sent = 0;
+        while let Some(due) = self.next_due.filter(|due| *due <= now) {
+            // After a stall, at most a few packets of silence, then the clock moves on.
+            if sent < 5 {
+                let silence = self.silence;
+                self.packet(&silence);
+                sent += 1;
+            } else {
+                self.timestamp = self.timestamp.wrapping_add(FRAME as u32);
+            }
+            self.next_due = Some(due + PERIOD);
+        }
+    }
+
+    /// The next datagram to send and where, if the peer's address is known.
+    pub fn poll_transmit(&mut self) -> Option<(SocketAddr, Vec<u8>)> {
+        let remote = self.remote?;
+        self.tx.pop_front().map(|buf| (remote, buf))
+    }
+
+    /// Returns a sent datagram's buffer for reuse.
+    pub fn recycle(&mut self, mut buf: Vec<u8>) {
+        if self.spare.len() < 8 {
+            buf.clear();
+            self.spare.push(buf);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> RtpConfig {
+        RtpConfig { codec: Encoding::Mulaw, payload_type: 0, dtmf: Some(101), ssrc: 0x1234_5678, remote: Some("127.0.0.1:4000".parse().expect("addr")) }
+    }
+
+    fn packet(pt: u8, sequence: u16, timestamp: u32, payload: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        RtpPacket { marker: false, payload_type: pt, sequence, timestamp, ssrc: 7, payload }.write(&mut out);
+        out
+    }
+
+    fn at(ms: u64) -> Timestamp {
+        Timestamp::from_millis(ms)
+    }
+
+    #[test]
+    fn the_caller_is_latched_its_audio_reordered_and_reframed_and_its_keys_read_once() {
+        let mut t = RtpTransport::new(config());
+        let caller: SocketAddr = "127.0.0.1:40000".parse().expect("addr");
+        assert_eq!(t.on_datagram(caller, b"not rtp"), RtpEvent::Nothing);
+        assert!(matches!(t.on_datagram(caller, &packet(0, 1, 0, &[1; 160])), RtpEvent::Audio { frames, .. } if frames == [1; 160]));
+        assert_eq!(t.remote(), Some(caller), "latched: replies go where the caller is");
+        let other: SocketAddr = "127.0.0.1:40001".parse().expect("addr");
+        assert_eq!(t.on_datagram(other, &packet(0, 2, 160, &[9; 160])), RtpEvent::Nothing, "another source");
+        // 3 before 2: held until 2 comes, then both in order.
+        assert!(matches!(t.on_datagram(caller, &packet(0, 3, 320, &[3; 160])), RtpEvent::Audio { frames: [], .. }));
+        match t.on_datagram(caller, &packet(0, 2, 160, &[2; 160])) {
+            RtpEvent::Audio { frames, .. } => assert_eq!(frames.iter().step_by(160).copied().collect::<Vec<_>>(), [2, 3]),
+            other => panic!("{other:?}"),
+        }
+        // 30 ms packets are cut into 20 ms frames, the rest kept for the next.
+        assert!(matches!(t.on_datagram(caller, &packet(0, 4, 480, &[4; 240])), RtpEvent::Audio { frames, .. } if frames.len() == 160));
+        assert!(matches!(t.on_datagram(caller, &packet(0, 5, 720, &[5; 240])), RtpEvent::Audio { frames, .. } if frames.len() == 320));
+        // A key: its packets repeat, one press.
+        let five = TelephoneEvent { event: 5, end: false, volume: 10, duration: 160 }.to_bytes();
+        assert_eq!(t.on_datagram(caller, &packet(101, 6, 960, &five)), RtpEvent::Dtmf('5'));
+        assert_eq!(t.on_datagram(caller, &packet(101, 7, 960, &five)), RtpEvent::Nothing);
+        assert_eq!(t.on_datagram(caller, &packet(8, 8, 960, &[0; 160])), RtpEvent::Nothing, "a codec not negotiated");
+        assert_eq!(t.stats(), RtpStats { packets_in: 8, packets_out: 0, malformed: 1, foreign: 1 });
+    }
+
+    #[test]
+    fn audio_goes_out_a_packet_per_frame_and_silence_keeps_the_clock() {
+        let mut t = RtpTransport::new(config());
+        t.start(at(0));
+        t.transmit(at(0), Transmit::Audio(&[1; 320]));
+        t.handle_timeout(at(19));
+        let sent: Vec<(SocketAddr, Vec<u8>)> = std::iter::from_fn(|| t.poll_transmit()).collect();
+        assert_eq!(sent.len(), 2);
+        let (a, b) = (RtpPacket::parse(&sent[0].1).expect("rtp"), RtpPacket::parse(&sent[1].1).expect("rtp"));
+        assert_eq!(sent[0].0, "127.0.0.1:4000".parse().expect("addr"), "the SDP's address until the caller is heard");
+        assert!(a.marker && !b.marker, "a talk spurt's first packet is marked");
+        assert_eq!((b.sequence.wrapping_sub(a.sequence), b.timestamp.wrapping_sub(a.timestamp)), (1, 160));
+        assert_eq!((a.ssrc, a.payload_type, a.payload.len()), (0x1234_5678, 0, 160));
+        // The bot is quiet: silence every 20 ms from the last audio on.
+        t.handle_timeout(at(60));
+        let more: Vec<Vec<u8>> = std::iter::from_fn(|| t.poll_transmit()).map(|(_, b)| b).collect();
+        assert_eq!(more.len(), 3, "20, 40 and 60 ms");
+        let c = RtpPacket::parse(&more[2]).expect("rtp");
+        assert_eq!((c.timestamp.wrapping_sub(b.timestamp), c.payload), (480, &[0xFF; 160][..]));
+        assert_eq!(t.deadline(), Some(at(80)));
+        // A stall of a second: five packets, and the timestamps still follow the clock.
+        t.handle_timeout(at(1_080));
+        let late: Vec<Vec<u8>> = std::iter::from_fn(|| t.poll_transmit()).map(|(_, b)| b).collect();
+        assert_eq!(late.len(), 5);
+        t.transmit(at(1_080), Transmit::Audio(&[1; 160]));
+        let (_, next) = t.poll_transmit().expect("audio");
+        assert_eq!(RtpPacket::parse(&next).expect("rtp").timestamp.wrapping_sub(c.timestamp), 160 * 52, "c, then 51 slots up to 1,080 ms");
+        t.transmit(at(1_100), Transmit::Clear { playing: true });
+        t.transmit(at(1_100), Transmit::Mark(1));
+        assert_eq!(t.poll_transmit(), None, "nothing to say about marks and clears");
+    }
+}
