@@ -1,6 +1,7 @@
 //! The contract between CX Bridge's processes: what one signs and another checks. Pure: no
 //! clock reads, no randomness, no I/O; time and nonces are arguments.
 //!
+//! - [`bot`]: a bot's settings, as the API stores them and the engine runs them.
 //! - [`call_token`]: the signed, expiring, single-use call token the API and dialler put in
 //!   a stream URL and the engine checks before the WebSocket upgrade.
 //! - [`carrier`]: carriers' own request signatures (Twilio's `X-Twilio-Signature`) and the
@@ -10,6 +11,7 @@
 //!   call-token keys), and the slot a dialler reserves.
 //! - [`result`]: a finished call's result, as the engine writes it and the API stores it.
 
+pub mod bot;
 pub mod call_token;
 pub mod carrier;
 pub mod egress;

@@ -90,11 +90,43 @@ pub(crate) async fn body_bytes<S: Send + Sync>(req: Request, state: &S, media: &
 
 /// Types a JSON value; a shape error is a 422 that names the field (`stt.provider`).
 pub(crate) fn typed<T: DeserializeOwned>(value: Value) -> ApiResult<T> {
-    serde_path_to_error::deserialize(value).map_err(|e| {
-        let path = e.path().to_string();
-        let field = if path == "." { String::new() } else { path };
-        ApiError::invalid(field, e.into_inner().to_string())
-    })
+    serde_path_to_error::deserialize(value).map_err(shape_error)
+}
+
+/// [`typed`], also refusing a field `T` would ignore, at any depth (422 naming it, such as
+/// `tools[0].timeout`): the parts of a bot the API shares with the engine
+/// (`cxb_contract::bot`) ignore fields they do not know, so that an older engine reads a
+/// newer API's bots; the API itself refuses them.
+pub(crate) fn typed_strict<T: DeserializeOwned>(value: Value) -> ApiResult<T> {
+    let mut unknown = None;
+    let mut note = |path: serde_ignored::Path<'_>| {
+        unknown.get_or_insert_with(|| field_of(&path));
+    };
+    let typed = serde_path_to_error::deserialize(serde_ignored::Deserializer::new(value, &mut note)).map_err(shape_error)?;
+    match unknown {
+        Some(field) => Err(ApiError::invalid(field, "unknown field")),
+        None => Ok(typed),
+    }
+}
+
+fn shape_error(e: serde_path_to_error::Error<serde_json::Error>) -> ApiError {
+    let path = e.path().to_string();
+    let field = if path == "." { String::new() } else { path };
+    ApiError::invalid(field, e.into_inner().to_string())
+}
+
+/// An ignored field's path as the API names fields: `tools[0].timeout`.
+fn field_of(path: &serde_ignored::Path<'_>) -> String {
+    use serde_ignored::Path;
+    match path {
+        Path::Root => String::new(),
+        Path::Seq { parent, index } => format!("{}[{index}]", field_of(parent)),
+        Path::Map { parent, key } => match field_of(parent) {
+            parent if parent.is_empty() => key.clone(),
+            parent => format!("{parent}.{key}"),
+        },
+        Path::Some { parent } | Path::NewtypeStruct { parent } | Path::NewtypeVariant { parent } => field_of(parent),
+    }
 }
 
 /// A query string of type `T`.

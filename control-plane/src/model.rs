@@ -5,14 +5,13 @@
 use std::collections::BTreeMap;
 
 use cxb_contacts::E164;
+use cxb_contract::bot;
+pub use cxb_contract::bot::{AnsweringMachine, Idle, Inbound, MachineAction, OutboundGreeting, Provider, Secrets, Tool, ToolKind};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::ToSchema;
 
 use crate::error::{ApiError, ApiResult};
-
-/// Write-only values by name (API keys, tokens, secret headers).
-pub type Secrets = BTreeMap<String, String>;
 
 fn check_name(field: &str, name: &str) -> ApiResult<()> {
     let n = name.trim().chars().count();
@@ -30,6 +29,10 @@ fn check_url(field: &str, url: &str, schemes: &[&str]) -> ApiResult<()> {
     Ok(())
 }
 
+fn yes() -> bool {
+    true
+}
+
 fn check_country_code(cc: &str) -> ApiResult<()> {
     if cc.is_empty() || cc.len() > 3 || !cc.bytes().all(|b| b.is_ascii_digit()) || cc.starts_with('0') {
         return Err(ApiError::invalid("default_country_code", "1 to 3 digits, e.g. 1 or 44"));
@@ -37,146 +40,19 @@ fn check_country_code(cc: &str) -> ApiResult<()> {
     Ok(())
 }
 
-/// Speech-to-text, language-model or text-to-speech settings.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct Provider {
-    /// The adapter, e.g. `deepgram`, `openai`, `elevenlabs`, `wyoming`, `script`, `espeak`, `none`;
-    /// empty: unset.
-    #[serde(default)]
-    pub provider: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub model: Option<String>,
-    /// For self-hosted or OpenAI-compatible servers, and Wyoming's `tcp://host:port`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(max_length = 2048)]
-    pub base_url: Option<String>,
-    /// Adapter options passed through (e.g. `endpointing`, `temperature`).
-    #[serde(default, skip_serializing_if = "serde_json::Map::is_empty")]
-    #[schema(value_type = Object)]
-    pub options: serde_json::Map<String, Value>,
-    /// Write-only, e.g. `{"api_key": "…"}`.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub secrets: Secrets,
-}
-
-impl Provider {
-    fn check(&self, field: &str, known: &[&str]) -> ApiResult<()> {
-        if !self.provider.is_empty() && !known.contains(&self.provider.as_str()) {
-            return Err(ApiError::invalid(format!("{field}.provider"), format!("one of {}", known.join(", "))));
-        }
-        if let Some(url) = &self.base_url {
-            check_url(&format!("{field}.base_url"), url, &["http", "https", "ws", "wss", "tcp"])?;
-        }
-        Ok(())
+/// Checks a provider's settings: a known adapter, a URL of an allowed scheme.
+fn check_provider(p: &Provider, field: &str, known: &[&str]) -> ApiResult<()> {
+    if !p.provider.is_empty() && !known.contains(&p.provider.as_str()) {
+        return Err(ApiError::invalid(format!("{field}.provider"), format!("one of {}", known.join(", "))));
     }
-}
-
-/// What a tool does.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum ToolKind {
-    EndCall,
-    TransferCall,
-    DetectedVoicemail,
-    SearchKnowledge,
-    /// A custom HTTP tool.
-    Http,
-}
-
-/// A tool the language model may call.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct Tool {
-    pub kind: ToolKind,
-    /// Required for HTTP tools; built-ins are named by their kind. Unique among the bot's tools.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(pattern = "^[A-Za-z0-9_-]{1,64}$")]
-    pub name: Option<String>,
-    #[serde(default)]
-    pub description: String,
-    /// JSON Schema of the arguments (an object schema).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<Object>)]
-    pub parameters: Option<Value>,
-    /// HTTP tools: the `http` or `https` URL called.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(max_length = 2048)]
-    pub url: Option<String>,
-    /// HTTP tools: `GET`, `POST` (the default), `PUT`, `PATCH` or `DELETE`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub method: Option<String>,
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub headers: BTreeMap<String, String>,
-    /// Headers whose values are secret (write-only).
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub secrets: Secrets,
-    /// HTTP tools: 100 to 30,000 (default 5,000).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub timeout_ms: Option<u32>,
-    /// `transfer_call`: the default destination, a number or SIP URI.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub transfer_to: Option<String>,
-}
-
-impl ToolKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ToolKind::EndCall => "end_call",
-            ToolKind::TransferCall => "transfer_call",
-            ToolKind::DetectedVoicemail => "detected_voicemail",
-            ToolKind::SearchKnowledge => "search_knowledge",
-            ToolKind::Http => "http",
-        }
+    if let Some(url) = &p.base_url {
+        check_url(&format!("{field}.base_url"), url, &["http", "https", "ws", "wss", "tcp"])?;
     }
+    Ok(())
 }
 
-/// What to do when a machine answers.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum MachineAction {
-    #[default]
-    Hangup,
-    Continue,
-    LeaveVoicemail,
-}
-
-/// When the bot greets on an outbound call.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum OutboundGreeting {
-    /// As soon as the call is answered.
-    #[default]
-    Immediate,
-    /// After the callee's first words ("Hello?") and half a second of silence, or after 1 s
-    /// in which no one spoke.
-    AfterHello,
-}
-
-/// The bot's answering-machine handling.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct AnsweringMachine {
-    #[serde(default)]
-    pub detect: bool,
-    #[serde(default)]
-    pub action: MachineAction,
-    /// Spoken after the beep when the action is `leave_voicemail` (at most 4,000 bytes).
-    #[serde(default)]
-    #[schema(max_length = 4000)]
-    pub voicemail_message: String,
-}
-
-fn default_language() -> String {
-    "en-US".into()
-}
-fn yes() -> bool {
-    true
-}
-fn default_max_call() -> u32 {
-    1800
-}
-
+// An engine reads this document, with its id and organization, as `bot::BotConfig`; the
+// test `the_engine_reads_every_field_the_api_stores` keeps the two field lists in step.
 /// A bot: what the AI agent says and how it listens, thinks and speaks.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -193,7 +69,7 @@ pub struct Bot {
     #[schema(max_length = 100000)]
     pub system_prompt: String,
     /// BCP 47, e.g. `en-US` (default).
-    #[serde(default = "default_language")]
+    #[serde(default = "bot::default_language")]
     #[schema(pattern = "^[A-Za-z0-9-]{1,35}$")]
     pub language: String,
     #[serde(default)]
@@ -211,10 +87,10 @@ pub struct Bot {
     /// On outbound calls: greet at once, or after the callee's "Hello?".
     #[serde(default)]
     pub outbound_greeting: OutboundGreeting,
-    #[serde(default = "yes")]
+    #[serde(default = "bot::default_recording")]
     pub recording: bool,
     /// Calls end after this many seconds (10 to 14,400; default 1,800).
-    #[serde(default = "default_max_call")]
+    #[serde(default = "bot::default_max_call_seconds")]
     #[schema(minimum = 10, maximum = 14400)]
     pub max_call_seconds: u32,
     /// What the bot does when the caller goes quiet.
@@ -225,73 +101,15 @@ pub struct Bot {
     pub inbound: Inbound,
 }
 
-/// Who may call a bot without a call token (calls the platform places always carry one).
-#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct Inbound {
-    /// Take inbound calls that carry no credential at all. Off by default; shown on every read
-    /// so no one can miss that a bot is open.
-    #[serde(default)]
-    pub allow_unsigned: bool,
-    /// Write-only: `twilio_auth_token` (the engine verifies Twilio's `X-Twilio-Signature` with
-    /// it) and `secret` (a carrier presents it as `?secret=` in the stream URL or as the
-    /// HTTP Basic password).
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub secrets: Secrets,
-}
-
-/// Silence handling: a re-prompt after `reprompt_after_seconds` of silence, at most
-/// `max_reprompts` times, then `goodbye` and a hang-up.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct Idle {
-    /// 1 to 600 (default 8).
-    #[serde(default = "default_reprompt_after")]
-    #[schema(minimum = 1, maximum = 600)]
-    pub reprompt_after_seconds: u32,
-    #[serde(default = "default_reprompt")]
-    pub reprompt: String,
-    /// At most 10 (default 2).
-    #[serde(default = "default_max_reprompts")]
-    #[schema(maximum = 10)]
-    pub max_reprompts: u32,
-    #[serde(default = "default_goodbye")]
-    pub goodbye: String,
-}
-
-impl Default for Idle {
-    fn default() -> Idle {
-        Idle {
-            reprompt_after_seconds: default_reprompt_after(),
-            reprompt: default_reprompt(),
-            max_reprompts: default_max_reprompts(),
-            goodbye: default_goodbye(),
-        }
-    }
-}
-
-fn default_reprompt_after() -> u32 {
-    8
-}
-fn default_reprompt() -> String {
-    "Are you still there?".into()
-}
-fn default_max_reprompts() -> u32 {
-    2
-}
-fn default_goodbye() -> String {
-    "I'll let you go now. Goodbye.".into()
-}
-
 impl Bot {
     pub fn check(&self) -> ApiResult<()> {
         check_name("name", &self.name)?;
         if self.language.is_empty() || self.language.len() > 35 || !self.language.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
             return Err(ApiError::invalid("language", "a BCP 47 tag such as en-US"));
         }
-        self.stt.check("stt", &["deepgram", "wyoming", "none"])?;
-        self.llm.check("llm", &["openai", "script"])?;
-        self.tts.check("tts", &["elevenlabs", "openai", "wyoming", "espeak"])?;
+        check_provider(&self.stt, "stt", &["deepgram", "wyoming", "none"])?;
+        check_provider(&self.llm, "llm", &["openai", "script"])?;
+        check_provider(&self.tts, "tts", &["elevenlabs", "openai", "wyoming", "espeak"])?;
         // Which program an engine host runs is the host's choice (a local bot file), not an
         // API user's.
         if self.tts.options.contains_key("program") {
@@ -960,6 +778,53 @@ mod tests {
         let err = bot(json!({"provider": "espeak", "options": {"program": "/bin/sh"}})).check().expect_err("refused");
         assert_eq!(err.field.as_deref(), Some("tts.options.program"));
         assert!(bot(json!({"provider": "festival"})).check().is_err());
+    }
+
+    /// What the API stores is what `GET /v1/runtime/bots/{id}` serves, and the engine's
+    /// [`bot::BotConfig`] must read every field of it back unchanged.
+    #[test]
+    fn the_engine_reads_every_field_the_api_stores() {
+        let provider = |name: &str| {
+            json!({"provider": name, "model": "m-1", "base_url": "https://vendor.example/v1", "options": {"temperature": 0.2, "endpointing": 300}, "secrets": {"api_key": format!("{name}-key")}})
+        };
+        let document = json!({
+            "name": "Every field", "greeting": "Hello!", "system_prompt": "Be brief.", "language": "fr-FR",
+            "stt": provider("deepgram"), "llm": provider("openai"), "tts": provider("elevenlabs"), "voice": "rachel",
+            "tools": [
+                {"kind": "end_call", "name": "bye", "description": "Hang up."},
+                {"kind": "transfer_call", "description": "To a person.", "transfer_to": "+14155550100"},
+                {"kind": "detected_voicemail", "description": "A machine answered."},
+                {"kind": "search_knowledge", "description": "Searches the knowledge base.", "parameters": {"type": "object", "properties": {"query": {"type": "string"}}}},
+                {"kind": "http", "name": "crm", "description": "Looks up an order.", "parameters": {"type": "object"}, "url": "https://crm.example/orders",
+                 "method": "PUT", "headers": {"X-Source": "cxb"}, "secrets": {"Authorization": "Bearer t"}, "timeout_ms": 2500},
+            ],
+            "answering_machine": {"detect": true, "action": "leave_voicemail", "voicemail_message": "Call us back."},
+            "outbound_greeting": "after_hello", "recording": false, "max_call_seconds": 600,
+            "idle": {"reprompt_after_seconds": 5, "reprompt": "Hello?", "max_reprompts": 3, "goodbye": "Bye."},
+            "inbound": {"allow_unsigned": true, "secrets": {"twilio_auth_token": "tw", "secret": "0123456789abcdef"}},
+        });
+        let bot: Bot = crate::extract::typed_strict(document.clone()).expect("a bot");
+        bot.check().expect("a valid bot");
+        // Stored exactly as sent: a field added to `Bot` and left out here would show up.
+        let mut served = serde_json::to_value(&bot).expect("JSON");
+        assert_eq!(served, document);
+        served["id"] = "bot_1".into();
+        served["org_id"] = "org_1".into();
+        served["updated_at"] = "2026-01-01T00:00:00Z".into();
+        let runtime = bot::BotConfig::from_json(served.to_string().as_bytes()).expect("the engine reads it");
+        assert_eq!((runtime.id.as_str(), runtime.org_id.as_deref()), ("bot_1", Some("org_1")));
+        assert_eq!((runtime.stt.api_key(), runtime.tools[4].secrets.get("Authorization").map(String::as_str)), (Some("deepgram-key"), Some("Bearer t")));
+        assert_eq!(runtime.inbound.secrets.get("secret").map(String::as_str), Some("0123456789abcdef"));
+        let kinds: Vec<_> = runtime.tools.iter().map(|t| t.kind).collect();
+        assert_eq!(kinds, [ToolKind::EndCall, ToolKind::TransferCall, ToolKind::DetectedVoicemail, ToolKind::SearchKnowledge, ToolKind::Http]);
+        let parts = (&runtime.stt, &runtime.llm, &runtime.tts, &runtime.tools, &runtime.answering_machine, &runtime.idle, &runtime.inbound);
+        assert_eq!(parts, (&bot.stt, &bot.llm, &bot.tts, &bot.tools, &bot.answering_machine, &bot.idle, &bot.inbound));
+        // Everything else, field by field: the engine's config is the document plus id and
+        // organization.
+        let mut read = serde_json::to_value(&runtime).expect("JSON");
+        let map = read.as_object_mut().expect("an object");
+        assert_eq!((map.remove("id"), map.remove("org_id")), (Some(json!("bot_1")), Some(json!("org_1"))));
+        assert_eq!(read, document);
     }
 
     #[test]

@@ -19,7 +19,7 @@ use crate::auth::{Caller, Role};
 use crate::clock::rfc3339;
 use crate::db::new_id;
 use crate::error::{ApiError, ApiResult};
-use crate::extract::{Arg, Filter, JsonObject, Query, limit, typed};
+use crate::extract::{Arg, Filter, JsonObject, Query, limit, typed_strict};
 use crate::model::{self, AiAssistant, Bot, Campaign, CampaignState, LoadBalancer, RoutingType, Webhook};
 
 /// A resource stored as a JSON document in its own table.
@@ -208,7 +208,7 @@ async fn fetch<T: Document>(s: &AppState, org: &str, id: &str) -> ApiResult<sqlx
 
 pub(crate) async fn create<T: Document>(State(s): State<AppState>, caller: Caller, JsonObject(body): JsonObject) -> ApiResult<(StatusCode, Json<Value>)> {
     caller.require(Role::Operator)?;
-    let mut doc: T = typed(Value::Object(body))?;
+    let mut doc: T = typed_strict(Value::Object(body))?;
     doc.check(&s, &caller.org_id).await?;
     let once = doc.generate();
     let now = s.now();
@@ -260,7 +260,7 @@ pub(crate) async fn update<T: Document>(
     let patch = Value::Object(patch);
     model::merge_patch(&mut doc, patch.clone());
     let cleared = crate::secrets::bind_to_destinations(&stored, &mut doc, &patch);
-    let mut doc: T = typed(doc)?;
+    let mut doc: T = typed_strict(doc)?;
     doc.check(&s, &caller.org_id).await?;
     // A document whose secrets were cleared gets new generated ones (a webhook's signing
     // secret), shown once.

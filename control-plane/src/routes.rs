@@ -274,9 +274,44 @@ impl Routes {
         let mut doc = serde_json::to_value(doc).unwrap_or(Value::Null);
         doc["paths"] = Value::Object(paths);
         if let Some(schemas) = doc["components"]["schemas"].as_object_mut() {
+            close(schemas, "Bot", &mut Vec::new());
             answer_schemas(schemas);
         }
         doc
+    }
+}
+
+/// Closes the object schema `name` and every object schema it refers to
+/// (`additionalProperties: false`): the parts of a bot shared with the engine
+/// (`cxb_contract::bot`) ignore unknown fields there, and the API refuses them
+/// (`extract::typed_strict`).
+fn close(schemas: &mut Map<String, Value>, name: &str, seen: &mut Vec<String>) {
+    if seen.iter().any(|s| s == name) {
+        return;
+    }
+    seen.push(name.to_string());
+    let Some(Value::Object(schema)) = schemas.get_mut(name) else { return };
+    if schema.contains_key("properties") {
+        schema.insert("additionalProperties".into(), Value::Bool(false));
+    }
+    let mut refs = Vec::new();
+    refs_in(&Value::Object(schema.clone()), &mut refs);
+    for r in refs {
+        close(schemas, &r, seen);
+    }
+}
+
+/// The names of the component schemas `value` refers to.
+fn refs_in(value: &Value, out: &mut Vec<String>) {
+    match value {
+        Value::Object(map) => {
+            if let Some(name) = map.get("$ref").and_then(Value::as_str).and_then(|r| r.strip_prefix("#/components/schemas/")) {
+                out.push(name.to_string());
+            }
+            map.values().for_each(|v| refs_in(v, out));
+        }
+        Value::Array(items) => items.iter().for_each(|v| refs_in(v, out)),
+        _ => {}
     }
 }
 

@@ -213,6 +213,8 @@ async fn bot_secrets_are_write_only_and_validation_names_the_field() {
     assert_eq!(runtime.body["outbound_greeting"], "immediate", "the default");
     let patched = api.patch(&format!("/v1/bots/{bot}"), &token, json!({"outbound_greeting": "after_hello"})).await;
     assert_eq!(patched.body["outbound_greeting"], "after_hello", "{}", patched.body);
+    let typo = api.patch(&format!("/v1/bots/{bot}"), &token, json!({"llm": {"temprature": 0.2}})).await;
+    assert_eq!((typo.status, typo.body["error"]["field"].as_str()), (422, Some("llm.temprature")), "{}", typo.body);
     // Users cannot reach the runtime endpoints, and fleet tokens only those.
     assert_eq!(api.get(&format!("/v1/runtime/bots/{bot}"), &token).await.status, 403);
     assert_eq!(api.get(&format!("/v1/bots/{bot}"), &fleet).await.status, 403);
@@ -225,6 +227,12 @@ async fn bot_secrets_are_write_only_and_validation_names_the_field() {
         (json!({"name": "x", "max_call_seconds": "long"}), "max_call_seconds"),
         (json!({"name": "x", "outbound_greeting": "whenever"}), "outbound_greeting"),
         (json!({"name": "x", "colour": "blue"}), ""),
+        // The parts shared with the engine ignore unknown fields there; the API refuses them.
+        (json!({"name": "x", "stt": {"provider": "none", "colour": "blue"}}), "stt.colour"),
+        (json!({"name": "x", "tools": [{"kind": "end_call"}, {"kind": "end_call", "name": "bye", "timeout": 5}]}), "tools[1].timeout"),
+        (json!({"name": "x", "idle": {"snooze": 1}}), "idle.snooze"),
+        (json!({"name": "x", "inbound": {"allow": true}}), "inbound.allow"),
+        (json!({"name": "x", "answering_machine": {"beep": true}}), "answering_machine.beep"),
         (json!({"name": ""}), "name"),
         (json!({"greeting": "no name"}), ""),
     ] {

@@ -1,0 +1,339 @@
+//! A bot's settings, defined once for the API that stores them and the engine that runs them.
+//!
+//! The parts of a bot (providers, tools, answering-machine and silence handling, inbound
+//! credentials) and every default are defined here and nowhere else. The control plane's
+//! `Bot` document is made of them, with the API's checks; [`BotConfig`] is the same document
+//! as an engine reads it from `GET /v1/runtime/bots/{id}` (secrets included) or from a local
+//! bot file.
+//!
+//! Nothing here refuses unknown fields: the engine ignores them, so an older engine keeps
+//! working against a newer API. The API refuses them itself, in its request reader and its
+//! OpenAPI document (`additionalProperties: false`).
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+/// Write-only values by name (API keys, tokens, secret headers).
+pub type Secrets = BTreeMap<String, String>;
+
+/// A bot's language unless it names one.
+pub fn default_language() -> String {
+    "en-US".into()
+}
+
+/// Calls are recorded unless the bot says otherwise.
+pub const fn default_recording() -> bool {
+    true
+}
+
+/// A call's length limit unless the bot sets one, seconds.
+pub const fn default_max_call_seconds() -> u32 {
+    1800
+}
+
+fn default_reprompt_after() -> u32 {
+    8
+}
+
+fn default_reprompt() -> String {
+    "Are you still there?".into()
+}
+
+fn default_max_reprompts() -> u32 {
+    2
+}
+
+fn default_goodbye() -> String {
+    "I'll let you go now. Goodbye.".into()
+}
+
+/// Speech-to-text, language-model or text-to-speech settings.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Provider {
+    /// The adapter, e.g. `deepgram`, `openai`, `elevenlabs`, `wyoming`, `script`, `espeak`, `none`;
+    /// empty: unset.
+    #[serde(default)]
+    pub provider: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    /// For self-hosted or OpenAI-compatible servers, and Wyoming's `tcp://host:port`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(max_length = 2048))]
+    pub base_url: Option<String>,
+    /// Adapter options passed through (e.g. `endpointing`, `temperature`).
+    #[serde(default, skip_serializing_if = "Map::is_empty")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
+    pub options: Map<String, Value>,
+    /// Write-only, e.g. `{"api_key": "…"}`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub secrets: Secrets,
+}
+
+impl Provider {
+    /// The `api_key` secret, if set.
+    pub fn api_key(&self) -> Option<&str> {
+        self.secrets.get("api_key").map(String::as_str)
+    }
+
+    /// A string option.
+    pub fn option_str(&self, name: &str) -> Option<&str> {
+        self.options.get(name).and_then(Value::as_str)
+    }
+
+    /// A number option.
+    pub fn option_f64(&self, name: &str) -> Option<f64> {
+        self.options.get(name).and_then(Value::as_f64)
+    }
+}
+
+/// What a tool does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum ToolKind {
+    /// Hang up after the current reply.
+    EndCall,
+    /// Hand the call to a number or SIP URI.
+    TransferCall,
+    /// A machine answered: leave the voicemail message, then hang up.
+    DetectedVoicemail,
+    /// Look something up in the bot's knowledge base.
+    SearchKnowledge,
+    /// A custom HTTP tool.
+    Http,
+}
+
+impl ToolKind {
+    /// The wire name, which is also the name a built-in tool goes by.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            ToolKind::EndCall => "end_call",
+            ToolKind::TransferCall => "transfer_call",
+            ToolKind::DetectedVoicemail => "detected_voicemail",
+            ToolKind::SearchKnowledge => "search_knowledge",
+            ToolKind::Http => "http",
+        }
+    }
+}
+
+/// A tool the language model may call.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Tool {
+    pub kind: ToolKind,
+    /// Required for HTTP tools; built-ins are named by their kind. Unique among the bot's tools.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(pattern = "^[A-Za-z0-9_-]{1,64}$"))]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub description: String,
+    /// JSON Schema of the arguments (an object schema).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<Object>))]
+    pub parameters: Option<Value>,
+    /// HTTP tools: the `http` or `https` URL called.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(max_length = 2048))]
+    pub url: Option<String>,
+    /// HTTP tools: `GET`, `POST` (the default), `PUT`, `PATCH` or `DELETE`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub method: Option<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub headers: BTreeMap<String, String>,
+    /// Headers whose values are secret (write-only).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub secrets: Secrets,
+    /// HTTP tools: 100 to 30,000 (default 5,000).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u32>,
+    /// `transfer_call`: the default destination, a number or SIP URI.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transfer_to: Option<String>,
+}
+
+impl Tool {
+    /// The name the language model uses: its own, or a built-in's kind.
+    pub fn name(&self) -> &str {
+        self.name.as_deref().unwrap_or(self.kind.as_str())
+    }
+}
+
+/// What to do when a machine answers.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum MachineAction {
+    /// Hang up at once.
+    #[default]
+    Hangup,
+    /// Carry on as with a person.
+    Continue,
+    /// Speak the voicemail message, then hang up.
+    LeaveVoicemail,
+}
+
+/// When the bot greets on an outbound call.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum OutboundGreeting {
+    /// As soon as the call is answered.
+    #[default]
+    Immediate,
+    /// After the callee's first words ("Hello?") and half a second of silence, or after 1 s
+    /// in which no one spoke: people answer the phone with a word, and a greeting started
+    /// at once is talked over.
+    AfterHello,
+}
+
+/// The bot's answering-machine handling.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct AnsweringMachine {
+    #[serde(default)]
+    pub detect: bool,
+    #[serde(default)]
+    pub action: MachineAction,
+    /// Spoken after the beep when the action is `leave_voicemail` (at most 4,000 bytes).
+    #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(max_length = 4000))]
+    pub voicemail_message: String,
+}
+
+/// Who may call a bot without a call token (calls the platform places always carry one).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Inbound {
+    /// Take inbound calls that carry no credential at all. Off by default; shown on every read
+    /// so no one can miss that a bot is open.
+    #[serde(default)]
+    pub allow_unsigned: bool,
+    /// Write-only: `twilio_auth_token` (the engine verifies Twilio's `X-Twilio-Signature` with
+    /// it) and `secret` (a carrier presents it as `?secret=` in the stream URL or as the
+    /// HTTP Basic password).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub secrets: Secrets,
+}
+
+/// Silence handling: a re-prompt after `reprompt_after_seconds` of silence, at most
+/// `max_reprompts` times, then `goodbye` and a hang-up.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Idle {
+    /// 1 to 600 (default 8).
+    #[serde(default = "default_reprompt_after")]
+    #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 600))]
+    pub reprompt_after_seconds: u32,
+    #[serde(default = "default_reprompt")]
+    pub reprompt: String,
+    /// At most 10 (default 2).
+    #[serde(default = "default_max_reprompts")]
+    #[cfg_attr(feature = "openapi", schema(maximum = 10))]
+    pub max_reprompts: u32,
+    #[serde(default = "default_goodbye")]
+    pub goodbye: String,
+}
+
+impl Default for Idle {
+    fn default() -> Idle {
+        Idle {
+            reprompt_after_seconds: default_reprompt_after(),
+            reprompt: default_reprompt(),
+            max_reprompts: default_max_reprompts(),
+            goodbye: default_goodbye(),
+        }
+    }
+}
+
+/// A bot as an engine runs it: the API's bot document with its secrets open, its id and its
+/// organization (`GET /v1/runtime/bots/{id}`), or a local bot file. Every field has a
+/// default, and fields it does not know are ignored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BotConfig {
+    /// The bot's id (a local file's name when it has none).
+    #[serde(default)]
+    pub id: String,
+    /// The owning organization, when the bot came from the API.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub org_id: Option<String>,
+    /// The bot's name.
+    #[serde(default)]
+    pub name: String,
+    /// Spoken as soon as the call is answered; empty: the bot waits for the caller.
+    #[serde(default)]
+    pub greeting: String,
+    /// The language model's instructions.
+    #[serde(default)]
+    pub system_prompt: String,
+    /// BCP 47, e.g. `en-US`.
+    #[serde(default = "default_language")]
+    pub language: String,
+    /// Speech-to-text.
+    #[serde(default)]
+    pub stt: Provider,
+    /// The language model.
+    #[serde(default)]
+    pub llm: Provider,
+    /// Text-to-speech.
+    #[serde(default)]
+    pub tts: Provider,
+    /// The TTS voice.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub voice: Option<String>,
+    /// Tools the language model may call.
+    #[serde(default)]
+    pub tools: Vec<Tool>,
+    /// What to do when a machine answers.
+    #[serde(default)]
+    pub answering_machine: AnsweringMachine,
+    /// When the bot greets on an outbound call (inbound calls are greeted at once).
+    #[serde(default)]
+    pub outbound_greeting: OutboundGreeting,
+    /// Whether calls are recorded.
+    #[serde(default = "default_recording")]
+    pub recording: bool,
+    /// Calls end after this many seconds.
+    #[serde(default = "default_max_call_seconds")]
+    pub max_call_seconds: u32,
+    /// Silence handling.
+    #[serde(default)]
+    pub idle: Idle,
+    /// Who may call the bot without a call token.
+    #[serde(default)]
+    pub inbound: Inbound,
+}
+
+impl BotConfig {
+    /// Parses a bot from JSON (the API's runtime answer or a local file).
+    pub fn from_json(bytes: &[u8]) -> Result<BotConfig, serde_json::Error> {
+        serde_json::from_slice(bytes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_empty_bot_takes_every_default() {
+        let bot = BotConfig::from_json(b"{}").expect("a bot");
+        assert_eq!((bot.language.as_str(), bot.recording, bot.max_call_seconds), ("en-US", true, 1800));
+        assert_eq!(bot.idle, Idle::default());
+        assert_eq!((bot.idle.reprompt_after_seconds, bot.idle.max_reprompts), (8, 2));
+        assert_eq!(bot.answering_machine.action, MachineAction::Hangup);
+        assert_eq!(bot.outbound_greeting, OutboundGreeting::Immediate);
+    }
+
+    #[test]
+    fn unknown_fields_are_ignored_at_every_level() {
+        let bot = BotConfig::from_json(
+            br#"{"name": "n", "later": 1, "stt": {"provider": "none", "later": {}}, "tools": [{"kind": "end_call", "later": []}],
+                "idle": {"max_reprompts": 1, "later": true}, "inbound": {"later": 0}, "answering_machine": {"later": ""}}"#,
+        )
+        .expect("a bot");
+        assert_eq!((bot.stt.provider.as_str(), bot.tools[0].name(), bot.idle.max_reprompts), ("none", "end_call", 1));
+    }
+}
