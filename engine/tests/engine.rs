@@ -205,7 +205,8 @@ fn a_panic_ends_only_its_own_call() {
     fault.send(json!({"event":"dtmf","streamSid":"MZ1","dtmf":{"track":"inbound_track","digit":"9"}}));
     assert_eq!(fault.close_frame().map(|c| c.0), Some(1011));
     echo_some(&mut healthy, 20);
-    assert!(get(addr, "/metrics").1.contains("reason=\"panicked\"} 1"));
+    // The call is counted once its task has ended, which may be just after its close frame.
+    assert!(eventually(Duration::from_secs(2), || get(addr, "/metrics").1.contains("reason=\"panicked\"} 1")));
     assert!(eventually(Duration::from_secs(2), || health(addr)["live_calls"] == 1));
     e.shutdown();
 }
