@@ -16,6 +16,8 @@ use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 
+use crate::ids::{BotId, CallId, CampaignId, ContactId, OrgId};
+
 /// Every token starts with this.
 pub const PREFIX: &str = "ct1.";
 /// Tokens longer than this are refused unread.
@@ -39,13 +41,13 @@ pub enum Direction {
 pub struct CallClaims {
     /// Unique per token: a token is used once.
     pub jti: String,
-    pub bot_id: String,
-    pub call_id: String,
-    pub org_id: String,
+    pub bot_id: BotId,
+    pub call_id: CallId,
+    pub org_id: OrgId,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub campaign_id: Option<String>,
+    pub campaign_id: Option<CampaignId>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub contact_id: Option<String>,
+    pub contact_id: Option<ContactId>,
     /// Unix seconds after which the token is refused.
     pub exp: u64,
     /// The engine host the call was placed on (its fleet host id); others refuse the token.

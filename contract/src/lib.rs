@@ -9,6 +9,7 @@
 //! - [`egress`]: which addresses a request made on a tenant's behalf may reach.
 //! - [`fleet`]: an engine host's heartbeat and the API's answer (reservations, releases,
 //!   call-token keys), and the slot a dialler reserves.
+//! - [`ids`]: typed ids of calls, organizations, bots, campaigns and contacts.
 //! - [`result`]: a finished call's result, as the engine writes it and the API stores it.
 
 pub mod bot;
@@ -16,4 +17,5 @@ pub mod call_token;
 pub mod carrier;
 pub mod egress;
 pub mod fleet;
+pub mod ids;
 pub mod result;

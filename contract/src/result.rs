@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 pub use crate::call_token::Direction;
+use crate::ids::{BotId, CallId, CampaignId, ContactId, OrgId};
 
 /// How a call ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -101,26 +102,26 @@ fn two() -> u8 {
 #[serde(deny_unknown_fields)]
 pub struct CallResult {
     /// Unique per call across the fleet; the same id twice is stored once.
-    #[cfg_attr(feature = "openapi", schema(pattern = "^[A-Za-z0-9._:-]{1,128}$"))]
-    pub call_id: String,
+    #[cfg_attr(feature = "openapi", schema(value_type = String, pattern = "^[A-Za-z0-9._:-]{1,128}$"))]
+    pub call_id: CallId,
     /// Needed when there is no `bot_id`; else the bot's organization is used.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[cfg_attr(feature = "openapi", schema(max_length = 128))]
-    pub org_id: Option<String>,
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>, max_length = 128))]
+    pub org_id: Option<OrgId>,
     pub direction: Direction,
     #[cfg_attr(feature = "openapi", schema(max_length = 256, pattern = "^[^\\x00-\\x1f\\x7f-\\x9f]*$"))]
     pub from: String,
     #[cfg_attr(feature = "openapi", schema(max_length = 256, pattern = "^[^\\x00-\\x1f\\x7f-\\x9f]*$"))]
     pub to: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[cfg_attr(feature = "openapi", schema(max_length = 128))]
-    pub bot_id: Option<String>,
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>, max_length = 128))]
+    pub bot_id: Option<BotId>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[cfg_attr(feature = "openapi", schema(max_length = 128))]
-    pub campaign_id: Option<String>,
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>, max_length = 128))]
+    pub campaign_id: Option<CampaignId>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[cfg_attr(feature = "openapi", schema(max_length = 128))]
-    pub contact_id: Option<String>,
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>, max_length = 128))]
+    pub contact_id: Option<ContactId>,
     /// RFC 3339.
     #[cfg_attr(feature = "openapi", schema(max_length = 64))]
     pub started_at: String,
@@ -246,10 +247,17 @@ impl CallResult {
     /// Every string within its bound ([`bounds`]); the error names the first field that is not.
     pub fn check(&self) -> Result<(), FieldError> {
         let r = self;
-        if r.call_id.is_empty() || r.call_id.len() > bounds::ID || !r.call_id.chars().all(|c| c.is_ascii_alphanumeric() || "-_.:".contains(c)) {
+        let call_id = r.call_id.as_str();
+        if call_id.is_empty() || call_id.len() > bounds::ID || !call_id.chars().all(|c| c.is_ascii_alphanumeric() || "-_.:".contains(c)) {
             return Err(invalid("call_id", "1 to 128 letters, digits, '-', '_', '.' or ':'"));
         }
-        for (field, value) in [("org_id", &r.org_id), ("bot_id", &r.bot_id), ("campaign_id", &r.campaign_id), ("contact_id", &r.contact_id)] {
+        let ids = [
+            ("org_id", r.org_id.as_ref().map(OrgId::as_str)),
+            ("bot_id", r.bot_id.as_ref().map(BotId::as_str)),
+            ("campaign_id", r.campaign_id.as_ref().map(CampaignId::as_str)),
+            ("contact_id", r.contact_id.as_ref().map(ContactId::as_str)),
+        ];
+        for (field, value) in ids {
             if let Some(value) = value {
                 plain(field, value, bounds::ID)?;
             }
@@ -314,9 +322,16 @@ impl CallResult {
                 Value::Null | Value::Bool(_) | Value::Number(_) => {}
             }
         }
-        self.call_id.retain(|c| c.is_ascii_alphanumeric() || "-_.:".contains(c));
-        truncate(&mut self.call_id, bounds::ID);
-        for id in [&mut self.org_id, &mut self.bot_id, &mut self.campaign_id, &mut self.contact_id].into_iter().flatten() {
+        let call_id = self.call_id.as_mut_string();
+        call_id.retain(|c| c.is_ascii_alphanumeric() || "-_.:".contains(c));
+        truncate(call_id, bounds::ID);
+        let ids = [
+            self.org_id.as_mut().map(OrgId::as_mut_string),
+            self.bot_id.as_mut().map(BotId::as_mut_string),
+            self.campaign_id.as_mut().map(CampaignId::as_mut_string),
+            self.contact_id.as_mut().map(ContactId::as_mut_string),
+        ];
+        for id in ids.into_iter().flatten() {
             plain(id, bounds::ID);
         }
         plain(&mut self.from, bounds::NUMBER);

@@ -33,7 +33,7 @@ pub(crate) async fn post_result(State(s): State<AppState>, _fleet: Fleet, Body(r
     check_result(&r)?;
     let org = match (&r.bot_id, &r.org_id) {
         (Some(bot), given) => {
-            let org: Option<String> = sqlx::query_scalar("SELECT org_id FROM bots WHERE id = $1").bind(bot).fetch_optional(&s.db).await?;
+            let org: Option<String> = sqlx::query_scalar("SELECT org_id FROM bots WHERE id = $1").bind(bot.as_str()).fetch_optional(&s.db).await?;
             let org = org.ok_or_else(|| ApiError::invalid("bot_id", "no such bot"))?;
             if given.as_ref().is_some_and(|g| *g != org) {
                 return Err(ApiError::invalid("org_id", "not the bot's organization"));
@@ -41,7 +41,7 @@ pub(crate) async fn post_result(State(s): State<AppState>, _fleet: Fleet, Body(r
             org
         }
         (None, Some(org)) => {
-            let known: Option<String> = sqlx::query_scalar("SELECT id FROM orgs WHERE id = $1").bind(org).fetch_optional(&s.db).await?;
+            let known: Option<String> = sqlx::query_scalar("SELECT id FROM orgs WHERE id = $1").bind(org.as_str()).fetch_optional(&s.db).await?;
             known.ok_or_else(|| ApiError::invalid("org_id", "no such organization"))?
         }
         (None, None) => return Err(ApiError::invalid("bot_id", "a bot_id or an org_id is required")),
@@ -55,7 +55,7 @@ pub(crate) async fn post_result(State(s): State<AppState>, _fleet: Fleet, Body(r
     let mut tx = s.db.begin().await?;
     // A call the dialler placed already has its row: the result is merged into it.
     let value = serde_json::to_value(&r).map_err(ApiError::internal)?;
-    if let Some(merged) = crate::attempts::merge_result(&mut tx, &r.call_id, &org, &value, now).await? {
+    if let Some(merged) = crate::attempts::merge_result(&mut tx, r.call_id.as_str(), &org, &value, now).await? {
         tx.commit().await?;
         let status = if merged { StatusCode::CREATED } else { StatusCode::OK };
         return Ok((status, Json(json!({ "call_id": r.call_id, "duplicate": !merged }))));
@@ -65,14 +65,14 @@ pub(crate) async fn post_result(State(s): State<AppState>, _fleet: Fleet, Body(r
          ended_at, duration_ms, outcome, body, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15) \
          ON CONFLICT (id) DO NOTHING",
     )
-    .bind(&r.call_id)
+    .bind(r.call_id.as_str())
     .bind(&org)
     .bind(if r.direction == Direction::Inbound { "inbound" } else { "outbound" })
     .bind(&r.from)
     .bind(&r.to)
-    .bind(r.bot_id.clone())
-    .bind(r.campaign_id.clone())
-    .bind(r.contact_id.clone())
+    .bind(r.bot_id.as_ref().map(|id| id.to_string()))
+    .bind(r.campaign_id.as_ref().map(|id| id.to_string()))
+    .bind(r.contact_id.as_ref().map(|id| id.to_string()))
     .bind(started)
     .bind(answered)
     .bind(ended)
@@ -86,8 +86,8 @@ pub(crate) async fn post_result(State(s): State<AppState>, _fleet: Fleet, Body(r
         tx.rollback().await?;
         return Ok((StatusCode::OK, Json(json!({ "call_id": r.call_id, "duplicate": true }))));
     }
-    let record = fetch(&mut tx, &org, &r.call_id).await?;
-    crate::webhooks::enqueue(&mut tx, &org, "call.completed", &r.call_id, &record, now).await?;
+    let record = fetch(&mut tx, &org, r.call_id.as_str()).await?;
+    crate::webhooks::enqueue(&mut tx, &org, "call.completed", r.call_id.as_str(), &record, now).await?;
     tx.commit().await?;
     metrics::counter!("cxb_api_call_results_total", "outcome" => r.outcome.as_str()).increment(1);
     Ok((StatusCode::CREATED, Json(json!({ "call_id": r.call_id, "duplicate": false }))))

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cxb_contract::call_token::{CallClaims, Direction};
+use cxb_contract::ids::{CampaignId, ContactId};
 use cxb_control_plane::attempts::{self, CallEnd};
 use cxb_control_plane::call_tokens;
 use cxb_control_plane::error::ApiError;
@@ -250,11 +251,11 @@ impl Shared {
         let r = reserve_slot(&self.db, now, self.config.host_ttl.as_millis() as i64, ttl).await?;
         let r = r.ok_or(RouteError::NoCapacity)?;
         let claims = CallClaims {
-            bot_id: bot_id.to_string(),
-            call_id: t.session.clone(),
-            org_id: t.org.clone(),
-            campaign_id: t.campaign_id.clone(),
-            contact_id: t.contact_id.clone(),
+            bot_id: bot_id.into(),
+            call_id: t.session.as_str().into(),
+            org_id: t.org.as_str().into(),
+            campaign_id: t.campaign_id.as_deref().map(CampaignId::from),
+            contact_id: t.contact_id.as_deref().map(ContactId::from),
             exp: (now.max(0) as u64 / 1000) + (t.wait + self.config.ring_timeout).as_secs() + 60,
             host_id: Some(r.host_id.clone()),
             reservation: Some(r.token.clone()),

@@ -37,6 +37,7 @@ use crate::protocol::Start;
 use crate::results::{Recording, ResultSink};
 use crate::session::{Bot, CallerFrame, Playback, PlayoutRoom, SessionEvent};
 use cxb_contract::call_token::{CallClaims, Direction};
+use cxb_contract::ids::{BotId, CallId, OrgId};
 use cxb_contract::result::{CallResult, CostLine, Outcome, Turn};
 
 /// Where bots come from: local files, the API, or both (files first).
@@ -746,13 +747,15 @@ impl Agent {
             "greeting_wait_ms": self.hello_wait.as_ref().and_then(|w| w.held_ms),
             "providers": { "stt": self.bot.stt.provider, "llm": self.bot.llm.provider, "tts": self.bot.tts.provider },
         });
-        let non_empty = |v: Option<String>| v.filter(|v| !v.is_empty());
+        fn non_empty<T: AsRef<str>>(v: Option<T>) -> Option<T> {
+            v.filter(|v| !v.as_ref().is_empty())
+        }
         let mut result = CallResult {
             call_id: claims
                 .map(|c| c.call_id.clone())
-                .or_else(|| start.and_then(|s| s.call_sid.clone()))
-                .unwrap_or_else(|| call_id.to_string()),
-            org_id: non_empty(claims.map(|c| c.org_id.clone()).or_else(|| self.bot.org_id.clone())),
+                .or_else(|| start.and_then(|s| s.call_sid.as_deref()).map(CallId::from))
+                .unwrap_or_else(|| CallId::from(call_id)),
+            org_id: non_empty(claims.map(|c| c.org_id.clone()).or_else(|| self.bot.org_id.as_deref().map(OrgId::from))),
             direction: if claims.is_some_and(|c| c.direction == Direction::Outbound) { Direction::Outbound } else { Direction::Inbound },
             from: claims
                 .and_then(|c| c.from.clone())
@@ -764,7 +767,7 @@ impl Agent {
                 .or_else(|| start.and_then(|s| s.to.clone()))
                 .or_else(|| param("to"))
                 .unwrap_or_default(),
-            bot_id: non_empty(Some(self.bot.id.clone())),
+            bot_id: non_empty(Some(BotId::from(self.bot.id.as_str()))),
             campaign_id: non_empty(claims.and_then(|c| c.campaign_id.clone())),
             contact_id: non_empty(claims.and_then(|c| c.contact_id.clone())),
             started_at: rfc3339(self.created_unix_ms),

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use common::{connect, engine, tempdir};
 use cxb_contract::call_token::Direction;
+use cxb_contract::ids::{CallId, CampaignId};
 use cxb_engine::ResultSink;
 use cxb_pipeline::testkit::deepgram::{DeepgramConfig, DeepgramServer, Reply, Step};
 use cxb_pipeline::testkit::elevenlabs::{ElevenLabsConfig, ElevenLabsServer, expected_audio};
@@ -286,8 +287,8 @@ impl AmdRig {
     fn call(&self, parameters: Value) -> common::Carrier {
         let mut claims = common::claims("am");
         let text = |k: &str| parameters[k].as_str().map(str::to_string);
-        claims.call_id = text("call_id").unwrap_or(claims.call_id);
-        claims.campaign_id = text("campaign_id");
+        claims.call_id = text("call_id").map_or(claims.call_id, CallId::from);
+        claims.campaign_id = text("campaign_id").map(CampaignId::from);
         claims.amd = text("amd");
         claims.direction = if parameters["direction"] == "outbound" { Direction::Outbound } else { Direction::Inbound };
         let path = format!("/ws/am?token={}", common::token(&claims));

@@ -20,7 +20,7 @@ struct Input {
 fuzz_target!(|input: Input| {
     let ring = KeyRing::new(vec![CallKey::new("k1", &[9; 32]).expect("key")]);
     let _ = ring.verify(&input.token, input.now);
-    let claims = CallClaims { jti: "j".into(), bot_id: input.bot, call_id: input.call, org_id: input.org, exp: input.exp, ..CallClaims::default() };
+    let claims = CallClaims { jti: "j".into(), bot_id: input.bot.into(), call_id: input.call.into(), org_id: input.org.into(), exp: input.exp, ..CallClaims::default() };
     let token = ring.sign(&claims).expect("signed");
     match ring.verify(&token, input.now) {
         Ok(back) => assert_eq!(back, claims),
