@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 
 use crate::ids::{BotId, CallId, CampaignId, ContactId, OrgId};
+use crate::phone::PhoneNumber;
 
 /// Every token starts with this.
 pub const PREFIX: &str = "ct1.";
@@ -59,9 +60,9 @@ pub struct CallClaims {
     #[serde(default)]
     pub direction: Direction,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub from: Option<String>,
+    pub from: Option<PhoneNumber>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub to: Option<String>,
+    pub to: Option<PhoneNumber>,
     /// The campaign's answering-machine action (`hangup`, `continue`, `leave_voicemail`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub amd: Option<String>,
@@ -239,6 +240,17 @@ mod tests {
             reservation: Some("ff00000000000001".into()),
             ..CallClaims::default()
         }
+    }
+
+    #[test]
+    fn numbers_keep_their_json_and_stay_out_of_debug() {
+        let c = CallClaims { from: Some("+14155550123".into()), to: Some("anonymous".into()), ..claims() };
+        let json = serde_json::to_value(&c).expect("json");
+        assert_eq!((json["from"].as_str(), json["to"].as_str()), (Some("+14155550123"), Some("anonymous")));
+        assert_eq!(serde_json::from_value::<CallClaims>(json).ok(), Some(c.clone()));
+        let debug = format!("{c:?}");
+        assert!(!debug.contains("+14155550123") && !debug.contains("4155550") && !debug.contains("anonymous"), "{debug}");
+        assert!(debug.contains("…0123") && debug.contains("…mous"), "{debug}");
     }
 
     #[test]

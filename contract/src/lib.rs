@@ -10,6 +10,8 @@
 //! - [`fleet`]: an engine host's heartbeat and the API's answer (reservations, releases,
 //!   call-token keys), and the slot a dialler reserves.
 //! - [`ids`]: typed ids of calls, organizations, bots, campaigns and contacts.
+//! - [`phone`]: phone numbers as calls carry them, whose `Debug` shows only the last four
+//!   characters.
 //! - [`result`]: a finished call's result, as the engine writes it and the API stores it.
 
 pub mod bot;
@@ -18,4 +20,5 @@ pub mod carrier;
 pub mod egress;
 pub mod fleet;
 pub mod ids;
+pub mod phone;
 pub mod result;

@@ -8,6 +8,7 @@ use serde_json::{Map, Value};
 
 pub use crate::call_token::Direction;
 use crate::ids::{BotId, CallId, CampaignId, ContactId, OrgId};
+use crate::phone::PhoneNumber;
 
 /// How a call ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -109,10 +110,10 @@ pub struct CallResult {
     #[cfg_attr(feature = "openapi", schema(value_type = Option<String>, max_length = 128))]
     pub org_id: Option<OrgId>,
     pub direction: Direction,
-    #[cfg_attr(feature = "openapi", schema(max_length = 256, pattern = "^[^\\x00-\\x1f\\x7f-\\x9f]*$"))]
-    pub from: String,
-    #[cfg_attr(feature = "openapi", schema(max_length = 256, pattern = "^[^\\x00-\\x1f\\x7f-\\x9f]*$"))]
-    pub to: String,
+    #[cfg_attr(feature = "openapi", schema(value_type = String, max_length = 256, pattern = "^[^\\x00-\\x1f\\x7f-\\x9f]*$"))]
+    pub from: PhoneNumber,
+    #[cfg_attr(feature = "openapi", schema(value_type = String, max_length = 256, pattern = "^[^\\x00-\\x1f\\x7f-\\x9f]*$"))]
+    pub to: PhoneNumber,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[cfg_attr(feature = "openapi", schema(value_type = Option<String>, max_length = 128))]
     pub bot_id: Option<BotId>,
@@ -262,8 +263,8 @@ impl CallResult {
                 plain(field, value, bounds::ID)?;
             }
         }
-        plain("from", &r.from, bounds::NUMBER)?;
-        plain("to", &r.to, bounds::NUMBER)?;
+        plain("from", r.from.as_str(), bounds::NUMBER)?;
+        plain("to", r.to.as_str(), bounds::NUMBER)?;
         plain("started_at", &r.started_at, bounds::TIME)?;
         for (field, value) in [("answered_at", &r.answered_at), ("ended_at", &r.ended_at)] {
             if let Some(value) = value {
@@ -334,8 +335,8 @@ impl CallResult {
         for id in ids.into_iter().flatten() {
             plain(id, bounds::ID);
         }
-        plain(&mut self.from, bounds::NUMBER);
-        plain(&mut self.to, bounds::NUMBER);
+        plain(self.from.as_mut_string(), bounds::NUMBER);
+        plain(self.to.as_mut_string(), bounds::NUMBER);
         plain(&mut self.end_reason, bounds::REASON);
         self.transcript.truncate(bounds::TURNS);
         for turn in &mut self.transcript {
@@ -382,6 +383,18 @@ mod tests {
         v["surprise"] = json!(1);
         assert!(serde_json::from_value::<CallResult>(v).is_err());
         assert!(r.check().is_ok());
+    }
+
+    #[test]
+    fn debug_never_shows_a_whole_number() {
+        let r = sample();
+        let debug = format!("{r:?}");
+        for number in ["+15550001111", "15550001111", "5550001", "+15550002222", "5550002"] {
+            assert!(!debug.contains(number), "{number} in {debug}");
+        }
+        assert!(debug.contains("…1111") && debug.contains("…2222"), "{debug}");
+        let json = serde_json::to_value(&r).expect("json");
+        assert_eq!((json["from"].as_str(), json["to"].as_str()), (Some("+15550001111"), Some("+15550002222")));
     }
 
     #[test]

@@ -260,8 +260,8 @@ impl Shared {
             host_id: Some(r.host_id.clone()),
             reservation: Some(r.token.clone()),
             direction: Direction::Outbound,
-            from: Some(t.from.clone()),
-            to: Some(t.to.clone()),
+            from: Some(t.from.as_str().into()),
+            to: Some(t.to.as_str().into()),
             amd: t.amd.clone(),
             ..CallClaims::default()
         };

@@ -38,6 +38,7 @@ use crate::results::{Recording, ResultSink};
 use crate::session::{Bot, CallerFrame, Playback, PlayoutRoom, SessionEvent};
 use cxb_contract::call_token::{CallClaims, Direction};
 use cxb_contract::ids::{BotId, CallId, OrgId};
+use cxb_contract::phone::PhoneNumber;
 use cxb_contract::result::{CallResult, CostLine, Outcome, Turn};
 
 /// Where bots come from: local files, the API, or both (files first).
@@ -759,13 +760,11 @@ impl Agent {
             direction: if claims.is_some_and(|c| c.direction == Direction::Outbound) { Direction::Outbound } else { Direction::Inbound },
             from: claims
                 .and_then(|c| c.from.clone())
-                .or_else(|| start.and_then(|s| s.from.clone()))
-                .or_else(|| param("from"))
+                .or_else(|| start.and_then(|s| s.from.clone()).or_else(|| param("from")).map(PhoneNumber::from))
                 .unwrap_or_default(),
             to: claims
                 .and_then(|c| c.to.clone())
-                .or_else(|| start.and_then(|s| s.to.clone()))
-                .or_else(|| param("to"))
+                .or_else(|| start.and_then(|s| s.to.clone()).or_else(|| param("to")).map(PhoneNumber::from))
                 .unwrap_or_default(),
             bot_id: non_empty(Some(BotId::from(self.bot.id.as_str()))),
             campaign_id: non_empty(claims.and_then(|c| c.campaign_id.clone())),
