@@ -603,11 +603,6 @@ impl Agent {
                     self.marks.clear();
                     out.clear(pending);
                 }
-                Action::Transfer { destination } => {
-                    let start = self.start.take();
-                    self.transfer(&destination, start.as_deref());
-                    self.start = start;
-                }
                 other => {
                     requested |= matches!(other, Action::Llm { .. } | Action::Synthesize { .. } | Action::RunTool(_) | Action::SttFinalize);
                     self.execute(other);
@@ -662,7 +657,7 @@ impl Agent {
             }
             Action::CancelTts => self.tts_jobs.clear(),
             Action::RunTool(call) => self.run_tool(call),
-            Action::Transfer { destination } => self.transfer(&destination, None),
+            Action::Transfer { destination } => self.transfer(&destination),
             Action::Hangup { reason } => self.end = Some(AgentEnd::Hangup(reason)),
             Action::Play(_) | Action::Mark(_) | Action::ClearPlayout => {}
         }
@@ -680,7 +675,8 @@ impl Agent {
     /// auth token (secret `auth_token`; the account comes from the stream's `start`), the
     /// call is updated through Twilio's REST API with `<Dial>` TwiML; the request outlives
     /// the media stream, which Twilio ends itself.
-    fn transfer(&mut self, destination: &str, start: Option<&Start>) {
+    fn transfer(&mut self, destination: &str) {
+        let start = self.start.as_deref();
         self.end = Some(AgentEnd::Transfer(destination.to_string()));
         let tool = self.bot.tools.iter().find(|t| t.kind == cxb_pipeline::config::ToolKind::TransferCall);
         let token = tool.and_then(|t| t.secrets.get("auth_token"));

@@ -256,15 +256,13 @@ pub fn stt_channel() -> (SttSender, SttReceiver) {
 struct SttQueue {
     commands: RefCell<VecDeque<SttCommand>>,
     spare: RefCell<Vec<Vec<u8>>>,
-    waker: Cell<Option<Waker>>,
+    waker: Wakeup,
     closed: Cell<bool>,
 }
 
 impl SttQueue {
     fn wake(&self) {
-        if let Some(w) = self.waker.take() {
-            w.wake();
-        }
+        self.waker.wake();
     }
 }
 
@@ -326,10 +324,7 @@ impl SttReceiver {
         if self.0.closed.get() {
             return Poll::Ready(None);
         }
-        match self.0.waker.take() {
-            Some(w) if w.will_wake(cx.waker()) => self.0.waker.set(Some(w)),
-            _ => self.0.waker.set(Some(cx.waker().clone())),
-        }
+        self.0.waker.register(cx);
         Poll::Pending
     }
 
@@ -373,7 +368,28 @@ pub struct Events(Rc<Queue>);
 #[derive(Default)]
 struct Queue {
     events: RefCell<VecDeque<(Instant, Event)>>,
-    waker: Cell<Option<Waker>>,
+    waker: Wakeup,
+}
+
+/// The one task a single-thread queue wakes: registered by its reader, woken by a push.
+#[derive(Default)]
+struct Wakeup(Cell<Option<Waker>>);
+
+impl Wakeup {
+    /// Remembers the reader's task (keeping the one held if it is the same).
+    fn register(&self, cx: &std::task::Context<'_>) {
+        match self.0.take() {
+            Some(w) if w.will_wake(cx.waker()) => self.0.set(Some(w)),
+            _ => self.0.set(Some(cx.waker().clone())),
+        }
+    }
+
+    /// Wakes the reader, if one waits.
+    fn wake(&self) {
+        if let Some(w) = self.0.take() {
+            w.wake();
+        }
+    }
 }
 
 impl std::fmt::Debug for Queue {
@@ -391,9 +407,7 @@ impl Events {
     /// Queues `event` and wakes the call's task.
     pub fn push(&self, event: Event) {
         self.0.events.borrow_mut().push_back((Instant::now(), event));
-        if let Some(w) = self.0.waker.take() {
-            w.wake();
-        }
+        self.0.waker.wake();
     }
 
     /// The oldest queued event and when it arrived.
@@ -412,10 +426,7 @@ impl Events {
             if !self.0.events.borrow().is_empty() {
                 return Poll::Ready(());
             }
-            match self.0.waker.take() {
-                Some(w) if w.will_wake(cx.waker()) => self.0.waker.set(Some(w)),
-                _ => self.0.waker.set(Some(cx.waker().clone())),
-            }
+            self.0.waker.register(cx);
             Poll::Pending
         })
     }

@@ -18,7 +18,7 @@ use std::collections::VecDeque;
 use std::fmt::Write as _;
 use std::time::Duration;
 
-use crate::message::{Message, StartLine, param, response};
+use crate::message::{Message, RequestHead, StartLine, param, response};
 
 /// RFC 3261's T1: the round-trip estimate.
 pub const T1: Duration = Duration::from_millis(500);
@@ -98,10 +98,7 @@ enum State {
 /// What the INVITE said that later messages need.
 #[derive(Debug, Clone)]
 struct Invite {
-    via: Vec<String>,
-    from: String,
-    to: String,
-    call_id: String,
+    head: RequestHead,
     cseq: u32,
     branch: String,
     remote_tag: String,
@@ -128,8 +125,8 @@ pub struct InboundCall {
     last_response: Option<String>,
     retransmit: Option<Retransmit>,
     local_cseq: u32,
-    /// The CSeq of a re-INVITE waiting for the owner's answer, and its request.
-    reoffer: Option<String>,
+    /// A re-INVITE waiting for the owner's answer.
+    reoffer: Option<RequestHead>,
     out: VecDeque<Output>,
     buf: String,
 }
@@ -149,10 +146,7 @@ impl InboundCall {
             return None;
         }
         let info = Invite {
-            via: invite.header_lines("Via").map(str::to_string).collect(),
-            from: invite.header("From")?.to_string(),
-            to: invite.header("To")?.to_string(),
-            call_id: invite.call_id().to_string(),
+            head: RequestHead::of(invite),
             cseq: invite.cseq()?.0,
             branch: invite.branch().unwrap_or_default().to_string(),
             remote_tag: invite.tag("From").unwrap_or_default().to_string(),
@@ -170,13 +164,13 @@ impl InboundCall {
             out: VecDeque::new(),
             buf: String::new(),
         };
-        call.respond_invite(invite, 100, "Trying", "");
+        call.respond_invite(100, "Trying", "");
         Some(call)
     }
 
     /// The SIP Call-ID.
     pub fn call_id(&self) -> &str {
-        &self.invite.call_id
+        &self.invite.head.call_id
     }
 
     fn reliable(&self) -> bool {
@@ -195,7 +189,8 @@ impl InboundCall {
         }
     }
 
-    fn respond_invite(&mut self, invite: &Message<'_>, code: u16, reason: &str, body: &str) {
+    /// Answers the INVITE; a final answer is resent on its timers until the ACK.
+    fn respond_invite(&mut self, code: u16, reason: &str, body: &str) {
         let tag = (code > 100).then_some(self.local.tag.as_str());
         let contact = format!("<{}>", self.local.contact);
         let mut extra: Vec<(&str, &str)> = Vec::new();
@@ -211,29 +206,18 @@ impl InboundCall {
         if (200..300).contains(&code) {
             extra.push(("Allow", METHODS));
         }
-        response(invite, code, reason, tag, &extra, body, &mut self.buf);
+        self.invite.head.respond(code, reason, tag, &extra, body, &mut self.buf);
         self.last_response = Some(self.buf.clone());
         self.out.push_back(Output::Transmit(self.buf.clone()));
     }
 
-    /// Rebuilds the INVITE's response from what was kept (for answers given after the
-    /// INVITE's message is gone).
     fn invite_response(&mut self, now: Duration, code: u16, reason: &str, body: &str) {
-        let mut head = String::with_capacity(512);
-        let _ = write!(head, "INVITE {} SIP/2.0\r\n", self.local.contact);
-        for via in &self.invite.via {
-            let _ = write!(head, "Via: {via}\r\n");
-        }
-        let _ = write!(head, "From: {}\r\nTo: {}\r\nCall-ID: {}\r\nCSeq: {} INVITE\r\nContent-Length: 0\r\n\r\n", self.invite.from, self.invite.to, self.invite.call_id, self.invite.cseq);
-        let Ok(invite) = Message::parse(head.as_bytes()) else { return };
-        self.respond_invite(&invite, code, reason, body);
-        let final_ = code >= 200;
-        if final_ {
-            let message = self.buf.clone();
+        self.respond_invite(code, reason, body);
+        if code >= 200 {
             // 2xx: the UAS core retransmits until the ACK; a refusal: Timer G over UDP only.
             let resend = (200..300).contains(&code) || !self.reliable();
             self.retransmit = Some(Retransmit {
-                message,
+                message: self.buf.clone(),
                 next: if resend { now + T1 } else { Duration::MAX },
                 interval: T1,
                 give_up: now + 64 * T1,
@@ -267,9 +251,8 @@ impl InboundCall {
     /// Answers a re-INVITE the owner was told of ([`CallEvent::Reoffer`]).
     pub fn answer_reoffer(&mut self, sdp: &str) {
         let Some(request) = self.reoffer.take() else { return };
-        let Ok(m) = Message::parse(request.as_bytes()) else { return };
         let contact = format!("<{}>", self.local.contact);
-        response(&m, 200, "OK", None, &[("Contact", &contact), ("Content-Type", "application/sdp")], sdp, &mut self.buf);
+        request.respond(200, "OK", None, &[("Contact", &contact), ("Content-Type", "application/sdp")], sdp, &mut self.buf);
         self.out.push_back(Output::Transmit(self.buf.clone()));
     }
 
@@ -285,15 +268,16 @@ impl InboundCall {
     fn send_bye(&mut self, now: Duration) {
         self.local_cseq += 1;
         let mut bye = String::with_capacity(512);
-        let target = if self.invite.remote_target.is_empty() { uri_of(&self.invite.from).to_string() } else { self.invite.remote_target.clone() };
+        let head = &self.invite.head;
+        let target = if self.invite.remote_target.is_empty() { uri_of(&head.from).to_string() } else { self.invite.remote_target.clone() };
         let _ = write!(bye, "BYE {target} SIP/2.0\r\n");
         let _ = write!(bye, "Via: SIP/2.0/{} {};branch=z9hG4bK{}b{};rport\r\n", self.local.transport, self.local.sent_by, self.local.tag, self.local_cseq);
         let _ = write!(bye, "Max-Forwards: 70\r\n");
         for route in &self.invite.route {
             let _ = write!(bye, "Route: {route}\r\n");
         }
-        let from = if param(&self.invite.to, "tag").is_some() { self.invite.to.clone() } else { format!("{};tag={}", self.invite.to, self.local.tag) };
-        let _ = write!(bye, "From: {from}\r\nTo: {}\r\nCall-ID: {}\r\nCSeq: {} BYE\r\nContent-Length: 0\r\n\r\n", self.invite.from, self.invite.call_id, self.local_cseq);
+        let from = if param(&head.to, "tag").is_some() { head.to.clone() } else { format!("{};tag={}", head.to, self.local.tag) };
+        let _ = write!(bye, "From: {from}\r\nTo: {}\r\nCall-ID: {}\r\nCSeq: {} BYE\r\nContent-Length: 0\r\n\r\n", head.from, head.call_id, self.local_cseq);
         self.out.push_back(Output::Transmit(bye.clone()));
         self.state = State::Leaving;
         self.retransmit = Some(Retransmit {
@@ -306,7 +290,7 @@ impl InboundCall {
 
     /// A message from the peer that belongs to this call (same Call-ID).
     pub fn on_message(&mut self, now: Duration, m: &Message<'_>) {
-        if self.state == State::Ended || m.call_id() != self.invite.call_id {
+        if self.state == State::Ended || m.call_id() != self.invite.head.call_id {
             return;
         }
         match m.start {
@@ -366,14 +350,7 @@ impl InboundCall {
                     return;
                 }
                 let body = String::from_utf8_lossy(m.body).into_owned();
-                // Kept whole, to answer it once the owner has its SDP.
-                let mut head = String::with_capacity(512);
-                let _ = write!(head, "INVITE {} SIP/2.0\r\n", self.local.contact);
-                for via in m.header_lines("Via") {
-                    let _ = write!(head, "Via: {via}\r\n");
-                }
-                let _ = write!(head, "From: {}\r\nTo: {}\r\nCall-ID: {}\r\nCSeq: {}\r\nContent-Length: 0\r\n\r\n", m.header("From").unwrap_or_default(), m.header("To").unwrap_or_default(), m.call_id(), m.header("CSeq").unwrap_or_default());
-                self.reoffer = Some(head);
+                self.reoffer = Some(RequestHead::of(m));
                 self.emit(CallEvent::Reoffer(body));
             }
             "CANCEL" => self.reply(m, 481, "Call/Transaction Does Not Exist", &[]),

@@ -280,30 +280,62 @@ pub fn param<'a>(value: &'a str, name: &str) -> Option<&'a str> {
     })
 }
 
-/// Writes a response to `request` (RFC 3261 §8.2.6): its Via lines (as they came, in order),
-/// From, Call-ID and CSeq copied, To with `to_tag` added if it has none, then `extra` headers and `body`.
+/// What a response copies from its request (RFC 3261 §8.2.6), owned, so that a request can be
+/// answered after its bytes are gone.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestHead {
+    /// The Via lines, as they came, in order.
+    pub via: Vec<String>,
+    /// From.
+    pub from: String,
+    /// To.
+    pub to: String,
+    /// Call-ID.
+    pub call_id: String,
+    /// CSeq, number and method.
+    pub cseq: String,
+}
+
+impl RequestHead {
+    /// Copies what a response needs from `request`.
+    pub fn of(request: &Message<'_>) -> RequestHead {
+        RequestHead {
+            via: request.header_lines("Via").map(str::to_string).collect(),
+            from: request.header("From").unwrap_or_default().to_string(),
+            to: request.header("To").unwrap_or_default().to_string(),
+            call_id: request.call_id().to_string(),
+            cseq: request.header("CSeq").unwrap_or_default().to_string(),
+        }
+    }
+
+    /// Writes a response to this request: its Via lines, From, Call-ID and CSeq copied, To
+    /// with `to_tag` added if it has none, then `extra` headers and `body`.
+    pub fn respond(&self, code: u16, reason: &str, to_tag: Option<&str>, extra: &[(&str, &str)], body: &str, out: &mut String) {
+        out.clear();
+        let _ = write!(out, "SIP/2.0 {code} {reason}\r\n");
+        for via in &self.via {
+            let _ = write!(out, "Via: {via}\r\n");
+        }
+        let _ = write!(out, "From: {}\r\n", self.from);
+        match to_tag {
+            Some(tag) if param(&self.to, "tag").is_none() => {
+                let _ = write!(out, "To: {};tag={tag}\r\n", self.to);
+            }
+            _ => {
+                let _ = write!(out, "To: {}\r\n", self.to);
+            }
+        }
+        let _ = write!(out, "Call-ID: {}\r\nCSeq: {}\r\n", self.call_id, self.cseq);
+        for (name, value) in extra {
+            let _ = write!(out, "{name}: {value}\r\n");
+        }
+        let _ = write!(out, "Content-Length: {}\r\n\r\n{body}", body.len());
+    }
+}
+
+/// Writes a response to `request` at once ([`RequestHead::respond`]).
 pub fn response(request: &Message<'_>, code: u16, reason: &str, to_tag: Option<&str>, extra: &[(&str, &str)], body: &str, out: &mut String) {
-    out.clear();
-    let _ = write!(out, "SIP/2.0 {code} {reason}\r\n");
-    for via in request.header_lines("Via") {
-        let _ = write!(out, "Via: {via}\r\n");
-    }
-    let _ = write!(out, "From: {}\r\n", request.header("From").unwrap_or_default());
-    let to = request.header("To").unwrap_or_default();
-    match to_tag {
-        Some(tag) if param(to, "tag").is_none() => {
-            let _ = write!(out, "To: {to};tag={tag}\r\n");
-        }
-        _ => {
-            let _ = write!(out, "To: {to}\r\n");
-        }
-    }
-    let _ = write!(out, "Call-ID: {}\r\n", request.call_id());
-    let _ = write!(out, "CSeq: {}\r\n", request.header("CSeq").unwrap_or_default());
-    for (name, value) in extra {
-        let _ = write!(out, "{name}: {value}\r\n");
-    }
-    let _ = write!(out, "Content-Length: {}\r\n\r\n{body}", body.len());
+    RequestHead::of(request).respond(code, reason, to_tag, extra, body, out);
 }
 
 #[cfg(test)]
