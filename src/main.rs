@@ -104,6 +104,9 @@ enum Command {
         /// Address of the API.
         #[arg(long, default_value = "127.0.0.1:8081")]
         api_listen: SocketAddr,
+        /// Address for SIP (UDP): trunks and softphones call `sip:BOT@ADDR`.
+        #[arg(long, default_value = "127.0.0.1:5060")]
+        sip: SocketAddr,
         #[command(flatten)]
         data: DataArgs,
         #[command(flatten)]
@@ -480,7 +483,7 @@ struct CoreCommand {
     #[command(subcommand)]
     action: Option<CoreAction>,
     #[command(flatten)]
-    run: CoreArgs,
+    run: Box<CoreArgs>,
 }
 
 #[derive(Subcommand)]
@@ -575,6 +578,16 @@ struct CoreArgs {
     /// How carriers reach this host, as announced to the API (default: ws://LISTEN).
     #[arg(long)]
     advertise: Option<String>,
+    /// Speak SIP on this address (UDP), with RTP media on --rtp-ports.
+    #[arg(long)]
+    sip: Option<SocketAddr>,
+    /// The RTP ports SIP calls take, LOW-HIGH (even ports from LOW to below HIGH).
+    #[arg(long, default_value = "20000-30000", value_parser = parse_port_range)]
+    rtp_ports: (u16, u16),
+    /// The address put in SIP Contact headers and SDP, when peers reach this host through
+    /// NAT (default: the --sip address, or 127.0.0.1 when that is unspecified).
+    #[arg(long)]
+    sip_advertise: Option<std::net::IpAddr>,
     /// On SIGTERM or SIGINT: stop taking calls and let live calls run this long before they
     /// are ended (their results written to the outbox either way).
     #[arg(long, default_value_t = 30)]
@@ -592,7 +605,7 @@ fn main() -> anyhow::Result<()> {
     // Held to the end of `main`: dropping it sends the spans still queued.
     let _otlp = init_logging(cli.log_format, &cli.log_filter, cli.otlp_endpoint.as_deref())?;
     match cli.command {
-        Command::Up { listen, api_listen, data, results, sim } => up(listen, api_listen, &data, &results, &sim),
+        Command::Up { listen, api_listen, sip, data, results, sim } => up(listen, api_listen, sip, &data, &results, &sim),
         Command::Core(CoreCommand { action: None, run }) => {
             let heartbeat = run.api.clone().zip(run.fleet_token.clone());
             let advertise = run.advertise.clone();
@@ -600,7 +613,7 @@ fn main() -> anyhow::Result<()> {
             let data = data_dir(run.data_dir.as_ref());
             let results = run.results.clone();
             let drain = Duration::from_secs(run.drain_seconds);
-            let mut config = engine_config(run)?;
+            let mut config = engine_config(*run)?;
             let outbox = wire_results(&mut config, &results, &data, heartbeat.clone())?;
             let engine = Engine::start(config).context("starting the engine")?;
             print_welcome(&engine);
@@ -716,7 +729,7 @@ async fn admin_command(action: AdminAction) -> anyhow::Result<()> {
 /// The fleet token `cxb up` makes for its own engine at each start (the previous one is revoked).
 const UP_TOKEN: &str = "cxb up (local engine)";
 
-fn up(listen: SocketAddr, api_listen: SocketAddr, data: &DataArgs, results: &ResultArgs, sim: &SimulatorArgs) -> anyhow::Result<()> {
+fn up(listen: SocketAddr, api_listen: SocketAddr, sip: SocketAddr, data: &DataArgs, results: &ResultArgs, sim: &SimulatorArgs) -> anyhow::Result<()> {
     let rt = tokio_runtime()?;
     rt.block_on(async {
         let database = data.database();
@@ -741,6 +754,7 @@ fn up(listen: SocketAddr, api_listen: SocketAddr, data: &DataArgs, results: &Res
         let dialler = Dialler::start(shared);
         let mut config = EngineConfig::new(listen);
         config.demo_bots = true;
+        config.sip = Some(cxb_engine::sip::SipConfig::new(sip));
         // Local speech servers (Wyoming, espeak) and self-hosted models on this host keep working.
         config.egress = EgressPolicy::with_loopback();
         if listen.port() != 0 {
@@ -851,7 +865,19 @@ fn engine_config(a: CoreArgs) -> anyhow::Result<EngineConfig> {
         c.host_id = Some(host_id(a.listen.port()));
     }
     c.idle_timeout = Duration::from_secs(a.idle_timeout_secs);
+    c.sip = a.sip.map(|listen| cxb_engine::sip::SipConfig { listen, advertise: a.sip_advertise, rtp_ports: a.rtp_ports });
     Ok(c)
+}
+
+/// `LOW-HIGH`, both even-able ports with at least two between them.
+fn parse_port_range(s: &str) -> Result<(u16, u16), String> {
+    let (low, high) = s.split_once('-').ok_or("expected LOW-HIGH, e.g. 20000-30000")?;
+    let low: u16 = low.trim().parse().map_err(|e| format!("LOW: {e}"))?;
+    let high: u16 = high.trim().parse().map_err(|e| format!("HIGH: {e}"))?;
+    if low == 0 || high < low + 2 {
+        return Err("LOW must be above 0 and HIGH at least LOW + 2".into());
+    }
+    Ok((low + low % 2, high))
 }
 
 fn print_welcome(engine: &Engine) {
@@ -865,6 +891,10 @@ fn print_welcome(engine: &Engine) {
     if c.demo_bots {
         say!("  Twilio      {ws}://{addr}/ws/echo        (also /ws/turn-echo)");
         say!("  Exotel      {ws}://{addr}/exotel/echo    (also /exotel/turn-echo)");
+    }
+    if let Some(sip) = engine.sip_addr() {
+        let bot = if c.demo_bots { "echo" } else { "BOT" };
+        say!("  SIP         sip:{bot}@{sip}   (UDP; RTP on ports {}-{})", c.sip.as_ref().map_or(0, |s| s.rtp_ports.0), c.sip.as_ref().map_or(0, |s| s.rtp_ports.1));
     }
     say!("  registry    {}", c.registry.display());
     say!("  control     {}", c.control_socket.display());

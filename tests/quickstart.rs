@@ -18,7 +18,7 @@ use common::Kill;
 async fn the_quickstart_campaign_completes_with_cxb_up_alone() {
     let dir = tempfile::tempdir().unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_cxb"))
-        .args(["up", "--listen", "127.0.0.1:0", "--api-listen", "127.0.0.1:0", "--sim-time-scale", "0.3"])
+        .args(["up", "--listen", "127.0.0.1:0", "--api-listen", "127.0.0.1:0", "--sip", "127.0.0.1:0", "--sim-time-scale", "0.3"])
         .args(["--sim-mix", "answer=8,busy=1,no_answer=1", "--sim-seed", "3"])
         .arg("--data-dir")
         .arg(dir.path())

@@ -1,7 +1,8 @@
-//! One call over a carrier's WebSocket: the [`WsTransport`] turns the carrier's text frames
-//! into call events and the [`Session`]'s transmits back into text frames; this file drives
-//! the two and turns the session's events into the worker's metrics. The worker owns the
-//! socket and the timer; everything here runs the same under a test's virtual clock.
+//! One call: a transport ([`WsTransport`] for a carrier's WebSocket, [`RtpTransport`] for a
+//! SIP call's media) turns the wire into call events and the [`Session`]'s transmits back into
+//! the wire; this file drives the two and turns the session's events into the worker's
+//! metrics. The worker owns the sockets and the timer; everything here runs the same under a
+//! test's virtual clock.
 
 use std::time::Duration;
 
@@ -17,7 +18,7 @@ use crate::metrics::WorkerMetrics;
 use crate::protocol::Protocol;
 use crate::results::Recording;
 use crate::session::{Output, Session, SessionConfig, SessionEvent};
-use crate::transport::{WsEvent, WsTransport};
+use crate::transport::{RtpConfig, RtpEvent, RtpTransport, Transport, WsEvent, WsTransport};
 
 /// Settings of a call.
 #[derive(Debug, Clone, Copy)]
@@ -72,10 +73,10 @@ pub struct CallStats {
     pub dtmf: u64,
 }
 
-/// One live call.
+/// One live call over transport `T`.
 #[derive(Debug)]
-pub struct Call {
-    transport: WsTransport,
+pub struct Call<T = WsTransport> {
+    transport: T,
     session: Session,
     /// The session's next deadline, as its last output said.
     next: Option<Timestamp>,
@@ -84,27 +85,110 @@ pub struct Call {
     wire_sent: Option<std::time::Instant>,
 }
 
-impl Call {
+/// The bot a call's config names: a built-in one, or the AI agent given.
+fn bot_for(config: &CallConfig, agent: Option<Agent>) -> Box<dyn crate::session::Bot> {
+    match agent {
+        Some(agent) => Box::new(agent),
+        None => crate::bots::builtin(config.bot, config.max_utterance),
+    }
+}
+
+impl Call<WsTransport> {
     /// A call with one of the built-in bots, waiting for the carrier's `start`.
     pub fn new(config: CallConfig) -> Call {
-        let bot = crate::bots::builtin(config.bot, config.max_utterance);
-        Call::with_bot(config, bot)
+        Call::over_ws(config, None)
     }
 
     /// A call answered by an AI bot.
     pub fn with_agent(config: CallConfig, agent: Agent) -> Call {
-        Call::with_bot(config, Box::new(agent))
+        Call::over_ws(config, Some(agent))
     }
 
-    fn with_bot(config: CallConfig, bot: Box<dyn crate::session::Bot>) -> Call {
+    fn over_ws(config: CallConfig, agent: Option<Agent>) -> Call {
         let encoding = config.protocol.default_format().encoding;
-        Call {
-            transport: WsTransport::new(config.protocol),
-            session: Session::new(config.session(), encoding, bot),
-            next: None,
-            end: None,
-            wire_sent: None,
+        Call::with_transport(WsTransport::new(config.protocol), Session::new(config.session(), encoding, bot_for(&config, agent)))
+    }
+
+    /// Handles one text frame received at `now`. An error ends the call with that reason.
+    pub fn on_text(&mut self, now: Timestamp, text: &str, metrics: &WorkerMetrics) -> Result<(), EndReason> {
+        match self.transport.on_text(text)? {
+            WsEvent::Nothing => return Ok(()),
+            WsEvent::Start(start, encoding) => self.session.start(now, encoding, &start),
+            WsEvent::Audio { frames, late, lost } => {
+                metrics.add_jitter(late, lost);
+                let before = self.session.stats().frames_in;
+                self.session.caller_audio(now, frames);
+                metrics.frames_in.add(self.session.stats().frames_in - before);
+            }
+            WsEvent::Dtmf(digit) => self.session.dtmf(now, digit),
+            WsEvent::Mark => self.session.mark_confirmed(),
+            WsEvent::Stop => return Err(EndReason::Stopped),
         }
+        self.drain(now, None, metrics);
+        Ok(())
+    }
+
+    /// The next text frame to send to the carrier.
+    pub fn poll_transmit(&mut self) -> Option<String> {
+        self.transport.poll_transmit()
+    }
+
+    /// Returns a sent frame's buffer for reuse.
+    pub fn recycle(&mut self, buf: String) {
+        self.transport.recycle(buf);
+    }
+}
+
+impl Call<RtpTransport> {
+    /// A SIP call's media as `rtp` negotiated it, its bot started at `now` (the call is
+    /// answered): `start` says who called whom.
+    pub fn over_rtp(now: Timestamp, config: CallConfig, agent: Option<Agent>, rtp: RtpConfig, start: &crate::protocol::Start) -> Call<RtpTransport> {
+        let mut call = Call::with_transport(RtpTransport::new(rtp), Session::new(config.session(), rtp.codec, bot_for(&config, agent)));
+        call.transport.start(now);
+        call.session.start(now, rtp.codec, start);
+        call
+    }
+
+    /// Handles one datagram from `from` received at `now`.
+    pub fn on_datagram(&mut self, now: Timestamp, from: std::net::SocketAddr, datagram: &[u8], metrics: &WorkerMetrics) {
+        match self.transport.on_datagram(from, datagram) {
+            RtpEvent::Nothing => return,
+            RtpEvent::Audio { frames, late, lost } => {
+                metrics.add_jitter(late, lost);
+                let before = self.session.stats().frames_in;
+                self.session.caller_audio(now, frames);
+                metrics.frames_in.add(self.session.stats().frames_in - before);
+            }
+            RtpEvent::Dtmf(digit) => self.session.dtmf(now, digit),
+        }
+        self.drain(now, None, metrics);
+    }
+
+    /// A key pressed by other means (SIP INFO).
+    pub fn on_dtmf(&mut self, now: Timestamp, digit: char, metrics: &WorkerMetrics) {
+        self.session.dtmf(now, digit);
+        self.drain(now, None, metrics);
+    }
+
+    /// The next datagram and where it goes.
+    pub fn poll_transmit(&mut self) -> Option<(std::net::SocketAddr, Vec<u8>)> {
+        self.transport.poll_transmit()
+    }
+
+    /// Returns a sent datagram's buffer for reuse.
+    pub fn recycle(&mut self, buf: Vec<u8>) {
+        self.transport.recycle(buf);
+    }
+
+    /// The RTP counters.
+    pub fn rtp_stats(&self) -> crate::transport::RtpStats {
+        self.transport.stats()
+    }
+}
+
+impl<T: Transport> Call<T> {
+    fn with_transport(transport: T, session: Session) -> Call<T> {
+        Call { transport, session, next: None, end: None, wire_sent: None }
     }
 
     /// The queue the bot's own tasks report to, if it has any.
@@ -130,34 +214,15 @@ impl Call {
 
     /// The call's counters.
     pub fn stats(&self) -> CallStats {
-        let (s, t) = (self.session.stats(), self.transport.stats());
+        let (s, (marks_sent, clears_sent)) = (self.session.stats(), self.transport.marks_and_clears());
         CallStats {
             frames_in: s.frames_in,
             frames_out: s.frames_out,
-            marks_sent: t.marks_sent,
+            marks_sent,
             marks_confirmed: s.marks_confirmed,
-            clears_sent: t.clears_sent,
+            clears_sent,
             dtmf: s.dtmf,
         }
-    }
-
-    /// Handles one text frame received at `now`. An error ends the call with that reason.
-    pub fn on_text(&mut self, now: Timestamp, text: &str, metrics: &WorkerMetrics) -> Result<(), EndReason> {
-        match self.transport.on_text(text)? {
-            WsEvent::Nothing => return Ok(()),
-            WsEvent::Start(start, encoding) => self.session.start(now, encoding, &start),
-            WsEvent::Audio { frames, late, lost } => {
-                metrics.add_jitter(late, lost);
-                let before = self.session.stats().frames_in;
-                self.session.caller_audio(now, frames);
-                metrics.frames_in.add(self.session.stats().frames_in - before);
-            }
-            WsEvent::Dtmf(digit) => self.session.dtmf(now, digit),
-            WsEvent::Mark => self.session.mark_confirmed(),
-            WsEvent::Stop => return Err(EndReason::Stopped),
-        }
-        self.drain(now, None, metrics);
-        Ok(())
     }
 
     /// Handles the bot's queued events (provider replies); `at` is `now` on the clock the
@@ -208,15 +273,6 @@ impl Call {
         [self.next, self.transport.deadline()].into_iter().flatten().min()
     }
 
-    /// The next text frame to send to the carrier.
-    pub fn poll_transmit(&mut self) -> Option<String> {
-        self.transport.poll_transmit()
-    }
-
-    /// Returns a sent frame's buffer for reuse.
-    pub fn recycle(&mut self, buf: String) {
-        self.transport.recycle(buf);
-    }
 }
 
 #[cfg(test)]

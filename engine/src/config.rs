@@ -57,6 +57,8 @@ pub struct EngineConfig {
     /// Where finished AI calls go (the durable outbox); without one, results are logged and
     /// dropped.
     pub results: Option<std::sync::Arc<dyn ResultSink>>,
+    /// Speak SIP (UDP) with RTP media, as well as the carriers' WebSockets.
+    pub sip: Option<crate::sip::SipConfig>,
 }
 
 impl EngineConfig {
@@ -91,6 +93,7 @@ impl EngineConfig {
                 ..Default::default()
             },
             results: None,
+            sip: None,
         }
     }
 }

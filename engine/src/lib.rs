@@ -10,8 +10,7 @@
 //! - [`session`]: the call whatever carries it, sans-IO: caller audio, keys and time in,
 //!   one `poll_output()` out; the [`session::Bot`] interface every bot answers through.
 //! - [`transport`]: carriers' wires to the session's inputs and its transmits back: the
-//!   carriers' WebSockets (`ws`) and the RTP media of SIP calls (`rtp`, not yet wired to
-//!   sockets).
+//!   carriers' WebSockets (`ws`) and the RTP media of SIP calls (`rtp`).
 //! - [`call`]: drives a transport and a session for the worker; their events to metrics.
 //! - [`error`]: why a call ended; how a peer broke the protocol.
 //! - [`protocol`]: the Twilio / Cloudonix and Exotel wire formats, sans-IO.
@@ -21,6 +20,8 @@
 //! - [`bots`]: the built-in bots (`echo`, `turn-echo`, `fault`).
 //! - [`agent`]: an AI bot inside a call: providers, audio conversions, recording, result.
 //! - [`admission`]: who may start a call (call tokens, carrier signatures, inbound secrets).
+//! - [`sip`]: the SIP port: messages routed by Call-ID to the worker owning the call, whose
+//!   task (`worker::sip`) runs the dialog (`cxb-sip`) and the call's RTP socket.
 //! - [`tls`]: `wss://` through rustls, sans-IO between the socket and the parsers.
 //! - [`limits`]: per-address limits before the upgrade (pending heads, failed admissions).
 
@@ -39,6 +40,7 @@ pub mod results;
 pub mod server;
 pub mod session;
 mod shared;
+pub mod sip;
 mod slots;
 pub mod tls;
 pub mod transport;

@@ -89,6 +89,7 @@ impl Engine {
             (0..workers).map(|_| flume::unbounded()).unzip();
         let gate = crate::admission::Gate::new(config.call_keys.clone(), config.host_id.clone());
         let limits = std::sync::Mutex::new(crate::limits::AddressLimits::new(config.address_limits));
+        let sip = config.sip.as_ref().map(crate::sip::SipShared::bind).transpose()?;
         let shared = Arc::new(Shared {
             gate,
             limits,
@@ -96,6 +97,7 @@ impl Engine {
             workers: (0..workers).map(|_| WorkerShared::default()).collect(),
             segment,
             inboxes: senders,
+            sip,
             started: Instant::now(),
             stopping: AtomicBool::new(false),
             tokens: AtomicU64::new(0),
@@ -124,6 +126,10 @@ impl Engine {
                 .name("cxb-acceptor".into())
                 .spawn(move || accept(&acceptor_shared, &listener))?,
         );
+        if shared.sip.is_some() {
+            let sip_shared = shared.clone();
+            threads.push(std::thread::Builder::new().name("cxb-sip".into()).spawn(move || crate::sip::front(&sip_shared))?);
+        }
         let control_shared = shared.clone();
         threads.push(
             std::thread::Builder::new()
@@ -150,6 +156,11 @@ impl Engine {
     /// The address carriers connect to.
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The SIP port's address, when the engine speaks SIP.
+    pub fn sip_addr(&self) -> Option<SocketAddr> {
+        self.shared.sip.as_ref().map(|s| s.local)
     }
 
     /// The configuration in effect.

@@ -32,6 +32,8 @@ pub(crate) enum Command {
 #[derive(Debug)]
 pub(crate) enum Inbox {
     Connection(TcpStream),
+    /// A SIP message for a call this worker owns, or a new INVITE for it to take.
+    Sip { from: std::net::SocketAddr, bytes: Vec<u8> },
     Command(Command, flume::Sender<Value>),
     Shutdown,
 }
@@ -60,6 +62,8 @@ pub(crate) struct Shared {
     pub(crate) gate: crate::admission::Gate,
     pub(crate) limits: std::sync::Mutex<crate::limits::AddressLimits>,
     pub(crate) inboxes: Vec<flume::Sender<Inbox>>,
+    /// The SIP port, when the engine speaks SIP.
+    pub(crate) sip: Option<crate::sip::SipShared>,
     pub(crate) started: Instant,
     pub(crate) stopping: AtomicBool,
     pub(crate) tokens: AtomicU64,

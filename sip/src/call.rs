@@ -18,7 +18,7 @@ use std::collections::VecDeque;
 use std::fmt::Write as _;
 use std::time::Duration;
 
-use crate::message::{Message, RequestHead, StartLine, param, response};
+use crate::message::{Message, RequestHead, StartLine, param, response, uri_of};
 
 /// RFC 3261's T1: the round-trip estimate.
 pub const T1: Duration = Duration::from_millis(500);
@@ -131,13 +131,6 @@ pub struct InboundCall {
     buf: String,
 }
 
-fn uri_of(name_addr: &str) -> &str {
-    match (name_addr.find('<'), name_addr.find('>')) {
-        (Some(open), Some(close)) if open < close => &name_addr[open + 1..close],
-        _ => name_addr.split(';').next().unwrap_or(name_addr).trim(),
-    }
-}
-
 impl InboundCall {
     /// A call for `invite` (an INVITE outside any dialog, checked by the caller), answered
     /// at once with 100 Trying.
@@ -173,6 +166,11 @@ impl InboundCall {
         &self.invite.head.call_id
     }
 
+    /// The INVITE's From and To headers, as they came.
+    pub fn parties(&self) -> (&str, &str) {
+        (&self.invite.head.from, &self.invite.head.to)
+    }
+
     fn reliable(&self) -> bool {
         self.local.transport != "UDP"
     }
@@ -205,6 +203,10 @@ impl InboundCall {
         }
         if (200..300).contains(&code) {
             extra.push(("Allow", METHODS));
+        }
+        if code == 503 {
+            // The trunk fails over to another host, and tries this one again later.
+            extra.push(("Retry-After", "5"));
         }
         self.invite.head.respond(code, reason, tag, &extra, body, &mut self.buf);
         self.last_response = Some(self.buf.clone());
@@ -240,7 +242,7 @@ impl InboundCall {
         }
     }
 
-    /// Refuses the call (404, 403, 486, 488, 503 …).
+    /// Refuses the call (404, 403, 486, 488, 503 with Retry-After …).
     pub fn refuse(&mut self, now: Duration, code: u16, reason: &str) {
         if self.state == State::Proceeding && (300..700).contains(&code) {
             self.invite_response(now, code, reason, "");

@@ -280,6 +280,30 @@ pub fn param<'a>(value: &'a str, name: &str) -> Option<&'a str> {
     })
 }
 
+/// The URI of a name-addr (`"Bob" <sip:bob@host>;tag=1` → `sip:bob@host`) or of a bare
+/// addr-spec (`sip:bob@host;tag=1` → `sip:bob@host`).
+pub fn uri_of(name_addr: &str) -> &str {
+    match (name_addr.find('<'), name_addr.find('>')) {
+        (Some(open), Some(close)) if open < close => &name_addr[open + 1..close],
+        _ => name_addr.split(';').next().unwrap_or(name_addr).trim(),
+    }
+}
+
+/// The user part of a `sip:`, `sips:` or `tel:` URI (`sip:+15550100@host;user=phone` →
+/// `+15550100`), without its parameters; `None` when there is none.
+pub fn user_of(uri: &str) -> Option<&str> {
+    let rest = ["sip:", "sips:", "tel:"].iter().find_map(|scheme| {
+        uri.get(..scheme.len()).filter(|s| s.eq_ignore_ascii_case(scheme)).map(|_| &uri[scheme.len()..])
+    })?;
+    let user = match rest.split_once('@') {
+        Some((user, _)) => user,
+        None if uri[..3].eq_ignore_ascii_case("tel") => rest,
+        None => return None,
+    };
+    let user = user.split([';', ':']).next().unwrap_or_default();
+    (!user.is_empty()).then_some(user)
+}
+
 /// What a response copies from its request (RFC 3261 §8.2.6), owned, so that a request can be
 /// answered after its bytes are gone.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -341,6 +365,20 @@ pub fn response(request: &Message<'_>, code: u16, reason: &str, to_tag: Option<&
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn uris_and_their_users() {
+        assert_eq!(uri_of("\"Bob\" <sip:bob@example.com>;tag=1"), "sip:bob@example.com");
+        assert_eq!(uri_of("sip:bob@example.com;tag=1"), "sip:bob@example.com");
+        assert_eq!(user_of("sip:+15550100@trunk.example;user=phone"), Some("+15550100"));
+        assert_eq!(user_of("SIPS:echo@127.0.0.1:5060"), Some("echo"));
+        assert_eq!(user_of("tel:+15550100;phone-context=x"), Some("+15550100"));
+        assert_eq!(user_of("sip:alice:secret@host"), Some("alice"));
+        assert_eq!(user_of("sip:host.example"), None);
+        assert_eq!(user_of("sip:@host"), None);
+        assert_eq!(user_of("http://x"), None);
+        assert_eq!(user_of("s"), None);
+    }
 
     /// An INVITE as RFC 3665 §3.8 shows one, with compact forms and a body.
     const INVITE: &str = "INVITE sip:bot@127.0.0.1 SIP/2.0\r\n\

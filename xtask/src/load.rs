@@ -19,12 +19,15 @@ use compio::net::TcpStream;
 use cxb_engine::ws::{Incoming, WsSocket};
 use futures_util::future::{Either, select};
 
+mod sip;
+
 const USAGE: &str = "\
 usage: cargo xtask load [options]
   --addr HOST:PORT      engine address (default 127.0.0.1:8080)
   --calls N             concurrent calls (default 100)
   --seconds S           length of each call's stream (default 60)
-  --protocol P          twilio | exotel (default twilio)
+  --protocol P          twilio | exotel | sip (default twilio); for sip, --addr is the
+                        engine's SIP port and --server-pid is needed
   --tls-ca PEM          connect over TLS (wss://), trusting this certificate; server name localhost
   --bot ID              bot to call (default echo)
   --ramp-seconds R      spread call starts over R seconds (default 5)
@@ -40,6 +43,8 @@ struct Options {
     calls: usize,
     seconds: u64,
     exotel: bool,
+    /// SIP calls with RTP media instead of carrier WebSockets.
+    sip: bool,
     /// Connect over TLS, trusting this configuration's roots.
     tls: Option<Arc<rustls::ClientConfig>>,
     bot: String,
@@ -56,6 +61,7 @@ fn parse(args: &[String]) -> Result<Options, String> {
         calls: 100,
         seconds: 60,
         exotel: false,
+        sip: false,
         tls: None,
         bot: "echo".into(),
         ramp: Duration::from_secs(5),
@@ -72,10 +78,11 @@ fn parse(args: &[String]) -> Result<Options, String> {
             "--addr" => o.addr = value()?.parse().map_err(|e| format!("--addr: {e}"))?,
             "--calls" => o.calls = num(value()?)? as usize,
             "--seconds" => o.seconds = num(value()?)?,
-            "--protocol" => o.exotel = match value()?.as_str() {
-                "twilio" => false,
-                "exotel" => true,
-                other => return Err(format!("--protocol: `{other}` is not twilio or exotel")),
+            "--protocol" => (o.exotel, o.sip) = match value()?.as_str() {
+                "twilio" => (false, false),
+                "exotel" => (true, false),
+                "sip" => (false, true),
+                other => return Err(format!("--protocol: `{other}` is not twilio, exotel or sip")),
             },
             "--bot" => o.bot = value()?,
             "--ramp-seconds" => o.ramp = Duration::from_secs(num(value()?)?),
@@ -128,7 +135,7 @@ struct Report {
     connected: usize,
     rejected: usize,
     seconds: u64,
-    exotel: bool,
+    protocol: &'static str,
     frames_sent: u64,
     frames_echoed: u64,
     /// Latency samples (µs) per 10 s window of stream offset.
@@ -198,7 +205,7 @@ impl Report {
         eprintln!(
             "{} calls ({}), {} s: connected {}, rejected {}\n  echo ratio {:.5} ({} of {} frames)\n  latency ms p50 {:.2} p95 {:.2} p99 {:.2} max {:.2}\n  p99 by 10 s window of stream offset: {}\n  latency growth (last - first window p99): {:+.2} ms\n  generator lateness ms p50 {:.3} p99 {:.3} max {:.3}\n  server CPU {:.1}% of one core, generator CPU {:.1}%\n  server RSS {} KiB idle -> {} KiB loaded: {:.1} KiB per call\n  errors: {:?}\n  verdict: {}",
             self.calls,
-            if self.exotel { "exotel" } else { "twilio" },
+            self.protocol,
             self.seconds,
             self.connected,
             self.rejected,
@@ -324,8 +331,14 @@ struct Shared {
 }
 
 fn run_level(o: &Options) -> Result<Report, String> {
-    let pid = o.server_pid.or_else(|| health_pid(o.addr)).ok_or("cannot reach the engine's /health (is it running?)")?.to_string();
-    let script = Rc::new(script(o.exotel, o.seconds));
+    let pid = match o.server_pid {
+        Some(pid) => pid,
+        None if o.sip => return Err("--protocol sip needs --server-pid (the SIP port has no /health)".into()),
+        None => health_pid(o.addr).ok_or("cannot reach the engine's /health (is it running?)")?,
+    }
+    .to_string();
+    let script = Rc::new(script(o.exotel, if o.sip { 0 } else { o.seconds }));
+    let frames: Rc<[[u8; 160]]> = if o.sip { sip::frames(o.seconds).into() } else { Rc::new([]) };
     let shared = Rc::new(RefCell::new(Shared { windows: vec![Vec::new(); (o.seconds / 10 + 2) as usize], ..Shared::default() }));
     let mut proactor = compio::driver::ProactorBuilder::new();
     proactor.capacity(4096);
@@ -346,10 +359,11 @@ fn run_level(o: &Options) -> Result<Report, String> {
         let mut handles = Vec::new();
         for i in 0..o.calls {
             let offset = o.ramp.mul_f64(i as f64 / o.calls.max(1) as f64);
-            let (script, shared, o) = (script.clone(), shared.clone(), o.clone());
+            let (script, frames, shared, o) = (script.clone(), frames.clone(), shared.clone(), o.clone());
             handles.push(compio::runtime::spawn(async move {
                 compio::time::sleep_until(begin + offset).await;
-                if let Err(e) = call(&o, &script, &shared).await {
+                let done = if o.sip { sip::call(&o, i, &frames, &shared).await } else { call(&o, &script, &shared).await };
+                if let Err(e) = done {
                     *shared.borrow_mut().errors.entry(e).or_default() += 1;
                 }
             }));
@@ -377,7 +391,7 @@ fn run_level(o: &Options) -> Result<Report, String> {
         connected: s.connected,
         rejected: s.rejected,
         seconds: o.seconds,
-        exotel: o.exotel,
+        protocol: if o.sip { "sip" } else if o.exotel { "exotel" } else { "twilio" },
         frames_sent: s.frames_sent,
         frames_echoed: s.frames_echoed,
         windows: s.windows,

@@ -11,4 +11,52 @@
 pub mod rtp;
 pub mod ws;
 
+pub use rtp::{RtpConfig, RtpEvent, RtpStats, RtpTransport};
 pub use ws::{WsEvent, WsStats, WsTransport};
+
+use cxb_media::Timestamp;
+
+use crate::session::Transmit;
+
+/// What a [`Call`](crate::call::Call) asks of any transport: the session's transmits, and a
+/// clock of its own (Exotel's flush timer, RTP's silence).
+pub trait Transport {
+    /// Carries out what the session asks at `now`.
+    fn transmit(&mut self, now: Timestamp, what: Transmit<'_>);
+    /// When [`Transport::handle_timeout`] should next run.
+    fn deadline(&self) -> Option<Timestamp>;
+    /// Runs what is due at `now`.
+    fn handle_timeout(&mut self, now: Timestamp);
+    /// Marks sent and clears sent, where the wire has them.
+    fn marks_and_clears(&self) -> (u64, u64) {
+        (0, 0)
+    }
+}
+
+impl Transport for WsTransport {
+    fn transmit(&mut self, now: Timestamp, what: Transmit<'_>) {
+        WsTransport::transmit(self, now, what);
+    }
+    fn deadline(&self) -> Option<Timestamp> {
+        WsTransport::deadline(self)
+    }
+    fn handle_timeout(&mut self, now: Timestamp) {
+        WsTransport::handle_timeout(self, now);
+    }
+    fn marks_and_clears(&self) -> (u64, u64) {
+        let s = self.stats();
+        (s.marks_sent, s.clears_sent)
+    }
+}
+
+impl Transport for RtpTransport {
+    fn transmit(&mut self, now: Timestamp, what: Transmit<'_>) {
+        RtpTransport::transmit(self, now, what);
+    }
+    fn deadline(&self) -> Option<Timestamp> {
+        RtpTransport::deadline(self)
+    }
+    fn handle_timeout(&mut self, now: Timestamp) {
+        RtpTransport::handle_timeout(self, now);
+    }
+}

@@ -85,6 +85,10 @@ struct Worker {
     /// The worker's slots; mirrored into the shared registry as they change.
     slots: RefCell<SlotTable>,
     calls: RefCell<HashMap<String, Rc<Mailbox>>>,
+    /// SIP calls on this worker by SIP Call-ID: where their messages go.
+    sip_calls: RefCell<HashMap<String, Rc<sip::SipInbox>>>,
+    /// This worker's free RTP ports.
+    rtp_ports: RefCell<std::collections::VecDeque<u16>>,
     next_call: Cell<u64>,
     /// When a refusal was last logged, and how many were not since.
     refusals_logged: Cell<Option<Instant>>,
@@ -125,11 +129,14 @@ pub(crate) fn run(
         .store(driver, Ordering::Relaxed);
     tracing::info!(worker = index, driver = if driver == 1 { "io_uring" } else { "epoll" }, "worker running");
     let (slots, ai_limit) = (shared.config.slots_per_worker, shared.config.ai_calls_per_worker);
+    let rtp_ports = sip::rtp_ports(&shared, index);
     let worker = Rc::new(Worker {
         index,
         shared,
         slots: RefCell::new(SlotTable::new(slots, ai_limit)),
         calls: RefCell::new(HashMap::new()),
+        sip_calls: RefCell::new(HashMap::new()),
+        rtp_ports: RefCell::new(rtp_ports),
         next_call: Cell::new(0),
         refusals_logged: Cell::new(None),
         refusals_unlogged: Cell::new(0),
@@ -143,6 +150,7 @@ pub(crate) fn run(
                 Inbox::Connection(stream) => {
                     compio::runtime::spawn(serve::serve(worker.clone(), stream)).detach();
                 }
+                Inbox::Sip { from, bytes } => sip::dispatch(&worker, from, bytes),
                 Inbox::Command(cmd, reply) => {
                     let _ = reply.send(worker.command(cmd));
                 }
@@ -334,3 +342,4 @@ impl Drop for CallGuard {
 
 mod call_loop;
 mod serve;
+mod sip;

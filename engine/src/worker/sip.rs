@@ -1,0 +1,439 @@
+//! SIP calls on a worker: the dialog ([`InboundCall`], sans-IO) and the call's RTP socket
+//! live on the worker that the SIP port (`crate::sip`) routed the INVITE to. One task per call
+//! reads its RTP socket, takes its SIP messages from a per-call inbox, and runs the dialog's
+//! and the call's timers on the worker's clock.
+//!
+//! An INVITE is answered 100 at once; then the Request-URI's user names the bot (for now the
+//! built-in demo bots; unknown users get 404), the SDP offer is negotiated (488 when it has no
+//! G.711), a slot and an RTP port are taken (503 with Retry-After when there are none), and
+//! the call is answered (180, then 200 with our SDP). The bot starts with the answer. Either
+//! side hangs up with a BYE; a call that hears nothing for the idle timeout is hung up.
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::task::{Poll, Waker};
+
+use cxb_sip::call::{CallEvent, EndCause, InboundCall, Local, Output as SipOutput};
+use cxb_sip::message::{Message, StartLine, uri_of, user_of};
+use cxb_sip::sdp::{Codec, Negotiated, SessionDescription};
+
+use super::*;
+use crate::protocol::{Start, StreamSid};
+use crate::sip::SipShared;
+use crate::transport::{RtpConfig, RtpTransport};
+
+/// Bytes read from an RTP socket at a time (a packet is 172 bytes at 20 ms of G.711).
+const RTP_BUF: usize = 2048;
+/// The longest a finished dialog waits for its last messages (our BYE's answer, the ACK of
+/// a refusal): 64·T1, RFC 3261's transaction timeout.
+const LINGER: Duration = Duration::from_secs(32);
+
+/// A call's SIP messages, from the worker's dispatch to the call's task.
+#[derive(Default)]
+pub(super) struct SipInbox {
+    messages: RefCell<VecDeque<(SocketAddr, Vec<u8>)>>,
+    waker: Cell<Option<Waker>>,
+}
+
+impl SipInbox {
+    fn push(&self, from: SocketAddr, bytes: Vec<u8>) {
+        let mut messages = self.messages.borrow_mut();
+        if messages.len() < 64 {
+            messages.push_back((from, bytes));
+        }
+        drop(messages);
+        if let Some(w) = self.waker.take() {
+            w.wake();
+        }
+    }
+
+    fn poll_ready(&self, cx: &mut std::task::Context<'_>) -> Poll<()> {
+        if self.messages.borrow().is_empty() {
+            self.waker.set(Some(cx.waker().clone()));
+            Poll::Pending
+        } else {
+            Poll::Ready(())
+        }
+    }
+
+    fn pop(&self) -> Option<(SocketAddr, Vec<u8>)> {
+        self.messages.borrow_mut().pop_front()
+    }
+}
+
+/// This worker's share of the RTP ports: even ports `p` with `(p - low) / 2 % workers ==
+/// index`, least recently used first.
+pub(super) fn rtp_ports(shared: &Shared, index: usize) -> VecDeque<u16> {
+    let Some(sip) = &shared.sip else { return VecDeque::new() };
+    let (low, high) = sip.rtp_ports;
+    let n = shared.workers.len();
+    (low..high).step_by(2).filter(|p| usize::from((p - low) / 2) % n == index).collect()
+}
+
+/// A SIP message for this worker (the SIP port routed its Call-ID here).
+pub(super) fn dispatch(worker: &Rc<Worker>, from: SocketAddr, bytes: Vec<u8>) {
+    let Some(sip) = &worker.shared.sip else { return };
+    let Ok(message) = Message::parse(&bytes) else { return };
+    let call_id = message.call_id();
+    if let Some(inbox) = worker.sip_calls.borrow().get(call_id) {
+        inbox.push(from, bytes);
+        return;
+    }
+    if message.method() == Some("INVITE") && message.tag("To").is_none() {
+        compio::runtime::spawn(inbound(worker.clone(), from, bytes)).detach();
+    } else {
+        // The call ended here between the SIP port's lookup and now.
+        sip.forget(call_id);
+    }
+}
+
+/// Unregisters a SIP call from its worker and the SIP port however its task ends.
+struct Registered {
+    worker: Rc<Worker>,
+    call_id: String,
+}
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        self.worker.sip_calls.borrow_mut().remove(&self.call_id);
+        if let Some(sip) = &self.worker.shared.sip {
+            sip.forget(&self.call_id);
+        }
+    }
+}
+
+/// A random value for tags, SSRCs and SDP session ids.
+fn random() -> u64 {
+    use std::hash::BuildHasher;
+    std::collections::hash_map::RandomState::new().hash_one(unix_ms())
+}
+
+/// Why an INVITE is refused.
+struct Refused(u16, &'static str);
+
+/// What the INVITE asked for and got.
+struct Accepted {
+    bot: BotKind,
+    negotiated: Negotiated,
+    slot: usize,
+    call_id: String,
+}
+
+impl Worker {
+    fn sip_now(&self) -> Duration {
+        Duration::from_micros(self.now().as_micros())
+    }
+
+    /// Decides an INVITE: its bot, its media, a slot.
+    fn admit_sip(&self, user: Option<&str>, sdp: &[u8]) -> Result<Accepted, Refused> {
+        let config = &self.shared.config;
+        let bot = user
+            .and_then(|u| BotKind::lookup(u, config.demo_bots, config.fault_injection))
+            .ok_or(Refused(404, "Not Found"))?;
+        let negotiated = std::str::from_utf8(sdp)
+            .ok()
+            .and_then(|text| SessionDescription::parse(text).ok())
+            .and_then(|offer| offer.negotiate().ok())
+            .ok_or(Refused(488, "Not Acceptable Here"))?;
+        let n = self.next_call.get();
+        self.next_call.set(n + 1);
+        let call_id = format!("w{}-{n}", self.index);
+        let slot = self.acquire(&call_id, bot.id(), None, false).map_err(|_| {
+            self.metrics().rejected_busy.add(1);
+            Refused(503, "Service Unavailable")
+        })?;
+        Ok(Accepted { bot, negotiated, slot, call_id })
+    }
+
+    /// Binds an RTP socket on one of this worker's ports.
+    fn bind_rtp(&self, sip: &SipShared) -> Option<(std::net::UdpSocket, u16)> {
+        let mut ports = self.rtp_ports.borrow_mut();
+        for _ in 0..ports.len().min(16) {
+            let port = ports.pop_front()?;
+            match std::net::UdpSocket::bind((sip.local.ip(), port)) {
+                Ok(socket) => return Some((socket, port)),
+                // Taken by someone else: tried again later.
+                Err(_) => ports.push_back(port),
+            }
+        }
+        None
+    }
+}
+
+/// Gives an RTP port back to its worker when the call's socket is gone.
+struct PortLease {
+    worker: Rc<Worker>,
+    port: u16,
+}
+
+impl Drop for PortLease {
+    fn drop(&mut self) {
+        self.worker.rtp_ports.borrow_mut().push_back(self.port);
+    }
+}
+
+/// Sends the dialog's messages to `to`; returns its events.
+fn flush(sip: &SipShared, dialog: &mut InboundCall, to: SocketAddr, events: &mut Vec<CallEvent>) -> Option<Duration> {
+    loop {
+        match dialog.poll_output() {
+            SipOutput::Transmit(message) => sip.send(to, message.as_bytes()),
+            SipOutput::Event(event) => events.push(event),
+            SipOutput::Timeout(at) => return at,
+        }
+    }
+}
+
+/// One inbound SIP call, from its INVITE to the dialog's end.
+async fn inbound(worker: Rc<Worker>, peer: SocketAddr, invite: Vec<u8>) {
+    let Some(sip) = worker.shared.sip.as_ref() else { return };
+    let Ok(message) = Message::parse(&invite) else { return };
+    let user = match message.start {
+        StartLine::Request { uri, .. } => user_of(uri).map(str::to_string),
+        StartLine::Response { .. } => None,
+    };
+    let local = Local {
+        tag: format!("{:016x}", random()),
+        contact: format!("sip:{}@{}", user.as_deref().unwrap_or("cxb"), sip.sent_by()),
+        sent_by: sip.sent_by(),
+        transport: "UDP",
+    };
+    let Some(mut dialog) = InboundCall::new(&message, local) else { return };
+    let sip_call_id = dialog.call_id().to_string();
+    let inbox = Rc::new(SipInbox::default());
+    worker.sip_calls.borrow_mut().insert(sip_call_id.clone(), inbox.clone());
+    let _registered = Registered { worker: worker.clone(), call_id: sip_call_id.clone() };
+    let mut events = Vec::new();
+    flush(sip, &mut dialog, peer, &mut events);
+    let now = worker.sip_now();
+    let admitted = worker.admit_sip(user.as_deref(), message.body).and_then(|accepted| match worker.bind_rtp(sip) {
+        Some(rtp) => Ok((accepted, rtp)),
+        None => {
+            worker.free_slot(accepted.slot);
+            tracing::warn!("no RTP port free");
+            Err(Refused(503, "Service Unavailable"))
+        }
+    });
+    let (accepted, (socket, port)) = match admitted {
+        Ok(admitted) => admitted,
+        Err(Refused(code, reason)) => {
+            dialog.refuse(now, code, reason);
+            return linger(&worker, sip, &mut dialog, &inbox, peer).await;
+        }
+    };
+    let lease = PortLease { worker: worker.clone(), port };
+    let (from, to) = dialog.parties();
+    let start = Start {
+        stream_sid: StreamSid::new(&sip_call_id),
+        call_sid: Some(sip_call_id.clone()),
+        account_sid: None,
+        from: user_of(uri_of(from)).map(str::to_string),
+        to: user.clone().or_else(|| user_of(uri_of(to)).map(str::to_string)),
+        custom_parameters: Vec::new(),
+        media_format: None,
+    };
+    let ssrc = random() as u32;
+    let negotiated = accepted.negotiated;
+    let sdp = cxb_sip::sdp::Local { address: sip.advertise, port, session_id: random() >> 1, version: 1 };
+    dialog.ring(now);
+    dialog.answer(now, &sdp.answer(&negotiated));
+    let rtp = RtpConfig {
+        codec: match negotiated.codec {
+            Codec::Pcmu => cxb_codecs::Encoding::Mulaw,
+            Codec::Pcma => cxb_codecs::Encoding::Alaw,
+        },
+        payload_type: negotiated.codec.payload_type(),
+        dtmf: negotiated.dtmf,
+        ssrc,
+        remote: negotiated.remote.map(|(ip, port)| SocketAddr::new(ip, port)),
+    };
+    let call = Call::over_rtp(worker.now(), CallConfig::new(Protocol::Twilio, accepted.bot), None, rtp, &start);
+    let mailbox = Rc::new(Mailbox { message: Cell::new(None), waker: Cell::new(None), last_rx: Cell::new(Instant::now()) });
+    worker.calls.borrow_mut().insert(accepted.call_id.clone(), mailbox.clone());
+    worker.metrics().calls_started.add(1);
+    let mut guard = CallGuard { worker: worker.clone(), slot: accepted.slot, call_id: accepted.call_id.clone(), reason: EndReason::PeerClosed };
+    let span = tracing::info_span!("call", id = %accepted.call_id, bot = accepted.bot.id(), transport = "sip", worker = worker.index);
+    let media = Media { worker: &worker, sip, peer, dialog: &mut dialog, inbox: &inbox, mailbox: &mailbox, slot: accepted.slot, sdp };
+    let reason = media.run(call, socket).instrument(span).await;
+    guard.reason = reason;
+    drop(guard);
+    drop(lease);
+    linger(&worker, sip, &mut dialog, &inbox, peer).await;
+}
+
+/// A finished dialog's last exchanges (its BYE answered, its refusal acknowledged), bounded.
+async fn linger(worker: &Worker, sip: &SipShared, dialog: &mut InboundCall, inbox: &SipInbox, peer: SocketAddr) {
+    let give_up = Instant::now() + LINGER;
+    let mut events = Vec::new();
+    loop {
+        let next = flush(sip, dialog, peer, &mut events);
+        if dialog.is_ended() || Instant::now() >= give_up {
+            return;
+        }
+        let wake = next.map_or(give_up, |at| worker.epoch + at).min(give_up);
+        let timer = std::pin::pin!(compio::time::sleep_until(wake));
+        let ready = std::future::poll_fn(|cx| inbox.poll_ready(cx));
+        match select(timer, std::pin::pin!(ready)).await {
+            Either::Left(_) => dialog.handle_timeout(worker.sip_now()),
+            Either::Right(_) => {
+                while let Some((_, bytes)) = inbox.pop() {
+                    if let Ok(m) = Message::parse(&bytes) {
+                        dialog.on_message(worker.sip_now(), &m);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// What woke a SIP call's task.
+enum Wake {
+    Rtp(BufResult<(usize, SocketAddr), Vec<u8>>),
+    Sip,
+    Timer,
+    Control(Control),
+}
+
+/// An answered SIP call's media and signalling, until either side ends it.
+struct Media<'a> {
+    worker: &'a Rc<Worker>,
+    sip: &'a SipShared,
+    peer: SocketAddr,
+    dialog: &'a mut InboundCall,
+    inbox: &'a SipInbox,
+    mailbox: &'a Mailbox,
+    slot: usize,
+    sdp: cxb_sip::sdp::Local,
+}
+
+impl Media<'_> {
+    async fn run(mut self, mut call: Call<RtpTransport>, socket: std::net::UdpSocket) -> EndReason {
+        let worker = self.worker;
+        let Ok(sender) = socket.try_clone() else { return EndReason::Panicked };
+        let Ok(socket) = compio::net::UdpSocket::from_std(socket) else { return EndReason::Panicked };
+        let recv = |buf: Vec<u8>| {
+            let socket = &socket;
+            async move { socket.recv_from(buf).await }
+        };
+        let mut read = Box::pin(recv(Vec::with_capacity(RTP_BUF)));
+        let mut ctl = std::pin::pin!(self.mailbox.recv());
+        let mut events = Vec::new();
+        let mut sip_next;
+        let reason = 'call: loop {
+            // The dialog's messages and what they mean for the call (answering a re-INVITE
+            // makes more to send).
+            loop {
+                sip_next = self.signal(&mut events);
+                if events.is_empty() {
+                    break;
+                }
+                for event in std::mem::take(&mut events) {
+                match event {
+                    CallEvent::Ended(cause) => {
+                        tracing::debug!(?cause, "dialog ended");
+                        break 'call match cause {
+                            EndCause::RemoteBye | EndCause::Cancelled => EndReason::Stopped,
+                            EndCause::NoAck => EndReason::PeerClosed,
+                            EndCause::LocalBye | EndCause::Refused(_) => EndReason::Hangup,
+                        };
+                    }
+                    CallEvent::Dtmf(digit) => {
+                        let now = worker.now();
+                        if std::panic::catch_unwind(AssertUnwindSafe(|| call.on_dtmf(now, digit, worker.metrics()))).is_err() {
+                            break 'call EndReason::Panicked;
+                        }
+                    }
+                    CallEvent::Reoffer(offer) => self.reoffer(&offer),
+                    CallEvent::Confirmed => {}
+                }
+                }
+            }
+            // The call's packets, without blocking: a full socket buffer drops them, as the
+            // network would.
+            while let Some((to, packet)) = call.poll_transmit() {
+                let _ = socket2::SockRef::from(&sender).send_to_with_flags(&packet, &to.into(), MSG_DONTWAIT);
+                call.recycle(packet);
+            }
+            let stats = call.stats();
+            worker.shared.segment.count_frames(worker.index, self.slot, stats.frames_in, stats.frames_out);
+            if let Some(reason) = call.end() {
+                break reason;
+            }
+            let deadline = [call.deadline().map(|t| worker.instant(t)), sip_next.map(|at| worker.epoch + at)].into_iter().flatten().min();
+            let mut timer = std::pin::pin!(async move {
+                match deadline {
+                    Some(at) => compio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            });
+            let inbox = self.inbox;
+            let wake = std::future::poll_fn(|cx| {
+                if let Poll::Ready(r) = read.as_mut().poll(cx) {
+                    return Poll::Ready(Wake::Rtp(r));
+                }
+                if let Poll::Ready(()) = inbox.poll_ready(cx) {
+                    return Poll::Ready(Wake::Sip);
+                }
+                if let Poll::Ready(c) = ctl.as_mut().poll(cx) {
+                    return Poll::Ready(Wake::Control(c));
+                }
+                timer.as_mut().poll(cx).map(|()| Wake::Timer)
+            })
+            .await;
+            let now = worker.now();
+            let handled = match wake {
+                Wake::Rtp(BufResult(Ok((n, from)), buf)) => {
+                    self.mailbox.last_rx.set(Instant::now());
+                    let handled = std::panic::catch_unwind(AssertUnwindSafe(|| call.on_datagram(now, from, &buf[..n], worker.metrics())));
+                    let mut buf = buf;
+                    buf.clear();
+                    read.set(recv(buf));
+                    handled
+                }
+                Wake::Rtp(BufResult(Err(_), buf)) => {
+                    // ICMP port unreachable and the like: the next read may well succeed.
+                    let mut buf = buf;
+                    buf.clear();
+                    read.set(recv(buf));
+                    Ok(())
+                }
+                Wake::Sip => Ok(()),
+                Wake::Timer => {
+                    self.dialog.handle_timeout(worker.sip_now());
+                    std::panic::catch_unwind(AssertUnwindSafe(|| call.on_timeout(now, worker.metrics())))
+                }
+                Wake::Control(Control::Hangup) => break EndReason::Hangup,
+                Wake::Control(Control::Shutdown) => break EndReason::Shutdown,
+                Wake::Control(Control::Idle) => break EndReason::IdleTimeout,
+            };
+            if handled.is_err() {
+                break EndReason::Panicked;
+            }
+        };
+        drop(read);
+        self.dialog.hang_up(worker.sip_now());
+        reason
+    }
+
+    /// Feeds the inbox's messages to the dialog and sends its answers; its next timer.
+    fn signal(&mut self, events: &mut Vec<CallEvent>) -> Option<Duration> {
+        while let Some((_, bytes)) = self.inbox.pop() {
+            match Message::parse(&bytes) {
+                Ok(m) => self.dialog.on_message(self.worker.sip_now(), &m),
+                Err(_) => continue,
+            }
+        }
+        flush(self.sip, self.dialog, self.peer, events)
+    }
+
+    /// A re-INVITE (hold, unhold, a refresh): answered with our address and the same codec
+    /// choice; the media keeps flowing to the latched address.
+    fn reoffer(&mut self, offer: &str) {
+        self.sdp.version += 1;
+        let answer = match SessionDescription::parse(offer).ok().and_then(|o| o.negotiate().ok()) {
+            Some(negotiated) => self.sdp.answer(&negotiated),
+            None => self.sdp.offer(),
+        };
+        self.dialog.answer_reoffer(&answer);
+    }
+}
