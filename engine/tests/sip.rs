@@ -122,19 +122,31 @@ impl Phone {
         self.socket.send_to(&out, to).expect("rtp");
     }
 
-    /// RTP packets that are not silence, counted for `limit`; SIP requests are kept.
-    fn count_voice(&self, limit: Duration, sip: &mut Vec<String>) -> usize {
+    /// RTP packets that are not silence, counted for `limit`, and silent packets that came
+    /// between two that were not (comfort silence must not cut into audio); SIP requests are
+    /// kept.
+    fn count_voice(&self, limit: Duration, sip: &mut Vec<String>) -> (usize, usize) {
         let until = Instant::now() + limit;
         let mut buf = [0u8; 4096];
-        let mut voice = 0;
+        let (mut voice, mut gaps, mut silent_run) = (0, 0, 0);
         while Instant::now() < until {
             let Ok((n, _)) = self.socket.recv_from(&mut buf) else { continue };
             match RtpPacket::parse(&buf[..n]) {
-                Ok(p) if buf[0] & 0xC0 == 0x80 => voice += usize::from(!p.payload.iter().all(|&b| b == 0xFF)),
+                Ok(p) if buf[0] & 0xC0 == 0x80 => {
+                    if p.payload.iter().all(|&b| b == 0xFF) {
+                        silent_run += 1;
+                    } else {
+                        if voice > 0 {
+                            gaps += silent_run;
+                        }
+                        silent_run = 0;
+                        voice += 1;
+                    }
+                }
                 _ => sip.push(String::from_utf8_lossy(&buf[..n]).into_owned()),
             }
         }
-        voice
+        (voice, gaps)
     }
 }
 
@@ -152,8 +164,9 @@ fn a_call_to_echo_is_answered_its_audio_comes_back_and_a_bye_ends_it() {
         phone.rtp(media, 0, seq, &frame);
     }
     let mut requests = Vec::new();
-    let voice = phone.count_voice(Duration::from_millis(1500), &mut requests);
+    let (voice, gaps) = phone.count_voice(Duration::from_millis(1500), &mut requests);
     assert!(voice >= 20, "echoed {voice} of 25 frames");
+    assert_eq!(gaps, 0, "silence packets between echoed frames");
     assert!(requests.is_empty(), "{requests:?}");
     phone.request("BYE", "", "");
     let (code, _) = phone.final_response();
@@ -206,7 +219,7 @@ fn options_is_answered_and_garbage_on_the_port_disturbs_no_call() {
         phone.rtp(media, 0, seq, &frame);
     }
     let mut requests = Vec::new();
-    let voice = phone.count_voice(Duration::from_millis(1500), &mut requests);
+    let (voice, _) = phone.count_voice(Duration::from_millis(1500), &mut requests);
     assert!(voice >= 20, "echoed {voice} of 25 frames while garbage arrived");
     assert!(requests.is_empty(), "the call was not disturbed: {requests:?}");
     let ping = Phone::new(sip, "ping");

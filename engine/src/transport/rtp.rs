@@ -1,6 +1,6 @@
 //! The media of a SIP call over RTP, sans-IO: datagrams in, whole 20 ms frames of the
 //! negotiated G.711 codec and key presses out; the session's audio out as RTP packets, one per
-//! 20 ms frame, with silence sent on the same clock while the bot is quiet (a SIP peer
+//! 20 ms frame, with silence every 20 ms once the bot has been quiet for a period (a SIP peer
 //! expects a continuous stream and may hang up on a silent one). The caller's address is
 //! latched from its first packet (symmetric RTP, for callers behind NAT); packets from any
 //! other address are dropped after that.
@@ -165,7 +165,10 @@ impl RtpTransport {
             for frame in frames.chunks(FRAME) {
                 self.packet(frame);
             }
-            self.next_due = Some(now + PERIOD);
+            // Silence only after a whole period without audio: the playout's ticks and this
+            // clock are not in phase, and a silence packet between two frames of audio would
+            // be played between them.
+            self.next_due = Some(now + 2 * PERIOD);
         }
     }
 
@@ -284,12 +287,14 @@ mod tests {
         assert!(a.marker && !b.marker, "a talk spurt's first packet is marked");
         assert_eq!((b.sequence.wrapping_sub(a.sequence), b.timestamp.wrapping_sub(a.timestamp)), (1, 160));
         assert_eq!((a.ssrc, a.payload_type, a.payload.len()), (0x1234_5678, 0, 160));
-        // The bot is quiet: silence every 20 ms from the last audio on.
+        // The bot is quiet: after a period without audio, silence every 20 ms.
+        t.handle_timeout(at(20));
+        assert_eq!(t.poll_transmit(), None, "audio may still come for this period");
         t.handle_timeout(at(60));
         let more: Vec<Vec<u8>> = std::iter::from_fn(|| t.poll_transmit()).map(|(_, b)| b).collect();
-        assert_eq!(more.len(), 3, "20, 40 and 60 ms");
-        let c = RtpPacket::parse(&more[2]).expect("rtp");
-        assert_eq!((c.timestamp.wrapping_sub(b.timestamp), c.payload), (480, &[0xFF; 160][..]));
+        assert_eq!(more.len(), 2, "40 and 60 ms");
+        let c = RtpPacket::parse(&more[1]).expect("rtp");
+        assert_eq!((c.timestamp.wrapping_sub(b.timestamp), c.payload), (320, &[0xFF; 160][..]));
         assert_eq!(t.deadline(), Some(at(80)));
         // A stall of a second: five packets, and the timestamps still follow the clock.
         t.handle_timeout(at(1_080));
