@@ -356,6 +356,31 @@ pub(crate) async fn runtime_bot(State(s): State<AppState>, _fleet: Fleet, Path(i
     Ok(Json(bot))
 }
 
+/// `GET /v1/runtime/phone-numbers/{number}` (an `engine` token): the number's bot, its
+/// organization and the trunk's credentials, secrets open. A disabled number is not found.
+pub(crate) async fn runtime_number(State(s): State<AppState>, _fleet: Fleet, Path(number): Path<String>) -> ApiResult<Json<Value>> {
+    let row = sqlx::query("SELECT id, org_id, body FROM phone_numbers WHERE name = $1")
+        .bind(&number)
+        .fetch_optional(&s.db)
+        .await?
+        .ok_or_else(|| ApiError::not_found("phone number"))?;
+    let body: String = row.try_get(2)?;
+    let mut doc: Value = serde_json::from_str(&body).map_err(ApiError::internal)?;
+    if doc["enabled"] == false {
+        return Err(ApiError::not_found("phone number"));
+    }
+    s.secrets.open_document(&mut doc).map_err(ApiError::internal)?;
+    Ok(Json(serde_json::json!({
+        "id": row.try_get::<String, _>(0)?,
+        "org_id": row.try_get::<String, _>(1)?,
+        "number": doc["number"],
+        "bot_id": doc["bot_id"],
+        "allowed_sources": doc.get("allowed_sources").cloned().unwrap_or_else(|| serde_json::json!([])),
+        "digest_username": doc["digest_username"],
+        "digest_password": doc["secrets"]["digest_password"],
+    })))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

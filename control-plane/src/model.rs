@@ -643,6 +643,81 @@ impl Webhook {
     }
 }
 
+/// A phone number (or SIP user) that SIP calls reach a bot at: an INVITE whose Request-URI
+/// names it is answered by `bot_id`, if it comes from one of `allowed_sources` and/or answers
+/// the engine's digest challenge for `digest_username`. At least one of the two is required.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PhoneNumber {
+    /// E.164 (`+15550100`), or a SIP user name: 1 to 64 of letters, digits and `+._-`.
+    /// Unique across the platform.
+    #[schema(min_length = 1, max_length = 64, pattern = r"^[A-Za-z0-9+._-]{1,64}$")]
+    pub number: String,
+    /// The bot that answers (one of the organization's, or a built-in one: `echo`, `turn-echo`).
+    #[schema(min_length = 1, max_length = 128)]
+    pub bot_id: String,
+    /// The trunk's addresses, as CIDRs (`203.0.113.0/24`, `2001:db8::/32`) or single addresses.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schema(max_items = 100)]
+    pub allowed_sources: Vec<String>,
+    /// The user name the engine challenges INVITEs for (401, RFC 3261 §22), with the
+    /// write-only `secrets.digest_password`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(min_length = 1, max_length = 128)]
+    pub digest_username: Option<String>,
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// Write-only `{"digest_password": "…"}` (at least 12 characters).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub secrets: Secrets,
+}
+
+impl PhoneNumber {
+    pub fn check(&mut self) -> ApiResult<()> {
+        let n = &self.number;
+        if n.is_empty() || n.len() > 64 || !n.bytes().all(|b| b.is_ascii_alphanumeric() || b"+._-".contains(&b)) {
+            return Err(ApiError::invalid("number", "E.164 or a SIP user: 1 to 64 of letters, digits and +._-"));
+        }
+        if n.starts_with('+') && (n.len() < 8 || n.len() > 16 || !n[1..].bytes().all(|b| b.is_ascii_digit())) {
+            return Err(ApiError::invalid("number", "E.164: + and 7 to 15 digits"));
+        }
+        if self.bot_id.trim().is_empty() || self.bot_id.len() > 128 {
+            return Err(ApiError::invalid("bot_id", "a bot id"));
+        }
+        for (i, source) in self.allowed_sources.iter_mut().enumerate() {
+            let parsed = source.parse::<ipnet::IpNet>().or_else(|_| source.parse::<std::net::IpAddr>().map(ipnet::IpNet::from));
+            match parsed {
+                Ok(net) => *source = net.trunc().to_string(),
+                Err(_) => return Err(ApiError::invalid(format!("allowed_sources[{i}]"), "a CIDR or an IP address")),
+            }
+        }
+        if self.allowed_sources.len() > 100 {
+            return Err(ApiError::invalid("allowed_sources", "at most 100"));
+        }
+        let password = self.secrets.get("digest_password");
+        if self.secrets.keys().any(|k| k != "digest_password") {
+            return Err(ApiError::invalid("secrets", "only digest_password"));
+        }
+        match (&self.digest_username, password) {
+            (Some(user), Some(p)) => {
+                if user.is_empty() || user.len() > 128 || user.chars().any(|c| c.is_control() || c == '"') {
+                    return Err(ApiError::invalid("digest_username", "1 to 128 characters, no quotes or control characters"));
+                }
+                if p.chars().count() < 12 {
+                    return Err(ApiError::invalid("secrets.digest_password", "at least 12 characters"));
+                }
+            }
+            (Some(_), None) => return Err(ApiError::invalid("secrets.digest_password", "required with digest_username")),
+            (None, Some(_)) => return Err(ApiError::invalid("digest_username", "required with secrets.digest_password")),
+            (None, None) if self.allowed_sources.is_empty() => {
+                return Err(ApiError::invalid("allowed_sources", "give the trunk's addresses, digest credentials, or both: a number open to anyone is not allowed"));
+            }
+            (None, None) => {}
+        }
+        Ok(())
+    }
+}
+
 /// Which carrier places the organization's calls.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]

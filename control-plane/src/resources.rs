@@ -20,7 +20,7 @@ use crate::clock::rfc3339;
 use crate::db::new_id;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{Arg, Filter, JsonObject, Query, limit, typed_strict};
-use crate::model::{self, AiAssistant, Bot, Campaign, CampaignState, LoadBalancer, RoutingType, Webhook};
+use crate::model::{self, AiAssistant, Bot, Campaign, CampaignState, LoadBalancer, PhoneNumber, RoutingType, Webhook};
 
 /// A resource stored as a JSON document in its own table.
 pub(crate) trait Document: Serialize + DeserializeOwned + ToSchema + Send + Sync + 'static {
@@ -84,6 +84,22 @@ impl Document for AiAssistant {
             && !BUILT_IN_BOTS.contains(&bot.as_str())
             && !exists(state, "bots", org, bot).await?
         {
+            return Err(ApiError::invalid("bot_id", "no such bot"));
+        }
+        Ok(())
+    }
+}
+
+impl Document for PhoneNumber {
+    const TABLE: &'static str = "phone_numbers";
+    const PREFIX: &'static str = "num";
+    const WHAT: &'static str = "phone number";
+    fn name(&self) -> &str {
+        &self.number
+    }
+    async fn check(&mut self, state: &AppState, org: &str) -> ApiResult<()> {
+        PhoneNumber::check(self)?;
+        if !BUILT_IN_BOTS.contains(&self.bot_id.as_str()) && !exists(state, "bots", org, &self.bot_id).await? {
             return Err(ApiError::invalid("bot_id", "no such bot"));
         }
         Ok(())

@@ -19,7 +19,7 @@ use crate::campaigns::{self, NewContact, NewDnc};
 use crate::error::ApiError;
 use crate::fleet::{self, Heartbeat, HeartbeatAnswer, Reserved};
 use crate::knowledge::{self, Matches, NewDocument, Search};
-use crate::model::{AiAssistant, Bot, Campaign, LoadBalancer, Settings, Webhook};
+use crate::model::{AiAssistant, Bot, Campaign, LoadBalancer, PhoneNumber, Settings, Webhook};
 use crate::resources::{self, Document};
 use crate::users::{self, Login, NewApiKey, NewUser, UserPatch};
 use crate::{AppState, metrics, settings, webhooks};
@@ -528,6 +528,14 @@ fn answer_schemas(schemas: &mut Map<String, Value>) {
         schemas.insert("RuntimeBot".into(), bot);
         extend(schemas, "RuntimeBot", json!({ "id": string(), "org_id": string(), "updated_at": time() }), true);
     }
+    let nullable_string = json!({ "type": ["string", "null"] });
+    let mut number = record(json!({
+        "id": string(), "org_id": string(), "number": string(), "bot_id": string(),
+        "allowed_sources": { "type": "array", "items": string() },
+        "digest_username": nullable_string, "digest_password": nullable_string,
+    }));
+    number["description"] = json!("Where a SIP call to a number goes, as an engine needs it: secrets open.");
+    schemas.insert("RuntimePhoneNumber".into(), number);
     let nullable_time = json!({ "type": ["string", "null"], "format": "date-time" });
     let user = record(json!({
         "id": string(), "org_id": string(), "email": string(), "name": string(), "role": reference("Role"),
@@ -785,6 +793,7 @@ pub(crate) fn build() -> Routes {
     r.documents::<AiAssistant>("/v1/ai-assistants", "routing", "AI assistants");
     r.documents::<LoadBalancer>("/v1/load-balancers", "routing", "load balancers");
     r.documents::<Webhook>("/v1/webhooks", "webhooks", "webhooks");
+    r.documents::<PhoneNumber>("/v1/phone-numbers", "routing", "phone numbers");
     r.add("GET", "/v1/webhooks/{id}/deliveries", webhooks::deliveries, Doc::user("webhooks", "The webhook's delivery log").list(doc("Delivery")));
 
     named::<crate::model::CampaignState>(&mut r.schemas);
@@ -904,6 +913,12 @@ pub(crate) fn build() -> Routes {
     let reserved = named::<Reserved>(&mut r.schemas);
     named::<Bot>(&mut r.schemas);
     r.add("GET", "/v1/runtime/bots/{id}", fleet::runtime_bot, Doc::fleet("runtime", "A bot's runtime config, secrets included").ok(doc("RuntimeBot")));
+    r.add(
+        "GET",
+        "/v1/runtime/phone-numbers/{number}",
+        fleet::runtime_number,
+        Doc::fleet("runtime", "Where a SIP call to this number goes: its bot, organization and trunk credentials (secrets included)").ok(doc("RuntimePhoneNumber")),
+    );
     let search = named::<Search>(&mut r.schemas);
     let matches = named::<Matches>(&mut r.schemas);
     r.add(

@@ -169,7 +169,7 @@ impl SecretBox {
 }
 
 /// The tables whose documents hold `secrets` maps, and their key column.
-const SEALED_TABLES: [(&str, &str); 4] = [("bots", "id"), ("ai_assistants", "id"), ("webhooks", "id"), ("settings", "org_id")];
+const SEALED_TABLES: [(&str, &str); 5] = [("bots", "id"), ("ai_assistants", "id"), ("webhooks", "id"), ("phone_numbers", "id"), ("settings", "org_id")];
 
 /// Seals every stored secret that is not sealed yet (at start: rows from before sealing), or,
 /// with `reseal`, every one not sealed with the newest key (a key rotation). Returns how many

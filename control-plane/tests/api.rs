@@ -563,3 +563,50 @@ async fn every_route_is_documented_and_answers() {
     assert!(metrics.contains("cxb_api_requests_total"), "{metrics}");
     assert!(metrics.contains("route=\"/v1/openapi.json\""));
 }
+
+#[tokio::test]
+async fn phone_numbers_route_sip_calls_to_bots_with_their_trunks_credentials() {
+    let api = Api::start().await;
+    let token = api.org("Acme").await;
+    let other = api.org("Other").await;
+    let fleet = api.fleet_token().await;
+    let (bot, ..) = product(&api, &token).await;
+    let created = api
+        .post(
+            "/v1/phone-numbers",
+            &token,
+            json!({"number": "+15550100", "bot_id": bot, "allowed_sources": ["203.0.113.7", "2001:db8::1/32"], "digest_username": "trunk", "secrets": {"digest_password": "a long trunk secret"}}),
+        )
+        .await;
+    assert_eq!(created.status, 201, "{}", created.body);
+    let id = created.body["id"].as_str().unwrap().to_string();
+    assert_eq!(created.body["allowed_sources"], json!(["203.0.113.7/32", "2001:db8::/32"]), "normalised");
+    assert!(!created.body.to_string().contains("a long trunk secret"), "the password is write-only");
+    // The engine sees the route with the secret open; users and other organizations do not.
+    let runtime = api.get("/v1/runtime/phone-numbers/+15550100", &fleet).await;
+    assert_eq!(runtime.status, 200, "{}", runtime.body);
+    assert_eq!((runtime.body["bot_id"].as_str(), runtime.body["digest_password"].as_str()), (Some(bot.as_str()), Some("a long trunk secret")));
+    assert!(runtime.body["org_id"].as_str().is_some_and(|o| !o.is_empty()));
+    assert_eq!(api.get("/v1/runtime/phone-numbers/+15550100", &token).await.status, 403);
+    assert_eq!(api.get("/v1/runtime/phone-numbers/+15550199", &fleet).await.status, 404);
+    assert_eq!(api.get(&format!("/v1/phone-numbers/{id}"), &other).await.status, 404);
+    // One number, one route across the platform.
+    let taken = api.post("/v1/phone-numbers", &other, json!({"number": "+15550100", "bot_id": "echo", "allowed_sources": ["127.0.0.1"]})).await;
+    assert_eq!((taken.status, taken.body["error"]["code"].as_str()), (409, Some("already_exists")), "{}", taken.body);
+    // A disabled number routes nowhere.
+    assert_eq!(api.patch(&format!("/v1/phone-numbers/{id}"), &token, json!({"enabled": false})).await.status, 200);
+    assert_eq!(api.get("/v1/runtime/phone-numbers/+15550100", &fleet).await.status, 404);
+    for (body, field) in [
+        (json!({"number": "+15550101", "bot_id": "echo"}), "allowed_sources"),
+        (json!({"number": "+1 555", "bot_id": "echo", "allowed_sources": ["127.0.0.1"]}), "number"),
+        (json!({"number": "+12", "bot_id": "echo", "allowed_sources": ["127.0.0.1"]}), "number"),
+        (json!({"number": "sales", "bot_id": "nope", "allowed_sources": ["127.0.0.1"]}), "bot_id"),
+        (json!({"number": "sales", "bot_id": "echo", "allowed_sources": ["10.0.0.0/33"]}), "allowed_sources[0]"),
+        (json!({"number": "sales", "bot_id": "echo", "digest_username": "u"}), "secrets.digest_password"),
+        (json!({"number": "sales", "bot_id": "echo", "digest_username": "u", "secrets": {"digest_password": "short"}}), "secrets.digest_password"),
+    ] {
+        let r = api.post("/v1/phone-numbers", &token, body.clone()).await;
+        assert_eq!((r.status, r.body["error"]["field"].as_str()), (422, Some(field)), "{body}: {}", r.body);
+    }
+    assert_eq!(api.post("/v1/phone-numbers", &token, json!({"number": "sales", "bot_id": "echo", "allowed_sources": ["127.0.0.1"]})).await.status, 201);
+}
