@@ -61,12 +61,27 @@ pub enum Refusal {
     BadSignature,
     /// A secret that does not match the bot's.
     BadSecret,
+    /// A SIP INVITE from an address its number does not allow.
+    WrongSource,
+    /// SIP digest credentials that do not match the number's.
+    BadCredentials,
 }
 
 impl Refusal {
     /// Every reason, for the metrics.
-    pub const ALL: [&'static str; 9] =
-        ["missing", "malformed_token", "unknown_key", "bad_signature", "expired", "wrong_bot", "wrong_host", "replayed", "bad_secret"];
+    pub const ALL: [&'static str; 11] = [
+        "missing",
+        "malformed_token",
+        "unknown_key",
+        "bad_signature",
+        "expired",
+        "wrong_bot",
+        "wrong_host",
+        "replayed",
+        "bad_secret",
+        "wrong_source",
+        "bad_credentials",
+    ];
 
     /// The metric and log label.
     pub const fn label(self) -> &'static str {
@@ -79,6 +94,8 @@ impl Refusal {
             // A Twilio signature that fails and a token whose MAC fails are both forgeries.
             Refusal::BadSignature => "bad_signature",
             Refusal::BadSecret => "bad_secret",
+            Refusal::WrongSource => "wrong_source",
+            Refusal::BadCredentials => "bad_credentials",
         }
     }
 
@@ -93,6 +110,8 @@ impl Refusal {
             Refusal::Replayed => "the call token was already used",
             Refusal::BadSignature => "the carrier's signature does not match",
             Refusal::BadSecret => "the inbound secret does not match",
+            Refusal::WrongSource => "calls to this number may not come from this address",
+            Refusal::BadCredentials => "the digest credentials do not match",
         }
     }
 }

@@ -63,8 +63,27 @@ pub enum BotError {
     Unavailable(String),
 }
 
+/// Where a SIP call to a number goes (`/v1/phone-numbers` in the API).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+pub struct NumberRoute {
+    /// The number's organization.
+    pub org_id: String,
+    /// The bot that answers.
+    pub bot_id: String,
+    /// The trunk's addresses; empty: any (then digest credentials are required).
+    #[serde(default)]
+    pub allowed_sources: Vec<ipnet::IpNet>,
+    /// Digest credentials the engine challenges INVITEs for.
+    #[serde(default)]
+    pub digest_username: Option<String>,
+    /// See `digest_username`.
+    #[serde(default)]
+    pub digest_password: Option<String>,
+}
+
 thread_local! {
     static CACHE: RefCell<HashMap<String, (Instant, Rc<BotConfig>)>> = RefCell::new(HashMap::new());
+    static NUMBERS: RefCell<HashMap<String, (Instant, Rc<NumberRoute>)>> = RefCell::new(HashMap::new());
     /// The result sink of the engine whose worker runs on this thread: agents made here stream
     /// their recordings into it. Set by the worker as it admits an AI call ([`record_into`]).
     static RESULTS: RefCell<Option<Arc<dyn ResultSink>>> = const { RefCell::new(None) };
@@ -181,17 +200,37 @@ impl BotSource {
     }
 }
 
-async fn fetch(api: &ApiLink, id: &str) -> Result<BotConfig, BotError> {
-    let unavailable = |e: String| BotError::Unavailable(format!("fetching bot {id}: {e}"));
+impl BotSource {
+    /// Where a SIP call to `number` goes, from the API (cached on this worker for
+    /// `cache_ttl`); `NotFound` without an API.
+    pub async fn resolve_number(&self, number: &str) -> Result<Rc<NumberRoute>, BotError> {
+        let valid = !number.is_empty() && number.len() <= 64 && number.bytes().all(|b| b.is_ascii_alphanumeric() || b"+._-".contains(&b));
+        let (true, Some(api)) = (valid, &self.api) else {
+            return Err(BotError::NotFound);
+        };
+        let cached = NUMBERS.with_borrow(|c| c.get(number).filter(|(at, _)| at.elapsed() < self.cache_ttl).map(|(_, r)| r.clone()));
+        if let Some(route) = cached {
+            return Ok(route);
+        }
+        let body = get_runtime(api, &format!("phone-numbers/{number}"), "phone number").await?;
+        let route: NumberRoute = serde_json::from_slice(&body).map_err(|e| BotError::Unavailable(format!("phone number {number}: {e}")))?;
+        let route = Rc::new(route);
+        NUMBERS.with_borrow_mut(|c| {
+            if c.len() > 10_000 {
+                c.clear();
+            }
+            c.insert(number.to_string(), (Instant::now(), route.clone()));
+        });
+        Ok(route)
+    }
+}
+
+/// `GET {api}/v1/runtime/{path}` with the fleet token: the body of a 200.
+async fn get_runtime(api: &ApiLink, path: &str, what: &str) -> Result<Vec<u8>, BotError> {
+    let unavailable = |e: String| BotError::Unavailable(format!("fetching {what}: {e}"));
     let client = cxb_pipeline::providers::http().map_err(unavailable)?;
-    let url = format!(
-        "{}/v1/runtime/bots/{id}",
-        api.base_url.trim_end_matches('/')
-    );
-    let request = client
-        .get(url.as_str())
-        .and_then(|r| r.bearer_auth(&api.fleet_token))
-        .map_err(|e| unavailable(e.to_string()))?;
+    let url = format!("{}/v1/runtime/{path}", api.base_url.trim_end_matches('/'));
+    let request = client.get(url.as_str()).and_then(|r| r.bearer_auth(&api.fleet_token)).map_err(|e| unavailable(e.to_string()))?;
     let response = compio::time::timeout(Duration::from_secs(5), request.send())
         .await
         .map_err(|_| unavailable("timed out".into()))?
@@ -201,11 +240,12 @@ async fn fetch(api: &ApiLink, id: &str) -> Result<BotConfig, BotError> {
         404 => return Err(BotError::NotFound),
         status => return Err(unavailable(format!("HTTP {status}"))),
     }
-    let body = response
-        .bytes()
-        .await
-        .map_err(|e| unavailable(e.to_string()))?;
-    BotConfig::from_json(&body).map_err(|e| unavailable(e.to_string()))
+    Ok(response.bytes().await.map_err(|e| unavailable(e.to_string()))?.to_vec())
+}
+
+async fn fetch(api: &ApiLink, id: &str) -> Result<BotConfig, BotError> {
+    let body = get_runtime(api, &format!("bots/{id}"), &format!("bot {id}")).await?;
+    BotConfig::from_json(&body).map_err(|e| BotError::Unavailable(format!("fetching bot {id}: {e}")))
 }
 
 /// How the agent wants the call to end.
@@ -734,6 +774,7 @@ impl Agent {
             .map(|l| Turn { role: l.role.to_string(), text: l.text.clone(), at_ms: l.at_ms, interrupted: l.interrupted })
             .collect();
         let metrics = json!({
+            "transport": start.map(|s| s.transport),
             "turn_latency_ms": self.conv.latencies(),
             "answer_to_first_audio_ms": self.first_audio.map(|t| t.saturating_since(self.created).as_millis() as u64),
             "barge_ins": self.conv.barge_ins(),

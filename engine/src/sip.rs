@@ -59,6 +59,8 @@ pub(crate) struct SipShared {
     /// Call-ID → the worker that owns the call.
     routes: Mutex<HashMap<String, usize>>,
     pub(crate) counters: SipCounters,
+    /// Keys the digest nonces of this engine's challenges (random per process).
+    pub(crate) nonce_key: [u8; 16],
 }
 
 impl SipShared {
@@ -71,7 +73,12 @@ impl SipShared {
             ip if ip.is_unspecified() => IpAddr::from([127, 0, 0, 1]),
             ip => ip,
         });
-        Ok(SipShared { socket, local, advertise, rtp_ports: config.rtp_ports, routes: Mutex::default(), counters: SipCounters::default() })
+        let mut nonce_key = [0u8; 16];
+        for (i, chunk) in nonce_key.chunks_mut(8).enumerate() {
+            use std::hash::BuildHasher;
+            chunk.copy_from_slice(&std::collections::hash_map::RandomState::new().hash_one(i).to_le_bytes());
+        }
+        Ok(SipShared { socket, local, advertise, rtp_ports: config.rtp_ports, routes: Mutex::default(), counters: SipCounters::default(), nonce_key })
     }
 
     /// `host:port` as peers reach this engine, for Contact and Via.
@@ -83,6 +90,13 @@ impl SipShared {
     /// (SIP over UDP retransmits).
     pub(crate) fn send(&self, to: SocketAddr, message: &[u8]) {
         let _ = self.socket.send_to(message, to);
+    }
+
+    /// Messages for `call_id` go to `worker` (a new INVITE for a Call-ID it already had).
+    pub(crate) fn claim(&self, call_id: &str, worker: usize) {
+        if let Ok(mut routes) = self.routes.lock() {
+            routes.insert(call_id.to_string(), worker);
+        }
     }
 
     /// The call is gone from its worker: its messages are no longer routed.

@@ -166,6 +166,12 @@ impl InboundCall {
         &self.invite.head.call_id
     }
 
+    /// Whether `m` is a new INVITE for this Call-ID (not a retransmission of ours, outside the
+    /// dialog): a caller answering our 401 with credentials, say.
+    pub fn is_new_invite(&self, m: &Message<'_>) -> bool {
+        m.method() == Some("INVITE") && m.tag("To").is_none() && m.call_id() == self.invite.head.call_id && m.branch() != Some(self.invite.branch.as_str())
+    }
+
     /// The INVITE's From and To headers, as they came.
     pub fn parties(&self) -> (&str, &str) {
         (&self.invite.head.from, &self.invite.head.to)
@@ -189,6 +195,10 @@ impl InboundCall {
 
     /// Answers the INVITE; a final answer is resent on its timers until the ACK.
     fn respond_invite(&mut self, code: u16, reason: &str, body: &str) {
+        self.respond_invite_with(code, reason, body, &[]);
+    }
+
+    fn respond_invite_with(&mut self, code: u16, reason: &str, body: &str, more: &[(&str, &str)]) {
         let tag = (code > 100).then_some(self.local.tag.as_str());
         let contact = format!("<{}>", self.local.contact);
         let mut extra: Vec<(&str, &str)> = Vec::new();
@@ -208,13 +218,18 @@ impl InboundCall {
             // The trunk fails over to another host, and tries this one again later.
             extra.push(("Retry-After", "5"));
         }
+        extra.extend_from_slice(more);
         self.invite.head.respond(code, reason, tag, &extra, body, &mut self.buf);
         self.last_response = Some(self.buf.clone());
         self.out.push_back(Output::Transmit(self.buf.clone()));
     }
 
     fn invite_response(&mut self, now: Duration, code: u16, reason: &str, body: &str) {
-        self.respond_invite(code, reason, body);
+        self.invite_response_with(now, code, reason, body, &[]);
+    }
+
+    fn invite_response_with(&mut self, now: Duration, code: u16, reason: &str, body: &str, more: &[(&str, &str)]) {
+        self.respond_invite_with(code, reason, body, more);
         if code >= 200 {
             // 2xx: the UAS core retransmits until the ACK; a refusal: Timer G over UDP only.
             let resend = (200..300).contains(&code) || !self.reliable();
@@ -244,8 +259,13 @@ impl InboundCall {
 
     /// Refuses the call (404, 403, 486, 488, 503 with Retry-After …).
     pub fn refuse(&mut self, now: Duration, code: u16, reason: &str) {
+        self.refuse_with(now, code, reason, &[]);
+    }
+
+    /// Refuses the call with more headers (a 401's `WWW-Authenticate`).
+    pub fn refuse_with(&mut self, now: Duration, code: u16, reason: &str, headers: &[(&str, &str)]) {
         if self.state == State::Proceeding && (300..700).contains(&code) {
-            self.invite_response(now, code, reason, "");
+            self.invite_response_with(now, code, reason, "", headers);
             self.state = State::Refused(code);
         }
     }

@@ -127,6 +127,8 @@ pub struct MediaFormat {
 /// The `start` event, normalised across carriers.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Start {
+    /// How the call reached the engine: the carrier protocol's name, or `sip`.
+    pub transport: &'static str,
     /// The stream's id, echoed in every outbound message.
     pub stream_sid: StreamSid,
     /// The carrier's call id.

@@ -120,6 +120,7 @@ pub(super) fn parse(protocol: Protocol, text: &str) -> Result<CarrierEvent<'_>, 
                 })
                 .collect();
             CarrierEvent::Start(Box::new(Start {
+                transport: protocol.name(),
                 stream_sid: StreamSid::new(&sid),
                 call_sid: start.call_sid,
                 account_sid: start.account_sid,

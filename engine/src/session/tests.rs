@@ -10,6 +10,7 @@ use crate::protocol::StreamSid;
 
 pub(crate) fn start_info() -> Start {
     Start {
+        transport: "twilio",
         stream_sid: StreamSid::new("MZ1"),
         call_sid: None,
         account_sid: None,

@@ -8,7 +8,7 @@ use super::*;
 /// the call's slot is freed only after that. The call was admitted, so its result is written
 /// if at all possible: a write that fails (a full disk) is tried again every second, without
 /// the recording, for up to 30 s in all.
-pub(super) async fn finish_bot(worker: &Worker, call: &mut Call, call_id: &str, reason: EndReason) {
+pub(super) async fn finish_bot<T: crate::transport::Transport>(worker: &Worker, call: &mut Call<T>, call_id: &str, reason: EndReason) {
     use crate::results::Recording;
     const AGAIN: Duration = Duration::from_secs(1);
     let Some((result, recording)) = call.finish(worker.now(), unix_ms(), call_id, reason) else { return };

@@ -22,6 +22,7 @@ use super::*;
 use crate::protocol::{Start, StreamSid};
 use crate::sip::SipShared;
 use crate::transport::{RtpConfig, RtpTransport};
+use super::call_loop::finish_bot;
 
 /// Bytes read from an RTP socket at a time (a packet is 172 bytes at 20 ms of G.711).
 const RTP_BUF: usize = 2048;
@@ -81,7 +82,16 @@ pub(super) fn dispatch(worker: &Rc<Worker>, from: SocketAddr, bytes: Vec<u8>) {
         return;
     }
     if message.method() == Some("INVITE") && message.tag("To").is_none() {
-        compio::runtime::spawn(inbound(worker.clone(), from, bytes)).detach();
+        let worker = worker.clone();
+        compio::runtime::spawn(async move {
+            // A refused INVITE may be followed by another for the same Call-ID (with the
+            // credentials a 401 asked for): the next call, on this worker.
+            let mut next = Some((from, bytes));
+            while let Some((from, bytes)) = next {
+                next = inbound(worker.clone(), from, bytes).await;
+            }
+        })
+        .detach();
     } else {
         // The call ended here between the SIP port's lookup and now.
         sip.forget(call_id);
@@ -109,41 +119,128 @@ fn random() -> u64 {
     std::collections::hash_map::RandomState::new().hash_one(unix_ms())
 }
 
-/// Why an INVITE is refused.
-struct Refused(u16, &'static str);
+/// Why an INVITE is refused: the status, its reason phrase, a digest challenge for a 401.
+struct Refused(u16, &'static str, Option<String>);
+
+impl Refused {
+    fn status(code: u16, reason: &'static str) -> Refused {
+        Refused(code, reason, None)
+    }
+}
+
+/// Who answers.
+enum Answerer {
+    /// A built-in bot.
+    Builtin(BotKind),
+    /// An AI bot, through a number of its organization.
+    Agent(Rc<cxb_contract::bot::BotConfig>),
+}
 
 /// What the INVITE asked for and got.
 struct Accepted {
-    bot: BotKind,
+    answerer: Answerer,
     negotiated: Negotiated,
     slot: usize,
     call_id: String,
 }
+
+/// Digest realm of the engine's challenges, and how long its nonces are good for.
+const REALM: &str = "cxb";
+const NONCE_SECONDS: u64 = 300;
 
 impl Worker {
     fn sip_now(&self) -> Duration {
         Duration::from_micros(self.now().as_micros())
     }
 
-    /// Decides an INVITE: its bot, its media, a slot.
-    fn admit_sip(&self, user: Option<&str>, sdp: &[u8]) -> Result<Accepted, Refused> {
+    /// Decides an INVITE from `peer`: who answers (the Request-URI's user: a demo bot, or a
+    /// number from the API whose trunk this is), its media, a slot.
+    async fn admit_sip(&self, sip: &SipShared, user: Option<&str>, invite: &Message<'_>, peer: SocketAddr) -> Result<Accepted, Refused> {
         let config = &self.shared.config;
-        let bot = user
-            .and_then(|u| BotKind::lookup(u, config.demo_bots, config.fault_injection))
-            .ok_or(Refused(404, "Not Found"))?;
-        let negotiated = std::str::from_utf8(sdp)
+        let user = user.ok_or(Refused::status(404, "Not Found"))?;
+        let answerer = match BotKind::lookup(user, config.demo_bots, config.fault_injection) {
+            Some(kind) => Answerer::Builtin(kind),
+            None => self.admit_number(sip, user, invite, peer).await?,
+        };
+        let negotiated = std::str::from_utf8(invite.body)
             .ok()
             .and_then(|text| SessionDescription::parse(text).ok())
             .and_then(|offer| offer.negotiate().ok())
-            .ok_or(Refused(488, "Not Acceptable Here"))?;
+            .ok_or(Refused::status(488, "Not Acceptable Here"))?;
+        let ai = matches!(answerer, Answerer::Agent(_));
+        if ai && config.results.as_ref().is_some_and(|r| !r.writable()) {
+            self.metrics().rejected_outbox.add(1);
+            return Err(Refused::status(503, "Service Unavailable"));
+        }
         let n = self.next_call.get();
         self.next_call.set(n + 1);
         let call_id = format!("w{}-{n}", self.index);
-        let slot = self.acquire(&call_id, bot.id(), None, false).map_err(|_| {
+        let bot_id = match &answerer {
+            Answerer::Builtin(kind) => kind.id().to_string(),
+            Answerer::Agent(bot) => bot.id.clone(),
+        };
+        let slot = self.acquire(&call_id, &bot_id, None, ai).map_err(|_| {
             self.metrics().rejected_busy.add(1);
-            Refused(503, "Service Unavailable")
+            Refused::status(503, "Service Unavailable")
         })?;
-        Ok(Accepted { bot, negotiated, slot, call_id })
+        Ok(Accepted { answerer, negotiated, slot, call_id })
+    }
+
+    /// A number's route from the API: the trunk's source address and digest credentials
+    /// checked (403, 401 with a challenge), then its bot.
+    async fn admit_number(&self, sip: &SipShared, number: &str, invite: &Message<'_>, peer: SocketAddr) -> Result<Answerer, Refused> {
+        let config = &self.shared.config;
+        let route = match config.bots.resolve_number(number).await {
+            Ok(route) => route,
+            Err(BotError::NotFound) => {
+                self.metrics().rejected_unknown_bot.add(1);
+                return Err(Refused::status(404, "Not Found"));
+            }
+            Err(BotError::Unavailable(why)) => {
+                tracing::warn!(number, "number unavailable: {why}");
+                return Err(Refused::status(503, "Service Unavailable"));
+            }
+        };
+        if !route.allowed_sources.is_empty() && !route.allowed_sources.iter().any(|net| net.contains(&peer.ip())) {
+            self.metrics().refused(Refusal::WrongSource);
+            tracing::warn!(number, %peer, "INVITE from a source the number does not allow");
+            return Err(Refused::status(403, "Forbidden"));
+        }
+        if let (Some(username), Some(password)) = (&route.digest_username, &route.digest_password) {
+            let now = unix_ms() / 1000;
+            let credentials = invite.header("Authorization").and_then(cxb_sip::digest::Credentials::parse);
+            let verdict = credentials.as_ref().map(|c| {
+                let right = c.username == *username && c.realm == REALM && c.verify("INVITE", password);
+                (right, cxb_sip::digest::nonce_fresh(&sip.nonce_key, &c.nonce, now, NONCE_SECONDS))
+            });
+            match verdict {
+                Some((true, true)) => {}
+                Some((right, _)) => {
+                    if !right {
+                        self.metrics().refused(Refusal::BadCredentials);
+                    }
+                    let challenge = cxb_sip::digest::Challenge { realm: REALM.into(), nonce: cxb_sip::digest::nonce(&sip.nonce_key, now), stale: right };
+                    return Err(Refused(401, "Unauthorized", Some(challenge.header())));
+                }
+                None => {
+                    let challenge = cxb_sip::digest::Challenge { realm: REALM.into(), nonce: cxb_sip::digest::nonce(&sip.nonce_key, now), stale: false };
+                    return Err(Refused(401, "Unauthorized", Some(challenge.header())));
+                }
+            }
+        }
+        // The organization may route a number to a built-in bot to try a trunk out.
+        if let Some(kind) = BotKind::lookup(&route.bot_id, true, false) {
+            return Ok(Answerer::Builtin(kind));
+        }
+        match config.bots.resolve(&route.bot_id).await {
+            Ok(bot) if bot.org_id.as_deref().is_none_or(|org| org == route.org_id) => Ok(Answerer::Agent(bot)),
+            Ok(_) => Err(Refused::status(403, "Forbidden")),
+            Err(BotError::NotFound) => Err(Refused::status(404, "Not Found")),
+            Err(BotError::Unavailable(why)) => {
+                tracing::warn!(bot = route.bot_id, "bot unavailable: {why}");
+                Err(Refused::status(503, "Service Unavailable"))
+            }
+        }
     }
 
     /// Binds an RTP socket on one of this worker's ports.
@@ -184,10 +281,11 @@ fn flush(sip: &SipShared, dialog: &mut InboundCall, to: SocketAddr, events: &mut
     }
 }
 
-/// One inbound SIP call, from its INVITE to the dialog's end.
-async fn inbound(worker: Rc<Worker>, peer: SocketAddr, invite: Vec<u8>) {
-    let Some(sip) = worker.shared.sip.as_ref() else { return };
-    let Ok(message) = Message::parse(&invite) else { return };
+/// One inbound SIP call, from its INVITE to the dialog's end; a new INVITE for the same
+/// Call-ID that came after a refusal (answering a 401) is returned, to be the next call.
+async fn inbound(worker: Rc<Worker>, peer: SocketAddr, invite: Vec<u8>) -> Option<(SocketAddr, Vec<u8>)> {
+    let sip = worker.shared.sip.as_ref()?;
+    let message = Message::parse(&invite).ok()?;
     let user = match message.start {
         StartLine::Request { uri, .. } => user_of(uri).map(str::to_string),
         StartLine::Response { .. } => None,
@@ -198,42 +296,62 @@ async fn inbound(worker: Rc<Worker>, peer: SocketAddr, invite: Vec<u8>) {
         sent_by: sip.sent_by(),
         transport: "UDP",
     };
-    let Some(mut dialog) = InboundCall::new(&message, local) else { return };
+    let mut dialog = InboundCall::new(&message, local)?;
     let sip_call_id = dialog.call_id().to_string();
     let inbox = Rc::new(SipInbox::default());
     worker.sip_calls.borrow_mut().insert(sip_call_id.clone(), inbox.clone());
-    let _registered = Registered { worker: worker.clone(), call_id: sip_call_id.clone() };
+    sip.claim(&sip_call_id, worker.index);
+    let registered = Registered { worker: worker.clone(), call_id: sip_call_id.clone() };
     let mut events = Vec::new();
     flush(sip, &mut dialog, peer, &mut events);
-    let now = worker.sip_now();
-    let admitted = worker.admit_sip(user.as_deref(), message.body).and_then(|accepted| match worker.bind_rtp(sip) {
+    let admitted = worker.admit_sip(sip, user.as_deref(), &message, peer).await.and_then(|accepted| match worker.bind_rtp(sip) {
         Some(rtp) => Ok((accepted, rtp)),
         None => {
             worker.free_slot(accepted.slot);
             tracing::warn!("no RTP port free");
-            Err(Refused(503, "Service Unavailable"))
+            Err(Refused::status(503, "Service Unavailable"))
         }
     });
+    let now = worker.sip_now();
     let (accepted, (socket, port)) = match admitted {
         Ok(admitted) => admitted,
-        Err(Refused(code, reason)) => {
-            dialog.refuse(now, code, reason);
-            return linger(&worker, sip, &mut dialog, &inbox, peer).await;
+        Err(Refused(code, reason, challenge)) => {
+            let headers: Vec<(&str, &str)> = challenge.iter().map(|c| ("WWW-Authenticate", c.as_str())).collect();
+            dialog.refuse_with(now, code, reason, &headers);
+            let next = linger(&worker, sip, &mut dialog, &inbox, peer).await;
+            drop(registered);
+            return next;
         }
     };
     let lease = PortLease { worker: worker.clone(), port };
     let (from, to) = dialog.parties();
     let start = Start {
+        transport: "sip",
         stream_sid: StreamSid::new(&sip_call_id),
-        call_sid: Some(sip_call_id.clone()),
+        // The call's id in its result: ours, not the caller's Call-ID (any characters, chosen
+        // by the peer).
+        call_sid: Some(format!("sip-{:016x}", random())),
         account_sid: None,
         from: user_of(uri_of(from)).map(str::to_string),
         to: user.clone().or_else(|| user_of(uri_of(to)).map(str::to_string)),
         custom_parameters: Vec::new(),
         media_format: None,
     };
-    let ssrc = random() as u32;
     let negotiated = accepted.negotiated;
+    let (kind, agent) = match accepted.answerer {
+        Answerer::Builtin(kind) => (kind, None),
+        Answerer::Agent(bot) => match Agent::new(bot, worker.shared.config.bots.api.clone(), None, worker.now(), unix_ms()) {
+            Ok(agent) => (BotKind::Agent, Some(agent)),
+            Err(why) => {
+                tracing::warn!("bot failed to start: {why}");
+                worker.free_slot(accepted.slot);
+                dialog.refuse(now, 503, "Service Unavailable");
+                drop(lease);
+                linger(&worker, sip, &mut dialog, &inbox, peer).await;
+                return None;
+            }
+        },
+    };
     let sdp = cxb_sip::sdp::Local { address: sip.advertise, port, session_id: random() >> 1, version: 1 };
     dialog.ring(now);
     dialog.answer(now, &sdp.answer(&negotiated));
@@ -244,44 +362,57 @@ async fn inbound(worker: Rc<Worker>, peer: SocketAddr, invite: Vec<u8>) {
         },
         payload_type: negotiated.codec.payload_type(),
         dtmf: negotiated.dtmf,
-        ssrc,
+        ssrc: random() as u32,
         remote: negotiated.remote.map(|(ip, port)| SocketAddr::new(ip, port)),
     };
-    let call = Call::over_rtp(worker.now(), CallConfig::new(Protocol::Twilio, accepted.bot), None, rtp, &start);
+    let call = Call::over_rtp(worker.now(), CallConfig::new(Protocol::Twilio, kind), agent, rtp, &start);
     let mailbox = Rc::new(Mailbox { message: Cell::new(None), waker: Cell::new(None), last_rx: Cell::new(Instant::now()) });
     worker.calls.borrow_mut().insert(accepted.call_id.clone(), mailbox.clone());
     worker.metrics().calls_started.add(1);
     let mut guard = CallGuard { worker: worker.clone(), slot: accepted.slot, call_id: accepted.call_id.clone(), reason: EndReason::PeerClosed };
-    let span = tracing::info_span!("call", id = %accepted.call_id, bot = accepted.bot.id(), transport = "sip", worker = worker.index);
-    let media = Media { worker: &worker, sip, peer, dialog: &mut dialog, inbox: &inbox, mailbox: &mailbox, slot: accepted.slot, sdp };
-    let reason = media.run(call, socket).instrument(span).await;
-    guard.reason = reason;
+    let span = tracing::info_span!("call", id = %accepted.call_id, bot = kind.id(), transport = "sip", worker = worker.index);
+    async {
+        let media = Media { worker: &worker, sip, peer, dialog: &mut dialog, inbox: &inbox, mailbox: &mailbox, slot: accepted.slot, sdp };
+        let (reason, mut call) = media.run(call, socket).await;
+        guard.reason = reason;
+        drop(lease);
+        // The result is made durable before the slot is freed, as for every AI call; the
+        // dialog's BYE is out already.
+        finish_bot(&worker, &mut call, &accepted.call_id, reason).await;
+        tracing::debug!(reason = reason.label(), "call ended");
+    }
+    .instrument(span)
+    .await;
     drop(guard);
-    drop(lease);
     linger(&worker, sip, &mut dialog, &inbox, peer).await;
+    None
 }
 
-/// A finished dialog's last exchanges (its BYE answered, its refusal acknowledged), bounded.
-async fn linger(worker: &Worker, sip: &SipShared, dialog: &mut InboundCall, inbox: &SipInbox, peer: SocketAddr) {
+/// A finished dialog's last exchanges (its BYE answered, its refusal acknowledged), bounded;
+/// a new INVITE for the Call-ID (after a 401) is returned.
+async fn linger(worker: &Worker, sip: &SipShared, dialog: &mut InboundCall, inbox: &SipInbox, peer: SocketAddr) -> Option<(SocketAddr, Vec<u8>)> {
     let give_up = Instant::now() + LINGER;
     let mut events = Vec::new();
     loop {
         let next = flush(sip, dialog, peer, &mut events);
+        while let Some((from, bytes)) = inbox.pop() {
+            let Ok(m) = Message::parse(&bytes) else { continue };
+            if dialog.is_new_invite(&m) {
+                dialog.handle_timeout(Duration::MAX); // whatever it waited for, it is over
+                flush(sip, dialog, peer, &mut events);
+                return Some((from, bytes));
+            }
+            dialog.on_message(worker.sip_now(), &m);
+        }
+        let next = flush(sip, dialog, peer, &mut events).or(next);
         if dialog.is_ended() || Instant::now() >= give_up {
-            return;
+            return None;
         }
         let wake = next.map_or(give_up, |at| worker.epoch + at).min(give_up);
         let timer = std::pin::pin!(compio::time::sleep_until(wake));
         let ready = std::future::poll_fn(|cx| inbox.poll_ready(cx));
-        match select(timer, std::pin::pin!(ready)).await {
-            Either::Left(_) => dialog.handle_timeout(worker.sip_now()),
-            Either::Right(_) => {
-                while let Some((_, bytes)) = inbox.pop() {
-                    if let Ok(m) = Message::parse(&bytes) {
-                        dialog.on_message(worker.sip_now(), &m);
-                    }
-                }
-            }
+        if let Either::Left(_) = select(timer, std::pin::pin!(ready)).await {
+            dialog.handle_timeout(worker.sip_now());
         }
     }
 }
@@ -292,6 +423,8 @@ enum Wake {
     Sip,
     Timer,
     Control(Control),
+    /// The bot's providers have something for it.
+    Events,
 }
 
 /// An answered SIP call's media and signalling, until either side ends it.
@@ -307,10 +440,11 @@ struct Media<'a> {
 }
 
 impl Media<'_> {
-    async fn run(mut self, mut call: Call<RtpTransport>, socket: std::net::UdpSocket) -> EndReason {
+    async fn run(mut self, mut call: Call<RtpTransport>, socket: std::net::UdpSocket) -> (EndReason, Call<RtpTransport>) {
         let worker = self.worker;
-        let Ok(sender) = socket.try_clone() else { return EndReason::Panicked };
-        let Ok(socket) = compio::net::UdpSocket::from_std(socket) else { return EndReason::Panicked };
+        let Ok(sender) = socket.try_clone() else { return (EndReason::Panicked, call) };
+        let Ok(socket) = compio::net::UdpSocket::from_std(socket) else { return (EndReason::Panicked, call) };
+        let provider_events = call.events();
         let recv = |buf: Vec<u8>| {
             let socket = &socket;
             async move { socket.recv_from(buf).await }
@@ -367,6 +501,12 @@ impl Media<'_> {
                 }
             });
             let inbox = self.inbox;
+            let mut ready = std::pin::pin!(async {
+                match &provider_events {
+                    Some(e) => e.ready().await,
+                    None => std::future::pending().await,
+                }
+            });
             let wake = std::future::poll_fn(|cx| {
                 if let Poll::Ready(r) = read.as_mut().poll(cx) {
                     return Poll::Ready(Wake::Rtp(r));
@@ -376,6 +516,9 @@ impl Media<'_> {
                 }
                 if let Poll::Ready(c) = ctl.as_mut().poll(cx) {
                     return Poll::Ready(Wake::Control(c));
+                }
+                if let Poll::Ready(()) = ready.as_mut().poll(cx) {
+                    return Poll::Ready(Wake::Events);
                 }
                 timer.as_mut().poll(cx).map(|()| Wake::Timer)
             })
@@ -398,6 +541,10 @@ impl Media<'_> {
                     Ok(())
                 }
                 Wake::Sip => Ok(()),
+                Wake::Events => {
+                    let at = worker.instant(now);
+                    std::panic::catch_unwind(AssertUnwindSafe(|| call.on_events(now, at, worker.metrics())))
+                }
                 Wake::Timer => {
                     self.dialog.handle_timeout(worker.sip_now());
                     std::panic::catch_unwind(AssertUnwindSafe(|| call.on_timeout(now, worker.metrics())))
@@ -412,7 +559,8 @@ impl Media<'_> {
         };
         drop(read);
         self.dialog.hang_up(worker.sip_now());
-        reason
+        flush(self.sip, self.dialog, self.peer, &mut events);
+        (reason, call)
     }
 
     /// Feeds the inbox's messages to the dialog and sends its answers; its next timer.

@@ -2,6 +2,8 @@
 //! speaks the Twilio and Exotel media protocols.
 #![allow(dead_code, unreachable_pub)]
 
+pub mod baresip;
+
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
