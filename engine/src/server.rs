@@ -129,6 +129,8 @@ impl Engine {
         if shared.sip.is_some() {
             let sip_shared = shared.clone();
             threads.push(std::thread::Builder::new().name("cxb-sip".into()).spawn(move || crate::sip::front(&sip_shared))?);
+            let tcp_shared = shared.clone();
+            threads.push(std::thread::Builder::new().name("cxb-sip-tcp".into()).spawn(move || crate::sip::accept_tcp(tcp_shared))?);
         }
         let control_shared = shared.clone();
         threads.push(
@@ -202,6 +204,9 @@ impl Engine {
     pub fn shutdown(self) {
         self.shared.stopping.store(true, Ordering::SeqCst);
         let _ = TcpStream::connect(self.addr); // wakes the acceptor
+        if let Some(sip) = self.sip_addr() {
+            let _ = TcpStream::connect(sip); // wakes the SIP port's TCP acceptor
+        }
         let _ = UnixStream::connect(&self.shared.config.control_socket); // wakes the control thread
         for inbox in &self.shared.inboxes {
             let _ = inbox.send(Inbox::Shutdown);

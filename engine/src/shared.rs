@@ -33,7 +33,7 @@ pub(crate) enum Command {
 pub(crate) enum Inbox {
     Connection(TcpStream),
     /// A SIP message for a call this worker owns, or a new INVITE for it to take.
-    Sip { from: std::net::SocketAddr, bytes: Vec<u8> },
+    Sip { from: crate::sip::SipPeer, bytes: Vec<u8> },
     Command(Command, flume::Sender<Value>),
     Shutdown,
 }

@@ -3,6 +3,7 @@
 
 mod common;
 
+use std::io::{Read, Write};
 use std::net::{SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
 
@@ -218,6 +219,11 @@ fn options_is_answered_and_garbage_on_the_port_disturbs_no_call() {
         }
         phone.rtp(media, 0, seq, &frame);
     }
+    // Over TCP, a stream whose framing is lost is closed.
+    let mut tcp = std::net::TcpStream::connect(sip).expect("tcp");
+    tcp.write_all(b"\r\n\r\nNOT SIP\r\nContent-Length: 99999999\r\n\r\n").expect("write");
+    tcp.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+    assert_eq!(tcp.read(&mut [0u8; 64]).ok(), Some(0), "closed");
     let mut requests = Vec::new();
     let (voice, _) = phone.count_voice(Duration::from_millis(1500), &mut requests);
     assert!(voice >= 20, "echoed {voice} of 25 frames while garbage arrived");

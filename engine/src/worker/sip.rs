@@ -20,7 +20,7 @@ use cxb_sip::sdp::{Codec, Negotiated, SessionDescription};
 
 use super::*;
 use crate::protocol::{Start, StreamSid};
-use crate::sip::SipShared;
+use crate::sip::{SipPeer, SipShared};
 use crate::transport::{RtpConfig, RtpTransport};
 use super::call_loop::finish_bot;
 
@@ -33,12 +33,12 @@ const LINGER: Duration = Duration::from_secs(32);
 /// A call's SIP messages, from the worker's dispatch to the call's task.
 #[derive(Default)]
 pub(super) struct SipInbox {
-    messages: RefCell<VecDeque<(SocketAddr, Vec<u8>)>>,
+    messages: RefCell<VecDeque<(SipPeer, Vec<u8>)>>,
     waker: Cell<Option<Waker>>,
 }
 
 impl SipInbox {
-    fn push(&self, from: SocketAddr, bytes: Vec<u8>) {
+    fn push(&self, from: SipPeer, bytes: Vec<u8>) {
         let mut messages = self.messages.borrow_mut();
         if messages.len() < 64 {
             messages.push_back((from, bytes));
@@ -58,7 +58,7 @@ impl SipInbox {
         }
     }
 
-    fn pop(&self) -> Option<(SocketAddr, Vec<u8>)> {
+    fn pop(&self) -> Option<(SipPeer, Vec<u8>)> {
         self.messages.borrow_mut().pop_front()
     }
 }
@@ -73,7 +73,7 @@ pub(super) fn rtp_ports(shared: &Shared, index: usize) -> VecDeque<u16> {
 }
 
 /// A SIP message for this worker (the SIP port routed its Call-ID here).
-pub(super) fn dispatch(worker: &Rc<Worker>, from: SocketAddr, bytes: Vec<u8>) {
+pub(super) fn dispatch(worker: &Rc<Worker>, from: SipPeer, bytes: Vec<u8>) {
     let Some(sip) = &worker.shared.sip else { return };
     let Ok(message) = Message::parse(&bytes) else { return };
     let call_id = message.call_id();
@@ -155,7 +155,7 @@ impl Worker {
 
     /// Decides an INVITE from `peer`: who answers (the Request-URI's user: a demo bot, or a
     /// number from the API whose trunk this is), its media, a slot.
-    async fn admit_sip(&self, sip: &SipShared, user: Option<&str>, invite: &Message<'_>, peer: SocketAddr) -> Result<Accepted, Refused> {
+    async fn admit_sip(&self, sip: &SipShared, user: Option<&str>, invite: &Message<'_>, peer: SipPeer) -> Result<Accepted, Refused> {
         let config = &self.shared.config;
         let user = user.ok_or(Refused::status(404, "Not Found"))?;
         let answerer = match BotKind::lookup(user, config.demo_bots, config.fault_injection) {
@@ -188,7 +188,7 @@ impl Worker {
 
     /// A number's route from the API: the trunk's source address and digest credentials
     /// checked (403, 401 with a challenge), then its bot.
-    async fn admit_number(&self, sip: &SipShared, number: &str, invite: &Message<'_>, peer: SocketAddr) -> Result<Answerer, Refused> {
+    async fn admit_number(&self, sip: &SipShared, number: &str, invite: &Message<'_>, peer: SipPeer) -> Result<Answerer, Refused> {
         let config = &self.shared.config;
         let route = match config.bots.resolve_number(number).await {
             Ok(route) => route,
@@ -201,9 +201,9 @@ impl Worker {
                 return Err(Refused::status(503, "Service Unavailable"));
             }
         };
-        if !route.allowed_sources.is_empty() && !route.allowed_sources.iter().any(|net| net.contains(&peer.ip())) {
+        if !route.allowed_sources.is_empty() && !route.allowed_sources.iter().any(|net| net.contains(&peer.addr().ip())) {
             self.metrics().refused(Refusal::WrongSource);
-            tracing::warn!(number, %peer, "INVITE from a source the number does not allow");
+            tracing::warn!(number, peer = %peer.addr(), "INVITE from a source the number does not allow");
             return Err(Refused::status(403, "Forbidden"));
         }
         if let (Some(username), Some(password)) = (&route.digest_username, &route.digest_password) {
@@ -271,7 +271,7 @@ impl Drop for PortLease {
 }
 
 /// Sends the dialog's messages to `to`; returns its events.
-fn flush(sip: &SipShared, dialog: &mut InboundCall, to: SocketAddr, events: &mut Vec<CallEvent>) -> Option<Duration> {
+fn flush(sip: &SipShared, dialog: &mut InboundCall, to: SipPeer, events: &mut Vec<CallEvent>) -> Option<Duration> {
     loop {
         match dialog.poll_output() {
             SipOutput::Transmit(message) => sip.send(to, message.as_bytes()),
@@ -283,18 +283,19 @@ fn flush(sip: &SipShared, dialog: &mut InboundCall, to: SocketAddr, events: &mut
 
 /// One inbound SIP call, from its INVITE to the dialog's end; a new INVITE for the same
 /// Call-ID that came after a refusal (answering a 401) is returned, to be the next call.
-async fn inbound(worker: Rc<Worker>, peer: SocketAddr, invite: Vec<u8>) -> Option<(SocketAddr, Vec<u8>)> {
+async fn inbound(worker: Rc<Worker>, peer: SipPeer, invite: Vec<u8>) -> Option<(SipPeer, Vec<u8>)> {
     let sip = worker.shared.sip.as_ref()?;
     let message = Message::parse(&invite).ok()?;
     let user = match message.start {
         StartLine::Request { uri, .. } => user_of(uri).map(str::to_string),
         StartLine::Response { .. } => None,
     };
+    let tcp = if matches!(peer, SipPeer::Tcp(..)) { ";transport=tcp" } else { "" };
     let local = Local {
         tag: format!("{:016x}", random()),
-        contact: format!("sip:{}@{}", user.as_deref().unwrap_or("cxb"), sip.sent_by()),
+        contact: format!("sip:{}@{}{tcp}", user.as_deref().unwrap_or("cxb"), sip.sent_by()),
         sent_by: sip.sent_by(),
-        transport: "UDP",
+        transport: peer.transport(),
     };
     let mut dialog = InboundCall::new(&message, local)?;
     let sip_call_id = dialog.call_id().to_string();
@@ -390,7 +391,7 @@ async fn inbound(worker: Rc<Worker>, peer: SocketAddr, invite: Vec<u8>) -> Optio
 
 /// A finished dialog's last exchanges (its BYE answered, its refusal acknowledged), bounded;
 /// a new INVITE for the Call-ID (after a 401) is returned.
-async fn linger(worker: &Worker, sip: &SipShared, dialog: &mut InboundCall, inbox: &SipInbox, peer: SocketAddr) -> Option<(SocketAddr, Vec<u8>)> {
+async fn linger(worker: &Worker, sip: &SipShared, dialog: &mut InboundCall, inbox: &SipInbox, peer: SipPeer) -> Option<(SipPeer, Vec<u8>)> {
     let give_up = Instant::now() + LINGER;
     let mut events = Vec::new();
     loop {
@@ -431,7 +432,7 @@ enum Wake {
 struct Media<'a> {
     worker: &'a Rc<Worker>,
     sip: &'a SipShared,
-    peer: SocketAddr,
+    peer: SipPeer,
     dialog: &'a mut InboundCall,
     inbox: &'a SipInbox,
     mailbox: &'a Mailbox,
