@@ -5,7 +5,7 @@ mod common;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use common::baresip::{Baresip, tone};
+use common::baresip::{Baresip, free_port, tone};
 use common::{engine, eventually, health};
 use cxb_engine::Engine;
 use cxb_engine::sip::SipConfig;
@@ -62,5 +62,112 @@ fn a_key_pressed_on_baresip_reaches_the_bot_and_the_engine_hangs_up() {
     let closed = phone.event("CALL_CLOSED", Duration::from_secs(5)).expect("the engine hung up");
     assert!(closed["param"].as_str().is_some_and(|p| p.contains("reset by peer")), "a BYE from the engine: {closed}");
     assert!(eventually(Duration::from_secs(5), || health(engine.local_addr())["live_calls"] == 0));
+    engine.shutdown();
+}
+
+/// kamailio (Debian's), as a record-routing proxy between baresip and the engine.
+struct Kamailio(std::process::Child, std::path::PathBuf);
+
+impl Kamailio {
+    fn start(engine_sip: SocketAddr) -> (Kamailio, SocketAddr) {
+        let dir = std::env::temp_dir().join(format!("cxb-kamailio-{}-{}", std::process::id(), engine_sip.port()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("dir");
+        let port = free_port();
+        let config = format!(
+            r#"#!KAMAILIO
+debug=2
+log_stderror=yes
+children=1
+disable_tcp=yes
+auto_aliases=no
+listen=udp:127.0.0.1:{port}
+mpath="/usr/lib/x86_64-linux-gnu/kamailio/modules/"
+loadmodule "tm.so"
+loadmodule "sl.so"
+loadmodule "rr.so"
+loadmodule "pv.so"
+loadmodule "maxfwd.so"
+loadmodule "siputils.so"
+loadmodule "textops.so"
+modparam("rr", "enable_full_lr", 1)
+request_route {{
+    if (!mf_process_maxfwd_header("10")) {{ sl_send_reply("483", "Too Many Hops"); exit; }}
+    if (has_totag()) {{
+        if (loose_route()) {{ t_relay(); exit; }}
+        if (is_method("ACK")) {{ if (t_check_trans()) {{ t_relay(); }} exit; }}
+        sl_send_reply("404", "Not here");
+        exit;
+    }}
+    if (is_method("CANCEL")) {{ if (t_check_trans()) {{ t_relay(); }} exit; }}
+    if (is_method("INVITE")) {{ record_route(); }}
+    $du = "sip:{engine_sip}";
+    if (!t_relay()) {{ sl_reply_error(); }}
+}}
+"#
+        );
+        std::fs::write(dir.join("kamailio.cfg"), config).expect("config");
+        let child = std::process::Command::new("kamailio")
+            .args(["-DD", "-E", "-m", "32", "-M", "4", "-f"])
+            .arg(dir.join("kamailio.cfg"))
+            .arg("-w")
+            .arg(&dir)
+            .arg("-P")
+            .arg(dir.join("kamailio.pid"))
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(dir.join("kamailio.log")).expect("log"))
+            .spawn()
+            .expect("kamailio runs (apt-get install kamailio; .ci/run does)");
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+        // Ready when it answers an OPTIONS it forwards to the engine (which answers 200).
+        let probe = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+        probe.set_read_timeout(Some(Duration::from_millis(200))).expect("timeout");
+        let local = probe.local_addr().expect("addr");
+        let options = format!("OPTIONS sip:{engine_sip} SIP/2.0\r\nVia: SIP/2.0/UDP {local};branch=z9hG4bKprobe\r\nMax-Forwards: 70\r\nFrom: <sip:p@{local}>;tag=p\r\nTo: <sip:{engine_sip}>\r\nCall-ID: kamailio-probe\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n");
+        let until = std::time::Instant::now() + Duration::from_secs(10);
+        let mut buf = [0u8; 2048];
+        loop {
+            let _ = probe.send_to(options.as_bytes(), addr);
+            if let Ok((n, _)) = probe.recv_from(&mut buf)
+                && buf[..n].starts_with(b"SIP/2.0 200")
+            {
+                break;
+            }
+            assert!(std::time::Instant::now() < until, "kamailio did not forward: {}", std::fs::read_to_string(dir.join("kamailio.log")).unwrap_or_default());
+        }
+        (Kamailio(child, dir), addr)
+    }
+}
+
+impl Drop for Kamailio {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+        let _ = std::fs::remove_dir_all(&self.1);
+    }
+}
+
+/// Through a proxy, requests in the dialog follow its Record-Route both ways: baresip's BYE
+/// reaches the engine, and the engine's BYE (after the `fault` bot's key) reaches baresip.
+#[test]
+fn calls_through_a_kamailio_proxy_are_answered_and_hung_up_either_way() {
+    let (engine, sip) = sip_engine();
+    let (_proxy, proxy) = Kamailio::start(sip);
+    let mut phone = Baresip::start(&tone(10), "");
+    phone.command("dial", &format!("sip:echo@{proxy}"));
+    assert!(phone.event("CALL_ESTABLISHED", Duration::from_secs(10)).is_some(), "{}", phone.log());
+    assert!(eventually(Duration::from_secs(5), || health(engine.local_addr())["live_calls"] == 1));
+    phone.command("hangup", "");
+    assert!(phone.event("CALL_CLOSED", Duration::from_secs(5)).is_some());
+    assert!(eventually(Duration::from_secs(5), || health(engine.local_addr())["live_calls"] == 0), "the caller's BYE came through");
+    drop(phone);
+    let mut phone = Baresip::start(&tone(10), "");
+    phone.command("dial", &format!("sip:fault@{proxy}"));
+    assert!(phone.event("CALL_ESTABLISHED", Duration::from_secs(10)).is_some(), "{}", phone.log());
+    std::thread::sleep(Duration::from_millis(300));
+    phone.command("sndcode", "5");
+    let closed = phone.event("CALL_CLOSED", Duration::from_secs(5)).expect("the engine's BYE came through");
+    assert!(closed["param"].as_str().is_some_and(|p| p.contains("reset by peer")), "{closed}");
     engine.shutdown();
 }
