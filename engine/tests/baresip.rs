@@ -107,7 +107,10 @@ request_route {{
 "#
         );
         std::fs::write(dir.join("kamailio.cfg"), config).expect("config");
+        use std::os::unix::process::CommandExt as _;
+        // In a process group of its own: kamailio stops by signalling its whole group.
         let child = std::process::Command::new("kamailio")
+            .process_group(0)
             .args(["-DD", "-E", "-m", "32", "-M", "4", "-f"])
             .arg(dir.join("kamailio.cfg"))
             .arg("-w")
@@ -142,6 +145,12 @@ request_route {{
 
 impl Drop for Kamailio {
     fn drop(&mut self) {
+        // SIGTERM: kamailio's main process stops its worker processes too.
+        let _ = std::process::Command::new("kill").args(["-TERM", &self.0.id().to_string()]).status();
+        let until = std::time::Instant::now() + Duration::from_secs(3);
+        while std::time::Instant::now() < until && matches!(self.0.try_wait(), Ok(None)) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
         let _ = self.0.kill();
         let _ = self.0.wait();
         let _ = std::fs::remove_dir_all(&self.1);
