@@ -113,5 +113,35 @@ async fn a_trunk_calls_a_number_its_bot_answers_and_the_result_says_sip() {
         assert!(said.contains(expected), "{expected} in {refusals:?}");
     }
     assert!(established, "the right password lets the call in: {log}");
+
+    // A bot that transfers: the engine refers the caller (REFER) and records the answer.
+    let (_stt2, _tts2, mut desk) = common::front_desk();
+    desk["name"] = json!("Transfer desk");
+    desk["llm"]["options"]["script"]["intents"] = json!([{ "name": "hours", "keywords": ["open"], "reply": "Connecting you.", "tool": { "name": "transfer_call", "arguments": {} } }]);
+    desk["tools"] = json!([{ "kind": "transfer_call", "transfer_to": "+15550177" }]);
+    let r = http.post(format!("{base}/v1/bots")).bearer_auth(&token).json(&desk).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 201);
+    let desk_id = serde_json::from_slice::<Value>(&r.bytes().await.unwrap()).unwrap()["id"].as_str().unwrap().to_string();
+    let number = json!({"number": "+15550133", "bot_id": desk_id, "allowed_sources": ["127.0.0.1"]});
+    assert_eq!(http.post(format!("{base}/v1/phone-numbers")).bearer_auth(&token).json(&number).send().await.unwrap().status().as_u16(), 201);
+    let audio = caller_audio();
+    tokio::task::spawn_blocking(move || {
+        let mut phone = Baresip::start(&audio, "");
+        phone.command("dial", &format!("sip:+15550133@{sip}"));
+        assert!(phone.event("CALL_ESTABLISHED", Duration::from_secs(10)).is_some(), "{}", phone.log());
+        assert!(phone.event("CALL_CLOSED", Duration::from_secs(15)).is_some(), "{}", phone.log());
+    })
+    .await
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let call = loop {
+        if let Some(call) = calls(&http, &base, &token, &desk_id).await.first().cloned() {
+            break call;
+        }
+        assert!(Instant::now() < deadline, "the result never reached the API");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(call["end_reason"], "transferred", "{call}");
+    assert_eq!(call["metrics"]["transfer"], json!({"destination": "+15550177", "method": "refer", "status": 202, "accepted": true}), "{call}");
     api.shutdown().await;
 }

@@ -711,13 +711,18 @@ impl Agent {
         }
     }
 
-    /// Hands the call over. For a Twilio call whose `transfer_call` tool holds the account's
+    /// Hands the call over. A SIP call is referred by the engine's dialog. For a Twilio call whose `transfer_call` tool holds the account's
     /// auth token (secret `auth_token`; the account comes from the stream's `start`), the
     /// call is updated through Twilio's REST API with `<Dial>` TwiML; the request outlives
     /// the media stream, which Twilio ends itself.
     fn transfer(&mut self, destination: &str) {
         let start = self.start.as_deref();
         self.end = Some(AgentEnd::Transfer(destination.to_string()));
+        if start.is_some_and(|s| s.transport == "sip") {
+            // The engine's SIP dialog sends the REFER and records its answer.
+            self.transfer = Some(json!({ "destination": destination, "method": "refer" }));
+            return;
+        }
         let tool = self.bot.tools.iter().find(|t| t.kind == cxb_pipeline::config::ToolKind::TransferCall);
         let token = tool.and_then(|t| t.secrets.get("auth_token"));
         let (account, call_sid) = (start.and_then(|s| s.account_sid.clone()), start.and_then(|s| s.call_sid.clone()));
@@ -913,6 +918,13 @@ impl Bot for Agent {
             AgentEnd::Hangup(_) => EndReason::BotHangup,
             AgentEnd::Transfer(_) => EndReason::Transferred,
         })
+    }
+
+    fn transfer_target(&self) -> Option<&str> {
+        match &self.end {
+            Some(AgentEnd::Transfer(destination)) => Some(destination),
+            _ => None,
+        }
     }
 
     fn events(&self) -> Option<&Events> {

@@ -212,6 +212,11 @@ impl<T: Transport> Call<T> {
         self.wire_sent.take()
     }
 
+    /// Where the bot handed the call, when it did.
+    pub fn transfer_target(&mut self) -> Option<String> {
+        self.session.bot().transfer_target().map(str::to_string)
+    }
+
     /// The call's counters.
     pub fn stats(&self) -> CallStats {
         let (s, (marks_sent, clears_sent)) = (self.session.stats(), self.transport.marks_and_clears());

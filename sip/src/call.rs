@@ -10,9 +10,12 @@
 //! UDP until its ACK (Timers G and H); a retransmitted INVITE answered with the last
 //! response; CANCEL before the answer (200, then 487 for the INVITE); BYE from the caller
 //! (200); our BYE with its own retransmissions (Timers E and F) and the caller's Record-Route;
-//! OPTIONS (200), INFO key presses (`application/dtmf-relay`, `application/dtmf`), re-INVITEs
-//! handed to the owner (hold and unhold) and answered with the owner's SDP; other requests in
-//! the dialog get 501, requests for another dialog 481.
+//! session timers (RFC 4028: the caller refreshes with re-INVITE or UPDATE, we end a session
+//! it stopped refreshing; 422 below 90 s); a blind transfer (REFER, RFC 3515, with the
+//! peer's answer as an event; its NOTIFYs answered 200); OPTIONS (200), INFO key presses
+//! (`application/dtmf-relay`, `application/dtmf`), re-INVITEs handed to the owner (hold and
+//! unhold) and answered with the owner's SDP; other requests in the dialog get 501, requests
+//! for another dialog 481.
 
 use std::collections::VecDeque;
 use std::fmt::Write as _;
@@ -24,7 +27,9 @@ use crate::message::{Message, RequestHead, StartLine, param, response, uri_of};
 pub const T1: Duration = Duration::from_millis(500);
 /// RFC 3261's T2: the longest retransmission interval.
 pub const T2: Duration = Duration::from_secs(4);
-const METHODS: &str = "INVITE, ACK, BYE, CANCEL, OPTIONS, INFO";
+const METHODS: &str = "INVITE, ACK, BYE, CANCEL, OPTIONS, INFO, UPDATE";
+/// RFC 4028's floor for a session interval, in seconds; smaller requests get 422.
+pub const MIN_SE: u32 = 90;
 
 /// How a call ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,6 +38,8 @@ pub enum EndCause {
     RemoteBye,
     /// We hung up (our BYE answered or timed out).
     LocalBye,
+    /// The caller stopped refreshing the session (RFC 4028): we sent a BYE.
+    SessionExpired,
     /// The caller gave up before the answer (CANCEL).
     Cancelled,
     /// We refused the call with this status.
@@ -51,6 +58,9 @@ pub enum CallEvent {
     /// A re-INVITE offered this SDP (hold, unhold, a new address): answer it with
     /// [`InboundCall::answer_reoffer`].
     Reoffer(String),
+    /// The peer answered our REFER ([`InboundCall::refer`]) with this status: 2xx, it takes
+    /// the transfer over; else it refused (or 408: it did not answer).
+    Referred(u16),
     /// The call is over.
     Ended(EndCause),
 }
@@ -127,6 +137,13 @@ pub struct InboundCall {
     local_cseq: u32,
     /// A re-INVITE waiting for the owner's answer.
     reoffer: Option<RequestHead>,
+    /// The session interval the caller asked for (RFC 4028; it refreshes), and when the
+    /// session expires without a refresh.
+    session: Option<(Duration, Option<Duration>)>,
+    /// Our BYE is for an expired session.
+    expired: bool,
+    /// The CSeq of our REFER, while it waits for its answer.
+    refer: Option<u32>,
     out: VecDeque<Output>,
     buf: String,
 }
@@ -154,6 +171,9 @@ impl InboundCall {
             retransmit: None,
             local_cseq: 1,
             reoffer: None,
+            session: session_interval(invite).map(|interval| (interval, None)),
+            expired: false,
+            refer: None,
             out: VecDeque::new(),
             buf: String::new(),
         };
@@ -211,8 +231,14 @@ impl InboundCall {
         if !body.is_empty() {
             extra.push(("Content-Type", "application/sdp"));
         }
+        let expires = self.session.map(|(interval, _)| format!("{};refresher=uac", interval.as_secs()));
         if (200..300).contains(&code) {
             extra.push(("Allow", METHODS));
+            extra.push(("Supported", "timer"));
+            if let Some(expires) = &expires {
+                extra.push(("Session-Expires", expires));
+                extra.push(("Require", "timer"));
+            }
         }
         if code == 503 {
             // The trunk fails over to another host, and tries this one again later.
@@ -249,8 +275,13 @@ impl InboundCall {
         }
     }
 
-    /// Answers with our SDP.
+    /// Answers with our SDP (or 422 when the caller's session interval is below
+    /// [`MIN_SE`]).
     pub fn answer(&mut self, now: Duration, sdp: &str) {
+        if self.session.is_some_and(|(interval, _)| interval < Duration::from_secs(MIN_SE.into())) {
+            let min = MIN_SE.to_string();
+            return self.refuse_with(now, 422, "Session Interval Too Small", &[("Min-SE", &min)]);
+        }
         if self.state == State::Proceeding {
             self.invite_response(now, 200, "OK", sdp);
             self.state = State::Answered;
@@ -274,7 +305,12 @@ impl InboundCall {
     pub fn answer_reoffer(&mut self, sdp: &str) {
         let Some(request) = self.reoffer.take() else { return };
         let contact = format!("<{}>", self.local.contact);
-        request.respond(200, "OK", None, &[("Contact", &contact), ("Content-Type", "application/sdp")], sdp, &mut self.buf);
+        let expires = self.session.map(|(i, _)| format!("{};refresher=uac", i.as_secs()));
+        let mut extra = vec![("Contact", contact.as_str()), ("Content-Type", "application/sdp"), ("Supported", "timer")];
+        if let Some(e) = &expires {
+            extra.extend([("Session-Expires", e.as_str()), ("Require", "timer")]);
+        }
+        request.respond(200, "OK", None, &extra, sdp, &mut self.buf);
         self.out.push_back(Output::Transmit(self.buf.clone()));
     }
 
@@ -288,22 +324,52 @@ impl InboundCall {
     }
 
     fn send_bye(&mut self, now: Duration) {
+        let bye = self.request("BYE", &[]);
+        self.state = State::Leaving;
+        self.send_tracked(now, bye);
+    }
+
+    /// Asks the peer to take the call to `target` (a SIP or tel URI): a blind transfer. Its
+    /// answer comes as [`CallEvent::Referred`]; hang up after a 2xx.
+    pub fn refer(&mut self, now: Duration, target: &str) {
+        if self.state != State::Confirmed || self.refer.is_some() {
+            return;
+        }
+        let refer_to = format!("<{target}>");
+        let referred_by = format!("<{}>", self.local.contact);
+        let message = self.request("REFER", &[("Refer-To", &refer_to), ("Referred-By", &referred_by)]);
+        self.refer = Some(self.local_cseq);
+        self.send_tracked(now, message);
+    }
+
+    /// A request of ours in the dialog, with the next CSeq, routed by the caller's
+    /// Record-Route.
+    fn request(&mut self, method: &str, extra: &[(&str, &str)]) -> String {
         self.local_cseq += 1;
-        let mut bye = String::with_capacity(512);
+        let mut out = String::with_capacity(512);
         let head = &self.invite.head;
         let target = if self.invite.remote_target.is_empty() { uri_of(&head.from).to_string() } else { self.invite.remote_target.clone() };
-        let _ = write!(bye, "BYE {target} SIP/2.0\r\n");
-        let _ = write!(bye, "Via: SIP/2.0/{} {};branch=z9hG4bK{}b{};rport\r\n", self.local.transport, self.local.sent_by, self.local.tag, self.local_cseq);
-        let _ = write!(bye, "Max-Forwards: 70\r\n");
+        let _ = write!(out, "{method} {target} SIP/2.0\r\n");
+        let _ = write!(out, "Via: SIP/2.0/{} {};branch=z9hG4bK{}{}{};rport\r\n", self.local.transport, self.local.sent_by, self.local.tag, method.to_ascii_lowercase(), self.local_cseq);
+        let _ = write!(out, "Max-Forwards: 70\r\n");
         for route in &self.invite.route {
-            let _ = write!(bye, "Route: {route}\r\n");
+            let _ = write!(out, "Route: {route}\r\n");
         }
         let from = if param(&head.to, "tag").is_some() { head.to.clone() } else { format!("{};tag={}", head.to, self.local.tag) };
-        let _ = write!(bye, "From: {from}\r\nTo: {}\r\nCall-ID: {}\r\nCSeq: {} BYE\r\nContent-Length: 0\r\n\r\n", head.from, head.call_id, self.local_cseq);
-        self.out.push_back(Output::Transmit(bye.clone()));
-        self.state = State::Leaving;
+        let _ = write!(out, "From: {from}\r\nTo: {}\r\nCall-ID: {}\r\nCSeq: {} {method}\r\n", head.from, head.call_id, self.local_cseq);
+        let _ = write!(out, "Contact: <{}>\r\n", self.local.contact);
+        for (name, value) in extra {
+            let _ = write!(out, "{name}: {value}\r\n");
+        }
+        out.push_str("Content-Length: 0\r\n\r\n");
+        out
+    }
+
+    /// Sends a request of ours, retransmitted over UDP (Timers E and F) until answered.
+    fn send_tracked(&mut self, now: Duration, message: String) {
+        self.out.push_back(Output::Transmit(message.clone()));
         self.retransmit = Some(Retransmit {
-            message: bye,
+            message,
             next: if self.reliable() { Duration::MAX } else { now + T1 },
             interval: T1,
             give_up: now + 64 * T1,
@@ -317,8 +383,16 @@ impl InboundCall {
         }
         match m.start {
             StartLine::Response { code, .. } => {
+                if let Some(cseq) = self.refer
+                    && m.cseq() == Some((cseq, "REFER"))
+                    && code >= 200
+                {
+                    self.refer = None;
+                    self.retransmit = None;
+                    self.emit(CallEvent::Referred(code));
+                }
                 if self.state == State::Leaving && m.cseq() == Some((self.local_cseq, "BYE")) && code >= 200 {
-                    self.end(EndCause::LocalBye);
+                    self.end(if self.expired { EndCause::SessionExpired } else { EndCause::LocalBye });
                 }
             }
             StartLine::Request { method, .. } => self.on_request(now, method, m),
@@ -339,6 +413,7 @@ impl InboundCall {
                 State::Answered if m.cseq().map(|c| c.0) == Some(self.invite.cseq) => {
                     self.retransmit = None;
                     self.state = State::Confirmed;
+                    self.refreshed(now);
                     self.emit(CallEvent::Confirmed);
                 }
                 State::Refused(code) => self.end(if code == 487 { EndCause::Cancelled } else { EndCause::Refused(code) }),
@@ -359,6 +434,9 @@ impl InboundCall {
                 self.reply(m, 200, "OK", &[]);
                 self.end(EndCause::RemoteBye);
             }
+            // The progress of a transfer we asked for (its sipfrag is not needed: a 2xx to
+            // the REFER already handed the call over).
+            "NOTIFY" => self.reply(m, 200, "OK", &[]),
             "INFO" => match dtmf_of(m) {
                 Some(digit) => {
                     self.reply(m, 200, "OK", &[]);
@@ -366,14 +444,31 @@ impl InboundCall {
                 }
                 None => self.reply(m, 415, "Unsupported Media Type", &[("Accept", "application/dtmf-relay, application/dtmf")]),
             },
-            "INVITE" => {
+            "INVITE" | "UPDATE" if !m.body.is_empty() || method == "INVITE" => {
                 if self.reoffer.is_some() {
                     self.reply(m, 491, "Request Pending", &[]);
                     return;
                 }
+                if let Some(interval) = session_interval(m) {
+                    self.session = Some((interval, None));
+                }
+                self.refreshed(now);
                 let body = String::from_utf8_lossy(m.body).into_owned();
                 self.reoffer = Some(RequestHead::of(m));
                 self.emit(CallEvent::Reoffer(body));
+            }
+            "UPDATE" => {
+                // A session refresh without a new offer.
+                if let Some(interval) = session_interval(m) {
+                    self.session = Some((interval, None));
+                }
+                self.refreshed(now);
+                let expires = self.session.map(|(i, _)| format!("{};refresher=uac", i.as_secs()));
+                let mut extra = vec![("Supported", "timer")];
+                if let Some(e) = &expires {
+                    extra.extend([("Session-Expires", e.as_str()), ("Require", "timer")]);
+                }
+                self.reply(m, 200, "OK", &extra);
             }
             "CANCEL" => self.reply(m, 481, "Call/Transaction Does Not Exist", &[]),
             _ => self.reply(m, 501, "Not Implemented", &[("Allow", METHODS)]),
@@ -385,8 +480,25 @@ impl InboundCall {
         self.out.push_back(Output::Transmit(self.buf.clone()));
     }
 
+    /// The caller refreshed the session (or it began): it expires one interval from `now`
+    /// (RFC 4028 §10: the refresher has until then; we end it then).
+    fn refreshed(&mut self, now: Duration) {
+        if let Some((interval, expiry)) = self.session.as_mut() {
+            *expiry = Some(now + *interval);
+        }
+    }
+
     /// Runs the timers due at `now`.
     pub fn handle_timeout(&mut self, now: Duration) {
+        if self.state == State::Confirmed
+            && let Some((_, Some(expiry))) = self.session
+            && now >= expiry
+        {
+            self.send_bye(now);
+            self.session = None;
+            self.expired = true;
+            return;
+        }
         let Some(r) = self.retransmit.as_mut() else { return };
         if now >= r.give_up {
             match self.state {
@@ -399,7 +511,11 @@ impl InboundCall {
                     self.emit(CallEvent::Ended(EndCause::NoAck));
                 }
                 State::Refused(code) => self.end(if code == 487 { EndCause::Cancelled } else { EndCause::Refused(code) }),
-                State::Leaving => self.end(EndCause::LocalBye),
+                State::Leaving => self.end(if self.expired { EndCause::SessionExpired } else { EndCause::LocalBye }),
+                State::Confirmed if self.refer.take().is_some() => {
+                    self.retransmit = None;
+                    self.emit(CallEvent::Referred(408));
+                }
                 _ => self.retransmit = None,
             }
             return;
@@ -416,13 +532,23 @@ impl InboundCall {
         if let Some(o) = self.out.pop_front() {
             return o;
         }
-        Output::Timeout(self.retransmit.as_ref().map(|r| r.next.min(r.give_up)))
+        let retransmit = self.retransmit.as_ref().map(|r| r.next.min(r.give_up));
+        let expiry = self.session.and_then(|(_, e)| e).filter(|_| self.state == State::Confirmed);
+        Output::Timeout([retransmit, expiry].into_iter().flatten().min())
     }
 
     /// Whether the call is over (its last outputs may still be queued).
     pub fn is_ended(&self) -> bool {
         self.state == State::Ended
     }
+}
+
+/// The session interval a request asks for (`Session-Expires`, RFC 4028), if the caller
+/// supports session timers (it then refreshes).
+fn session_interval(m: &Message<'_>) -> Option<Duration> {
+    let supports = m.headers("Supported").chain(m.headers("Require")).any(|v| v.trim().eq_ignore_ascii_case("timer"));
+    let seconds: u64 = m.header("Session-Expires")?.split(';').next()?.trim().parse().ok()?;
+    (supports && seconds > 0).then(|| Duration::from_secs(seconds.min(86_400)))
 }
 
 /// The key of an INFO: `application/dtmf-relay` (`Signal=5`) or `application/dtmf` (`5`).

@@ -92,6 +92,12 @@ pub trait Bot {
         None
     }
 
+    /// Where the bot handed the call (with [`EndReason::Transferred`]), for a transport that
+    /// carries the transfer out itself (SIP's REFER).
+    fn transfer_target(&self) -> Option<&str> {
+        None
+    }
+
     /// The queue the bot's own tasks report to; the call's driver waits on it.
     fn events(&self) -> Option<&Events> {
         None

@@ -9,9 +9,21 @@ use super::*;
 /// if at all possible: a write that fails (a full disk) is tried again every second, without
 /// the recording, for up to 30 s in all.
 pub(super) async fn finish_bot<T: crate::transport::Transport>(worker: &Worker, call: &mut Call<T>, call_id: &str, reason: EndReason) {
+    finish_bot_with(worker, call, call_id, reason, |_| {}).await;
+}
+
+/// [`finish_bot`], with what the transport adds to the result (a SIP transfer's answer).
+pub(super) async fn finish_bot_with<T: crate::transport::Transport>(
+    worker: &Worker,
+    call: &mut Call<T>,
+    call_id: &str,
+    reason: EndReason,
+    amend: impl FnOnce(&mut cxb_contract::result::CallResult),
+) {
     use crate::results::Recording;
     const AGAIN: Duration = Duration::from_secs(1);
-    let Some((result, recording)) = call.finish(worker.now(), unix_ms(), call_id, reason) else { return };
+    let Some((mut result, recording)) = call.finish(worker.now(), unix_ms(), call_id, reason) else { return };
+    amend(&mut result);
     let Some(sink) = worker.shared.config.results.as_ref() else {
         tracing::warn!("no outbox configured; result dropped");
         return;

@@ -22,7 +22,7 @@ use super::*;
 use crate::protocol::{Start, StreamSid};
 use crate::sip::{SipPeer, SipShared};
 use crate::transport::{RtpConfig, RtpTransport};
-use super::call_loop::finish_bot;
+use super::call_loop::finish_bot_with;
 
 /// Bytes read from an RTP socket at a time (a packet is 172 bytes at 20 ms of G.711).
 const RTP_BUF: usize = 2048;
@@ -373,13 +373,20 @@ async fn inbound(worker: Rc<Worker>, peer: SipPeer, invite: Vec<u8>) -> Option<(
     let mut guard = CallGuard { worker: worker.clone(), slot: accepted.slot, call_id: accepted.call_id.clone(), reason: EndReason::PeerClosed };
     let span = tracing::info_span!("call", id = %accepted.call_id, bot = kind.id(), transport = "sip", worker = worker.index);
     async {
-        let media = Media { worker: &worker, sip, peer, dialog: &mut dialog, inbox: &inbox, mailbox: &mailbox, slot: accepted.slot, sdp };
-        let (reason, mut call) = media.run(call, socket).await;
+        let mut media = Media { worker: &worker, sip, peer, dialog: &mut dialog, inbox: &inbox, mailbox: &mailbox, slot: accepted.slot, sdp, referred: None };
+        let (reason, mut call) = media.run_call(call, socket).await;
+        let referred = media.referred;
         guard.reason = reason;
         drop(lease);
         // The result is made durable before the slot is freed, as for every AI call; the
-        // dialog's BYE is out already.
-        finish_bot(&worker, &mut call, &accepted.call_id, reason).await;
+        // dialog's BYE is out already. A transfer records how the peer answered the REFER.
+        finish_bot_with(&worker, &mut call, &accepted.call_id, reason, |result| {
+            if let (Some(code), Some(transfer)) = (referred, result.metrics.get_mut("transfer").and_then(|t| t.as_object_mut())) {
+                transfer.insert("status".into(), code.into());
+                transfer.insert("accepted".into(), (200..300).contains(&code).into());
+            }
+        })
+        .await;
         tracing::debug!(reason = reason.label(), "call ended");
     }
     .instrument(span)
@@ -438,10 +445,12 @@ struct Media<'a> {
     mailbox: &'a Mailbox,
     slot: usize,
     sdp: cxb_sip::sdp::Local,
+    /// The answer to our REFER, when the bot transferred the call.
+    referred: Option<u16>,
 }
 
 impl Media<'_> {
-    async fn run(mut self, mut call: Call<RtpTransport>, socket: std::net::UdpSocket) -> (EndReason, Call<RtpTransport>) {
+    async fn run_call(&mut self, mut call: Call<RtpTransport>, socket: std::net::UdpSocket) -> (EndReason, Call<RtpTransport>) {
         let worker = self.worker;
         let Ok(sender) = socket.try_clone() else { return (EndReason::Panicked, call) };
         let Ok(socket) = compio::net::UdpSocket::from_std(socket) else { return (EndReason::Panicked, call) };
@@ -469,6 +478,7 @@ impl Media<'_> {
                         break 'call match cause {
                             EndCause::RemoteBye | EndCause::Cancelled => EndReason::Stopped,
                             EndCause::NoAck => EndReason::PeerClosed,
+                            EndCause::SessionExpired => EndReason::IdleTimeout,
                             EndCause::LocalBye | EndCause::Refused(_) => EndReason::Hangup,
                         };
                     }
@@ -479,7 +489,7 @@ impl Media<'_> {
                         }
                     }
                     CallEvent::Reoffer(offer) => self.reoffer(&offer),
-                    CallEvent::Confirmed => {}
+                    CallEvent::Confirmed | CallEvent::Referred(_) => {}
                 }
                 }
             }
@@ -559,9 +569,54 @@ impl Media<'_> {
             }
         };
         drop(read);
+        if reason == EndReason::Transferred
+            && let Some(target) = call.transfer_target()
+        {
+            self.referred = Some(self.transfer(&target).await);
+        }
         self.dialog.hang_up(worker.sip_now());
         flush(self.sip, self.dialog, self.peer, &mut events);
         (reason, call)
+    }
+
+    /// A blind transfer of the caller to `destination` (a SIP or tel URI, or a number the
+    /// trunk routes): the REFER's final status (408 when unanswered in time, 400 for a
+    /// destination that is not one).
+    async fn transfer(&mut self, destination: &str) -> u16 {
+        let worker = self.worker;
+        let uri = if ["sip:", "sips:", "tel:"].iter().any(|s| destination.get(..s.len()).is_some_and(|p| p.eq_ignore_ascii_case(s))) {
+            destination.to_string()
+        } else if !destination.is_empty() && destination.len() <= 64 && destination.bytes().all(|b| b.is_ascii_alphanumeric() || b"+*#._-".contains(&b)) {
+            format!("sip:{destination}@{}", self.peer.addr())
+        } else {
+            return 400;
+        };
+        if uri.chars().any(|c| c.is_control() || c == '>' || c == '<') {
+            return 400;
+        }
+        self.dialog.refer(worker.sip_now(), &uri);
+        let give_up = Instant::now() + Duration::from_secs(8);
+        let mut events = Vec::new();
+        loop {
+            let next = self.signal(&mut events);
+            if let Some(code) = events.iter().find_map(|e| match e {
+                CallEvent::Referred(code) => Some(*code),
+                _ => None,
+            }) {
+                return code;
+            }
+            if events.iter().any(|e| matches!(e, CallEvent::Ended(_))) || Instant::now() >= give_up {
+                return 408;
+            }
+            events.clear();
+            let wake = next.map_or(give_up, |at| worker.epoch + at).min(give_up);
+            let timer = std::pin::pin!(compio::time::sleep_until(wake));
+            let inbox = self.inbox;
+            let ready = std::future::poll_fn(|cx| inbox.poll_ready(cx));
+            if let Either::Left(_) = select(timer, std::pin::pin!(ready)).await {
+                self.dialog.handle_timeout(worker.sip_now());
+            }
+        }
     }
 
     /// Feeds the inbox's messages to the dialog and sends its answers; its next timer.

@@ -172,11 +172,93 @@ fn in_dialog_requests_keys_reoffers_and_strangers() {
     let stranger = request("BYE", 15, "z9hG4bKs1", ";tag=other", "", "");
     call.on_message(secs(3.0), &Message::parse(stranger.as_bytes()).expect("BYE"));
     assert_eq!(start_line(&drain(&mut call).0[0]), "SIP/2.0 481 Call/Transaction Does Not Exist");
-    let update = request("UPDATE", 16, "z9hG4bKu1", ";tag=b1", "", "");
-    call.on_message(secs(3.1), &Message::parse(update.as_bytes()).expect("UPDATE"));
+    let refer = request("REFER", 16, "z9hG4bKu1", ";tag=b1", "", "");
+    call.on_message(secs(3.1), &Message::parse(refer.as_bytes()).expect("REFER"));
     assert_eq!(start_line(&drain(&mut call).0[0]), "SIP/2.0 501 Not Implemented");
     let options = request("OPTIONS", 17, "z9hG4bKo1", "", "", "");
     call.on_message(secs(3.2), &Message::parse(options.as_bytes()).expect("OPTIONS"));
     assert_eq!(start_line(&drain(&mut call).0[0]), "SIP/2.0 200 OK");
     assert!(!call.is_ended());
+}
+
+fn timed_invite(seconds: u32) -> InboundCall {
+    let text = INVITE.replace("Content-Type:", &format!("Supported: replaces, timer\r\nSession-Expires: {seconds};refresher=uac\r\nContent-Type:"));
+    let invite = Message::parse(text.as_bytes()).expect("an INVITE");
+    InboundCall::new(&invite, local("UDP")).expect("a call")
+}
+
+#[test]
+fn a_session_timer_is_agreed_refreshed_by_the_caller_and_ends_the_call_when_it_stops() {
+    let mut call = timed_invite(1800);
+    drain(&mut call);
+    call.answer(secs(0.0), "v=0\r\n");
+    let (sent, _, _) = drain(&mut call);
+    let ok = sent.last().expect("200");
+    assert!(ok.contains("Session-Expires: 1800;refresher=uac\r\n") && ok.contains("Require: timer\r\n"), "{ok}");
+    let ack = request("ACK", 10, "z9hG4bKack", ";tag=b1", "", "");
+    call.on_message(secs(0.1), &Message::parse(ack.as_bytes()).expect("ACK"));
+    let (_, events, next) = drain(&mut call);
+    assert_eq!(events, [CallEvent::Confirmed]);
+    assert_eq!(next, Some(secs(1800.1)), "expires one interval after the ACK");
+    // The caller refreshes with an UPDATE (no body): 200 with the interval, expiry moved.
+    let update = request("UPDATE", 11, "z9hG4bKupd", ";tag=b1", "Supported: timer\r\nSession-Expires: 1800;refresher=uac\r\n", "");
+    call.on_message(secs(900.0), &Message::parse(update.as_bytes()).expect("UPDATE"));
+    let (sent, events, next) = drain(&mut call);
+    assert!(events.is_empty());
+    assert!(start_line(&sent[0]) == "SIP/2.0 200 OK" && sent[0].contains("Session-Expires: 1800;refresher=uac"), "{sent:?}");
+    assert_eq!(next, Some(secs(2700.0)));
+    // No refresh: at expiry we hang up, and the call ends as expired once the BYE is answered.
+    call.handle_timeout(secs(2700.0));
+    let (sent, _, _) = drain(&mut call);
+    assert!(sent[0].starts_with("BYE sip:alice@127.0.0.1:5070 SIP/2.0"), "{sent:?}");
+    let bye = Message::parse(sent[0].as_bytes()).expect("BYE");
+    let mut ok = String::new();
+    response(&bye, 200, "OK", None, &[], "", &mut ok);
+    call.on_message(secs(2700.1), &Message::parse(ok.as_bytes()).expect("200"));
+    assert_eq!(drain(&mut call).1, [CallEvent::Ended(EndCause::SessionExpired)]);
+}
+
+#[test]
+fn a_session_interval_below_the_floor_is_refused_with_422() {
+    let mut call = timed_invite(30);
+    drain(&mut call);
+    call.answer(secs(0.0), "v=0\r\n");
+    let (sent, _, _) = drain(&mut call);
+    let refusal = sent.last().expect("422");
+    assert!(start_line(refusal) == "SIP/2.0 422 Session Interval Too Small" && refusal.contains("Min-SE: 90\r\n"), "{refusal}");
+}
+
+fn confirmed() -> InboundCall {
+    let mut call = new_call("UDP");
+    call.answer(secs(0.0), "v=0\r\n");
+    let ack = request("ACK", 10, "z9hG4bKack1", ";tag=b1", "", "");
+    call.on_message(secs(0.1), &Message::parse(ack.as_bytes()).expect("ACK"));
+    drain(&mut call);
+    call
+}
+
+#[test]
+fn a_blind_transfer_is_a_refer_whose_answer_is_an_event() {
+    let mut call = confirmed();
+    call.refer(secs(1.0), "sip:+15550199@127.0.0.1");
+    let (sent, _, next) = drain(&mut call);
+    let refer = Message::parse(sent[0].as_bytes()).expect("REFER");
+    assert_eq!(refer.method(), Some("REFER"));
+    assert_eq!((refer.header("Refer-To"), refer.header("Route")), (Some("<sip:+15550199@127.0.0.1>"), Some("<sip:127.0.0.1:5080;lr>")));
+    assert_eq!((refer.tag("From"), refer.tag("To")), (Some("b1"), Some("a1")), "in the dialog, from our side");
+    assert_eq!(next, Some(secs(1.5)), "retransmitted over UDP");
+    let mut accepted = String::new();
+    response(&refer, 202, "Accepted", None, &[], "", &mut accepted);
+    call.on_message(secs(1.2), &Message::parse(accepted.as_bytes()).expect("202"));
+    let (_, events, next) = drain(&mut call);
+    assert_eq!((events, next), (vec![CallEvent::Referred(202)], None));
+    let notify = request("NOTIFY", 11, "z9hG4bKn1", ";tag=b1", "Event: refer\r\nContent-Type: message/sipfrag\r\n", "SIP/2.0 200 OK\r\n");
+    call.on_message(secs(1.3), &Message::parse(notify.as_bytes()).expect("NOTIFY"));
+    assert_eq!(start_line(&drain(&mut call).0[0]), "SIP/2.0 200 OK");
+    // A second transfer that nobody answers times out as 408.
+    call.refer(secs(2.0), "sip:+15550198@127.0.0.1");
+    drain(&mut call);
+    call.handle_timeout(secs(2.0) + 64 * T1);
+    assert_eq!(drain(&mut call).1, [CallEvent::Referred(408)]);
+    assert!(!call.is_ended(), "the owner decides what follows");
 }
