@@ -26,6 +26,12 @@ const FINAL_WAIT: Duration = Duration::from_millis(1500);
 /// Keys a call's transcript keeps at most (a stuck key or a fax tone cannot grow a result).
 pub const MAX_DTMF: u32 = 256;
 
+/// How long after a key the caller's key entry counts as complete (`#` completes it at once).
+pub const KEY_WAIT: Duration = Duration::from_secs(2);
+
+/// Most keys in one entry.
+const MAX_ENTRY: usize = 32;
+
 /// What the call must do next.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Action {
@@ -228,6 +234,9 @@ pub struct Conversation {
     latencies: Vec<TurnLatency>,
     /// Keys pressed so far (bounded by [`MAX_DTMF`]).
     dtmf: u32,
+    /// The key entry in progress, and when it is complete.
+    keys: String,
+    keys_at: Option<Timestamp>,
     usage: Usage,
     barge_ins: u32,
 }
@@ -266,6 +275,8 @@ impl Conversation {
             hung_up: false,
             latencies: Vec::new(),
             dtmf: 0,
+            keys: String::new(),
+            keys_at: None,
             usage: Usage::default(),
             barge_ins: 0,
         }
@@ -341,7 +352,7 @@ impl Conversation {
     pub fn deadline(&self) -> Option<Timestamp> {
         let waiting = self.awaiting_final.map(|(_, decided)| decided + FINAL_WAIT);
         let idle = self.idle_at.filter(|_| self.reply.is_none() && !self.caller_speaking);
-        [Some(self.max_end), waiting, idle].into_iter().flatten().filter(|_| !self.hung_up).min()
+        [Some(self.max_end), waiting, idle, self.keys_at].into_iter().flatten().filter(|_| !self.hung_up).min()
     }
 
     /// The caller's turn detection.
@@ -404,7 +415,10 @@ impl Conversation {
 
     /// The caller pressed a key (`0`-`9`, `*`, `#`, `A`-`D`; anything else is ignored). It
     /// goes into the transcript (at most [`MAX_DTMF`] per call) and counts as the caller's
-    /// activity for the re-prompt timer; what a bot does with keys comes with its settings.
+    /// activity for the re-prompt timer. Keys make an entry, complete at `#` or [`KEY_WAIT`]
+    /// after the last key; the language model reads it as the caller's message
+    /// `keypad: 12#` (so a script's intent can have the keyword `1`). An entry completed while
+    /// the bot answers or the caller speaks goes with the caller's next words.
     pub fn on_dtmf(&mut self, now: Timestamp, digit: char) {
         if self.hung_up || !matches!(digit, '0'..='9' | '*' | '#' | 'A'..='D') || self.dtmf >= MAX_DTMF {
             return;
@@ -414,6 +428,22 @@ impl Conversation {
         if self.idle_at.is_some() {
             self.idle_at = Some(now + self.reprompt_after());
         }
+        if self.keys.len() < MAX_ENTRY {
+            self.keys.push(digit);
+        }
+        self.keys_at = Some(if digit == '#' { now } else { now + KEY_WAIT });
+    }
+
+    /// The key entry is complete: the bot answers it when it is free; else the entry waits
+    /// for the caller's next words.
+    fn keys_done(&mut self, now: Timestamp) {
+        self.keys_at = None;
+        if self.keys.is_empty() || self.reply.is_some() || self.caller_speaking || self.awaiting_final.is_some() {
+            return;
+        }
+        let text = format!("keypad: {}", std::mem::take(&mut self.keys));
+        self.speech_ended = Some(now);
+        self.answer(now, text);
     }
 
     /// Playout reached mark `id`.
@@ -447,6 +477,9 @@ impl Conversation {
         if now >= self.max_end {
             self.hang_up("max_duration");
             return;
+        }
+        if self.keys_at.is_some_and(|at| now >= at) {
+            self.keys_done(now);
         }
         if self.awaiting_final.is_some_and(|(_, decided)| now >= decided + FINAL_WAIT) {
             self.try_commit(now, true);
@@ -498,6 +531,20 @@ impl Conversation {
         let text = std::mem::take(&mut self.caller_text);
         let at = self.caller_started.take().unwrap_or(now);
         self.transcript.push(Line { role: "caller", text: text.clone(), at_ms: ms_between(self.start, at), interrupted: false });
+        // Keys the caller pressed before these words go with them.
+        let text = match std::mem::take(&mut self.keys) {
+            keys if keys.is_empty() => text,
+            keys => {
+                self.keys_at = None;
+                format!("keypad: {keys}\n{text}")
+            }
+        };
+        self.answer(now, text);
+    }
+
+    /// The caller's message `text`: the bot answers it (a reply not yet begun is replaced by
+    /// one answering everything).
+    fn answer(&mut self, now: Timestamp, text: String) {
         self.messages.push(Message::text(Role::User, text));
         self.reprompts = 0;
         self.idle_at = None;
@@ -1094,15 +1141,36 @@ mod tests {
         assert_eq!(c.deadline(), Some(at(6_000)), "re-prompt 5 s after the greeting");
         c.on_dtmf(at(4_000), '5');
         c.on_dtmf(at(4_100), 'x'); // not a key
+        assert_eq!(c.deadline(), Some(at(6_000)), "the entry is complete 2 s after its last key");
         c.on_dtmf(at(4_200), '#');
-        assert_eq!(c.deadline(), Some(at(9_200)), "a key is the caller's activity");
+        assert_eq!(c.deadline(), Some(at(4_200)), "# completes it");
         let keys: Vec<(&str, u64)> = c.transcript().iter().filter(|l| l.role == "dtmf").map(|l| (l.text.as_str(), l.at_ms)).collect();
         assert_eq!(keys, [("5", 4_000), ("#", 4_200)]);
+        c.on_timeout(at(4_200));
+        // The language model reads the entry as the caller's message.
+        let request = drain(&mut c).into_iter().find_map(|a| match a {
+            Action::Llm { request, .. } => Some(request),
+            _ => None,
+        });
+        assert_eq!(request.and_then(|r| r.messages.last().map(|m| m.content.clone())).as_deref(), Some("keypad: 5#"));
         for _ in 0..MAX_DTMF {
             c.on_dtmf(at(5_000), '1');
         }
         assert_eq!(c.transcript().iter().filter(|l| l.role == "dtmf").count(), MAX_DTMF as usize, "bounded");
-        assert!(drain(&mut c).is_empty(), "keys alone make the bot do nothing yet");
+    }
+
+    #[test]
+    fn keys_pressed_while_the_bot_answers_go_with_the_callers_next_words() {
+        let mut c = Conversation::new(&bot(), AudioFormat::Mulaw8k, Vec::new(), at(0));
+        c.start(at(0));
+        drain(&mut c); // the greeting is being said
+        c.on_dtmf(at(300), '7');
+        c.on_timeout(at(2_300));
+        assert!(!drain(&mut c).iter().any(|a| matches!(a, Action::Llm { .. })), "not over the greeting");
+        let (_, request) = llm_turn(&caller_says(&mut c, 3_000, 3_800, "Sales please."));
+        assert_eq!(request.messages.last().map(|m| m.content.as_str()), Some("keypad: 7\nSales please."));
+        let caller: Vec<&str> = c.transcript().iter().filter(|l| l.role == "caller").map(|l| l.text.as_str()).collect();
+        assert_eq!(caller, ["Sales please."], "the transcript keeps the words and the keys apart");
     }
 
     #[test]
