@@ -77,7 +77,7 @@ async fn a_trunk_calls_a_number_its_bot_answers_and_the_result_says_sip() {
         if let Some(call) = calls(&http, &base, &token, &bot_id).await.first().cloned() {
             break call;
         }
-        assert!(Instant::now() < deadline, "the result never reached the API");
+        assert!(Instant::now() < deadline, "the result never reached the API: {}", std::fs::read_to_string(dir.path().join("core.log")).unwrap_or_default());
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     assert_eq!((call["from"].as_str(), call["to"].as_str()), (Some("phone"), Some("+15550100")), "{call}");
@@ -125,9 +125,10 @@ async fn a_trunk_calls_a_number_its_bot_answers_and_the_result_says_sip() {
     let number = json!({"number": "+15550133", "bot_id": desk_id, "allowed_sources": ["127.0.0.1"]});
     assert_eq!(http.post(format!("{base}/v1/phone-numbers")).bearer_auth(&token).json(&number).send().await.unwrap().status().as_u16(), 201);
     let audio = caller_audio();
+    let sip_for_transfer = sip.clone();
     tokio::task::spawn_blocking(move || {
         let mut phone = Baresip::start(&audio, "");
-        phone.command("dial", &format!("sip:+15550133@{sip}"));
+        phone.command("dial", &format!("sip:+15550133@{sip_for_transfer}"));
         assert!(phone.event("CALL_ESTABLISHED", Duration::from_secs(10)).is_some(), "{}", phone.log());
         assert!(phone.event("CALL_CLOSED", Duration::from_secs(15)).is_some(), "{}", phone.log());
     })
@@ -143,5 +144,33 @@ async fn a_trunk_calls_a_number_its_bot_answers_and_the_result_says_sip() {
     };
     assert_eq!(call["end_reason"], "transferred", "{call}");
     assert_eq!(call["metrics"]["transfer"], json!({"destination": "+15550177", "method": "refer", "status": 202, "accepted": true}), "{call}");
+
+    // A bot that presses keys (an IVR's menu): they reach the phone as RFC 4733 events.
+    let (_stt3, _tts3, mut ivr) = common::front_desk();
+    ivr["name"] = json!("Menu walker");
+    ivr["llm"]["options"]["script"]["intents"] = json!([{ "name": "hours", "keywords": ["open"], "reply": "One moment.", "tool": { "name": "send_dtmf", "arguments": { "digits": "42#" } } }]);
+    ivr["tools"] = json!([{ "kind": "send_dtmf" }]);
+    let r = http.post(format!("{base}/v1/bots")).bearer_auth(&token).json(&ivr).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 201);
+    let ivr_id = serde_json::from_slice::<Value>(&r.bytes().await.unwrap()).unwrap()["id"].as_str().unwrap().to_string();
+    let number = json!({"number": "+15550144", "bot_id": ivr_id, "allowed_sources": ["127.0.0.1"]});
+    assert_eq!(http.post(format!("{base}/v1/phone-numbers")).bearer_auth(&token).json(&number).send().await.unwrap().status().as_u16(), 201);
+    let audio = caller_audio();
+    let keys = tokio::task::spawn_blocking(move || {
+        let mut phone = Baresip::start(&audio, "");
+        phone.command("dial", &format!("sip:+15550144@{sip}"));
+        assert!(phone.event("CALL_ESTABLISHED", Duration::from_secs(10)).is_some(), "{}", phone.log());
+        let mut keys = String::new();
+        while let Some(e) = phone.event("CALL_DTMF_START", Duration::from_secs(8)) {
+            keys.push_str(e["param"].as_str().unwrap_or("?"));
+            if keys.len() == 3 {
+                break;
+            }
+        }
+        keys
+    })
+    .await
+    .unwrap();
+    assert_eq!(keys, "42#", "the bot's keys, in order");
     api.shutdown().await;
 }

@@ -102,6 +102,9 @@ pub enum ToolKind {
     DetectedVoicemail,
     /// Look something up in the bot's knowledge base.
     SearchKnowledge,
+    /// Press keys (DTMF) on the call, to navigate a phone menu: RFC 4733 events where the
+    /// call negotiated them (SIP), tones in the audio otherwise.
+    SendDtmf,
     /// A custom HTTP tool.
     Http,
 }
@@ -114,6 +117,7 @@ impl ToolKind {
             ToolKind::TransferCall => "transfer_call",
             ToolKind::DetectedVoicemail => "detected_voicemail",
             ToolKind::SearchKnowledge => "search_knowledge",
+            ToolKind::SendDtmf => "send_dtmf",
             ToolKind::Http => "http",
         }
     }

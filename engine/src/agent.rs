@@ -636,6 +636,7 @@ impl Agent {
                     self.queue_audio(&audio);
                 }
                 Action::Mark(id) => self.marks.push_back((self.backlog_in, id)),
+                Action::SendDtmf(keys) => self.press(&keys, out.keys_out_of_band()),
                 Action::ClearPlayout => {
                     let pending = !self.backlog.is_empty();
                     self.backlog_out += self.backlog.len() as u64;
@@ -651,6 +652,22 @@ impl Agent {
         }
         self.fill(out);
         requested
+    }
+
+    /// Presses `keys` after the audio queued so far: each a mark where the transport sends it
+    /// out of band with 200 ms of silence for it, or 100 ms of its two tones and 100 ms of
+    /// silence in the audio.
+    fn press(&mut self, keys: &str, out_of_band: bool) {
+        for key in keys.chars() {
+            if out_of_band {
+                self.marks.push_back((self.backlog_in, KEY_MARK | u64::from(key as u32 & 0xff)));
+                self.backlog.extend(std::iter::repeat_n(0, 1_600));
+                self.backlog_in += 1_600;
+            } else if let Some(tone) = dtmf_tone(key) {
+                self.backlog.extend(tone.iter().copied().chain(std::iter::repeat_n(0, 800)));
+                self.backlog_in += tone.len() as u64 + 800;
+            }
+        }
     }
 
     /// Moves backlog audio and marks into the playout as room allows (not while the bot's
@@ -699,7 +716,7 @@ impl Agent {
             Action::RunTool(call) => self.run_tool(call),
             Action::Transfer { destination } => self.transfer(&destination),
             Action::Hangup { reason } => self.end = Some(AgentEnd::Hangup(reason)),
-            Action::Play(_) | Action::Mark(_) | Action::ClearPlayout => {}
+            Action::Play(_) | Action::Mark(_) | Action::ClearPlayout | Action::SendDtmf(_) => {}
         }
     }
 
@@ -876,6 +893,13 @@ impl Bot for Agent {
     }
 
     fn mark_played(&mut self, now: Timestamp, id: u64, out: &mut Playback<'_>) {
+        if id & KEY_MARK != 0 {
+            // A key's place in the bot's audio: it is pressed now, out of band.
+            if let Some(key) = char::from_u32((id & 0xff) as u32) {
+                out.key(key);
+            }
+            return;
+        }
         self.conv.on_mark(now, id);
         self.act(out, None);
     }
@@ -934,6 +958,44 @@ impl Bot for Agent {
     fn finish(&mut self, now: Timestamp, unix_ms: u64, call_id: &str, reason: EndReason) -> Option<(CallResult, Option<Recording>)> {
         Some(Agent::finish(self, now, unix_ms, call_id, reason.label()))
     }
+}
+
+/// Marks with this bit are keys to press (the key's character in the low byte), not the
+/// conversation's sentence marks.
+const KEY_MARK: u64 = 1 << 62;
+
+/// 100 ms of a key's two tones (ITU-T Q.23) at 8 kHz, each about −10 dBm0.
+fn dtmf_tone(key: char) -> Option<Vec<i16>> {
+    const ROWS: [f64; 4] = [697.0, 770.0, 852.0, 941.0];
+    const COLUMNS: [f64; 4] = [1209.0, 1336.0, 1477.0, 1633.0];
+    let (row, column) = match key {
+        '1' => (0, 0),
+        '2' => (0, 1),
+        '3' => (0, 2),
+        'A' => (0, 3),
+        '4' => (1, 0),
+        '5' => (1, 1),
+        '6' => (1, 2),
+        'B' => (1, 3),
+        '7' => (2, 0),
+        '8' => (2, 1),
+        '9' => (2, 2),
+        'C' => (2, 3),
+        '*' => (3, 0),
+        '0' => (3, 1),
+        '#' => (3, 2),
+        'D' => (3, 3),
+        _ => return None,
+    };
+    let tau = std::f64::consts::TAU;
+    Some(
+        (0..800)
+            .map(|i| {
+                let t = f64::from(i) / 8_000.0;
+                (((tau * ROWS[row] * t).sin() + (tau * COLUMNS[column] * t).sin()) * 7_000.0) as i16
+            })
+            .collect(),
+    )
 }
 
 /// Playout room for an AI bot's replies; synthesis that runs ahead of playback waits in the

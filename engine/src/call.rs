@@ -52,7 +52,7 @@ impl CallConfig {
     }
 
     fn session(&self) -> SessionConfig {
-        SessionConfig { vad: self.vad, end_of_turn: self.end_of_turn, max_burst: self.max_burst }
+        SessionConfig { vad: self.vad, end_of_turn: self.end_of_turn, max_burst: self.max_burst, keys_out_of_band: false }
     }
 }
 
@@ -143,7 +143,8 @@ impl Call<RtpTransport> {
     /// A SIP call's media as `rtp` negotiated it, its bot started at `now` (the call is
     /// answered): `start` says who called whom.
     pub fn over_rtp(now: Timestamp, config: CallConfig, agent: Option<Agent>, rtp: RtpConfig, start: &crate::protocol::Start) -> Call<RtpTransport> {
-        let mut call = Call::with_transport(RtpTransport::new(rtp), Session::new(config.session(), rtp.codec, bot_for(&config, agent)));
+        let session = SessionConfig { keys_out_of_band: rtp.dtmf.is_some(), ..config.session() };
+        let mut call = Call::with_transport(RtpTransport::new(rtp), Session::new(session, rtp.codec, bot_for(&config, agent)));
         call.transport.start(now);
         call.session.start(now, rtp.codec, start);
         call

@@ -64,6 +64,8 @@ pub enum Action {
     ClearPlayout,
     /// Run a tool with I/O; its result comes back as [`Event::Tool`].
     RunTool(ToolCall),
+    /// Press these keys (`0`-`9`, `*`, `#`, `A`-`D`) after the audio queued so far.
+    SendDtmf(String),
     /// Hand the call over to `destination`, then end it.
     Transfer {
         /// A number or SIP URI.
@@ -633,6 +635,16 @@ impl Conversation {
                     _ => answer(reply, "No destination to transfer to."),
                 }
             }
+            Some((ToolKind::SendDtmf, _)) => {
+                let digits = args.get("digits").and_then(|d| d.as_str()).unwrap_or_default().trim();
+                if !digits.is_empty() && digits.len() <= 32 && digits.chars().all(|c| matches!(c, '0'..='9' | '*' | '#' | 'A'..='D')) {
+                    self.actions.push_back(Action::SendDtmf(digits.to_string()));
+                    self.transcript.push(Line { role: "bot_dtmf", text: digits.to_string(), at_ms: ms_between(self.start, now), interrupted: false });
+                    answer(reply, &format!("Pressed {digits}."));
+                } else {
+                    answer(reply, "`digits` must be 1 to 32 of 0-9, *, #, A-D.");
+                }
+            }
             Some((ToolKind::DetectedVoicemail, _)) => {
                 let message = self.voicemail_message.clone();
                 self.leave_voicemail(now, &message, "voicemail");
@@ -1089,6 +1101,27 @@ mod tests {
         assert_eq!(request.messages[2].tool_calls[0].id, "c7");
         assert_eq!(request.messages[3].tool_call_id.as_deref(), Some("c7"));
         assert_eq!(request.messages[3].content, "shipped");
+    }
+
+    #[test]
+    fn send_dtmf_presses_valid_keys_and_tells_the_model_what_happened() {
+        let mut b = with_tools();
+        b.tools.push(ToolConfig { kind: ToolKind::SendDtmf, ..b.tools[0].clone() });
+        let mut c = Conversation::new(&b, AudioFormat::Mulaw8k, Vec::new(), at(0));
+        c.start(at(0));
+        let (turn, _) = llm_turn(&caller_says(&mut c, 100, 900, "Press one for sales."));
+        for (id, digits) in [("k1", "1#"), ("k2", "12x")] {
+            let call = ToolCall { id: id.into(), name: "send_dtmf".into(), arguments: format!(r#"{{"digits":"{digits}"}}"#) };
+            c.on_event(at(1_700), Event::Llm { turn, event: LlmEvent::ToolCall(call) });
+        }
+        c.on_event(at(1_700), Event::Llm { turn, event: LlmEvent::Done { usage: TokenUsage::default() } });
+        let actions = drain(&mut c);
+        let keys: Vec<&Action> = actions.iter().filter(|a| matches!(a, Action::SendDtmf(_))).collect();
+        assert_eq!(keys, [&Action::SendDtmf("1#".into())], "only valid keys are pressed");
+        // The bot listens to what the menu says next; the model then reads what its keys did.
+        let (_, request) = llm_turn(&caller_says(&mut c, 3_000, 3_800, "For sales, stay on the line."));
+        let results: Vec<&str> = request.messages.iter().filter(|m| m.role == Role::Tool).map(|m| m.content.as_str()).collect();
+        assert_eq!(results, ["Pressed 1#.", "`digits` must be 1 to 32 of 0-9, *, #, A-D."]);
     }
 
     #[test]

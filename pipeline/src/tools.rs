@@ -323,6 +323,7 @@ enum Tool {
     Transfer { default: Option<Destination> },
     Voicemail,
     Search,
+    SendDtmf,
     Http(Rc<HttpTool>),
 }
 
@@ -353,6 +354,7 @@ impl Tools {
                 ToolKind::EndCall => Tool::EndCall,
                 ToolKind::DetectedVoicemail => Tool::Voicemail,
                 ToolKind::SearchKnowledge => Tool::Search,
+                ToolKind::SendDtmf => Tool::SendDtmf,
                 ToolKind::TransferCall => {
                     let default = match t.transfer_to.as_deref().filter(|d| !d.trim().is_empty()) {
                         Some(d) => Some(Destination::parse(d).map_err(|e| ProviderError::invalid(format!("{field}.transfer_to"), e))?),
@@ -410,6 +412,8 @@ impl Tools {
                     Err(why) => ToolAction::Run(answer(call.id.clone(), ToolOutput { content: why, failed: true }, events.clone())),
                 }
             }
+            // The conversation presses the keys itself; the model's call never comes here.
+            Tool::SendDtmf => ToolAction::Run(answer(call.id.clone(), ToolOutput { content: "Keys are pressed by the call.".into(), failed: true }, events.clone())),
             Tool::Search => ToolAction::Run(search_knowledge(self.api.clone(), &self.bot_id, call, events.clone(), self.log.clone())),
             Tool::Http(tool) => ToolAction::Run(http_tool(tool.clone(), call, events.clone(), self.log.clone())),
         }
@@ -434,6 +438,7 @@ fn default_description(tool: &Tool) -> String {
             "Search the knowledge base for facts to answer the caller. Use it before answering questions about policies, products, prices or procedures.".into()
         }
         Tool::Http(_) => "Call an external service.".into(),
+        Tool::SendDtmf => "Press keys on the phone keypad, to choose options in an automated phone menu.".into(),
     }
 }
 
@@ -453,6 +458,11 @@ fn parameters(tool: &Tool) -> Value {
             "required": ["query"],
         }),
         Tool::Http(t) => t.parameters.clone(),
+        Tool::SendDtmf => json!({
+            "type": "object",
+            "properties": { "digits": { "type": "string", "pattern": "^[0-9*#A-D]{1,32}$", "description": "The keys to press, in order, e.g. 1 or 4421#." } },
+            "required": ["digits"],
+        }),
     }
 }
 

@@ -37,7 +37,7 @@ pub(crate) fn core(dir: &Path, base: &str, fleet_token: &str, extra: &[&str]) ->
         .arg(dir)
         .env("CXB_FLEET_TOKEN", fleet_token)
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(std::fs::File::create(dir.join("core.log")).map_or(Stdio::null(), Stdio::from))
         .spawn()
         .unwrap();
     let stdout = child.stdout.take().unwrap();

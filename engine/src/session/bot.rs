@@ -115,11 +115,24 @@ pub struct Playback<'a> {
     outbound: &'a mut Outbound<u64>,
     queue: &'a mut VecDeque<Item>,
     streaming: bool,
+    keys_out_of_band: bool,
 }
 
 impl<'a> Playback<'a> {
-    pub(super) fn new(outbound: &'a mut Outbound<u64>, queue: &'a mut VecDeque<Item>, streaming: bool) -> Playback<'a> {
-        Playback { outbound, queue, streaming }
+    pub(super) fn new(outbound: &'a mut Outbound<u64>, queue: &'a mut VecDeque<Item>, streaming: bool, keys_out_of_band: bool) -> Playback<'a> {
+        Playback { outbound, queue, streaming, keys_out_of_band }
+    }
+
+    /// Whether [`Playback::key`] reaches the far end (else keys are played as tones).
+    pub fn keys_out_of_band(&self) -> bool {
+        self.keys_out_of_band
+    }
+
+    /// Presses `key` now, out of band.
+    pub fn key(&mut self, key: char) {
+        if self.keys_out_of_band && self.streaming {
+            self.queue.push_back(Item::Key(key));
+        }
     }
 
     /// Whether the stream has started (audio queued before it waits).

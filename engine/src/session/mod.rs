@@ -34,11 +34,14 @@ pub struct SessionConfig {
     pub end_of_turn: Duration,
     /// Most frames the playout releases at once when catching up.
     pub max_burst: usize,
+    /// The transport sends key presses out of band ([`Transmit::Dtmf`]: RFC 4733 on a SIP
+    /// call that negotiated telephone events); otherwise bots play them as tones.
+    pub keys_out_of_band: bool,
 }
 
 impl Default for SessionConfig {
     fn default() -> SessionConfig {
-        SessionConfig { vad: VadConfig::default(), end_of_turn: Duration::from_millis(700), max_burst: 5 }
+        SessionConfig { vad: VadConfig::default(), end_of_turn: Duration::from_millis(700), max_burst: 5, keys_out_of_band: false }
     }
 }
 
@@ -69,6 +72,8 @@ pub enum Transmit<'a> {
         /// Audio was queued on the session's side.
         playing: bool,
     },
+    /// Press this key now, out of band (only with [`SessionConfig::keys_out_of_band`]).
+    Dtmf(char),
 }
 
 /// What happened, for the driver's metrics.
@@ -108,6 +113,7 @@ enum Item {
     Audio { from: usize, to: usize },
     Mark(u64),
     Clear { playing: bool },
+    Key(char),
     Event(SessionEvent),
     End(EndReason),
 }
@@ -208,7 +214,7 @@ impl Session {
                 wide: self.inbound.audio(),
                 in_turn: self.inbound.in_turn(),
             };
-            let mut out = Playback::new(&mut self.outbound, &mut self.queue, self.streaming);
+            let mut out = Playback::new(&mut self.outbound, &mut self.queue, self.streaming, self.config.keys_out_of_band);
             self.bot.caller_frame(now, &caller, &mut out);
             if let Some(turn) = heard.turn {
                 self.bot.turn(now, turn, &mut out);
@@ -273,6 +279,7 @@ impl Session {
             Item::Audio { from, to } => Output::Transmit(Transmit::Audio(&self.released[from..to])),
             Item::Mark(id) => Output::Transmit(Transmit::Mark(id)),
             Item::Clear { playing } => Output::Transmit(Transmit::Clear { playing }),
+            Item::Key(key) => Output::Transmit(Transmit::Dtmf(key)),
             Item::Event(event) => Output::Event(event),
             Item::End(reason) => Output::End(reason),
         }
@@ -285,7 +292,7 @@ impl Session {
     }
 
     fn parts(&mut self) -> (&mut dyn Bot, Playback<'_>) {
-        (self.bot.as_mut(), Playback::new(&mut self.outbound, &mut self.queue, self.streaming))
+        (self.bot.as_mut(), Playback::new(&mut self.outbound, &mut self.queue, self.streaming, self.config.keys_out_of_band))
     }
 
     fn end(&mut self, reason: EndReason) {
@@ -314,7 +321,7 @@ impl Session {
             }
             while let Some(event) = self.outbound.playout().poll_event() {
                 if let PlayoutEvent::MarkPlayed(id) = event {
-                    let mut out = Playback::new(&mut self.outbound, &mut self.queue, self.streaming);
+                    let mut out = Playback::new(&mut self.outbound, &mut self.queue, self.streaming, self.config.keys_out_of_band);
                     self.bot.mark_played(now, id, &mut out);
                 }
             }

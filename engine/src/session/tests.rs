@@ -45,6 +45,8 @@ pub(crate) enum Seen {
     Mark(u64),
     /// A clear, and whether the session had audio queued.
     Clear(bool),
+    /// A key pressed out of band.
+    Key(char),
     /// The end.
     End(EndReason),
 }
@@ -56,6 +58,7 @@ pub(crate) fn drain(s: &mut Session) -> (Vec<Seen>, Option<Timestamp>) {
             Output::Transmit(Transmit::Audio(a)) => seen.push(Seen::Audio(a.len() / 160)),
             Output::Transmit(Transmit::Mark(id)) => seen.push(Seen::Mark(id)),
             Output::Transmit(Transmit::Clear { playing }) => seen.push(Seen::Clear(playing)),
+            Output::Transmit(Transmit::Dtmf(key)) => seen.push(Seen::Key(key)),
             Output::Event(_) => {}
             Output::End(reason) => seen.push(Seen::End(reason)),
             Output::Timeout(next) => return (seen, next),

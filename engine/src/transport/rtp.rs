@@ -84,6 +84,10 @@ pub struct RtpTransport {
     marker: bool,
     /// When the next packet is due if the session sends none: silence keeps the clock.
     next_due: Option<Timestamp>,
+    /// Keys to send (RFC 4733) and the one being sent: its event code, the timestamp it
+    /// started at and how many packets of it went out.
+    keys_out: VecDeque<u8>,
+    key: Option<(u8, u32, u16)>,
     silence: [u8; FRAME],
     tx: VecDeque<Vec<u8>>,
     spare: Vec<Vec<u8>>,
@@ -106,6 +110,8 @@ impl RtpTransport {
             timestamp: config.ssrc.rotate_left(7),
             marker: true,
             next_due: None,
+            keys_out: VecDeque::new(),
+            key: None,
             silence: [silence; FRAME],
             tx: VecDeque::new(),
             spare: Vec::new(),
@@ -158,9 +164,18 @@ impl RtpTransport {
         RtpEvent::Audio { frames: &self.pending[..self.taken], late: after.late - before.late, lost: after.lost - before.lost }
     }
 
-    /// Carries out what the session asks at `now`: audio goes out a packet per frame; marks
-    /// and clears mean nothing on RTP (nothing is buffered past the socket).
+    /// Carries out what the session asks at `now`: audio goes out a packet per frame; keys
+    /// as RFC 4733 events in the packets' place (the bot leaves silence for them); marks and
+    /// clears mean nothing on RTP (nothing is buffered past the socket).
     pub fn transmit(&mut self, now: Timestamp, what: Transmit<'_>) {
+        if let Transmit::Dtmf(key) = what
+            && let Some(event) = key_event(key)
+            && self.config.dtmf.is_some()
+            && self.keys_out.len() < 64
+        {
+            self.keys_out.push_back(event);
+            self.next_due.get_or_insert(now);
+        }
         if let Transmit::Audio(frames) = what {
             for frame in frames.chunks(FRAME) {
                 self.packet(frame);
@@ -173,6 +188,9 @@ impl RtpTransport {
     }
 
     fn packet(&mut self, payload: &[u8]) {
+        if self.key_packet() {
+            return;
+        }
         let mut buf = self.spare.pop().unwrap_or_default();
         RtpPacket {
             marker: std::mem::take(&mut self.marker),
@@ -187,6 +205,38 @@ impl RtpTransport {
         self.timestamp = self.timestamp.wrapping_add(payload.len() as u32);
         self.stats.packets_out += 1;
         self.tx.push_back(buf);
+    }
+
+    /// Sends the next packet of a key in this 20 ms slot, if one is being sent: 5 packets
+    /// of 20 ms growing the event's duration to 100 ms, then 3 end packets (RFC 4733 §2.5).
+    /// The audio clock moves on underneath.
+    fn key_packet(&mut self) -> bool {
+        let Some(pt) = self.config.dtmf else { return false };
+        if self.key.is_none() {
+            let Some(event) = self.keys_out.pop_front() else { return false };
+            self.key = Some((event, self.timestamp, 0));
+            self.marker = true;
+        }
+        let Some((event, started, sent)) = self.key.as_mut() else { return false };
+        *sent += 1;
+        let (event, started, n) = (*event, *started, *sent);
+        let end = n > 5;
+        let duration = FRAME as u16 * n.min(5);
+        let payload = TelephoneEvent { event, end, volume: 10, duration }.to_bytes();
+        if n >= 8 {
+            self.key = None;
+        }
+        let mut buf = self.spare.pop().unwrap_or_default();
+        RtpPacket { marker: std::mem::take(&mut self.marker), payload_type: pt, sequence: self.sequence, timestamp: started, ssrc: self.config.ssrc, payload: &payload }.write(&mut buf);
+        self.sequence = self.sequence.wrapping_add(1);
+        self.timestamp = self.timestamp.wrapping_add(FRAME as u32);
+        self.stats.packets_out += 1;
+        self.tx.push_back(buf);
+        if self.key.is_none() {
+            // The next audio starts a talk spurt.
+            self.marker = true;
+        }
+        true
     }
 
     /// Starts the stream's clock at `now` (the call is answered).
@@ -228,6 +278,17 @@ impl RtpTransport {
             self.spare.push(buf);
         }
     }
+}
+
+/// A key's RFC 4733 event code.
+fn key_event(key: char) -> Option<u8> {
+    Some(match key {
+        '0'..='9' => key as u8 - b'0',
+        '*' => 10,
+        '#' => 11,
+        'A'..='D' => key as u8 - b'A' + 12,
+        _ => return None,
+    })
 }
 
 #[cfg(test)]
@@ -306,5 +367,32 @@ mod tests {
         t.transmit(at(1_100), Transmit::Clear { playing: true });
         t.transmit(at(1_100), Transmit::Mark(1));
         assert_eq!(t.poll_transmit(), None, "nothing to say about marks and clears");
+    }
+
+    #[test]
+    fn keys_go_out_as_rfc_4733_events_in_the_audio_slots() {
+        let mut t = RtpTransport::new(config());
+        t.start(at(0));
+        t.transmit(at(0), Transmit::Audio(&[1; 160]));
+        let (_, first) = t.poll_transmit().expect("audio");
+        let a = RtpPacket::parse(&first).expect("rtp").timestamp;
+        t.transmit(at(20), Transmit::Dtmf('#'));
+        t.transmit(at(20), Transmit::Dtmf('x'));
+        // The bot leaves silence for the key: its slots carry the event instead.
+        for k in 0..8u64 {
+            t.transmit(at(20 + 20 * k), Transmit::Audio(&[0xFF; 160]));
+        }
+        let events: Vec<Vec<u8>> = std::iter::from_fn(|| t.poll_transmit()).map(|(_, b)| b).collect();
+        assert_eq!(events.len(), 8, "one key, 'x' is none");
+        for (n, bytes) in events.iter().enumerate() {
+            let p = RtpPacket::parse(bytes).expect("rtp");
+            let e = TelephoneEvent::parse(p.payload).expect("an event");
+            assert_eq!((p.payload_type, p.timestamp, p.marker), (101, a.wrapping_add(160), n == 0), "packet {n}");
+            assert_eq!((e.event, e.end, e.duration), (11, n >= 5, 160 * (n as u16 + 1).min(5)), "packet {n}");
+        }
+        t.transmit(at(180), Transmit::Audio(&[1; 160]));
+        let (_, after) = t.poll_transmit().expect("audio");
+        let p = RtpPacket::parse(&after).expect("rtp");
+        assert_eq!((p.payload_type, p.marker, p.timestamp.wrapping_sub(a)), (0, true, 160 * 9), "the audio clock ran on under the key");
     }
 }

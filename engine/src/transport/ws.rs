@@ -216,6 +216,8 @@ impl WsTransport {
                     self.stats.clears_sent += 1;
                 }
             }
+            // The carriers' streams take no keys: bots play them as tones.
+            Transmit::Dtmf(_) => {}
         }
     }
 
