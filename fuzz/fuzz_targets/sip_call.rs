@@ -25,6 +25,7 @@ fuzz_target!(|data: &[u8]| {
             2 => call.refuse(now, 486, "Busy Here"),
             3 => call.hang_up(now),
             4 => call.answer_reoffer("v=0\r\n"),
+            5 => call.refer(now, "sip:+15550100@127.0.0.1"),
             _ => {}
         }
         if let Ok(m) = Message::parse(piece.get(1..).unwrap_or_default()) {
