@@ -20,8 +20,9 @@
 //! - [`bots`]: the built-in bots (`echo`, `turn-echo`, `fault`).
 //! - [`agent`]: an AI bot inside a call: providers, audio conversions, recording, result.
 //! - [`admission`]: who may start a call (call tokens, carrier signatures, inbound secrets).
-//! - [`sip`]: the SIP port: messages routed by Call-ID to the worker owning the call, whose
-//!   task (`worker::sip`) runs the dialog (`cxb-sip`) and the call's RTP socket.
+//! - [`sip`], `sip_front`: the SIP port (its state; its reading threads): messages routed by
+//!   Call-ID to the worker owning the call, whose task (`worker::sip`) runs the dialog
+//!   (`cxb-sip`) and the call's RTP socket.
 //! - [`tls`]: `wss://` through rustls, sans-IO between the socket and the parsers.
 //! - [`limits`]: per-address limits before the upgrade (pending heads, failed admissions).
 
@@ -41,6 +42,7 @@ pub mod server;
 pub mod session;
 mod shared;
 pub mod sip;
+mod sip_front;
 mod slots;
 pub mod tls;
 pub mod transport;

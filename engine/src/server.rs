@@ -128,9 +128,9 @@ impl Engine {
         );
         if shared.sip.is_some() {
             let sip_shared = shared.clone();
-            threads.push(std::thread::Builder::new().name("cxb-sip".into()).spawn(move || crate::sip::front(&sip_shared))?);
+            threads.push(std::thread::Builder::new().name("cxb-sip".into()).spawn(move || crate::sip_front::front(&sip_shared))?);
             let tcp_shared = shared.clone();
-            threads.push(std::thread::Builder::new().name("cxb-sip-tcp".into()).spawn(move || crate::sip::accept_tcp(tcp_shared))?);
+            threads.push(std::thread::Builder::new().name("cxb-sip-tcp".into()).spawn(move || crate::sip_front::accept_tcp(tcp_shared))?);
         }
         let control_shared = shared.clone();
         threads.push(

@@ -1,4 +1,6 @@
-//! The engine's SIP port, UDP and TCP on the same address. One thread (`cxb-sip`) reads the
+//! The engine's SIP port, UDP and TCP on the same address: its configuration and the state
+//! every thread shares (the sockets, the route table, the TCP connections); `sip_front` has
+//! the threads that read it. One thread (`cxb-sip`) reads the
 //! UDP socket, one accepts TCP connections and one thread per connection (at most
 //! [`MAX_TCP`]) reads its stream, framed by Content-Length. Each message goes to the worker
 //! that owns its call (by Call-ID); what needs no call is answered here: OPTIONS keep-alives,
@@ -12,15 +14,11 @@
 //! table carry it; the media (50 packets a second each way per call) never passes here.
 
 use std::collections::HashMap;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::time::Duration;
-
-use cxb_sip::message::{Message, StartLine, frame, response};
-
-use crate::shared::{Inbox, Shared};
 
 /// How the engine speaks SIP.
 #[derive(Debug, Clone)]
@@ -84,10 +82,10 @@ pub(crate) struct SipCounters {
 #[derive(Debug)]
 pub(crate) struct SipShared {
     pub(crate) socket: UdpSocket,
-    listener: TcpListener,
+    pub(crate) listener: TcpListener,
     /// Open TCP connections (a clone of each stream, for writing) by id.
-    connections: Mutex<HashMap<u64, TcpStream>>,
-    next_connection: AtomicU64,
+    pub(crate) connections: Mutex<HashMap<u64, TcpStream>>,
+    pub(crate) next_connection: AtomicU64,
     /// The bound address.
     pub(crate) local: SocketAddr,
     /// The address in Contact, Via and SDP.
@@ -169,142 +167,7 @@ impl SipShared {
         }
     }
 
-    fn route(&self, call_id: &str) -> Option<usize> {
+    pub(crate) fn route(&self, call_id: &str) -> Option<usize> {
         self.routes.lock().ok()?.get(call_id).copied()
-    }
-}
-
-/// What the SIP port does with one message from `from`: route it to its call's worker, or
-/// answer it here.
-struct Front<'a> {
-    shared: &'a Shared,
-    sip: &'a SipShared,
-    out: String,
-    next: usize,
-}
-
-impl Front<'_> {
-    fn message(&mut self, from: SipPeer, bytes: &[u8]) {
-        let (shared, sip) = (self.shared, self.sip);
-        if bytes.iter().all(|b| b.is_ascii_whitespace()) {
-            return; // CRLF keep-alives
-        }
-        let message = match Message::parse(bytes) {
-            Ok(m) if !m.call_id().is_empty() => m,
-            _ => {
-                sip.counters.malformed.fetch_add(1, Ordering::Relaxed);
-                return;
-            }
-        };
-        let call_id = message.call_id();
-        if let Some(worker) = sip.route(call_id) {
-            let _ = shared.inboxes[worker].send(Inbox::Sip { from, bytes: bytes.to_vec() });
-            return;
-        }
-        let StartLine::Request { method, .. } = message.start else {
-            return; // a response to nothing we sent
-        };
-        let out = &mut self.out;
-        match method {
-            "INVITE" if message.tag("To").is_none() => {
-                let worker = shared.most_free(self.next);
-                self.next = (self.next + 1) % shared.workers.len();
-                if shared.workers[worker].free.load(Ordering::Relaxed) == 0 {
-                    sip.counters.busy.fetch_add(1, Ordering::Relaxed);
-                    response(&message, 503, "Service Unavailable", Some("busy"), &[("Retry-After", "5")], "", out);
-                    return sip.send(from, out.as_bytes());
-                }
-                sip.claim(call_id, worker);
-                let _ = shared.inboxes[worker].send(Inbox::Sip { from, bytes: bytes.to_vec() });
-            }
-            "OPTIONS" => {
-                let allow = [("Allow", "INVITE, ACK, BYE, CANCEL, OPTIONS, INFO"), ("Accept", "application/sdp")];
-                response(&message, 200, "OK", Some("opt"), &allow, "", out);
-                sip.send(from, out.as_bytes());
-            }
-            "ACK" => {}
-            _ => {
-                response(&message, 481, "Call/Transaction Does Not Exist", None, &[], "", out);
-                sip.send(from, out.as_bytes());
-            }
-        }
-    }
-}
-
-/// The `cxb-sip` thread: reads the UDP socket until the engine stops.
-pub(crate) fn front(shared: &Shared) {
-    let Some(sip) = shared.sip.as_ref() else { return };
-    let mut front = Front { shared, sip, out: String::new(), next: 0 };
-    let mut buf = vec![0u8; 65_536];
-    while !shared.stopping.load(Ordering::SeqCst) {
-        if let Ok((n, from)) = sip.socket.recv_from(&mut buf) {
-            front.message(SipPeer::Udp(from), &buf[..n]);
-        }
-    }
-}
-
-/// The `cxb-sip-tcp` thread: accepts TCP connections, a reading thread for each.
-pub(crate) fn accept_tcp(shared: std::sync::Arc<Shared>) {
-    let Some(sip) = shared.sip.as_ref() else { return };
-    for conn in sip.listener.incoming() {
-        if shared.stopping.load(Ordering::SeqCst) {
-            return;
-        }
-        let Ok(stream) = conn else { continue };
-        let (Ok(peer), Ok(writer)) = (stream.peer_addr(), stream.try_clone()) else { continue };
-        let id = sip.next_connection.fetch_add(1, Ordering::Relaxed);
-        {
-            let Ok(mut connections) = sip.connections.lock() else { return };
-            if connections.len() >= MAX_TCP {
-                continue; // dropped: closed
-            }
-            let _ = writer.set_write_timeout(Some(Duration::from_secs(1)));
-            connections.insert(id, writer);
-        }
-        let shared = shared.clone();
-        let spawned = std::thread::Builder::new().name("cxb-sip-conn".into()).spawn(move || {
-            read_tcp(&shared, stream, SipPeer::Tcp(id, peer));
-            if let Some(sip) = shared.sip.as_ref()
-                && let Ok(mut connections) = sip.connections.lock()
-            {
-                connections.remove(&id);
-            }
-        });
-        if spawned.is_err()
-            && let Ok(mut connections) = sip.connections.lock()
-        {
-            connections.remove(&id);
-        }
-    }
-}
-
-/// Reads one TCP connection's messages until it closes, breaks the framing or the engine stops.
-fn read_tcp(shared: &Shared, mut stream: TcpStream, peer: SipPeer) {
-    let Some(sip) = shared.sip.as_ref() else { return };
-    let _ = stream.set_read_timeout(Some(Duration::from_millis(500)));
-    let mut front = Front { shared, sip, out: String::new(), next: 0 };
-    let mut pending: Vec<u8> = Vec::new();
-    let mut buf = vec![0u8; 16 * 1024];
-    while !shared.stopping.load(Ordering::SeqCst) {
-        match stream.read(&mut buf) {
-            Ok(0) => return,
-            Ok(n) => pending.extend_from_slice(&buf[..n]),
-            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => continue,
-            Err(_) => return,
-        }
-        loop {
-            match frame(&pending) {
-                Ok(Some(len)) => {
-                    front.message(peer, &pending[..len]);
-                    pending.drain(..len);
-                }
-                Ok(None) => break,
-                Err(_) => {
-                    // A stream whose framing is lost cannot be resynchronised.
-                    sip.counters.malformed.fetch_add(1, Ordering::Relaxed);
-                    return;
-                }
-            }
-        }
     }
 }

@@ -18,10 +18,9 @@
 //! for another dialog 481.
 
 use std::collections::VecDeque;
-use std::fmt::Write as _;
 use std::time::Duration;
 
-use crate::message::{Message, RequestHead, StartLine, param, response, uri_of};
+use crate::message::{Message, Outgoing, RequestHead, StartLine, param, response, uri_of};
 
 /// RFC 3261's T1: the round-trip estimate.
 pub const T1: Duration = Duration::from_millis(500);
@@ -346,22 +345,27 @@ impl InboundCall {
     /// Record-Route.
     fn request(&mut self, method: &str, extra: &[(&str, &str)]) -> String {
         self.local_cseq += 1;
-        let mut out = String::with_capacity(512);
         let head = &self.invite.head;
-        let target = if self.invite.remote_target.is_empty() { uri_of(&head.from).to_string() } else { self.invite.remote_target.clone() };
-        let _ = write!(out, "{method} {target} SIP/2.0\r\n");
-        let _ = write!(out, "Via: SIP/2.0/{} {};branch=z9hG4bK{}{}{};rport\r\n", self.local.transport, self.local.sent_by, self.local.tag, method.to_ascii_lowercase(), self.local_cseq);
-        let _ = write!(out, "Max-Forwards: 70\r\n");
-        for route in &self.invite.route {
-            let _ = write!(out, "Route: {route}\r\n");
-        }
+        let target = if self.invite.remote_target.is_empty() { uri_of(&head.from) } else { self.invite.remote_target.as_str() };
         let from = if param(&head.to, "tag").is_some() { head.to.clone() } else { format!("{};tag={}", head.to, self.local.tag) };
-        let _ = write!(out, "From: {from}\r\nTo: {}\r\nCall-ID: {}\r\nCSeq: {} {method}\r\n", head.from, head.call_id, self.local_cseq);
-        let _ = write!(out, "Contact: <{}>\r\n", self.local.contact);
-        for (name, value) in extra {
-            let _ = write!(out, "{name}: {value}\r\n");
+        let branch = format!("z9hG4bK{}{}{}", self.local.tag, method.to_ascii_lowercase(), self.local_cseq);
+        let mut out = String::with_capacity(512);
+        Outgoing {
+            method,
+            target,
+            transport: self.local.transport,
+            sent_by: &self.local.sent_by,
+            branch: &branch,
+            route: &self.invite.route,
+            from: &from,
+            to: &head.from,
+            call_id: &head.call_id,
+            cseq: self.local_cseq,
+            contact: &self.local.contact,
+            extra,
+            sdp: "",
         }
-        out.push_str("Content-Length: 0\r\n\r\n");
+        .write(&mut out);
         out
     }
 
@@ -552,7 +556,7 @@ fn session_interval(m: &Message<'_>) -> Option<Duration> {
 }
 
 /// The key of an INFO: `application/dtmf-relay` (`Signal=5`) or `application/dtmf` (`5`).
-fn dtmf_of(m: &Message<'_>) -> Option<char> {
+pub(crate) fn dtmf_of(m: &Message<'_>) -> Option<char> {
     let kind = m.header("Content-Type")?.split(';').next()?.trim().to_ascii_lowercase();
     let body = std::str::from_utf8(m.body).ok()?;
     let signal = match kind.as_str() {

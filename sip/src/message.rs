@@ -304,6 +304,57 @@ pub fn user_of(uri: &str) -> Option<&str> {
     (!user.is_empty()).then_some(user)
 }
 
+/// A request this endpoint sends, its parts borrowed.
+#[derive(Debug, Clone, Copy)]
+pub struct Outgoing<'a> {
+    /// `INVITE`, `ACK`, `BYE`, …
+    pub method: &'a str,
+    /// The Request-URI.
+    pub target: &'a str,
+    /// `UDP`, `TCP` or `TLS`, for Via.
+    pub transport: &'a str,
+    /// Our host and port, for Via.
+    pub sent_by: &'a str,
+    /// The Via branch (with its `z9hG4bK` cookie).
+    pub branch: &'a str,
+    /// Route header values, in order.
+    pub route: &'a [String],
+    /// From and To, tags included.
+    pub from: &'a str,
+    /// See `from`.
+    pub to: &'a str,
+    /// Call-ID.
+    pub call_id: &'a str,
+    /// CSeq number (its method is `method`).
+    pub cseq: u32,
+    /// Our Contact URI.
+    pub contact: &'a str,
+    /// More headers.
+    pub extra: &'a [(&'a str, &'a str)],
+    /// An SDP body, or empty.
+    pub sdp: &'a str,
+}
+
+impl Outgoing<'_> {
+    /// Writes the request into `out` (cleared first).
+    pub fn write(&self, out: &mut String) {
+        out.clear();
+        let _ = write!(out, "{} {} SIP/2.0\r\n", self.method, self.target);
+        let _ = write!(out, "Via: SIP/2.0/{} {};branch={};rport\r\nMax-Forwards: 70\r\n", self.transport, self.sent_by, self.branch);
+        for route in self.route {
+            let _ = write!(out, "Route: {route}\r\n");
+        }
+        let _ = write!(out, "From: {}\r\nTo: {}\r\nCall-ID: {}\r\nCSeq: {} {}\r\nContact: <{}>\r\n", self.from, self.to, self.call_id, self.cseq, self.method, self.contact);
+        for (name, value) in self.extra {
+            let _ = write!(out, "{name}: {value}\r\n");
+        }
+        if !self.sdp.is_empty() {
+            out.push_str("Content-Type: application/sdp\r\n");
+        }
+        let _ = write!(out, "Content-Length: {}\r\n\r\n{}", self.sdp.len(), self.sdp);
+    }
+}
+
 /// What a response copies from its request (RFC 3261 §8.2.6), owned, so that a request can be
 /// answered after its bytes are gone.
 #[derive(Debug, Clone, PartialEq, Eq)]

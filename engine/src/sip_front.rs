@@ -1,0 +1,148 @@
+//! The SIP port's threads: the UDP reader, the TCP acceptor and a reader per connection, and
+//! what they do with each message (route it by Call-ID to its call's worker, or answer it
+//! here). The port's shared state is in `sip`.
+
+use std::io::Read;
+use std::net::TcpStream;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use cxb_sip::message::{Message, StartLine, frame, response};
+
+use crate::shared::{Inbox, Shared};
+use crate::sip::{MAX_TCP, SipPeer, SipShared};
+
+/// What the SIP port does with one message from `from`: route it to its call's worker, or
+/// answer it here.
+struct Front<'a> {
+    shared: &'a Shared,
+    sip: &'a SipShared,
+    out: String,
+    next: usize,
+}
+
+impl Front<'_> {
+    fn message(&mut self, from: SipPeer, bytes: &[u8]) {
+        let (shared, sip) = (self.shared, self.sip);
+        if bytes.iter().all(|b| b.is_ascii_whitespace()) {
+            return; // CRLF keep-alives
+        }
+        let message = match Message::parse(bytes) {
+            Ok(m) if !m.call_id().is_empty() => m,
+            _ => {
+                sip.counters.malformed.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+        };
+        let call_id = message.call_id();
+        if let Some(worker) = sip.route(call_id) {
+            let _ = shared.inboxes[worker].send(Inbox::Sip { from, bytes: bytes.to_vec() });
+            return;
+        }
+        let StartLine::Request { method, .. } = message.start else {
+            return; // a response to nothing we sent
+        };
+        let out = &mut self.out;
+        match method {
+            "INVITE" if message.tag("To").is_none() => {
+                let worker = shared.most_free(self.next);
+                self.next = (self.next + 1) % shared.workers.len();
+                if shared.workers[worker].free.load(Ordering::Relaxed) == 0 {
+                    sip.counters.busy.fetch_add(1, Ordering::Relaxed);
+                    response(&message, 503, "Service Unavailable", Some("busy"), &[("Retry-After", "5")], "", out);
+                    return sip.send(from, out.as_bytes());
+                }
+                sip.claim(call_id, worker);
+                let _ = shared.inboxes[worker].send(Inbox::Sip { from, bytes: bytes.to_vec() });
+            }
+            "OPTIONS" => {
+                let allow = [("Allow", "INVITE, ACK, BYE, CANCEL, OPTIONS, INFO"), ("Accept", "application/sdp")];
+                response(&message, 200, "OK", Some("opt"), &allow, "", out);
+                sip.send(from, out.as_bytes());
+            }
+            "ACK" => {}
+            _ => {
+                response(&message, 481, "Call/Transaction Does Not Exist", None, &[], "", out);
+                sip.send(from, out.as_bytes());
+            }
+        }
+    }
+}
+
+/// The `cxb-sip` thread: reads the UDP socket until the engine stops.
+pub(crate) fn front(shared: &Shared) {
+    let Some(sip) = shared.sip.as_ref() else { return };
+    let mut front = Front { shared, sip, out: String::new(), next: 0 };
+    let mut buf = vec![0u8; 65_536];
+    while !shared.stopping.load(Ordering::SeqCst) {
+        if let Ok((n, from)) = sip.socket.recv_from(&mut buf) {
+            front.message(SipPeer::Udp(from), &buf[..n]);
+        }
+    }
+}
+
+/// The `cxb-sip-tcp` thread: accepts TCP connections, a reading thread for each.
+pub(crate) fn accept_tcp(shared: std::sync::Arc<Shared>) {
+    let Some(sip) = shared.sip.as_ref() else { return };
+    for conn in sip.listener.incoming() {
+        if shared.stopping.load(Ordering::SeqCst) {
+            return;
+        }
+        let Ok(stream) = conn else { continue };
+        let (Ok(peer), Ok(writer)) = (stream.peer_addr(), stream.try_clone()) else { continue };
+        let id = sip.next_connection.fetch_add(1, Ordering::Relaxed);
+        {
+            let Ok(mut connections) = sip.connections.lock() else { return };
+            if connections.len() >= MAX_TCP {
+                continue; // dropped: closed
+            }
+            let _ = writer.set_write_timeout(Some(Duration::from_secs(1)));
+            connections.insert(id, writer);
+        }
+        let shared = shared.clone();
+        let spawned = std::thread::Builder::new().name("cxb-sip-conn".into()).spawn(move || {
+            read_tcp(&shared, stream, SipPeer::Tcp(id, peer));
+            if let Some(sip) = shared.sip.as_ref()
+                && let Ok(mut connections) = sip.connections.lock()
+            {
+                connections.remove(&id);
+            }
+        });
+        if spawned.is_err()
+            && let Ok(mut connections) = sip.connections.lock()
+        {
+            connections.remove(&id);
+        }
+    }
+}
+
+/// Reads one TCP connection's messages until it closes, breaks the framing or the engine stops.
+fn read_tcp(shared: &Shared, mut stream: TcpStream, peer: SipPeer) {
+    let Some(sip) = shared.sip.as_ref() else { return };
+    let _ = stream.set_read_timeout(Some(Duration::from_millis(500)));
+    let mut front = Front { shared, sip, out: String::new(), next: 0 };
+    let mut pending: Vec<u8> = Vec::new();
+    let mut buf = vec![0u8; 16 * 1024];
+    while !shared.stopping.load(Ordering::SeqCst) {
+        match stream.read(&mut buf) {
+            Ok(0) => return,
+            Ok(n) => pending.extend_from_slice(&buf[..n]),
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => continue,
+            Err(_) => return,
+        }
+        loop {
+            match frame(&pending) {
+                Ok(Some(len)) => {
+                    front.message(peer, &pending[..len]);
+                    pending.drain(..len);
+                }
+                Ok(None) => break,
+                Err(_) => {
+                    // A stream whose framing is lost cannot be resynchronised.
+                    sip.counters.malformed.fetch_add(1, Ordering::Relaxed);
+                    return;
+                }
+            }
+        }
+    }
+}
