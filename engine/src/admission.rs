@@ -245,6 +245,7 @@ mod tests {
             host: Some("engine.example".into()),
             authorization: auth.map(str::to_string),
             twilio_signature: sig.map(str::to_string),
+            content_length: None,
         }
     }
 

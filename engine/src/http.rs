@@ -27,6 +27,8 @@ pub struct Request {
     pub authorization: Option<String>,
     /// `X-Twilio-Signature`.
     pub twilio_signature: Option<String>,
+    /// `Content-Length`, for the few requests with a body.
+    pub content_length: Option<usize>,
 }
 
 /// A request head that cannot be served.
@@ -76,6 +78,10 @@ pub fn parse_head(buf: &[u8]) -> Result<Option<(Request, usize)>, HeadError> {
             host: header("host").map(str::to_string),
             authorization: header("authorization").map(str::to_string),
             twilio_signature: header("x-twilio-signature").map(str::to_string),
+            content_length: match header("content-length") {
+                Some(v) => Some(v.parse().map_err(|_| HeadError::Malformed("Content-Length is not a number".into()))?),
+                None => None,
+            },
         },
         len,
     )))
@@ -84,12 +90,14 @@ pub fn parse_head(buf: &[u8]) -> Result<Option<(Request, usize)>, HeadError> {
 fn reason(status: u16) -> &'static str {
     match status {
         200 => "OK",
+        202 => "Accepted",
         400 => "Bad Request",
         401 => "Unauthorized",
         403 => "Forbidden",
         404 => "Not Found",
         405 => "Method Not Allowed",
         426 => "Upgrade Required",
+        413 => "Payload Too Large",
         429 => "Too Many Requests",
         431 => "Request Header Fields Too Large",
         503 => "Service Unavailable",

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use common::baresip::{Baresip, free_port, tone};
-use common::{engine, eventually, health};
+use common::{claims, engine, eventually, health, http, token};
 use cxb_engine::Engine;
 use cxb_engine::sip::SipConfig;
 
@@ -178,5 +178,38 @@ fn calls_through_a_kamailio_proxy_are_answered_and_hung_up_either_way() {
     phone.command("sndcode", "5");
     let closed = phone.event("CALL_CLOSED", Duration::from_secs(5)).expect("the engine's BYE came through");
     assert!(closed["param"].as_str().is_some_and(|p| p.contains("reset by peer")), "{closed}");
+    engine.shutdown();
+}
+
+/// The engine dials out through a "trunk" (baresip itself, auto-answering): the call token
+/// admits the request, the INVITE rings baresip, and the bot's audio (its own tone, echoed)
+/// comes back to it; baresip's BYE ends the call.
+#[test]
+fn the_engine_dials_baresip_which_answers_and_hears_the_bot() {
+    let (engine, _sip) = sip_engine();
+    let mut phone = Baresip::start(&tone(10), "");
+    let dial = |bot: &str, token: &str, host: &str| {
+        let body = format!(r#"{{"to":"phone","from":"+15550199","trunk":{{"host":"{host}","port":{}}}}}"#, phone.sip.port());
+        let request = format!("POST /sip/dial/{bot}?token={token} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len());
+        http(engine.local_addr(), &request)
+    };
+    let (status, body) = dial("echo", "ct1.forged", "127.0.0.1");
+    assert_eq!(status, 401, "{body}");
+    let (status, body) = dial("echo", &token(&claims("echo")), "0.0.0.0");
+    assert_eq!(status, 403, "the trunk passes the egress policy: {body}");
+    let (status, body) = dial("echo", &token(&claims("echo")), "127.0.0.1");
+    assert_eq!(status, 202, "{body}");
+    assert!(body.contains(r#""call_id":"cl-test""#), "{body}");
+    assert!(phone.event("CALL_ESTABLISHED", Duration::from_secs(10)).is_some(), "{}", phone.log());
+    assert!(eventually(Duration::from_secs(5), || health(engine.local_addr())["live_calls"] == 1));
+    std::thread::sleep(Duration::from_secs(2));
+    phone.command("hangup", "");
+    assert!(phone.event("CALL_CLOSED", Duration::from_secs(5)).is_some());
+    assert!(eventually(Duration::from_secs(5), || health(engine.local_addr())["live_calls"] == 0), "the BYE ended the call");
+    let heard = phone.heard();
+    assert!(heard.len() >= 12_000, "heard {} samples", heard.len());
+    let middle = &heard[heard.len() / 4..heard.len() * 3 / 4];
+    let f = frequency(middle);
+    assert!((400.0..480.0).contains(&f), "its own tone came back through the bot: {f:.0} Hz");
     engine.shutdown();
 }

@@ -343,3 +343,4 @@ impl Drop for CallGuard {
 mod call_loop;
 mod serve;
 mod sip;
+mod sip_out;

@@ -97,7 +97,7 @@ pub(super) async fn serve(worker: Rc<Worker>, stream: std::net::TcpStream) {
 }
 
 /// Sends a whole response (through TLS when the connection has it) and closes.
-async fn reply(stream: &TcpStream, wire: &mut Wire, bytes: Vec<u8>) {
+pub(super) async fn reply(stream: &TcpStream, wire: &mut Wire, bytes: Vec<u8>) {
     if matches!(wire, Wire::Tls(s) if s.handshaking()) {
         let mut s = stream;
         let _ = s.shutdown().await;
@@ -118,6 +118,10 @@ async fn route(worker: Rc<Worker>, stream: TcpStream, mut wire: Wire, req: Reque
             .strip_prefix(prefix)
             .filter(|b| !b.is_empty() && !b.contains('/'))
     };
+    if let Some(bot) = call_path("/sip/dial/").filter(|_| req.method == "POST") {
+        let bot = bot.to_string();
+        return super::sip_out::dial(worker, stream, wire, req, leftover, ip, &bot).await;
+    }
     let (protocol, bot_id) = match (req.path.as_str(), call_path("/ws/"), call_path("/exotel/")) {
         ("/health", _, _) if req.method == "GET" => {
             let body = worker.shared.health().to_string();
@@ -299,7 +303,7 @@ async fn route(worker: Rc<Worker>, stream: TcpStream, mut wire: Wire, req: Reque
 
 /// Refuses a call with `401` and the engine's JSON error; counted by reason and logged (at
 /// most once a second per worker, with how many were not logged) without the credential.
-async fn refuse(worker: &Worker, stream: &TcpStream, wire: &mut Wire, ip: std::net::IpAddr, bot_id: &str, why: Refusal) {
+pub(super) async fn refuse(worker: &Worker, stream: &TcpStream, wire: &mut Wire, ip: std::net::IpAddr, bot_id: &str, why: Refusal) {
     worker.metrics().refused(why);
     let now = Instant::now();
     if let Ok(mut limits) = worker.shared.limits.lock() {

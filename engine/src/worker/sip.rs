@@ -28,7 +28,7 @@ use super::call_loop::finish_bot_with;
 const RTP_BUF: usize = 2048;
 /// The longest a finished dialog waits for its last messages (our BYE's answer, the ACK of
 /// a refusal): 64·T1, RFC 3261's transaction timeout.
-const LINGER: Duration = Duration::from_secs(32);
+pub(super) const LINGER: Duration = Duration::from_secs(32);
 
 /// A call's SIP messages, from the worker's dispatch to the call's task.
 #[derive(Default)]
@@ -49,7 +49,7 @@ impl SipInbox {
         }
     }
 
-    fn poll_ready(&self, cx: &mut std::task::Context<'_>) -> Poll<()> {
+    pub(super) fn poll_ready(&self, cx: &mut std::task::Context<'_>) -> Poll<()> {
         if self.messages.borrow().is_empty() {
             self.waker.set(Some(cx.waker().clone()));
             Poll::Pending
@@ -58,7 +58,7 @@ impl SipInbox {
         }
     }
 
-    fn pop(&self) -> Option<(SipPeer, Vec<u8>)> {
+    pub(super) fn pop(&self) -> Option<(SipPeer, Vec<u8>)> {
         self.messages.borrow_mut().pop_front()
     }
 }
@@ -99,9 +99,9 @@ pub(super) fn dispatch(worker: &Rc<Worker>, from: SipPeer, bytes: Vec<u8>) {
 }
 
 /// Unregisters a SIP call from its worker and the SIP port however its task ends.
-struct Registered {
-    worker: Rc<Worker>,
-    call_id: String,
+pub(super) struct Registered {
+    pub(super) worker: Rc<Worker>,
+    pub(super) call_id: String,
 }
 
 impl Drop for Registered {
@@ -114,7 +114,7 @@ impl Drop for Registered {
 }
 
 /// A random value for tags, SSRCs and SDP session ids.
-fn random() -> u64 {
+pub(super) fn random() -> u64 {
     use std::hash::BuildHasher;
     std::collections::hash_map::RandomState::new().hash_one(unix_ms())
 }
@@ -149,7 +149,7 @@ const REALM: &str = "cxb";
 const NONCE_SECONDS: u64 = 300;
 
 impl Worker {
-    fn sip_now(&self) -> Duration {
+    pub(super) fn sip_now(&self) -> Duration {
         Duration::from_micros(self.now().as_micros())
     }
 
@@ -244,7 +244,7 @@ impl Worker {
     }
 
     /// Binds an RTP socket on one of this worker's ports.
-    fn bind_rtp(&self, sip: &SipShared) -> Option<(std::net::UdpSocket, u16)> {
+    pub(super) fn bind_rtp(&self, sip: &SipShared) -> Option<(std::net::UdpSocket, u16)> {
         let mut ports = self.rtp_ports.borrow_mut();
         for _ in 0..ports.len().min(16) {
             let port = ports.pop_front()?;
@@ -259,9 +259,9 @@ impl Worker {
 }
 
 /// Gives an RTP port back to its worker when the call's socket is gone.
-struct PortLease {
-    worker: Rc<Worker>,
-    port: u16,
+pub(super) struct PortLease {
+    pub(super) worker: Rc<Worker>,
+    pub(super) port: u16,
 }
 
 impl Drop for PortLease {
@@ -270,13 +270,97 @@ impl Drop for PortLease {
     }
 }
 
+/// What a dialog's events mean for the call's task, whichever side placed the call.
+#[derive(Debug)]
+pub(super) enum DialogEvent {
+    /// A key pressed (SIP INFO).
+    Dtmf(char),
+    /// A re-INVITE or UPDATE offered this SDP.
+    Reoffer(String),
+    /// The peer answered our REFER with this status.
+    Referred(u16),
+    /// The dialog is over, for this reason.
+    Ended(EndReason),
+    /// Nothing for the media.
+    Other,
+}
+
+/// One answer of a dialog's `poll`.
+pub(super) enum DialogOutput {
+    Transmit(String),
+    Event(DialogEvent),
+    Timeout(Option<Duration>),
+}
+
+/// A SIP dialog as a call's task drives it: the inbound `InboundCall` or the outbound
+/// `OutboundCall`.
+pub(super) trait Dialog {
+    fn on_message(&mut self, now: Duration, m: &Message<'_>);
+    fn handle_timeout(&mut self, now: Duration);
+    fn hang_up(&mut self, now: Duration);
+    fn answer_reoffer(&mut self, sdp: &str);
+    /// Asks the peer to take the call elsewhere; its answer comes as `Referred`.
+    fn refer(&mut self, now: Duration, target: &str);
+    fn poll(&mut self) -> DialogOutput;
+    fn is_ended(&self) -> bool;
+    /// A new INVITE for this Call-ID (after a refusal), to be the next call.
+    fn is_new_invite(&self, _m: &Message<'_>) -> bool {
+        false
+    }
+}
+
+impl Dialog for InboundCall {
+    fn on_message(&mut self, now: Duration, m: &Message<'_>) {
+        InboundCall::on_message(self, now, m);
+    }
+    fn handle_timeout(&mut self, now: Duration) {
+        InboundCall::handle_timeout(self, now);
+    }
+    fn hang_up(&mut self, now: Duration) {
+        InboundCall::hang_up(self, now);
+    }
+    fn answer_reoffer(&mut self, sdp: &str) {
+        InboundCall::answer_reoffer(self, sdp);
+    }
+    fn refer(&mut self, now: Duration, target: &str) {
+        InboundCall::refer(self, now, target);
+    }
+    fn poll(&mut self) -> DialogOutput {
+        match self.poll_output() {
+            SipOutput::Transmit(m) => DialogOutput::Transmit(m),
+            SipOutput::Timeout(at) => DialogOutput::Timeout(at),
+            SipOutput::Event(e) => DialogOutput::Event(match e {
+                CallEvent::Dtmf(key) => DialogEvent::Dtmf(key),
+                CallEvent::Reoffer(sdp) => DialogEvent::Reoffer(sdp),
+                CallEvent::Referred(code) => DialogEvent::Referred(code),
+                CallEvent::Ended(cause) => {
+                    tracing::debug!(?cause, "dialog ended");
+                    DialogEvent::Ended(match cause {
+                        EndCause::RemoteBye | EndCause::Cancelled => EndReason::Stopped,
+                        EndCause::NoAck => EndReason::PeerClosed,
+                        EndCause::SessionExpired => EndReason::IdleTimeout,
+                        EndCause::LocalBye | EndCause::Refused(_) => EndReason::Hangup,
+                    })
+                }
+                CallEvent::Confirmed => DialogEvent::Other,
+            }),
+        }
+    }
+    fn is_ended(&self) -> bool {
+        InboundCall::is_ended(self)
+    }
+    fn is_new_invite(&self, m: &Message<'_>) -> bool {
+        InboundCall::is_new_invite(self, m)
+    }
+}
+
 /// Sends the dialog's messages to `to`; returns its events.
-fn flush(sip: &SipShared, dialog: &mut InboundCall, to: SipPeer, events: &mut Vec<CallEvent>) -> Option<Duration> {
+pub(super) fn flush<D: Dialog>(sip: &SipShared, dialog: &mut D, to: SipPeer, events: &mut Vec<DialogEvent>) -> Option<Duration> {
     loop {
-        match dialog.poll_output() {
-            SipOutput::Transmit(message) => sip.send(to, message.as_bytes()),
-            SipOutput::Event(event) => events.push(event),
-            SipOutput::Timeout(at) => return at,
+        match dialog.poll() {
+            DialogOutput::Transmit(message) => sip.send(to, message.as_bytes()),
+            DialogOutput::Event(event) => events.push(event),
+            DialogOutput::Timeout(at) => return at,
         }
     }
 }
@@ -398,7 +482,7 @@ async fn inbound(worker: Rc<Worker>, peer: SipPeer, invite: Vec<u8>) -> Option<(
 
 /// A finished dialog's last exchanges (its BYE answered, its refusal acknowledged), bounded;
 /// a new INVITE for the Call-ID (after a 401) is returned.
-async fn linger(worker: &Worker, sip: &SipShared, dialog: &mut InboundCall, inbox: &SipInbox, peer: SipPeer) -> Option<(SipPeer, Vec<u8>)> {
+pub(super) async fn linger<D: Dialog>(worker: &Worker, sip: &SipShared, dialog: &mut D, inbox: &SipInbox, peer: SipPeer) -> Option<(SipPeer, Vec<u8>)> {
     let give_up = Instant::now() + LINGER;
     let mut events = Vec::new();
     loop {
@@ -436,21 +520,21 @@ enum Wake {
 }
 
 /// An answered SIP call's media and signalling, until either side ends it.
-struct Media<'a> {
-    worker: &'a Rc<Worker>,
-    sip: &'a SipShared,
-    peer: SipPeer,
-    dialog: &'a mut InboundCall,
-    inbox: &'a SipInbox,
-    mailbox: &'a Mailbox,
-    slot: usize,
-    sdp: cxb_sip::sdp::Local,
+pub(super) struct Media<'a, D> {
+    pub(super) worker: &'a Rc<Worker>,
+    pub(super) sip: &'a SipShared,
+    pub(super) peer: SipPeer,
+    pub(super) dialog: &'a mut D,
+    pub(super) inbox: &'a SipInbox,
+    pub(super) mailbox: &'a Mailbox,
+    pub(super) slot: usize,
+    pub(super) sdp: cxb_sip::sdp::Local,
     /// The answer to our REFER, when the bot transferred the call.
-    referred: Option<u16>,
+    pub(super) referred: Option<u16>,
 }
 
-impl Media<'_> {
-    async fn run_call(&mut self, mut call: Call<RtpTransport>, socket: std::net::UdpSocket) -> (EndReason, Call<RtpTransport>) {
+impl<D: Dialog> Media<'_, D> {
+    pub(super) async fn run_call(&mut self, mut call: Call<RtpTransport>, socket: std::net::UdpSocket) -> (EndReason, Call<RtpTransport>) {
         let worker = self.worker;
         let Ok(sender) = socket.try_clone() else { return (EndReason::Panicked, call) };
         let Ok(socket) = compio::net::UdpSocket::from_std(socket) else { return (EndReason::Panicked, call) };
@@ -472,25 +556,17 @@ impl Media<'_> {
                     break;
                 }
                 for event in std::mem::take(&mut events) {
-                match event {
-                    CallEvent::Ended(cause) => {
-                        tracing::debug!(?cause, "dialog ended");
-                        break 'call match cause {
-                            EndCause::RemoteBye | EndCause::Cancelled => EndReason::Stopped,
-                            EndCause::NoAck => EndReason::PeerClosed,
-                            EndCause::SessionExpired => EndReason::IdleTimeout,
-                            EndCause::LocalBye | EndCause::Refused(_) => EndReason::Hangup,
-                        };
-                    }
-                    CallEvent::Dtmf(digit) => {
-                        let now = worker.now();
-                        if std::panic::catch_unwind(AssertUnwindSafe(|| call.on_dtmf(now, digit, worker.metrics()))).is_err() {
-                            break 'call EndReason::Panicked;
+                    match event {
+                        DialogEvent::Ended(reason) => break 'call reason,
+                        DialogEvent::Dtmf(digit) => {
+                            let now = worker.now();
+                            if std::panic::catch_unwind(AssertUnwindSafe(|| call.on_dtmf(now, digit, worker.metrics()))).is_err() {
+                                break 'call EndReason::Panicked;
+                            }
                         }
+                        DialogEvent::Reoffer(offer) => self.reoffer(&offer),
+                        DialogEvent::Referred(_) | DialogEvent::Other => {}
                     }
-                    CallEvent::Reoffer(offer) => self.reoffer(&offer),
-                    CallEvent::Confirmed | CallEvent::Referred(_) => {}
-                }
                 }
             }
             // The call's packets, without blocking: a full socket buffer drops them, as the
@@ -600,12 +676,12 @@ impl Media<'_> {
         loop {
             let next = self.signal(&mut events);
             if let Some(code) = events.iter().find_map(|e| match e {
-                CallEvent::Referred(code) => Some(*code),
+                DialogEvent::Referred(code) => Some(*code),
                 _ => None,
             }) {
                 return code;
             }
-            if events.iter().any(|e| matches!(e, CallEvent::Ended(_))) || Instant::now() >= give_up {
+            if events.iter().any(|e| matches!(e, DialogEvent::Ended(_))) || Instant::now() >= give_up {
                 return 408;
             }
             events.clear();
@@ -620,7 +696,7 @@ impl Media<'_> {
     }
 
     /// Feeds the inbox's messages to the dialog and sends its answers; its next timer.
-    fn signal(&mut self, events: &mut Vec<CallEvent>) -> Option<Duration> {
+    fn signal(&mut self, events: &mut Vec<DialogEvent>) -> Option<Duration> {
         while let Some((_, bytes)) = self.inbox.pop() {
             match Message::parse(&bytes) {
                 Ok(m) => self.dialog.on_message(self.worker.sip_now(), &m),

@@ -60,6 +60,8 @@ fn wav_samples(path: &Path) -> Vec<i16> {
 
 /// baresip with its own configuration directory, and its control connection.
 pub struct Baresip {
+    /// Where it takes calls (UDP).
+    pub sip: std::net::SocketAddr,
     child: Child,
     ctrl: TcpStream,
     dir: PathBuf,
@@ -73,11 +75,12 @@ impl Baresip {
         let dir = tempdir();
         write_wav(&dir.join("tone.wav"), source);
         let ctrl_port = free_port();
+        let sip_port = free_port();
         let config = format!(
             "poll_method epoll\nsip_listen 127.0.0.1:{sip}\naudio_player aubridge,x\naudio_source aufile,{dir}/tone.wav\naudio_alert aubridge,x\n\
              module_path /usr/lib/baresip/modules\nmodule g711.so\nmodule aufile.so\nmodule aubridge.so\nmodule sndfile.so\nmodule menu.so\n\
              module account.so\nmodule ctrl_tcp.so\nctrl_tcp_listen 127.0.0.1:{ctrl_port}\nsnd_path {dir}\n",
-            sip = free_port(),
+            sip = sip_port,
             dir = dir.display()
         );
         std::fs::write(dir.join("config"), config).expect("config");
@@ -99,7 +102,7 @@ impl Baresip {
             }
         };
         ctrl.set_read_timeout(Some(Duration::from_millis(200))).expect("timeout");
-        Baresip { child, ctrl, dir, buf: Vec::new() }
+        Baresip { sip: ([127, 0, 0, 1], sip_port).into(), child, ctrl, dir, buf: Vec::new() }
     }
 
     pub fn command(&mut self, command: &str, params: &str) {

@@ -1,0 +1,362 @@
+//! Outbound SIP calls. `POST /sip/dial/BOT?token=…` on the engine's HTTP port asks this
+//! engine to call a number through a SIP trunk for a call the platform placed: the call
+//! token (signed for the bot and this host, good once, carrying the reserved slot) admits it,
+//! the JSON body names the callee, the caller ID and the trunk. The engine answers `202` with
+//! the call's SIP Call-ID once the INVITE is about to leave, and runs the call on this worker:
+//! the INVITE through the trunk (digest credentials if it challenges), nothing played while it
+//! rings, and on the answer the bot's conversation with the claims of the token (outbound, its
+//! answering-machine action), over the same media loop as inbound calls.
+//!
+//! Not yet: the call-end record for unanswered calls (the attempts path) and the dialler's
+//! `sip` carrier that calls this endpoint; TCP and TLS trunks (UDP only).
+
+use std::net::SocketAddr;
+
+use cxb_sip::message::Message;
+use cxb_sip::outbound::{Dial, DialEvent, DialOutput, OutboundCall};
+
+use cxb_sip::sdp::{Codec, SessionDescription};
+
+use super::call_loop::finish_bot;
+use super::sip::{Dialog, DialogEvent, DialogOutput, LINGER, Media, PortLease, Registered, SipInbox, linger, random};
+use super::*;
+use crate::protocol::{Start, StreamSid};
+use crate::sip::{SipPeer, SipShared};
+use crate::transport::RtpConfig;
+
+/// The largest dial request body.
+const MAX_BODY: usize = 16 * 1024;
+
+/// What to dial.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DialRequest {
+    /// The callee: E.164 or a SIP user.
+    to: String,
+    /// The caller ID.
+    from: String,
+    trunk: Trunk,
+    /// Stop ringing after this long (default 30 s, at most 300 s).
+    #[serde(default)]
+    ring_timeout_ms: Option<u64>,
+}
+
+/// The trunk the call goes through.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Trunk {
+    /// An IP address or a host name.
+    host: String,
+    #[serde(default = "sip_port")]
+    port: u16,
+    /// Digest credentials, if the trunk challenges.
+    #[serde(default)]
+    username: Option<String>,
+    #[serde(default)]
+    password: Option<String>,
+    /// The domain in From (default: this engine's advertised address).
+    #[serde(default)]
+    from_domain: Option<String>,
+    /// Where the caller ID goes: `from` (default) or `pai` (P-Asserted-Identity as well).
+    #[serde(default)]
+    caller_id_header: Option<String>,
+}
+
+fn sip_port() -> u16 {
+    5060
+}
+
+/// A number or SIP user as it may stand in a URI.
+fn user_part(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 64 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"+*#._-".contains(&b))
+}
+
+impl Dialog for OutboundCall {
+    fn on_message(&mut self, now: Duration, m: &Message<'_>) {
+        OutboundCall::on_message(self, now, m);
+    }
+    fn handle_timeout(&mut self, now: Duration) {
+        OutboundCall::handle_timeout(self, now);
+    }
+    fn hang_up(&mut self, now: Duration) {
+        OutboundCall::hang_up(self, now);
+    }
+    fn answer_reoffer(&mut self, sdp: &str) {
+        OutboundCall::answer_reoffer(self, sdp);
+    }
+    fn refer(&mut self, _now: Duration, _target: &str) {}
+    fn poll(&mut self) -> DialogOutput {
+        match self.poll_output() {
+            DialOutput::Transmit(m) => DialogOutput::Transmit(m),
+            DialOutput::Timeout(at) => DialogOutput::Timeout(at),
+            DialOutput::Event(e) => DialogOutput::Event(match e {
+                DialEvent::Dtmf(key) => DialogEvent::Dtmf(key),
+                DialEvent::Reoffer(sdp) => DialogEvent::Reoffer(sdp),
+                DialEvent::Ended { remote: true } => DialogEvent::Ended(EndReason::Stopped),
+                DialEvent::Ended { remote: false } => DialogEvent::Ended(EndReason::Hangup),
+                // Before the answer the call's task reads these itself.
+                DialEvent::Progress(_) | DialEvent::Answered(_) | DialEvent::Failed(_) => DialogEvent::Other,
+            }),
+        }
+    }
+    fn is_ended(&self) -> bool {
+        OutboundCall::is_ended(self)
+    }
+}
+
+/// Answers a dial request with the engine's JSON error and closes.
+async fn error(stream: &TcpStream, wire: &mut Wire, status: u16, code: &str, message: &str) {
+    serve::reply(stream, wire, http::error(status, code, message, &[])).await;
+}
+
+/// Reads a request body of `length` bytes after `leftover`, within 5 s.
+async fn read_body(stream: &TcpStream, wire: &mut Wire, mut body: Vec<u8>, length: usize) -> Option<Vec<u8>> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut buf = Vec::with_capacity(READ_BUF);
+    while body.len() < length {
+        let mut r = stream;
+        match compio::time::timeout_at(deadline, r.read(std::mem::take(&mut buf))).await {
+            Ok(BufResult(Ok(n), b)) if n > 0 => {
+                wire.receive(&b[..n], &mut body).ok()?;
+                buf = b;
+                buf.clear();
+            }
+            _ => return None,
+        }
+    }
+    body.truncate(length);
+    Some(body)
+}
+
+/// `POST /sip/dial/BOT?token=…`: admits, answers 202 and runs the call.
+pub(super) async fn dial(worker: Rc<Worker>, stream: TcpStream, mut wire: Wire, req: Request, leftover: Vec<u8>, ip: std::net::IpAddr, bot_id: &str) {
+    let Some(sip) = worker.shared.sip.as_ref() else {
+        return error(&stream, &mut wire, 404, "sip_disabled", "this engine does not speak SIP (start it with --sip)").await;
+    };
+    let Some(token) = query_param(req.query.as_deref(), "token") else {
+        return serve::refuse(&worker, &stream, &mut wire, ip, bot_id, Refusal::Missing).await;
+    };
+    let claims = match worker.shared.gate.check_token(&token, bot_id, unix_ms() / 1000) {
+        Ok(claims) => claims,
+        Err(why) => return serve::refuse(&worker, &stream, &mut wire, ip, bot_id, why).await,
+    };
+    let length = match req.content_length {
+        Some(n) if n <= MAX_BODY => n,
+        Some(_) => return error(&stream, &mut wire, 413, "payload_too_large", "the dial request is larger than 16 KiB").await,
+        None => return error(&stream, &mut wire, 400, "bad_request", "a dial request needs a JSON body with Content-Length").await,
+    };
+    let Some(body) = read_body(&stream, &mut wire, leftover, length).await else { return };
+    let request: DialRequest = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => return error(&stream, &mut wire, 400, "bad_request", &format!("dial request: {e}")).await,
+    };
+    if !user_part(&request.to) || !user_part(&request.from) {
+        return error(&stream, &mut wire, 400, "bad_request", "`to` and `from` are numbers or SIP users (1 to 64 of letters, digits and +*#._-)").await;
+    }
+    let domain_ok = |d: &str| !d.is_empty() && d.len() <= 253 && d.bytes().all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b));
+    if !domain_ok(&request.trunk.host) || request.trunk.from_domain.as_deref().is_some_and(|d| !domain_ok(d)) {
+        return error(&stream, &mut wire, 400, "bad_request", "`trunk.host` and `trunk.from_domain` are host names or addresses").await;
+    }
+    // The trunk is the tenant's: it passes the egress policy like every request made for one.
+    let Some(trunk) = resolve(&request.trunk.host, request.trunk.port).await else {
+        return error(&stream, &mut wire, 400, "bad_request", "the trunk's host does not resolve").await;
+    };
+    if let Err(why) = cxb_pipeline::egress::policy().check(trunk.ip()) {
+        return error(&stream, &mut wire, 403, "egress_forbidden", &format!("the trunk's address is {why}")).await;
+    }
+    let config = &worker.shared.config;
+    let builtin = BotKind::lookup(bot_id, config.demo_bots, config.fault_injection);
+    let agent_bot = match builtin {
+        Some(_) => None,
+        None => match config.bots.resolve(bot_id).await {
+            Ok(bot) if bot.org_id.as_ref().is_none_or(|org| *org == claims.org_id) => Some(bot),
+            Ok(_) => return serve::refuse(&worker, &stream, &mut wire, ip, bot_id, Refusal::WrongBot).await,
+            Err(BotError::NotFound) => return error(&stream, &mut wire, 404, "unknown_bot", &format!("no bot `{bot_id}`")).await,
+            Err(BotError::Unavailable(why)) => {
+                tracing::warn!(bot = bot_id, "bot unavailable: {why}");
+                return error(&stream, &mut wire, 503, "bot_unavailable", "the bot cannot be loaded now").await;
+            }
+        },
+    };
+    let kind = builtin.unwrap_or(BotKind::Agent);
+    let reservation = claims.reservation.as_deref().and_then(|t| u64::from_str_radix(t, 16).ok());
+    let n = worker.next_call.get();
+    worker.next_call.set(n + 1);
+    let call_id = format!("w{}-{n}", worker.index);
+    let slot = match worker.acquire(&call_id, kind.id(), reservation, agent_bot.is_some()) {
+        Ok(slot) => slot,
+        Err(_) => {
+            worker.metrics().rejected_busy.add(1);
+            return error(&stream, &mut wire, 503, "busy", "no call slot on this host").await;
+        }
+    };
+    if let Some(token) = reservation {
+        worker.shared.release_elsewhere(worker.index, token);
+    }
+    let Some((socket, port)) = worker.bind_rtp(sip) else {
+        worker.free_slot(slot);
+        return error(&stream, &mut wire, 503, "busy", "no RTP port free on this host").await;
+    };
+    let sip_call_id = format!("{:016x}{:08x}@{}", random(), n, sip.advertise);
+    let body = serde_json::json!({ "call_id": claims.call_id, "sip_call_id": sip_call_id }).to_string();
+    serve::reply(&stream, &mut wire, http::response(202, "application/json", &[], &body)).await;
+    drop(stream);
+
+    let guard = CallGuard { worker: worker.clone(), slot, call_id: call_id.clone(), reason: EndReason::Hangup };
+    let lease = PortLease { worker: worker.clone(), port };
+    let peer = SipPeer::Udp(trunk);
+    let sdp = cxb_sip::sdp::Local { address: sip.advertise, port, session_id: random() >> 1, version: 1 };
+    let from_domain = request.trunk.from_domain.clone().unwrap_or_else(|| sip.advertise.to_string());
+    let caller = format!("<sip:{}@{from_domain}>", request.from);
+    let mut headers = Vec::new();
+    if request.trunk.caller_id_header.as_deref() == Some("pai") {
+        headers.push(("P-Asserted-Identity".to_string(), caller.clone()));
+    }
+    let plan = Dial {
+        target: format!("sip:{}@{}", request.to, SocketAddr::new(trunk.ip(), trunk.port())),
+        from: caller,
+        to: format!("<sip:{}@{}>", request.to, request.trunk.host),
+        call_id: sip_call_id.clone(),
+        tag: format!("{:016x}", random()),
+        contact: format!("sip:cxb@{}", sip.sent_by()),
+        sent_by: sip.sent_by(),
+        transport: "UDP",
+        sdp: sdp.offer(),
+        credentials: request.trunk.username.clone().zip(request.trunk.password.clone()),
+        headers,
+        ring_timeout: Duration::from_millis(request.ring_timeout_ms.unwrap_or(30_000).clamp(1_000, 300_000)),
+    };
+    let inbox = Rc::new(SipInbox::default());
+    worker.sip_calls.borrow_mut().insert(sip_call_id.clone(), inbox.clone());
+    sip.claim(&sip_call_id, worker.index);
+    let _registered = Registered { worker: worker.clone(), call_id: sip_call_id.clone() };
+    let mut dialog = OutboundCall::new(worker.sip_now(), plan);
+    let span = tracing::info_span!("call", id = %call_id, bot = bot_id, transport = "sip", direction = "outbound", worker = worker.index, call = %claims.call_id);
+    async {
+        let Some(answer) = ring(&worker, sip, &mut dialog, &inbox, peer).await else {
+            drop(guard);
+            drop(lease);
+            linger(&worker, sip, &mut dialog, &inbox, peer).await;
+            return;
+        };
+        let negotiated = match SessionDescription::parse(&answer).ok().and_then(|a| a.negotiate().ok()) {
+            Some(n) => n,
+            None => {
+                tracing::warn!("the callee's SDP answer has no G.711; hanging up");
+                dialog.hang_up(worker.sip_now());
+                drop(guard);
+                drop(lease);
+                linger(&worker, sip, &mut dialog, &inbox, peer).await;
+                return;
+            }
+        };
+        let agent = match agent_bot {
+            Some(bot) => match Agent::new(bot, worker.shared.config.bots.api.clone(), Some(claims.clone()), worker.now(), unix_ms()) {
+                Ok(agent) => Some(agent),
+                Err(why) => {
+                    tracing::warn!("bot failed to start: {why}");
+                    dialog.hang_up(worker.sip_now());
+                    drop(guard);
+                    drop(lease);
+                    linger(&worker, sip, &mut dialog, &inbox, peer).await;
+                    return;
+                }
+            },
+            None => None,
+        };
+        let start = Start {
+            transport: "sip",
+            stream_sid: StreamSid::new(&sip_call_id),
+            call_sid: Some(claims.call_id.to_string()),
+            account_sid: None,
+            from: Some(request.from.clone()),
+            to: Some(request.to.clone()),
+            custom_parameters: Vec::new(),
+            media_format: None,
+        };
+        let rtp = RtpConfig {
+            codec: match negotiated.codec {
+                Codec::Pcmu => cxb_codecs::Encoding::Mulaw,
+                Codec::Pcma => cxb_codecs::Encoding::Alaw,
+            },
+            payload_type: negotiated.codec.payload_type(),
+            dtmf: negotiated.dtmf,
+            ssrc: random() as u32,
+            remote: negotiated.remote.map(|(ip, port)| SocketAddr::new(ip, port)),
+        };
+        let call = Call::over_rtp(worker.now(), CallConfig::new(Protocol::Twilio, kind), agent, rtp, &start);
+        let mailbox = Rc::new(Mailbox { message: Cell::new(None), waker: Cell::new(None), last_rx: Cell::new(Instant::now()) });
+        worker.calls.borrow_mut().insert(call_id.clone(), mailbox.clone());
+        worker.metrics().calls_started.add(1);
+        let mut guard = guard;
+        let mut media = Media { worker: &worker, sip, peer, dialog: &mut dialog, inbox: &inbox, mailbox: &mailbox, slot, sdp, referred: None };
+        let (reason, mut call) = media.run_call(call, socket).await;
+        guard.reason = reason;
+        drop(lease);
+        finish_bot(&worker, &mut call, &call_id, reason).await;
+        drop(guard);
+        linger(&worker, sip, &mut dialog, &inbox, peer).await;
+    }
+    .instrument(span)
+    .await;
+}
+
+/// The INVITE's life until the callee answers (its SDP) or the call fails (`None`, logged).
+async fn ring(worker: &Worker, sip: &SipShared, dialog: &mut OutboundCall, inbox: &SipInbox, peer: SipPeer) -> Option<String> {
+    loop {
+        let next = loop {
+            let next = flush_raw(sip, dialog, peer);
+            match next {
+                Ok(next) => break next,
+                Err(DialEvent::Answered(sdp)) => return Some(sdp),
+                Err(DialEvent::Failed(code)) => {
+                    tracing::info!(status = code, "the call was not answered");
+                    return None;
+                }
+                Err(DialEvent::Progress(code)) => tracing::debug!(status = code, "ringing"),
+                Err(_) => {}
+            }
+        };
+        let wake = next.map_or(Instant::now() + LINGER, |at| worker.epoch + at);
+        let timer = std::pin::pin!(compio::time::sleep_until(wake));
+        let ready = std::future::poll_fn(|cx| inbox.poll_ready(cx));
+        match select(timer, std::pin::pin!(ready)).await {
+            Either::Left(_) => dialog.handle_timeout(worker.sip_now()),
+            Either::Right(_) => {
+                while let Some((_, bytes)) = inbox.pop() {
+                    if let Ok(m) = Message::parse(&bytes) {
+                        dialog.on_message(worker.sip_now(), &m);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Sends what the dialog has to send; its next timer, or the first event before it.
+fn flush_raw(sip: &SipShared, dialog: &mut OutboundCall, peer: SipPeer) -> Result<Option<Duration>, DialEvent> {
+    loop {
+        match dialog.poll_output() {
+            DialOutput::Transmit(m) => sip.send(peer, m.as_bytes()),
+            DialOutput::Event(e) => return Err(e),
+            DialOutput::Timeout(at) => return Ok(at),
+        }
+    }
+}
+
+/// The trunk's address: an IP literal, or a name resolved off the worker's thread.
+async fn resolve(host: &str, port: u16) -> Option<SocketAddr> {
+    if let Ok(ip) = host.trim_start_matches('[').trim_end_matches(']').parse::<std::net::IpAddr>() {
+        return Some(SocketAddr::new(ip, port));
+    }
+    let (tx, rx) = flume::bounded(1);
+    let name = format!("{host}:{port}");
+    std::thread::Builder::new()
+        .name("cxb-resolve".into())
+        .spawn(move || {
+            use std::net::ToSocketAddrs;
+            let _ = tx.send(name.to_socket_addrs().ok().and_then(|mut a| a.next()));
+        })
+        .ok()?;
+    compio::time::timeout(Duration::from_secs(5), rx.recv_async()).await.ok()?.ok()?
+}
