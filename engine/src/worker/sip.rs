@@ -119,6 +119,20 @@ pub(super) fn random() -> u64 {
     std::collections::hash_map::RandomState::new().hash_one(unix_ms())
 }
 
+/// The RTP stream an offer/answer settled, with a random SSRC.
+pub(super) fn rtp_config(negotiated: &Negotiated) -> RtpConfig {
+    RtpConfig {
+        codec: match negotiated.codec {
+            Codec::Pcmu => cxb_codecs::Encoding::Mulaw,
+            Codec::Pcma => cxb_codecs::Encoding::Alaw,
+        },
+        payload_type: negotiated.codec.payload_type(),
+        dtmf: negotiated.dtmf,
+        ssrc: random() as u32,
+        remote: negotiated.remote.map(|(ip, port)| SocketAddr::new(ip, port)),
+    }
+}
+
 /// Why an INVITE is refused: the status, its reason phrase, a digest challenge for a 401.
 struct Refused(u16, &'static str, Option<String>);
 
@@ -440,17 +454,7 @@ async fn inbound(worker: Rc<Worker>, peer: SipPeer, invite: Vec<u8>) -> Option<(
     let sdp = cxb_sip::sdp::Local { address: sip.advertise, port, session_id: random() >> 1, version: 1 };
     dialog.ring(now);
     dialog.answer(now, &sdp.answer(&negotiated));
-    let rtp = RtpConfig {
-        codec: match negotiated.codec {
-            Codec::Pcmu => cxb_codecs::Encoding::Mulaw,
-            Codec::Pcma => cxb_codecs::Encoding::Alaw,
-        },
-        payload_type: negotiated.codec.payload_type(),
-        dtmf: negotiated.dtmf,
-        ssrc: random() as u32,
-        remote: negotiated.remote.map(|(ip, port)| SocketAddr::new(ip, port)),
-    };
-    let call = Call::over_rtp(worker.now(), CallConfig::new(Protocol::Twilio, kind), agent, rtp, &start);
+    let call = Call::over_rtp(worker.now(), CallConfig::new(Protocol::Twilio, kind), agent, rtp_config(&negotiated), &start);
     let mailbox = Rc::new(Mailbox { message: Cell::new(None), waker: Cell::new(None), last_rx: Cell::new(Instant::now()) });
     worker.calls.borrow_mut().insert(accepted.call_id.clone(), mailbox.clone());
     worker.metrics().calls_started.add(1);

@@ -15,14 +15,15 @@ use std::net::SocketAddr;
 use cxb_sip::message::Message;
 use cxb_sip::outbound::{Dial, DialEvent, DialOutput, OutboundCall};
 
-use cxb_sip::sdp::{Codec, SessionDescription};
+use cxb_contract::call_token::CallClaims;
+use cxb_sip::sdp::SessionDescription;
 
 use super::call_loop::finish_bot;
-use super::sip::{Dialog, DialogEvent, DialogOutput, LINGER, Media, PortLease, Registered, SipInbox, linger, random};
+use super::sip::{Dialog, DialogEvent, DialogOutput, LINGER, Media, PortLease, Registered, SipInbox, linger, random, rtp_config};
 use super::*;
 use crate::protocol::{Start, StreamSid};
 use crate::sip::{SipPeer, SipShared};
-use crate::transport::RtpConfig;
+use crate::transport::RtpTransport;
 
 /// The largest dial request body.
 const MAX_BODY: usize = 16 * 1024;
@@ -232,38 +233,8 @@ pub(super) async fn dial(worker: Rc<Worker>, stream: TcpStream, mut wire: Wire, 
     let _registered = Registered { worker: worker.clone(), call_id: sip_call_id.clone() };
     let mut dialog = OutboundCall::new(worker.sip_now(), plan);
     let span = tracing::info_span!("call", id = %call_id, bot = bot_id, transport = "sip", direction = "outbound", worker = worker.index, call = %claims.call_id);
+    worker.metrics().calls_started.add(1);
     async {
-        let Some(answer) = ring(&worker, sip, &mut dialog, &inbox, peer).await else {
-            drop(guard);
-            drop(lease);
-            linger(&worker, sip, &mut dialog, &inbox, peer).await;
-            return;
-        };
-        let negotiated = match SessionDescription::parse(&answer).ok().and_then(|a| a.negotiate().ok()) {
-            Some(n) => n,
-            None => {
-                tracing::warn!("the callee's SDP answer has no G.711; hanging up");
-                dialog.hang_up(worker.sip_now());
-                drop(guard);
-                drop(lease);
-                linger(&worker, sip, &mut dialog, &inbox, peer).await;
-                return;
-            }
-        };
-        let agent = match agent_bot {
-            Some(bot) => match Agent::new(bot, worker.shared.config.bots.api.clone(), Some(claims.clone()), worker.now(), unix_ms()) {
-                Ok(agent) => Some(agent),
-                Err(why) => {
-                    tracing::warn!("bot failed to start: {why}");
-                    dialog.hang_up(worker.sip_now());
-                    drop(guard);
-                    drop(lease);
-                    linger(&worker, sip, &mut dialog, &inbox, peer).await;
-                    return;
-                }
-            },
-            None => None,
-        };
         let start = Start {
             transport: "sip",
             stream_sid: StreamSid::new(&sip_call_id),
@@ -274,20 +245,20 @@ pub(super) async fn dial(worker: Rc<Worker>, stream: TcpStream, mut wire: Wire, 
             custom_parameters: Vec::new(),
             media_format: None,
         };
-        let rtp = RtpConfig {
-            codec: match negotiated.codec {
-                Codec::Pcmu => cxb_codecs::Encoding::Mulaw,
-                Codec::Pcma => cxb_codecs::Encoding::Alaw,
-            },
-            payload_type: negotiated.codec.payload_type(),
-            dtmf: negotiated.dtmf,
-            ssrc: random() as u32,
-            remote: negotiated.remote.map(|(ip, port)| SocketAddr::new(ip, port)),
+        let answered = match ring(&worker, sip, &mut dialog, &inbox, peer).await {
+            Some(answer) => connect(&worker, &answer, agent_bot, &claims, kind, &start),
+            None => None,
         };
-        let call = Call::over_rtp(worker.now(), CallConfig::new(Protocol::Twilio, kind), agent, rtp, &start);
+        let Some(call) = answered else {
+            // Not answered, or answered with what the call cannot use: whatever is up ends.
+            dialog.hang_up(worker.sip_now());
+            drop(guard);
+            drop(lease);
+            linger(&worker, sip, &mut dialog, &inbox, peer).await;
+            return;
+        };
         let mailbox = Rc::new(Mailbox { message: Cell::new(None), waker: Cell::new(None), last_rx: Cell::new(Instant::now()) });
         worker.calls.borrow_mut().insert(call_id.clone(), mailbox.clone());
-        worker.metrics().calls_started.add(1);
         let mut guard = guard;
         let mut media = Media { worker: &worker, sip, peer, dialog: &mut dialog, inbox: &inbox, mailbox: &mailbox, slot, sdp, referred: None };
         let (reason, mut call) = media.run_call(call, socket).await;
@@ -299,6 +270,24 @@ pub(super) async fn dial(worker: Rc<Worker>, stream: TcpStream, mut wire: Wire, 
     }
     .instrument(span)
     .await;
+}
+
+/// The answered call: the callee's SDP negotiated, the bot started with the token's claims;
+/// `None` (logged) when either cannot be.
+fn connect(worker: &Worker, answer: &str, agent_bot: Option<Rc<cxb_contract::bot::BotConfig>>, claims: &CallClaims, kind: BotKind, start: &Start) -> Option<Call<RtpTransport>> {
+    let Some(negotiated) = SessionDescription::parse(answer).ok().and_then(|a| a.negotiate().ok()) else {
+        tracing::warn!("the callee's SDP answer has no G.711; hanging up");
+        return None;
+    };
+    let agent = match agent_bot.map(|bot| Agent::new(bot, worker.shared.config.bots.api.clone(), Some(claims.clone()), worker.now(), unix_ms())) {
+        Some(Ok(agent)) => Some(agent),
+        Some(Err(why)) => {
+            tracing::warn!("bot failed to start: {why}");
+            return None;
+        }
+        None => None,
+    };
+    Some(Call::over_rtp(worker.now(), CallConfig::new(Protocol::Twilio, kind), agent, rtp_config(&negotiated), start))
 }
 
 /// The INVITE's life until the callee answers (its SDP) or the call fails (`None`, logged).
