@@ -174,3 +174,72 @@ async fn a_trunk_calls_a_number_its_bot_answers_and_the_result_says_sip() {
     assert_eq!(keys, "42#", "the bot's keys, in order");
     api.shutdown().await;
 }
+
+/// `POST /v1/calls` through the organization's SIP trunk: the dialler reserves a slot on the
+/// engine and asks it to dial (the `sip` carrier), the engine INVITEs the trunk (baresip,
+/// answering), the bot talks with the callee, and the engine's own call-end record and result
+/// close the call in `GET /v1/calls` as answered, with its transcript.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_direct_call_goes_out_through_the_organizations_sip_trunk() {
+    use cxb_dialler::carriers::Carriers;
+    use cxb_dialler::{Dialler, DiallerConfig, DiallerTelephony, Shared};
+    let dir = tempfile::tempdir().unwrap();
+    let (api, base, fleet, token) = common::api_with_org(dir.path()).await;
+    let http = reqwest::Client::new();
+    let egress = cxb_control_plane::egress::Egress::new(cxb_contract::egress::EgressPolicy::with_loopback(), Duration::from_secs(10)).unwrap();
+    let mut config = DiallerConfig::new(base.clone());
+    config.tick = Duration::from_millis(50);
+    let shared = Shared::new(api.state().db.clone(), Carriers::new(None, egress, api.state().secrets.clone()), config);
+    api.attach_telephony(std::sync::Arc::new(DiallerTelephony(shared.clone())));
+    let _dialler = Dialler::start(shared);
+
+    let (_stt, _tts, bot) = common::front_desk();
+    let r = http.post(format!("{base}/v1/bots")).bearer_auth(&token).json(&bot).send().await.unwrap();
+    let bot_id = serde_json::from_slice::<Value>(&r.bytes().await.unwrap()).unwrap()["id"].as_str().unwrap().to_string();
+    let sip = format!("127.0.0.1:{}", free_port());
+    let (_core, _port) = common::core(dir.path(), &base, &fleet, &["--workers", "1", "--sip", &sip, "--rtp-ports", "41200-41300"]);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let r = http.get(format!("{base}/v1/fleet/hosts")).bearer_auth(&fleet).send().await.unwrap();
+        let hosts: Value = serde_json::from_slice(&r.bytes().await.unwrap()).unwrap_or_default();
+        if hosts["items"].as_array().is_some_and(|h| !h.is_empty()) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the engine never heartbeat");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let audio = caller_audio();
+    let phone = tokio::task::spawn_blocking(move || Baresip::start_as("+15550100", &audio, "")).await.unwrap();
+    let settings = json!({"default_caller_id": "+15550199", "carrier": {"provider": "sip", "sip": {"host": "127.0.0.1", "port": phone.sip.port()}}});
+    let r = http.patch(format!("{base}/v1/settings")).bearer_auth(&token).json(&settings).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 200, "{}", r.text().await.unwrap());
+    let r = http.post(format!("{base}/v1/calls")).bearer_auth(&token).json(&json!({"to": "+15550100", "bot_id": bot_id})).send().await.unwrap();
+    let status = r.status().as_u16();
+    let placed: Value = serde_json::from_slice(&r.bytes().await.unwrap()).unwrap();
+    assert!((200..=202).contains(&status), "{status}: {placed}");
+    let call_id = placed["id"].as_str().or(placed["call_id"].as_str()).unwrap().to_string();
+    let mut phone = phone;
+    let closed = tokio::task::spawn_blocking(move || {
+        let established = phone.event("CALL_ESTABLISHED", Duration::from_secs(15)).is_some();
+        let closed = phone.event("CALL_CLOSED", Duration::from_secs(20)).is_some();
+        (established, closed, phone.log())
+    })
+    .await
+    .unwrap();
+    assert!(closed.0 && closed.1, "baresip answered and the call ended: {}", closed.2);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let call = loop {
+        let r = http.get(format!("{base}/v1/calls/{call_id}")).bearer_auth(&token).send().await.unwrap();
+        let call: Value = serde_json::from_slice(&r.bytes().await.unwrap()).unwrap_or_default();
+        if call["outcome"] == "completed" && call["transcript"].as_array().is_some_and(|t| !t.is_empty()) {
+            break call;
+        }
+        assert!(Instant::now() < deadline, "the call was never closed with its result: {call}\n{}", std::fs::read_to_string(dir.path().join("core.log")).unwrap_or_default());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(call["direction"], "outbound", "{call}");
+    let lines: Vec<&str> = call["transcript"].as_array().unwrap().iter().map(|l| l["text"].as_str().unwrap_or_default()).collect();
+    assert!(lines.contains(&"when are you open") && lines.contains(&"Nine to five."), "{call}");
+    api.shutdown().await;
+}

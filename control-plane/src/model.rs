@@ -726,6 +726,36 @@ pub enum CarrierKind {
     #[default]
     Simulator,
     Cloudonix,
+    /// A SIP trunk the engines dial through themselves (`carrier.sip`, password in
+    /// `carrier.secrets.password`): calls to CX Bridge bots only.
+    Sip,
+}
+
+/// A SIP trunk (carrier `sip`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SipTrunk {
+    /// The trunk's host name or address.
+    #[schema(min_length = 1, max_length = 253)]
+    pub host: String,
+    #[serde(default = "sip_port")]
+    pub port: u16,
+    /// Digest user name, if the trunk challenges (the password is `carrier.secrets.password`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(max_length = 128)]
+    pub username: Option<String>,
+    /// The domain in From (default: the engine's address).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(max_length = 253)]
+    pub from_domain: Option<String>,
+    /// `from` (default) or `pai`: the caller ID in From only, or also in P-Asserted-Identity.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(pattern = "^(from|pai)$")]
+    pub caller_id_header: Option<String>,
+}
+
+fn sip_port() -> u16 {
+    5060
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
@@ -739,7 +769,10 @@ pub struct Carrier {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(max_length = 2048)]
     pub api_base: Option<String>,
-    /// Write-only, e.g. `{"api_key": "…", "webhook_token": "…"}`.
+    /// SIP: the trunk.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sip: Option<SipTrunk>,
+    /// Write-only, e.g. `{"api_key": "…", "webhook_token": "…"}` (SIP: `{"password": "…"}`).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub secrets: Secrets,
 }
@@ -778,6 +811,27 @@ impl Settings {
         }
         if let Some(url) = &self.carrier.api_base {
             check_url("carrier.api_base", url, &["http", "https"])?;
+        }
+        if self.carrier.provider == CarrierKind::Sip {
+            let Some(trunk) = &self.carrier.sip else {
+                return Err(ApiError::invalid("carrier.sip", "a SIP carrier needs its trunk: host, port"));
+            };
+            let host_ok = |h: &str| !h.is_empty() && h.len() <= 253 && h.bytes().all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b));
+            if !host_ok(&trunk.host) {
+                return Err(ApiError::invalid("carrier.sip.host", "a host name or an address"));
+            }
+            if trunk.port == 0 {
+                return Err(ApiError::invalid("carrier.sip.port", "1 to 65535"));
+            }
+            if trunk.from_domain.as_deref().is_some_and(|d| !host_ok(d)) {
+                return Err(ApiError::invalid("carrier.sip.from_domain", "a host name or an address"));
+            }
+            if trunk.caller_id_header.as_deref().is_some_and(|h| h != "from" && h != "pai") {
+                return Err(ApiError::invalid("carrier.sip.caller_id_header", "from or pai"));
+            }
+            if trunk.username.as_deref().is_some_and(|u| u.is_empty() || u.chars().any(|c| c.is_control() || c == '"')) {
+                return Err(ApiError::invalid("carrier.sip.username", "no quotes or control characters"));
+            }
         }
         Ok(())
     }

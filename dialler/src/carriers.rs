@@ -11,6 +11,7 @@ use cxb_control_plane::model::{CarrierKind, Settings};
 use sqlx::AnyPool;
 
 use crate::carrier::cloudonix::{Cloudonix, CloudonixConfig, DEFAULT_API_BASE};
+use crate::carrier::sip::{SipTrunk, SipTrunkConfig};
 use crate::carrier::{Carrier, CarrierError};
 
 const KEEP: Duration = Duration::from_secs(5);
@@ -24,6 +25,9 @@ pub struct Carriers {
     simulator: Option<Arc<dyn Carrier>>,
     egress: Egress,
     secrets: Arc<SecretBox>,
+    /// For the fleet's engines (the `sip` carrier asks them to dial): our own hosts, not a
+    /// tenant's, so not through the egress guard.
+    engines: reqwest::Client,
     cache: Mutex<HashMap<String, Cached>>,
 }
 
@@ -33,7 +37,8 @@ impl Carriers {
     /// the guarded client every carrier API request of a tenant goes through. `secrets`: opens
     /// the sealed secrets of stored documents (the API's key).
     pub fn new(simulator: Option<Arc<dyn Carrier>>, egress: Egress, secrets: Arc<SecretBox>) -> Carriers {
-        Carriers { simulator, egress, secrets, cache: Mutex::new(HashMap::new()) }
+        let engines = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap_or_default();
+        Carriers { simulator, egress, secrets, engines, cache: Mutex::new(HashMap::new()) }
     }
 
     /// Whether the egress policy lets requests for tenants reach `ip`.
@@ -93,6 +98,18 @@ impl Carriers {
                     webhook_token: c.secrets.get("webhook_token").cloned(),
                 };
                 Ok(Arc::new(Cloudonix::new(self.egress.client().clone(), config)))
+            }
+            CarrierKind::Sip => {
+                let trunk = c.sip.clone().ok_or_else(|| CarrierError::Config("carrier.sip is required for a SIP trunk".into()))?;
+                let config = SipTrunkConfig {
+                    host: trunk.host,
+                    port: trunk.port,
+                    username: trunk.username,
+                    password: c.secrets.get("password").cloned(),
+                    from_domain: trunk.from_domain,
+                    caller_id_header: trunk.caller_id_header,
+                };
+                Ok(Arc::new(SipTrunk::new(self.engines.clone(), config)))
             }
         }
     }

@@ -321,6 +321,10 @@ impl Shared {
             answer: Answer::Cxml(cxml::document(&routed.destination)),
             ring_timeout: self.config.ring_timeout,
             cdr_url: format!("{base}/v1/carriers/{}/cdr?token={cdr_token}", t.org),
+            engine: match (&routed.destination, &routed.slot) {
+                (Destination::Stream { url, .. }, Some(_)) => Some(url.clone()),
+                _ => None,
+            },
         }
     }
 }

@@ -273,6 +273,7 @@ fn call(session: &str, answer: Answer) -> CallRequest {
         answer,
         ring_timeout: Duration::from_secs(30),
         cdr_url: "http://127.0.0.1:1/v1/carriers/cdr?token=per-call".into(),
+        engine: None,
     }
 }
 

@@ -112,6 +112,7 @@ impl Harness {
             answer,
             ring_timeout: Duration::from_secs(30),
             cdr_url: format!("{}/cdr?token=tok-{session}", self.http_base),
+            engine: None,
         }
     }
 

@@ -25,6 +25,8 @@ pub(crate) enum Command {
     Reserve { ttl: Duration, token: u64 },
     Release { token: u64 },
     Hangup { call_id: String },
+    /// End the SIP call with this Call-ID.
+    HangupSip { sip_call_id: String },
     Drain { on: bool },
 }
 

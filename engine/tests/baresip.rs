@@ -187,9 +187,9 @@ fn calls_through_a_kamailio_proxy_are_answered_and_hung_up_either_way() {
 #[test]
 fn the_engine_dials_baresip_which_answers_and_hears_the_bot() {
     let (engine, _sip) = sip_engine();
-    let mut phone = Baresip::start(&tone(10), "");
+    let mut phone = Baresip::start_as("+15550100", &tone(10), "");
     let dial = |bot: &str, token: &str, host: &str| {
-        let body = format!(r#"{{"to":"phone","from":"+15550199","trunk":{{"host":"{host}","port":{}}}}}"#, phone.sip.port());
+        let body = format!(r#"{{"to":"+15550100","from":"+15550199","trunk":{{"host":"{host}","port":{}}}}}"#, phone.sip.port());
         let request = format!("POST /sip/dial/{bot}?token={token} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len());
         http(engine.local_addr(), &request)
     };

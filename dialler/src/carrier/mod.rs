@@ -5,6 +5,7 @@
 //! [`crate::simulator`].
 
 pub mod cloudonix;
+pub mod sip;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -39,6 +40,9 @@ pub struct CallRequest {
     /// Where the carrier posts its call-end record. It carries a per-call token in its query
     /// (`?token=…`), so a carrier that posts to the URL it was given needs no other secret.
     pub cdr_url: String,
+    /// The engine stream of a call routed to a CX Bridge bot (`ws(s)://host/ws/BOT?token=…`):
+    /// the `sip` carrier asks that engine to dial.
+    pub engine: Option<String>,
 }
 
 /// A call the carrier accepted.

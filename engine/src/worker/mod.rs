@@ -310,6 +310,13 @@ impl Worker {
                 }
                 None => json!({ "ok": false, "error": "no such call" }),
             },
+            Command::HangupSip { sip_call_id } => match self.sip_calls.borrow().get(&sip_call_id) {
+                Some(inbox) => {
+                    inbox.hang_up();
+                    json!({ "ok": true })
+                }
+                None => json!({ "ok": false, "error": "no such call" }),
+            },
             Command::Drain { on } => {
                 self.slots.borrow_mut().set_draining(on);
                 let state = if on { SlotState::Draining } else { SlotState::Active };

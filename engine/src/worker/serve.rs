@@ -118,6 +118,24 @@ async fn route(worker: Rc<Worker>, stream: TcpStream, mut wire: Wire, req: Reque
             .strip_prefix(prefix)
             .filter(|b| !b.is_empty() && !b.contains('/'))
     };
+    if let (Some(id), Some(sip)) = (call_path("/sip/calls/"), worker.shared.sip.as_ref()) {
+        // A dialled call's state and hang-up, by its SIP Call-ID (random, known to the platform).
+        let id = percent_encoding::percent_decode_str(id).decode_utf8_lossy().into_owned();
+        let answer = match (req.method.as_str(), sip.route(&id)) {
+            (_, None) => http::error(404, "not_found", "no such call", &[]),
+            ("GET", Some(_)) => http::response(200, "application/json", &[], r#"{"live":true}"#),
+            ("DELETE", Some(owner)) => {
+                let (tx, rx) = flume::bounded(1);
+                let _ = worker.shared.inboxes[owner].send(Inbox::Command(Command::HangupSip { sip_call_id: id }, tx));
+                match compio::time::timeout(Duration::from_secs(2), rx.recv_async()).await {
+                    Ok(Ok(v)) if v["ok"] == true => http::response(200, "application/json", &[], r#"{"ok":true}"#),
+                    _ => http::error(404, "not_found", "no such call", &[]),
+                }
+            }
+            _ => http::error(405, "method_not_allowed", "GET or DELETE", &[]),
+        };
+        return reply(&stream, &mut wire, answer).await;
+    }
     if let Some(bot) = call_path("/sip/dial/").filter(|_| req.method == "POST") {
         let bot = bot.to_string();
         return super::sip_out::dial(worker, stream, wire, req, leftover, ip, &bot).await;

@@ -35,6 +35,8 @@ pub(super) const LINGER: Duration = Duration::from_secs(32);
 pub(super) struct SipInbox {
     messages: RefCell<VecDeque<(SipPeer, Vec<u8>)>>,
     waker: Cell<Option<Waker>>,
+    /// The platform asked to end the call (`DELETE /sip/calls/{id}`).
+    pub(super) hangup: Cell<bool>,
 }
 
 impl SipInbox {
@@ -49,8 +51,16 @@ impl SipInbox {
         }
     }
 
+    /// Asks the call to end.
+    pub(super) fn hang_up(&self) {
+        self.hangup.set(true);
+        if let Some(w) = self.waker.take() {
+            w.wake();
+        }
+    }
+
     pub(super) fn poll_ready(&self, cx: &mut std::task::Context<'_>) -> Poll<()> {
-        if self.messages.borrow().is_empty() {
+        if self.messages.borrow().is_empty() && !self.hangup.get() {
             self.waker.set(Some(cx.waker().clone()));
             Poll::Pending
         } else {
@@ -631,6 +641,7 @@ impl<D: Dialog> Media<'_, D> {
                     read.set(recv(buf));
                     Ok(())
                 }
+                Wake::Sip if self.inbox.hangup.take() => break EndReason::Hangup,
                 Wake::Sip => Ok(()),
                 Wake::Events => {
                     let at = worker.instant(now);

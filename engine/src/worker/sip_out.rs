@@ -40,6 +40,10 @@ struct DialRequest {
     /// Stop ringing after this long (default 30 s, at most 300 s).
     #[serde(default)]
     ring_timeout_ms: Option<u64>,
+    /// Where the call-end record goes (the dialler's CDR webhook for this call, its token in
+    /// the query), as JSON, once the call is over.
+    #[serde(default)]
+    cdr_url: Option<String>,
 }
 
 /// The trunk the call goes through.
@@ -158,13 +162,17 @@ pub(super) async fn dial(worker: Rc<Worker>, stream: TcpStream, mut wire: Wire, 
     if !domain_ok(&request.trunk.host) || request.trunk.from_domain.as_deref().is_some_and(|d| !domain_ok(d)) {
         return error(&stream, &mut wire, 400, "bad_request", "`trunk.host` and `trunk.from_domain` are host names or addresses").await;
     }
-    // The trunk is the tenant's: it passes the egress policy like every request made for one.
-    let Some(trunk) = resolve(&request.trunk.host, request.trunk.port).await else {
-        return error(&stream, &mut wire, 400, "bad_request", "the trunk's host does not resolve").await;
-    };
-    if let Err(why) = cxb_pipeline::egress::policy().check(trunk.ip()) {
-        return error(&stream, &mut wire, 403, "egress_forbidden", &format!("the trunk's address is {why}")).await;
+    if request.cdr_url.as_deref().is_some_and(|u| !(u.starts_with("http://") || u.starts_with("https://")) || u.len() > 2048) {
+        return error(&stream, &mut wire, 400, "bad_request", "`cdr_url` is an http or https URL").await;
     }
+    // The trunk is the tenant's: its name resolves through the egress policy, like every
+    // request made for one.
+    let trunk = match cxb_pipeline::egress::resolve(&request.trunk.host, request.trunk.port).await.map(|a| a.first().copied()) {
+        Ok(Some(addr)) => addr,
+        Ok(None) => return error(&stream, &mut wire, 400, "bad_request", "the trunk's host does not resolve").await,
+        Err(why) if why.starts_with("egress_forbidden") => return error(&stream, &mut wire, 403, "egress_forbidden", &why).await,
+        Err(why) => return error(&stream, &mut wire, 400, "bad_request", &why).await,
+    };
     let config = &worker.shared.config;
     let builtin = BotKind::lookup(bot_id, config.demo_bots, config.fault_injection);
     let agent_bot = match builtin {
@@ -245,15 +253,25 @@ pub(super) async fn dial(worker: Rc<Worker>, stream: TcpStream, mut wire: Wire, 
             custom_parameters: Vec::new(),
             media_format: None,
         };
-        let answered = match ring(&worker, sip, &mut dialog, &inbox, peer).await {
-            Some(answer) => connect(&worker, &answer, agent_bot, &claims, kind, &start),
-            None => None,
+        let mut cdr = Cdr { carrier_call_id: sip_call_id.clone(), session: claims.call_id.to_string(), disposition: "answered", cause: None, started_at_ms: unix_ms(), answered_at_ms: None, ended_at_ms: 0 };
+        let rung = ring(&worker, sip, &mut dialog, &inbox, peer).await;
+        let answered = match &rung {
+            Ok(answer) => {
+                cdr.answered_at_ms = Some(unix_ms());
+                connect(&worker, answer, agent_bot, &claims, kind, &start)
+            }
+            Err(code) => {
+                (cdr.disposition, cdr.cause) = (disposition(*code), Some(code.to_string()));
+                None
+            }
         };
         let Some(call) = answered else {
             // Not answered, or answered with what the call cannot use: whatever is up ends.
             dialog.hang_up(worker.sip_now());
             drop(guard);
             drop(lease);
+            cdr.ended_at_ms = unix_ms();
+            post_cdr(request.cdr_url.as_deref(), &cdr).await;
             linger(&worker, sip, &mut dialog, &inbox, peer).await;
             return;
         };
@@ -266,10 +284,62 @@ pub(super) async fn dial(worker: Rc<Worker>, stream: TcpStream, mut wire: Wire, 
         drop(lease);
         finish_bot(&worker, &mut call, &call_id, reason).await;
         drop(guard);
+        cdr.ended_at_ms = unix_ms();
+        cdr.cause = Some(reason.label().to_string());
+        post_cdr(request.cdr_url.as_deref(), &cdr).await;
         linger(&worker, sip, &mut dialog, &inbox, peer).await;
     }
     .instrument(span)
     .await;
+}
+
+/// The call-end record the engine posts for a call it dialled (the `sip` carrier's CDR).
+#[derive(Debug, serde::Serialize)]
+struct Cdr {
+    carrier_call_id: String,
+    /// The platform's id of the call (the token's).
+    session: String,
+    /// `answered`, `busy`, `no_answer`, `invalid_number` or `failed`.
+    disposition: &'static str,
+    /// The final SIP status of an unanswered call; how an answered one ended.
+    cause: Option<String>,
+    started_at_ms: u64,
+    answered_at_ms: Option<u64>,
+    ended_at_ms: u64,
+}
+
+/// An unanswered call's disposition from its final status.
+fn disposition(status: u16) -> &'static str {
+    match status {
+        486 | 600 => "busy",
+        408 | 480 | 487 => "no_answer",
+        404 | 484 | 604 => "invalid_number",
+        _ => "failed",
+    }
+}
+
+/// Posts the call-end record to `url` (the API's CDR webhook for this call), trying three
+/// times a second apart; a record that cannot be delivered is logged (the dialler then ends
+/// the call as `no_cdr` when its lease runs out).
+async fn post_cdr(url: Option<&str>, cdr: &Cdr) {
+    let Some(url) = url else { return };
+    let body = serde_json::to_vec(cdr).unwrap_or_default();
+    for attempt in 0..3 {
+        if attempt > 0 {
+            compio::time::sleep(Duration::from_secs(1)).await;
+        }
+        let Ok(client) = cxb_pipeline::providers::http() else { break };
+        let Ok(request) = client.post(url).and_then(|r| r.header("Content-Type", "application/json")).map(|r| r.body(body.clone())) else { break };
+        match compio::time::timeout(Duration::from_secs(5), request.send()).await {
+            Ok(Ok(r)) if r.status().is_success() || r.status().as_u16() == 409 => return,
+            Ok(Ok(r)) if r.status().is_client_error() => {
+                tracing::warn!(status = r.status().as_u16(), "the call-end record was refused");
+                return;
+            }
+            _ => {}
+        }
+    }
+    tracing::warn!("the call-end record could not be delivered");
 }
 
 /// The answered call: the callee's SDP negotiated, the bot started with the token's claims;
@@ -290,17 +360,18 @@ fn connect(worker: &Worker, answer: &str, agent_bot: Option<Rc<cxb_contract::bot
     Some(Call::over_rtp(worker.now(), CallConfig::new(Protocol::Twilio, kind), agent, rtp_config(&negotiated), start))
 }
 
-/// The INVITE's life until the callee answers (its SDP) or the call fails (`None`, logged).
-async fn ring(worker: &Worker, sip: &SipShared, dialog: &mut OutboundCall, inbox: &SipInbox, peer: SipPeer) -> Option<String> {
+/// The INVITE's life until the callee answers (its SDP) or the call fails (its final status,
+/// logged).
+async fn ring(worker: &Worker, sip: &SipShared, dialog: &mut OutboundCall, inbox: &SipInbox, peer: SipPeer) -> Result<String, u16> {
     loop {
         let next = loop {
             let next = flush_raw(sip, dialog, peer);
             match next {
                 Ok(next) => break next,
-                Err(DialEvent::Answered(sdp)) => return Some(sdp),
+                Err(DialEvent::Answered(sdp)) => return Ok(sdp),
                 Err(DialEvent::Failed(code)) => {
                     tracing::info!(status = code, "the call was not answered");
-                    return None;
+                    return Err(code);
                 }
                 Err(DialEvent::Progress(code)) => tracing::debug!(status = code, "ringing"),
                 Err(_) => {}
@@ -312,6 +383,10 @@ async fn ring(worker: &Worker, sip: &SipShared, dialog: &mut OutboundCall, inbox
         match select(timer, std::pin::pin!(ready)).await {
             Either::Left(_) => dialog.handle_timeout(worker.sip_now()),
             Either::Right(_) => {
+                if inbox.hangup.take() {
+                    // The platform gave up on the call: CANCEL (or BYE, if it was answered).
+                    dialog.hang_up(worker.sip_now());
+                }
                 while let Some((_, bytes)) = inbox.pop() {
                     if let Ok(m) = Message::parse(&bytes) {
                         dialog.on_message(worker.sip_now(), &m);
@@ -331,21 +406,4 @@ fn flush_raw(sip: &SipShared, dialog: &mut OutboundCall, peer: SipPeer) -> Resul
             DialOutput::Timeout(at) => return Ok(at),
         }
     }
-}
-
-/// The trunk's address: an IP literal, or a name resolved off the worker's thread.
-async fn resolve(host: &str, port: u16) -> Option<SocketAddr> {
-    if let Ok(ip) = host.trim_start_matches('[').trim_end_matches(']').parse::<std::net::IpAddr>() {
-        return Some(SocketAddr::new(ip, port));
-    }
-    let (tx, rx) = flume::bounded(1);
-    let name = format!("{host}:{port}");
-    std::thread::Builder::new()
-        .name("cxb-resolve".into())
-        .spawn(move || {
-            use std::net::ToSocketAddrs;
-            let _ = tx.send(name.to_socket_addrs().ok().and_then(|mut a| a.next()));
-        })
-        .ok()?;
-    compio::time::timeout(Duration::from_secs(5), rx.recv_async()).await.ok()?.ok()?
 }

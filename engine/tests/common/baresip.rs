@@ -72,6 +72,11 @@ impl Baresip {
     /// baresip playing `source` (8 kHz) into its calls (it hangs up when the audio ends), as
     /// `sip:phone@127.0.0.1` with account parameters `params` (e.g. `;auth_pass=…`).
     pub fn start(source: &[i16], params: &str) -> Baresip {
+        Baresip::start_as("phone", source, params)
+    }
+
+    /// [`Baresip::start`] as `sip:USER@127.0.0.1` (it answers calls for that user only).
+    pub fn start_as(user: &str, source: &[i16], params: &str) -> Baresip {
         let dir = tempdir();
         write_wav(&dir.join("tone.wav"), source);
         let ctrl_port = free_port();
@@ -84,7 +89,7 @@ impl Baresip {
             dir = dir.display()
         );
         std::fs::write(dir.join("config"), config).expect("config");
-        std::fs::write(dir.join("accounts"), format!("<sip:phone@127.0.0.1>;regint=0;answermode=auto;audio_codecs=PCMU{params}\n")).expect("accounts");
+        std::fs::write(dir.join("accounts"), format!("<sip:{user}@127.0.0.1>;regint=0;answermode=auto;audio_codecs=PCMU{params}\n")).expect("accounts");
         let child = Command::new("baresip")
             .arg("-f")
             .arg(&dir)

@@ -138,6 +138,7 @@ mod tests {
             answer,
             ring_timeout: ring,
             cdr_url: "http://127.0.0.1/cdr?token=t".into(),
+            engine: None,
         }
     }
 
