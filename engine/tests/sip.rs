@@ -265,3 +265,47 @@ fn key_presses_reach_the_bot_and_the_engine_hangs_up_with_a_bye() {
     assert!(eventually(Duration::from_secs(5), || health(engine.local_addr())["live_calls"] == 0));
     engine.shutdown();
 }
+
+/// A trunk that refuses the engine's INVITE: the refusal is acknowledged, the slot freed, and
+/// the call-end record posted to the call's CDR URL says why (486 → busy).
+#[test]
+fn a_refused_dial_ends_with_a_call_end_record_of_its_disposition() {
+    let (engine, _sip) = sip_engine(|_| {});
+    let trunk = UdpSocket::bind("127.0.0.1:0").expect("bind");
+    trunk.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+    let cdr_listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let cdr_url = format!("http://{}/cdr?token=t1", cdr_listener.local_addr().expect("addr"));
+    let body = format!(r#"{{"to":"+15550100","from":"+15550199","trunk":{{"host":"127.0.0.1","port":{}}},"cdr_url":"{cdr_url}"}}"#, trunk.local_addr().expect("addr").port());
+    let token = common::token(&common::claims("echo"));
+    let request = format!("POST /sip/dial/echo?token={token} HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n{body}", body.len());
+    let (status, answer) = common::http(engine.local_addr(), &request);
+    assert_eq!(status, 202, "{answer}");
+    let mut buf = [0u8; 4096];
+    let (n, from) = trunk.recv_from(&mut buf).expect("the INVITE");
+    let invite = Message::parse(&buf[..n]).expect("SIP");
+    assert_eq!(invite.method(), Some("INVITE"));
+    assert!(std::str::from_utf8(invite.body).expect("utf8").contains("m=audio"), "an SDP offer");
+    let mut busy = String::new();
+    cxb_sip::message::response(&invite, 486, "Busy Here", Some("trunk"), &[], "", &mut busy);
+    trunk.send_to(busy.as_bytes(), from).expect("486");
+    let (n, _) = trunk.recv_from(&mut buf).expect("the ACK");
+    assert!(buf[..n].starts_with(b"ACK "), "{}", String::from_utf8_lossy(&buf[..n]));
+    cdr_listener.set_nonblocking(false).expect("blocking");
+    let (mut conn, _) = cdr_listener.accept().expect("the CDR's request");
+    conn.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+    let mut raw = Vec::new();
+    let mut chunk = [0u8; 4096];
+    while !String::from_utf8_lossy(&raw).contains("\"ended_at_ms\"") {
+        let n = conn.read(&mut chunk).expect("read");
+        assert!(n > 0, "closed early");
+        raw.extend_from_slice(&chunk[..n]);
+    }
+    conn.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}").expect("answer");
+    let text = String::from_utf8_lossy(&raw);
+    assert!(text.starts_with("POST /cdr?token=t1 "), "{text}");
+    let cdr: serde_json::Value = serde_json::from_str(text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or_default()).expect("JSON");
+    assert_eq!((cdr["disposition"].as_str(), cdr["cause"].as_str(), cdr["session"].as_str()), (Some("busy"), Some("486"), Some("cl-test")), "{cdr}");
+    assert!(cdr["answered_at_ms"].is_null());
+    assert!(eventually(Duration::from_secs(5), || health(engine.local_addr())["live_calls"] == 0), "the slot is free");
+    engine.shutdown();
+}
