@@ -82,6 +82,10 @@ async fn a_trunk_calls_a_number_its_bot_answers_and_the_result_says_sip() {
     };
     assert_eq!((call["from"].as_str(), call["to"].as_str()), (Some("phone"), Some("+15550100")), "{call}");
     assert_eq!(call["metrics"]["transport"], "sip", "{call}");
+    let rtp = &call["metrics"]["rtp"];
+    assert!(rtp["packets_in"].as_u64().is_some_and(|n| n > 200) && rtp["packets_out"].as_u64().is_some_and(|n| n > 200), "{rtp}");
+    assert!(rtp["rtcp_sent"].as_u64().is_some_and(|n| n >= 1), "our sender reports: {rtp}");
+    assert_eq!(rtp["lost"], 0, "{rtp}");
     assert_eq!(call["end_reason"], "stopped", "the caller's BYE");
     let lines: Vec<(&str, &str)> = call["transcript"].as_array().unwrap().iter().map(|l| (l["role"].as_str().unwrap(), l["text"].as_str().unwrap())).collect();
     assert_eq!(lines, [("bot", "Hello!"), ("caller", "when are you open"), ("bot", "Nine to five.")]);

@@ -9,6 +9,7 @@ pub mod g711;
 pub mod l16;
 pub mod payload;
 pub mod rate;
+pub mod rtcp;
 pub mod rtp;
 pub mod wav;
 

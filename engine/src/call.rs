@@ -142,17 +142,17 @@ impl Call<WsTransport> {
 impl Call<RtpTransport> {
     /// A SIP call's media as `rtp` negotiated it, its bot started at `now` (the call is
     /// answered): `start` says who called whom.
-    pub fn over_rtp(now: Timestamp, config: CallConfig, agent: Option<Agent>, rtp: RtpConfig, start: &crate::protocol::Start) -> Call<RtpTransport> {
+    pub fn over_rtp(now: Timestamp, unix_ms: u64, config: CallConfig, agent: Option<Agent>, rtp: RtpConfig, start: &crate::protocol::Start) -> Call<RtpTransport> {
         let session = SessionConfig { keys_out_of_band: rtp.dtmf.is_some(), ..config.session() };
         let mut call = Call::with_transport(RtpTransport::new(rtp), Session::new(session, rtp.codec, bot_for(&config, agent)));
-        call.transport.start(now);
+        call.transport.start(now, unix_ms);
         call.session.start(now, rtp.codec, start);
         call
     }
 
     /// Handles one datagram from `from` received at `now`.
     pub fn on_datagram(&mut self, now: Timestamp, from: std::net::SocketAddr, datagram: &[u8], metrics: &WorkerMetrics) {
-        match self.transport.on_datagram(from, datagram) {
+        match self.transport.on_datagram(now, from, datagram) {
             RtpEvent::Nothing => return,
             RtpEvent::Audio { frames, late, lost } => {
                 metrics.add_jitter(late, lost);
@@ -184,6 +184,36 @@ impl Call<RtpTransport> {
     /// The RTP counters.
     pub fn rtp_stats(&self) -> crate::transport::RtpStats {
         self.transport.stats()
+    }
+
+    /// A datagram on the call's RTCP port.
+    pub fn on_rtcp(&mut self, now: Timestamp, from: std::net::SocketAddr, datagram: &[u8]) {
+        self.transport.on_rtcp(now, from, datagram);
+    }
+
+    /// The next RTCP datagram and where it goes.
+    pub fn poll_rtcp(&mut self) -> Option<(std::net::SocketAddr, Vec<u8>)> {
+        self.transport.poll_rtcp()
+    }
+
+    /// The media ends: RTCP says BYE.
+    pub fn rtcp_bye(&mut self) {
+        self.transport.rtcp_bye();
+    }
+
+    /// The call's media quality, for its result: RTP counts and what RTCP says.
+    pub fn media_report(&self) -> serde_json::Value {
+        let (rtp, rtcp) = (self.transport.stats(), self.transport.rtcp_stats());
+        serde_json::json!({
+            "packets_in": rtp.packets_in,
+            "packets_out": rtp.packets_out,
+            "lost": rtcp.lost,
+            "jitter_ms": (rtcp.jitter_ms * 10.0).round() / 10.0,
+            "peer_fraction_lost": rtcp.peer_fraction_lost,
+            "peer_jitter_ms": rtcp.peer_jitter_ms,
+            "rtcp_sent": rtcp.sent,
+            "rtcp_received": rtcp.received,
+        })
     }
 }
 

@@ -8,6 +8,7 @@
 //!
 //! [`Transmit`]: crate::session::Transmit
 
+pub mod rtcp;
 pub mod rtp;
 pub mod ws;
 

@@ -14,6 +14,7 @@ use cxb_codecs::rtp::{DtmfReceiver, RtpPacket, SequenceUnwrapper, TelephoneEvent
 use cxb_media::Timestamp;
 use cxb_media::jitter::JitterBuffer;
 
+use super::rtcp::{Rtcp, RtcpStats};
 use crate::session::Transmit;
 
 /// 20 ms of G.711 at 8 kHz.
@@ -88,6 +89,7 @@ pub struct RtpTransport {
     /// started at and how many packets of it went out.
     keys_out: VecDeque<u8>,
     key: Option<(u8, u32, u16)>,
+    rtcp: Rtcp,
     silence: [u8; FRAME],
     tx: VecDeque<Vec<u8>>,
     spare: Vec<Vec<u8>>,
@@ -112,6 +114,7 @@ impl RtpTransport {
             next_due: None,
             keys_out: VecDeque::new(),
             key: None,
+            rtcp: Rtcp::new(config.ssrc, format!("cxb-{:08x}", config.ssrc)),
             silence: [silence; FRAME],
             tx: VecDeque::new(),
             spare: Vec::new(),
@@ -131,7 +134,7 @@ impl RtpTransport {
     }
 
     /// Reads one datagram from `from`.
-    pub fn on_datagram(&mut self, from: SocketAddr, datagram: &[u8]) -> RtpEvent<'_> {
+    pub fn on_datagram(&mut self, now: Timestamp, from: SocketAddr, datagram: &[u8]) -> RtpEvent<'_> {
         self.pending.drain(..self.taken);
         self.taken = 0;
         let Ok(packet) = RtpPacket::parse(datagram) else {
@@ -145,8 +148,11 @@ impl RtpTransport {
         if !self.latched {
             self.latched = true;
             self.remote = Some(from);
+            self.rtcp.rtp_latched(from);
         }
         self.stats.packets_in += 1;
+        let sequence = self.sequence_in.unwrap(packet.sequence);
+        self.rtcp.received(now, packet.ssrc, sequence, packet.timestamp);
         if Some(packet.payload_type) == self.config.dtmf {
             return match TelephoneEvent::parse(packet.payload).and_then(|e| self.keys.receive(packet.timestamp, e)) {
                 Some(key) => RtpEvent::Dtmf(key),
@@ -157,7 +163,7 @@ impl RtpTransport {
             return RtpEvent::Nothing;
         }
         let before = self.jitter.stats();
-        self.jitter.push(self.sequence_in.unwrap(packet.sequence), packet.payload);
+        self.jitter.push(sequence, packet.payload);
         while self.jitter.pop(&mut self.pending).is_some() {}
         let after = self.jitter.stats();
         self.taken = self.pending.len() / FRAME * FRAME;
@@ -201,6 +207,7 @@ impl RtpTransport {
             payload,
         }
         .write(&mut buf);
+        self.rtcp.sent(payload.len(), self.timestamp);
         self.sequence = self.sequence.wrapping_add(1);
         self.timestamp = self.timestamp.wrapping_add(payload.len() as u32);
         self.stats.packets_out += 1;
@@ -228,6 +235,7 @@ impl RtpTransport {
         }
         let mut buf = self.spare.pop().unwrap_or_default();
         RtpPacket { marker: std::mem::take(&mut self.marker), payload_type: pt, sequence: self.sequence, timestamp: started, ssrc: self.config.ssrc, payload: &payload }.write(&mut buf);
+        self.rtcp.sent(payload.len(), started);
         self.sequence = self.sequence.wrapping_add(1);
         self.timestamp = self.timestamp.wrapping_add(FRAME as u32);
         self.stats.packets_out += 1;
@@ -239,18 +247,43 @@ impl RtpTransport {
         true
     }
 
-    /// Starts the stream's clock at `now` (the call is answered).
-    pub fn start(&mut self, now: Timestamp) {
+    /// Starts the stream's clock at `now` (the call is answered), which is `unix_ms` on the
+    /// wall clock (for RTCP's NTP times).
+    pub fn start(&mut self, now: Timestamp, unix_ms: u64) {
         self.next_due.get_or_insert(now);
+        self.rtcp.start(now, unix_ms, self.remote);
     }
 
-    /// When silence is next due.
+    /// When silence or an RTCP report is next due.
     pub fn deadline(&self) -> Option<Timestamp> {
-        self.next_due
+        [self.next_due, self.rtcp.deadline()].into_iter().flatten().min()
+    }
+
+    /// A datagram on the RTCP port.
+    pub fn on_rtcp(&mut self, now: Timestamp, from: SocketAddr, datagram: &[u8]) {
+        if !self.rtcp.on_datagram(now, from, datagram) {
+            self.stats.malformed += 1;
+        }
+    }
+
+    /// The next RTCP datagram and where it goes.
+    pub fn poll_rtcp(&mut self) -> Option<(SocketAddr, Vec<u8>)> {
+        self.rtcp.poll_transmit()
+    }
+
+    /// The stream ends: an RTCP BYE goes out.
+    pub fn rtcp_bye(&mut self) {
+        self.rtcp.bye();
+    }
+
+    /// What RTCP says about the call.
+    pub fn rtcp_stats(&self) -> RtcpStats {
+        self.rtcp.stats()
     }
 
     /// Sends silence for each period the session left empty up to `now`.
     pub fn handle_timeout(&mut self, now: Timestamp) {
+        self.rtcp.handle_timeout(now);
         let mut sent = 0;
         while let Some(due) = self.next_due.filter(|due| *due <= now) {
             // After a stall, at most a few packets of silence, then the clock moves on.
@@ -313,32 +346,32 @@ mod tests {
     fn the_caller_is_latched_its_audio_reordered_and_reframed_and_its_keys_read_once() {
         let mut t = RtpTransport::new(config());
         let caller: SocketAddr = "127.0.0.1:40000".parse().expect("addr");
-        assert_eq!(t.on_datagram(caller, b"not rtp"), RtpEvent::Nothing);
-        assert!(matches!(t.on_datagram(caller, &packet(0, 1, 0, &[1; 160])), RtpEvent::Audio { frames, .. } if frames == [1; 160]));
+        assert_eq!(t.on_datagram(at(0), caller, b"not rtp"), RtpEvent::Nothing);
+        assert!(matches!(t.on_datagram(at(0), caller, &packet(0, 1, 0, &[1; 160])), RtpEvent::Audio { frames, .. } if frames == [1; 160]));
         assert_eq!(t.remote(), Some(caller), "latched: replies go where the caller is");
         let other: SocketAddr = "127.0.0.1:40001".parse().expect("addr");
-        assert_eq!(t.on_datagram(other, &packet(0, 2, 160, &[9; 160])), RtpEvent::Nothing, "another source");
+        assert_eq!(t.on_datagram(at(0), other, &packet(0, 2, 160, &[9; 160])), RtpEvent::Nothing, "another source");
         // 3 before 2: held until 2 comes, then both in order.
-        assert!(matches!(t.on_datagram(caller, &packet(0, 3, 320, &[3; 160])), RtpEvent::Audio { frames: [], .. }));
-        match t.on_datagram(caller, &packet(0, 2, 160, &[2; 160])) {
+        assert!(matches!(t.on_datagram(at(0), caller, &packet(0, 3, 320, &[3; 160])), RtpEvent::Audio { frames: [], .. }));
+        match t.on_datagram(at(0), caller, &packet(0, 2, 160, &[2; 160])) {
             RtpEvent::Audio { frames, .. } => assert_eq!(frames.iter().step_by(160).copied().collect::<Vec<_>>(), [2, 3]),
             other => panic!("{other:?}"),
         }
         // 30 ms packets are cut into 20 ms frames, the rest kept for the next.
-        assert!(matches!(t.on_datagram(caller, &packet(0, 4, 480, &[4; 240])), RtpEvent::Audio { frames, .. } if frames.len() == 160));
-        assert!(matches!(t.on_datagram(caller, &packet(0, 5, 720, &[5; 240])), RtpEvent::Audio { frames, .. } if frames.len() == 320));
+        assert!(matches!(t.on_datagram(at(0), caller, &packet(0, 4, 480, &[4; 240])), RtpEvent::Audio { frames, .. } if frames.len() == 160));
+        assert!(matches!(t.on_datagram(at(0), caller, &packet(0, 5, 720, &[5; 240])), RtpEvent::Audio { frames, .. } if frames.len() == 320));
         // A key: its packets repeat, one press.
         let five = TelephoneEvent { event: 5, end: false, volume: 10, duration: 160 }.to_bytes();
-        assert_eq!(t.on_datagram(caller, &packet(101, 6, 960, &five)), RtpEvent::Dtmf('5'));
-        assert_eq!(t.on_datagram(caller, &packet(101, 7, 960, &five)), RtpEvent::Nothing);
-        assert_eq!(t.on_datagram(caller, &packet(8, 8, 960, &[0; 160])), RtpEvent::Nothing, "a codec not negotiated");
+        assert_eq!(t.on_datagram(at(0), caller, &packet(101, 6, 960, &five)), RtpEvent::Dtmf('5'));
+        assert_eq!(t.on_datagram(at(0), caller, &packet(101, 7, 960, &five)), RtpEvent::Nothing);
+        assert_eq!(t.on_datagram(at(0), caller, &packet(8, 8, 960, &[0; 160])), RtpEvent::Nothing, "a codec not negotiated");
         assert_eq!(t.stats(), RtpStats { packets_in: 8, packets_out: 0, malformed: 1, foreign: 1 });
     }
 
     #[test]
     fn audio_goes_out_a_packet_per_frame_and_silence_keeps_the_clock() {
         let mut t = RtpTransport::new(config());
-        t.start(at(0));
+        t.start(at(0), 0);
         t.transmit(at(0), Transmit::Audio(&[1; 320]));
         t.handle_timeout(at(19));
         let sent: Vec<(SocketAddr, Vec<u8>)> = std::iter::from_fn(|| t.poll_transmit()).collect();
@@ -372,7 +405,7 @@ mod tests {
     #[test]
     fn keys_go_out_as_rfc_4733_events_in_the_audio_slots() {
         let mut t = RtpTransport::new(config());
-        t.start(at(0));
+        t.start(at(0), 0);
         t.transmit(at(0), Transmit::Audio(&[1; 160]));
         let (_, first) = t.poll_transmit().expect("audio");
         let a = RtpPacket::parse(&first).expect("rtp").timestamp;

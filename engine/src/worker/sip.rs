@@ -267,18 +267,45 @@ impl Worker {
         }
     }
 
-    /// Binds an RTP socket on one of this worker's ports.
-    pub(super) fn bind_rtp(&self, sip: &SipShared) -> Option<(std::net::UdpSocket, u16)> {
+    /// Binds an RTP socket on one of this worker's ports, and its RTCP socket on the next
+    /// port when that one is free.
+    pub(super) fn bind_rtp(&self, sip: &SipShared) -> Option<(MediaSockets, u16)> {
         let mut ports = self.rtp_ports.borrow_mut();
         for _ in 0..ports.len().min(16) {
             let port = ports.pop_front()?;
             match std::net::UdpSocket::bind((sip.local.ip(), port)) {
-                Ok(socket) => return Some((socket, port)),
+                Ok(rtp) => {
+                    let rtcp = std::net::UdpSocket::bind((sip.local.ip(), port + 1)).ok();
+                    return Some((MediaSockets { rtp, rtcp }, port));
+                }
                 // Taken by someone else: tried again later.
                 Err(_) => ports.push_back(port),
             }
         }
         None
+    }
+}
+
+/// A call's media sockets: RTP, and RTCP on the next port.
+pub(super) struct MediaSockets {
+    rtp: std::net::UdpSocket,
+    rtcp: Option<std::net::UdpSocket>,
+}
+
+/// Sends the call's RTCP datagrams, without blocking.
+fn send_rtcp(call: &mut Call<RtpTransport>, socket: Option<&std::net::UdpSocket>) {
+    while let Some((to, packet)) = call.poll_rtcp() {
+        if let Some(socket) = socket {
+            let _ = socket2::SockRef::from(socket).send_to_with_flags(&packet, &to.into(), MSG_DONTWAIT);
+        }
+    }
+}
+
+/// One read of an RTCP socket, or never without one.
+async fn recv_rtcp(socket: Option<&compio::net::UdpSocket>, buf: Vec<u8>) -> BufResult<(usize, SocketAddr), Vec<u8>> {
+    match socket {
+        Some(s) => s.recv_from(buf).await,
+        None => std::future::pending().await,
     }
 }
 
@@ -464,7 +491,7 @@ async fn inbound(worker: Rc<Worker>, peer: SipPeer, invite: Vec<u8>) -> Option<(
     let sdp = cxb_sip::sdp::Local { address: sip.advertise, port, session_id: random() >> 1, version: 1 };
     dialog.ring(now);
     dialog.answer(now, &sdp.answer(&negotiated));
-    let call = Call::over_rtp(worker.now(), CallConfig::new(Protocol::Twilio, kind), agent, rtp_config(&negotiated), &start);
+    let call = Call::over_rtp(worker.now(), unix_ms(), CallConfig::new(Protocol::Twilio, kind), agent, rtp_config(&negotiated), &start);
     let mailbox = Rc::new(Mailbox { message: Cell::new(None), waker: Cell::new(None), last_rx: Cell::new(Instant::now()) });
     worker.calls.borrow_mut().insert(accepted.call_id.clone(), mailbox.clone());
     worker.metrics().calls_started.add(1);
@@ -474,11 +501,13 @@ async fn inbound(worker: Rc<Worker>, peer: SipPeer, invite: Vec<u8>) -> Option<(
         let mut media = Media { worker: &worker, sip, peer, dialog: &mut dialog, inbox: &inbox, mailbox: &mailbox, slot: accepted.slot, sdp, referred: None };
         let (reason, mut call) = media.run_call(call, socket).await;
         let referred = media.referred;
+        let report = call.media_report();
         guard.reason = reason;
         drop(lease);
         // The result is made durable before the slot is freed, as for every AI call; the
         // dialog's BYE is out already. A transfer records how the peer answered the REFER.
         finish_bot_with(&worker, &mut call, &accepted.call_id, reason, |result| {
+            result.metrics.insert("rtp".into(), report);
             if let (Some(code), Some(transfer)) = (referred, result.metrics.get_mut("transfer").and_then(|t| t.as_object_mut())) {
                 transfer.insert("status".into(), code.into());
                 transfer.insert("accepted".into(), (200..300).contains(&code).into());
@@ -526,6 +555,7 @@ pub(super) async fn linger<D: Dialog>(worker: &Worker, sip: &SipShared, dialog: 
 /// What woke a SIP call's task.
 enum Wake {
     Rtp(BufResult<(usize, SocketAddr), Vec<u8>>),
+    Rtcp(BufResult<(usize, SocketAddr), Vec<u8>>),
     Sip,
     Timer,
     Control(Control),
@@ -548,10 +578,14 @@ pub(super) struct Media<'a, D> {
 }
 
 impl<D: Dialog> Media<'_, D> {
-    pub(super) async fn run_call(&mut self, mut call: Call<RtpTransport>, socket: std::net::UdpSocket) -> (EndReason, Call<RtpTransport>) {
+    pub(super) async fn run_call(&mut self, mut call: Call<RtpTransport>, sockets: MediaSockets) -> (EndReason, Call<RtpTransport>) {
         let worker = self.worker;
+        let socket = sockets.rtp;
         let Ok(sender) = socket.try_clone() else { return (EndReason::Panicked, call) };
         let Ok(socket) = compio::net::UdpSocket::from_std(socket) else { return (EndReason::Panicked, call) };
+        let rtcp = sockets.rtcp.and_then(|s| Some((s.try_clone().ok()?, compio::net::UdpSocket::from_std(s).ok()?)));
+        let rtcp_socket = rtcp.as_ref().map(|(_, s)| s);
+        let mut read_rtcp = Box::pin(recv_rtcp(rtcp_socket, Vec::with_capacity(RTP_BUF)));
         let provider_events = call.events();
         let recv = |buf: Vec<u8>| {
             let socket = &socket;
@@ -589,6 +623,7 @@ impl<D: Dialog> Media<'_, D> {
                 let _ = socket2::SockRef::from(&sender).send_to_with_flags(&packet, &to.into(), MSG_DONTWAIT);
                 call.recycle(packet);
             }
+            send_rtcp(&mut call, rtcp.as_ref().map(|(s, _)| s));
             let stats = call.stats();
             worker.shared.segment.count_frames(worker.index, self.slot, stats.frames_in, stats.frames_out);
             if let Some(reason) = call.end() {
@@ -611,6 +646,9 @@ impl<D: Dialog> Media<'_, D> {
             let wake = std::future::poll_fn(|cx| {
                 if let Poll::Ready(r) = read.as_mut().poll(cx) {
                     return Poll::Ready(Wake::Rtp(r));
+                }
+                if let Poll::Ready(r) = read_rtcp.as_mut().poll(cx) {
+                    return Poll::Ready(Wake::Rtcp(r));
                 }
                 if let Poll::Ready(()) = inbox.poll_ready(cx) {
                     return Poll::Ready(Wake::Sip);
@@ -641,6 +679,14 @@ impl<D: Dialog> Media<'_, D> {
                     read.set(recv(buf));
                     Ok(())
                 }
+                Wake::Rtcp(BufResult(got, mut buf)) => {
+                    if let Ok((n, from)) = got {
+                        call.on_rtcp(now, from, &buf[..n]);
+                    }
+                    buf.clear();
+                    read_rtcp.set(recv_rtcp(rtcp_socket, buf));
+                    Ok(())
+                }
                 Wake::Sip if self.inbox.hangup.take() => break EndReason::Hangup,
                 Wake::Sip => Ok(()),
                 Wake::Events => {
@@ -660,6 +706,9 @@ impl<D: Dialog> Media<'_, D> {
             }
         };
         drop(read);
+        drop(read_rtcp);
+        call.rtcp_bye();
+        send_rtcp(&mut call, rtcp.as_ref().map(|(s, _)| s));
         if reason == EndReason::Transferred
             && let Some(target) = call.transfer_target()
         {

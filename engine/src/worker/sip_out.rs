@@ -18,7 +18,7 @@ use cxb_sip::outbound::{Dial, DialEvent, DialOutput, OutboundCall};
 use cxb_contract::call_token::CallClaims;
 use cxb_sip::sdp::SessionDescription;
 
-use super::call_loop::finish_bot;
+use super::call_loop::finish_bot_with;
 use super::sip::{Dialog, DialogEvent, DialogOutput, LINGER, Media, PortLease, Registered, SipInbox, linger, random, rtp_config};
 use super::*;
 use crate::protocol::{Start, StreamSid};
@@ -282,7 +282,11 @@ pub(super) async fn dial(worker: Rc<Worker>, stream: TcpStream, mut wire: Wire, 
         let (reason, mut call) = media.run_call(call, socket).await;
         guard.reason = reason;
         drop(lease);
-        finish_bot(&worker, &mut call, &call_id, reason).await;
+        let report = call.media_report();
+        finish_bot_with(&worker, &mut call, &call_id, reason, |result| {
+            result.metrics.insert("rtp".into(), report);
+        })
+        .await;
         drop(guard);
         cdr.ended_at_ms = unix_ms();
         cdr.cause = Some(reason.label().to_string());
@@ -357,7 +361,7 @@ fn connect(worker: &Worker, answer: &str, agent_bot: Option<Rc<cxb_contract::bot
         }
         None => None,
     };
-    Some(Call::over_rtp(worker.now(), CallConfig::new(Protocol::Twilio, kind), agent, rtp_config(&negotiated), start))
+    Some(Call::over_rtp(worker.now(), unix_ms(), CallConfig::new(Protocol::Twilio, kind), agent, rtp_config(&negotiated), start))
 }
 
 /// The INVITE's life until the callee answers (its SDP) or the call fails (its final status,
