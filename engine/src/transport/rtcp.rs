@@ -179,7 +179,7 @@ impl Rtcp {
         self.expected_prior = expected;
         self.received_prior = self.received;
         let interval_lost = interval_expected.saturating_sub(interval_received);
-        let fraction_lost = if interval_expected == 0 { 0 } else { (interval_lost * 256 / interval_expected).min(255) as u8 };
+        let fraction_lost = (interval_lost * 256).checked_div(interval_expected).map_or(0, |f| f.min(255) as u8);
         let (last_sr, delay) = match self.last_sr {
             Some((middle, at)) => (middle, (now.saturating_since(at).as_micros() * 65_536 / 1_000_000) as u32),
             None => (0, 0),
