@@ -20,7 +20,7 @@
 use std::collections::VecDeque;
 use std::time::Duration;
 
-use crate::message::{Message, Outgoing, RequestHead, StartLine, param, response, uri_of};
+use crate::message::{Message, Outgoing, RequestHead, StartLine, param, request_uri, response};
 
 /// RFC 3261's T1: the round-trip estimate.
 pub const T1: Duration = Duration::from_millis(500);
@@ -159,7 +159,7 @@ impl InboundCall {
             cseq: invite.cseq()?.0,
             branch: invite.branch().unwrap_or_default().to_string(),
             remote_tag: invite.tag("From").unwrap_or_default().to_string(),
-            remote_target: invite.header("Contact").map(uri_of).unwrap_or_default().to_string(),
+            remote_target: invite.header("Contact").and_then(request_uri).unwrap_or_default().to_string(),
             route: invite.header_lines("Record-Route").map(str::to_string).collect(),
         };
         let mut call = InboundCall {
@@ -346,7 +346,7 @@ impl InboundCall {
     fn request(&mut self, method: &str, extra: &[(&str, &str)]) -> String {
         self.local_cseq += 1;
         let head = &self.invite.head;
-        let target = if self.invite.remote_target.is_empty() { uri_of(&head.from) } else { self.invite.remote_target.as_str() };
+        let target = if self.invite.remote_target.is_empty() { request_uri(&head.from).unwrap_or("sip:anonymous@anonymous.invalid") } else { self.invite.remote_target.as_str() };
         let from = if param(&head.to, "tag").is_some() { head.to.clone() } else { format!("{};tag={}", head.to, self.local.tag) };
         let branch = format!("z9hG4bK{}{}{}", self.local.tag, method.to_ascii_lowercase(), self.local_cseq);
         let mut out = String::with_capacity(512);

@@ -289,6 +289,16 @@ pub fn uri_of(name_addr: &str) -> &str {
     }
 }
 
+/// The URI of a Contact (or any name-addr) when it can stand as a Request-URI: `sip:`,
+/// `sips:` or `tel:`, no spaces, quotes, angle brackets or control characters, at most 512
+/// bytes. A peer's malformed Contact must not make our requests unreadable.
+pub fn request_uri(name_addr: &str) -> Option<&str> {
+    let uri = uri_of(name_addr);
+    let scheme = ["sip:", "sips:", "tel:"].iter().any(|s| uri.get(..s.len()).is_some_and(|p| p.eq_ignore_ascii_case(s)));
+    let clean = uri.len() <= 512 && uri.len() > 4 && !uri.chars().any(|c| c.is_whitespace() || c.is_control() || matches!(c, '<' | '>' | '"'));
+    (scheme && clean).then_some(uri)
+}
+
 /// The user part of a `sip:`, `sips:` or `tel:` URI (`sip:+15550100@host;user=phone` →
 /// `+15550100`), without its parameters; `None` when there is none.
 pub fn user_of(uri: &str) -> Option<&str> {

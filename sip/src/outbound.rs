@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use crate::call::{T1, T2};
 use crate::digest::{Challenge, Credentials};
-use crate::message::{Message, Outgoing, StartLine, response, uri_of};
+use crate::message::{Message, Outgoing, StartLine, request_uri, response};
 
 const METHODS: &str = "INVITE, ACK, BYE, CANCEL, OPTIONS, INFO, UPDATE, NOTIFY";
 
@@ -355,7 +355,7 @@ impl OutboundCall {
         }
         self.resend = None;
         self.remote_tag = m.tag("To").unwrap_or_default().to_string();
-        self.remote_target = m.header("Contact").map(uri_of).unwrap_or(&self.dial.target).to_string();
+        self.remote_target = m.header("Contact").and_then(request_uri).unwrap_or(&self.dial.target).to_string();
         // The route set: each Record-Route entry, in reverse (RFC 3261 §12.1.2).
         self.route = m.headers("Record-Route").map(|r| r.trim().to_string()).collect();
         self.route.reverse();

@@ -150,3 +150,16 @@ fn we_hang_up_an_answered_call_with_a_bye_through_the_route() {
     feed(&mut call, secs(5.2), &answer(&sent[0], 200, "OK", &[], ""));
     assert_eq!(drain(&mut call).1, [DialEvent::Ended { remote: false }]);
 }
+
+#[test]
+fn a_malformed_contact_in_the_answer_leaves_the_target_as_dialled() {
+    let mut call = OutboundCall::new(secs(0.0), dial());
+    let invite = drain(&mut call).0.remove(0);
+    for contact in ["<D: out1", "sip:x y@host", "\"quoted\" <http://x>"] {
+        let mut call2 = OutboundCall::new(secs(0.0), dial());
+        drain(&mut call2);
+        feed(&mut call2, secs(1.0), &answer(&invite, 200, "OK", &[("Contact", contact)], "v=0\r\n"));
+        let (sent, _, _) = drain(&mut call2);
+        assert_eq!(start(&sent[0]), "ACK sip:+15550100@127.0.0.1:5080 SIP/2.0", "{contact}");
+    }
+}
