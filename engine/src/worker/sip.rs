@@ -92,13 +92,20 @@ pub(super) fn dispatch(worker: &Rc<Worker>, from: SipPeer, bytes: Vec<u8>) {
         return;
     }
     if message.method() == Some("INVITE") && message.tag("To").is_none() {
+        // The call's inbox exists from now on: what comes before its task first runs (a
+        // retransmitted INVITE, a CANCEL) waits there instead of starting a second call.
+        let inbox = register(worker, call_id);
         let worker = worker.clone();
         compio::runtime::spawn(async move {
             // A refused INVITE may be followed by another for the same Call-ID (with the
             // credentials a 401 asked for): the next call, on this worker.
-            let mut next = Some((from, bytes));
-            while let Some((from, bytes)) = next {
-                next = inbound(worker.clone(), from, bytes).await;
+            let mut next = Some((from, bytes, inbox));
+            while let Some((from, bytes, inbox)) = next {
+                next = inbound(worker.clone(), from, bytes, inbox).await.map(|(from, bytes)| {
+                    let call_id = Message::parse(&bytes).map(|m| m.call_id().to_string()).unwrap_or_default();
+                    let inbox = register(&worker, &call_id);
+                    (from, bytes, inbox)
+                });
             }
         })
         .detach();
@@ -106,6 +113,16 @@ pub(super) fn dispatch(worker: &Rc<Worker>, from: SipPeer, bytes: Vec<u8>) {
         // The call ended here between the SIP port's lookup and now.
         sip.forget(call_id);
     }
+}
+
+/// A new call's inbox, registered on this worker and in the SIP port's routes.
+fn register(worker: &Rc<Worker>, call_id: &str) -> Rc<SipInbox> {
+    let inbox = Rc::new(SipInbox::default());
+    worker.sip_calls.borrow_mut().insert(call_id.to_string(), inbox.clone());
+    if let Some(sip) = &worker.shared.sip {
+        sip.claim(call_id, worker.index);
+    }
+    inbox
 }
 
 /// Unregisters a SIP call from its worker and the SIP port however its task ends.
@@ -418,7 +435,7 @@ pub(super) fn flush<D: Dialog>(sip: &SipShared, dialog: &mut D, to: SipPeer, eve
 
 /// One inbound SIP call, from its INVITE to the dialog's end; a new INVITE for the same
 /// Call-ID that came after a refusal (answering a 401) is returned, to be the next call.
-async fn inbound(worker: Rc<Worker>, peer: SipPeer, invite: Vec<u8>) -> Option<(SipPeer, Vec<u8>)> {
+async fn inbound(worker: Rc<Worker>, peer: SipPeer, invite: Vec<u8>, inbox: Rc<SipInbox>) -> Option<(SipPeer, Vec<u8>)> {
     let sip = worker.shared.sip.as_ref()?;
     let message = Message::parse(&invite).ok()?;
     let user = match message.start {
@@ -432,12 +449,9 @@ async fn inbound(worker: Rc<Worker>, peer: SipPeer, invite: Vec<u8>) -> Option<(
         sent_by: sip.sent_by(),
         transport: peer.transport(),
     };
-    let mut dialog = InboundCall::new(&message, local)?;
-    let sip_call_id = dialog.call_id().to_string();
-    let inbox = Rc::new(SipInbox::default());
-    worker.sip_calls.borrow_mut().insert(sip_call_id.clone(), inbox.clone());
-    sip.claim(&sip_call_id, worker.index);
+    let sip_call_id = message.call_id().to_string();
     let registered = Registered { worker: worker.clone(), call_id: sip_call_id.clone() };
+    let mut dialog = InboundCall::new(&message, local)?;
     let mut events = Vec::new();
     flush(sip, &mut dialog, peer, &mut events);
     let admitted = worker.admit_sip(sip, user.as_deref(), &message, peer).await.and_then(|accepted| match worker.bind_rtp(sip) {

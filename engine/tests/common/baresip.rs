@@ -79,35 +79,51 @@ impl Baresip {
     pub fn start_as(user: &str, source: &[i16], params: &str) -> Baresip {
         let dir = tempdir();
         write_wav(&dir.join("tone.wav"), source);
-        let ctrl_port = free_port();
-        let sip_port = free_port();
-        let config = format!(
-            "poll_method epoll\nsip_listen 127.0.0.1:{sip}\naudio_player aubridge,x\naudio_source aufile,{dir}/tone.wav\naudio_alert aubridge,x\n\
-             module_path /usr/lib/baresip/modules\nmodule g711.so\nmodule aufile.so\nmodule aubridge.so\nmodule sndfile.so\nmodule menu.so\n\
-             module account.so\nmodule ctrl_tcp.so\nctrl_tcp_listen 127.0.0.1:{ctrl_port}\nsnd_path {dir}\n",
-            sip = sip_port,
-            dir = dir.display()
-        );
-        std::fs::write(dir.join("config"), config).expect("config");
         std::fs::write(dir.join("accounts"), format!("<sip:{user}@127.0.0.1>;regint=0;answermode=auto;audio_codecs=PCMU{params}\n")).expect("accounts");
-        let child = Command::new("baresip")
-            .arg("-f")
-            .arg(&dir)
-            .stdin(Stdio::null())
-            .stdout(std::fs::File::create(dir.join("baresip.log")).expect("log"))
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("baresip runs (apt-get install baresip-core; .ci/run does)");
-        let until = Instant::now() + Duration::from_secs(10);
-        let ctrl = loop {
-            match TcpStream::connect(("127.0.0.1", ctrl_port)) {
-                Ok(s) => break s,
-                Err(e) if Instant::now() > until => panic!("baresip's ctrl_tcp: {e}"),
-                Err(_) => std::thread::sleep(Duration::from_millis(50)),
+        // Ports are picked free and then bound by baresip (its SIP port, TLS on the next one,
+        // its control port): another process may take one in between, so a start that does
+        // not come up is tried again with new ports.
+        for _ in 0..3 {
+            let (ctrl_port, sip_port) = (free_port(), free_port());
+            if ctrl_port.abs_diff(sip_port) <= 1 {
+                continue;
             }
-        };
-        ctrl.set_read_timeout(Some(Duration::from_millis(200))).expect("timeout");
-        Baresip { sip: ([127, 0, 0, 1], sip_port).into(), child, ctrl, dir, buf: Vec::new() }
+            let config = format!(
+                "poll_method epoll\nsip_listen 127.0.0.1:{sip_port}\naudio_player aubridge,x\naudio_source aufile,{dir}/tone.wav\naudio_alert aubridge,x\n\
+                 module_path /usr/lib/baresip/modules\nmodule g711.so\nmodule aufile.so\nmodule aubridge.so\nmodule sndfile.so\nmodule menu.so\n\
+                 module account.so\nmodule ctrl_tcp.so\nctrl_tcp_listen 127.0.0.1:{ctrl_port}\nsnd_path {dir}\n",
+                dir = dir.display()
+            );
+            std::fs::write(dir.join("config"), config).expect("config");
+            let mut child = Command::new("baresip")
+                .arg("-f")
+                .arg(&dir)
+                .stdin(Stdio::null())
+                .stdout(std::fs::File::create(dir.join("baresip.log")).expect("log"))
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("baresip runs (apt-get install baresip-core; .ci/run does)");
+            let until = Instant::now() + Duration::from_secs(5);
+            let ctrl = loop {
+                match TcpStream::connect(("127.0.0.1", ctrl_port)) {
+                    Ok(s) => break Some(s),
+                    Err(_) if Instant::now() > until => break None,
+                    Err(_) => std::thread::sleep(Duration::from_millis(50)),
+                }
+            };
+            let up = std::fs::read_to_string(dir.join("baresip.log")).is_ok_and(|log| !log.contains("Address already in use"));
+            match ctrl {
+                Some(ctrl) if up => {
+                    ctrl.set_read_timeout(Some(Duration::from_millis(200))).expect("timeout");
+                    return Baresip { sip: ([127, 0, 0, 1], sip_port).into(), child, ctrl, dir, buf: Vec::new() };
+                }
+                _ => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                }
+            }
+        }
+        panic!("baresip did not come up: {}", std::fs::read_to_string(dir.join("baresip.log")).unwrap_or_default());
     }
 
     pub fn command(&mut self, command: &str, params: &str) {
