@@ -236,6 +236,9 @@ fn options_is_answered_and_garbage_on_the_port_disturbs_no_call() {
     let pong = ping.next_sip(Duration::from_secs(5)).expect("an answer");
     assert!(pong.starts_with("SIP/2.0 200") && pong.contains("Allow:"), "{pong}");
     assert_eq!(health(engine.local_addr())["live_calls"], 1);
+    let (_, metrics) = common::get(engine.local_addr(), "/metrics");
+    let malformed = metrics.lines().find_map(|l| l.strip_prefix("cxb_sip_malformed_total ")).and_then(|v| v.parse::<u64>().ok());
+    assert!(malformed.is_some_and(|n| n >= 25 * 3), "the garbage is counted: {malformed:?}");
     engine.shutdown();
 }
 

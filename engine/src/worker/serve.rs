@@ -150,6 +150,14 @@ async fn route(worker: Rc<Worker>, stream: TcpStream, mut wire: Wire, req: Reque
             if let Some(results) = &worker.shared.config.results {
                 crate::metrics::render_gauges(&mut body, &results.gauges());
             }
+            if let Some(sip) = &worker.shared.sip {
+                use std::sync::atomic::Ordering::Relaxed;
+                let counters = [
+                    ("cxb_sip_malformed_total", "Datagrams and TCP streams on the SIP port that were not SIP (dropped, or the connection closed).", sip.counters.malformed.load(Relaxed)),
+                    ("cxb_sip_busy_total", "INVITEs the SIP port refused with 503 because every worker was full.", sip.counters.busy.load(Relaxed)),
+                ];
+                crate::metrics::render_gauges(&mut body, &counters);
+            }
             return reply(
                 &stream,
                 &mut wire,
