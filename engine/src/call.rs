@@ -181,11 +181,6 @@ impl Call<RtpTransport> {
         self.transport.recycle(buf);
     }
 
-    /// The RTP counters.
-    pub fn rtp_stats(&self) -> crate::transport::RtpStats {
-        self.transport.stats()
-    }
-
     /// A datagram on the call's RTCP port.
     pub fn on_rtcp(&mut self, now: Timestamp, from: std::net::SocketAddr, datagram: &[u8]) {
         self.transport.on_rtcp(now, from, datagram);
