@@ -100,12 +100,10 @@ pub(crate) struct SipShared {
 
 impl SipShared {
     pub(crate) fn bind(config: &SipConfig) -> std::io::Result<SipShared> {
-        let socket = UdpSocket::bind(config.listen)?;
+        let (socket, listener) = Self::bind_pair(config.listen)?;
         // Wakes the reading thread now and then to see whether the engine is stopping.
         socket.set_read_timeout(Some(Duration::from_millis(200)))?;
         let local = socket.local_addr()?;
-        // TCP on the same port (the UDP one, when the configured port was 0).
-        let listener = TcpListener::bind(local)?;
         let advertise = config.advertise.unwrap_or(match local.ip() {
             ip if ip.is_unspecified() => IpAddr::from([127, 0, 0, 1]),
             ip => ip,
@@ -127,6 +125,23 @@ impl SipShared {
             counters: SipCounters::default(),
             nonce_key,
         })
+    }
+
+    /// UDP and TCP on the same port. With port 0 the UDP socket picks it, and a port whose
+    /// TCP side is taken is given up for another (a few times).
+    fn bind_pair(listen: SocketAddr) -> std::io::Result<(UdpSocket, TcpListener)> {
+        let mut tries = 0;
+        loop {
+            let socket = UdpSocket::bind(listen)?;
+            match TcpListener::bind(socket.local_addr()?) {
+                Ok(listener) => return Ok((socket, listener)),
+                Err(e) if listen.port() == 0 && tries < 8 => {
+                    tracing::debug!("SIP port's TCP side taken ({e}); another port");
+                    tries += 1;
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     /// `host:port` as peers reach this engine, for Contact and Via.
