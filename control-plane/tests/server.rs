@@ -16,8 +16,9 @@ use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Two hundred clients each send a request head one byte every 1 to 2 s; a fresh connection
-/// to `/health` keeps answering within a second all along, and each slow client is
-/// disconnected once its head is `header_read_timeout` late.
+/// to `/health` keeps answering all along (well before the slow heads time out, which is
+/// when a server that waited on them would answer), and each slow client is disconnected
+/// once its head is `header_read_timeout` late.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_request_heads_are_cut_off_while_health_keeps_answering() {
     let defaults = ApiConfig::new("127.0.0.1:0".parse().unwrap(), "sqlite::memory:");
@@ -62,11 +63,13 @@ async fn slow_request_heads_are_cut_off_while_health_keeps_answering() {
         let r = probe.get(format!("{}/health", api.base)).send().await.unwrap();
         let took = t.elapsed();
         assert_eq!(r.status(), 200);
-        assert!(took < Duration::from_secs(1), "/health took {took:?} with 200 slow clients");
+        // Not a speed bar: a shared CI machine has taken just over a second here. A server
+        // starved by the slow heads would answer only once they were cut off, 4 s in.
+        assert!(took < head_timeout / 2, "/health took {took:?} with 200 slow clients");
         probes += 1;
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
-    assert!(probes >= 15, "{probes} probes");
+    assert!(probes >= 8, "{probes} probes");
 
     for client in slow {
         let lived = tokio::time::timeout(Duration::from_secs(5), client).await.expect("the slow client was cut off").unwrap();
@@ -152,7 +155,8 @@ async fn requests_past_the_in_flight_limit_answer_503_overloaded() {
     let refused = api.get("/v1/me", &token).await;
     assert_eq!((refused.status, refused.code()), (503, "overloaded"), "{}", refused.body);
     assert_eq!(refused.headers.get("retry-after").unwrap(), "1");
-    assert!(started.elapsed() < Duration::from_secs(1), "refused at once, not queued");
+    // A queued request would wait for the held calls, which are let go only below.
+    assert!(started.elapsed() < Duration::from_secs(5), "refused at once, not queued");
     assert_eq!(api.raw(Method::GET, "/health", None, None).await.status, 200, "probes are outside the limit");
 
     held.open();

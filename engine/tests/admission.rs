@@ -279,7 +279,9 @@ fn slow_request_heads_from_one_address_cannot_starve_health() {
         assert_eq!(status, 200);
         std::thread::sleep(Duration::from_millis(500));
     }
-    assert!(worst < Duration::from_secs(1), "health answered within {worst:?} each time");
+    // Not a speed bar (a shared CI machine is slow at times): a starved engine would answer
+    // only when the slow heads time out, 10 s after they opened.
+    assert!(worst < Duration::from_secs(4), "health answered within {worst:?} each time");
     // Beyond 64 waiting heads, the address's further connections were turned away at once.
     let refused = slow
         .iter_mut()
