@@ -69,7 +69,8 @@ async fn a_trunk_calls_a_number_its_bot_answers_and_the_result_says_sip() {
     let heard = tokio::task::spawn_blocking({
         let sip = sip.clone();
         move || {
-            let mut phone = Baresip::start(&audio, "");
+            // baresip offers only Opus: the engine answers Opus (the later calls are G.711).
+            let mut phone = Baresip::start_with("opus", "phone", &audio, "");
             phone.command("dial", &format!("sip:+15550100@{sip}"));
             converse_and_hang_up(&mut phone);
             phone.heard()
@@ -92,6 +93,7 @@ async fn a_trunk_calls_a_number_its_bot_answers_and_the_result_says_sip() {
     assert_eq!((call["from"].as_str(), call["to"].as_str()), (Some("phone"), Some("+15550100")), "{call}");
     assert_eq!(call["metrics"]["transport"], "sip", "{call}");
     let rtp = &call["metrics"]["rtp"];
+    assert_eq!(rtp["codec"], "opus", "{rtp}");
     assert!(rtp["packets_in"].as_u64().is_some_and(|n| n > 200) && rtp["packets_out"].as_u64().is_some_and(|n| n > 200), "{rtp}");
     assert!(rtp["rtcp_sent"].as_u64().is_some_and(|n| n >= 1), "our sender reports: {rtp}");
     assert_eq!(rtp["lost"], 0, "{rtp}");

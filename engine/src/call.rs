@@ -18,6 +18,7 @@ use crate::metrics::WorkerMetrics;
 use crate::protocol::Protocol;
 use crate::results::Recording;
 use crate::session::{Output, Session, SessionConfig, SessionEvent};
+use crate::transport::opus::OpusError;
 use crate::transport::{RtpConfig, RtpEvent, RtpTransport, Transport, WsEvent, WsTransport};
 
 /// Settings of a call.
@@ -142,12 +143,14 @@ impl Call<WsTransport> {
 impl Call<RtpTransport> {
     /// A SIP call's media as `rtp` negotiated it, its bot started at `now` (the call is
     /// answered): `start` says who called whom.
-    pub fn over_rtp(now: Timestamp, unix_ms: u64, config: CallConfig, agent: Option<Agent>, rtp: RtpConfig, start: &crate::protocol::Start) -> Call<RtpTransport> {
+    /// An error only if the codec (libopus) cannot start.
+    pub fn over_rtp(now: Timestamp, unix_ms: u64, config: CallConfig, agent: Option<Agent>, rtp: RtpConfig, start: &crate::protocol::Start) -> Result<Call<RtpTransport>, OpusError> {
         let session = SessionConfig { keys_out_of_band: rtp.dtmf.is_some(), ..config.session() };
-        let mut call = Call::with_transport(RtpTransport::new(rtp), Session::new(session, rtp.codec, bot_for(&config, agent)));
+        let encoding = rtp.codec.session_encoding();
+        let mut call = Call::with_transport(RtpTransport::new(rtp)?, Session::new(session, encoding, bot_for(&config, agent)));
         call.transport.start(now, unix_ms);
-        call.session.start(now, rtp.codec, start);
-        call
+        call.session.start(now, encoding, start);
+        Ok(call)
     }
 
     /// Handles one datagram from `from` received at `now`.
@@ -176,6 +179,11 @@ impl Call<RtpTransport> {
         self.transport.poll_transmit()
     }
 
+    /// The payload type the call's audio runs under.
+    pub fn payload_type(&self) -> u8 {
+        self.transport.payload_type()
+    }
+
     /// Returns a sent datagram's buffer for reuse.
     pub fn recycle(&mut self, buf: Vec<u8>) {
         self.transport.recycle(buf);
@@ -200,6 +208,7 @@ impl Call<RtpTransport> {
     pub fn media_report(&self) -> serde_json::Value {
         let (rtp, rtcp) = (self.transport.stats(), self.transport.rtcp_stats());
         serde_json::json!({
+            "codec": self.transport.codec_name(),
             "packets_in": rtp.packets_in,
             "packets_out": rtp.packets_out,
             "lost": rtcp.lost,

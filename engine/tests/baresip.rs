@@ -26,10 +26,10 @@ fn frequency(samples: &[i16]) -> f64 {
 }
 
 #[test]
-fn baresip_calls_the_echo_bot_over_udp_and_tcp_hears_its_own_tone_and_hangs_up() {
+fn baresip_calls_the_echo_bot_over_udp_and_tcp_and_in_opus_hears_its_own_tone_and_hangs_up() {
     let (engine, sip) = sip_engine();
-    for transport in ["", ";transport=tcp"] {
-        let mut phone = Baresip::start(&tone(10), "");
+    for (codec, transport) in [("PCMU", ""), ("PCMU", ";transport=tcp"), ("opus", "")] {
+        let mut phone = Baresip::start_with(codec, "phone", &tone(10), "");
         phone.command("dial", &format!("sip:echo@{sip}{transport}"));
         assert!(phone.event("CALL_ESTABLISHED", Duration::from_secs(10)).is_some(), "{transport}: {}", phone.log());
         assert!(eventually(Duration::from_secs(5), || health(engine.local_addr())["live_calls"] == 1));
@@ -37,15 +37,16 @@ fn baresip_calls_the_echo_bot_over_udp_and_tcp_hears_its_own_tone_and_hangs_up()
         phone.command("hangup", "");
         assert!(phone.event("CALL_CLOSED", Duration::from_secs(5)).is_some(), "{}", phone.log());
         assert!(eventually(Duration::from_secs(5), || health(engine.local_addr())["live_calls"] == 0), "the BYE ended the call");
+        assert!(phone.log().contains(&format!("Set audio decoder: {codec}")), "{codec} was negotiated: {}", phone.log());
         let heard = phone.heard();
         // The middle of what it heard (past the first packets, before the hang-up): the echo of
         // its own tone.
         assert!(heard.len() >= 12_000, "heard {} samples", heard.len());
         let tail = &heard[heard.len() / 4..heard.len() * 3 / 4];
         let rms = (tail.iter().map(|&s| f64::from(s).powi(2)).sum::<f64>() / tail.len().max(1) as f64).sqrt();
-        assert!(rms > 3_000.0, "{transport}: heard the echo, RMS {rms:.0}");
+        assert!(rms > 3_000.0, "{codec}{transport}: heard the echo, RMS {rms:.0}");
         let f = frequency(tail);
-        assert!((400.0..480.0).contains(&f), "{transport}: at 440 Hz: {f:.0}");
+        assert!((400.0..480.0).contains(&f), "{codec}{transport}: at 440 Hz: {f:.0}");
     }
     engine.shutdown();
 }

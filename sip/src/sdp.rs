@@ -1,5 +1,5 @@
 //! SDP (RFC 4566) for one audio stream and the offer/answer a SIP endpoint needs (RFC 3264):
-//! G.711 (PCMU, PCMA) and telephone-event (RFC 4733), the peer's address and port, its
+//! G.711 (PCMU, PCMA), Opus (RFC 7587) and telephone-event (RFC 4733), the peer's address and port, its
 //! direction (hold is `sendonly`/`inactive` or the RFC 2543 `c=0.0.0.0`), `ptime`. Lines this
 //! code does not use are kept out of the parse but never make it fail; lines that are there
 //! and malformed do.
@@ -29,7 +29,7 @@ pub enum SdpError {
     #[error("no audio stream offered")]
     NoAudio,
     /// The audio offers no codec this endpoint speaks (488 Not Acceptable Here).
-    #[error("no common codec (this endpoint speaks PCMU and PCMA)")]
+    #[error("no common codec (this endpoint speaks PCMU, PCMA and Opus)")]
     NoCommonCodec,
 }
 
@@ -106,28 +106,43 @@ pub struct SessionDescription {
     pub audio: Audio,
 }
 
-/// G.711 as this endpoint speaks it.
+/// The audio codecs this endpoint speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Codec {
-    /// Payload type 0.
+    /// G.711 mu-law, payload type 0.
     Pcmu,
-    /// Payload type 8.
+    /// G.711 A-law, payload type 8.
     Pcma,
+    /// Opus (RFC 7587) under the dynamic payload type the offer gave it; its RTP clock is
+    /// 48 kHz whatever the audio's bandwidth.
+    Opus(u8),
 }
 
 impl Codec {
-    /// Its static payload type.
+    /// Its payload type.
     pub const fn payload_type(self) -> u8 {
         match self {
             Codec::Pcmu => 0,
             Codec::Pcma => 8,
+            Codec::Opus(pt) => pt,
         }
     }
 
-    const fn name(self) -> &'static str {
+    /// Its RTP clock rate in Hz.
+    pub const fn clock_rate(self) -> u32 {
         match self {
-            Codec::Pcmu => "PCMU",
-            Codec::Pcma => "PCMA",
+            Codec::Pcmu | Codec::Pcma => 8000,
+            Codec::Opus(_) => 48_000,
+        }
+    }
+
+    /// Its `a=rtpmap` encoding: name, clock rate and, for Opus, the two channels RFC 7587
+    /// requires there (mono is asked for with `stereo=0`).
+    const fn rtpmap(self) -> &'static str {
+        match self {
+            Codec::Pcmu => "PCMU/8000",
+            Codec::Pcma => "PCMA/8000",
+            Codec::Opus(_) => "opus/48000/2",
         }
     }
 }
@@ -139,6 +154,8 @@ pub struct Negotiated {
     pub codec: Codec,
     /// The payload type of telephone events, if both sides take them.
     pub dtmf: Option<u8>,
+    /// Their clock rate: the audio's where the offer has events at that rate, else 8 kHz.
+    pub dtmf_clock: u32,
     /// Where to send RTP (`None` while on hold with `c=0.0.0.0` or port 0).
     pub remote: Option<(IpAddr, u16)>,
     /// The peer's direction.
@@ -233,7 +250,8 @@ impl SessionDescription {
         Ok(SessionDescription { session_id, version, audio })
     }
 
-    /// The encoding a payload type stands for in this description (static types by number).
+    /// The encoding a payload type stands for in this description (static types by number),
+    /// and its clock rate.
     fn encoding(&self, pt: u8) -> Option<(&str, u32)> {
         if let Some(m) = self.audio.rtpmaps.iter().find(|m| m.payload_type == pt) {
             return Some((m.encoding.as_str(), m.clock_rate));
@@ -245,30 +263,48 @@ impl SessionDescription {
         }
     }
 
-    /// What this endpoint takes of an offer: the first G.711 codec in the offer's order, and
-    /// telephone events at 8 kHz if offered.
+    /// What this endpoint takes of an offer: the first codec it speaks in the offer's order
+    /// (the offerer's preference), and telephone events, at the audio's clock rate if offered
+    /// so, else at 8 kHz.
     pub fn negotiate(&self) -> Result<Negotiated, SdpError> {
-        let codec = self
-            .audio
-            .formats
-            .iter()
-            .find_map(|&pt| match self.encoding(pt) {
-                Some((e, 8000)) if e.eq_ignore_ascii_case("PCMU") && pt == 0 => Some(Codec::Pcmu),
-                Some((e, 8000)) if e.eq_ignore_ascii_case("PCMA") && pt == 8 => Some(Codec::Pcma),
-                _ => None,
-            })
+        self.negotiate_keeping(None)
+    }
+
+    /// [`SessionDescription::negotiate`] for a new offer in a call whose media runs under
+    /// payload type `current`: that codec stays if the offer still has it (a re-INVITE that
+    /// only holds the call, or lists its codecs in another order, changes nothing).
+    pub fn renegotiate(&self, current: u8) -> Result<Negotiated, SdpError> {
+        self.negotiate_keeping(Some(current))
+    }
+
+    fn codec(&self, pt: u8) -> Option<Codec> {
+        match self.encoding(pt) {
+            Some((e, 8000)) if e.eq_ignore_ascii_case("PCMU") && pt == 0 => Some(Codec::Pcmu),
+            Some((e, 8000)) if e.eq_ignore_ascii_case("PCMA") && pt == 8 => Some(Codec::Pcma),
+            Some((e, 48_000)) if e.eq_ignore_ascii_case("opus") && pt >= 96 => Some(Codec::Opus(pt)),
+            _ => None,
+        }
+    }
+
+    fn negotiate_keeping(&self, current: Option<u8>) -> Result<Negotiated, SdpError> {
+        let offered = |pt: &u8| self.audio.formats.contains(pt);
+        let codec = current
+            .filter(offered)
+            .and_then(|pt| self.codec(pt))
+            .or_else(|| self.audio.formats.iter().find_map(|&pt| self.codec(pt)))
             .ok_or(SdpError::NoCommonCodec)?;
-        let dtmf = self
-            .audio
-            .formats
-            .iter()
-            .copied()
-            .find(|&pt| matches!(self.encoding(pt), Some((e, 8000)) if e.eq_ignore_ascii_case("telephone-event")));
+        let events_at = |clock: u32| {
+            self.audio.formats.iter().copied().find(|&pt| matches!(self.encoding(pt), Some((e, c)) if c == clock && e.eq_ignore_ascii_case("telephone-event")))
+        };
+        let (dtmf, dtmf_clock) = match events_at(codec.clock_rate()) {
+            Some(pt) => (Some(pt), codec.clock_rate()),
+            None => (events_at(8000), 8000),
+        };
         let remote = match self.audio.address {
             Some(addr) if !addr.is_unspecified() && self.audio.port != 0 => Some((addr, self.audio.port)),
             _ => None,
         };
-        Ok(Negotiated { codec, dtmf, remote, direction: self.audio.direction, ptime: self.audio.ptime.filter(|p| (10..=60).contains(p)).unwrap_or(20) })
+        Ok(Negotiated { codec, dtmf, dtmf_clock, remote, direction: self.audio.direction, ptime: self.audio.ptime.filter(|p| (10..=60).contains(p)).unwrap_or(20) })
     }
 }
 
@@ -288,15 +324,16 @@ pub struct Local {
 impl Local {
     /// An answer to `negotiated` (from [`SessionDescription::negotiate`]).
     pub fn answer(&self, negotiated: &Negotiated) -> String {
-        self.write(&[negotiated.codec], negotiated.dtmf, negotiated.direction.answer(), negotiated.ptime)
+        self.write(&[negotiated.codec], negotiated.dtmf.map(|pt| (pt, negotiated.dtmf_clock)), negotiated.direction.answer(), negotiated.ptime)
     }
 
-    /// An offer of PCMU, PCMA and telephone events (payload type 101).
+    /// An offer of PCMU, PCMA and telephone events (payload type 101): what every trunk
+    /// takes (the engine answers Opus when a caller offers it).
     pub fn offer(&self) -> String {
-        self.write(&[Codec::Pcmu, Codec::Pcma], Some(101), Direction::SendRecv, 20)
+        self.write(&[Codec::Pcmu, Codec::Pcma], Some((101, 8000)), Direction::SendRecv, 20)
     }
 
-    fn write(&self, codecs: &[Codec], dtmf: Option<u8>, direction: Direction, ptime: u32) -> String {
+    fn write(&self, codecs: &[Codec], dtmf: Option<(u8, u32)>, direction: Direction, ptime: u32) -> String {
         let ip = match self.address {
             IpAddr::V4(_) => "IP4",
             IpAddr::V6(_) => "IP6",
@@ -306,15 +343,19 @@ impl Local {
         for c in codecs {
             let _ = write!(s, " {}", c.payload_type());
         }
-        if let Some(pt) = dtmf {
+        if let Some((pt, _)) = dtmf {
             let _ = write!(s, " {pt}");
         }
         s.push_str("\r\n");
         for c in codecs {
-            let _ = write!(s, "a=rtpmap:{} {}/8000\r\n", c.payload_type(), c.name());
+            let _ = write!(s, "a=rtpmap:{} {}\r\n", c.payload_type(), c.rtpmap());
+            if let Codec::Opus(pt) = c {
+                // Mono, and no more than telephone bandwidth: the engine decodes at 8 kHz.
+                let _ = write!(s, "a=fmtp:{pt} stereo=0;sprop-stereo=0;maxplaybackrate=8000;sprop-maxcapturerate=8000;useinbandfec=1\r\n");
+            }
         }
-        if let Some(pt) = dtmf {
-            let _ = write!(s, "a=rtpmap:{pt} telephone-event/8000\r\na=fmtp:{pt} 0-16\r\n");
+        if let Some((pt, clock)) = dtmf {
+            let _ = write!(s, "a=rtpmap:{pt} telephone-event/{clock}\r\na=fmtp:{pt} 0-16\r\n");
         }
         let _ = write!(s, "a=ptime:{ptime}\r\na={}\r\n", direction.attribute());
         s
@@ -342,11 +383,33 @@ mod tests {
         a=sendonly\r\n";
 
     #[test]
-    fn an_offer_is_answered_with_its_first_g711_codec_and_telephone_events() {
+    fn an_offer_is_answered_with_its_first_codec_this_endpoint_speaks_and_telephone_events() {
         let offer = SessionDescription::parse(OFFER).expect("an offer");
         assert_eq!((offer.session_id, offer.version), (1728, 3));
         assert_eq!(offer.audio.formats, [96, 8, 0, 101]);
         assert_eq!(offer.audio.direction, Direction::SendRecv, "the video's sendonly is not the audio's");
+        let n = offer.negotiate().expect("Opus is offered");
+        assert_eq!((n.codec, n.dtmf, n.dtmf_clock), (Codec::Opus(96), Some(101), 8000), "events only at 8 kHz are taken as they are");
+        let local = Local { address: "127.0.0.1".parse().expect("ip"), port: 20_000, session_id: 9, version: 1 };
+        let answer = local.answer(&n);
+        assert!(answer.contains("a=rtpmap:96 opus/48000/2\r\na=fmtp:96 stereo=0;"), "{answer}");
+        assert!(answer.contains("a=rtpmap:101 telephone-event/8000\r\n"), "{answer}");
+        let back = SessionDescription::parse(&answer).and_then(|a| a.negotiate()).expect("our answer is acceptable");
+        assert_eq!(back.codec, Codec::Opus(96));
+        // Events at the audio's 48 kHz clock are preferred where offered.
+        let both = OFFER.replace("96 8 0 101", "96 8 0 101 102").replace("a=ptime", "a=rtpmap:102 telephone-event/48000\r\na=ptime");
+        let n = SessionDescription::parse(&both).and_then(|o| o.negotiate()).expect("offer");
+        assert_eq!((n.dtmf, n.dtmf_clock), (Some(102), 48_000));
+        assert!(local.answer(&n).contains("a=rtpmap:102 telephone-event/48000\r\n"));
+        // Opus under a static payload type, or at another clock, is not Opus.
+        let odd = OFFER.replace("96 8 0 101", "8 0 101").replace("a=rtpmap:96 opus/48000/2", "a=rtpmap:97 opus/16000/2");
+        assert_eq!(SessionDescription::parse(&odd).and_then(|o| o.negotiate()).map(|n| n.codec), Ok(Codec::Pcma));
+        // A re-offer keeps the codec the call runs on while it is offered.
+        let reoffer = SessionDescription::parse(OFFER).expect("offer");
+        assert_eq!(reoffer.renegotiate(0).map(|n| n.codec), Ok(Codec::Pcmu));
+        assert_eq!(reoffer.renegotiate(9).map(|n| n.codec), Ok(Codec::Opus(96)), "not offered: the offer's first");
+
+        let offer = SessionDescription::parse(&OFFER.replace("96 8 0 101", "8 0 96 101")).expect("an offer");
         let n = offer.negotiate().expect("G.711 is offered");
         assert_eq!(n.codec, Codec::Pcma, "the offer's order: PCMA before PCMU");
         assert_eq!(n.dtmf, Some(101));
@@ -368,8 +431,8 @@ mod tests {
         assert_eq!((n.direction, n.direction.answer()), (Direction::SendOnly, Direction::RecvOnly));
         let old_hold = OFFER.replace("c=IN IP4 127.0.0.1", "c=IN IP4 0.0.0.0");
         assert_eq!(SessionDescription::parse(&old_hold).and_then(|s| s.negotiate()).map(|n| n.remote), Ok(None));
-        let opus_only = OFFER.replace("m=audio 10002 RTP/AVP 96 8 0 101", "m=audio 10002 RTP/AVP 96 101");
-        assert_eq!(SessionDescription::parse(&opus_only).and_then(|s| s.negotiate()), Err(SdpError::NoCommonCodec));
+        let g722_only = OFFER.replace("m=audio 10002 RTP/AVP 96 8 0 101", "m=audio 10002 RTP/AVP 9 101");
+        assert_eq!(SessionDescription::parse(&g722_only).and_then(|s| s.negotiate()), Err(SdpError::NoCommonCodec));
         let video_only = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nm=video 9 RTP/AVP 97\r\n";
         assert_eq!(SessionDescription::parse(video_only), Err(SdpError::NoAudio));
     }

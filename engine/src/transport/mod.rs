@@ -4,15 +4,16 @@
 //! `now` in, bytes out; the worker owns the sockets.
 //!
 //! - [`ws`]: the carriers' telephony WebSockets (Twilio / Cloudonix, Exotel).
-//! - [`rtp`]: RTP media of a SIP call (G.711 and RFC 4733 keys), symmetric, paced.
+//! - [`rtp`]: RTP media of a SIP call (G.711 or Opus, RFC 4733 keys), symmetric, paced.
 //!
 //! [`Transmit`]: crate::session::Transmit
 
+pub mod opus;
 pub mod rtcp;
 pub mod rtp;
 pub mod ws;
 
-pub use rtp::{RtpConfig, RtpEvent, RtpStats, RtpTransport};
+pub use rtp::{RtpCodec, RtpConfig, RtpEvent, RtpStats, RtpTransport};
 pub use ws::{WsEvent, WsStats, WsTransport};
 
 use cxb_media::Timestamp;

@@ -39,6 +39,8 @@ pub struct Rtcp {
     cname: String,
     /// The stream's clock at `now` zero, as Unix ms (for our NTP times).
     wallclock: Option<(Timestamp, u64)>,
+    /// RTP clock ticks per millisecond.
+    khz: u32,
     due: Option<Timestamp>,
     remote: Option<SocketAddr>,
     latched: bool,
@@ -61,11 +63,13 @@ pub struct Rtcp {
 }
 
 impl Rtcp {
-    /// RTCP for our stream `ssrc`, reporting as `cname`.
-    pub fn new(ssrc: u32, cname: String) -> Rtcp {
+    /// RTCP for our stream `ssrc`, reporting as `cname`; the streams' RTP clock ticks `khz`
+    /// thousand times a second.
+    pub fn new(ssrc: u32, cname: String, khz: u32) -> Rtcp {
         Rtcp {
             ssrc,
             cname,
+            khz,
             wallclock: None,
             due: None,
             remote: None,
@@ -104,14 +108,14 @@ impl Rtcp {
     }
 
     /// A packet of the peer's stream arrived at `now`: its SSRC, extended sequence number and
-    /// RTP timestamp (8 kHz).
+    /// RTP timestamp.
     pub fn received(&mut self, now: Timestamp, ssrc: u32, sequence: u64, timestamp: u32) {
         self.peer_ssrc = Some(ssrc);
         self.received += 1;
         self.first.get_or_insert(sequence);
         self.highest = self.highest.max(sequence);
         // RFC 3550 A.8: the transit time's variation, smoothed by 1/16, in timestamp units.
-        let arrival = (now.as_micros() * 8 / 1000) as i64;
+        let arrival = (now.as_micros() * u64::from(self.khz) / 1000) as i64;
         let transit = arrival - i64::from(timestamp);
         if let Some(last) = self.last_transit {
             let d = (transit - last).unsigned_abs() as f64;
@@ -146,7 +150,7 @@ impl Rtcp {
             };
             if let Some(b) = blocks.iter().find(|b| b.ssrc == self.ssrc) {
                 self.stats.peer_fraction_lost = Some(f64::from(b.fraction_lost) / 256.0);
-                self.stats.peer_jitter_ms = Some(f64::from(b.jitter) / 8.0);
+                self.stats.peer_jitter_ms = Some(f64::from(b.jitter) / f64::from(self.khz));
             }
         }
         true
@@ -223,7 +227,7 @@ impl Rtcp {
             Some(first) => (self.highest - first + 1).saturating_sub(self.received),
             None => 0,
         };
-        RtcpStats { lost, jitter_ms: self.jitter / 8.0, ..self.stats }
+        RtcpStats { lost, jitter_ms: self.jitter / f64::from(self.khz), ..self.stats }
     }
 }
 
@@ -237,7 +241,7 @@ mod tests {
 
     #[test]
     fn reports_count_losses_and_jitter_and_go_where_the_peers_rtcp_comes_from() {
-        let mut r = Rtcp::new(0xabc, "cxb@127.0.0.1".into());
+        let mut r = Rtcp::new(0xabc, "cxb@127.0.0.1".into(), 8);
         let peer: SocketAddr = "127.0.0.1:4000".parse().expect("addr");
         r.start(at(0), 1_700_000_000_000, Some(peer));
         assert_eq!(r.deadline(), Some(at(2_500)));

@@ -1,5 +1,6 @@
 //! The media of a SIP call over RTP, sans-IO: datagrams in, whole 20 ms frames of the
-//! negotiated G.711 codec and key presses out; the session's audio out as RTP packets, one per
+//! negotiated G.711 codec (or, for Opus, 8 kHz linear samples) and key presses out; the
+//! session's audio out as RTP packets, one per
 //! 20 ms frame, with silence every 20 ms once the bot has been quiet for a period (a SIP peer
 //! expects a continuous stream and may hang up on a silent one). The caller's address is
 //! latched from its first packet (symmetric RTP, for callers behind NAT); packets from any
@@ -14,22 +15,54 @@ use cxb_codecs::rtp::{DtmfReceiver, RtpPacket, SequenceUnwrapper, TelephoneEvent
 use cxb_media::Timestamp;
 use cxb_media::jitter::JitterBuffer;
 
+use super::opus::{Opus, OpusError};
 use super::rtcp::{Rtcp, RtcpStats};
 use crate::session::Transmit;
 
-/// 20 ms of G.711 at 8 kHz.
-const FRAME: usize = 160;
 const PERIOD: Duration = Duration::from_millis(20);
+
+/// The audio codec of a call's RTP.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RtpCodec {
+    /// G.711 mu-law.
+    Pcmu,
+    /// G.711 A-law.
+    Pcma,
+    /// Opus, decoded to and encoded from 8 kHz.
+    Opus,
+}
+
+impl RtpCodec {
+    /// How the session hears and speaks on such a call: G.711 as it travels, Opus as 16-bit
+    /// linear samples at 8 kHz.
+    pub const fn session_encoding(self) -> Encoding {
+        match self {
+            RtpCodec::Pcmu => Encoding::Mulaw,
+            RtpCodec::Pcma => Encoding::Alaw,
+            RtpCodec::Opus => Encoding::L16,
+        }
+    }
+
+    /// RTP clock ticks per 20 ms.
+    const fn ticks(self) -> u32 {
+        match self {
+            RtpCodec::Pcmu | RtpCodec::Pcma => 160,
+            RtpCodec::Opus => 960,
+        }
+    }
+}
 
 /// How a call's RTP was negotiated.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RtpConfig {
-    /// `Mulaw` (PCMU) or `Alaw` (PCMA).
-    pub codec: Encoding,
-    /// Its payload type (0 or 8).
+    /// The audio codec.
+    pub codec: RtpCodec,
+    /// Its payload type.
     pub payload_type: u8,
     /// The telephone-event payload type, if negotiated.
     pub dtmf: Option<u8>,
+    /// The clock rate of telephone events (8 kHz, or 48 kHz beside Opus).
+    pub dtmf_clock: u32,
     /// Our SSRC (random, chosen by the owner).
     pub ssrc: u32,
     /// Where the peer's SDP says to send; replaced by the source of its first packet.
@@ -62,7 +95,7 @@ pub struct RtpStats {
     pub packets_in: u64,
     /// Packets sent (audio and silence).
     pub packets_out: u64,
-    /// Datagrams that were not RTP.
+    /// Datagrams that were not RTP, and Opus packets that would not decode.
     pub malformed: u64,
     /// Packets from an address other than the latched one.
     pub foreign: u64,
@@ -76,8 +109,14 @@ pub struct RtpTransport {
     latched: bool,
     sequence_in: SequenceUnwrapper,
     jitter: JitterBuffer<u8>,
+    /// Opus's decoder and encoder; `None` on G.711.
+    opus: Option<Box<Opus>>,
+    /// An Opus packet out of the jitter buffer.
+    popped: Vec<u8>,
     pending: Vec<u8>,
     taken: usize,
+    /// Bytes of one 20 ms frame in the session's encoding.
+    frame: usize,
     keys: DtmfReceiver,
     sequence: u16,
     timestamp: u32,
@@ -90,23 +129,31 @@ pub struct RtpTransport {
     keys_out: VecDeque<u8>,
     key: Option<(u8, u32, u16)>,
     rtcp: Rtcp,
-    silence: [u8; FRAME],
+    silence: Vec<u8>,
     tx: VecDeque<Vec<u8>>,
     spare: Vec<Vec<u8>>,
     stats: RtpStats,
 }
 
 impl RtpTransport {
-    /// A stream as `config` negotiated it.
-    pub fn new(config: RtpConfig) -> RtpTransport {
-        let silence = config.codec.silence_byte();
-        RtpTransport {
+    /// A stream as `config` negotiated it; an error only if libopus cannot start.
+    pub fn new(config: RtpConfig) -> Result<RtpTransport, OpusError> {
+        let encoding = config.codec.session_encoding();
+        let frame = 160 * encoding.bytes_per_sample();
+        let opus = match config.codec {
+            RtpCodec::Opus => Some(Box::new(Opus::new()?)),
+            RtpCodec::Pcmu | RtpCodec::Pcma => None,
+        };
+        Ok(RtpTransport {
             remote: config.remote,
             latched: false,
             sequence_in: SequenceUnwrapper::default(),
-            jitter: JitterBuffer::new(3, 64, silence),
+            jitter: JitterBuffer::new(3, 64, encoding.silence_byte()),
+            opus,
+            popped: Vec::new(),
             pending: Vec::new(),
             taken: 0,
+            frame,
             keys: DtmfReceiver::default(),
             sequence: (config.ssrc >> 16) as u16,
             timestamp: config.ssrc.rotate_left(7),
@@ -114,18 +161,32 @@ impl RtpTransport {
             next_due: None,
             keys_out: VecDeque::new(),
             key: None,
-            rtcp: Rtcp::new(config.ssrc, format!("cxb-{:08x}", config.ssrc)),
-            silence: [silence; FRAME],
+            rtcp: Rtcp::new(config.ssrc, format!("cxb-{:08x}", config.ssrc), config.codec.ticks() / 20),
+            silence: vec![encoding.silence_byte(); frame],
             tx: VecDeque::new(),
             spare: Vec::new(),
             stats: RtpStats::default(),
             config,
-        }
+        })
     }
 
     /// The counters so far.
     pub fn stats(&self) -> RtpStats {
         self.stats
+    }
+
+    /// The codec's name as SDP has it (`PCMU`, `PCMA`, `opus`).
+    pub fn codec_name(&self) -> &'static str {
+        match self.config.codec {
+            RtpCodec::Pcmu => "PCMU",
+            RtpCodec::Pcma => "PCMA",
+            RtpCodec::Opus => "opus",
+        }
+    }
+
+    /// The payload type the audio runs under.
+    pub fn payload_type(&self) -> u8 {
+        self.config.payload_type
     }
 
     /// Where packets go now.
@@ -164,9 +225,19 @@ impl RtpTransport {
         }
         let before = self.jitter.stats();
         self.jitter.push(sequence, packet.payload);
-        while self.jitter.pop(&mut self.pending).is_some() {}
+        match self.opus.as_mut() {
+            None => while self.jitter.pop(&mut self.pending).is_some() {},
+            Some(opus) => loop {
+                self.popped.clear();
+                let Some(popped) = self.jitter.pop(&mut self.popped) else { break };
+                let packet = (!popped.lost).then_some(&self.popped[..]);
+                if opus.decode(packet, &mut self.pending).is_err() {
+                    self.stats.malformed += 1;
+                }
+            },
+        }
         let after = self.jitter.stats();
-        self.taken = self.pending.len() / FRAME * FRAME;
+        self.taken = self.pending.len() / self.frame * self.frame;
         RtpEvent::Audio { frames: &self.pending[..self.taken], late: after.late - before.late, lost: after.lost - before.lost }
     }
 
@@ -183,7 +254,7 @@ impl RtpTransport {
             self.next_due.get_or_insert(now);
         }
         if let Transmit::Audio(frames) = what {
-            for frame in frames.chunks(FRAME) {
+            for frame in frames.chunks(self.frame) {
                 self.packet(frame);
             }
             // Silence only after a whole period without audio: the playout's ticks and this
@@ -193,10 +264,19 @@ impl RtpTransport {
         }
     }
 
-    fn packet(&mut self, payload: &[u8]) {
+    /// One 20 ms frame in the session's encoding goes out (or a key's packet in its place).
+    fn packet(&mut self, frame: &[u8]) {
         if self.key_packet() {
             return;
         }
+        let payload = match self.opus.as_mut() {
+            None => frame,
+            Some(opus) => match opus.encode(frame) {
+                Ok(packet) => packet,
+                // Not a whole frame: nothing this clock slot.
+                Err(_) => return,
+            },
+        };
         let mut buf = self.spare.pop().unwrap_or_default();
         RtpPacket {
             marker: std::mem::take(&mut self.marker),
@@ -209,7 +289,7 @@ impl RtpTransport {
         .write(&mut buf);
         self.rtcp.sent(payload.len(), self.timestamp);
         self.sequence = self.sequence.wrapping_add(1);
-        self.timestamp = self.timestamp.wrapping_add(payload.len() as u32);
+        self.timestamp = self.timestamp.wrapping_add(self.config.codec.ticks());
         self.stats.packets_out += 1;
         self.tx.push_back(buf);
     }
@@ -228,7 +308,7 @@ impl RtpTransport {
         *sent += 1;
         let (event, started, n) = (*event, *started, *sent);
         let end = n > 5;
-        let duration = FRAME as u16 * n.min(5);
+        let duration = (self.config.dtmf_clock / 50) as u16 * n.min(5);
         let payload = TelephoneEvent { event, end, volume: 10, duration }.to_bytes();
         if n >= 8 {
             self.key = None;
@@ -237,7 +317,7 @@ impl RtpTransport {
         RtpPacket { marker: std::mem::take(&mut self.marker), payload_type: pt, sequence: self.sequence, timestamp: started, ssrc: self.config.ssrc, payload: &payload }.write(&mut buf);
         self.rtcp.sent(payload.len(), started);
         self.sequence = self.sequence.wrapping_add(1);
-        self.timestamp = self.timestamp.wrapping_add(FRAME as u32);
+        self.timestamp = self.timestamp.wrapping_add(self.config.codec.ticks());
         self.stats.packets_out += 1;
         self.tx.push_back(buf);
         if self.key.is_none() {
@@ -288,11 +368,12 @@ impl RtpTransport {
         while let Some(due) = self.next_due.filter(|due| *due <= now) {
             // After a stall, at most a few packets of silence, then the clock moves on.
             if sent < 5 {
-                let silence = self.silence;
+                let silence = std::mem::take(&mut self.silence);
                 self.packet(&silence);
+                self.silence = silence;
                 sent += 1;
             } else {
-                self.timestamp = self.timestamp.wrapping_add(FRAME as u32);
+                self.timestamp = self.timestamp.wrapping_add(self.config.codec.ticks());
             }
             self.next_due = Some(due + PERIOD);
         }
@@ -329,7 +410,7 @@ mod tests {
     use super::*;
 
     fn config() -> RtpConfig {
-        RtpConfig { codec: Encoding::Mulaw, payload_type: 0, dtmf: Some(101), ssrc: 0x1234_5678, remote: Some("127.0.0.1:4000".parse().expect("addr")) }
+        RtpConfig { codec: RtpCodec::Pcmu, payload_type: 0, dtmf: Some(101), dtmf_clock: 8000, ssrc: 0x1234_5678, remote: Some("127.0.0.1:4000".parse().expect("addr")) }
     }
 
     fn packet(pt: u8, sequence: u16, timestamp: u32, payload: &[u8]) -> Vec<u8> {
@@ -344,7 +425,7 @@ mod tests {
 
     #[test]
     fn the_caller_is_latched_its_audio_reordered_and_reframed_and_its_keys_read_once() {
-        let mut t = RtpTransport::new(config());
+        let mut t = RtpTransport::new(config()).expect("G.711");
         let caller: SocketAddr = "127.0.0.1:40000".parse().expect("addr");
         assert_eq!(t.on_datagram(at(0), caller, b"not rtp"), RtpEvent::Nothing);
         assert!(matches!(t.on_datagram(at(0), caller, &packet(0, 1, 0, &[1; 160])), RtpEvent::Audio { frames, .. } if frames == [1; 160]));
@@ -370,7 +451,7 @@ mod tests {
 
     #[test]
     fn audio_goes_out_a_packet_per_frame_and_silence_keeps_the_clock() {
-        let mut t = RtpTransport::new(config());
+        let mut t = RtpTransport::new(config()).expect("G.711");
         t.start(at(0), 0);
         t.transmit(at(0), Transmit::Audio(&[1; 320]));
         t.handle_timeout(at(19));
@@ -404,7 +485,7 @@ mod tests {
 
     #[test]
     fn keys_go_out_as_rfc_4733_events_in_the_audio_slots() {
-        let mut t = RtpTransport::new(config());
+        let mut t = RtpTransport::new(config()).expect("G.711");
         t.start(at(0), 0);
         t.transmit(at(0), Transmit::Audio(&[1; 160]));
         let (_, first) = t.poll_transmit().expect("audio");
@@ -427,5 +508,45 @@ mod tests {
         let (_, after) = t.poll_transmit().expect("audio");
         let p = RtpPacket::parse(&after).expect("rtp");
         assert_eq!((p.payload_type, p.marker, p.timestamp.wrapping_sub(a)), (0, true, 160 * 9), "the audio clock ran on under the key");
+    }
+
+    #[test]
+    fn opus_packets_decode_to_8_khz_frames_and_frames_go_out_as_opus_on_a_48_khz_clock() {
+        let mut t = RtpTransport::new(RtpConfig { codec: RtpCodec::Opus, payload_type: 111, dtmf: Some(102), dtmf_clock: 48_000, ..config() }).expect("libopus");
+        let caller: SocketAddr = "127.0.0.1:40000".parse().expect("addr");
+        // A peer's encoder at 48 kHz: 20 ms packets.
+        let mut peer = opus::Encoder::new(48_000, opus::Channels::Mono, opus::Application::Voip).expect("encoder");
+        let tone: Vec<i16> = (0..960).map(|i| ((f64::from(i) * 2.0 * std::f64::consts::PI * 440.0 / 48_000.0).sin() * 8_000.0) as i16).collect();
+        let mut heard = 0;
+        for n in 0..10u16 {
+            let encoded = peer.encode_vec(&tone, 400).expect("encode");
+            if n == 4 {
+                continue; // lost: concealed once the buffer gives up on it
+            }
+            match t.on_datagram(at(0), caller, &packet(111, n, u32::from(n) * 960, &encoded)) {
+                RtpEvent::Audio { frames, .. } => heard += frames.len(),
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(heard, 320 * 10, "20 ms each of 8 kHz linear, the lost one concealed once three came after it");
+        // A packet that will not decode is concealed and counted.
+        assert!(matches!(t.on_datagram(at(0), caller, &packet(111, 10, 9600, &[0xff; 3])), RtpEvent::Audio { frames, .. } if frames.len() == 320));
+        assert_eq!(t.stats().malformed, 1);
+        // Our audio: one Opus packet per 20 ms frame, the clock moving 960 a packet.
+        t.start(at(0), 0);
+        t.transmit(at(0), Transmit::Audio(&[0; 640]));
+        let bufs: Vec<Vec<u8>> = std::iter::from_fn(|| t.poll_transmit()).map(|(_, b)| b).collect();
+        let sent: Vec<RtpPacket<'_>> = bufs.iter().map(|b| RtpPacket::parse(b).expect("rtp")).collect();
+        assert_eq!(sent.len(), 2);
+        assert_eq!((sent[0].payload_type, sent[1].timestamp.wrapping_sub(sent[0].timestamp)), (111, 960));
+        let mut decoder = opus::Decoder::new(48_000, opus::Channels::Mono).expect("decoder");
+        let mut out = [0i16; 5760];
+        assert_eq!(decoder.decode(sent[0].payload, &mut out, false).expect("a peer decodes it"), 960);
+        // A key's events count their duration at their own 48 kHz clock.
+        t.transmit(at(20), Transmit::Dtmf('1'));
+        t.transmit(at(40), Transmit::Audio(&[0; 320]));
+        let (_, key) = t.poll_transmit().expect("a key packet");
+        let key = RtpPacket::parse(&key).expect("rtp");
+        assert_eq!((key.payload_type, TelephoneEvent::parse(key.payload).map(|e| e.duration)), (102, Some(960)));
     }
 }

@@ -21,7 +21,7 @@ use cxb_sip::sdp::{Codec, Negotiated, SessionDescription};
 use super::*;
 use crate::protocol::{Start, StreamSid};
 use crate::sip::{SipPeer, SipShared};
-use crate::transport::{RtpConfig, RtpTransport};
+use crate::transport::{RtpCodec, RtpConfig, RtpTransport};
 use super::call_loop::finish_bot_with;
 
 /// Bytes read from an RTP socket at a time (a packet is 172 bytes at 20 ms of G.711).
@@ -150,11 +150,13 @@ pub(super) fn random() -> u64 {
 pub(super) fn rtp_config(negotiated: &Negotiated) -> RtpConfig {
     RtpConfig {
         codec: match negotiated.codec {
-            Codec::Pcmu => cxb_codecs::Encoding::Mulaw,
-            Codec::Pcma => cxb_codecs::Encoding::Alaw,
+            Codec::Pcmu => RtpCodec::Pcmu,
+            Codec::Pcma => RtpCodec::Pcma,
+            Codec::Opus(_) => RtpCodec::Opus,
         },
         payload_type: negotiated.codec.payload_type(),
         dtmf: negotiated.dtmf,
+        dtmf_clock: negotiated.dtmf_clock,
         ssrc: random() as u32,
         remote: negotiated.remote.map(|(ip, port)| SocketAddr::new(ip, port)),
     }
@@ -488,24 +490,28 @@ async fn inbound(worker: Rc<Worker>, peer: SipPeer, invite: Vec<u8>, inbox: Rc<S
         media_format: None,
     };
     let negotiated = accepted.negotiated;
-    let (kind, agent) = match accepted.answerer {
-        Answerer::Builtin(kind) => (kind, None),
-        Answerer::Agent(bot) => match Agent::new(bot, worker.shared.config.bots.api.clone(), None, worker.now(), unix_ms()) {
-            Ok(agent) => (BotKind::Agent, Some(agent)),
-            Err(why) => {
-                tracing::warn!("bot failed to start: {why}");
-                worker.free_slot(accepted.slot);
-                dialog.refuse(now, 503, "Service Unavailable");
-                drop(lease);
-                linger(&worker, sip, &mut dialog, &inbox, peer).await;
-                return None;
-            }
-        },
+    let started = match accepted.answerer {
+        Answerer::Builtin(kind) => Ok((kind, None)),
+        Answerer::Agent(bot) => Agent::new(bot, worker.shared.config.bots.api.clone(), None, worker.now(), unix_ms()).map(|agent| (BotKind::Agent, Some(agent))).map_err(|why| format!("bot failed to start: {why}")),
+    }
+    .and_then(|(kind, agent)| {
+        let call = Call::over_rtp(worker.now(), unix_ms(), CallConfig::new(Protocol::Twilio, kind), agent, rtp_config(&negotiated), &start);
+        call.map(|call| (kind, call)).map_err(|why| format!("media failed to start: {why}"))
+    });
+    let (kind, call) = match started {
+        Ok(started) => started,
+        Err(why) => {
+            tracing::warn!("{why}");
+            worker.free_slot(accepted.slot);
+            dialog.refuse(now, 503, "Service Unavailable");
+            drop(lease);
+            linger(&worker, sip, &mut dialog, &inbox, peer).await;
+            return None;
+        }
     };
     let sdp = cxb_sip::sdp::Local { address: sip.advertise, port, session_id: random() >> 1, version: 1 };
     dialog.ring(now);
     dialog.answer(now, &sdp.answer(&negotiated));
-    let call = Call::over_rtp(worker.now(), unix_ms(), CallConfig::new(Protocol::Twilio, kind), agent, rtp_config(&negotiated), &start);
     let mailbox = Rc::new(Mailbox { message: Cell::new(None), waker: Cell::new(None), last_rx: Cell::new(Instant::now()) });
     worker.calls.borrow_mut().insert(accepted.call_id.clone(), mailbox.clone());
     worker.metrics().calls_started.add(1);
@@ -626,7 +632,7 @@ impl<D: Dialog> Media<'_, D> {
                                 break 'call EndReason::Panicked;
                             }
                         }
-                        DialogEvent::Reoffer(offer) => self.reoffer(&offer),
+                        DialogEvent::Reoffer(offer) => self.reoffer(&offer, call.payload_type()),
                         DialogEvent::Referred(_) | DialogEvent::Other => {}
                     }
                 }
@@ -786,9 +792,10 @@ impl<D: Dialog> Media<'_, D> {
 
     /// A re-INVITE (hold, unhold, a refresh): answered with our address and the same codec
     /// choice; the media keeps flowing to the latched address.
-    fn reoffer(&mut self, offer: &str) {
+    /// Answers a re-INVITE's offer on a call whose media runs under payload type `current`.
+    fn reoffer(&mut self, offer: &str, current: u8) {
         self.sdp.version += 1;
-        let answer = match SessionDescription::parse(offer).ok().and_then(|o| o.negotiate().ok()) {
+        let answer = match SessionDescription::parse(offer).ok().and_then(|o| o.renegotiate(current).ok()) {
             Some(negotiated) => self.sdp.answer(&negotiated),
             None => self.sdp.offer(),
         };

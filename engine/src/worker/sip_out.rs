@@ -350,7 +350,7 @@ async fn post_cdr(url: Option<&str>, cdr: &Cdr) {
 /// `None` (logged) when either cannot be.
 fn connect(worker: &Worker, answer: &str, agent_bot: Option<Rc<cxb_contract::bot::BotConfig>>, claims: &CallClaims, kind: BotKind, start: &Start) -> Option<Call<RtpTransport>> {
     let Some(negotiated) = SessionDescription::parse(answer).ok().and_then(|a| a.negotiate().ok()) else {
-        tracing::warn!("the callee's SDP answer has no G.711; hanging up");
+        tracing::warn!("the callee's SDP answer has no codec the engine speaks; hanging up");
         return None;
     };
     let agent = match agent_bot.map(|bot| Agent::new(bot, worker.shared.config.bots.api.clone(), Some(claims.clone()), worker.now(), unix_ms())) {
@@ -361,7 +361,9 @@ fn connect(worker: &Worker, answer: &str, agent_bot: Option<Rc<cxb_contract::bot
         }
         None => None,
     };
-    Some(Call::over_rtp(worker.now(), unix_ms(), CallConfig::new(Protocol::Twilio, kind), agent, rtp_config(&negotiated), start))
+    Call::over_rtp(worker.now(), unix_ms(), CallConfig::new(Protocol::Twilio, kind), agent, rtp_config(&negotiated), start)
+        .inspect_err(|why| tracing::warn!("media failed to start: {why}"))
+        .ok()
 }
 
 /// The INVITE's life until the callee answers (its SDP) or the call fails (its final status,

@@ -31,9 +31,13 @@ pub fn tone(seconds: u32) -> Vec<i16> {
     (0..8000 * seconds).map(|i| ((f64::from(i) * 2.0 * std::f64::consts::PI * 440.0 / 8000.0).sin() * 12_000.0) as i16).collect()
 }
 
-/// `samples` as an 8 kHz 16-bit mono WAV file, as `aufile` wants it.
-fn write_wav(path: &Path, samples: &[i16]) {
-    let data: Vec<u8> = samples.iter().flat_map(|s| s.to_le_bytes()).collect();
+/// 8 kHz `samples` as a 16-bit mono WAV file at `rate` (a multiple of 8 kHz, interpolated
+/// linearly): `aufile` wants the codec's own rate.
+fn write_wav(path: &Path, samples: &[i16], rate: u32) {
+    let k = (rate / 8000).max(1) as i32;
+    let pairs = samples.iter().zip(samples.iter().skip(1).chain(samples.last()));
+    let up = pairs.flat_map(|(&a, &b)| (0..k).map(move |i| (i32::from(a) + (i32::from(b) - i32::from(a)) * i / k) as i16));
+    let data: Vec<u8> = up.flat_map(i16::to_le_bytes).collect();
     let mut wav = Vec::new();
     wav.extend_from_slice(b"RIFF");
     wav.extend_from_slice(&(36 + data.len() as u32).to_le_bytes());
@@ -41,8 +45,8 @@ fn write_wav(path: &Path, samples: &[i16]) {
     wav.extend_from_slice(&16u32.to_le_bytes());
     wav.extend_from_slice(&1u16.to_le_bytes());
     wav.extend_from_slice(&1u16.to_le_bytes());
-    wav.extend_from_slice(&8000u32.to_le_bytes());
-    wav.extend_from_slice(&16000u32.to_le_bytes());
+    wav.extend_from_slice(&rate.to_le_bytes());
+    wav.extend_from_slice(&(2 * rate).to_le_bytes());
     wav.extend_from_slice(&2u16.to_le_bytes());
     wav.extend_from_slice(&16u16.to_le_bytes());
     wav.extend_from_slice(b"data");
@@ -51,11 +55,15 @@ fn write_wav(path: &Path, samples: &[i16]) {
     std::fs::write(path, wav).expect("tone");
 }
 
-/// The samples of a 16-bit PCM WAV file (its `data` chunk).
+/// The first channel of a 16-bit PCM WAV file (its `data` chunk) at 8 kHz: a file at a
+/// multiple of 8 kHz (Opus's 48 kHz) is decimated, which is enough for the tones tests play.
 fn wav_samples(path: &Path) -> Vec<i16> {
     let bytes = std::fs::read(path).expect("wav");
+    let field = |at: usize, n: usize| bytes.get(at..at + n).map_or(0, |b| b.iter().rev().fold(0u32, |v, &b| v << 8 | u32::from(b)));
+    let (channels, rate) = (field(22, 2).max(1) as usize, field(24, 4).max(8000));
+    let step = channels * (rate / 8000) as usize;
     let at = bytes.windows(4).position(|w| w == b"data").map_or(bytes.len(), |p| p + 8);
-    bytes[at.min(bytes.len())..].chunks_exact(2).map(|b| i16::from_le_bytes([b[0], b[1]])).collect()
+    bytes[at.min(bytes.len())..].chunks_exact(2).step_by(step).map(|b| i16::from_le_bytes([b[0], b[1]])).collect()
 }
 
 /// baresip with its own configuration directory, and its control connection.
@@ -77,9 +85,17 @@ impl Baresip {
 
     /// [`Baresip::start`] as `sip:USER@127.0.0.1` (it answers calls for that user only).
     pub fn start_as(user: &str, source: &[i16], params: &str) -> Baresip {
+        Baresip::start_with("PCMU", user, source, params)
+    }
+
+    /// [`Baresip::start_as`] offering only `codec` (`PCMU`, `PCMA` or `opus`).
+    pub fn start_with(codec: &str, user: &str, source: &[i16], params: &str) -> Baresip {
         let dir = tempdir();
-        write_wav(&dir.join("tone.wav"), source);
-        std::fs::write(dir.join("accounts"), format!("<sip:{user}@127.0.0.1>;regint=0;answermode=auto;audio_codecs=PCMU{params}\n")).expect("accounts");
+        // baresip names its mono Opus by the RTP clock and its channels, and plays a file only
+        // at the codec's rate.
+        let (codec, rate) = if codec == "opus" { ("opus/48000/1", 48_000) } else { (codec, 8000) };
+        write_wav(&dir.join("tone.wav"), source, rate);
+        std::fs::write(dir.join("accounts"), format!("<sip:{user}@127.0.0.1>;regint=0;answermode=auto;audio_codecs={codec}{params}\n")).expect("accounts");
         // Ports are picked free and then bound by baresip (its SIP port, TLS on the next one,
         // its control port): another process may take one in between, so a start that does
         // not come up is tried again with new ports.
@@ -90,7 +106,7 @@ impl Baresip {
             }
             let config = format!(
                 "poll_method epoll\nsip_listen 127.0.0.1:{sip_port}\naudio_player aubridge,x\naudio_source aufile,{dir}/tone.wav\naudio_alert aubridge,x\n\
-                 module_path /usr/lib/baresip/modules\nmodule g711.so\nmodule aufile.so\nmodule aubridge.so\nmodule sndfile.so\nmodule menu.so\n\
+                 module_path /usr/lib/baresip/modules\nmodule g711.so\nmodule opus.so\nopus_stereo no\nopus_sprop_stereo no\nmodule aufile.so\nmodule aubridge.so\nmodule sndfile.so\nmodule menu.so\n\
                  module account.so\nmodule ctrl_tcp.so\nctrl_tcp_listen 127.0.0.1:{ctrl_port}\nsnd_path {dir}\n",
                 dir = dir.display()
             );
