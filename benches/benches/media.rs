@@ -69,6 +69,31 @@ fn codecs(c: &mut Criterion) {
             payload::decode_into(black_box(&text), &mut bytes).expect("valid");
         })
     });
+    // Opus as a SIP call runs it (engine/src/transport/opus.rs): 8 kHz mono, 16 kbit/s,
+    // complexity 1, in-band FEC for 5% loss; the speech's 20 ms frames in turn.
+    let frames: Vec<Vec<i16>> = speech_8k().chunks_exact(160).map(<[i16]>::to_vec).collect();
+    let mut encoder = opus::Encoder::new(8000, opus::Channels::Mono, opus::Application::Voip).expect("encoder");
+    encoder.set_bitrate(opus::Bitrate::Bits(16_000)).expect("bitrate");
+    encoder.set_complexity(1).expect("complexity");
+    encoder.set_inband_fec(true).expect("fec");
+    encoder.set_packet_loss_perc(5).expect("loss");
+    let mut packet = vec![0u8; 1500];
+    let mut n = 0;
+    g.bench_function("opus_encode_20ms_8k", |b| {
+        b.iter(|| {
+            n = (n + 1) % frames.len();
+            encoder.encode(black_box(&frames[n]), &mut packet).expect("encode")
+        })
+    });
+    let packets: Vec<Vec<u8>> = frames.iter().map(|f| encoder.encode_vec(f, 1500).expect("encode")).collect();
+    let mut decoder = opus::Decoder::new(8000, opus::Channels::Mono).expect("decoder");
+    let mut out = vec![0i16; 960];
+    g.bench_function("opus_decode_20ms_8k", |b| {
+        b.iter(|| {
+            n = (n + 1) % packets.len();
+            decoder.decode(black_box(&packets[n]), &mut out, false).expect("decode")
+        })
+    });
     g.finish();
 }
 

@@ -340,6 +340,7 @@ fn run_level(o: &Options) -> Result<Report, String> {
     let script = Rc::new(script(o.exotel, if o.sip { 0 } else { o.seconds }));
     let frames: Rc<[[u8; 160]]> = if o.sip { sip::frames(o.seconds).into() } else { Rc::new([]) };
     let shared = Rc::new(RefCell::new(Shared { windows: vec![Vec::new(); (o.seconds / 10 + 2) as usize], ..Shared::default() }));
+    let pump = if o.sip { Some(sip::Pump::new()?) } else { None };
     let mut proactor = compio::driver::ProactorBuilder::new();
     proactor.capacity(4096);
     if o.epoll {
@@ -356,13 +357,21 @@ fn run_level(o: &Options) -> Result<Report, String> {
     let (mut server_cpu, mut gen_cpu) = (0.0, 0.0);
     rt.block_on(async {
         let begin = Instant::now();
+        let stop = Rc::new(std::cell::Cell::new(false));
+        if let Some(pump) = pump.clone() {
+            let stop = stop.clone();
+            compio::runtime::spawn(async move { pump.run(&stop).await }).detach();
+        }
         let mut handles = Vec::new();
         for i in 0..o.calls {
             let offset = o.ramp.mul_f64(i as f64 / o.calls.max(1) as f64);
-            let (script, frames, shared, o) = (script.clone(), frames.clone(), shared.clone(), o.clone());
+            let (script, frames, shared, o, pump) = (script.clone(), frames.clone(), shared.clone(), o.clone(), pump.clone());
             handles.push(compio::runtime::spawn(async move {
                 compio::time::sleep_until(begin + offset).await;
-                let done = if o.sip { sip::call(&o, i, &frames, &shared).await } else { call(&o, &script, &shared).await };
+                let done = match &pump {
+                    Some(pump) => sip::call(&o, i, &frames, &shared, pump).await,
+                    None => call(&o, &script, &shared).await,
+                };
                 if let Err(e) = done {
                     *shared.borrow_mut().errors.entry(e).or_default() += 1;
                 }
@@ -384,6 +393,7 @@ fn run_level(o: &Options) -> Result<Report, String> {
         for h in handles {
             let _ = h.await;
         }
+        stop.set(true);
     });
     let s = Rc::try_unwrap(shared).map_err(|_| "calls still running")?.into_inner();
     Ok(Report {
