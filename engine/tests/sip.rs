@@ -177,14 +177,14 @@ fn a_call_to_echo_is_answered_its_audio_comes_back_and_a_bye_ends_it() {
 }
 
 #[test]
-fn unknown_users_offers_without_g711_and_a_full_host_are_refused_with_their_codes() {
+fn unknown_users_offers_of_no_codec_the_engine_speaks_and_a_full_host_are_refused_with_their_codes() {
     let (engine, sip) = sip_engine(|c| c.slots_per_worker = 1);
     let mut nobody = Phone::new(sip, "nobody");
     nobody.invite("no-such-bot", SDP_PCMU);
     assert_eq!(nobody.final_response().0, 404);
-    let mut opus = Phone::new(sip, "opus-only");
-    opus.invite("echo", "m=audio {port} RTP/AVP 96\r\na=rtpmap:96 opus/48000/2\r\n");
-    assert_eq!(opus.final_response().0, 488);
+    let mut g722 = Phone::new(sip, "g722-only");
+    g722.invite("echo", "m=audio {port} RTP/AVP 9\r\na=rtpmap:9 G722/8000\r\n");
+    assert_eq!(g722.final_response().0, 488);
     let mut first = Phone::new(sip, "first");
     first.invite("echo", SDP_PCMU);
     first.answered();

@@ -89,6 +89,8 @@ struct Worker {
     sip_calls: RefCell<HashMap<String, Rc<sip::SipInbox>>>,
     /// This worker's free RTP ports.
     rtp_ports: RefCell<std::collections::VecDeque<u16>>,
+    /// The reader of its SIP calls' media sockets (with a SIP port only).
+    rtp_pump: Option<Rc<rtp_pump::RtpPump>>,
     next_call: Cell<u64>,
     /// When a refusal was last logged, and how many were not since.
     refusals_logged: Cell<Option<Instant>>,
@@ -130,6 +132,10 @@ pub(crate) fn run(
     tracing::info!(worker = index, driver = if driver == 1 { "io_uring" } else { "epoll" }, "worker running");
     let (slots, ai_limit) = (shared.config.slots_per_worker, shared.config.ai_calls_per_worker);
     let rtp_ports = sip::rtp_ports(&shared, index);
+    let rtp_pump = match shared.sip {
+        Some(_) => Some(rtp_pump::RtpPump::new()?),
+        None => None,
+    };
     let worker = Rc::new(Worker {
         index,
         shared,
@@ -137,6 +143,7 @@ pub(crate) fn run(
         calls: RefCell::new(HashMap::new()),
         sip_calls: RefCell::new(HashMap::new()),
         rtp_ports: RefCell::new(rtp_ports),
+        rtp_pump,
         next_call: Cell::new(0),
         refusals_logged: Cell::new(None),
         refusals_unlogged: Cell::new(0),
@@ -145,6 +152,9 @@ pub(crate) fn run(
     worker.publish();
     runtime.block_on(async move {
         compio::runtime::spawn(housekeeping(worker.clone())).detach();
+        if let Some(pump) = worker.rtp_pump.clone() {
+            compio::runtime::spawn(pump.run()).detach();
+        }
         while let Ok(msg) = inbox.recv_async().await {
             match msg {
                 Inbox::Connection(stream) => {
@@ -348,6 +358,7 @@ impl Drop for CallGuard {
 }
 
 mod call_loop;
+mod rtp_pump;
 mod serve;
 mod sip;
 mod sip_out;

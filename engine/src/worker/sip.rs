@@ -24,8 +24,6 @@ use crate::sip::{SipPeer, SipShared};
 use crate::transport::{RtpCodec, RtpConfig, RtpTransport};
 use super::call_loop::finish_bot_with;
 
-/// Bytes read from an RTP socket at a time (a packet is 172 bytes at 20 ms of G.711).
-const RTP_BUF: usize = 2048;
 /// The longest a finished dialog waits for its last messages (our BYE's answer, the ACK of
 /// a refusal): 64·T1, RFC 3261's transaction timeout.
 pub(super) const LINGER: Duration = Duration::from_secs(32);
@@ -320,14 +318,6 @@ fn send_rtcp(call: &mut Call<RtpTransport>, socket: Option<&std::net::UdpSocket>
     }
 }
 
-/// One read of an RTCP socket, or never without one.
-async fn recv_rtcp(socket: Option<&compio::net::UdpSocket>, buf: Vec<u8>) -> BufResult<(usize, SocketAddr), Vec<u8>> {
-    match socket {
-        Some(s) => s.recv_from(buf).await,
-        None => std::future::pending().await,
-    }
-}
-
 /// Gives an RTP port back to its worker when the call's socket is gone.
 pub(super) struct PortLease {
     pub(super) worker: Rc<Worker>,
@@ -574,8 +564,8 @@ pub(super) async fn linger<D: Dialog>(worker: &Worker, sip: &SipShared, dialog: 
 
 /// What woke a SIP call's task.
 enum Wake {
-    Rtp(BufResult<(usize, SocketAddr), Vec<u8>>),
-    Rtcp(BufResult<(usize, SocketAddr), Vec<u8>>),
+    /// Datagrams on its RTP or RTCP socket.
+    Media,
     Sip,
     Timer,
     Control(Control),
@@ -600,18 +590,18 @@ pub(super) struct Media<'a, D> {
 impl<D: Dialog> Media<'_, D> {
     pub(super) async fn run_call(&mut self, mut call: Call<RtpTransport>, sockets: MediaSockets) -> (EndReason, Call<RtpTransport>) {
         let worker = self.worker;
-        let socket = sockets.rtp;
-        let Ok(sender) = socket.try_clone() else { return (EndReason::Panicked, call) };
-        let Ok(socket) = compio::net::UdpSocket::from_std(socket) else { return (EndReason::Panicked, call) };
-        let rtcp = sockets.rtcp.and_then(|s| Some((s.try_clone().ok()?, compio::net::UdpSocket::from_std(s).ok()?)));
-        let rtcp_socket = rtcp.as_ref().map(|(_, s)| s);
-        let mut read_rtcp = Box::pin(recv_rtcp(rtcp_socket, Vec::with_capacity(RTP_BUF)));
-        let provider_events = call.events();
-        let recv = |buf: Vec<u8>| {
-            let socket = &socket;
-            async move { socket.recv_from(buf).await }
+        let MediaSockets { rtp: sender, rtcp } = sockets;
+        // The worker's pump reads both sockets (see `rtp_pump`); the task sends on them.
+        let Some(pump) = worker.rtp_pump.as_ref() else { return (EndReason::Panicked, call) };
+        let registration = match pump.register(&sender, rtcp.as_ref()) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!("media sockets: {e}");
+                return (EndReason::Panicked, call);
+            }
         };
-        let mut read = Box::pin(recv(Vec::with_capacity(RTP_BUF)));
+        let media = &registration.inbox;
+        let provider_events = call.events();
         let mut ctl = std::pin::pin!(self.mailbox.recv());
         let mut events = Vec::new();
         let mut sip_next;
@@ -643,7 +633,7 @@ impl<D: Dialog> Media<'_, D> {
                 let _ = socket2::SockRef::from(&sender).send_to_with_flags(&packet, &to.into(), MSG_DONTWAIT);
                 call.recycle(packet);
             }
-            send_rtcp(&mut call, rtcp.as_ref().map(|(s, _)| s));
+            send_rtcp(&mut call, rtcp.as_ref());
             let stats = call.stats();
             worker.shared.segment.count_frames(worker.index, self.slot, stats.frames_in, stats.frames_out);
             if let Some(reason) = call.end() {
@@ -664,11 +654,8 @@ impl<D: Dialog> Media<'_, D> {
                 }
             });
             let wake = std::future::poll_fn(|cx| {
-                if let Poll::Ready(r) = read.as_mut().poll(cx) {
-                    return Poll::Ready(Wake::Rtp(r));
-                }
-                if let Poll::Ready(r) = read_rtcp.as_mut().poll(cx) {
-                    return Poll::Ready(Wake::Rtcp(r));
+                if let Poll::Ready(()) = media.poll_ready(cx) {
+                    return Poll::Ready(Wake::Media);
                 }
                 if let Poll::Ready(()) = inbox.poll_ready(cx) {
                     return Poll::Ready(Wake::Sip);
@@ -684,28 +671,21 @@ impl<D: Dialog> Media<'_, D> {
             .await;
             let now = worker.now();
             let handled = match wake {
-                Wake::Rtp(BufResult(Ok((n, from)), buf)) => {
-                    self.mailbox.last_rx.set(Instant::now());
-                    let handled = std::panic::catch_unwind(AssertUnwindSafe(|| call.on_datagram(now, from, &buf[..n], worker.metrics())));
-                    let mut buf = buf;
-                    buf.clear();
-                    read.set(recv(buf));
-                    handled
-                }
-                Wake::Rtp(BufResult(Err(_), buf)) => {
-                    // ICMP port unreachable and the like: the next read may well succeed.
-                    let mut buf = buf;
-                    buf.clear();
-                    read.set(recv(buf));
-                    Ok(())
-                }
-                Wake::Rtcp(BufResult(got, mut buf)) => {
-                    if let Ok((n, from)) = got {
-                        call.on_rtcp(now, from, &buf[..n]);
+                Wake::Media => {
+                    let mut handled = Ok(());
+                    while let Some(d) = media.pop() {
+                        if d.rtcp {
+                            call.on_rtcp(now, d.from, &d.bytes);
+                        } else {
+                            self.mailbox.last_rx.set(Instant::now());
+                            handled = std::panic::catch_unwind(AssertUnwindSafe(|| call.on_datagram(now, d.from, &d.bytes, worker.metrics())));
+                        }
+                        media.recycle(d.bytes);
+                        if handled.is_err() {
+                            break;
+                        }
                     }
-                    buf.clear();
-                    read_rtcp.set(recv_rtcp(rtcp_socket, buf));
-                    Ok(())
+                    handled
                 }
                 Wake::Sip if self.inbox.hangup.take() => break EndReason::Hangup,
                 Wake::Sip => Ok(()),
@@ -725,10 +705,9 @@ impl<D: Dialog> Media<'_, D> {
                 break EndReason::Panicked;
             }
         };
-        drop(read);
-        drop(read_rtcp);
+        drop(registration);
         call.rtcp_bye();
-        send_rtcp(&mut call, rtcp.as_ref().map(|(s, _)| s));
+        send_rtcp(&mut call, rtcp.as_ref());
         if reason == EndReason::Transferred
             && let Some(target) = call.transfer_target()
         {
@@ -790,9 +769,9 @@ impl<D: Dialog> Media<'_, D> {
         flush(self.sip, self.dialog, self.peer, events)
     }
 
-    /// A re-INVITE (hold, unhold, a refresh): answered with our address and the same codec
-    /// choice; the media keeps flowing to the latched address.
-    /// Answers a re-INVITE's offer on a call whose media runs under payload type `current`.
+    /// A re-INVITE (hold, unhold, a refresh) on a call whose media runs under payload type
+    /// `current`: answered with our address and that codec while offered; the media keeps
+    /// flowing to the latched address.
     fn reoffer(&mut self, offer: &str, current: u8) {
         self.sdp.version += 1;
         let answer = match SessionDescription::parse(offer).ok().and_then(|o| o.renegotiate(current).ok()) {
