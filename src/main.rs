@@ -326,6 +326,10 @@ impl ResultSink for OutboxSink {
         self.0.writable()
     }
 
+    fn submit_record(&self, url: &str, body: serde_json::Value) -> Option<flume::Receiver<Result<(), String>>> {
+        Some(self.0.submit_record(url.to_string(), body))
+    }
+
     fn gauges(&self) -> Vec<(&'static str, &'static str, u64)> {
         let s = self.0.stats();
         vec![

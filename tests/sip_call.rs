@@ -212,7 +212,7 @@ async fn a_direct_call_goes_out_through_the_organizations_sip_trunk() {
     let r = http.post(format!("{base}/v1/bots")).bearer_auth(&token).json(&bot).send().await.unwrap();
     let bot_id = serde_json::from_slice::<Value>(&r.bytes().await.unwrap()).unwrap()["id"].as_str().unwrap().to_string();
     let sip = format!("127.0.0.1:{}", free_port());
-    let (_core, _port) = common::core(dir.path(), &base, &fleet, &["--workers", "1", "--sip", &sip, "--rtp-ports", "41200-41300"]);
+    let (_core, port) = common::core(dir.path(), &base, &fleet, &["--workers", "1", "--sip", &sip, "--rtp-ports", "41200-41300"]);
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let r = http.get(format!("{base}/v1/fleet/hosts")).bearer_auth(&fleet).send().await.unwrap();
@@ -249,5 +249,16 @@ async fn a_direct_call_goes_out_through_the_organizations_sip_trunk() {
     assert_eq!(call["direction"], "outbound", "{call}");
     let lines: Vec<&str> = call["transcript"].as_array().unwrap().iter().map(|l| l["text"].as_str().unwrap_or_default()).collect();
     assert!(lines.contains(&"when are you open") && lines.contains(&"Nine to five."), "{call}");
+    // The call-end record went through the engine's outbox after the result: two deliveries,
+    // nothing left on disk.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let metrics = reqwest::get(format!("http://127.0.0.1:{port}/metrics")).await.unwrap().text().await.unwrap();
+        if metrics.lines().any(|l| l == "cxb_outbox_delivered_total 2") && metrics.lines().any(|l| l == "cxb_outbox_pending 0") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the result and the call-end record were not both delivered: {metrics}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     api.shutdown().await;
 }

@@ -28,6 +28,15 @@ pub trait ResultSink: Send + Sync + std::fmt::Debug {
         true
     }
 
+    /// Stores a record for another address of the platform's (the call-end record of a SIP
+    /// call the engine dialled, for the dialler's CDR webhook): `body` is posted to `url`,
+    /// durably and in order with the results. The receiver answers once it is on disk. `None`
+    /// (the default): the sink keeps no records, and the engine posts it itself.
+    fn submit_record(&self, url: &str, body: serde_json::Value) -> Option<flume::Receiver<Result<(), String>>> {
+        let _ = (url, body);
+        None
+    }
+
     /// Gauges for `/metrics` (name, help, value): the outbox's disk use and queue. Default:
     /// none.
     fn gauges(&self) -> Vec<(&'static str, &'static str, u64)> {

@@ -20,6 +20,10 @@
 //! bounded whatever its length and the engine's worker thread never touches the disk. At the
 //! end the submission completes the file (header, length, fsync) and moves it beside its entry.
 //!
+//! **Records** ([`OutboxHandle::submit_record`]) take the same path to another address of the
+//! platform's: a JSON object posted to its own URL (the credential in the URL, never the fleet
+//! token), in order with the results: the engine's call-end records of the SIP calls it dials.
+//!
 //! **Nothing blocks the queue.** Entries are delivered in order; one that keeps failing while
 //! the API shows it takes results (a probe that changes nothing) is parked and tried again on
 //! its own slower schedule; an API that is down for everyone parks nothing (see `queue`).

@@ -280,6 +280,8 @@ fn pending(duration: Duration, channels: u16) -> PendingRecording {
 
 enum Msg {
     Submit { result: Value, recording: Option<Recording>, reply: Reply },
+    /// A record for `url` (see [`OutboxHandle::submit_record`]).
+    Record { url: String, body: Value, reply: Reply },
     /// A recording stream begins; its buffers go back through `back` once written.
     Open { id: u64, back: flume::Sender<Vec<u8>> },
     /// Frames of a recording stream, the first at frame `frame`.
@@ -382,6 +384,22 @@ impl OutboxHandle {
         }
         stream.open = false;
         self.send(result, Ok(Some(Recording::Stream { id: stream.id, summary })), reply);
+    }
+
+    /// Hands the outbox a record for another address of the platform's: `body` is posted to
+    /// `url` (`http` or `https`, whatever credential it needs in it; never the fleet token)
+    /// until it answers 2xx or 409, in order with the results, surviving restarts and outages
+    /// as they do. A 4xx that judges the record moves it to `dead/`. The receiver answers as
+    /// [`OutboxHandle::submit_plain`]'s does.
+    pub fn submit_record(&self, url: String, body: Value) -> flume::Receiver<Result<(), String>> {
+        let (reply, rx) = flume::bounded(1);
+        match spool::check_record(&url, &body) {
+            Err(e) => Reply::Text(reply).send(Err(OutboxError::InvalidResult(e))),
+            Ok(()) => {
+                let _ = self.tx.send(Msg::Record { url, body, reply: Reply::Text(reply) });
+            }
+        }
+        rx
     }
 
     /// Whether the outbox can take new calls: it is under its disk-usage cap and its last
@@ -665,6 +683,15 @@ impl Writer {
                     let seq = self.next_seq;
                     self.next_seq += 1;
                     let wrote = self.write_entry(seq, result, recording);
+                    if let Err(e) = &wrote {
+                        failed(&self.counters, e);
+                    }
+                    batch.push((seq, wrote.map_err(|e| OutboxError::io("writing an entry", e)), reply));
+                }
+                Msg::Record { url, body, reply } => {
+                    let seq = self.next_seq;
+                    self.next_seq += 1;
+                    let wrote = self.spool.write_new(&Entry::record(seq, url, body), None);
                     if let Err(e) = &wrote {
                         failed(&self.counters, e);
                     }

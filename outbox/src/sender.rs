@@ -244,6 +244,9 @@ impl Sender {
             self.upload(&mut entry, recording).await?;
         }
         let body = serde_json::to_vec(&entry.result).map_err(|e| format!("encoding entry {seq}: {e}"))?;
+        if let Some(url) = &entry.deliver_to {
+            return self.deliver_record(seq, url, body).await;
+        }
         let response = self
             .client
             .post(&self.url)
@@ -271,6 +274,32 @@ impl Sender {
             self.bury(seq, json!({ "error": format!("the API rejected the result: {status}"), "status": status.as_u16(), "answer": answer }))
         } else {
             Err(format!("the API answered {status}"))
+        }
+    }
+
+    /// Posts record `seq` to its URL (no fleet token: the URL carries its own credential). A
+    /// 409 means the receiver has it already.
+    async fn deliver_record(&self, seq: u64, url: &str, body: Vec<u8>) -> Result<(), String> {
+        // The URL's query holds its credential: errors name the host only.
+        let host = reqwest::Url::parse(url).ok().and_then(|u| u.host_str().map(str::to_string)).unwrap_or_default();
+        let response = self
+            .client
+            .post(url)
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| format!("posting a record to {host}: {}", e.without_url()))?;
+        let status = response.status();
+        if status.is_success() || status == reqwest::StatusCode::CONFLICT {
+            self.spool.remove(seq).map_err(|e| format!("removing delivered entry {seq}: {e}"))?;
+            Counters::bump(&self.counters.delivered);
+            self.counters.settled();
+            Ok(())
+        } else if judges_result(status) {
+            self.bury(seq, json!({ "error": format!("{host} rejected the record: {status}"), "status": status.as_u16() }))
+        } else {
+            Err(format!("{host} answered {status}"))
         }
     }
 

@@ -30,22 +30,32 @@ pub(crate) struct PendingRecording {
     pub(crate) channels: u16,
 }
 
-/// One finished call waiting for delivery.
+/// One finished call waiting for delivery: its result for the API, or a record for another
+/// address of the platform's (a SIP call's call-end record for the dialler).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct Entry {
     pub(crate) v: u32,
     pub(crate) seq: u64,
-    /// The call result as the API takes it (`result.recording` set once uploaded).
+    /// The call result as the API takes it (`result.recording` set once uploaded), or the
+    /// record posted to `deliver_to`.
     pub(crate) result: Value,
     /// Present until the recording is uploaded and `result.recording` points at it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) recording: Option<PendingRecording>,
+    /// A record's URL (`http` or `https`, its credential in it): `result` goes there as it is,
+    /// without the fleet token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) deliver_to: Option<String>,
 }
 
 impl Entry {
     pub(crate) fn new(seq: u64, result: Value, recording: Option<PendingRecording>) -> Entry {
-        Entry { v: VERSION, seq, result, recording }
+        Entry { v: VERSION, seq, result, recording, deliver_to: None }
+    }
+
+    pub(crate) fn record(seq: u64, url: String, body: Value) -> Entry {
+        Entry { v: VERSION, seq, result: body, recording: None, deliver_to: Some(url) }
     }
 
     /// Reads an entry file's bytes; `Err` says what is wrong with them.
@@ -57,9 +67,23 @@ impl Entry {
         if entry.seq != seq {
             return Err(format!("entry says seq {} but its file is {seq}", entry.seq));
         }
-        check_result(&entry.result).map_err(|e| format!("bad result: {e}"))?;
+        match &entry.deliver_to {
+            Some(url) => check_record(url, &entry.result).map_err(|e| format!("bad record: {e}"))?,
+            None => {
+                check_result(&entry.result).map_err(|e| format!("bad result: {e}"))?;
+            }
+        }
         Ok(entry)
     }
+}
+
+/// What a record needs: an `http` or `https` URL and a JSON object.
+pub(crate) fn check_record(url: &str, body: &Value) -> Result<(), &'static str> {
+    let scheme_ok = ["http://", "https://"].iter().any(|s| url.get(..s.len()).is_some_and(|p| p.eq_ignore_ascii_case(s)));
+    if !scheme_ok || url.len() > 4096 || url.chars().any(char::is_control) {
+        return Err("not an http(s) URL");
+    }
+    body.as_object().map(|_| ()).ok_or("not a JSON object")
 }
 
 /// The minimum a result needs for delivery: a JSON object with a non-empty string `call_id`.
@@ -348,6 +372,11 @@ mod tests {
     fn parse_rejects_what_is_not_an_entry() {
         let good = serde_json::to_vec(&Entry::new(7, json!({"call_id": "c1"}), None)).unwrap();
         assert_eq!(Entry::parse(7, &good).unwrap().result["call_id"], "c1");
+        let record = serde_json::to_vec(&Entry::record(7, "http://127.0.0.1:1/cdr?token=t".into(), json!({"status": "busy"}))).unwrap();
+        assert_eq!(Entry::parse(7, &record).unwrap().deliver_to.as_deref(), Some("http://127.0.0.1:1/cdr?token=t"), "a record needs no call_id");
+        for bad in [Entry::record(7, "file:///etc/passwd".into(), json!({})), Entry::record(7, "http://x/\n".into(), json!({})), Entry::record(7, "http://x/".into(), json!([1]))] {
+            assert!(Entry::parse(7, &serde_json::to_vec(&bad).unwrap()).unwrap_err().contains("bad record"));
+        }
         assert!(Entry::parse(8, &good).unwrap_err().contains("seq"));
         for cut in 0..good.len() {
             assert!(Entry::parse(7, &good[..cut]).is_err());

@@ -271,7 +271,7 @@ pub(super) async fn dial(worker: Rc<Worker>, stream: TcpStream, mut wire: Wire, 
             drop(guard);
             drop(lease);
             cdr.ended_at_ms = unix_ms();
-            post_cdr(request.cdr_url.as_deref(), &cdr).await;
+            post_cdr(&worker, request.cdr_url.as_deref(), &cdr).await;
             linger(&worker, sip, &mut dialog, &inbox, peer).await;
             return;
         };
@@ -290,7 +290,7 @@ pub(super) async fn dial(worker: Rc<Worker>, stream: TcpStream, mut wire: Wire, 
         drop(guard);
         cdr.ended_at_ms = unix_ms();
         cdr.cause = Some(reason.label().to_string());
-        post_cdr(request.cdr_url.as_deref(), &cdr).await;
+        post_cdr(&worker, request.cdr_url.as_deref(), &cdr).await;
         linger(&worker, sip, &mut dialog, &inbox, peer).await;
     }
     .instrument(span)
@@ -322,11 +322,20 @@ fn disposition(status: u16) -> &'static str {
     }
 }
 
-/// Posts the call-end record to `url` (the API's CDR webhook for this call), trying three
-/// times a second apart; a record that cannot be delivered is logged (the dialler then ends
-/// the call as `no_cdr` when its lease runs out).
-async fn post_cdr(url: Option<&str>, cdr: &Cdr) {
+/// Hands the call-end record for `url` (the API's CDR webhook for this call) to the result
+/// sink, which delivers it durably after the call's result (the outbox, in `cxb core`).
+/// Without a sink that keeps records, it is posted from here, three tries a second apart; one
+/// that cannot be delivered is logged (the dialler then ends the call as `no_cdr` when its
+/// lease runs out).
+async fn post_cdr(worker: &Worker, url: Option<&str>, cdr: &Cdr) {
     let Some(url) = url else { return };
+    if let Some(stored) = worker.shared.config.results.as_ref().and_then(|sink| sink.submit_record(url, serde_json::to_value(cdr).unwrap_or_default())) {
+        match stored.recv_async().await {
+            Ok(Ok(())) => return,
+            Ok(Err(why)) => tracing::warn!("the call-end record could not be stored ({why}); posting it directly"),
+            Err(_) => tracing::warn!("the result sink stopped; posting the call-end record directly"),
+        }
+    }
     let body = serde_json::to_vec(cdr).unwrap_or_default();
     for attempt in 0..3 {
         if attempt > 0 {

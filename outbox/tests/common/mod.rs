@@ -287,6 +287,11 @@ pub(crate) struct FakeState {
     pub(crate) duplicates: Vec<String>,
     /// `GET /health` requests.
     pub(crate) health_checks: usize,
+    /// Records posted to `/cdr…` and taken: path with query, whether an `Authorization` header
+    /// came with it, body.
+    pub(crate) records: Vec<(String, bool, Value)>,
+    /// Records whose `id` gets 422.
+    pub(crate) rejecting_records: std::collections::HashSet<String>,
 }
 
 /// A fake `cxb api` on 127.0.0.1 for deliveries (HTTP/1.1, keep-alive): `POST
@@ -311,6 +316,7 @@ pub(crate) async fn fake_api() -> (ApiTarget, Arc<std::sync::Mutex<FakeState>>) 
                     let mut parts = line.split_whitespace();
                     let (method, path) = (parts.next().unwrap_or("").to_string(), parts.next().unwrap_or("").to_string());
                     let mut len = 0usize;
+                    let mut authorized = false;
                     loop {
                         let mut h = String::new();
                         if conn.read_line(&mut h).await.unwrap_or(0) == 0 {
@@ -320,10 +326,11 @@ pub(crate) async fn fake_api() -> (ApiTarget, Arc<std::sync::Mutex<FakeState>>) 
                         if h.is_empty() {
                             break;
                         }
-                        if let Some((n, v)) = h.split_once(':')
-                            && n.trim().eq_ignore_ascii_case("content-length")
-                        {
-                            len = v.trim().parse().unwrap();
+                        if let Some((n, v)) = h.split_once(':') {
+                            if n.trim().eq_ignore_ascii_case("content-length") {
+                                len = v.trim().parse().unwrap();
+                            }
+                            authorized |= n.trim().eq_ignore_ascii_case("authorization");
                         }
                     }
                     let mut body = vec![0; len];
@@ -349,6 +356,15 @@ pub(crate) async fn fake_api() -> (ApiTarget, Arc<std::sync::Mutex<FakeState>>) 
                                 } else {
                                     s.stored.push(id.clone());
                                     (201, json!({"call_id": id, "duplicate": false}))
+                                }
+                            }
+                            ("POST", p) if p.starts_with("/cdr") => {
+                                let record: Value = serde_json::from_slice(&body).unwrap();
+                                if s.rejecting_records.contains(record["id"].as_str().unwrap_or_default()) {
+                                    (422, json!({"error": {"code": "invalid"}}))
+                                } else {
+                                    s.records.push((p.to_string(), authorized, record));
+                                    (202, json!({}))
                                 }
                             }
                             _ => (404, json!({"error": {"code": "not_found"}})),
