@@ -13,6 +13,8 @@
 //! Signalling is a handful of messages per call, so these threads and one lock on the route
 //! table carry it; the media (50 packets a second each way per call) never passes here.
 
+pub mod dial;
+
 use std::collections::HashMap;
 use std::io::Write;
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket};

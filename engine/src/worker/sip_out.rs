@@ -22,59 +22,9 @@ use super::call_loop::finish_bot_with;
 use super::sip::{Dialog, DialogEvent, DialogOutput, LINGER, Media, PortLease, Registered, SipInbox, linger, random, rtp_config};
 use super::*;
 use crate::protocol::{Start, StreamSid};
+use crate::sip::dial::{DialRequest, MAX_BODY};
 use crate::sip::{SipPeer, SipShared};
 use crate::transport::RtpTransport;
-
-/// The largest dial request body.
-const MAX_BODY: usize = 16 * 1024;
-
-/// What to dial.
-#[derive(Debug, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-struct DialRequest {
-    /// The callee: E.164 or a SIP user.
-    to: String,
-    /// The caller ID.
-    from: String,
-    trunk: Trunk,
-    /// Stop ringing after this long (default 30 s, at most 300 s).
-    #[serde(default)]
-    ring_timeout_ms: Option<u64>,
-    /// Where the call-end record goes (the dialler's CDR webhook for this call, its token in
-    /// the query), as JSON, once the call is over.
-    #[serde(default)]
-    cdr_url: Option<String>,
-}
-
-/// The trunk the call goes through.
-#[derive(Debug, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Trunk {
-    /// An IP address or a host name.
-    host: String,
-    #[serde(default = "sip_port")]
-    port: u16,
-    /// Digest credentials, if the trunk challenges.
-    #[serde(default)]
-    username: Option<String>,
-    #[serde(default)]
-    password: Option<String>,
-    /// The domain in From (default: this engine's advertised address).
-    #[serde(default)]
-    from_domain: Option<String>,
-    /// Where the caller ID goes: `from` (default) or `pai` (P-Asserted-Identity as well).
-    #[serde(default)]
-    caller_id_header: Option<String>,
-}
-
-fn sip_port() -> u16 {
-    5060
-}
-
-/// A number or SIP user as it may stand in a URI.
-fn user_part(s: &str) -> bool {
-    !s.is_empty() && s.len() <= 64 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"+*#._-".contains(&b))
-}
 
 impl Dialog for OutboundCall {
     fn on_message(&mut self, now: Duration, m: &Message<'_>) {
@@ -151,20 +101,10 @@ pub(super) async fn dial(worker: Rc<Worker>, stream: TcpStream, mut wire: Wire, 
         None => return error(&stream, &mut wire, 400, "bad_request", "a dial request needs a JSON body with Content-Length").await,
     };
     let Some(body) = read_body(&stream, &mut wire, leftover, length).await else { return };
-    let request: DialRequest = match serde_json::from_slice(&body) {
+    let request = match DialRequest::parse(&body) {
         Ok(r) => r,
-        Err(e) => return error(&stream, &mut wire, 400, "bad_request", &format!("dial request: {e}")).await,
+        Err(why) => return error(&stream, &mut wire, 400, "bad_request", &why).await,
     };
-    if !user_part(&request.to) || !user_part(&request.from) {
-        return error(&stream, &mut wire, 400, "bad_request", "`to` and `from` are numbers or SIP users (1 to 64 of letters, digits and +*#._-)").await;
-    }
-    let domain_ok = |d: &str| !d.is_empty() && d.len() <= 253 && d.bytes().all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b));
-    if !domain_ok(&request.trunk.host) || request.trunk.from_domain.as_deref().is_some_and(|d| !domain_ok(d)) {
-        return error(&stream, &mut wire, 400, "bad_request", "`trunk.host` and `trunk.from_domain` are host names or addresses").await;
-    }
-    if request.cdr_url.as_deref().is_some_and(|u| !(u.starts_with("http://") || u.starts_with("https://")) || u.len() > 2048) {
-        return error(&stream, &mut wire, 400, "bad_request", "`cdr_url` is an http or https URL").await;
-    }
     // The trunk is the tenant's: its name resolves through the egress policy, like every
     // request made for one.
     let trunk = match cxb_pipeline::egress::resolve(&request.trunk.host, request.trunk.port).await.map(|a| a.first().copied()) {
