@@ -262,3 +262,141 @@ async fn a_direct_call_goes_out_through_the_organizations_sip_trunk() {
     }
     api.shutdown().await;
 }
+
+/// A bare SIP phone on one UDP socket (signalling and RTP on the same port), for a caller
+/// whose phone refuses REFER: it calls `number` at `engine`, speaks `audio` as PCMU at 20 ms a
+/// packet (a 300 Hz tone once the REFER came), answers REFER with 405 and BYE with 200, and
+/// hangs up `after_refer` after the REFER. Returns whether a REFER came and the audio heard
+/// after it (8 kHz).
+fn refusing_caller(engine: &str, number: &str, audio: &[i16], after_refer: Duration) -> (bool, Vec<i16>) {
+    use cxb_codecs::g711;
+    use cxb_codecs::rtp::RtpPacket;
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    socket.set_read_timeout(Some(Duration::from_millis(5))).unwrap();
+    let local = socket.local_addr().unwrap();
+    let engine: std::net::SocketAddr = engine.parse().unwrap();
+    let call_id = format!("refuser-{}", local.port());
+    let sdp = format!("v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio {} RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\na=sendrecv\r\n", local.port());
+    let head = |method: &str, cseq: u32, to_tag: &str| {
+        format!("{method} sip:{number}@{engine} SIP/2.0\r\nVia: SIP/2.0/UDP {local};branch=z9hG4bK{method}{cseq}\r\nMax-Forwards: 70\r\nFrom: <sip:refuser@{local}>;tag=r1\r\nTo: <sip:{number}@{engine}>{to_tag}\r\nCall-ID: {call_id}\r\nCSeq: {cseq} {method}\r\nContact: <sip:refuser@{local}>\r\n")
+    };
+    let invite = format!("{}Content-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{sdp}", head("INVITE", 1, ""), sdp.len());
+    let header = |text: &str, name: &str| text.lines().find(|l| l.to_ascii_lowercase().starts_with(&format!("{}:", name.to_ascii_lowercase()))).map(|l| l.to_string());
+    let reply = |request: &str, status: &str| {
+        let copied: String = ["Via", "From", "To", "Call-ID", "CSeq"].iter().filter_map(|h| header(request, h)).map(|l| l + "\r\n").collect();
+        format!("SIP/2.0 {status}\r\n{copied}Content-Length: 0\r\n\r\n")
+    };
+    let mut buf = [0u8; 4096];
+    let (mut to_tag, mut media) = (String::new(), None);
+    let until = Instant::now() + Duration::from_secs(10);
+    let mut sent_invite = Instant::now() - Duration::from_secs(1);
+    while media.is_none() {
+        assert!(Instant::now() < until, "the engine never answered the INVITE");
+        if sent_invite.elapsed() >= Duration::from_millis(500) {
+            socket.send_to(invite.as_bytes(), engine).unwrap();
+            sent_invite = Instant::now();
+        }
+        let Ok((n, _)) = socket.recv_from(&mut buf) else { continue };
+        let text = String::from_utf8_lossy(&buf[..n]).to_string();
+        if text.starts_with("SIP/2.0 200") {
+            to_tag = header(&text, "To").and_then(|t| t.split_once(";tag=").map(|(_, tag)| format!(";tag={tag}"))).unwrap_or_default();
+            let ip = text.lines().find_map(|l| l.strip_prefix("c=IN IP4 ")).unwrap().trim().to_string();
+            let port = text.lines().find_map(|l| l.strip_prefix("m=audio ")).and_then(|l| l.split(' ').next()).unwrap().to_string();
+            media = Some(format!("{ip}:{port}").parse::<std::net::SocketAddr>().unwrap());
+        }
+    }
+    let media = media.unwrap();
+    socket.send_to(format!("{}Content-Length: 0\r\n\r\n", head("ACK", 1, &to_tag)).as_bytes(), engine).unwrap();
+    let (start, mut sent, mut refer_at, mut heard) = (Instant::now(), 0usize, None::<Instant>, Vec::new());
+    let mut packet = Vec::new();
+    loop {
+        if refer_at.is_some_and(|at| at.elapsed() >= after_refer) || start.elapsed() > Duration::from_secs(40) {
+            break;
+        }
+        while start + Duration::from_millis(20 * sent as u64) <= Instant::now() {
+            let sample = |i: usize| match refer_at {
+                Some(_) => ((((sent * 160 + i) as f64) * 2.0 * std::f64::consts::PI * 300.0 / 8000.0).sin() * 10_000.0) as i16,
+                None => audio.get(sent * 160 + i).copied().unwrap_or(0),
+            };
+            let frame: Vec<u8> = (0..160).map(|i| g711::encode_mulaw(sample(i))).collect();
+            packet.clear();
+            RtpPacket { marker: sent == 0, payload_type: 0, sequence: sent as u16, timestamp: (sent * 160) as u32, ssrc: 0x5151, payload: &frame }.write(&mut packet);
+            socket.send_to(&packet, media).unwrap();
+            sent += 1;
+        }
+        let Ok((n, _)) = socket.recv_from(&mut buf) else { continue };
+        let datagram = &buf[..n];
+        if datagram[0] & 0xC0 == 0x80 {
+            if let (Ok(p), Some(_)) = (RtpPacket::parse(datagram), refer_at) {
+                heard.extend(p.payload.iter().map(|&b| g711::decode_mulaw(b)));
+            }
+            continue;
+        }
+        let text = String::from_utf8_lossy(datagram).to_string();
+        if text.starts_with("REFER ") {
+            socket.send_to(reply(&text, "405 Method Not Allowed").as_bytes(), engine).unwrap();
+            refer_at.get_or_insert_with(Instant::now);
+        } else if text.starts_with("BYE ") {
+            socket.send_to(reply(&text, "200 OK").as_bytes(), engine).unwrap();
+            return (refer_at.is_some(), heard);
+        } else if !text.starts_with("SIP/2.0") {
+            socket.send_to(reply(&text, "200 OK").as_bytes(), engine).unwrap();
+        }
+    }
+    socket.send_to(format!("{}Content-Length: 0\r\n\r\n", head("BYE", 2, &to_tag)).as_bytes(), engine).unwrap();
+    (refer_at.is_some(), heard)
+}
+
+/// The caller's phone refuses the bot's REFER (405): the engine places the call to the
+/// destination itself (baresip, answering with its tone), relays the media both ways, and
+/// ends the new leg when the caller hangs up; the result records the refusal and the bridge.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_refer_becomes_a_call_the_engine_places_and_bridges() {
+    let dir = tempfile::tempdir().unwrap();
+    let (api, base, fleet, token) = common::api_with_org(dir.path()).await;
+    let http = reqwest::Client::new();
+    let target = tokio::task::spawn_blocking(|| Baresip::start_as("+15550188", &baresip::tone(30), "")).await.unwrap();
+    let (_stt, _tts, mut desk) = common::front_desk();
+    desk["name"] = json!("Transfer desk");
+    desk["llm"]["options"]["script"]["intents"] = json!([{ "name": "hours", "keywords": ["open"], "reply": "Connecting you.", "tool": { "name": "transfer_call", "arguments": {} } }]);
+    desk["tools"] = json!([{ "kind": "transfer_call", "transfer_to": format!("sip:+15550188@127.0.0.1:{}", target.sip.port()) }]);
+    let r = http.post(format!("{base}/v1/bots")).bearer_auth(&token).json(&desk).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 201);
+    let desk_id = serde_json::from_slice::<Value>(&r.bytes().await.unwrap()).unwrap()["id"].as_str().unwrap().to_string();
+    let number = json!({"number": "+15550133", "bot_id": desk_id, "allowed_sources": ["127.0.0.1"]});
+    assert_eq!(http.post(format!("{base}/v1/phone-numbers")).bearer_auth(&token).json(&number).send().await.unwrap().status().as_u16(), 201);
+    let sip = format!("127.0.0.1:{}", free_port());
+    let (_core, _port) = common::core(dir.path(), &base, &fleet, &["--workers", "1", "--sip", &sip, "--rtp-ports", "41400-41500"]);
+
+    let audio = caller_audio();
+    let (refused, heard) = tokio::task::spawn_blocking(move || refusing_caller(&sip, "+15550133", &audio, Duration::from_secs(6))).await.unwrap();
+    assert!(refused, "the bot transferred: a REFER came");
+    // The destination's tone reached the caller through the engine.
+    let loud: Vec<i16> = heard.chunks(160).filter(|f| f.iter().any(|s| s.unsigned_abs() > 3_000)).flatten().copied().collect();
+    assert!(loud.len() >= 8_000, "a second or more of the destination's tone: {} samples", loud.len());
+    let crossings = loud.windows(2).filter(|w| (w[0] < 0) != (w[1] < 0)).count() as f64 / 2.0 / (loud.len() as f64 / 8000.0);
+    assert!((400.0..480.0).contains(&crossings), "at 440 Hz: {crossings:.0}");
+    // The caller's hang-up ended the new leg too, and the destination heard the caller.
+    let mut target = target;
+    let (closed, to_target) = tokio::task::spawn_blocking(move || (target.event("CALL_CLOSED", Duration::from_secs(10)).is_some(), target.heard())).await.unwrap();
+    assert!(closed, "the engine hung up the leg it placed");
+    let loud: Vec<i16> = to_target.chunks(160).filter(|f| f.iter().any(|s| s.unsigned_abs() > 3_000)).flatten().copied().collect();
+    assert!(loud.len() >= 8_000, "the destination heard a second or more of the caller: {} samples", loud.len());
+    let crossings = loud.windows(2).filter(|w| (w[0] < 0) != (w[1] < 0)).count() as f64 / 2.0 / (loud.len() as f64 / 8000.0);
+    assert!((260.0..340.0).contains(&crossings), "the caller's 300 Hz: {crossings:.0}");
+
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let call = loop {
+        if let Some(call) = calls(&http, &base, &token, &desk_id).await.first().cloned() {
+            break call;
+        }
+        assert!(Instant::now() < deadline, "the result never reached the API: {}", std::fs::read_to_string(dir.path().join("core.log")).unwrap_or_default());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(call["end_reason"], "transferred", "{call}");
+    let transfer = &call["metrics"]["transfer"];
+    assert_eq!((transfer["method"].as_str(), transfer["status"].as_u64(), transfer["accepted"].as_bool()), (Some("refer"), Some(405), Some(false)), "{call}");
+    assert_eq!((transfer["bridge"]["status"].as_u64(), transfer["bridge"]["answered"].as_bool()), (Some(200), Some(true)), "{call}");
+    assert!(transfer["bridge"]["talked_ms"].as_u64().is_some_and(|ms| ms >= 3_000), "{call}");
+    api.shutdown().await;
+}

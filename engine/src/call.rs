@@ -179,6 +179,11 @@ impl Call<RtpTransport> {
         self.transport.poll_transmit()
     }
 
+    /// The call's RTP, for the engine's own transfer leg once the bot is done.
+    pub fn rtp(&mut self) -> &mut RtpTransport {
+        &mut self.transport
+    }
+
     /// The payload type the call's audio runs under.
     pub fn payload_type(&self) -> u8 {
         self.transport.payload_type()

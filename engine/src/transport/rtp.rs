@@ -184,6 +184,11 @@ impl RtpTransport {
         }
     }
 
+    /// How the session hears and speaks on this stream.
+    pub fn session_encoding(&self) -> Encoding {
+        self.config.codec.session_encoding()
+    }
+
     /// The payload type the audio runs under.
     pub fn payload_type(&self) -> u8 {
         self.config.payload_type

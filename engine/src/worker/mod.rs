@@ -361,4 +361,5 @@ mod call_loop;
 mod rtp_pump;
 mod serve;
 mod sip;
+mod sip_bridge;
 mod sip_out;

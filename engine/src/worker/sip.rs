@@ -114,7 +114,7 @@ pub(super) fn dispatch(worker: &Rc<Worker>, from: SipPeer, bytes: Vec<u8>) {
 }
 
 /// A new call's inbox, registered on this worker and in the SIP port's routes.
-fn register(worker: &Rc<Worker>, call_id: &str) -> Rc<SipInbox> {
+pub(super) fn register(worker: &Rc<Worker>, call_id: &str) -> Rc<SipInbox> {
     let inbox = Rc::new(SipInbox::default());
     worker.sip_calls.borrow_mut().insert(call_id.to_string(), inbox.clone());
     if let Some(sip) = &worker.shared.sip {
@@ -305,8 +305,8 @@ impl Worker {
 
 /// A call's media sockets: RTP, and RTCP on the next port.
 pub(super) struct MediaSockets {
-    rtp: std::net::UdpSocket,
-    rtcp: Option<std::net::UdpSocket>,
+    pub(super) rtp: std::net::UdpSocket,
+    pub(super) rtcp: Option<std::net::UdpSocket>,
 }
 
 /// Sends the call's RTCP datagrams, without blocking.
@@ -367,11 +367,16 @@ pub(super) trait Dialog {
     fn is_new_invite(&self, _m: &Message<'_>) -> bool {
         false
     }
+    /// The other party's number or user (the caller of an inbound call).
+    fn remote_user(&self) -> Option<String>;
 }
 
 impl Dialog for InboundCall {
     fn on_message(&mut self, now: Duration, m: &Message<'_>) {
         InboundCall::on_message(self, now, m);
+    }
+    fn remote_user(&self) -> Option<String> {
+        user_of(uri_of(self.parties().0)).map(str::to_string)
     }
     fn handle_timeout(&mut self, now: Duration) {
         InboundCall::handle_timeout(self, now);
@@ -508,9 +513,9 @@ async fn inbound(worker: Rc<Worker>, peer: SipPeer, invite: Vec<u8>, inbox: Rc<S
     let mut guard = CallGuard { worker: worker.clone(), slot: accepted.slot, call_id: accepted.call_id.clone(), reason: EndReason::PeerClosed };
     let span = tracing::info_span!("call", id = %accepted.call_id, bot = kind.id(), transport = "sip", worker = worker.index);
     async {
-        let mut media = Media { worker: &worker, sip, peer, dialog: &mut dialog, inbox: &inbox, mailbox: &mailbox, slot: accepted.slot, sdp, referred: None };
+        let mut media = Media { worker: &worker, sip, peer, dialog: &mut dialog, inbox: &inbox, mailbox: &mailbox, slot: accepted.slot, sdp, referred: None, bridged: None };
         let (reason, mut call) = media.run_call(call, socket).await;
-        let referred = media.referred;
+        let (referred, bridged) = (media.referred, media.bridged);
         let report = call.media_report();
         guard.reason = reason;
         drop(lease);
@@ -521,6 +526,9 @@ async fn inbound(worker: Rc<Worker>, peer: SipPeer, invite: Vec<u8>, inbox: Rc<S
             if let (Some(code), Some(transfer)) = (referred, result.metrics.get_mut("transfer").and_then(|t| t.as_object_mut())) {
                 transfer.insert("status".into(), code.into());
                 transfer.insert("accepted".into(), (200..300).contains(&code).into());
+                if let Some(b) = bridged {
+                    transfer.insert("bridge".into(), serde_json::json!({ "status": b.status, "answered": b.status == 200, "talked_ms": b.talked.as_millis() as u64 }));
+                }
             }
         })
         .await;
@@ -585,6 +593,8 @@ pub(super) struct Media<'a, D> {
     pub(super) sdp: cxb_sip::sdp::Local,
     /// The answer to our REFER, when the bot transferred the call.
     pub(super) referred: Option<u16>,
+    /// The engine's own leg to the destination, when the REFER was not taken.
+    pub(super) bridged: Option<super::sip_bridge::Bridged>,
 }
 
 impl<D: Dialog> Media<'_, D> {
@@ -705,14 +715,20 @@ impl<D: Dialog> Media<'_, D> {
                 break EndReason::Panicked;
             }
         };
-        drop(registration);
-        call.rtcp_bye();
-        send_rtcp(&mut call, rtcp.as_ref());
         if reason == EndReason::Transferred
             && let Some(target) = call.transfer_target()
         {
-            self.referred = Some(self.transfer(&target).await);
+            let referred = self.transfer(&target).await;
+            self.referred = Some(referred);
+            // Not taken (refused, or unanswered in time): the engine places the call itself
+            // and relays the media (400: the destination is not one).
+            if !(200..300).contains(&referred) && referred != 400 {
+                self.bridged = self.bridge(&target, call.rtp(), &sender, rtcp.as_ref(), media).await;
+            }
         }
+        drop(registration);
+        call.rtcp_bye();
+        send_rtcp(&mut call, rtcp.as_ref());
         self.dialog.hang_up(worker.sip_now());
         flush(self.sip, self.dialog, self.peer, &mut events);
         (reason, call)
@@ -759,7 +775,7 @@ impl<D: Dialog> Media<'_, D> {
     }
 
     /// Feeds the inbox's messages to the dialog and sends its answers; its next timer.
-    fn signal(&mut self, events: &mut Vec<DialogEvent>) -> Option<Duration> {
+    pub(super) fn signal(&mut self, events: &mut Vec<DialogEvent>) -> Option<Duration> {
         while let Some((_, bytes)) = self.inbox.pop() {
             match Message::parse(&bytes) {
                 Ok(m) => self.dialog.on_message(self.worker.sip_now(), &m),

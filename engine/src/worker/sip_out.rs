@@ -30,6 +30,9 @@ impl Dialog for OutboundCall {
     fn on_message(&mut self, now: Duration, m: &Message<'_>) {
         OutboundCall::on_message(self, now, m);
     }
+    fn remote_user(&self) -> Option<String> {
+        None
+    }
     fn handle_timeout(&mut self, now: Duration) {
         OutboundCall::handle_timeout(self, now);
     }
@@ -218,7 +221,7 @@ pub(super) async fn dial(worker: Rc<Worker>, stream: TcpStream, mut wire: Wire, 
         let mailbox = Rc::new(Mailbox { message: Cell::new(None), waker: Cell::new(None), last_rx: Cell::new(Instant::now()) });
         worker.calls.borrow_mut().insert(call_id.clone(), mailbox.clone());
         let mut guard = guard;
-        let mut media = Media { worker: &worker, sip, peer, dialog: &mut dialog, inbox: &inbox, mailbox: &mailbox, slot, sdp, referred: None };
+        let mut media = Media { worker: &worker, sip, peer, dialog: &mut dialog, inbox: &inbox, mailbox: &mailbox, slot, sdp, referred: None, bridged: None };
         let (reason, mut call) = media.run_call(call, socket).await;
         guard.reason = reason;
         drop(lease);
