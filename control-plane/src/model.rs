@@ -752,6 +752,10 @@ pub struct SipTrunk {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(pattern = "^(from|pai)$")]
     pub caller_id_header: Option<String>,
+    /// `udp` (default) or `tcp`: how the engine reaches the trunk.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(pattern = "^(udp|tcp)$")]
+    pub transport: Option<String>,
 }
 
 fn sip_port() -> u16 {
@@ -828,6 +832,9 @@ impl Settings {
             }
             if trunk.caller_id_header.as_deref().is_some_and(|h| h != "from" && h != "pai") {
                 return Err(ApiError::invalid("carrier.sip.caller_id_header", "from or pai"));
+            }
+            if trunk.transport.as_deref().is_some_and(|t| t != "udp" && t != "tcp") {
+                return Err(ApiError::invalid("carrier.sip.transport", "udp or tcp"));
             }
             if trunk.username.as_deref().is_some_and(|u| u.is_empty() || u.chars().any(|c| c.is_control() || c == '"')) {
                 return Err(ApiError::invalid("carrier.sip.username", "no quotes or control characters"));

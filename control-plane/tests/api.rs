@@ -609,4 +609,19 @@ async fn phone_numbers_route_sip_calls_to_bots_with_their_trunks_credentials() {
         assert_eq!((r.status, r.body["error"]["field"].as_str()), (422, Some(field)), "{body}: {}", r.body);
     }
     assert_eq!(api.post("/v1/phone-numbers", &token, json!({"number": "sales", "bot_id": "echo", "allowed_sources": ["127.0.0.1"]})).await.status, 201);
+
+    // The organization's outbound trunk: its fields are checked and named when wrong.
+    let trunk = |sip: Value| json!({"carrier": {"provider": "sip", "sip": sip}});
+    let ok = api.patch("/v1/settings", &token, trunk(json!({"host": "sip.example.com", "port": 5080, "transport": "tcp", "caller_id_header": "pai"}))).await;
+    assert_eq!(ok.status, 200, "{}", ok.body);
+    assert_eq!(ok.body["carrier"]["sip"]["transport"], "tcp");
+    for (sip, field) in [
+        (json!({"host": "sip.example.com", "transport": "tls"}), "carrier.sip.transport"),
+        (json!({"host": "sip.example.com", "caller_id_header": "x"}), "carrier.sip.caller_id_header"),
+        (json!({"host": "bad host"}), "carrier.sip.host"),
+        (json!({"host": "h", "port": 0}), "carrier.sip.port"),
+    ] {
+        let r = api.patch("/v1/settings", &token, trunk(sip.clone())).await;
+        assert_eq!((r.status, r.body["error"]["field"].as_str()), (422, Some(field)), "{sip}: {}", r.body);
+    }
 }

@@ -108,6 +108,7 @@ impl Carriers {
                     password: c.secrets.get("password").cloned(),
                     from_domain: trunk.from_domain,
                     caller_id_header: trunk.caller_id_header,
+                    transport: trunk.transport,
                 };
                 Ok(Arc::new(SipTrunk::new(self.engines.clone(), config)))
             }

@@ -87,6 +87,8 @@ pub(crate) struct SipShared {
     pub(crate) listener: TcpListener,
     /// Open TCP connections (a clone of each stream, for writing) by id.
     pub(crate) connections: Mutex<HashMap<u64, TcpStream>>,
+    /// The connections the engine opened to trunks, by address, for reuse.
+    pub(crate) outbound: Mutex<HashMap<SocketAddr, u64>>,
     pub(crate) next_connection: AtomicU64,
     /// The bound address.
     pub(crate) local: SocketAddr,
@@ -119,6 +121,7 @@ impl SipShared {
             socket,
             listener,
             connections: Mutex::default(),
+            outbound: Mutex::default(),
             next_connection: AtomicU64::new(0),
             local,
             advertise,

@@ -3,7 +3,7 @@
 //! here). The port's shared state is in `sip`.
 
 use std::io::Read;
-use std::net::TcpStream;
+use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
@@ -114,6 +114,64 @@ pub(crate) fn accept_tcp(shared: std::sync::Arc<Shared>) {
             connections.remove(&id);
         }
     }
+}
+
+/// A TCP connection to `addr` for calls the engine places through a trunk: an open one the
+/// engine made before is reused, else one is made (on a thread of its own, which then reads
+/// it like an accepted one). The receiver answers the connection, or `None` if it cannot be
+/// made within 5 s; the worker awaits it without blocking.
+pub(crate) fn connect_tcp(shared: &std::sync::Arc<Shared>, addr: SocketAddr) -> flume::Receiver<Option<SipPeer>> {
+    let (tx, rx) = flume::bounded(1);
+    let Some(sip) = shared.sip.as_ref() else {
+        let _ = tx.send(None);
+        return rx;
+    };
+    if let Some(id) = sip.outbound.lock().ok().and_then(|o| o.get(&addr).copied())
+        && sip.connections.lock().is_ok_and(|c| c.contains_key(&id))
+    {
+        let _ = tx.send(Some(SipPeer::Tcp(id, addr)));
+        return rx;
+    }
+    let shared = shared.clone();
+    let spawned = std::thread::Builder::new().name("cxb-sip-conn".into()).spawn(move || {
+        let Some(sip) = shared.sip.as_ref() else { return };
+        let Ok(stream) = TcpStream::connect_timeout(&addr, Duration::from_secs(5)) else {
+            let _ = tx.send(None);
+            return;
+        };
+        let Ok(writer) = stream.try_clone() else {
+            let _ = tx.send(None);
+            return;
+        };
+        let id = sip.next_connection.fetch_add(1, Ordering::Relaxed);
+        let _ = writer.set_write_timeout(Some(Duration::from_secs(1)));
+        match sip.connections.lock() {
+            Ok(mut connections) if connections.len() < MAX_TCP => connections.insert(id, writer),
+            _ => {
+                let _ = tx.send(None);
+                return;
+            }
+        };
+        if let Ok(mut outbound) = sip.outbound.lock() {
+            outbound.insert(addr, id);
+        }
+        let _ = tx.send(Some(SipPeer::Tcp(id, addr)));
+        read_tcp(&shared, stream, SipPeer::Tcp(id, addr));
+        if let Ok(mut connections) = sip.connections.lock() {
+            connections.remove(&id);
+        }
+        if let Ok(mut outbound) = sip.outbound.lock()
+            && outbound.get(&addr) == Some(&id)
+        {
+            outbound.remove(&addr);
+        }
+    });
+    if spawned.is_err() {
+        let (tx, rx) = flume::bounded(1);
+        let _ = tx.send(None);
+        return rx;
+    }
+    rx
 }
 
 /// Reads one TCP connection's messages until it closes, breaks the framing or the engine stops.

@@ -212,5 +212,19 @@ fn the_engine_dials_baresip_which_answers_and_hears_the_bot() {
     let middle = &heard[heard.len() / 4..heard.len() * 3 / 4];
     let f = frequency(middle);
     assert!((400.0..480.0).contains(&f), "its own tone came back through the bot: {f:.0} Hz");
+    drop(phone);
+
+    // A trunk reached over TCP: the engine connects, the INVITE and the rest of the dialog
+    // go over that connection, the media as before.
+    let mut phone = Baresip::start_as("+15550100", &tone(10), "");
+    let body = format!(r#"{{"to":"+15550100","from":"+15550199","trunk":{{"host":"127.0.0.1","port":{},"transport":"tcp"}}}}"#, phone.sip.port());
+    let request = format!("POST /sip/dial/echo?token={} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", token(&claims("echo")), body.len());
+    let (status, body) = http(engine.local_addr(), &request);
+    assert_eq!(status, 202, "{body}");
+    assert!(phone.event("CALL_ESTABLISHED", Duration::from_secs(10)).is_some(), "{}", phone.log());
+    std::thread::sleep(Duration::from_secs(1));
+    phone.command("hangup", "");
+    assert!(phone.event("CALL_CLOSED", Duration::from_secs(5)).is_some());
+    assert!(eventually(Duration::from_secs(5), || health(engine.local_addr())["live_calls"] == 0), "the BYE over TCP ended the call");
     engine.shutdown();
 }

@@ -310,5 +310,38 @@ fn a_refused_dial_ends_with_a_call_end_record_of_its_disposition() {
     assert_eq!((cdr["disposition"].as_str(), cdr["cause"].as_str(), cdr["session"].as_str()), (Some("busy"), Some("486"), Some("cl-test")), "{cdr}");
     assert!(cdr["answered_at_ms"].is_null());
     assert!(eventually(Duration::from_secs(5), || health(engine.local_addr())["live_calls"] == 0), "the slot is free");
+
+    // A trunk reached over TCP: the INVITE comes over a connection the engine opened, with
+    // a TCP Via, and the ACK of the refusal follows on it.
+    let trunk = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let body = format!(r#"{{"to":"+15550100","from":"+15550199","trunk":{{"host":"127.0.0.1","port":{},"transport":"tcp"}}}}"#, trunk.local_addr().expect("addr").port());
+    let request = format!("POST /sip/dial/echo?token={} HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n{body}", common::token(&common::claims("echo")), body.len());
+    let (status, answer) = common::http(engine.local_addr(), &request);
+    assert_eq!(status, 202, "{answer}");
+    let (mut conn, _) = trunk.accept().expect("the engine connects");
+    conn.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+    let mut raw = Vec::new();
+    let invite_len = loop {
+        if let Ok(Some(len)) = cxb_sip::message::frame(&raw) {
+            break len;
+        }
+        let n = conn.read(&mut chunk).expect("read");
+        assert!(n > 0, "closed early");
+        raw.extend_from_slice(&chunk[..n]);
+    };
+    let invite = Message::parse(&raw[..invite_len]).expect("SIP");
+    assert!(invite.header("Via").is_some_and(|v| v.starts_with("SIP/2.0/TCP ")), "{}", String::from_utf8_lossy(&raw));
+    assert!(String::from_utf8_lossy(&raw[..invite_len]).starts_with("INVITE sip:+15550100@127.0.0.1:"));
+    let mut busy = String::new();
+    cxb_sip::message::response(&invite, 486, "Busy Here", Some("trunk"), &[], "", &mut busy);
+    raw.drain(..invite_len);
+    conn.write_all(busy.as_bytes()).expect("486");
+    while !String::from_utf8_lossy(&raw).contains("\r\n\r\n") {
+        let n = conn.read(&mut chunk).expect("read");
+        assert!(n > 0, "closed early");
+        raw.extend_from_slice(&chunk[..n]);
+    }
+    assert!(raw.starts_with(b"ACK "), "{}", String::from_utf8_lossy(&raw));
+    assert!(eventually(Duration::from_secs(5), || health(engine.local_addr())["live_calls"] == 0), "the slot is free");
     engine.shutdown();
 }

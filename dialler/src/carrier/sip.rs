@@ -24,6 +24,8 @@ pub struct SipTrunkConfig {
     pub password: Option<String>,
     pub from_domain: Option<String>,
     pub caller_id_header: Option<String>,
+    /// `udp` (default) or `tcp`.
+    pub transport: Option<String>,
 }
 
 /// The carrier.
@@ -136,7 +138,7 @@ impl Carrier for SipTrunk {
                 "cdr_url": call.cdr_url,
                 "trunk": {
                     "host": t.host, "port": t.port, "username": t.username, "password": t.password,
-                    "from_domain": t.from_domain, "caller_id_header": t.caller_id_header,
+                    "from_domain": t.from_domain, "caller_id_header": t.caller_id_header, "transport": t.transport,
                 },
             });
             let url = format!("{engine}/sip/dial/{bot}?token={token}");

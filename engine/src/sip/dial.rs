@@ -42,6 +42,16 @@ pub struct Trunk {
     /// Where the caller ID goes: `from` (default) or `pai` (P-Asserted-Identity as well).
     #[serde(default)]
     pub caller_id_header: Option<String>,
+    /// `udp` (default) or `tcp`.
+    #[serde(default)]
+    pub transport: Option<String>,
+}
+
+impl Trunk {
+    /// Whether the trunk is reached over TCP.
+    pub fn tcp(&self) -> bool {
+        self.transport.as_deref() == Some("tcp")
+    }
 }
 
 fn sip_port() -> u16 {
@@ -82,6 +92,9 @@ impl DialRequest {
         if request.trunk.caller_id_header.as_deref().is_some_and(|h| h != "from" && h != "pai") {
             return Err("`trunk.caller_id_header` is `from` or `pai`".into());
         }
+        if request.trunk.transport.as_deref().is_some_and(|t| t != "udp" && t != "tcp") {
+            return Err("`trunk.transport` is `udp` or `tcp`".into());
+        }
         if request.cdr_url.as_deref().is_some_and(|u| !(u.starts_with("http://") || u.starts_with("https://")) || u.len() > 2048 || u.chars().any(char::is_control)) {
             return Err("`cdr_url` is an http or https URL".into());
         }
@@ -105,6 +118,7 @@ mod tests {
             (br#"{"to":"+1","from":"+2","trunk":{"host":"h>;evil"}}"#, "`trunk.host`"),
             (br#"{"to":"+1","from":"+2","trunk":{"host":"h","username":"a\"b"}}"#, "`trunk.username`"),
             (br#"{"to":"+1","from":"+2","trunk":{"host":"h","caller_id_header":"x"}}"#, "caller_id_header"),
+            (br#"{"to":"+1","from":"+2","trunk":{"host":"h","transport":"tls"}}"#, "`trunk.transport`"),
             (br#"{"to":"+1","from":"+2","trunk":{"host":"h"},"cdr_url":"file:///x"}"#, "`cdr_url`"),
             (br#"{"to":"+1","from":"+2","trunk":{"host":"h","port":70000}}"#, "dial request"),
         ] {

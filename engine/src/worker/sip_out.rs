@@ -149,14 +149,24 @@ pub(super) async fn dial(worker: Rc<Worker>, stream: TcpStream, mut wire: Wire, 
         worker.free_slot(slot);
         return error(&stream, &mut wire, 503, "busy", "no RTP port free on this host").await;
     };
+    let lease = PortLease { worker: worker.clone(), port };
+    let peer = if request.trunk.tcp() {
+        match crate::sip_front::connect_tcp(&worker.shared, trunk).recv_async().await {
+            Ok(Some(peer)) => peer,
+            _ => {
+                worker.free_slot(slot);
+                return error(&stream, &mut wire, 502, "trunk_unreachable", "no TCP connection to the trunk").await;
+            }
+        }
+    } else {
+        SipPeer::Udp(trunk)
+    };
     let sip_call_id = format!("{:016x}{:08x}@{}", random(), n, sip.advertise);
     let body = serde_json::json!({ "call_id": claims.call_id, "sip_call_id": sip_call_id }).to_string();
     serve::reply(&stream, &mut wire, http::response(202, "application/json", &[], &body)).await;
     drop(stream);
 
     let guard = CallGuard { worker: worker.clone(), slot, call_id: call_id.clone(), reason: EndReason::Hangup };
-    let lease = PortLease { worker: worker.clone(), port };
-    let peer = SipPeer::Udp(trunk);
     let sdp = cxb_sip::sdp::Local { address: sip.advertise, port, session_id: random() >> 1, version: 1 };
     let from_domain = request.trunk.from_domain.clone().unwrap_or_else(|| sip.advertise.to_string());
     let caller = format!("<sip:{}@{from_domain}>", request.from);
@@ -165,14 +175,14 @@ pub(super) async fn dial(worker: Rc<Worker>, stream: TcpStream, mut wire: Wire, 
         headers.push(("P-Asserted-Identity".to_string(), caller.clone()));
     }
     let plan = Dial {
-        target: format!("sip:{}@{}", request.to, SocketAddr::new(trunk.ip(), trunk.port())),
+        target: format!("sip:{}@{}{}", request.to, SocketAddr::new(trunk.ip(), trunk.port()), if request.trunk.tcp() { ";transport=tcp" } else { "" }),
         from: caller,
         to: format!("<sip:{}@{}>", request.to, request.trunk.host),
         call_id: sip_call_id.clone(),
         tag: format!("{:016x}", random()),
-        contact: format!("sip:cxb@{}", sip.sent_by()),
+        contact: format!("sip:cxb@{}{}", sip.sent_by(), if request.trunk.tcp() { ";transport=tcp" } else { "" }),
         sent_by: sip.sent_by(),
-        transport: "UDP",
+        transport: peer.transport(),
         sdp: sdp.offer(),
         credentials: request.trunk.username.clone().zip(request.trunk.password.clone()),
         headers,
