@@ -592,6 +592,10 @@ struct CoreArgs {
     /// NAT (default: the --sip address, or 127.0.0.1 when that is unspecified).
     #[arg(long)]
     sip_advertise: Option<std::net::IpAddr>,
+    /// Also speak SIP over TLS (`transport=tls`) on this TCP address, with the certificate of
+    /// --tls-cert and --tls-key (needs --sip).
+    #[arg(long, requires_all = ["sip", "tls_cert", "tls_key"])]
+    sip_tls: Option<SocketAddr>,
     /// On SIGTERM or SIGINT: stop taking calls and let live calls run this long before they
     /// are ended (their results written to the outbox either way).
     #[arg(long, default_value_t = 30)]
@@ -869,7 +873,7 @@ fn engine_config(a: CoreArgs) -> anyhow::Result<EngineConfig> {
         c.host_id = Some(host_id(a.listen.port()));
     }
     c.idle_timeout = Duration::from_secs(a.idle_timeout_secs);
-    c.sip = a.sip.map(|listen| cxb_engine::sip::SipConfig { listen, advertise: a.sip_advertise, rtp_ports: a.rtp_ports });
+    c.sip = a.sip.map(|listen| cxb_engine::sip::SipConfig { listen, advertise: a.sip_advertise, rtp_ports: a.rtp_ports, tls_listen: a.sip_tls });
     Ok(c)
 }
 
@@ -898,7 +902,11 @@ fn print_welcome(engine: &Engine) {
     }
     if let Some(sip) = engine.sip_addr() {
         let bot = if c.demo_bots { "echo" } else { "BOT" };
-        say!("  SIP         sip:{bot}@{sip}   (UDP; RTP on ports {}-{})", c.sip.as_ref().map_or(0, |s| s.rtp_ports.0), c.sip.as_ref().map_or(0, |s| s.rtp_ports.1));
+        say!("  SIP         sip:{bot}@{sip}   (UDP and TCP; RTP on ports {}-{})", c.sip.as_ref().map_or(0, |s| s.rtp_ports.0), c.sip.as_ref().map_or(0, |s| s.rtp_ports.1));
+    }
+    if let Some(tls) = engine.sip_tls_addr() {
+        let bot = if c.demo_bots { "echo" } else { "BOT" };
+        say!("  SIP (TLS)   sip:{bot}@{tls};transport=tls");
     }
     say!("  registry    {}", c.registry.display());
     say!("  control     {}", c.control_socket.display());

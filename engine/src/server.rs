@@ -89,7 +89,7 @@ impl Engine {
             (0..workers).map(|_| flume::unbounded()).unzip();
         let gate = crate::admission::Gate::new(config.call_keys.clone(), config.host_id.clone());
         let limits = std::sync::Mutex::new(crate::limits::AddressLimits::new(config.address_limits));
-        let sip = config.sip.as_ref().map(crate::sip::SipShared::bind).transpose()?;
+        let sip = config.sip.as_ref().map(|s| crate::sip::SipShared::bind(s, config.tls.as_ref())).transpose()?;
         let shared = Arc::new(Shared {
             gate,
             limits,
@@ -131,6 +131,10 @@ impl Engine {
             threads.push(std::thread::Builder::new().name("cxb-sip".into()).spawn(move || crate::sip_front::front(&sip_shared))?);
             let tcp_shared = shared.clone();
             threads.push(std::thread::Builder::new().name("cxb-sip-tcp".into()).spawn(move || crate::sip_front::accept_tcp(tcp_shared))?);
+            if shared.sip.as_ref().is_some_and(|s| s.tls.is_some()) {
+                let tls_shared = shared.clone();
+                threads.push(std::thread::Builder::new().name("cxb-sip-tls".into()).spawn(move || crate::sip_front::accept_tls(tls_shared))?);
+            }
         }
         let control_shared = shared.clone();
         threads.push(
@@ -163,6 +167,11 @@ impl Engine {
     /// The SIP port's address, when the engine speaks SIP.
     pub fn sip_addr(&self) -> Option<SocketAddr> {
         self.shared.sip.as_ref().map(|s| s.local)
+    }
+
+    /// The SIP-over-TLS port's address, when it has one.
+    pub fn sip_tls_addr(&self) -> Option<SocketAddr> {
+        self.shared.sip.as_ref().and_then(|s| s.tls_addr())
     }
 
     /// The configuration in effect.
@@ -206,6 +215,9 @@ impl Engine {
         let _ = TcpStream::connect(self.addr); // wakes the acceptor
         if let Some(sip) = self.sip_addr() {
             let _ = TcpStream::connect(sip); // wakes the SIP port's TCP acceptor
+        }
+        if let Some(tls) = self.sip_tls_addr() {
+            let _ = TcpStream::connect(tls); // and its TLS acceptor
         }
         let _ = UnixStream::connect(&self.shared.config.control_socket); // wakes the control thread
         for inbox in &self.shared.inboxes {

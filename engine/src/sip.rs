@@ -33,12 +33,15 @@ pub struct SipConfig {
     /// The RTP ports calls take, even numbers from `low` to below `high`, shared out among the
     /// workers.
     pub rtp_ports: (u16, u16),
+    /// SIP over TLS (`transport=tls`) on this TCP address, with the engine's certificate
+    /// (`EngineConfig::tls`, which it requires).
+    pub tls_listen: Option<SocketAddr>,
 }
 
 impl SipConfig {
     /// SIP on `listen`, RTP on ports 20000–29999.
     pub fn new(listen: SocketAddr) -> SipConfig {
-        SipConfig { listen, advertise: None, rtp_ports: (20_000, 30_000) }
+        SipConfig { listen, advertise: None, rtp_ports: (20_000, 30_000), tls_listen: None }
     }
 }
 
@@ -52,13 +55,15 @@ pub(crate) enum SipPeer {
     Udp(SocketAddr),
     /// TCP connection `id`, from this address.
     Tcp(u64, SocketAddr),
+    /// TLS connection `id` (on the TLS port), from this address.
+    Tls(u64, SocketAddr),
 }
 
 impl SipPeer {
     /// The peer's address.
     pub(crate) fn addr(self) -> SocketAddr {
         match self {
-            SipPeer::Udp(a) | SipPeer::Tcp(_, a) => a,
+            SipPeer::Udp(a) | SipPeer::Tcp(_, a) | SipPeer::Tls(_, a) => a,
         }
     }
 
@@ -67,6 +72,7 @@ impl SipPeer {
         match self {
             SipPeer::Udp(_) => "UDP",
             SipPeer::Tcp(..) => "TCP",
+            SipPeer::Tls(..) => "TLS",
         }
     }
 }
@@ -85,8 +91,10 @@ pub(crate) struct SipCounters {
 pub(crate) struct SipShared {
     pub(crate) socket: UdpSocket,
     pub(crate) listener: TcpListener,
-    /// Open TCP connections (a clone of each stream, for writing) by id.
-    pub(crate) connections: Mutex<HashMap<u64, TcpStream>>,
+    /// Open TCP and TLS connections by id: how to write to each.
+    pub(crate) connections: Mutex<HashMap<u64, Connection>>,
+    /// The TLS port, when there is one, and the certificate it serves.
+    pub(crate) tls: Option<(TcpListener, crate::tls::TlsConfig)>,
     /// The connections the engine opened to trunks, by address, for reuse.
     pub(crate) outbound: Mutex<HashMap<SocketAddr, u64>>,
     pub(crate) next_connection: AtomicU64,
@@ -102,9 +110,22 @@ pub(crate) struct SipShared {
     pub(crate) nonce_key: [u8; 16],
 }
 
+/// How to write to a connection: a TCP stream directly, a TLS one through its thread (which
+/// owns the session).
+#[derive(Debug)]
+pub(crate) enum Connection {
+    Plain(TcpStream),
+    Tls(flume::Sender<Vec<u8>>),
+}
+
 impl SipShared {
-    pub(crate) fn bind(config: &SipConfig) -> std::io::Result<SipShared> {
+    pub(crate) fn bind(config: &SipConfig, tls: Option<&crate::tls::TlsConfig>) -> std::io::Result<SipShared> {
         let (socket, listener) = Self::bind_pair(config.listen)?;
+        let tls = match (config.tls_listen, tls) {
+            (Some(addr), Some(tls)) => Some((TcpListener::bind(addr)?, tls.clone())),
+            (Some(_), None) => return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, "SIP over TLS needs the engine's certificate (--tls-cert, --tls-key)")),
+            (None, _) => None,
+        };
         // Wakes the reading thread now and then to see whether the engine is stopping.
         socket.set_read_timeout(Some(Duration::from_millis(200)))?;
         let local = socket.local_addr()?;
@@ -121,6 +142,7 @@ impl SipShared {
             socket,
             listener,
             connections: Mutex::default(),
+            tls,
             outbound: Mutex::default(),
             next_connection: AtomicU64::new(0),
             local,
@@ -154,6 +176,20 @@ impl SipShared {
         SocketAddr::new(self.advertise, self.local.port()).to_string()
     }
 
+    /// The sent-by and Contact address for a dialog with `peer`: the TLS port's for a peer on
+    /// TLS.
+    pub(crate) fn sent_by_for(&self, peer: SipPeer) -> String {
+        match (peer, &self.tls) {
+            (SipPeer::Tls(..), Some((listener, _))) => SocketAddr::new(self.advertise, listener.local_addr().map_or(5061, |a| a.port())).to_string(),
+            _ => self.sent_by(),
+        }
+    }
+
+    /// The TLS port's address.
+    pub(crate) fn tls_addr(&self) -> Option<SocketAddr> {
+        self.tls.as_ref().and_then(|(l, _)| l.local_addr().ok())
+    }
+
     /// Sends one message the way `to` reached us: a datagram the kernel will not take now is
     /// lost like any other (SIP over UDP retransmits); a TCP peer that does not read within a
     /// second loses its connection.
@@ -162,12 +198,21 @@ impl SipShared {
             SipPeer::Udp(addr) => {
                 let _ = self.socket.send_to(message, addr);
             }
-            SipPeer::Tcp(id, _) => {
-                let stream = self.connections.lock().ok().and_then(|c| c.get(&id).and_then(|s| s.try_clone().ok()));
-                if let Some(mut stream) = stream
-                    && stream.write_all(message).is_err()
-                {
-                    let _ = stream.shutdown(std::net::Shutdown::Both);
+            SipPeer::Tcp(id, _) | SipPeer::Tls(id, _) => {
+                let writer = self.connections.lock().ok().and_then(|c| match c.get(&id) {
+                    Some(Connection::Plain(s)) => s.try_clone().ok().map(Connection::Plain),
+                    Some(Connection::Tls(tx)) => Some(Connection::Tls(tx.clone())),
+                    None => None,
+                });
+                match writer {
+                    Some(Connection::Plain(stream)) if (&stream).write_all(message).is_err() => {
+                        let _ = stream.shutdown(std::net::Shutdown::Both);
+                    }
+                    Some(Connection::Plain(_)) => {}
+                    Some(Connection::Tls(tx)) => {
+                        let _ = tx.try_send(message.to_vec());
+                    }
+                    None => {}
                 }
             }
         }

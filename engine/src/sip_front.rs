@@ -10,7 +10,8 @@ use std::time::Duration;
 use cxb_sip::message::{Message, StartLine, frame, response};
 
 use crate::shared::{Inbox, Shared};
-use crate::sip::{MAX_TCP, SipPeer, SipShared};
+use crate::sip::{Connection, MAX_TCP, SipPeer, SipShared};
+use crate::tls::Session;
 
 /// What the SIP port does with one message from `from`: route it to its call's worker, or
 /// answer it here.
@@ -97,7 +98,7 @@ pub(crate) fn accept_tcp(shared: std::sync::Arc<Shared>) {
                 continue; // dropped: closed
             }
             let _ = writer.set_write_timeout(Some(Duration::from_secs(1)));
-            connections.insert(id, writer);
+            connections.insert(id, Connection::Plain(writer));
         }
         let shared = shared.clone();
         let spawned = std::thread::Builder::new().name("cxb-sip-conn".into()).spawn(move || {
@@ -146,7 +147,7 @@ pub(crate) fn connect_tcp(shared: &std::sync::Arc<Shared>, addr: SocketAddr) -> 
         let id = sip.next_connection.fetch_add(1, Ordering::Relaxed);
         let _ = writer.set_write_timeout(Some(Duration::from_secs(1)));
         match sip.connections.lock() {
-            Ok(mut connections) if connections.len() < MAX_TCP => connections.insert(id, writer),
+            Ok(mut connections) if connections.len() < MAX_TCP => connections.insert(id, Connection::Plain(writer)),
             _ => {
                 let _ = tx.send(None);
                 return;
@@ -172,6 +173,91 @@ pub(crate) fn connect_tcp(shared: &std::sync::Arc<Shared>, addr: SocketAddr) -> 
         return rx;
     }
     rx
+}
+
+/// The `cxb-sip-tls` thread: accepts TLS connections on the TLS port, a thread for each that
+/// owns its session (reads, and writes what the workers send through its channel).
+pub(crate) fn accept_tls(shared: std::sync::Arc<Shared>) {
+    let Some((listener, tls)) = shared.sip.as_ref().and_then(|s| s.tls.as_ref()) else { return };
+    for conn in listener.incoming() {
+        if shared.stopping.load(Ordering::SeqCst) {
+            return;
+        }
+        let (Ok(stream), Some(sip)) = (conn, shared.sip.as_ref()) else { continue };
+        let (Ok(peer), Ok(session)) = (stream.peer_addr(), Session::new(tls)) else { continue };
+        let id = sip.next_connection.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = flume::bounded(64);
+        {
+            let Ok(mut connections) = sip.connections.lock() else { return };
+            if connections.len() >= MAX_TCP {
+                continue;
+            }
+            connections.insert(id, Connection::Tls(tx));
+        }
+        let shared = shared.clone();
+        let spawned = std::thread::Builder::new().name("cxb-sip-tls-conn".into()).spawn(move || {
+            serve_tls(&shared, stream, session, &rx, SipPeer::Tls(id, peer));
+            if let Some(sip) = shared.sip.as_ref()
+                && let Ok(mut connections) = sip.connections.lock()
+            {
+                connections.remove(&id);
+            }
+        });
+        if spawned.is_err()
+            && let Ok(mut connections) = sip.connections.lock()
+        {
+            connections.remove(&id);
+        }
+    }
+}
+
+/// One TLS connection: its records in, its messages to the front; what the workers send
+/// (`outgoing`) sealed and written. Until it closes, breaks the framing or TLS, or the engine
+/// stops. The socket is read with a short timeout so that sends wait at most that long.
+fn serve_tls(shared: &Shared, mut stream: TcpStream, mut session: Session, outgoing: &flume::Receiver<Vec<u8>>, peer: SipPeer) {
+    let Some(sip) = shared.sip.as_ref() else { return };
+    let _ = stream.set_read_timeout(Some(Duration::from_millis(20)));
+    let _ = stream.set_write_timeout(Some(Duration::from_secs(1)));
+    let mut front = Front { shared, sip, out: String::new(), next: 0 };
+    let (mut pending, mut plain, mut out) = (Vec::new(), Vec::new(), Vec::new());
+    let mut buf = vec![0u8; 16 * 1024];
+    while !shared.stopping.load(Ordering::SeqCst) {
+        match stream.read(&mut buf) {
+            Ok(0) => return,
+            Ok(n) => {
+                plain.clear();
+                if session.receive(&buf[..n], &mut plain).is_err() {
+                    return;
+                }
+                pending.extend_from_slice(&plain);
+            }
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+            Err(_) => return,
+        }
+        loop {
+            match frame(&pending) {
+                Ok(Some(len)) => {
+                    front.message(peer, &pending[..len]);
+                    pending.drain(..len);
+                }
+                Ok(None) => break,
+                Err(_) => {
+                    sip.counters.malformed.fetch_add(1, Ordering::Relaxed);
+                    return;
+                }
+            }
+        }
+        out.clear();
+        if !session.handshaking() {
+            while let Ok(message) = outgoing.try_recv() {
+                session.send(&message, &mut out);
+            }
+        }
+        session.drain(&mut out);
+        if !out.is_empty() && std::io::Write::write_all(&mut stream, &out).is_err() {
+            return;
+        }
+    }
 }
 
 /// Reads one TCP connection's messages until it closes, breaks the framing or the engine stops.

@@ -51,6 +51,33 @@ fn baresip_calls_the_echo_bot_over_udp_and_tcp_and_in_opus_hears_its_own_tone_an
     engine.shutdown();
 }
 
+/// SIP over TLS: baresip, trusting the engine's certificate, calls over `transport=tls` on the
+/// engine's TLS port, hears its tone come back, and hangs up over the same connection.
+#[test]
+fn baresip_calls_over_tls_and_hears_its_tone() {
+    let fixture = |name: &str| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name);
+    let engine = engine(|c| {
+        c.tls = Some(cxb_engine::tls::TlsConfig::load(&fixture("tls-cert.pem"), &fixture("tls-key.pem")).expect("the test certificate"));
+        let mut sip = SipConfig::new("127.0.0.1:0".parse().expect("addr"));
+        sip.tls_listen = Some("127.0.0.1:0".parse().expect("addr"));
+        c.sip = Some(sip);
+    });
+    let tls = engine.sip_tls_addr().expect("the TLS port");
+    let mut phone = Baresip::start_trusting(&fixture("tls-cert.pem"), &tone(10));
+    phone.command("dial", &format!("sip:echo@{tls};transport=tls"));
+    // (The engine's HTTP port serves TLS too here, so its /health is not read.)
+    assert!(phone.event("CALL_ESTABLISHED", Duration::from_secs(10)).is_some(), "{}", phone.log());
+    std::thread::sleep(Duration::from_secs(2));
+    phone.command("hangup", "");
+    let closed = phone.event("CALL_CLOSED", Duration::from_secs(5)).expect("closed");
+    assert!(closed["peeruri"].as_str().is_some_and(|u| u.ends_with(";transport=tls")), "{closed}");
+    let heard = phone.heard();
+    assert!(heard.len() >= 12_000, "heard {} samples", heard.len());
+    let f = frequency(&heard[heard.len() / 4..heard.len() * 3 / 4]);
+    assert!((400.0..480.0).contains(&f), "its tone came back: {f:.0} Hz");
+    engine.shutdown();
+}
+
 #[test]
 fn a_key_pressed_on_baresip_reaches_the_bot_and_the_engine_hangs_up() {
     let (engine, sip) = sip_engine();

@@ -439,11 +439,15 @@ async fn inbound(worker: Rc<Worker>, peer: SipPeer, invite: Vec<u8>, inbox: Rc<S
         StartLine::Request { uri, .. } => user_of(uri).map(str::to_string),
         StartLine::Response { .. } => None,
     };
-    let tcp = if matches!(peer, SipPeer::Tcp(..)) { ";transport=tcp" } else { "" };
+    let tcp = match peer {
+        SipPeer::Udp(_) => "",
+        SipPeer::Tcp(..) => ";transport=tcp",
+        SipPeer::Tls(..) => ";transport=tls",
+    };
     let local = Local {
         tag: format!("{:016x}", random()),
-        contact: format!("sip:{}@{}{tcp}", user.as_deref().unwrap_or("cxb"), sip.sent_by()),
-        sent_by: sip.sent_by(),
+        contact: format!("sip:{}@{}{tcp}", user.as_deref().unwrap_or("cxb"), sip.sent_by_for(peer)),
+        sent_by: sip.sent_by_for(peer),
         transport: peer.transport(),
     };
     let sip_call_id = message.call_id().to_string();

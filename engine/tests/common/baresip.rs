@@ -90,6 +90,15 @@ impl Baresip {
 
     /// [`Baresip::start_as`] offering only `codec` (`PCMU`, `PCMA` or `opus`).
     pub fn start_with(codec: &str, user: &str, source: &[i16], params: &str) -> Baresip {
+        Baresip::launch(codec, user, source, params, "")
+    }
+
+    /// [`Baresip::start`] trusting the certificate authority in `cafile` for SIP over TLS.
+    pub fn start_trusting(cafile: &Path, source: &[i16]) -> Baresip {
+        Baresip::launch("PCMU", "phone", source, "", &format!("sip_cafile {}\n", cafile.display()))
+    }
+
+    fn launch(codec: &str, user: &str, source: &[i16], params: &str, extra_config: &str) -> Baresip {
         let dir = tempdir();
         // baresip names its mono Opus by the RTP clock and its channels, and plays a file only
         // at the codec's rate.
@@ -107,7 +116,7 @@ impl Baresip {
             let config = format!(
                 "poll_method epoll\nsip_listen 127.0.0.1:{sip_port}\naudio_player aubridge,x\naudio_source aufile,{dir}/tone.wav\naudio_alert aubridge,x\n\
                  module_path /usr/lib/baresip/modules\nmodule g711.so\nmodule opus.so\nopus_stereo no\nopus_sprop_stereo no\nmodule aufile.so\nmodule aubridge.so\nmodule sndfile.so\nmodule menu.so\n\
-                 module account.so\nmodule ctrl_tcp.so\nctrl_tcp_listen 127.0.0.1:{ctrl_port}\nsnd_path {dir}\n",
+                 module account.so\nmodule ctrl_tcp.so\nctrl_tcp_listen 127.0.0.1:{ctrl_port}\nsnd_path {dir}\n{extra_config}",
                 dir = dir.display()
             );
             std::fs::write(dir.join("config"), config).expect("config");
