@@ -230,6 +230,10 @@ fn the_engine_dials_baresip_which_answers_and_hears_the_bot() {
     assert!(body.contains(r#""call_id":"cl-test""#), "{body}");
     assert!(phone.event("CALL_ESTABLISHED", Duration::from_secs(10)).is_some(), "{}", phone.log());
     assert!(eventually(Duration::from_secs(5), || health(engine.local_addr())["live_calls"] == 1));
+    let sip_call_id = serde_json::from_str::<serde_json::Value>(&body).expect("JSON")["sip_call_id"].as_str().expect("sip_call_id").replace('@', "%40");
+    let (status, state) = http(engine.local_addr(), &format!("GET /sip/calls/{sip_call_id} HTTP/1.1\r\nHost: x\r\n\r\n"));
+    assert_eq!(status, 200);
+    assert!(state.contains(r#""state":"answered","status":200"#), "{state}");
     std::thread::sleep(Duration::from_secs(2));
     phone.command("hangup", "");
     assert!(phone.event("CALL_CLOSED", Duration::from_secs(5)).is_some());

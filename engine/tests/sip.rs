@@ -332,6 +332,14 @@ fn a_refused_dial_ends_with_a_call_end_record_of_its_disposition() {
     let invite = Message::parse(&raw[..invite_len]).expect("SIP");
     assert!(invite.header("Via").is_some_and(|v| v.starts_with("SIP/2.0/TCP ")), "{}", String::from_utf8_lossy(&raw));
     assert!(String::from_utf8_lossy(&raw[..invite_len]).starts_with("INVITE sip:+15550100@127.0.0.1:"));
+    // Ringing: the engine says so to whoever asks about the call.
+    let mut ringing = String::new();
+    cxb_sip::message::response(&invite, 180, "Ringing", Some("trunk"), &[], "", &mut ringing);
+    conn.write_all(ringing.as_bytes()).expect("180");
+    let sip_call_id: serde_json::Value = serde_json::from_str(&answer).expect("JSON");
+    let path = format!("/sip/calls/{}", sip_call_id["sip_call_id"].as_str().expect("sip_call_id").replace('@', "%40"));
+    let state = |path: &str| common::http(engine.local_addr(), &format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n"));
+    assert!(eventually(Duration::from_secs(5), || state(&path).1.contains(r#""state":"ringing","status":180"#)), "{:?}", state(&path));
     let mut busy = String::new();
     cxb_sip::message::response(&invite, 486, "Busy Here", Some("trunk"), &[], "", &mut busy);
     raw.drain(..invite_len);
@@ -343,5 +351,6 @@ fn a_refused_dial_ends_with_a_call_end_record_of_its_disposition() {
     }
     assert!(raw.starts_with(b"ACK "), "{}", String::from_utf8_lossy(&raw));
     assert!(eventually(Duration::from_secs(5), || health(engine.local_addr())["live_calls"] == 0), "the slot is free");
+    assert!(eventually(Duration::from_secs(5), || state(&path).0 == 404), "the call is gone");
     engine.shutdown();
 }

@@ -320,6 +320,13 @@ impl Worker {
                 }
                 None => json!({ "ok": false, "error": "no such call" }),
             },
+            Command::SipState { sip_call_id } => match self.sip_calls.borrow().get(&sip_call_id) {
+                Some(inbox) => {
+                    let (state, status) = inbox.progress.get();
+                    json!({ "ok": true, "live": true, "state": state, "status": status })
+                }
+                None => json!({ "ok": false, "error": "no such call" }),
+            },
             Command::HangupSip { sip_call_id } => match self.sip_calls.borrow().get(&sip_call_id) {
                 Some(inbox) => {
                     inbox.hang_up();

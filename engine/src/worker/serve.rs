@@ -123,7 +123,17 @@ async fn route(worker: Rc<Worker>, stream: TcpStream, mut wire: Wire, req: Reque
         let id = percent_encoding::percent_decode_str(id).decode_utf8_lossy().into_owned();
         let answer = match (req.method.as_str(), sip.route(&id)) {
             (_, None) => http::error(404, "not_found", "no such call", &[]),
-            ("GET", Some(_)) => http::response(200, "application/json", &[], r#"{"live":true}"#),
+            ("GET", Some(owner)) => {
+                let (tx, rx) = flume::bounded(1);
+                let _ = worker.shared.inboxes[owner].send(Inbox::Command(Command::SipState { sip_call_id: id }, tx));
+                match compio::time::timeout(Duration::from_secs(2), rx.recv_async()).await {
+                    Ok(Ok(v)) if v["ok"] == true => {
+                        let body = serde_json::json!({ "live": true, "state": v["state"], "status": v["status"] }).to_string();
+                        http::response(200, "application/json", &[], &body)
+                    }
+                    _ => http::error(404, "not_found", "no such call", &[]),
+                }
+            }
             ("DELETE", Some(owner)) => {
                 let (tx, rx) = flume::bounded(1);
                 let _ = worker.shared.inboxes[owner].send(Inbox::Command(Command::HangupSip { sip_call_id: id }, tx));

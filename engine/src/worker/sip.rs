@@ -29,12 +29,20 @@ use super::call_loop::finish_bot_with;
 pub(super) const LINGER: Duration = Duration::from_secs(32);
 
 /// A call's SIP messages, from the worker's dispatch to the call's task.
-#[derive(Default)]
 pub(super) struct SipInbox {
     messages: RefCell<VecDeque<(SipPeer, Vec<u8>)>>,
     waker: Cell<Option<Waker>>,
     /// The platform asked to end the call (`DELETE /sip/calls/{id}`).
     pub(super) hangup: Cell<bool>,
+    /// Where a dialled call stands, for `GET /sip/calls/{id}`: `trying`, `ringing` (180),
+    /// `early` (183, early media), `answered` (200), and the last status heard.
+    pub(super) progress: Cell<(&'static str, u16)>,
+}
+
+impl Default for SipInbox {
+    fn default() -> SipInbox {
+        SipInbox { messages: RefCell::default(), waker: Cell::default(), hangup: Cell::default(), progress: Cell::new(("trying", 100)) }
+    }
 }
 
 impl SipInbox {

@@ -336,12 +336,18 @@ async fn ring(worker: &Worker, sip: &SipShared, dialog: &mut OutboundCall, inbox
             let next = flush_raw(sip, dialog, peer);
             match next {
                 Ok(next) => break next,
-                Err(DialEvent::Answered(sdp)) => return Ok(sdp),
+                Err(DialEvent::Answered(sdp)) => {
+                    inbox.progress.set(("answered", 200));
+                    return Ok(sdp);
+                }
                 Err(DialEvent::Failed(code)) => {
                     tracing::info!(status = code, "the call was not answered");
                     return Err(code);
                 }
-                Err(DialEvent::Progress(code)) => tracing::debug!(status = code, "ringing"),
+                Err(DialEvent::Progress(code)) => {
+                    tracing::debug!(status = code, "ringing");
+                    inbox.progress.set((if code == 183 { "early" } else { "ringing" }, code));
+                }
                 Err(_) => {}
             }
         };
