@@ -400,3 +400,87 @@ async fn a_refused_refer_becomes_a_call_the_engine_places_and_bridges() {
     assert!(transfer["bridge"]["talked_ms"].as_u64().is_some_and(|ms| ms >= 3_000), "{call}");
     api.shutdown().await;
 }
+
+/// A campaign through the organization's SIP trunk: the dialler asks the engine to dial each
+/// contact; baresip (the trunk) answers one number and the bot talks with it, and refuses the
+/// other (404, no such user), which ends as an invalid number without a retry. The campaign
+/// completes with both contacts done.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_campaign_dials_through_the_sip_trunk_and_completes() {
+    use cxb_dialler::carriers::Carriers;
+    use cxb_dialler::{Dialler, DiallerConfig, DiallerTelephony, Shared};
+    let dir = tempfile::tempdir().unwrap();
+    let (api, base, fleet, token) = common::api_with_org(dir.path()).await;
+    let http = reqwest::Client::new();
+    let egress = cxb_control_plane::egress::Egress::new(cxb_contract::egress::EgressPolicy::with_loopback(), Duration::from_secs(10)).unwrap();
+    let mut config = DiallerConfig::new(base.clone());
+    config.tick = Duration::from_millis(50);
+    let shared = Shared::new(api.state().db.clone(), Carriers::new(None, egress, api.state().secrets.clone()), config);
+    api.attach_telephony(std::sync::Arc::new(DiallerTelephony(shared.clone())));
+    let _dialler = Dialler::start(shared);
+    let post = async |path: &str, body: Value| -> Value {
+        let r = http.post(format!("{base}{path}")).bearer_auth(&token).json(&body).send().await.unwrap();
+        serde_json::from_slice(&r.bytes().await.unwrap()).unwrap()
+    };
+
+    let (_stt, _tts, bot) = common::front_desk();
+    let bot_id = post("/v1/bots", bot).await["id"].as_str().unwrap().to_string();
+    let sip = format!("127.0.0.1:{}", free_port());
+    let (_core, _port) = common::core(dir.path(), &base, &fleet, &["--workers", "1", "--sip", &sip, "--rtp-ports", "41600-41700"]);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let r = http.get(format!("{base}/v1/fleet/hosts")).bearer_auth(&fleet).send().await.unwrap();
+        let hosts: Value = serde_json::from_slice(&r.bytes().await.unwrap()).unwrap_or_default();
+        if hosts["items"].as_array().is_some_and(|h| !h.is_empty()) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the engine never heartbeat");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let audio = caller_audio();
+    let phone = tokio::task::spawn_blocking(move || Baresip::start_as("+15550100", &audio, "")).await.unwrap();
+    let settings = json!({"default_caller_id": "+15550199", "carrier": {"provider": "sip", "sip": {"host": "127.0.0.1", "port": phone.sip.port()}}});
+    let r = http.patch(format!("{base}/v1/settings")).bearer_auth(&token).json(&settings).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 200, "{}", r.text().await.unwrap());
+    let assistant = post("/v1/ai-assistants", json!({"name": "desk", "kind": "websocket", "bot_id": bot_id})).await;
+    let campaign = post(
+        "/v1/campaigns",
+        json!({"name": "Over the trunk", "routing": {"type": "ai_assistant", "target_id": assistant["id"]},
+            "caller_ids": ["+15550199"], "cac": 2, "cps": 2, "retry": {"max_attempts": 2, "backoff_seconds": 1}}),
+    )
+    .await;
+    let id = campaign["id"].as_str().unwrap().to_string();
+    let r = http
+        .post(format!("{base}/v1/campaigns/{id}/contacts/import"))
+        .bearer_auth(&token)
+        .header("content-type", "text/csv")
+        .body("phone,name\n+15550100,Answers\n+15550111,Nobody\n")
+        .send()
+        .await
+        .unwrap();
+    let imported: Value = serde_json::from_slice(&r.bytes().await.unwrap()).unwrap();
+    assert_eq!(imported["imported"], 2, "{imported}");
+    assert_eq!(post(&format!("/v1/campaigns/{id}/start"), json!({})).await["state"], "ACTIVE");
+    // The answered call: the bot talks, then the callee hangs up.
+    let mut phone = phone;
+    tokio::task::spawn_blocking(move || converse_and_hang_up(&mut phone)).await.unwrap();
+
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let stats = loop {
+        let r = http.get(format!("{base}/v1/campaigns/{id}/stats")).bearer_auth(&token).send().await.unwrap();
+        let stats: Value = serde_json::from_slice(&r.bytes().await.unwrap()).unwrap();
+        if stats["state"] == "COMPLETED" {
+            break stats;
+        }
+        assert!(Instant::now() < deadline, "the campaign did not complete: {stats}\n{}", std::fs::read_to_string(dir.path().join("core.log")).unwrap_or_default());
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    assert_eq!(stats["contacts"]["done"], 2, "{stats}");
+    assert_eq!((stats["attempts"].as_i64(), stats["answered"].as_i64(), stats["failed"].as_i64()), (Some(2), Some(1), Some(1)), "one answered, one invalid number, no retry: {stats}");
+    let r = http.get(format!("{base}/v1/calls?campaign_id={id}")).bearer_auth(&token).send().await.unwrap();
+    let calls: Value = serde_json::from_slice(&r.bytes().await.unwrap()).unwrap();
+    let answered: Vec<&Value> = calls["items"].as_array().unwrap().iter().filter(|c| c["transcript"].as_array().is_some_and(|t| !t.is_empty())).collect();
+    assert_eq!(answered.len(), 1, "{calls}");
+    assert_eq!(answered[0]["to"], "+15550100", "{calls}");
+    api.shutdown().await;
+}
