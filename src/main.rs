@@ -462,6 +462,18 @@ enum AdminAction {
         #[command(flatten)]
         data: DataArgs,
     },
+    /// List the fleet tokens: id, name, scope, bound host, creation time (never their values).
+    ListFleetTokens {
+        #[command(flatten)]
+        data: DataArgs,
+    },
+    /// Revoke a fleet token by its id (from list-fleet-tokens): its engine or dialler is
+    /// refused from its next request.
+    RevokeFleetToken {
+        id: String,
+        #[command(flatten)]
+        data: DataArgs,
+    },
     /// Seal stored secrets with a new key: adds it to the key file and reseals every stored
     /// secret with it. The old keys stay in the file (processes still running use them until
     /// they restart); run again with --drop-old once every API and dialler has restarted.
@@ -713,6 +725,20 @@ async fn admin_command(action: AdminAction) -> anyhow::Result<()> {
             let token = admin::create_scoped_fleet_token(&db, &name, scope, host_id.as_deref(), now).await?;
             println!("{token}");
         }
+        AdminAction::ListFleetTokens { data } => {
+            let db = cxb_control_plane::db::connect(&data.database()).await?;
+            for t in admin::list_fleet_tokens(&db).await? {
+                let created = cxb_control_plane::clock::rfc3339(t.created_at);
+                println!("{}\t{}\t{}\t{}\t{created}", t.id, t.name, t.scope, t.host_id.as_deref().unwrap_or("-"));
+            }
+        }
+        AdminAction::RevokeFleetToken { id, data } => {
+            let db = cxb_control_plane::db::connect(&data.database()).await?;
+            if !admin::revoke_fleet_token(&db, &id).await? {
+                anyhow::bail!("no fleet token {id}");
+            }
+            println!("revoked {id}");
+        }
         AdminAction::RotateSecretKey { drop_old, data } => {
             let file = data.secret_key_file();
             if drop_old {
@@ -727,7 +753,8 @@ async fn admin_command(action: AdminAction) -> anyhow::Result<()> {
         }
         AdminAction::RotateCallTokenKey { data } => {
             let db = cxb_control_plane::db::connect(&data.database()).await?;
-            let id = cxb_control_plane::call_tokens::rotate(&db, now).await.map_err(|e| anyhow::anyhow!("{}", e.message))?;
+            let secrets = cxb_control_plane::secrets::SecretBox::load(&data.secret_key_file())?;
+            let id = cxb_control_plane::call_tokens::rotate(&db, &secrets, now).await.map_err(|e| anyhow::anyhow!("{}", e.message))?;
             println!("new call-token key {id}; the previous keys stay valid for an hour");
         }
     }

@@ -140,3 +140,29 @@ fn json_logs_carry_each_call_in_its_span_and_obey_the_filter() {
     assert!(lines.iter().any(|l| l.contains("worker running")), "the workers' start is logged: {lines:?}");
     assert!(!lines.iter().any(|l| l.contains("\"INFO\"") && !l.contains("cxb_engine")), "other crates log only warnings: {lines:?}");
 }
+
+/// Fleet tokens from the command line: made (the value printed once), listed without their
+/// values, revoked by id.
+#[test]
+fn fleet_tokens_are_listed_without_their_values_and_revoked_by_id() {
+    let dir = std::env::temp_dir().join(format!("cxb-cli-tokens-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let data = ["--data-dir", dir.to_str().expect("utf-8")];
+    let token = run(cxb().args(["admin", "create-fleet-token", "--name", "edge-1", "--scope", "engine", "--host-id", "edge-1:8080"]).args(data));
+    let token = token.trim();
+    assert!(token.starts_with("cxf"), "{token}");
+    run(cxb().args(["admin", "create-fleet-token", "--name", "dialler-a", "--scope", "dialler"]).args(data));
+    let listed = run(cxb().args(["admin", "list-fleet-tokens"]).args(data));
+    let rows: Vec<Vec<&str>> = listed.lines().map(|l| l.split('\t').collect()).collect();
+    assert_eq!(rows.len(), 2, "{listed}");
+    assert_eq!((rows[0][1], rows[0][2], rows[0][3]), ("edge-1", "engine", "edge-1:8080"), "{listed}");
+    assert_eq!((rows[1][1], rows[1][2], rows[1][3]), ("dialler-a", "dialler", "-"), "{listed}");
+    assert!(!listed.contains(token), "never the value");
+    let id = rows[0][0].to_string();
+    assert!(run(cxb().args(["admin", "revoke-fleet-token", &id]).args(data)).contains(&id));
+    let listed = run(cxb().args(["admin", "list-fleet-tokens"]).args(data));
+    assert_eq!(listed.lines().count(), 1, "{listed}");
+    let again = cxb().args(["admin", "revoke-fleet-token", &id]).args(data).output().expect("runs");
+    assert!(!again.status.success(), "a token revoked twice is an error");
+    let _ = std::fs::remove_dir_all(&dir);
+}

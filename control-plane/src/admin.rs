@@ -78,6 +78,30 @@ pub async fn revoke_fleet_tokens(db: &AnyPool, name: &str) -> anyhow::Result<u64
     Ok(sqlx::query("DELETE FROM fleet_tokens WHERE name = $1").bind(name).execute(db).await?.rows_affected())
 }
 
+/// A fleet token as an operator sees it: never its value (only its hash is stored).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FleetTokenInfo {
+    pub id: String,
+    pub name: String,
+    pub scope: String,
+    /// The host an engine token is bound to, once bound.
+    pub host_id: Option<String>,
+    pub created_at: i64,
+}
+
+/// Every fleet token, oldest first.
+pub async fn list_fleet_tokens(db: &AnyPool) -> anyhow::Result<Vec<FleetTokenInfo>> {
+    let rows: Vec<(String, String, String, Option<String>, i64)> =
+        sqlx::query_as("SELECT id, name, scope, host_id, created_at FROM fleet_tokens ORDER BY created_at, id").fetch_all(db).await?;
+    Ok(rows.into_iter().map(|(id, name, scope, host_id, created_at)| FleetTokenInfo { id, name, scope, host_id, created_at }).collect())
+}
+
+/// Removes the fleet token with id `id` (from [`list_fleet_tokens`]); false if there is none.
+/// Its engine or dialler is refused (401) from its next request.
+pub async fn revoke_fleet_token(db: &AnyPool, id: &str) -> anyhow::Result<bool> {
+    Ok(sqlx::query("DELETE FROM fleet_tokens WHERE id = $1").bind(id).execute(db).await?.rows_affected() > 0)
+}
+
 /// A password for a generated account: 20 characters from base64url.
 pub fn generate_password() -> String {
     new_secret("p")[2..22].to_string()

@@ -181,7 +181,7 @@ pub(crate) async fn heartbeat(State(s): State<AppState>, fleet: Fleet, Body(h): 
     let release: Vec<String> =
         sqlx::query_scalar("SELECT token FROM reservation_releases WHERE host_id = $1 ORDER BY token").bind(&h.host_id).fetch_all(&mut *tx).await?;
     tx.commit().await?;
-    let keys = crate::call_tokens::live_keys(&s.db, now).await?;
+    let keys = crate::call_tokens::live_keys(&s.db, &s.secrets, now).await?;
     metrics::counter!("cxb_api_heartbeats_total").increment(1);
     Ok(Json(HeartbeatAnswer {
         ttl_seconds: s.config.host_ttl.as_secs().max(1),

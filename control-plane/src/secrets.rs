@@ -176,6 +176,17 @@ const SEALED_TABLES: [(&str, &str); 5] = [("bots", "id"), ("ai_assistants", "id"
 /// documents changed.
 pub async fn seal_stored_rows(db: &sqlx::AnyPool, secrets: &SecretBox, reseal: bool) -> anyhow::Result<usize> {
     let mut changed = 0;
+    // The call-token keys: a column of their own, each a secret.
+    let current = secrets.current();
+    let keys: Vec<(String, String)> = sqlx::query_as("SELECT id, secret FROM call_token_keys").fetch_all(db).await?;
+    for (id, secret) in keys {
+        let stale = reseal && SecretBox::is_sealed(&secret) && !secret[PREFIX.len()..].starts_with(&format!("{current}:"));
+        if !SecretBox::is_sealed(&secret) || stale {
+            let sealed = secrets.seal(&secrets.open(&secret)?)?;
+            sqlx::query("UPDATE call_token_keys SET secret = $1 WHERE id = $2 AND secret = $3").bind(sealed).bind(&id).bind(&secret).execute(db).await?;
+            changed += 1;
+        }
+    }
     for (table, key) in SEALED_TABLES {
         let sql = format!("SELECT {key}, body FROM {table} WHERE body LIKE '%\"secrets\"%'");
         let rows: Vec<(String, String)> = sqlx::query_as(sqlx::AssertSqlSafe(sql)).fetch_all(db).await?;

@@ -110,3 +110,32 @@ async fn requests_for_tenants_never_reach_internal_addresses_by_name_or_literal(
     let accepted = tokio::time::timeout(std::time::Duration::from_millis(200), listener.accept()).await;
     assert!(accepted.is_err(), "no connection reached the internal address");
 }
+
+/// Call-token keys are secrets too: stored sealed, opened for signing and for the engines'
+/// heartbeats, and a key stored in plain text before sealing is sealed at start and keeps
+/// verifying the tokens it signed.
+#[tokio::test]
+async fn call_token_keys_are_sealed_at_rest() {
+    use cxb_contract::call_token::CallClaims;
+    use cxb_control_plane::call_tokens;
+    use cxb_control_plane::clock::Clock as _;
+    let api = Api::start().await;
+    let secrets = api.secrets();
+    let now = api.clock.now_ms();
+    let claims = CallClaims { bot_id: "bot_1".into(), call_id: "call_1".into(), org_id: "org_1".into(), exp: (now / 1000) as u64 + 60, ..CallClaims::default() };
+    let token = call_tokens::issue(api.db(), &secrets, now, claims.clone()).await.unwrap();
+    let stored: Vec<String> = sqlx::query_scalar("SELECT secret FROM call_token_keys").fetch_all(api.db()).await.unwrap();
+    assert_eq!(stored.len(), 1);
+    assert!(stored[0].starts_with("enc:v1:"), "sealed: {}", stored[0]);
+    let ring = call_tokens::verifying_ring(api.db(), &secrets, now).await.unwrap();
+    assert_eq!(ring.verify(&token, (now / 1000) as u64).map(|c| c.call_id), Ok("call_1".into()));
+
+    // A row from before sealing: the same key in plain text.
+    let plain = secrets.open(&stored[0]).unwrap();
+    sqlx::query("UPDATE call_token_keys SET secret = $1").bind(&plain).execute(api.db()).await.unwrap();
+    assert_eq!(cxb_control_plane::secrets::seal_stored_rows(api.db(), &secrets, false).await.unwrap(), 1);
+    let resealed: String = sqlx::query_scalar("SELECT secret FROM call_token_keys").fetch_one(api.db()).await.unwrap();
+    assert!(resealed.starts_with("enc:v1:") && !resealed.contains(&plain), "{resealed}");
+    let ring = call_tokens::verifying_ring(api.db(), &secrets, now).await.unwrap();
+    assert!(ring.verify(&token, (now / 1000) as u64).is_ok(), "the key is the same");
+}

@@ -47,6 +47,11 @@ impl Carriers {
     }
 
     /// Opens the sealed secrets of a stored document.
+    /// The secret key the organization's documents (and the call-token keys) are sealed with.
+    pub fn secrets(&self) -> &SecretBox {
+        &self.secrets
+    }
+
     pub fn open_secrets(&self, doc: &mut serde_json::Value) -> Result<(), String> {
         self.secrets.open_document(doc).map_err(|e| e.to_string())
     }

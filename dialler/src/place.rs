@@ -266,7 +266,7 @@ impl Shared {
             ..CallClaims::default()
         };
         let hold = SlotHold { host_id: r.host_id, token: r.token, until: now + ttl };
-        let token = match call_tokens::issue(&self.db, now, claims).await {
+        let token = match call_tokens::issue(&self.db, self.carriers.secrets(), now, claims).await {
             Ok(token) => token,
             Err(e) => {
                 let _ = release(&self.db, &hold, now).await;

@@ -229,7 +229,7 @@ async fn a_direct_call_goes_to_the_freest_engine_and_its_call_end_record_is_chec
     let url = cxml.split('"').nth(1).unwrap().replace("&amp;", "&");
     let call_token = url.split("token=").nth(1).unwrap();
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
-    let ring = cxb_control_plane::call_tokens::verifying_ring(api.db(), (now * 1000) as i64).await.unwrap();
+    let ring = cxb_control_plane::call_tokens::verifying_ring(api.db(), &api.secrets(), (now * 1000) as i64).await.unwrap();
     let claims = ring.verify(call_token, now).expect("a token the API's keys verify");
     assert_eq!((claims.bot_id.as_str(), claims.call_id.as_str(), claims.host_id.as_deref()), (bot.as_str(), id.as_str(), Some("big")));
     assert!(claims.reservation.is_some() && claims.org_id.as_str().starts_with("org_"), "{claims:?}");

@@ -375,7 +375,7 @@ async fn reservation_of(api: &Api, request: &CallRequest) -> (String, String) {
     let Answer::Cxml(cxml) = &request.answer else { panic!("inline CXML") };
     let url = cxml.split('"').nth(1).unwrap().replace("&amp;", "&");
     let token = url.split("token=").nth(1).unwrap();
-    let ring = cxb_control_plane::call_tokens::verifying_ring(api.db(), api.clock.now_ms()).await.unwrap();
+    let ring = cxb_control_plane::call_tokens::verifying_ring(api.db(), &api.secrets(), api.clock.now_ms()).await.unwrap();
     let claims = ring.verify(token, (api.clock.now_ms() / 1000) as u64).expect("a token the API's keys verify");
     (claims.host_id.unwrap(), claims.reservation.unwrap())
 }
