@@ -49,12 +49,6 @@ pub(super) async fn finish_bot_with<T: crate::transport::Transport>(
     }
 }
 
-/// One read from `stream` into `buf`, as a future that borrows the stream only shared.
-async fn read_into(stream: &TcpStream, buf: Vec<u8>) -> BufResult<usize, Vec<u8>> {
-    let mut r = stream;
-    r.read(buf).await
-}
-
 /// The call loop: socket reads, the call's timers and control messages, until the call ends.
 pub(super) async fn run_call(
     worker: &Rc<Worker>,
@@ -70,7 +64,16 @@ pub(super) async fn run_call(
     socket.feed(&leftover);
     let mut plain = Vec::new();
     let mut sealed = Vec::new();
-    let mut read = Box::pin(read_into(stream, Vec::with_capacity(READ_BUF)));
+    // The worker's pump reads the connection from now on (see `media_pump`); this task writes.
+    let registration = match std::os::fd::AsFd::as_fd(stream).try_clone_to_owned().and_then(|fd| worker.media_pump.register_stream(fd)) {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::warn!("the call's connection cannot be read: {e}");
+            return (EndReason::PeerClosed, call);
+        }
+    };
+    let media = &registration.inbox;
+    let mut peer_gone = false;
     let mut ctl = std::pin::pin!(mailbox.recv());
     let mut out = Vec::new();
     let events = call.events();
@@ -145,6 +148,9 @@ pub(super) async fn run_call(
         if let Some(reason) = call.end() {
             break reason;
         }
+        if peer_gone {
+            break EndReason::PeerClosed;
+        }
         // Wait for bytes, the call's next deadline or a control message (hang-up, shutdown,
         // idle: the worker's housekeeping watches `last_rx`). The read and mailbox futures
         // live across iterations; only a call with something scheduled (queued playout, a
@@ -162,29 +168,34 @@ pub(super) async fn run_call(
                 None => std::future::pending().await,
             }
         });
-        let waiting = select(
-            read.as_mut(),
-            select(scheduled, select(ctl.as_mut(), provider_events)),
-        );
+        let readable = std::pin::pin!(std::future::poll_fn(|cx| media.poll_ready(cx)));
+        let waiting = select(readable, select(scheduled, select(ctl.as_mut(), provider_events)));
         match waiting.await {
-            Either::Left((BufResult(Ok(n), buf), _)) if n > 0 => {
+            Either::Left(_) => {
                 mailbox.last_rx.set(Instant::now());
-                match wire {
-                    Wire::Plain => socket.feed(&buf[..n]),
-                    Wire::Tls(session) => {
-                        plain.clear();
-                        if session.receive(&buf[..n], &mut plain).is_err() {
-                            break EndReason::Protocol(ProtocolErrorKind::Tls);
+                let mut closed = false;
+                while let Some(read) = media.pop() {
+                    closed |= read.bytes.is_empty();
+                    let fed = match wire {
+                        Wire::Plain => {
+                            socket.feed(&read.bytes);
+                            true
                         }
-                        socket.feed(&plain);
+                        Wire::Tls(session) => {
+                            plain.clear();
+                            let ok = session.receive(&read.bytes, &mut plain).is_ok();
+                            socket.feed(&plain);
+                            ok
+                        }
+                    };
+                    media.recycle(read.bytes);
+                    if !fed {
+                        break 'call EndReason::Protocol(ProtocolErrorKind::Tls);
                     }
                 }
-                let mut buf = buf;
-                buf.clear();
-                // The next read in the same box: no allocation per read.
-                read.set(read_into(stream, buf));
+                // What came before the end is read first (a stop message, a close frame).
+                peer_gone |= closed;
             }
-            Either::Left(_) => break EndReason::PeerClosed,
             Either::Right((Either::Left(((), _)), _)) => {
                 let now = worker.now();
                 if std::panic::catch_unwind(AssertUnwindSafe(|| {
@@ -217,7 +228,7 @@ pub(super) async fn run_call(
             }
         }
     };
-    drop(read);
+    drop(registration);
     if let Some((code, text)) = reason.close() {
         socket.close(code, &text);
     }

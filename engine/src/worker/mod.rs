@@ -89,8 +89,8 @@ struct Worker {
     sip_calls: RefCell<HashMap<String, Rc<sip::SipInbox>>>,
     /// This worker's free RTP ports.
     rtp_ports: RefCell<std::collections::VecDeque<u16>>,
-    /// The reader of its SIP calls' media sockets (with a SIP port only).
-    rtp_pump: Option<Rc<rtp_pump::RtpPump>>,
+    /// The reader of its calls' sockets once they are calls (RTP, RTCP, carriers' WebSockets).
+    media_pump: Rc<media_pump::MediaPump>,
     next_call: Cell<u64>,
     /// When a refusal was last logged, and how many were not since.
     refusals_logged: Cell<Option<Instant>>,
@@ -132,10 +132,7 @@ pub(crate) fn run(
     tracing::info!(worker = index, driver = if driver == 1 { "io_uring" } else { "epoll" }, "worker running");
     let (slots, ai_limit) = (shared.config.slots_per_worker, shared.config.ai_calls_per_worker);
     let rtp_ports = sip::rtp_ports(&shared, index);
-    let rtp_pump = match shared.sip {
-        Some(_) => Some(rtp_pump::RtpPump::new()?),
-        None => None,
-    };
+    let media_pump = media_pump::MediaPump::new()?;
     let worker = Rc::new(Worker {
         index,
         shared,
@@ -143,7 +140,7 @@ pub(crate) fn run(
         calls: RefCell::new(HashMap::new()),
         sip_calls: RefCell::new(HashMap::new()),
         rtp_ports: RefCell::new(rtp_ports),
-        rtp_pump,
+        media_pump,
         next_call: Cell::new(0),
         refusals_logged: Cell::new(None),
         refusals_unlogged: Cell::new(0),
@@ -152,9 +149,7 @@ pub(crate) fn run(
     worker.publish();
     runtime.block_on(async move {
         compio::runtime::spawn(housekeeping(worker.clone())).detach();
-        if let Some(pump) = worker.rtp_pump.clone() {
-            compio::runtime::spawn(pump.run()).detach();
-        }
+        compio::runtime::spawn(worker.media_pump.clone().run()).detach();
         while let Ok(msg) = inbox.recv_async().await {
             match msg {
                 Inbox::Connection(stream) => {
@@ -365,7 +360,7 @@ impl Drop for CallGuard {
 }
 
 mod call_loop;
-mod rtp_pump;
+mod media_pump;
 mod serve;
 mod sip;
 mod sip_bridge;

@@ -613,8 +613,8 @@ impl<D: Dialog> Media<'_, D> {
     pub(super) async fn run_call(&mut self, mut call: Call<RtpTransport>, sockets: MediaSockets) -> (EndReason, Call<RtpTransport>) {
         let worker = self.worker;
         let MediaSockets { rtp: sender, rtcp } = sockets;
-        // The worker's pump reads both sockets (see `rtp_pump`); the task sends on them.
-        let Some(pump) = worker.rtp_pump.as_ref() else { return (EndReason::Panicked, call) };
+        // The worker's pump reads both sockets (see `media_pump`); the task sends on them.
+        let pump = &worker.media_pump;
         let registration = match pump.register(&sender, rtcp.as_ref()) {
             Ok(r) => r,
             Err(e) => {

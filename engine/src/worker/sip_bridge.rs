@@ -14,7 +14,7 @@ use cxb_sip::message::Message;
 use cxb_sip::outbound::{Dial, DialEvent, DialOutput, OutboundCall};
 use cxb_sip::sdp::SessionDescription;
 
-use super::rtp_pump::RtpInbox;
+use super::media_pump::MediaInbox;
 use super::sip::{Dialog, DialogEvent, Media, MediaSockets, PortLease, Registered, random, register, rtp_config};
 use super::*;
 use crate::sip::SipPeer;
@@ -43,7 +43,7 @@ impl<D: Dialog> Media<'_, D> {
     /// Dials `destination` and relays the caller's media (`a`, its sockets `a_send` and
     /// `a_rtcp`, its datagrams in `a_media`) to it until either side hangs up. `None` when the
     /// destination cannot be dialled from here (not an address the policy allows).
-    pub(super) async fn bridge(&mut self, destination: &str, a: &mut RtpTransport, a_send: &std::net::UdpSocket, a_rtcp: Option<&std::net::UdpSocket>, a_media: &RtpInbox) -> Option<Bridged> {
+    pub(super) async fn bridge(&mut self, destination: &str, a: &mut RtpTransport, a_send: &std::net::UdpSocket, a_rtcp: Option<&std::net::UdpSocket>, a_media: &MediaInbox) -> Option<Bridged> {
         let worker = self.worker.clone();
         let sip = self.sip;
         let (uri, addr) = self.destination(destination).await?;
@@ -52,7 +52,7 @@ impl<D: Dialog> Media<'_, D> {
         };
         let _lease = PortLease { worker: worker.clone(), port };
         let MediaSockets { rtp: b_send, rtcp: b_rtcp } = sockets;
-        let pump = worker.rtp_pump.clone()?;
+        let pump = worker.media_pump.clone();
         let b_registration = pump.register(&b_send, b_rtcp.as_ref()).ok()?;
         let b_media = &b_registration.inbox;
         let call_id = format!("{:016x}b@{}", random(), sip.advertise);

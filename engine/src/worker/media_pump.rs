@@ -1,18 +1,20 @@
-//! The worker's reader of its SIP calls' RTP and RTCP sockets. A read waiting on every call's
-//! socket costs the sender of each packet a wake-up of this thread (on a VM an
-//! inter-processor interrupt, charged to whoever sent) and this thread a task-work run per
-//! packet: at 1,000 calls that was a fifth of the worker's core. Instead the sockets sit in one
-//! edge-triggered epoll set that nothing waits in: a packet that arrives is only marked ready.
-//! Every millisecond while the worker has SIP calls, the pump asks the set which sockets are
-//! ready (without waiting), reads each dry, queues the datagrams in the call's inbox and wakes
-//! the call's task once, which then handles all of them. A packet waits at most a tick (1 ms)
-//! longer than it would have; the call's task runs once per tick with packets instead of once
-//! per packet. A call's inbox holds 64 datagrams; past that the pump leaves the rest in the
-//! socket's buffer until the next tick, so a flood meets the kernel's limit, as before.
+//! The worker's reader of its calls' media sockets: SIP calls' RTP and RTCP, and carriers'
+//! WebSocket connections once they are calls. A read waiting on every call's socket costs the
+//! sender of each packet a wake-up of this thread (on a VM an inter-processor interrupt,
+//! charged to whoever sent) and this thread a task-work run per packet: at 1,000 calls that was
+//! a fifth of the worker's core. Instead the sockets sit in one edge-triggered epoll set that
+//! nothing waits in: a packet that arrives is only marked ready. Every millisecond while the
+//! worker has such calls, the pump asks the set which sockets are ready (without waiting),
+//! reads each dry, queues what it read in the call's inbox and wakes the call's task once,
+//! which then handles all of it. A packet waits at most a tick (1 ms) longer than it would
+//! have; the call's task runs once per tick with packets instead of once per packet. A call's
+//! inbox holds 64 datagrams (or reads of a stream); past that the pump leaves the rest in the
+//! socket's buffer until the next tick, so a flood meets the kernel's limit (and a stream's
+//! sender its flow control), as before. A stream's end, or its error, is an empty read.
 
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, VecDeque};
-use std::net::{SocketAddr, UdpSocket};
+use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::os::fd::OwnedFd;
 use std::rc::Rc;
 use std::task::{Context, Poll, Waker};
@@ -24,8 +26,8 @@ use rustix::event::epoll;
 const TICK: Duration = Duration::from_millis(1);
 /// Datagrams a call's inbox holds; more wait in the socket's buffer.
 const MAX_QUEUED: usize = 64;
-/// The largest datagram read whole.
-const MAX_DATAGRAM: usize = 2048;
+/// The largest datagram read whole, and a stream's bytes per read.
+const MAX_DATAGRAM: usize = 8192;
 
 /// One datagram for a call.
 pub(super) struct Datagram {
@@ -37,13 +39,13 @@ pub(super) struct Datagram {
 
 /// A call's queue of datagrams, filled by the pump and emptied by the call's task.
 #[derive(Default)]
-pub(super) struct RtpInbox {
+pub(super) struct MediaInbox {
     queue: RefCell<VecDeque<Datagram>>,
     spare: RefCell<Vec<Vec<u8>>>,
     waker: Cell<Option<Waker>>,
 }
 
-impl RtpInbox {
+impl MediaInbox {
     /// Ready when datagrams are queued.
     pub(super) fn poll_ready(&self, cx: &mut Context<'_>) -> Poll<()> {
         if !self.queue.borrow().is_empty() {
@@ -56,7 +58,7 @@ impl RtpInbox {
         Poll::Pending
     }
 
-    /// The next datagram; give its bytes back with [`RtpInbox::recycle`].
+    /// The next datagram; give its bytes back with [`MediaInbox::recycle`].
     pub(super) fn pop(&self) -> Option<Datagram> {
         self.queue.borrow_mut().pop_front()
     }
@@ -89,15 +91,31 @@ impl RtpInbox {
     }
 }
 
-/// A socket in the set: the pump's own handle on it, and where its datagrams go.
+/// A socket in the set: the pump's own handle on it, and where what it reads goes.
 struct Entry {
-    socket: UdpSocket,
+    source: Source,
     rtcp: bool,
-    inbox: Rc<RtpInbox>,
+    inbox: Rc<MediaInbox>,
+}
+
+enum Source {
+    Udp(UdpSocket),
+    /// A stream, until it has ended (its end queued once).
+    Tcp(TcpStream, SocketAddr, bool),
+}
+
+impl Source {
+    fn fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        use std::os::fd::AsFd;
+        match self {
+            Source::Udp(s) => s.as_fd(),
+            Source::Tcp(s, ..) => s.as_fd(),
+        }
+    }
 }
 
 /// The worker's set of RTP and RTCP sockets.
-pub(super) struct RtpPump {
+pub(super) struct MediaPump {
     epoll: OwnedFd,
     entries: RefCell<HashMap<u64, Entry>>,
     next_key: Cell<u64>,
@@ -108,17 +126,17 @@ pub(super) struct RtpPump {
     idle: Cell<Option<Waker>>,
 }
 
-impl std::fmt::Debug for RtpPump {
+impl std::fmt::Debug for MediaPump {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RtpPump").field("sockets", &self.entries.borrow().len()).finish()
+        f.debug_struct("MediaPump").field("sockets", &self.entries.borrow().len()).finish()
     }
 }
 
 /// A call's sockets in the pump's set; dropping it takes them out.
 pub(super) struct Registration {
-    pump: Rc<RtpPump>,
+    pump: Rc<MediaPump>,
     keys: Vec<u64>,
-    pub(super) inbox: Rc<RtpInbox>,
+    pub(super) inbox: Rc<MediaInbox>,
 }
 
 impl Drop for Registration {
@@ -126,36 +144,56 @@ impl Drop for Registration {
         let mut entries = self.pump.entries.borrow_mut();
         for key in &self.keys {
             if let Some(entry) = entries.remove(key) {
-                let _ = epoll::delete(&self.pump.epoll, &entry.socket);
+                let _ = epoll::delete(&self.pump.epoll, entry.source.fd());
             }
         }
     }
 }
 
-impl RtpPump {
-    pub(super) fn new() -> std::io::Result<Rc<RtpPump>> {
+impl MediaPump {
+    pub(super) fn new() -> std::io::Result<Rc<MediaPump>> {
         let epoll = epoll::create(epoll::CreateFlags::CLOEXEC)?;
-        Ok(Rc::new(RtpPump { epoll, entries: RefCell::new(HashMap::new()), next_key: Cell::new(0), backlog: RefCell::new(Vec::new()), idle: Cell::new(None) }))
+        Ok(Rc::new(MediaPump { epoll, entries: RefCell::new(HashMap::new()), next_key: Cell::new(0), backlog: RefCell::new(Vec::new()), idle: Cell::new(None) }))
     }
 
     /// Puts a call's RTP socket (and its RTCP socket) in the set; both become non-blocking,
     /// and only the pump reads them from now on.
     pub(super) fn register(self: &Rc<Self>, rtp: &UdpSocket, rtcp: Option<&UdpSocket>) -> std::io::Result<Registration> {
-        let inbox = Rc::new(RtpInbox::default());
+        let inbox = Rc::new(MediaInbox::default());
         let mut registration = Registration { pump: self.clone(), keys: Vec::new(), inbox: inbox.clone() };
         for (socket, is_rtcp) in std::iter::once((rtp, false)).chain(rtcp.map(|s| (s, true))) {
             socket.set_nonblocking(true)?;
-            let socket = socket.try_clone()?;
-            let key = self.next_key.get();
-            self.next_key.set(key + 1);
-            epoll::add(&self.epoll, &socket, epoll::EventData::new_u64(key), epoll::EventFlags::IN | epoll::EventFlags::ET)?;
-            self.entries.borrow_mut().insert(key, Entry { socket, rtcp: is_rtcp, inbox: inbox.clone() });
+            let key = self.add(Source::Udp(socket.try_clone()?), is_rtcp, &inbox)?;
             registration.keys.push(key);
         }
+        self.wake_idle();
+        Ok(registration)
+    }
+
+    /// Puts a call's connection in the set: only the pump reads `fd` (a duplicate of the
+    /// runtime's socket) from now on, each read without blocking whatever the socket's mode;
+    /// the runtime may still write it.
+    pub(super) fn register_stream(self: &Rc<Self>, fd: OwnedFd) -> std::io::Result<Registration> {
+        let stream = TcpStream::from(fd);
+        let peer = stream.peer_addr()?;
+        let inbox = Rc::new(MediaInbox::default());
+        let key = self.add(Source::Tcp(stream, peer, false), false, &inbox)?;
+        self.wake_idle();
+        Ok(Registration { pump: self.clone(), keys: vec![key], inbox })
+    }
+
+    fn add(&self, source: Source, rtcp: bool, inbox: &Rc<MediaInbox>) -> std::io::Result<u64> {
+        let key = self.next_key.get();
+        self.next_key.set(key + 1);
+        epoll::add(&self.epoll, source.fd(), epoll::EventData::new_u64(key), epoll::EventFlags::IN | epoll::EventFlags::RDHUP | epoll::EventFlags::ET)?;
+        self.entries.borrow_mut().insert(key, Entry { source, rtcp, inbox: inbox.clone() });
+        Ok(key)
+    }
+
+    fn wake_idle(&self) {
         if let Some(w) = self.idle.take() {
             w.wake();
         }
-        Ok(registration)
     }
 
     /// Reads every ready socket dry (or until its call's inbox is full) into the inbox, and
@@ -166,11 +204,11 @@ impl RtpPump {
         if epoll::wait(&self.epoll, rustix::buffer::spare_capacity(events), Some(&zero)).is_err() {
             return;
         }
-        let entries = self.entries.borrow();
+        let mut entries = self.entries.borrow_mut();
         let mut backlog = self.backlog.borrow_mut();
         let keys: Vec<u64> = backlog.drain(..).chain(events.iter().map(|e| e.data.u64())).collect();
         for key in keys {
-            let Some(entry) = entries.get(&key) else { continue };
+            let Some(entry) = entries.get_mut(&key) else { continue };
             loop {
                 if entry.inbox.is_full() {
                     if !backlog.contains(&key) {
@@ -178,11 +216,25 @@ impl RtpPump {
                     }
                     break;
                 }
-                match entry.socket.recv_from(buf) {
-                    Ok((n, from)) => entry.inbox.push(entry.rtcp, from, &buf[..n]),
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-                    // ICMP errors and the like: the next read may well succeed.
-                    Err(_) => {}
+                match &mut entry.source {
+                    Source::Udp(socket) => match socket.recv_from(buf) {
+                        Ok((n, from)) => entry.inbox.push(entry.rtcp, from, &buf[..n]),
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                        // ICMP errors and the like: the next read may well succeed.
+                        Err(_) => {}
+                    },
+                    Source::Tcp(_, _, true) => break,
+                    Source::Tcp(stream, peer, ended) => match rustix::net::recv(&*stream, &mut *buf, rustix::net::RecvFlags::DONTWAIT) {
+                        Ok((n, _)) if n > 0 => entry.inbox.push(false, *peer, &buf[..n]),
+                        Err(e) if e == rustix::io::Errno::AGAIN => break,
+                        Err(e) if e == rustix::io::Errno::INTR => {}
+                        // The end (or a reset): an empty read, once.
+                        _ => {
+                            *ended = true;
+                            entry.inbox.push(false, *peer, &[]);
+                            break;
+                        }
+                    },
                 }
             }
             entry.inbox.wake();
@@ -219,7 +271,7 @@ mod tests {
 
     #[test]
     fn datagrams_reach_the_inbox_of_their_socket_and_a_dropped_registration_leaves_the_set() {
-        let pump = RtpPump::new().expect("epoll");
+        let pump = MediaPump::new().expect("epoll");
         let (rtp, rtcp) = (UdpSocket::bind("127.0.0.1:0").expect("bind"), UdpSocket::bind("127.0.0.1:0").expect("bind"));
         let registration = pump.register(&rtp, Some(&rtcp)).expect("register");
         let peer = UdpSocket::bind("127.0.0.1:0").expect("bind");
@@ -249,7 +301,7 @@ mod tests {
 
     #[test]
     fn a_full_inbox_leaves_the_rest_in_the_socket_until_the_next_tick() {
-        let pump = RtpPump::new().expect("epoll");
+        let pump = MediaPump::new().expect("epoll");
         let rtp = UdpSocket::bind("127.0.0.1:0").expect("bind");
         let registration = pump.register(&rtp, None).expect("register");
         let peer = UdpSocket::bind("127.0.0.1:0").expect("bind");
