@@ -190,45 +190,60 @@ async fn a_trunk_calls_a_number_its_bot_answers_and_the_result_says_sip() {
     api.shutdown().await;
 }
 
+/// The dialler, placing calls for the API at `base` (loopback allowed: the trunk is baresip).
+fn dialler_for(api: &cxb_control_plane::ApiServer, base: &str) -> cxb_dialler::Dialler {
+    use cxb_dialler::carriers::Carriers;
+    use cxb_dialler::{Dialler, DiallerConfig, DiallerTelephony, Shared};
+    let egress = cxb_control_plane::egress::Egress::new(cxb_contract::egress::EgressPolicy::with_loopback(), Duration::from_secs(10)).unwrap();
+    let mut config = DiallerConfig::new(base.to_string());
+    config.tick = Duration::from_millis(50);
+    let shared = Shared::new(api.state().db.clone(), Carriers::new(None, egress, api.state().secrets.clone()), config);
+    api.attach_telephony(std::sync::Arc::new(DiallerTelephony(shared.clone())));
+    Dialler::start(shared)
+}
+
+/// The organization's carrier becomes the SIP trunk on 127.0.0.1:`port` (baresip).
+async fn use_trunk(http: &reqwest::Client, base: &str, token: &str, port: u16) {
+    let settings = json!({"default_caller_id": "+15550199", "carrier": {"provider": "sip", "sip": {"host": "127.0.0.1", "port": port}}});
+    let r = http.patch(format!("{base}/v1/settings")).bearer_auth(token).json(&settings).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 200, "{}", r.text().await.unwrap());
+}
+
+/// Waits until an engine has heartbeat to the API (it can take calls).
+async fn heartbeat_seen(http: &reqwest::Client, base: &str, fleet: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let r = http.get(format!("{base}/v1/fleet/hosts")).bearer_auth(fleet).send().await.unwrap();
+        let hosts: Value = serde_json::from_slice(&r.bytes().await.unwrap()).unwrap_or_default();
+        if hosts["items"].as_array().is_some_and(|h| !h.is_empty()) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "the engine never heartbeat");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// `POST /v1/calls` through the organization's SIP trunk: the dialler reserves a slot on the
 /// engine and asks it to dial (the `sip` carrier), the engine INVITEs the trunk (baresip,
 /// answering), the bot talks with the callee, and the engine's own call-end record and result
 /// close the call in `GET /v1/calls` as answered, with its transcript.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_direct_call_goes_out_through_the_organizations_sip_trunk() {
-    use cxb_dialler::carriers::Carriers;
-    use cxb_dialler::{Dialler, DiallerConfig, DiallerTelephony, Shared};
     let dir = tempfile::tempdir().unwrap();
     let (api, base, fleet, token) = common::api_with_org(dir.path()).await;
     let http = reqwest::Client::new();
-    let egress = cxb_control_plane::egress::Egress::new(cxb_contract::egress::EgressPolicy::with_loopback(), Duration::from_secs(10)).unwrap();
-    let mut config = DiallerConfig::new(base.clone());
-    config.tick = Duration::from_millis(50);
-    let shared = Shared::new(api.state().db.clone(), Carriers::new(None, egress, api.state().secrets.clone()), config);
-    api.attach_telephony(std::sync::Arc::new(DiallerTelephony(shared.clone())));
-    let _dialler = Dialler::start(shared);
+    let _dialler = dialler_for(&api, &base);
 
     let (_stt, _tts, bot) = common::front_desk();
     let r = http.post(format!("{base}/v1/bots")).bearer_auth(&token).json(&bot).send().await.unwrap();
     let bot_id = serde_json::from_slice::<Value>(&r.bytes().await.unwrap()).unwrap()["id"].as_str().unwrap().to_string();
     let sip = format!("127.0.0.1:{}", free_port());
     let (_core, port) = common::core(dir.path(), &base, &fleet, &["--workers", "1", "--sip", &sip, "--rtp-ports", "41200-41300"]);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let r = http.get(format!("{base}/v1/fleet/hosts")).bearer_auth(&fleet).send().await.unwrap();
-        let hosts: Value = serde_json::from_slice(&r.bytes().await.unwrap()).unwrap_or_default();
-        if hosts["items"].as_array().is_some_and(|h| !h.is_empty()) {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the engine never heartbeat");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    heartbeat_seen(&http, &base, &fleet).await;
 
     let audio = caller_audio();
     let phone = tokio::task::spawn_blocking(move || Baresip::start_as("+15550100", &audio, "")).await.unwrap();
-    let settings = json!({"default_caller_id": "+15550199", "carrier": {"provider": "sip", "sip": {"host": "127.0.0.1", "port": phone.sip.port()}}});
-    let r = http.patch(format!("{base}/v1/settings")).bearer_auth(&token).json(&settings).send().await.unwrap();
-    assert_eq!(r.status().as_u16(), 200, "{}", r.text().await.unwrap());
+    use_trunk(&http, &base, &token, phone.sip.port()).await;
     let r = http.post(format!("{base}/v1/calls")).bearer_auth(&token).json(&json!({"to": "+15550100", "bot_id": bot_id})).send().await.unwrap();
     let status = r.status().as_u16();
     let placed: Value = serde_json::from_slice(&r.bytes().await.unwrap()).unwrap();
@@ -407,17 +422,10 @@ async fn a_refused_refer_becomes_a_call_the_engine_places_and_bridges() {
 /// completes with both contacts done.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_campaign_dials_through_the_sip_trunk_and_completes() {
-    use cxb_dialler::carriers::Carriers;
-    use cxb_dialler::{Dialler, DiallerConfig, DiallerTelephony, Shared};
     let dir = tempfile::tempdir().unwrap();
     let (api, base, fleet, token) = common::api_with_org(dir.path()).await;
     let http = reqwest::Client::new();
-    let egress = cxb_control_plane::egress::Egress::new(cxb_contract::egress::EgressPolicy::with_loopback(), Duration::from_secs(10)).unwrap();
-    let mut config = DiallerConfig::new(base.clone());
-    config.tick = Duration::from_millis(50);
-    let shared = Shared::new(api.state().db.clone(), Carriers::new(None, egress, api.state().secrets.clone()), config);
-    api.attach_telephony(std::sync::Arc::new(DiallerTelephony(shared.clone())));
-    let _dialler = Dialler::start(shared);
+    let _dialler = dialler_for(&api, &base);
     let post = async |path: &str, body: Value| -> Value {
         let r = http.post(format!("{base}{path}")).bearer_auth(&token).json(&body).send().await.unwrap();
         serde_json::from_slice(&r.bytes().await.unwrap()).unwrap()
@@ -427,21 +435,10 @@ async fn a_campaign_dials_through_the_sip_trunk_and_completes() {
     let bot_id = post("/v1/bots", bot).await["id"].as_str().unwrap().to_string();
     let sip = format!("127.0.0.1:{}", free_port());
     let (_core, _port) = common::core(dir.path(), &base, &fleet, &["--workers", "1", "--sip", &sip, "--rtp-ports", "41600-41700"]);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let r = http.get(format!("{base}/v1/fleet/hosts")).bearer_auth(&fleet).send().await.unwrap();
-        let hosts: Value = serde_json::from_slice(&r.bytes().await.unwrap()).unwrap_or_default();
-        if hosts["items"].as_array().is_some_and(|h| !h.is_empty()) {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the engine never heartbeat");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    heartbeat_seen(&http, &base, &fleet).await;
     let audio = caller_audio();
     let phone = tokio::task::spawn_blocking(move || Baresip::start_as("+15550100", &audio, "")).await.unwrap();
-    let settings = json!({"default_caller_id": "+15550199", "carrier": {"provider": "sip", "sip": {"host": "127.0.0.1", "port": phone.sip.port()}}});
-    let r = http.patch(format!("{base}/v1/settings")).bearer_auth(&token).json(&settings).send().await.unwrap();
-    assert_eq!(r.status().as_u16(), 200, "{}", r.text().await.unwrap());
+    use_trunk(&http, &base, &token, phone.sip.port()).await;
     let assistant = post("/v1/ai-assistants", json!({"name": "desk", "kind": "websocket", "bot_id": bot_id})).await;
     let campaign = post(
         "/v1/campaigns",

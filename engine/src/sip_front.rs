@@ -23,6 +23,24 @@ struct Front<'a> {
 }
 
 impl Front<'_> {
+    /// Takes the whole messages at the front of a stream's `pending` bytes; false when the
+    /// framing is lost (a stream cannot be resynchronised: it is closed).
+    fn stream(&mut self, from: SipPeer, pending: &mut Vec<u8>) -> bool {
+        loop {
+            match frame(pending) {
+                Ok(Some(len)) => {
+                    self.message(from, &pending[..len]);
+                    pending.drain(..len);
+                }
+                Ok(None) => return true,
+                Err(_) => {
+                    self.sip.counters.malformed.fetch_add(1, Ordering::Relaxed);
+                    return false;
+                }
+            }
+        }
+    }
+
     fn message(&mut self, from: SipPeer, bytes: &[u8]) {
         let (shared, sip) = (self.shared, self.sip);
         if bytes.iter().all(|b| b.is_ascii_whitespace()) {
@@ -100,20 +118,7 @@ pub(crate) fn accept_tcp(shared: std::sync::Arc<Shared>) {
             let _ = writer.set_write_timeout(Some(Duration::from_secs(1)));
             connections.insert(id, Connection::Plain(writer));
         }
-        let shared = shared.clone();
-        let spawned = std::thread::Builder::new().name("cxb-sip-conn".into()).spawn(move || {
-            read_tcp(&shared, stream, SipPeer::Tcp(id, peer));
-            if let Some(sip) = shared.sip.as_ref()
-                && let Ok(mut connections) = sip.connections.lock()
-            {
-                connections.remove(&id);
-            }
-        });
-        if spawned.is_err()
-            && let Ok(mut connections) = sip.connections.lock()
-        {
-            connections.remove(&id);
-        }
+        serve_connection(&shared, id, "cxb-sip-conn", move |shared| read_tcp(shared, stream, SipPeer::Tcp(id, peer)));
     }
 }
 
@@ -194,20 +199,27 @@ pub(crate) fn accept_tls(shared: std::sync::Arc<Shared>) {
             }
             connections.insert(id, Connection::Tls(tx));
         }
-        let shared = shared.clone();
-        let spawned = std::thread::Builder::new().name("cxb-sip-tls-conn".into()).spawn(move || {
-            serve_tls(&shared, stream, session, &rx, SipPeer::Tls(id, peer));
-            if let Some(sip) = shared.sip.as_ref()
-                && let Ok(mut connections) = sip.connections.lock()
-            {
-                connections.remove(&id);
-            }
-        });
-        if spawned.is_err()
+        serve_connection(&shared, id, "cxb-sip-tls-conn", move |shared| serve_tls(shared, stream, session, &rx, SipPeer::Tls(id, peer)));
+    }
+}
+
+/// Runs `serve` for connection `id` on a thread of its own; the connection leaves the table
+/// when it returns (or when the thread cannot start).
+fn serve_connection(shared: &std::sync::Arc<Shared>, id: u64, name: &str, serve: impl FnOnce(&Shared) + Send + 'static) {
+    let forget = move |shared: &Shared| {
+        if let Some(sip) = shared.sip.as_ref()
             && let Ok(mut connections) = sip.connections.lock()
         {
             connections.remove(&id);
         }
+    };
+    let thread_shared = shared.clone();
+    let spawned = std::thread::Builder::new().name(name.into()).spawn(move || {
+        serve(&thread_shared);
+        forget(&thread_shared);
+    });
+    if spawned.is_err() {
+        forget(shared);
     }
 }
 
@@ -234,18 +246,8 @@ fn serve_tls(shared: &Shared, mut stream: TcpStream, mut session: Session, outgo
             Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
             Err(_) => return,
         }
-        loop {
-            match frame(&pending) {
-                Ok(Some(len)) => {
-                    front.message(peer, &pending[..len]);
-                    pending.drain(..len);
-                }
-                Ok(None) => break,
-                Err(_) => {
-                    sip.counters.malformed.fetch_add(1, Ordering::Relaxed);
-                    return;
-                }
-            }
+        if !front.stream(peer, &mut pending) {
+            return;
         }
         out.clear();
         if !session.handshaking() {
@@ -274,19 +276,8 @@ fn read_tcp(shared: &Shared, mut stream: TcpStream, peer: SipPeer) {
             Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => continue,
             Err(_) => return,
         }
-        loop {
-            match frame(&pending) {
-                Ok(Some(len)) => {
-                    front.message(peer, &pending[..len]);
-                    pending.drain(..len);
-                }
-                Ok(None) => break,
-                Err(_) => {
-                    // A stream whose framing is lost cannot be resynchronised.
-                    sip.counters.malformed.fetch_add(1, Ordering::Relaxed);
-                    return;
-                }
-            }
+        if !front.stream(peer, &mut pending) {
+            return;
         }
     }
 }
