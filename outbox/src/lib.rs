@@ -26,7 +26,8 @@
 //!
 //! **Nothing blocks the queue.** Entries are delivered in order; one that keeps failing while
 //! the API shows it takes results (a probe that changes nothing) is parked and tried again on
-//! its own slower schedule; an API that is down for everyone parks nothing (see `queue`).
+//! its own slower schedule; an API that is down for everyone parks nothing (see `queue`). A
+//! parked entry is marked on disk (`{seq}.parked`), so a restart keeps it parked.
 //!
 //! **A disk-usage cap** ([`OutboxConfig::max_bytes`], 1 GiB by default) on everything in the
 //! directory: at or over it, or after a write failed (a full disk) until a write succeeds

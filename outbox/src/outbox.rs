@@ -582,9 +582,10 @@ impl Outbox {
         match &config.api {
             Some(api) => {
                 let sender = sender::Sender::new(&config, api, spool.clone(), counters.clone())?;
+                let parked = spool.parked(&queued).map_err(|e| OutboxError::io("reading the parked entries", e))?;
                 let thread = std::thread::Builder::new()
                     .name("cxb-outbox-send".into())
-                    .spawn(move || sender.run(queued, written_rx, stop))
+                    .spawn(move || sender.run(queued, parked, written_rx, stop))
                     .map_err(|e| OutboxError::io("starting the sender thread", e))?;
                 threads.push(thread);
             }

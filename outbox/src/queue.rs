@@ -93,15 +93,19 @@ pub(crate) struct Queue {
 }
 
 impl Queue {
-    pub(crate) fn new(policy: QueuePolicy, queued: impl IntoIterator<Item = u64>) -> Queue {
+    /// The entries `queued`, in order; those of them in `parked` were parked before (by an
+    /// earlier run) and start parked, first tried again one parking interval from now.
+    pub(crate) fn new(policy: QueuePolicy, queued: impl IntoIterator<Item = u64>, parked: &[u64]) -> Queue {
+        let park = policy.park;
+        let step = park.initial.saturating_mul(2).min(park.max);
         Queue {
             policy,
-            active: queued.into_iter().collect(),
+            active: queued.into_iter().filter(|seq| !parked.contains(seq)).collect(),
             failures: 0,
             phase: Phase::Normal,
             not_before: Duration::ZERO,
             backoff: Backoff::new(policy.retry),
-            parked: BTreeMap::new(),
+            parked: parked.iter().map(|&seq| (seq, Parked { due: park.initial, step })).collect(),
         }
     }
 
@@ -256,7 +260,7 @@ mod tests {
 
     impl Sim {
         fn new(entries: impl IntoIterator<Item = u64>) -> Sim {
-            Sim { queue: Queue::new(policy(), entries), now: Duration::ZERO, delivered: Vec::new(), attempts: Vec::new(), probes: 0, parks: Vec::new() }
+            Sim { queue: Queue::new(policy(), entries, &[]), now: Duration::ZERO, delivered: Vec::new(), attempts: Vec::new(), probes: 0, parks: Vec::new() }
         }
 
         /// One step; `false` when idle.
@@ -323,7 +327,7 @@ mod tests {
 
     #[test]
     fn an_api_that_comes_back_between_the_failure_and_the_probe_parks_nothing() {
-        let mut queue = Queue::new(policy(), [1, 2, 3]);
+        let mut queue = Queue::new(policy(), [1, 2, 3], &[]);
         let mut now = Duration::ZERO;
         for _ in 0..5 {
             assert_eq!(queue.next(now), Next::Attempt(1));
@@ -364,7 +368,7 @@ mod tests {
 
     #[test]
     fn parked_entries_back_off_on_their_own() {
-        let mut queue = Queue::new(policy(), [1, 2]);
+        let mut queue = Queue::new(policy(), [1, 2], &[]);
         let mut now = Duration::ZERO;
         for _ in 0..5 {
             let Next::Attempt(1) = queue.next(now) else { panic!("front") };

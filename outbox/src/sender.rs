@@ -126,18 +126,19 @@ impl Sender {
     }
 
     /// Delivers `queued`, then whatever the writer passes on, until `stop` is dropped.
-    pub(crate) fn run(self, queued: Vec<u64>, written: flume::Receiver<u64>, stop: flume::Receiver<()>) {
+    pub(crate) fn run(self, queued: Vec<u64>, parked: Vec<u64>, written: flume::Receiver<u64>, stop: flume::Receiver<()>) {
         self.runtime.block_on(async {
             tokio::select! {
-                () = self.deliver_all(queued, written) => {}
+                () = self.deliver_all(queued, parked, written) => {}
                 _ = stop.recv_async() => {}
             }
         });
     }
 
-    async fn deliver_all(&self, queued: Vec<u64>, written: flume::Receiver<u64>) {
+    async fn deliver_all(&self, queued: Vec<u64>, parked: Vec<u64>, written: flume::Receiver<u64>) {
         let epoch = tokio::time::Instant::now();
-        let mut queue = Queue::new(self.policy, queued);
+        let mut queue = Queue::new(self.policy, queued, &parked);
+        self.counters.parked.store(queue.parked() as u64, Ordering::Relaxed);
         let mut writer_open = true;
         let mut failures = 0u64;
         loop {
@@ -168,6 +169,10 @@ impl Sender {
                         }
                     };
                     if queue.attempted(seq, epoch.elapsed(), outcome) {
+                        // Remembered on disk: after a restart it starts parked, holding nothing.
+                        if let Err(e) = self.spool.mark_parked(seq) {
+                            tracing::warn!("marking entry {seq} parked: {e}");
+                        }
                         Counters::bump(&self.counters.parks);
                         tracing::warn!(
                             "entry {seq} keeps failing while the API takes results; parked, tried again in {} s",

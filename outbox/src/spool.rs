@@ -251,7 +251,36 @@ impl Spool {
     pub(crate) fn remove(&self, seq: u64) -> io::Result<()> {
         self.remove_file(&self.entry(seq))?;
         self.remove_file(&self.wav(seq))?;
+        self.remove_file(&self.parked_marker(seq))?;
         self.sync_dir()
+    }
+
+    fn parked_marker(&self, seq: u64) -> PathBuf {
+        self.dir.join(format!("{seq:020}.parked"))
+    }
+
+    /// Remembers that entry `seq` was parked (an empty `{seq}.parked` beside it), so that a
+    /// restart does not put it back at the front.
+    pub(crate) fn mark_parked(&self, seq: u64) -> io::Result<()> {
+        File::create(self.parked_marker(seq)).map(drop)
+    }
+
+    /// Of `entries` (from [`Spool::scan`]), those marked parked; markers of entries that are
+    /// gone are removed.
+    pub(crate) fn parked(&self, entries: &[u64]) -> io::Result<Vec<u64>> {
+        let mut parked = Vec::new();
+        for item in fs::read_dir(&self.dir)? {
+            let item = item?;
+            let name = item.file_name();
+            let Some(seq) = name.to_str().and_then(|n| seq_of(n, ".parked")) else { continue };
+            if entries.binary_search(&seq).is_ok() {
+                parked.push(seq);
+            } else {
+                fs::remove_file(item.path())?;
+            }
+        }
+        parked.sort_unstable();
+        Ok(parked)
     }
 
     /// Moves an entry (and its recording, if still here) to `dead/` beside an
@@ -268,6 +297,7 @@ impl Spool {
             }
         }
         sync_dir(&self.dead)?;
+        self.remove_file(&self.parked_marker(seq))?;
         self.sync_dir()
     }
 

@@ -60,6 +60,39 @@ async fn an_entry_that_keeps_failing_is_parked_and_the_rest_go_on_in_order() {
     drop(guard);
 }
 
+/// Parked is remembered on disk: after a restart the parked entry does not go back to the
+/// front, so the entries behind it go at once, with no failed attempt first; it is tried again
+/// on its parking schedule.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_parked_entry_stays_parked_across_a_restart() {
+    let data = tempfile::tempdir().unwrap();
+    let (api, state) = fake_api().await;
+    state.lock().unwrap().failing.insert("poison".into());
+    let config = parking(data.path(), api);
+    let (outbox, guard) = Outbox::start(config.clone()).unwrap();
+    for id in ["poison", "b"] {
+        outbox.submit(result(id), None).await.unwrap();
+    }
+    until("poison parked, b delivered", || outbox.stats(), |s| s.delivered == 1 && s.parked == 1).await;
+    drop(guard);
+    assert_eq!(files(&outbox_dir(data.path()), ".parked"), ["00000000000000000001.parked"]);
+
+    let mut later = config.clone();
+    later.park_retry = RetryPolicy { initial: Duration::from_secs(60), max: Duration::from_secs(60) };
+    let (outbox, guard) = Outbox::start(later).unwrap();
+    outbox.submit(result("c"), None).await.unwrap();
+    let s = until("c delivered", || outbox.stats(), |s| s.delivered == 1).await;
+    assert_eq!((s.retries, s.parked, s.pending), (0, 1, 1), "c went first, poison was not tried: {s:?}");
+    state.lock().unwrap().failing.clear();
+    drop(guard);
+    // Delivered at last (a third start, its parking retries quick again): the marker goes too.
+    let (outbox, guard) = Outbox::start(config).unwrap();
+    until("poison delivered", || outbox.stats(), |s| s.pending == 0).await;
+    assert!(files(&outbox_dir(data.path()), ".parked").is_empty());
+    assert_eq!(state.lock().unwrap().stored, ["b", "c", "poison"]);
+    drop(guard);
+}
+
 /// Down for everyone: every entry fails, and so does every probe. Nothing is parked; when the
 /// API comes back the entries go in submission order. Both probes are tried: `/health` (all
 /// down) and, once a result was delivered, that result again (results down, `/health` up: a
