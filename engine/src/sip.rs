@@ -67,6 +67,15 @@ impl SipPeer {
         }
     }
 
+    /// The `;transport=` parameter of our URIs for a dialog with this peer (none for UDP).
+    pub(crate) fn uri_param(self) -> &'static str {
+        match self {
+            SipPeer::Udp(_) => "",
+            SipPeer::Tcp(..) => ";transport=tcp",
+            SipPeer::Tls(..) => ";transport=tls",
+        }
+    }
+
     /// `UDP` or `TCP`, for Via and the dialog's retransmissions.
     pub(crate) fn transport(self) -> &'static str {
         match self {

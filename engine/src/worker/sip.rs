@@ -447,11 +447,7 @@ async fn inbound(worker: Rc<Worker>, peer: SipPeer, invite: Vec<u8>, inbox: Rc<S
         StartLine::Request { uri, .. } => user_of(uri).map(str::to_string),
         StartLine::Response { .. } => None,
     };
-    let tcp = match peer {
-        SipPeer::Udp(_) => "",
-        SipPeer::Tcp(..) => ";transport=tcp",
-        SipPeer::Tls(..) => ";transport=tls",
-    };
+    let tcp = peer.uri_param();
     let local = Local {
         tag: format!("{:016x}", random()),
         contact: format!("sip:{}@{}{tcp}", user.as_deref().unwrap_or("cxb"), sip.sent_by_for(peer)),

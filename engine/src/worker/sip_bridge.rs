@@ -6,7 +6,6 @@
 //! new leg rings; once it answers, each side's 20 ms frames go to the other, re-encoded when
 //! the two legs settled on different codecs. Keys and hold are not relayed.
 
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use cxb_codecs::Encoding;
@@ -46,7 +45,7 @@ impl<D: Dialog> Media<'_, D> {
     pub(super) async fn bridge(&mut self, destination: &str, a: &mut RtpTransport, a_send: &std::net::UdpSocket, a_rtcp: Option<&std::net::UdpSocket>, a_media: &MediaInbox) -> Option<Bridged> {
         let worker = self.worker.clone();
         let sip = self.sip;
-        let (uri, addr) = self.destination(destination).await?;
+        let (uri, b_peer) = self.destination(destination).await?;
         let Some((sockets, port)) = worker.bind_rtp(sip) else {
             return Some(Bridged { status: 503, talked: Duration::ZERO });
         };
@@ -68,16 +67,15 @@ impl<D: Dialog> Media<'_, D> {
                 to: format!("<{uri}>"),
                 call_id,
                 tag: format!("{:016x}", random()),
-                contact: format!("sip:cxb@{}", sip.sent_by()),
-                sent_by: sip.sent_by(),
-                transport: "UDP",
+                contact: format!("sip:cxb@{}{}", sip.sent_by_for(b_peer), b_peer.uri_param()),
+                sent_by: sip.sent_by_for(b_peer),
+                transport: b_peer.transport(),
                 sdp: sdp.offer(),
                 credentials: None,
                 headers: Vec::new(),
                 ring_timeout: RING,
             },
         );
-        let b_peer = SipPeer::Udp(addr);
         let mut leg_b: Option<LegB> = None;
         let mut ctl = std::pin::pin!(self.mailbox.recv());
         let (mut frames, mut samples) = (Vec::new(), Vec::new());
@@ -235,28 +233,51 @@ impl<D: Dialog> Media<'_, D> {
         }
     }
 
-    /// The new leg's Request-URI and where to send it: a `sip:` destination's own host (if the
-    /// egress policy allows it), or the caller's trunk for a number.
-    async fn destination(&self, destination: &str) -> Option<(String, SocketAddr)> {
-        let lower = destination.to_ascii_lowercase();
-        if let Some(rest) = lower.strip_prefix("sip:") {
-            let host_port = rest.rsplit_once('@').map_or(rest, |(_, h)| h);
-            let host_port = host_port.split([';', '?', '>']).next().unwrap_or_default();
-            let (host, port) = match host_port.rsplit_once(':') {
-                Some((h, p)) if !h.contains(']') || h.ends_with(']') => (h.trim_matches(['[', ']']), p.parse().ok()?),
-                _ => (host_port.trim_matches(['[', ']']), 5060),
-            };
-            let resolved = cxb_pipeline::egress::resolve(host, port).await.ok()?;
-            let addr = resolved.first().copied()?;
-            let uri = destination.split(['>', ' ']).next().unwrap_or(destination).to_string();
-            return (!uri.chars().any(|c| c.is_control() || c == '<')).then_some((uri, addr));
+    /// The new leg's Request-URI and where to send it: a `sip:` destination's own host over
+    /// UDP (if the egress policy allows it), or the caller's trunk for a number, the way the
+    /// caller came (its UDP address, or its TCP or TLS connection). `None` for what cannot be
+    /// dialled from here (`sips:`, a URI naming another transport, a malformed one).
+    async fn destination(&self, destination: &str) -> Option<(String, SipPeer)> {
+        if destination.get(..4).is_some_and(|s| s.eq_ignore_ascii_case("sip:")) {
+            let (uri, host, port) = sip_target(destination)?;
+            let addr = cxb_pipeline::egress::resolve(&host, port).await.ok()?.first().copied()?;
+            return Some((uri, SipPeer::Udp(addr)));
         }
         let number = destination.strip_prefix("tel:").unwrap_or(destination);
         if !crate::sip::dial::user_part(number) {
             return None;
         }
-        Some((format!("sip:{number}@{}", self.peer.addr()), self.peer.addr()))
+        Some((format!("sip:{number}@{}", self.peer.addr()), self.peer))
     }
+}
+
+/// A `sip:` destination's Request-URI, host and port (5060 by default); `None` when it is
+/// malformed or names a transport other than UDP.
+fn sip_target(destination: &str) -> Option<(String, String, u16)> {
+    let uri = destination.split(['>', ' ']).next().unwrap_or(destination);
+    let lower = uri.to_ascii_lowercase();
+    let rest = lower.strip_prefix("sip:")?;
+    if uri.chars().any(|c| c.is_control() || c == '<') || lower.contains(";transport=") && !lower.contains(";transport=udp") {
+        return None;
+    }
+    let host_port = rest.rsplit_once('@').map_or(rest, |(_, h)| h);
+    let host_port = host_port.split([';', '?']).next().unwrap_or_default();
+    let (host, port) = match host_port.strip_prefix('[') {
+        Some(v6) => {
+            let (host, after) = v6.split_once(']')?;
+            let port = match after.strip_prefix(':') {
+                Some(p) => p.parse().ok()?,
+                None if after.is_empty() => 5060,
+                None => return None,
+            };
+            (host, port)
+        }
+        None => match host_port.rsplit_once(':') {
+            Some((host, p)) => (host, p.parse().ok()?),
+            None => (host_port, 5060),
+        },
+    };
+    (!host.is_empty() && crate::sip::dial::host_part(host)).then(|| (uri.to_string(), host.to_string(), port))
 }
 
 /// Frames in `from`'s encoding as `to`'s, in `out`.
@@ -282,5 +303,27 @@ fn send_all(rtp: &mut RtpTransport, socket: &std::net::UdpSocket, rtcp: Option<&
         if let Some(s) = rtcp {
             let _ = socket2::SockRef::from(s).send_to_with_flags(&packet, &to.into(), MSG_DONTWAIT);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sip_destinations_are_read_and_odd_ones_refused() {
+        let t = |d: &str| sip_target(d).map(|(u, h, p)| (u, h, p));
+        assert_eq!(t("sip:+15550188@127.0.0.1:5080"), Some(("sip:+15550188@127.0.0.1:5080".into(), "127.0.0.1".into(), 5080)));
+        assert_eq!(t("SIP:desk@Example.com;user=phone"), Some(("SIP:desk@Example.com;user=phone".into(), "example.com".into(), 5060)));
+        assert_eq!(t("sip:desk@[::1]:5070").map(|(_, h, p)| (h, p)), Some(("::1".into(), 5070)));
+        assert_eq!(t("sip:desk@[::1]").map(|(_, h, p)| (h, p)), Some(("::1".into(), 5060)));
+        for bad in ["sip:desk@[::1", "sip:desk@host:port", "sip:desk@host;transport=tcp", "sip:a@b\r\nX: y", "sip:desk@", "sips:desk@host", "sip:desk@[::1]x"] {
+            assert_eq!(t(bad), None, "{bad}");
+        }
+        let mut out = Vec::new();
+        convert(Encoding::Mulaw, Encoding::Alaw, &[0xff; 160], &mut Vec::new(), &mut out);
+        assert_eq!(out.len(), 160, "re-encoded frame by frame");
+        convert(Encoding::Mulaw, Encoding::L16, &[0xff; 160], &mut Vec::new(), &mut out);
+        assert_eq!(out.len(), 320);
     }
 }
