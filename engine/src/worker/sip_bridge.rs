@@ -312,7 +312,7 @@ mod tests {
 
     #[test]
     fn sip_destinations_are_read_and_odd_ones_refused() {
-        let t = |d: &str| sip_target(d).map(|(u, h, p)| (u, h, p));
+        let t = sip_target;
         assert_eq!(t("sip:+15550188@127.0.0.1:5080"), Some(("sip:+15550188@127.0.0.1:5080".into(), "127.0.0.1".into(), 5080)));
         assert_eq!(t("SIP:desk@Example.com;user=phone"), Some(("SIP:desk@Example.com;user=phone".into(), "example.com".into(), 5060)));
         assert_eq!(t("sip:desk@[::1]:5070").map(|(_, h, p)| (h, p)), Some(("::1".into(), 5070)));
