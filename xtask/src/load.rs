@@ -17,8 +17,8 @@ use compio::BufResult;
 use compio::io::{AsyncRead, AsyncWriteExt};
 use compio::net::TcpStream;
 use cxb_engine::ws::{Incoming, WsSocket};
-use futures_util::future::{Either, select};
 
+mod pump;
 mod sip;
 
 const USAGE: &str = "\
@@ -340,7 +340,7 @@ fn run_level(o: &Options) -> Result<Report, String> {
     let script = Rc::new(script(o.exotel, if o.sip { 0 } else { o.seconds }));
     let frames: Rc<[[u8; 160]]> = if o.sip { sip::frames(o.seconds).into() } else { Rc::new([]) };
     let shared = Rc::new(RefCell::new(Shared { windows: vec![Vec::new(); (o.seconds / 10 + 2) as usize], ..Shared::default() }));
-    let pump = if o.sip { Some(sip::Pump::new()?) } else { None };
+    let pump = pump::Pump::new()?;
     let mut proactor = compio::driver::ProactorBuilder::new();
     proactor.capacity(4096);
     if o.epoll {
@@ -358,8 +358,8 @@ fn run_level(o: &Options) -> Result<Report, String> {
     rt.block_on(async {
         let begin = Instant::now();
         let stop = Rc::new(std::cell::Cell::new(false));
-        if let Some(pump) = pump.clone() {
-            let stop = stop.clone();
+        {
+            let (pump, stop) = (pump.clone(), stop.clone());
             compio::runtime::spawn(async move { pump.run(&stop).await }).detach();
         }
         let mut handles = Vec::new();
@@ -368,10 +368,7 @@ fn run_level(o: &Options) -> Result<Report, String> {
             let (script, frames, shared, o, pump) = (script.clone(), frames.clone(), shared.clone(), o.clone(), pump.clone());
             handles.push(compio::runtime::spawn(async move {
                 compio::time::sleep_until(begin + offset).await;
-                let done = match &pump {
-                    Some(pump) => sip::call(&o, i, &frames, &shared, pump).await,
-                    None => call(&o, &script, &shared).await,
-                };
+                let done = if o.sip { sip::call(&o, i, &frames, &shared, &pump).await } else { call(&o, &script, &shared, &pump).await };
                 if let Err(e) = done {
                     *shared.borrow_mut().errors.entry(e).or_default() += 1;
                 }
@@ -585,7 +582,9 @@ async fn write_wire(stream: &TcpStream, ws: &mut WsSocket, wire: &mut ClientWire
     Ok(())
 }
 
-async fn call(o: &Options, script: &Script, shared: &RefCell<Shared>) -> Result<(), String> {
+/// One WebSocket call of the load: the upgrade and the start messages here, the media in the
+/// pump (`pump`).
+async fn call(o: &Options, script: &Rc<Script>, shared: &RefCell<Shared>, pump: &Rc<pump::Pump>) -> Result<(), String> {
     let path = if o.exotel { format!("/exotel/{}", o.bot) } else { format!("/ws/{}", o.bot) };
     let (stream, buf, mut ws, mut wire) = match upgrade_with(o.addr, &path, o.tls.as_ref()).await {
         Ok(up) => up,
@@ -601,83 +600,172 @@ async fn call(o: &Options, script: &Script, shared: &RefCell<Shared>) -> Result<
     }
     let (mut out, mut plain) = (Vec::new(), Vec::new());
     write_wire(&stream, &mut ws, &mut wire, &mut plain, &mut out).await?;
-
-    let t0 = Instant::now();
+    // The pump reads and writes a duplicate of the socket, without blocking, from now on.
+    let socket = std::os::fd::AsFd::as_fd(&stream).try_clone_to_owned().map(std::net::TcpStream::from).map_err(|e| format!("dup: {}", e.kind()))?;
+    drop(buf);
     let total = script.messages.len();
-    let mut sent_at: Vec<Instant> = Vec::with_capacity(total);
-    let mut echoed_bytes = 0usize;
-    let frame_bytes = if o.exotel { 320 } else { 160 };
-    let mut next = 0usize;
-    let end = t0 + script.period * total as u32 + Duration::from_millis(500);
-    let mut read = Box::pin(read_into(&stream, buf));
-    let mut latencies: Vec<(usize, u32)> = Vec::with_capacity(total * script.frames_per_message as usize);
-    let mut late = Vec::with_capacity(total);
-    let result = loop {
-        let due = t0 + script.period * next as u32;
-        let wake = if next < total { due } else { end };
-        match select(read.as_mut(), Box::pin(compio::time::sleep_until(wake))).await {
-            Either::Left((BufResult(Ok(n), b), _)) if n > 0 => {
-                if matches!(wire, ClientWire::Plain) {
-                    ws.feed(&b[..n]);
-                } else {
-                    plain.clear();
-                    wire.receive(&b[..n], &mut plain)?;
-                    ws.feed(&plain);
-                    plain.clear();
-                }
-                let mut b = b;
-                b.clear();
-                read = Box::pin(read_into(&stream, b));
-                let now = Instant::now();
-                loop {
-                    match ws.read() {
-                        Ok(Some(Incoming::Text(t))) => {
-                            if let Some(bytes) = media_bytes(t) {
-                                let first = echoed_bytes / frame_bytes;
-                                echoed_bytes += bytes;
-                                let last = echoed_bytes / frame_bytes;
-                                for f in first..last {
-                                    let msg = f / script.frames_per_message as usize;
-                                    if let Some(at) = sent_at.get(msg) {
-                                        let offset = (msg as u64 * script.period.as_millis() as u64 / 10_000) as usize;
-                                        latencies.push((offset, now.duration_since(*at).as_micros() as u32));
-                                    }
-                                }
-                            }
-                        }
-                        Ok(Some(Incoming::Closed)) => break,
-                        Ok(Some(Incoming::Binary)) | Ok(None) => break,
-                        Err(e) => {
-                            return Err(format!("websocket: {e:?}"));
-                        }
-                    }
-                }
-                write_wire(&stream, &mut ws, &mut wire, &mut plain, &mut out).await?;
-            }
-            Either::Left(_) => break Err("server closed the call early".to_string()),
-            Either::Right(_) => {
-                if next >= total {
-                    break Ok(());
-                }
-                let now = Instant::now();
-                late.push(now.saturating_duration_since(due).as_micros() as u32);
-                sent_at.push(now);
-                ws.send_text(&script.messages[next]);
-                next += 1;
-                write_wire(&stream, &mut ws, &mut wire, &mut plain, &mut out).await?;
-            }
-        }
-    };
-    ws.send_text(TWILIO_STOP);
-    let _ = write_wire(&stream, &mut ws, &mut wire, &mut plain, &mut out).await;
+    let t0 = Instant::now();
+    let done = Rc::new(pump::Done::default());
+    pump.add(Box::new(WsMedia {
+        socket,
+        ws,
+        wire,
+        script: script.clone(),
+        frame_bytes: if o.exotel { 320 } else { 160 },
+        t0,
+        end: t0 + script.period * total as u32 + Duration::from_millis(500),
+        next: 0,
+        sent_at: Vec::with_capacity(total),
+        echoed_bytes: 0,
+        latencies: Vec::with_capacity(total * script.frames_per_message as usize),
+        late: Vec::with_capacity(total),
+        plain: Vec::new(),
+        out: Vec::new(),
+        error: None,
+        done: done.clone(),
+    }))
+    .map_err(|e| format!("epoll: {}", e.kind()))?;
+    let m = done.wait().await;
+    drop(stream);
     let mut s = shared.borrow_mut();
-    s.frames_sent += next as u64 * script.frames_per_message;
-    s.frames_echoed += (echoed_bytes / frame_bytes) as u64;
-    for (w, l) in latencies {
+    s.frames_sent += m.next as u64 * script.frames_per_message;
+    s.frames_echoed += (m.echoed_bytes / m.frame_bytes) as u64;
+    for (w, l) in m.latencies {
         if let Some(win) = s.windows.get_mut(w) {
             win.push(l);
         }
     }
-    s.gen_late_us.extend(late);
-    result
+    s.gen_late_us.extend(m.late);
+    m.error.map_or(Ok(()), Err)
+}
+
+/// A WebSocket call's media, run by the pump: the script's messages on their clock, the
+/// echo counted and timed.
+struct WsMedia {
+    socket: std::net::TcpStream,
+    ws: WsSocket,
+    wire: ClientWire,
+    script: Rc<Script>,
+    frame_bytes: usize,
+    t0: Instant,
+    end: Instant,
+    next: usize,
+    sent_at: Vec<Instant>,
+    echoed_bytes: usize,
+    /// (10 s window, µs) per echoed frame.
+    latencies: Vec<(usize, u32)>,
+    late: Vec<u32>,
+    plain: Vec<u8>,
+    /// Bytes for the socket that it did not take yet.
+    out: Vec<u8>,
+    /// Why the call ended early.
+    error: Option<String>,
+    done: Rc<pump::Done<WsMedia>>,
+}
+
+impl WsMedia {
+    /// Seals what the WebSocket has to send and writes as much as the socket takes now.
+    fn flush(&mut self) {
+        if !self.ws.output().is_empty() {
+            std::mem::swap(self.ws.output(), &mut self.plain);
+            self.wire.seal(&self.plain, &mut self.out);
+            self.plain.clear();
+        }
+        while !self.out.is_empty() {
+            match rustix::net::send(&self.socket, &self.out, rustix::net::SendFlags::DONTWAIT | rustix::net::SendFlags::NOSIGNAL) {
+                Ok(n) => {
+                    self.out.drain(..n);
+                }
+                Err(rustix::io::Errno::AGAIN) => break,
+                Err(e) => {
+                    self.error.get_or_insert_with(|| format!("write: {e}"));
+                    self.out.clear();
+                }
+            }
+        }
+    }
+}
+
+impl pump::PumpCall for WsMedia {
+    fn fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        std::os::fd::AsFd::as_fd(&self.socket)
+    }
+
+    fn read(&mut self, now: Instant, buf: &mut [u8]) {
+        loop {
+            match rustix::net::recv(&self.socket, &mut *buf, rustix::net::RecvFlags::DONTWAIT) {
+                Ok((0, _)) => {
+                    self.error.get_or_insert_with(|| "server closed the call early".to_string());
+                    break;
+                }
+                Ok((n, _)) => {
+                    self.plain.clear();
+                    if let Err(e) = self.wire.receive(&buf[..n], &mut self.plain) {
+                        self.error.get_or_insert(e);
+                        break;
+                    }
+                    self.ws.feed(&self.plain);
+                    self.plain.clear();
+                }
+                Err(rustix::io::Errno::AGAIN) => break,
+                Err(rustix::io::Errno::INTR) => {}
+                Err(e) => {
+                    self.error.get_or_insert_with(|| format!("read: {e}"));
+                    break;
+                }
+            }
+        }
+        loop {
+            match self.ws.read() {
+                Ok(Some(Incoming::Text(t))) => {
+                    if let Some(bytes) = media_bytes(t) {
+                        let first = self.echoed_bytes / self.frame_bytes;
+                        self.echoed_bytes += bytes;
+                        let last = self.echoed_bytes / self.frame_bytes;
+                        for f in first..last {
+                            let msg = f / self.script.frames_per_message as usize;
+                            if let Some(at) = self.sent_at.get(msg) {
+                                let offset = (msg as u64 * self.script.period.as_millis() as u64 / 10_000) as usize;
+                                self.latencies.push((offset, now.duration_since(*at).as_micros() as u32));
+                            }
+                        }
+                    }
+                }
+                Ok(Some(Incoming::Closed)) | Ok(Some(Incoming::Binary)) | Ok(None) => break,
+                Err(e) => {
+                    self.error.get_or_insert_with(|| format!("websocket: {e:?}"));
+                    break;
+                }
+            }
+        }
+        // Pongs and close replies the WebSocket queued.
+        self.flush();
+    }
+
+    fn tick(&mut self, now: Instant) -> bool {
+        let total = self.script.messages.len();
+        while self.next < total && self.error.is_none() {
+            let due = self.t0 + self.script.period * self.next as u32;
+            if due > now {
+                break;
+            }
+            self.late.push(now.saturating_duration_since(due).as_micros() as u32);
+            self.sent_at.push(now);
+            let message = &self.script.messages[self.next];
+            self.ws.send_text(message);
+            self.next += 1;
+        }
+        self.flush();
+        if self.error.is_none() && now < self.end {
+            return false;
+        }
+        self.ws.send_text(TWILIO_STOP);
+        self.flush();
+        true
+    }
+
+    fn finish(self: Box<Self>) {
+        let done = self.done.clone();
+        done.hand_back(self);
+    }
 }

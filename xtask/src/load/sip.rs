@@ -8,23 +8,13 @@
 //! mu-law silence byte); the fixture carries a quiet tone under the speech so that no echoed
 //! frame is silent. The k-th echoed frame is matched to the k-th frame sent for its latency.
 //!
-//! **The media never wakes the generator.** Once a call is answered its socket leaves the
-//! runtime for the [`Pump`]: one task that wakes every millisecond on its own timer, asks one
-//! edge-triggered epoll set which sockets have datagrams (without waiting in it), drains them,
-//! and sends the packets that are due. Nothing sleeps on a call's socket, so the engine's
-//! packets are queued without waking a thread: on loopback the sender pays for the receiver's
-//! wake-up (an inter-processor interrupt in a VM), and with a read waiting on every socket the
-//! engine spent about a fifth of its core waking the generator. Receive times are read at the
-//! tick, so latencies are late by up to 1 ms, and packets go out up to 1 ms after their slot.
+//! Once answered, a call's RTP runs in the [`Pump`](super::pump::Pump).
 
-use std::cell::{Cell, RefCell};
+use std::cell::RefCell;
 use std::net::SocketAddr;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::rc::Rc;
-use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
-
-use rustix::event::epoll;
 
 use compio::BufResult;
 use compio::net::UdpSocket;
@@ -32,6 +22,7 @@ use cxb_codecs::rtp::RtpPacket;
 use cxb_sip::message::{Message, StartLine};
 use futures_util::future::{Either, select};
 
+use super::pump::{Done, Pump, PumpCall};
 use super::{Options, Shared};
 
 /// 20 ms frames of mu-law for every call: the speech fixture with a quiet 1 kHz tone under it.
@@ -153,7 +144,7 @@ pub(super) async fn call(o: &Options, index: usize, frames: &Rc<[[u8; 160]]>, sh
     let bye = in_dialog("BYE", 2, &call_id, local, target, &o.bot, &to_tag);
     let done = Rc::new(Done::default());
     let t0 = Instant::now();
-    pump.add(Media {
+    pump.add(Box::new(Media {
         socket: std_socket,
         media,
         target,
@@ -168,17 +159,11 @@ pub(super) async fn call(o: &Options, index: usize, frames: &Rc<[[u8; 160]]>, sh
         late: Vec::with_capacity(total),
         echoed: 0,
         hung_up: false,
+        packet: Vec::with_capacity(200),
         done: done.clone(),
-    })
+    }))
     .map_err(|e| io("epoll", e))?;
-    let m = std::future::poll_fn(|cx| match done.media.take() {
-        Some(m) => Poll::Ready(m),
-        None => {
-            done.waker.set(Some(cx.waker().clone()));
-            Poll::Pending
-        }
-    })
-    .await;
+    let m = done.wait().await;
     let mut s = shared.borrow_mut();
     s.frames_sent += m.next as u64;
     s.frames_echoed += m.echoed.min(m.next) as u64;
@@ -211,114 +196,67 @@ struct Media {
     late: Vec<u32>,
     echoed: usize,
     hung_up: bool,
-    done: Rc<Done>,
+    packet: Vec<u8>,
+    done: Rc<Done<Media>>,
 }
 
-/// Where the pump hands a finished call back to its task.
-#[derive(Default)]
-struct Done {
-    media: Cell<Option<Box<Media>>>,
-    waker: Cell<Option<Waker>>,
-}
-
-/// Runs every answered call's RTP: see the module's documentation.
-pub(super) struct Pump {
-    epoll: OwnedFd,
-    calls: RefCell<Vec<Option<Box<Media>>>>,
-}
-
-impl Pump {
-    pub(super) fn new() -> Result<Rc<Pump>, String> {
-        let epoll = epoll::create(epoll::CreateFlags::CLOEXEC).map_err(|e| format!("epoll: {e}"))?;
-        Ok(Rc::new(Pump { epoll, calls: RefCell::new(Vec::new()) }))
+impl PumpCall for Media {
+    fn fd(&self) -> BorrowedFd<'_> {
+        self.socket.as_fd()
     }
 
-    fn add(&self, media: Media) -> std::io::Result<()> {
-        let mut calls = self.calls.borrow_mut();
-        let key = calls.iter().position(Option::is_none).unwrap_or(calls.len());
-        epoll::add(&self.epoll, &media.socket, epoll::EventData::new_u64(key as u64), epoll::EventFlags::IN | epoll::EventFlags::ET)?;
-        if key == calls.len() {
-            calls.push(None);
-        }
-        calls[key] = Some(Box::new(media));
-        Ok(())
-    }
-
-    /// Ticks every millisecond until `stop` is set.
-    pub(super) async fn run(&self, stop: &Cell<bool>) {
-        let mut events = Vec::with_capacity(1024);
-        let mut buf = vec![0u8; 2048];
-        let mut packet = Vec::with_capacity(200);
-        let mut next_tick = Instant::now();
-        while !stop.get() {
-            next_tick = (next_tick + Duration::from_millis(1)).max(Instant::now());
-            compio::time::sleep_until(next_tick).await;
-            let now = Instant::now();
-            events.clear();
-            let zero = rustix::time::Timespec { tv_sec: 0, tv_nsec: 0 };
-            let _ = epoll::wait(&self.epoll, rustix::buffer::spare_capacity(&mut events), Some(&zero));
-            let mut calls = self.calls.borrow_mut();
-            for event in &events {
-                if let Some(Some(m)) = calls.get_mut(event.data.u64() as usize) {
-                    drain(m, now, &mut buf);
-                }
-            }
-            for slot in calls.iter_mut() {
-                let Some(m) = slot.as_mut() else { continue };
-                while m.next < m.frames.len() && !m.hung_up {
-                    let due = m.t0 + Duration::from_millis(20 * m.next as u64);
-                    if due > now {
-                        break;
+    /// Reads every datagram waiting at `now`: echoes are counted and timed, a BYE from the
+    /// engine is answered and ends the call.
+    fn read(&mut self, now: Instant, buf: &mut [u8]) {
+        while let Ok((n, _)) = self.socket.recv_from(buf) {
+            let datagram = &buf[..n];
+            if is_rtp(datagram) {
+                if let Ok(p) = RtpPacket::parse(datagram)
+                    && p.payload_type == 0
+                    && !p.payload.iter().all(|&x| x == 0xFF)
+                {
+                    if let Some(at) = self.sent_at.get(self.echoed) {
+                        self.latencies.push((self.echoed / 500, now.duration_since(*at).as_micros() as u32));
                     }
-                    m.late.push(now.saturating_duration_since(due).as_micros() as u32);
-                    m.sent_at.push(now);
-                    packet.clear();
-                    let n = m.next;
-                    RtpPacket { marker: n == 0, payload_type: 0, sequence: n as u16, timestamp: (n * 160) as u32, ssrc: m.ssrc, payload: &m.frames[n] }.write(&mut packet);
-                    let _ = m.socket.send_to(&packet, m.media);
-                    m.next += 1;
+                    self.echoed += 1;
                 }
-                if m.hung_up || now >= m.end {
-                    if !m.hung_up {
-                        // The 200 is not waited for: the engine retransmits its answer if it must.
-                        let _ = m.socket.send_to(m.bye.as_bytes(), m.target);
-                    }
-                    let _ = epoll::delete(&self.epoll, &m.socket);
-                    if let Some(m) = slot.take() {
-                        let done = m.done.clone();
-                        done.media.set(Some(m));
-                        if let Some(w) = done.waker.take() {
-                            w.wake();
-                        }
-                    }
-                }
-            }
-        }
-    }
-}
-
-/// Reads every datagram waiting on a call's socket at `now`: echoes are counted and timed, a
-/// BYE from the engine is answered and ends the call.
-fn drain(m: &mut Media, now: Instant, buf: &mut [u8]) {
-    while let Ok((n, _)) = m.socket.recv_from(buf) {
-        let datagram = &buf[..n];
-        if is_rtp(datagram) {
-            if let Ok(p) = RtpPacket::parse(datagram)
-                && p.payload_type == 0
-                && !p.payload.iter().all(|&x| x == 0xFF)
+            } else if let Ok(message) = Message::parse(datagram)
+                && message.method() == Some("BYE")
             {
-                if let Some(at) = m.sent_at.get(m.echoed) {
-                    m.latencies.push((m.echoed / 500, now.duration_since(*at).as_micros() as u32));
-                }
-                m.echoed += 1;
+                self.hung_up = true;
+                let mut ok = String::new();
+                cxb_sip::message::response(&message, 200, "OK", None, &[], "", &mut ok);
+                let _ = self.socket.send_to(ok.as_bytes(), self.target);
             }
-        } else if let Ok(message) = Message::parse(datagram)
-            && message.method() == Some("BYE")
-        {
-            m.hung_up = true;
-            let mut ok = String::new();
-            cxb_sip::message::response(&message, 200, "OK", None, &[], "", &mut ok);
-            let _ = m.socket.send_to(ok.as_bytes(), m.target);
         }
+    }
+
+    fn tick(&mut self, now: Instant) -> bool {
+        while self.next < self.frames.len() && !self.hung_up {
+            let due = self.t0 + Duration::from_millis(20 * self.next as u64);
+            if due > now {
+                break;
+            }
+            self.late.push(now.saturating_duration_since(due).as_micros() as u32);
+            self.sent_at.push(now);
+            self.packet.clear();
+            let n = self.next;
+            RtpPacket { marker: n == 0, payload_type: 0, sequence: n as u16, timestamp: (n * 160) as u32, ssrc: self.ssrc, payload: &self.frames[n] }.write(&mut self.packet);
+            let _ = self.socket.send_to(&self.packet, self.media);
+            self.next += 1;
+        }
+        if !self.hung_up && now < self.end {
+            return false;
+        }
+        if !self.hung_up {
+            // The 200 is not waited for: the engine retransmits its answer if it must.
+            let _ = self.socket.send_to(self.bye.as_bytes(), self.target);
+        }
+        true
+    }
+
+    fn finish(self: Box<Self>) {
+        let done = self.done.clone();
+        done.hand_back(self);
     }
 }
