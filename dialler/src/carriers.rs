@@ -11,7 +11,7 @@ use cxb_control_plane::model::{CarrierKind, Settings};
 use sqlx::AnyPool;
 
 use crate::carrier::cloudonix::{Cloudonix, CloudonixConfig, DEFAULT_API_BASE};
-use crate::carrier::sip::{SipTrunk, SipTrunkConfig};
+use crate::carrier::sip::SipTrunk;
 use crate::carrier::{Carrier, CarrierError};
 
 const KEEP: Duration = Duration::from_secs(5);
@@ -106,16 +106,7 @@ impl Carriers {
             }
             CarrierKind::Sip => {
                 let trunk = c.sip.clone().ok_or_else(|| CarrierError::Config("carrier.sip is required for a SIP trunk".into()))?;
-                let config = SipTrunkConfig {
-                    host: trunk.host,
-                    port: trunk.port,
-                    username: trunk.username,
-                    password: c.secrets.get("password").cloned(),
-                    from_domain: trunk.from_domain,
-                    caller_id_header: trunk.caller_id_header,
-                    transport: trunk.transport,
-                };
-                Ok(Arc::new(SipTrunk::new(self.engines.clone(), config)))
+                Ok(Arc::new(SipTrunk::new(self.engines.clone(), trunk, c.secrets.get("password").cloned())))
             }
         }
     }

@@ -174,39 +174,9 @@ impl Call<RtpTransport> {
         self.drain(now, None, metrics);
     }
 
-    /// The next datagram and where it goes.
-    pub fn poll_transmit(&mut self) -> Option<(std::net::SocketAddr, Vec<u8>)> {
-        self.transport.poll_transmit()
-    }
-
     /// The call's RTP, for the engine's own transfer leg once the bot is done.
     pub fn rtp(&mut self) -> &mut RtpTransport {
         &mut self.transport
-    }
-
-    /// The payload type the call's audio runs under.
-    pub fn payload_type(&self) -> u8 {
-        self.transport.payload_type()
-    }
-
-    /// Returns a sent datagram's buffer for reuse.
-    pub fn recycle(&mut self, buf: Vec<u8>) {
-        self.transport.recycle(buf);
-    }
-
-    /// A datagram on the call's RTCP port.
-    pub fn on_rtcp(&mut self, now: Timestamp, from: std::net::SocketAddr, datagram: &[u8]) {
-        self.transport.on_rtcp(now, from, datagram);
-    }
-
-    /// The next RTCP datagram and where it goes.
-    pub fn poll_rtcp(&mut self) -> Option<(std::net::SocketAddr, Vec<u8>)> {
-        self.transport.poll_rtcp()
-    }
-
-    /// The media ends: RTCP says BYE.
-    pub fn rtcp_bye(&mut self) {
-        self.transport.rtcp_bye();
     }
 
     /// The call's media quality, for its result: RTP counts and what RTCP says.

@@ -104,6 +104,8 @@ pub(crate) struct SipShared {
     pub(crate) connections: Mutex<HashMap<u64, Connection>>,
     /// The TLS port, when there is one, and the certificate it serves.
     pub(crate) tls: Option<(TcpListener, crate::tls::TlsConfig)>,
+    /// The TLS port's bound address.
+    tls_local: Option<SocketAddr>,
     /// The connections the engine opened to trunks, by address, for reuse.
     pub(crate) outbound: Mutex<HashMap<SocketAddr, u64>>,
     pub(crate) next_connection: AtomicU64,
@@ -151,6 +153,7 @@ impl SipShared {
             socket,
             listener,
             connections: Mutex::default(),
+            tls_local: tls.as_ref().and_then(|(l, _)| l.local_addr().ok()),
             tls,
             outbound: Mutex::default(),
             next_connection: AtomicU64::new(0),
@@ -188,15 +191,15 @@ impl SipShared {
     /// The sent-by and Contact address for a dialog with `peer`: the TLS port's for a peer on
     /// TLS.
     pub(crate) fn sent_by_for(&self, peer: SipPeer) -> String {
-        match (peer, &self.tls) {
-            (SipPeer::Tls(..), Some((listener, _))) => SocketAddr::new(self.advertise, listener.local_addr().map_or(5061, |a| a.port())).to_string(),
+        match (peer, self.tls_local) {
+            (SipPeer::Tls(..), Some(tls)) => SocketAddr::new(self.advertise, tls.port()).to_string(),
             _ => self.sent_by(),
         }
     }
 
     /// The TLS port's address.
     pub(crate) fn tls_addr(&self) -> Option<SocketAddr> {
-        self.tls.as_ref().and_then(|(l, _)| l.local_addr().ok())
+        self.tls_local
     }
 
     /// Sends one message the way `to` reached us: a datagram the kernel will not take now is

@@ -15,32 +15,21 @@ use serde::Deserialize;
 use super::{BoxFuture, CallRequest, CallState, Carrier, CarrierError, Placed};
 use super::{Cdr, CdrError, Disposition};
 
-/// An organization's trunk, as its settings give it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SipTrunkConfig {
-    pub host: String,
-    pub port: u16,
-    pub username: Option<String>,
-    pub password: Option<String>,
-    pub from_domain: Option<String>,
-    pub caller_id_header: Option<String>,
-    /// `udp` (default) or `tcp`.
-    pub transport: Option<String>,
-}
-
 /// The carrier.
 #[cfg(feature = "runtime")]
 #[derive(Debug, Clone)]
 pub struct SipTrunk {
     /// For engines (fleet addresses, not a tenant's: no egress guard).
     client: reqwest::Client,
-    trunk: SipTrunkConfig,
+    /// The trunk as the organization's settings give it, and its digest password (a secret).
+    trunk: cxb_control_plane::model::SipTrunk,
+    password: Option<String>,
 }
 
 #[cfg(feature = "runtime")]
 impl SipTrunk {
-    pub fn new(client: reqwest::Client, trunk: SipTrunkConfig) -> SipTrunk {
-        SipTrunk { client, trunk }
+    pub fn new(client: reqwest::Client, trunk: cxb_control_plane::model::SipTrunk, password: Option<String>) -> SipTrunk {
+        SipTrunk { client, trunk, password }
     }
 }
 
@@ -130,16 +119,15 @@ impl Carrier for SipTrunk {
             let Some((engine, bot, token)) = call.engine.as_deref().and_then(engine_of) else {
                 return Err(CarrierError::Rejected { status: 400, message: "a SIP trunk carries calls to CX Bridge bots only".into() });
             };
-            let t = &self.trunk;
+            // The settings' fields are the dial request's, plus the password.
+            let mut trunk = serde_json::to_value(&self.trunk).unwrap_or_default();
+            trunk["password"] = self.password.clone().into();
             let body = serde_json::json!({
                 "to": call.to,
                 "from": call.from,
                 "ring_timeout_ms": call.ring_timeout.as_millis() as u64,
                 "cdr_url": call.cdr_url,
-                "trunk": {
-                    "host": t.host, "port": t.port, "username": t.username, "password": t.password,
-                    "from_domain": t.from_domain, "caller_id_header": t.caller_id_header, "transport": t.transport,
-                },
+                "trunk": trunk,
             });
             let url = format!("{engine}/sip/dial/{bot}?token={token}");
             let response = self.client.post(url).json(&body).timeout(Duration::from_secs(10)).send().await.map_err(unavailable)?;

@@ -122,6 +122,8 @@ pub(super) struct MediaPump {
     /// Sockets left unread because their call's inbox was full: read first at the next tick
     /// (the epoll set, edge-triggered, does not report them again).
     backlog: RefCell<Vec<u64>>,
+    /// The keys a tick reads, kept for the next tick's.
+    keys: RefCell<Vec<u64>>,
     /// The pump's task, waiting for a first socket.
     idle: Cell<Option<Waker>>,
 }
@@ -153,7 +155,7 @@ impl Drop for Registration {
 impl MediaPump {
     pub(super) fn new() -> std::io::Result<Rc<MediaPump>> {
         let epoll = epoll::create(epoll::CreateFlags::CLOEXEC)?;
-        Ok(Rc::new(MediaPump { epoll, entries: RefCell::new(HashMap::new()), next_key: Cell::new(0), backlog: RefCell::new(Vec::new()), idle: Cell::new(None) }))
+        Ok(Rc::new(MediaPump { epoll, entries: RefCell::new(HashMap::new()), next_key: Cell::new(0), backlog: RefCell::new(Vec::new()), keys: RefCell::new(Vec::new()), idle: Cell::new(None) }))
     }
 
     /// Puts a call's RTP socket (and its RTCP socket) in the set; both become non-blocking,
@@ -206,8 +208,13 @@ impl MediaPump {
         }
         let mut entries = self.entries.borrow_mut();
         let mut backlog = self.backlog.borrow_mut();
-        let keys: Vec<u64> = backlog.drain(..).chain(events.iter().map(|e| e.data.u64())).collect();
-        for key in keys {
+        // The sockets left unread last tick, then the ready ones; the backlog's vector is
+        // reused for this tick's leftovers.
+        let mut keys = std::mem::take(&mut *self.keys.borrow_mut());
+        keys.clear();
+        keys.append(&mut backlog);
+        keys.extend(events.iter().map(|e| e.data.u64()));
+        for &key in &keys {
             let Some(entry) = entries.get_mut(&key) else { continue };
             loop {
                 if entry.inbox.is_full() {
@@ -239,6 +246,7 @@ impl MediaPump {
             }
             entry.inbox.wake();
         }
+        *self.keys.borrow_mut() = keys;
     }
 
     /// The pump's task: a tick every millisecond while the set has sockets.

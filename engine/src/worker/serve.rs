@@ -121,27 +121,27 @@ async fn route(worker: Rc<Worker>, stream: TcpStream, mut wire: Wire, req: Reque
     if let (Some(id), Some(sip)) = (call_path("/sip/calls/"), worker.shared.sip.as_ref()) {
         // A dialled call's state and hang-up, by its SIP Call-ID (random, known to the platform).
         let id = percent_encoding::percent_decode_str(id).decode_utf8_lossy().into_owned();
+        // The owning worker answers for its call (it may be this one: the command waits in
+        // its inbox while this task yields).
+        let ask = |owner: usize, command: Command| {
+            let (tx, rx) = flume::bounded(1);
+            let _ = worker.shared.inboxes[owner].send(Inbox::Command(command, tx));
+            async move { compio::time::timeout(Duration::from_secs(2), rx.recv_async()).await.ok().and_then(Result::ok).filter(|v| v["ok"] == true) }
+        };
+        let gone = || http::error(404, "not_found", "no such call", &[]);
         let answer = match (req.method.as_str(), sip.route(&id)) {
-            (_, None) => http::error(404, "not_found", "no such call", &[]),
-            ("GET", Some(owner)) => {
-                let (tx, rx) = flume::bounded(1);
-                let _ = worker.shared.inboxes[owner].send(Inbox::Command(Command::SipState { sip_call_id: id }, tx));
-                match compio::time::timeout(Duration::from_secs(2), rx.recv_async()).await {
-                    Ok(Ok(v)) if v["ok"] == true => {
-                        let body = serde_json::json!({ "live": true, "state": v["state"], "status": v["status"] }).to_string();
-                        http::response(200, "application/json", &[], &body)
-                    }
-                    _ => http::error(404, "not_found", "no such call", &[]),
+            (_, None) => gone(),
+            ("GET", Some(owner)) => match ask(owner, Command::SipState { sip_call_id: id }).await {
+                Some(v) => {
+                    let body = serde_json::json!({ "live": true, "state": v["state"], "status": v["status"] }).to_string();
+                    http::response(200, "application/json", &[], &body)
                 }
-            }
-            ("DELETE", Some(owner)) => {
-                let (tx, rx) = flume::bounded(1);
-                let _ = worker.shared.inboxes[owner].send(Inbox::Command(Command::HangupSip { sip_call_id: id }, tx));
-                match compio::time::timeout(Duration::from_secs(2), rx.recv_async()).await {
-                    Ok(Ok(v)) if v["ok"] == true => http::response(200, "application/json", &[], r#"{"ok":true}"#),
-                    _ => http::error(404, "not_found", "no such call", &[]),
-                }
-            }
+                None => gone(),
+            },
+            ("DELETE", Some(owner)) => match ask(owner, Command::HangupSip { sip_call_id: id }).await {
+                Some(_) => http::response(200, "application/json", &[], r#"{"ok":true}"#),
+                None => gone(),
+            },
             _ => http::error(405, "method_not_allowed", "GET or DELETE", &[]),
         };
         return reply(&stream, &mut wire, answer).await;

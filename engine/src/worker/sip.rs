@@ -317,10 +317,15 @@ pub(super) struct MediaSockets {
     pub(super) rtcp: Option<std::net::UdpSocket>,
 }
 
-/// Sends the call's RTCP datagrams, without blocking.
-fn send_rtcp(call: &mut Call<RtpTransport>, socket: Option<&std::net::UdpSocket>) {
-    while let Some((to, packet)) = call.poll_rtcp() {
-        if let Some(socket) = socket {
+/// Sends a stream's RTP and RTCP packets without blocking: a full socket buffer drops them,
+/// as the network would.
+pub(super) fn send_media(rtp: &mut RtpTransport, socket: &std::net::UdpSocket, rtcp: Option<&std::net::UdpSocket>) {
+    while let Some((to, packet)) = rtp.poll_transmit() {
+        let _ = socket2::SockRef::from(socket).send_to_with_flags(&packet, &to.into(), MSG_DONTWAIT);
+        rtp.recycle(packet);
+    }
+    while let Some((to, packet)) = rtp.poll_rtcp() {
+        if let Some(socket) = rtcp {
             let _ = socket2::SockRef::from(socket).send_to_with_flags(&packet, &to.into(), MSG_DONTWAIT);
         }
     }
@@ -640,18 +645,12 @@ impl<D: Dialog> Media<'_, D> {
                                 break 'call EndReason::Panicked;
                             }
                         }
-                        DialogEvent::Reoffer(offer) => self.reoffer(&offer, call.payload_type()),
+                        DialogEvent::Reoffer(offer) => self.reoffer(&offer, call.rtp().payload_type()),
                         DialogEvent::Referred(_) | DialogEvent::Other => {}
                     }
                 }
             }
-            // The call's packets, without blocking: a full socket buffer drops them, as the
-            // network would.
-            while let Some((to, packet)) = call.poll_transmit() {
-                let _ = socket2::SockRef::from(&sender).send_to_with_flags(&packet, &to.into(), MSG_DONTWAIT);
-                call.recycle(packet);
-            }
-            send_rtcp(&mut call, rtcp.as_ref());
+            send_media(call.rtp(), &sender, rtcp.as_ref());
             let stats = call.stats();
             worker.shared.segment.count_frames(worker.index, self.slot, stats.frames_in, stats.frames_out);
             if let Some(reason) = call.end() {
@@ -693,7 +692,7 @@ impl<D: Dialog> Media<'_, D> {
                     let mut handled = Ok(());
                     while let Some(d) = media.pop() {
                         if d.rtcp {
-                            call.on_rtcp(now, d.from, &d.bytes);
+                            call.rtp().on_rtcp(now, d.from, &d.bytes);
                         } else {
                             self.mailbox.last_rx.set(Instant::now());
                             handled = std::panic::catch_unwind(AssertUnwindSafe(|| call.on_datagram(now, d.from, &d.bytes, worker.metrics())));
@@ -735,8 +734,8 @@ impl<D: Dialog> Media<'_, D> {
             }
         }
         drop(registration);
-        call.rtcp_bye();
-        send_rtcp(&mut call, rtcp.as_ref());
+        call.rtp().rtcp_bye();
+        send_media(call.rtp(), &sender, rtcp.as_ref());
         self.dialog.hang_up(worker.sip_now());
         flush(self.sip, self.dialog, self.peer, &mut events);
         (reason, call)

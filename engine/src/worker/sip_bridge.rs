@@ -14,7 +14,7 @@ use cxb_sip::outbound::{Dial, DialEvent, DialOutput, OutboundCall};
 use cxb_sip::sdp::SessionDescription;
 
 use super::media_pump::MediaInbox;
-use super::sip::{Dialog, DialogEvent, Media, MediaSockets, PortLease, Registered, random, register, rtp_config};
+use super::sip::{Dialog, DialogEvent, Media, MediaSockets, PortLease, Registered, random, register, rtp_config, send_media};
 use super::*;
 use crate::sip::SipPeer;
 use crate::transport::{RtpEvent, RtpTransport};
@@ -141,10 +141,10 @@ impl<D: Dialog> Media<'_, D> {
                 b_media.recycle(d.bytes);
             }
             a.handle_timeout(now);
-            send_all(a, a_send, a_rtcp);
+            send_media(a, a_send, a_rtcp);
             if let Some(leg) = leg_b.as_mut() {
                 leg.rtp.handle_timeout(now);
-                send_all(&mut leg.rtp, &b_send, b_rtcp.as_ref());
+                send_media(&mut leg.rtp, &b_send, b_rtcp.as_ref());
             }
             let deadline = [a.deadline(), leg_b.as_ref().and_then(|l| l.rtp.deadline())]
                 .into_iter()
@@ -221,7 +221,7 @@ impl<D: Dialog> Media<'_, D> {
         }
         if let Some(leg) = leg_b.as_mut() {
             leg.rtp.rtcp_bye();
-            send_all(&mut leg.rtp, &b_send, b_rtcp.as_ref());
+            send_media(&mut leg.rtp, &b_send, b_rtcp.as_ref());
         }
         Some(outcome)
     }
@@ -293,18 +293,6 @@ fn convert(from: Encoding, to: Encoding, frames: &[u8], samples: &mut Vec<i16>, 
     }
 }
 
-/// Sends a leg's RTP and RTCP, without blocking.
-fn send_all(rtp: &mut RtpTransport, socket: &std::net::UdpSocket, rtcp: Option<&std::net::UdpSocket>) {
-    while let Some((to, packet)) = rtp.poll_transmit() {
-        let _ = socket2::SockRef::from(socket).send_to_with_flags(&packet, &to.into(), MSG_DONTWAIT);
-        rtp.recycle(packet);
-    }
-    while let Some((to, packet)) = rtp.poll_rtcp() {
-        if let Some(s) = rtcp {
-            let _ = socket2::SockRef::from(s).send_to_with_flags(&packet, &to.into(), MSG_DONTWAIT);
-        }
-    }
-}
 
 #[cfg(test)]
 mod tests {
