@@ -608,6 +608,17 @@ struct CoreArgs {
     /// --tls-cert and --tls-key (needs --sip).
     #[arg(long, requires_all = ["sip", "tls_cert", "tls_key"])]
     sip_tls: Option<SocketAddr>,
+    /// The address browsers' WebRTC media reaches this host at (the calls' ICE host
+    /// candidates; behind 1:1 NAT, the public one). Default: the --listen address, or
+    /// 127.0.0.1 when that is unspecified.
+    #[arg(long)]
+    webrtc_advertise: Option<std::net::IpAddr>,
+    /// The UDP ports WebRTC calls take, LOW-HIGH (one per call).
+    #[arg(long, default_value = "50000-51999", value_parser = parse_port_range)]
+    webrtc_ports: (u16, u16),
+    /// Take no WebRTC calls (`POST /webrtc/BOT` answers 404).
+    #[arg(long, conflicts_with = "webrtc_advertise")]
+    no_webrtc: bool,
     /// On SIGTERM or SIGINT: stop taking calls and let live calls run this long before they
     /// are ended (their results written to the outbox either way).
     #[arg(long, default_value_t = 30)]
@@ -790,6 +801,7 @@ fn up(listen: SocketAddr, api_listen: SocketAddr, sip: SocketAddr, data: &DataAr
         let mut config = EngineConfig::new(listen);
         config.demo_bots = true;
         config.sip = Some(cxb_engine::sip::SipConfig::new(sip));
+        config.webrtc = Some(cxb_engine::config::WebRtcConfig::new(webrtc_default_address(listen)));
         // Local speech servers (Wyoming, espeak) and self-hosted models on this host keep working.
         config.egress = EgressPolicy::with_loopback();
         if listen.port() != 0 {
@@ -901,7 +913,17 @@ fn engine_config(a: CoreArgs) -> anyhow::Result<EngineConfig> {
     }
     c.idle_timeout = Duration::from_secs(a.idle_timeout_secs);
     c.sip = a.sip.map(|listen| cxb_engine::sip::SipConfig { listen, advertise: a.sip_advertise, rtp_ports: a.rtp_ports, tls_listen: a.sip_tls });
+    if !a.no_webrtc {
+        let advertise = a.webrtc_advertise.unwrap_or_else(|| webrtc_default_address(a.listen));
+        c.webrtc = Some(cxb_engine::config::WebRtcConfig { ports: a.webrtc_ports, ..cxb_engine::config::WebRtcConfig::new(advertise) });
+    }
     Ok(c)
+}
+
+/// Where browsers reach a host listening on `listen` when no address is given: that address,
+/// or loopback for a wildcard one.
+fn webrtc_default_address(listen: SocketAddr) -> std::net::IpAddr {
+    if listen.ip().is_unspecified() { std::net::Ipv4Addr::LOCALHOST.into() } else { listen.ip() }
 }
 
 /// `LOW-HIGH`, both even-able ports with at least two between them.
@@ -934,6 +956,10 @@ fn print_welcome(engine: &Engine) {
     if let Some(tls) = engine.sip_tls_addr() {
         let bot = if c.demo_bots { "echo" } else { "BOT" };
         say!("  SIP (TLS)   sip:{bot}@{tls};transport=tls");
+    }
+    if let Some(webrtc) = &c.webrtc {
+        let bot = if c.demo_bots { "echo" } else { "BOT" };
+        say!("  WebRTC      POST {http}://{addr}/webrtc/{bot}   (SDP offer; media to {} on UDP {}-{})", webrtc.advertise, webrtc.ports.0, webrtc.ports.1);
     }
     say!("  registry    {}", c.registry.display());
     say!("  control     {}", c.control_socket.display());

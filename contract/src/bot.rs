@@ -308,6 +308,49 @@ pub struct BotConfig {
     /// Who may call the bot without a call token.
     #[serde(default)]
     pub inbound: Inbound,
+    /// The web call widget.
+    #[serde(default)]
+    pub widget: Widget,
+}
+
+/// The web call widget: a page that embeds `/widget.js` with the bot's id and key gets a call
+/// token from `POST /v1/widget/sessions` when its `Origin` is one of `allowed_origins`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Widget {
+    /// Take web calls through the widget. Off by default.
+    #[serde(default)]
+    pub enabled: bool,
+    /// What a page presents as `data-key`. Public, like the page that embeds it: it names
+    /// this bot's widget, and replacing it retires every page that has the old one. The API
+    /// makes one when the widget is enabled without a key.
+    #[serde(default)]
+    pub key: String,
+    /// Origins (`https://shop.example.com`, scheme, host and port as a browser sends
+    /// `Origin`) whose pages may start calls. None by default: the widget works nowhere until
+    /// an origin is named.
+    #[serde(default)]
+    pub allowed_origins: Vec<String>,
+    /// The call button's label.
+    #[serde(default = "default_button_text")]
+    pub button_text: String,
+    /// Send the live transcript to the caller's page over the data channel.
+    #[serde(default = "default_show_transcript")]
+    pub show_transcript: bool,
+}
+
+impl Default for Widget {
+    fn default() -> Widget {
+        Widget { enabled: false, key: String::new(), allowed_origins: Vec::new(), button_text: default_button_text(), show_transcript: default_show_transcript() }
+    }
+}
+
+fn default_button_text() -> String {
+    "Talk to us".to_string()
+}
+
+fn default_show_transcript() -> bool {
+    true
 }
 
 impl BotConfig {

@@ -955,6 +955,14 @@ impl Bot for Agent {
         Some(&self.events)
     }
 
+    fn transcript_since(&self, from: usize) -> Vec<String> {
+        if !self.bot.widget.show_transcript {
+            return Vec::new();
+        }
+        let lines = self.conv.transcript();
+        lines.get(from..).unwrap_or_default().iter().map(|l| json!({ "type": "transcript", "role": l.role, "text": l.text, "at_ms": l.at_ms }).to_string()).collect()
+    }
+
     fn finish(&mut self, now: Timestamp, unix_ms: u64, call_id: &str, reason: EndReason) -> Option<(CallResult, Option<Recording>)> {
         Some(Agent::finish(self, now, unix_ms, call_id, reason.label()))
     }

@@ -19,6 +19,7 @@ use crate::protocol::Protocol;
 use crate::results::Recording;
 use crate::session::{Output, Session, SessionConfig, SessionEvent};
 use crate::transport::opus::OpusError;
+use crate::transport::webrtc::{WebRtcEvent, WebRtcTransport};
 use crate::transport::{RtpConfig, RtpEvent, RtpTransport, Transport, WsEvent, WsTransport};
 
 /// Settings of a call.
@@ -193,6 +194,39 @@ impl Call<RtpTransport> {
             "rtcp_sent": rtcp.sent,
             "rtcp_received": rtcp.received,
         })
+    }
+}
+
+impl Call<WebRtcTransport> {
+    /// A browser's call over `transport` (its offer answered), its bot started at `now`:
+    /// the session hears and speaks 8 kHz linear samples, which Opus carries.
+    pub fn over_webrtc(now: Timestamp, config: CallConfig, agent: Option<Agent>, transport: WebRtcTransport, start: &crate::protocol::Start) -> Call<WebRtcTransport> {
+        let encoding = cxb_codecs::Encoding::L16;
+        let mut call = Call::with_transport(transport, Session::new(config.session(), encoding, bot_for(&config, agent)));
+        call.session.start(now, encoding, start);
+        call
+    }
+
+    /// Handles one datagram from `from` received at `now`.
+    pub fn on_datagram(&mut self, now: Timestamp, from: std::net::SocketAddr, datagram: &[u8], metrics: &WorkerMetrics) {
+        if let WebRtcEvent::Audio { frames, late, lost } = self.transport.on_datagram(now, from, datagram) {
+            metrics.add_jitter(late, lost);
+            let before = self.session.stats().frames_in;
+            self.session.caller_audio(now, frames);
+            metrics.frames_in.add(self.session.stats().frames_in - before);
+        }
+        self.drain(now, None, metrics);
+    }
+
+    /// The call's WebRTC session.
+    pub fn webrtc(&mut self) -> &mut WebRtcTransport {
+        &mut self.transport
+    }
+
+    /// Transcript lines the browser has not been sent yet, from line `from` on, as the data
+    /// channel's JSON messages.
+    pub fn transcript_since(&mut self, from: usize) -> Vec<String> {
+        self.session.bot().transcript_since(from)
     }
 }
 

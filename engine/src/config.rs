@@ -59,6 +59,26 @@ pub struct EngineConfig {
     pub results: Option<std::sync::Arc<dyn ResultSink>>,
     /// Speak SIP (UDP) with RTP media, as well as the carriers' WebSockets.
     pub sip: Option<crate::sip::SipConfig>,
+    /// Take browsers' calls over WebRTC (`POST /webrtc/BOT`).
+    pub webrtc: Option<WebRtcConfig>,
+}
+
+/// Browser calls over WebRTC: ICE-lite, one host candidate per call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WebRtcConfig {
+    /// The address browsers send to (the calls' host candidates): this host as they reach it.
+    pub advertise: std::net::IpAddr,
+    /// The address the calls' UDP sockets bind.
+    pub bind: std::net::IpAddr,
+    /// The UDP ports calls take, `low` to `high` inclusive, shared out among the workers.
+    pub ports: (u16, u16),
+}
+
+impl WebRtcConfig {
+    /// Calls on ports 50000–51999, advertised as `advertise` and bound on every interface.
+    pub fn new(advertise: std::net::IpAddr) -> WebRtcConfig {
+        WebRtcConfig { advertise, bind: std::net::IpAddr::from([0, 0, 0, 0]), ports: (50_000, 51_999) }
+    }
 }
 
 impl EngineConfig {
@@ -94,6 +114,7 @@ impl EngineConfig {
             },
             results: None,
             sip: None,
+            webrtc: None,
         }
     }
 }

@@ -27,6 +27,8 @@ pub(crate) enum Command {
     Hangup { call_id: String },
     /// End the SIP call with this Call-ID.
     HangupSip { sip_call_id: String },
+    /// End the WebRTC call with this resource (its `Location`'s last segment).
+    HangupWebRtc { resource: String },
     /// Where the SIP call with this Call-ID stands.
     SipState { sip_call_id: String },
     Drain { on: bool },

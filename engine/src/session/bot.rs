@@ -98,6 +98,13 @@ pub trait Bot {
         None
     }
 
+    /// The live transcript from line `from` on, one JSON message a line
+    /// (`{"type":"transcript","role":…,"text":…}`), for a transport that shows it (the web
+    /// widget's data channel). Bots without a transcript have none.
+    fn transcript_since(&self, _from: usize) -> Vec<String> {
+        Vec::new()
+    }
+
     /// The queue the bot's own tasks report to; the call's driver waits on it.
     fn events(&self) -> Option<&Events> {
         None

@@ -5,12 +5,15 @@
 //!
 //! - [`ws`]: the carriers' telephony WebSockets (Twilio / Cloudonix, Exotel).
 //! - [`rtp`]: RTP media of a SIP call (G.711 or Opus, RFC 4733 keys), symmetric, paced.
+//! - [`webrtc`]: a browser's call (ICE-lite, DTLS-SRTP, Opus, a data channel), through str0m.
 //!
 //! [`Transmit`]: crate::session::Transmit
 
 pub mod opus;
 pub mod rtcp;
 pub mod rtp;
+pub mod webrtc;
+pub mod webrtc_client;
 pub mod ws;
 
 pub use rtp::{RtpCodec, RtpConfig, RtpEvent, RtpStats, RtpTransport};
@@ -48,6 +51,18 @@ impl Transport for WsTransport {
     fn marks_and_clears(&self) -> (u64, u64) {
         let s = self.stats();
         (s.marks_sent, s.clears_sent)
+    }
+}
+
+impl Transport for webrtc::WebRtcTransport {
+    fn transmit(&mut self, now: Timestamp, what: Transmit<'_>) {
+        webrtc::WebRtcTransport::transmit(self, now, what);
+    }
+    fn deadline(&self) -> Option<Timestamp> {
+        webrtc::WebRtcTransport::deadline(self)
+    }
+    fn handle_timeout(&mut self, now: Timestamp) {
+        webrtc::WebRtcTransport::handle_timeout(self, now);
     }
 }
 

@@ -89,6 +89,11 @@ struct Worker {
     sip_calls: RefCell<HashMap<String, Rc<sip::SipInbox>>>,
     /// This worker's free RTP ports.
     rtp_ports: RefCell<std::collections::VecDeque<u16>>,
+    /// This worker's free WebRTC ports.
+    webrtc_ports: RefCell<std::collections::VecDeque<u16>>,
+    /// WebRTC calls on this worker by their resource (the secret part of their `Location`):
+    /// the call's id.
+    webrtc_calls: RefCell<HashMap<String, String>>,
     /// The reader of its calls' sockets once they are calls (RTP, RTCP, carriers' WebSockets).
     media_pump: Rc<media_pump::MediaPump>,
     next_call: Cell<u64>,
@@ -132,6 +137,7 @@ pub(crate) fn run(
     tracing::info!(worker = index, driver = if driver == 1 { "io_uring" } else { "epoll" }, "worker running");
     let (slots, ai_limit) = (shared.config.slots_per_worker, shared.config.ai_calls_per_worker);
     let rtp_ports = sip::rtp_ports(&shared, index);
+    let webrtc_ports = webrtc::ports(&shared, index);
     let media_pump = media_pump::MediaPump::new()?;
     let worker = Rc::new(Worker {
         index,
@@ -140,6 +146,8 @@ pub(crate) fn run(
         calls: RefCell::new(HashMap::new()),
         sip_calls: RefCell::new(HashMap::new()),
         rtp_ports: RefCell::new(rtp_ports),
+        webrtc_ports: RefCell::new(webrtc_ports),
+        webrtc_calls: RefCell::new(HashMap::new()),
         media_pump,
         next_call: Cell::new(0),
         refusals_logged: Cell::new(None),
@@ -315,6 +323,16 @@ impl Worker {
                 }
                 None => json!({ "ok": false, "error": "no such call" }),
             },
+            Command::HangupWebRtc { resource } => {
+                let call_id = self.webrtc_calls.borrow().get(&resource).cloned();
+                match call_id.as_ref().and_then(|id| self.calls.borrow().get(id).cloned()) {
+                    Some(mailbox) => {
+                        mailbox.post(Control::Hangup);
+                        json!({ "ok": true })
+                    }
+                    None => json!({ "ok": false, "error": "no such call" }),
+                }
+            }
             Command::SipState { sip_call_id } => match self.sip_calls.borrow().get(&sip_call_id) {
                 Some(inbox) => {
                     let (state, status) = inbox.progress.get();
@@ -365,3 +383,4 @@ mod serve;
 mod sip;
 mod sip_bridge;
 mod sip_out;
+mod webrtc;

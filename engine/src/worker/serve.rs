@@ -146,6 +146,9 @@ async fn route(worker: Rc<Worker>, stream: TcpStream, mut wire: Wire, req: Reque
         };
         return reply(&stream, &mut wire, answer).await;
     }
+    if req.path.starts_with("/webrtc/") {
+        return super::webrtc::route(worker, stream, wire, req, leftover, ip).await;
+    }
     if let Some(bot) = call_path("/sip/dial/").filter(|_| req.method == "POST") {
         let bot = bot.to_string();
         return super::sip_out::dial(worker, stream, wire, req, leftover, ip, &bot).await;
@@ -340,6 +343,12 @@ async fn route(worker: Rc<Worker>, stream: TcpStream, mut wire: Wire, req: Reque
 /// Refuses a call with `401` and the engine's JSON error; counted by reason and logged (at
 /// most once a second per worker, with how many were not logged) without the credential.
 pub(super) async fn refuse(worker: &Worker, stream: &TcpStream, wire: &mut Wire, ip: std::net::IpAddr, bot_id: &str, why: Refusal) {
+    note_refusal(worker, ip, bot_id, why);
+    reply(stream, wire, http::error(401, "unauthorized", why.message(), &[])).await;
+}
+
+/// Counts and logs a refused call (see [`refuse`]) and backs its address off.
+pub(super) fn note_refusal(worker: &Worker, ip: std::net::IpAddr, bot_id: &str, why: Refusal) {
     worker.metrics().refused(why);
     let now = Instant::now();
     if let Ok(mut limits) = worker.shared.limits.lock() {
@@ -354,7 +363,6 @@ pub(super) async fn refuse(worker: &Worker, stream: &TcpStream, wire: &mut Wire,
         tracing::warn!(bot = bot_id, %peer, reason = why.label(), not_logged = more, "call refused");
         worker.refusals_logged.set(Some(now));
     }
-    reply(stream, wire, http::error(401, "unauthorized", why.message(), &[])).await;
 }
 
 /// The URLs a carrier may have signed for `req`: as this engine is advertised, and as the

@@ -68,7 +68,7 @@ async fn error(stream: &TcpStream, wire: &mut Wire, status: u16, code: &str, mes
 }
 
 /// Reads a request body of `length` bytes after `leftover`, within 5 s.
-async fn read_body(stream: &TcpStream, wire: &mut Wire, mut body: Vec<u8>, length: usize) -> Option<Vec<u8>> {
+pub(super) async fn read_body(stream: &TcpStream, wire: &mut Wire, mut body: Vec<u8>, length: usize) -> Option<Vec<u8>> {
     let deadline = Instant::now() + Duration::from_secs(5);
     let mut buf = Vec::with_capacity(READ_BUF);
     while body.len() < length {
