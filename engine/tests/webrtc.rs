@@ -1,0 +1,247 @@
+//! Browser calls over WebRTC on loopback: a caller on str0m (the client side of the engine's
+//! own stack) posts its SDP offer to `/webrtc/BOT`, takes the answer, runs ICE, DTLS-SRTP and
+//! the data channel with the engine over UDP, and talks. The echo bot sends the caller's tone
+//! back; the AI bot greets, answers a question and sends its live transcript; the refusals are
+//! the engine's admission rules.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::{engine, eventually, health, tempdir};
+use cxb_engine::config::WebRtcConfig;
+use cxb_engine::transport::webrtc_client::WebRtcClient;
+use cxb_engine::{Engine, ResultSink};
+use cxb_pipeline::testkit::deepgram::{DeepgramConfig, DeepgramServer, Reply, Step};
+use cxb_pipeline::testkit::elevenlabs::{ElevenLabsConfig, ElevenLabsServer};
+use serde_json::{Value, json};
+
+fn webrtc_engine(tweak: impl FnOnce(&mut cxb_engine::EngineConfig)) -> Engine {
+    engine(|c| {
+        c.webrtc = Some(WebRtcConfig { bind: "127.0.0.1".parse().expect("ip"), ..WebRtcConfig::new("127.0.0.1".parse().expect("ip")) });
+        tweak(c);
+    })
+}
+
+/// One HTTP exchange: status, head, body.
+fn request(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> (u16, String, String) {
+    let mut s = TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: {}\r\n", body.len());
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    req.push_str(body);
+    s.write_all(req.as_bytes()).expect("send");
+    let mut raw = Vec::new();
+    let _ = s.read_to_end(&mut raw);
+    let text = String::from_utf8_lossy(&raw).to_string();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    (status, head.to_string(), body.to_string())
+}
+
+fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
+    head.lines().find_map(|l| l.split_once(':').filter(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.trim()))
+}
+
+/// A browser on a UDP socket of its own.
+struct Browser {
+    socket: UdpSocket,
+    client: WebRtcClient,
+    location: String,
+}
+
+impl Browser {
+    /// Offers to `/webrtc/BOT` with `headers`; the engine's answer taken.
+    fn call(engine: SocketAddr, bot: &str, headers: &[(&str, &str)]) -> Browser {
+        let socket = UdpSocket::bind("127.0.0.1:0").expect("bind");
+        socket.set_read_timeout(Some(Duration::from_millis(2))).expect("timeout");
+        let (mut client, offer) = WebRtcClient::new(Instant::now(), socket.local_addr().expect("addr"), true).expect("client");
+        let mut all = vec![("Content-Type", "application/sdp")];
+        all.extend_from_slice(headers);
+        let (status, head, answer) = request(engine, "POST", &format!("/webrtc/{bot}"), &all, &offer);
+        assert_eq!(status, 201, "{head}\n{answer}");
+        assert_eq!(header(&head, "Content-Type"), Some("application/sdp"));
+        assert_eq!(header(&head, "Access-Control-Allow-Origin"), Some("*"), "a page on any origin reads the answer");
+        let location = header(&head, "Location").expect("a Location").to_string();
+        assert!(location.starts_with("/webrtc/calls/"), "{location}");
+        client.accept_answer(&answer).expect("the answer is usable");
+        Browser { socket, client, location }
+    }
+
+    /// Runs the call for `limit` in real time; `each` every 20 ms with the frame index.
+    fn run(&mut self, limit: Duration, mut each: impl FnMut(&mut WebRtcClient, usize)) {
+        let start = Instant::now();
+        let mut next_frame = start;
+        let mut frame = 0;
+        let mut buf = [0u8; 2048];
+        while start.elapsed() < limit {
+            let now = Instant::now();
+            if now >= next_frame {
+                each(&mut self.client, frame);
+                frame += 1;
+                next_frame += Duration::from_millis(20);
+            }
+            self.client.handle_timeout(now);
+            while let Some((to, d)) = self.client.poll_transmit() {
+                let _ = self.socket.send_to(&d, to);
+            }
+            if let Ok((n, from)) = self.socket.recv_from(&mut buf) {
+                self.client.on_datagram(Instant::now(), from, &buf[..n]);
+            }
+        }
+    }
+}
+
+fn tone(hz: f64, frame: usize) -> Vec<u8> {
+    (frame * 160..(frame + 1) * 160).map(|i| (((i as f64) * 2.0 * std::f64::consts::PI * hz / 8000.0).sin() * 8_000.0) as i16).flat_map(i16::to_le_bytes).collect()
+}
+
+fn rms(b: &[u8]) -> f64 {
+    let n = (b.len() / 2).max(1) as f64;
+    (b.chunks_exact(2).map(|s| f64::from(i16::from_le_bytes([s[0], s[1]])).powi(2)).sum::<f64>() / n).sqrt()
+}
+
+#[test]
+fn the_echo_bot_answers_a_browser_and_delete_hangs_up() {
+    let e = webrtc_engine(|_| {});
+    let mut browser = Browser::call(e.local_addr(), "echo", &[]);
+    browser.run(Duration::from_secs(3), |c, i| {
+        let _ = c.send_frame(Instant::now(), &tone(300.0, i));
+    });
+    assert!(browser.client.connected(), "ICE and DTLS came up over loopback");
+    let heard = browser.client.take_heard();
+    assert!(heard.len() >= 320 * 50, "a second of echo at least: {} bytes", heard.len());
+    let tail = &heard[heard.len() - 320 * 25..];
+    assert!(rms(tail) > 2_000.0, "the caller hears its own tone back: rms {:.0}", rms(tail));
+    assert_eq!(health(e.local_addr())["live_calls"], 1);
+
+    let (status, head, _) = request(e.local_addr(), "DELETE", &browser.location, &[], "");
+    assert_eq!(status, 200, "{head}");
+    assert!(eventually(Duration::from_secs(5), || health(e.local_addr())["live_calls"] == 0), "the call ended");
+    let (status, _, body) = request(e.local_addr(), "DELETE", &browser.location, &[], "");
+    assert_eq!(status, 404, "gone: {body}");
+    // A guessed resource (the call's id without its secret) hangs nothing up.
+    let guessed = browser.location.rsplit_once('-').map(|(p, _)| format!("{p}-0000000000000000")).expect("resource");
+    assert_eq!(request(e.local_addr(), "DELETE", &guessed, &[], "").0, 404);
+}
+
+#[test]
+fn offers_are_admitted_by_the_engines_rules() {
+    let e = webrtc_engine(|_| {});
+    let addr = e.local_addr();
+    let (_, offer) = WebRtcClient::new(Instant::now(), "127.0.0.1:9".parse().expect("addr"), false).expect("client");
+    let sdp = [("Content-Type", "application/sdp")];
+    let code = |body: &str| serde_json::from_str::<Value>(body).map(|v| v["error"]["code"].as_str().unwrap_or("").to_string()).unwrap_or_default();
+
+    // The preflight a page's fetch sends first.
+    let (status, head, _) = request(addr, "OPTIONS", "/webrtc/support", &[("Origin", "https://shop.example"), ("Access-Control-Request-Method", "POST")], "");
+    assert_eq!(status, 204);
+    assert!(header(&head, "Access-Control-Allow-Headers").is_some_and(|h| h.contains("Authorization")), "{head}");
+    assert!(header(&head, "Access-Control-Expose-Headers").is_some_and(|h| h.contains("Location")), "{head}");
+
+    // No token: only the demo bots answer.
+    let (status, head, body) = request(addr, "POST", "/webrtc/support", &sdp, &offer);
+    assert_eq!((status, code(&body).as_str()), (401, "unauthorized"), "{body}");
+    assert_eq!(header(&head, "Access-Control-Allow-Origin"), Some("*"), "the page can read why");
+    // A forged, an expired, another bot's and a reused token.
+    let bearer = |t: &str| format!("Bearer {t}");
+    let forged = bearer("eyJmb3JnZWQiOnRydWV9.AAAA");
+    assert_eq!(request(addr, "POST", "/webrtc/support", &[sdp[0], ("Authorization", &forged)], &offer).0, 401);
+    let mut expired = common::claims("support");
+    expired.exp = 1;
+    assert_eq!(request(addr, "POST", "/webrtc/support", &[sdp[0], ("Authorization", &bearer(&common::token(&expired)))], &offer).0, 401);
+    let other = bearer(&common::token(&common::claims("other")));
+    assert_eq!(request(addr, "POST", "/webrtc/support", &[sdp[0], ("Authorization", &other)], &offer).0, 401);
+    let token = common::token(&common::claims("echo"));
+    let _first = Browser::call(addr, "echo", &[("Authorization", &bearer(&token))]);
+    let (status, _, body) = request(addr, "POST", &format!("/webrtc/echo?token={token}"), &sdp, &offer);
+    assert_eq!(status, 401, "a token admits one call: {body}");
+
+    // What is not an offer.
+    let (status, _, body) = request(addr, "POST", "/webrtc/echo", &sdp, "v=0\r\nthis is not sdp");
+    assert_eq!((status, code(&body).as_str()), (400, "bad_offer"), "{body}");
+    let pcmu = offer.replace("opus/48000/2", "PCMU/8000");
+    assert_eq!(request(addr, "POST", "/webrtc/echo", &sdp, &pcmu).0, 400, "no Opus, no call");
+    assert_eq!(request(addr, "POST", "/webrtc/echo", &sdp, &"a".repeat(70_000)).0, 413);
+    assert_eq!(request(addr, "POST", "/webrtc/echo", &sdp, "\u{0}\u{1}\u{2}").0, 400);
+    assert_eq!(request(addr, "GET", "/webrtc/echo", &[], "").0, 405);
+    assert_eq!(health(addr)["live_calls"], 1, "only the admitted call is live");
+    let disabled = engine(|_| {});
+    let (status, _, body) = request(disabled.local_addr(), "POST", "/webrtc/echo", &sdp, &offer);
+    assert_eq!((status, code(&body).as_str()), (404, "webrtc_disabled"));
+}
+
+/// Results as the outbox would get them.
+#[derive(Debug, Default)]
+struct Captured(Mutex<Vec<Value>>);
+
+impl ResultSink for Captured {
+    fn submit(&self, result: cxb_engine::results::CallResult, _recording: Option<Vec<u8>>) -> flume::Receiver<Result<(), String>> {
+        self.0.lock().expect("lock").push(serde_json::to_value(&result).expect("JSON"));
+        let (tx, rx) = flume::bounded(1);
+        let _ = tx.send(Ok(()));
+        rx
+    }
+}
+
+#[test]
+fn an_ai_bot_greets_a_browser_answers_and_streams_its_transcript() {
+    const PER_CHAR: usize = 320; // 20 ms of 8 kHz linear audio per character
+    let stt = DeepgramServer::start(DeepgramConfig {
+        script: vec![Step::on_finalize(Reply::Final { text: "what are your opening hours".into(), speech_final: false })],
+        ..DeepgramConfig::default()
+    })
+    .expect("stt server");
+    let tts = ElevenLabsServer::start(ElevenLabsConfig { bytes_per_char: PER_CHAR, ..ElevenLabsConfig::default() }).expect("tts server");
+    let bots = tempdir();
+    let bot = json!({
+        "name": "Support",
+        "greeting": "Hello, thanks for calling.",
+        "stt": { "provider": "deepgram", "base_url": stt.url(), "secrets": { "api_key": "dg" } },
+        "llm": { "provider": "script", "options": { "script": {
+            "intents": [ { "name": "hours", "keywords": ["hours"], "reply": "We are open nine to five." } ],
+            "fallback": "Sorry?"
+        } } },
+        "tts": { "provider": "elevenlabs", "base_url": tts.url(), "secrets": { "api_key": "xi" } },
+        "voice": "voice1",
+    });
+    std::fs::write(bots.join("support.json"), bot.to_string()).expect("bot file");
+    let results = Arc::new(Captured::default());
+    let sink = results.clone();
+    let e = webrtc_engine(move |c| {
+        c.bots.dir = Some(bots);
+        c.results = Some(sink);
+    });
+    let token = common::token(&common::claims("support"));
+    let mut browser = Browser::call(e.local_addr(), "support", &[("Authorization", &format!("Bearer {token}"))]);
+    let speech = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/../codecs/tests/fixtures/speech-8k.s16")).expect("fixture");
+    // Two seconds of silence (the greeting plays), 1.2 s of speech, then silence.
+    browser.run(Duration::from_secs(6), |c, i| {
+        let frame = match i.checked_sub(100) {
+            Some(j) if j < 60 => speech[j * 320..(j + 1) * 320].to_vec(),
+            _ => vec![0; 320],
+        };
+        let _ = c.send_frame(Instant::now(), &frame);
+    });
+    let heard = browser.client.take_heard();
+    let greeting = &heard[..heard.len().min(8_000 * 2 * 2)];
+    assert!(rms(greeting) > 100.0, "the greeting is heard: rms {:.0} over {} bytes", rms(greeting), heard.len());
+    let messages: Vec<Value> = browser.client.take_messages().iter().filter_map(|m| serde_json::from_str(m).ok()).collect();
+    let lines: Vec<(&str, &str)> = messages.iter().filter(|m| m["type"] == "transcript").map(|m| (m["role"].as_str().unwrap_or(""), m["text"].as_str().unwrap_or(""))).collect();
+    assert_eq!(lines, [("bot", "Hello, thanks for calling."), ("caller", "what are your opening hours"), ("bot", "We are open nine to five.")], "{messages:?}");
+    assert!(messages.iter().any(|m| m["type"] == "speaking" && m["speaking"] == true), "{messages:?}");
+
+    let (status, _, _) = request(e.local_addr(), "DELETE", &browser.location, &[], "");
+    assert_eq!(status, 200);
+    assert!(eventually(Duration::from_secs(5), || !results.0.lock().expect("lock").is_empty()), "the result is written");
+    let result = results.0.lock().expect("lock")[0].clone();
+    assert_eq!(result["metrics"]["transport"], "webrtc", "{result}");
+    assert_eq!(result["end_reason"], "hangup", "{result}");
+    assert!(result["metrics"]["webrtc"]["packets_in"].as_u64().is_some_and(|n| n > 200), "{result}");
+}
