@@ -335,7 +335,7 @@ pub struct Attempt {
 }
 
 /// The address as the limits see it: IPv4 as is, IPv6 by its /64 (what one subscriber gets).
-fn address_key(ip: IpAddr) -> String {
+pub(crate) fn address_key(ip: IpAddr) -> String {
     match ip {
         IpAddr::V4(v4) => v4.to_string(),
         IpAddr::V6(v6) => match v6.to_ipv4_mapped() {

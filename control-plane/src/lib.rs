@@ -30,6 +30,7 @@ mod settings;
 pub mod telephony;
 mod users;
 mod webhooks;
+mod widget;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -93,6 +94,8 @@ pub struct ApiConfig {
     /// The key file secrets are sealed with (`CXB_SECRET_KEY` wins): by default beside the
     /// SQLite database, else `secret.key` in the working directory.
     pub secret_key_file: std::path::PathBuf,
+    /// Web calls (`POST /v1/widget/sessions`) one client address may start a minute.
+    pub widget_sessions_per_minute: usize,
     /// Let engine hosts advertise plain `ws://` to hosts that are not loopback.
     pub allow_ws_hosts: bool,
     pub clock: Arc<dyn Clock>,
@@ -121,6 +124,7 @@ impl ApiConfig {
             max_in_flight: 1024,
             egress: cxb_contract::egress::EgressPolicy::public_only(),
             secret_key_file: secrets::key_file(&database, std::path::Path::new(".")),
+            widget_sessions_per_minute: 10,
             allow_ws_hosts: false,
             database,
             clock: Arc::new(SystemClock),
@@ -137,6 +141,8 @@ pub struct Inner {
     pub db: AnyPool,
     pub config: ApiConfig,
     pub logins: LoginLimiter,
+    /// Web-call sessions per client address (`POST /v1/widget/sessions`).
+    pub widget_sessions: widget::SessionLimiter,
     pub http: reqwest::Client,
     /// The guarded client for requests made for tenants (webhooks).
     pub egress: egress::Egress,
@@ -199,6 +205,7 @@ impl ApiServer {
         let state = AppState(Arc::new(Inner {
             db,
             logins: LoginLimiter::new(&config),
+            widget_sessions: widget::SessionLimiter::new(config.widget_sessions_per_minute, Duration::from_secs(60)),
             http: http_client(Duration::from_secs(10))?,
             egress: egress::Egress::new(config.egress.clone(), Duration::from_secs(10))?,
             secrets: Arc::new(secrets),

@@ -99,6 +99,9 @@ pub struct Bot {
     /// Inbound calls a carrier sends on its own, without a call token: what the engine checks.
     #[serde(default)]
     pub inbound: Inbound,
+    /// The web call widget: on or off, its key, the origins whose pages may embed it.
+    #[serde(default)]
+    pub widget: bot::Widget,
 }
 
 impl Bot {
@@ -938,6 +941,7 @@ mod tests {
             "outbound_greeting": "after_hello", "recording": false, "max_call_seconds": 600,
             "idle": {"reprompt_after_seconds": 5, "reprompt": "Hello?", "max_reprompts": 3, "goodbye": "Bye."},
             "inbound": {"allow_unsigned": true, "secrets": {"twilio_auth_token": "tw", "secret": "0123456789abcdef"}},
+            "widget": {"enabled": true, "key": "wk_0123456789abcdef", "allowed_origins": ["https://shop.example"], "button_text": "Call us", "show_transcript": false},
         });
         let bot: Bot = crate::extract::typed_strict(document.clone()).expect("a bot");
         bot.check().expect("a valid bot");
@@ -949,6 +953,7 @@ mod tests {
         served["updated_at"] = "2026-01-01T00:00:00Z".into();
         let runtime = bot::BotConfig::from_json(served.to_string().as_bytes()).expect("the engine reads it");
         assert_eq!((runtime.id.as_str(), runtime.org_id.as_deref()), ("bot_1", Some("org_1")));
+        assert_eq!((runtime.widget.enabled, runtime.widget.show_transcript, runtime.widget.button_text.as_str()), (true, false, "Call us"));
         assert_eq!((runtime.stt.api_key(), runtime.tools[4].secrets.get("Authorization").map(String::as_str)), (Some("deepgram-key"), Some("Bearer t")));
         assert_eq!(runtime.inbound.secrets.get("secret").map(String::as_str), Some("0123456789abcdef"));
         let kinds: Vec<_> = runtime.tools.iter().map(|t| t.kind).collect();

@@ -63,6 +63,7 @@ impl Document for Bot {
         &self.name
     }
     async fn check(&mut self, _: &AppState, _: &str) -> ApiResult<()> {
+        crate::widget::check(&mut self.widget)?;
         Bot::check(self)
     }
 }

@@ -144,6 +144,13 @@ impl Routes {
     /// of its kind can answer are added here: 400 and 503 to all; 401 to routes that take
     /// credentials, 403 where a role or scope is needed; 404 with path ids; 413, 415 and 422
     /// with a body; 422 with query values.
+    /// A route outside the API's documented surface (a page, a script, a CORS preflight).
+    fn raw(&mut self, path: &str, route: axum::routing::MethodRouter<AppState>) -> &mut Routes {
+        let router = std::mem::take(&mut self.router);
+        self.router = router.route(path, route);
+        self
+    }
+
     fn add<H, T>(&mut self, method: &'static str, path: &str, handler: H, doc: Doc) -> &mut Routes
     where
         H: Handler<T, AppState>,
@@ -746,6 +753,35 @@ pub(crate) fn build() -> Routes {
         users::logout,
         Doc::user("auth", "End this session").no_content().err_says(400, "API keys are revoked, not signed out (`bad_request`); or a malformed URL"),
     );
+    let session = named::<crate::widget::WidgetSessionRequest>(&mut r.schemas);
+    r.add(
+        "POST",
+        "/v1/widget/sessions",
+        crate::widget::create_session,
+        Doc::public("widget", "A web call for a page that embeds the widget: a call token good for 60 s and the WebRTC URL of the engine host with the most free capacity")
+            .body(session)
+            .created(obj())
+            .err_says(403, "The page's Origin is not one the bot's widget allows (`origin_not_allowed`)")
+            .err_says(404, "No such bot, a wrong key, or the widget is off (`not_found`)")
+            .err_says(429, "Too many web calls from this address; retry after `Retry-After` seconds (`rate_limited`)")
+            .err_says(503, "No engine host has a free slot (`no_capacity`)"),
+    );
+    r.add(
+        "GET",
+        "/v1/widget/config",
+        crate::widget::config,
+        Doc::public("widget", "What the widget shows before a call: its button text and whether the transcript is shown")
+            .ok(obj())
+            .query("bot_id", "The bot", no_control(1))
+            .query("key", "The bot's widget key", no_control(1))
+            .err_says(403, "The page's Origin is not one the bot's widget allows (`origin_not_allowed`)")
+            .err_says(404, "No such bot, a wrong key, or the widget is off (`not_found`)"),
+    );
+    r.raw("/v1/widget/sessions", axum::routing::options(crate::widget::preflight));
+    r.raw("/v1/widget/config", axum::routing::options(crate::widget::preflight));
+    r.raw("/widget.js", axum::routing::get(crate::widget::script));
+    r.raw("/widget/demo", axum::routing::get(crate::widget::demo));
+
     r.add("GET", "/v1/me", users::me, Doc::user("auth", "The caller, its role and organization").ok(doc("Me")));
 
     named::<crate::auth::Role>(&mut r.schemas);
