@@ -280,12 +280,29 @@ async fn a_visitor_calls_a_bot_from_a_web_page_in_chromium() {
     assert!(said("bot", "We are open"), "{lines:?}");
     assert!(said("caller", "thank you"), "{lines:?}");
 
-    // What the page heard: the greeting's energy and length, and quiet before the next answer.
+    // What the page heard, in 50 ms windows: stretches of the bot's voice apart by at least
+    // half a second of quiet. The first is the greeting (its energy and length), the second
+    // the long answer, cut short by the caller: shorter than the whole answer at the
+    // greeting's pace.
     let levels: Vec<f64> = browser.run("return window.cxbLevels;").await.as_array().unwrap().iter().filter_map(Value::as_f64).collect();
-    let loud = levels.iter().filter(|l| **l > 0.01).count();
-    assert!(loud * 50 >= 1_000, "over a second of the bot's voice reached the page ({loud} loud 50 ms windows of {})", levels.len());
-    let peak = levels.iter().copied().fold(0.0, f64::max);
-    assert!(peak > 0.05, "the bot's audio is not silence: peak rms {peak:.3}");
+    let mut stretches: Vec<(usize, usize)> = Vec::new();
+    for (i, l) in levels.iter().enumerate().filter(|(_, l)| **l > 0.01) {
+        match stretches.last_mut() {
+            Some((_, end)) if i - *end <= 10 => *end = i,
+            _ => stretches.push((i, i)),
+        }
+    }
+    let shown: Vec<i64> = levels.iter().map(|l| (l * 1000.0).round() as i64).collect();
+    assert!(stretches.len() >= 3, "greeting, answer, welcome: {stretches:?} in {shown:?}");
+    let ms = |(a, b): (usize, usize)| (b - a + 1) as f64 * 50.0;
+    let greeting = stretches[0];
+    assert!((400.0..=3_000.0).contains(&ms(greeting)), "the greeting lasts {} ms: {shown:?}", ms(greeting));
+    let loud: Vec<f64> = levels[greeting.0..=greeting.1].iter().copied().filter(|l| *l > 0.01).collect();
+    let energy = loud.iter().sum::<f64>() / loud.len() as f64;
+    assert!(energy > 0.015, "the greeting is the bot's voice, not noise: mean rms {energy:.3}");
+    let per_char = ms(greeting) / "Hello, thanks for calling the shop.".len() as f64;
+    let whole = per_char * LONG_ANSWER.len() as f64;
+    assert!(ms(stretches[1]) < 0.8 * whole, "the answer stopped when the caller spoke: {} ms of {whole:.0}", ms(stretches[1]));
 
     // Hang up from the page.
     browser.run("document.querySelector('.cxb-hangup').click(); return true;").await;

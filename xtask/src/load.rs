@@ -20,14 +20,16 @@ use cxb_engine::ws::{Incoming, WsSocket};
 
 mod pump;
 mod sip;
+mod webrtc;
 
 const USAGE: &str = "\
 usage: cargo xtask load [options]
   --addr HOST:PORT      engine address (default 127.0.0.1:8080)
   --calls N             concurrent calls (default 100)
   --seconds S           length of each call's stream (default 60)
-  --protocol P          twilio | exotel | sip (default twilio); for sip, --addr is the
-                        engine's SIP port and --server-pid is needed
+  --protocol P          twilio | exotel | sip | webrtc (default twilio); for sip, --addr
+                        is the engine's SIP port and --server-pid is needed; webrtc calls
+                        POST /webrtc/BOT on --addr and send Opus
   --tls-ca PEM          connect over TLS (wss://), trusting this certificate; server name localhost
   --bot ID              bot to call (default echo)
   --ramp-seconds R      spread call starts over R seconds (default 5)
@@ -45,6 +47,8 @@ struct Options {
     exotel: bool,
     /// SIP calls with RTP media instead of carrier WebSockets.
     sip: bool,
+    /// Browser calls over WebRTC (Opus) instead of carrier WebSockets.
+    webrtc: bool,
     /// Connect over TLS, trusting this configuration's roots.
     tls: Option<Arc<rustls::ClientConfig>>,
     bot: String,
@@ -62,6 +66,7 @@ fn parse(args: &[String]) -> Result<Options, String> {
         seconds: 60,
         exotel: false,
         sip: false,
+        webrtc: false,
         tls: None,
         bot: "echo".into(),
         ramp: Duration::from_secs(5),
@@ -78,11 +83,12 @@ fn parse(args: &[String]) -> Result<Options, String> {
             "--addr" => o.addr = value()?.parse().map_err(|e| format!("--addr: {e}"))?,
             "--calls" => o.calls = num(value()?)? as usize,
             "--seconds" => o.seconds = num(value()?)?,
-            "--protocol" => (o.exotel, o.sip) = match value()?.as_str() {
-                "twilio" => (false, false),
-                "exotel" => (true, false),
-                "sip" => (false, true),
-                other => return Err(format!("--protocol: `{other}` is not twilio, exotel or sip")),
+            "--protocol" => (o.exotel, o.sip, o.webrtc) = match value()?.as_str() {
+                "twilio" => (false, false, false),
+                "exotel" => (true, false, false),
+                "sip" => (false, true, false),
+                "webrtc" => (false, false, true),
+                other => return Err(format!("--protocol: `{other}` is not twilio, exotel, sip or webrtc")),
             },
             "--bot" => o.bot = value()?,
             "--ramp-seconds" => o.ramp = Duration::from_secs(num(value()?)?),
@@ -337,8 +343,9 @@ fn run_level(o: &Options) -> Result<Report, String> {
         None => health_pid(o.addr).ok_or("cannot reach the engine's /health (is it running?)")?,
     }
     .to_string();
-    let script = Rc::new(script(o.exotel, if o.sip { 0 } else { o.seconds }));
+    let script = Rc::new(script(o.exotel, if o.sip || o.webrtc { 0 } else { o.seconds }));
     let frames: Rc<[[u8; 160]]> = if o.sip { sip::frames(o.seconds).into() } else { Rc::new([]) };
+    let packets: Rc<[Vec<u8>]> = if o.webrtc { webrtc::packets(o.seconds)?.into() } else { Rc::new([]) };
     let shared = Rc::new(RefCell::new(Shared { windows: vec![Vec::new(); (o.seconds / 10 + 2) as usize], ..Shared::default() }));
     let pump = pump::Pump::new()?;
     let mut proactor = compio::driver::ProactorBuilder::new();
@@ -365,10 +372,16 @@ fn run_level(o: &Options) -> Result<Report, String> {
         let mut handles = Vec::new();
         for i in 0..o.calls {
             let offset = o.ramp.mul_f64(i as f64 / o.calls.max(1) as f64);
-            let (script, frames, shared, o, pump) = (script.clone(), frames.clone(), shared.clone(), o.clone(), pump.clone());
+            let (script, frames, packets, shared, o, pump) = (script.clone(), frames.clone(), packets.clone(), shared.clone(), o.clone(), pump.clone());
             handles.push(compio::runtime::spawn(async move {
                 compio::time::sleep_until(begin + offset).await;
-                let done = if o.sip { sip::call(&o, i, &frames, &shared, &pump).await } else { call(&o, &script, &shared, &pump).await };
+                let done = if o.sip {
+                    sip::call(&o, i, &frames, &shared, &pump).await
+                } else if o.webrtc {
+                    webrtc::call(&o, &packets, &shared, &pump).await
+                } else {
+                    call(&o, &script, &shared, &pump).await
+                };
                 if let Err(e) = done {
                     *shared.borrow_mut().errors.entry(e).or_default() += 1;
                 }
@@ -398,7 +411,7 @@ fn run_level(o: &Options) -> Result<Report, String> {
         connected: s.connected,
         rejected: s.rejected,
         seconds: o.seconds,
-        protocol: if o.sip { "sip" } else if o.exotel { "exotel" } else { "twilio" },
+        protocol: if o.sip { "sip" } else if o.webrtc { "webrtc" } else if o.exotel { "exotel" } else { "twilio" },
         frames_sent: s.frames_sent,
         frames_echoed: s.frames_echoed,
         windows: s.windows,

@@ -104,7 +104,47 @@ pub struct WebRtcTransport {
     spare: Vec<Vec<u8>>,
     connected: bool,
     closed: bool,
+    handshake_records: HandshakeRecords,
     stats: WebRtcStats,
+}
+
+/// The DTLS records of epoch 1 and above seen before the connection is up, by epoch and
+/// sequence number. dimpl 0.7 (str0m 0.24's DTLS) queues such records undecrypted until the
+/// peer's keys are in, and asserts (panics) when one comes twice; dimpl 0.9 fixed it. A
+/// datagram repeating one is dropped here: a true duplicate (a retransmission has a new
+/// sequence number), or a forgery. Found by the `webrtc_datagram` fuzz target.
+#[derive(Debug, Default)]
+struct HandshakeRecords(Vec<(u16, u64)>);
+
+impl HandshakeRecords {
+    /// False when `datagram` is DTLS with a record of epoch 1 or above seen before.
+    fn first_seen(&mut self, datagram: &[u8]) -> bool {
+        // RFC 7983: DTLS when the first byte is 20 to 63.
+        if !datagram.first().is_some_and(|b| (20..=63).contains(b)) {
+            return true;
+        }
+        let mut rest = datagram;
+        let mut records = Vec::new();
+        // Each record: type (1), version (2), epoch (2), sequence (6), length (2), fragment.
+        while let [_, _, _, e0, e1, s @ .., ] = rest {
+            let (Some(seq), Some(len)) = (s.get(..6), s.get(6..8)) else { break };
+            let epoch = u16::from_be_bytes([*e0, *e1]);
+            let seq = seq.iter().fold(0u64, |n, b| n << 8 | u64::from(*b));
+            if epoch > 0 {
+                records.push((epoch, seq));
+            }
+            let next = 13 + usize::from(u16::from_be_bytes([len[0], len[1]]));
+            rest = rest.get(next..).unwrap_or_default();
+        }
+        if records.iter().any(|r| self.0.contains(r)) {
+            return false;
+        }
+        // A handshake has a handful; a peer sending more is held to the latest 64.
+        self.0.extend(records);
+        let excess = self.0.len().saturating_sub(64);
+        self.0.drain(..excess);
+        true
+    }
 }
 
 impl std::fmt::Debug for WebRtcTransport {
@@ -150,6 +190,7 @@ impl WebRtcTransport {
             spare: Vec::new(),
             connected: false,
             closed: false,
+            handshake_records: HandshakeRecords::default(),
             stats: WebRtcStats::default(),
         };
         transport.drain();
@@ -189,10 +230,23 @@ impl WebRtcTransport {
         self.last_rx = now;
         let before = self.jitter.stats();
         let at = self.instant(now);
+        if !self.connected && !self.handshake_records.first_seen(datagram) {
+            self.stats.malformed += 1;
+            return WebRtcEvent::Nothing;
+        }
         match Receive::new(Protocol::Udp, from, self.local, datagram) {
             Ok(receive) => {
-                if self.rtc.handle_input(Input::Receive(at, receive)).is_err() {
-                    self.stats.malformed += 1;
+                // str0m's DTLS (dimpl 0.7) asserts on some records a peer can send; the call's
+                // state is then unknown, so it ends (see `HandshakeRecords` for the one known).
+                let rtc = &mut self.rtc;
+                match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| rtc.handle_input(Input::Receive(at, receive)))) {
+                    Ok(Ok(())) => {}
+                    Ok(Err(_)) => self.stats.malformed += 1,
+                    Err(_) => {
+                        self.stats.malformed += 1;
+                        self.closed = true;
+                        return WebRtcEvent::Nothing;
+                    }
                 }
                 self.drain();
             }
@@ -513,6 +567,20 @@ mod tests {
             while pair.engine.poll_transmit().is_some() {}
         }
         assert!(pair.engine.closed(), "a caller silent for {SILENT_PEER:?} is gone");
+    }
+
+    #[test]
+    fn a_repeated_dtls_record_before_the_connection_is_dropped() {
+        // Two records of epoch 1 in one datagram, then the second again alone.
+        let record = |seq: u8| [&[22u8, 0xfe, 0xfd, 0, 1, 0, 0, 0, 0, 0, seq, 0, 2][..], &[1, 2]].concat();
+        let mut seen = HandshakeRecords::default();
+        assert!(seen.first_seen(&[record(1), record(2)].concat()));
+        assert!(!seen.first_seen(&record(2)), "a duplicate");
+        assert!(seen.first_seen(&record(3)));
+        let epoch0 = [22u8, 0xfe, 0xfd, 0, 0, 0, 0, 0, 0, 0, 7, 0, 0];
+        assert!(seen.first_seen(&epoch0) && seen.first_seen(&epoch0), "epoch 0 resends are dimpl's to take");
+        assert!(seen.first_seen(&[0, 1, 0, 0]) && seen.first_seen(&[0x80; 12]), "STUN and RTP pass");
+        assert!(seen.first_seen(&[22, 0xfe]) && seen.first_seen(&[22, 0xfe, 0xfd, 0, 1, 0, 0, 0, 0, 0, 9, 0xff, 0xff]), "short and overlong records do not panic");
     }
 
     #[test]
