@@ -107,6 +107,10 @@ enum Command {
         /// Address for SIP (UDP): trunks and softphones call `sip:BOT@ADDR`.
         #[arg(long, default_value = "127.0.0.1:5060")]
         sip: SocketAddr,
+        /// The address browsers' WebRTC media reaches this host at (default: the address of the
+        /// interface the default route uses; browsers do not take loopback).
+        #[arg(long)]
+        webrtc_advertise: Option<std::net::IpAddr>,
         #[command(flatten)]
         data: DataArgs,
         #[command(flatten)]
@@ -636,7 +640,7 @@ fn main() -> anyhow::Result<()> {
     // Held to the end of `main`: dropping it sends the spans still queued.
     let _otlp = init_logging(cli.log_format, &cli.log_filter, cli.otlp_endpoint.as_deref())?;
     match cli.command {
-        Command::Up { listen, api_listen, sip, data, results, sim } => up(listen, api_listen, sip, &data, &results, &sim),
+        Command::Up { listen, api_listen, sip, webrtc_advertise, data, results, sim } => up(listen, api_listen, sip, webrtc_advertise, &data, &results, &sim),
         Command::Core(CoreCommand { action: None, run }) => {
             let heartbeat = run.api.clone().zip(run.fleet_token.clone());
             let advertise = run.advertise.clone();
@@ -775,7 +779,7 @@ async fn admin_command(action: AdminAction) -> anyhow::Result<()> {
 /// The fleet token `cxb up` makes for its own engine at each start (the previous one is revoked).
 const UP_TOKEN: &str = "cxb up (local engine)";
 
-fn up(listen: SocketAddr, api_listen: SocketAddr, sip: SocketAddr, data: &DataArgs, results: &ResultArgs, sim: &SimulatorArgs) -> anyhow::Result<()> {
+fn up(listen: SocketAddr, api_listen: SocketAddr, sip: SocketAddr, webrtc_advertise: Option<std::net::IpAddr>, data: &DataArgs, results: &ResultArgs, sim: &SimulatorArgs) -> anyhow::Result<()> {
     let rt = tokio_runtime()?;
     rt.block_on(async {
         let database = data.database();
@@ -801,7 +805,7 @@ fn up(listen: SocketAddr, api_listen: SocketAddr, sip: SocketAddr, data: &DataAr
         let mut config = EngineConfig::new(listen);
         config.demo_bots = true;
         config.sip = Some(cxb_engine::sip::SipConfig::new(sip));
-        config.webrtc = Some(cxb_engine::config::WebRtcConfig::new(webrtc_default_address(listen)));
+        config.webrtc = Some(cxb_engine::config::WebRtcConfig::new(webrtc_advertise.unwrap_or_else(primary_address)));
         // Local speech servers (Wyoming, espeak) and self-hosted models on this host keep working.
         config.egress = EgressPolicy::with_loopback();
         if listen.port() != 0 {
@@ -815,6 +819,7 @@ fn up(listen: SocketAddr, api_listen: SocketAddr, sip: SocketAddr, data: &DataAr
         say!("  database    {database}");
         say!("  dialler     {} (carrier: the built-in simulator unless settings name one)", dialler.id());
         say!("  metrics     {api_url}/metrics   (the API's and the dialler's)");
+        say!("  web calls   {api_url}/widget/demo?bot=BOT&key=KEY   (a page with the call widget; a bot's widget key is in its `widget` settings)");
         if let Some((org, password)) = first {
             say!();
             say!("First start: organization {} was created. Its admin (shown only this once):", org.org_id);
@@ -921,9 +926,21 @@ fn engine_config(a: CoreArgs) -> anyhow::Result<EngineConfig> {
 }
 
 /// Where browsers reach a host listening on `listen` when no address is given: that address,
-/// or loopback for a wildcard one.
+/// or for a wildcard one the address of the interface the default route leaves by.
 fn webrtc_default_address(listen: SocketAddr) -> std::net::IpAddr {
-    if listen.ip().is_unspecified() { std::net::Ipv4Addr::LOCALHOST.into() } else { listen.ip() }
+    if listen.ip().is_unspecified() { primary_address() } else { listen.ip() }
+}
+
+/// This host's address on the interface its default route uses (a routing lookup: connecting
+/// a UDP socket sends nothing), or loopback without one. Browsers do not use loopback for
+/// WebRTC, so a local demo needs this address even when everything else is on loopback.
+fn primary_address() -> std::net::IpAddr {
+    let probe = || {
+        let socket = std::net::UdpSocket::bind("0.0.0.0:0").ok()?;
+        socket.connect("192.0.2.1:9").ok()?;
+        Some(socket.local_addr().ok()?.ip()).filter(|ip| !ip.is_unspecified())
+    };
+    probe().unwrap_or(std::net::Ipv4Addr::LOCALHOST.into())
 }
 
 /// `LOW-HIGH`, both even-able ports with at least two between them.

@@ -286,7 +286,7 @@ async fn a_visitor_calls_a_bot_from_a_web_page_in_chromium() {
     // greeting's pace.
     let levels: Vec<f64> = browser.run("return window.cxbLevels;").await.as_array().unwrap().iter().filter_map(Value::as_f64).collect();
     let mut stretches: Vec<(usize, usize)> = Vec::new();
-    for (i, l) in levels.iter().enumerate().filter(|(_, l)| **l > 0.01) {
+    for (i, _) in levels.iter().enumerate().filter(|(_, l)| **l > 0.01) {
         match stretches.last_mut() {
             Some((_, end)) if i - *end <= 10 => *end = i,
             _ => stretches.push((i, i)),

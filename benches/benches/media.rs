@@ -85,6 +85,21 @@ fn codecs(c: &mut Criterion) {
             encoder.encode(black_box(&frames[n]), &mut packet).expect("encode")
         })
     });
+    // Variants, as ratios to the above in the same run: without loss to protect (no FEC data
+    // is encoded), and at complexity 0 too.
+    for (name, complexity, loss) in [("opus_encode_20ms_8k_no_loss", 1, 0), ("opus_encode_20ms_8k_c0_no_loss", 0, 0)] {
+        let mut variant = opus::Encoder::new(8000, opus::Channels::Mono, opus::Application::Voip).expect("encoder");
+        variant.set_bitrate(opus::Bitrate::Bits(16_000)).expect("bitrate");
+        variant.set_complexity(complexity).expect("complexity");
+        variant.set_inband_fec(true).expect("fec");
+        variant.set_packet_loss_perc(loss).expect("loss");
+        g.bench_function(name, |b| {
+            b.iter(|| {
+                n = (n + 1) % frames.len();
+                variant.encode(black_box(&frames[n]), &mut packet).expect("encode")
+            })
+        });
+    }
     let packets: Vec<Vec<u8>> = frames.iter().map(|f| encoder.encode_vec(f, 1500).expect("encode")).collect();
     let mut decoder = opus::Decoder::new(8000, opus::Channels::Mono).expect("decoder");
     let mut out = vec![0i16; 960];

@@ -345,7 +345,7 @@ fn run_level(o: &Options) -> Result<Report, String> {
     .to_string();
     let script = Rc::new(script(o.exotel, if o.sip || o.webrtc { 0 } else { o.seconds }));
     let frames: Rc<[[u8; 160]]> = if o.sip { sip::frames(o.seconds).into() } else { Rc::new([]) };
-    let packets: Rc<[Vec<u8>]> = if o.webrtc { webrtc::packets(o.seconds)?.into() } else { Rc::new([]) };
+    let packets = Rc::new(webrtc::Packets::new(if o.webrtc { o.seconds } else { 0 })?);
     let shared = Rc::new(RefCell::new(Shared { windows: vec![Vec::new(); (o.seconds / 10 + 2) as usize], ..Shared::default() }));
     let pump = pump::Pump::new()?;
     let mut proactor = compio::driver::ProactorBuilder::new();

@@ -15,6 +15,7 @@ use str0m::change::SdpOffer;
 use str0m::channel::ChannelId;
 use str0m::format::Codec;
 use str0m::media::{Frequency, MediaKind, MediaTime, Mid, Pt};
+use str0m::rtp::{Extension, ExtensionMap};
 use str0m::net::{Protocol, Receive};
 use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc};
 
@@ -153,6 +154,44 @@ impl std::fmt::Debug for WebRtcTransport {
     }
 }
 
+/// The RTP header extensions a call takes: the media's id (BUNDLE). No transport-wide
+/// congestion control or send times: one audio stream at a fixed rate has no bandwidth to
+/// estimate, and its feedback cost the engine a tenth of its time per call.
+pub fn extensions() -> ExtensionMap {
+    let mut map = ExtensionMap::empty();
+    map.set(4, Extension::RtpMid);
+    map
+}
+
+/// `answer` with Opus's `fmtp` asking the browser for narrowband (RFC 7587
+/// `maxplaybackrate=8000`, `sprop-maxcapturerate=8000`): every call runs at 8 kHz, and a
+/// narrowband stream is SILK alone, which costs the engine a fraction of decoding fullband.
+/// `None` when the answer has no Opus.
+fn narrowband(answer: &str) -> Option<String> {
+    let pt = answer.lines().find_map(|l| {
+        let (pt, codec) = l.strip_prefix("a=rtpmap:")?.split_once(' ')?;
+        codec.to_ascii_lowercase().starts_with("opus/48000").then(|| pt.to_string())
+    })?;
+    const LIMIT: &str = "maxplaybackrate=8000;sprop-maxcapturerate=8000";
+    let fmtp = format!("a=fmtp:{pt} ");
+    let rtpmap = format!("a=rtpmap:{pt} ");
+    // Appended to Opus's own `fmtp` line, or one of its own after the `rtpmap` without one.
+    let has_fmtp = answer.lines().any(|l| l.starts_with(&fmtp));
+    let mut out = String::with_capacity(answer.len() + 64);
+    for line in answer.split_inclusive("\r\n") {
+        let text = line.trim_end_matches("\r\n");
+        if has_fmtp && text.starts_with(&fmtp) {
+            out.push_str(&format!("{text};{LIMIT}\r\n"));
+        } else {
+            out.push_str(line);
+            if !has_fmtp && text.starts_with(&rtpmap) {
+                out.push_str(&format!("{fmtp}{LIMIT}\r\n"));
+            }
+        }
+    }
+    Some(out)
+}
+
 impl WebRtcTransport {
     /// Answers a browser's SDP `offer` at `now` (`epoch`: the instant of `Timestamp` zero):
     /// ICE-lite with one host candidate at `local` (the address the browser will send to),
@@ -164,6 +203,7 @@ impl WebRtcTransport {
             .set_ice_lite(true)
             .clear_codecs()
             .enable_opus(true, false)
+            .set_extension_map(extensions())
             .set_stats_interval(None)
             .build(at);
         let candidate = Candidate::host(local, "udp").map_err(|e| WebRtcError::Offer(e.to_string()))?;
@@ -193,13 +233,10 @@ impl WebRtcTransport {
             handshake_records: HandshakeRecords::default(),
             stats: WebRtcStats::default(),
         };
-        transport.drain();
+        transport.drain(at);
         // str0m names the audio's mid (and so its payload type) once the media opens; the
         // answer says now whether Opus was agreed.
-        let answer = answer.to_sdp_string();
-        if !answer.lines().any(|l| l.starts_with("a=rtpmap:") && l.to_ascii_lowercase().contains(" opus/48000")) {
-            return Err(WebRtcError::NoOpus);
-        }
+        let answer = narrowband(&answer.to_sdp_string()).ok_or(WebRtcError::NoOpus)?;
         Ok((transport, answer))
     }
 
@@ -248,7 +285,7 @@ impl WebRtcTransport {
                         return WebRtcEvent::Nothing;
                     }
                 }
-                self.drain();
+                self.drain(at);
             }
             _ => self.stats.malformed += 1,
         }
@@ -261,12 +298,24 @@ impl WebRtcTransport {
     }
 
     /// Polls str0m until it has nothing more: datagrams to send, the caller's audio into
-    /// the jitter buffer and out of it decoded, the channel and connection states.
-    fn drain(&mut self) {
+    /// the jitter buffer and out of it decoded, the channel and connection states. What str0m
+    /// asks to run by `at` runs here too (a packet written is packetized and then paced out on
+    /// two timeouts that are due at once): without it the call would wake twice more per
+    /// packet, and each packet would leave a wake-up late.
+    fn drain(&mut self, at: Instant) {
+        let mut due = 0;
         loop {
             match self.rtc.poll_output() {
-                Ok(Output::Timeout(at)) => {
-                    self.rtc_next = Some(at);
+                Ok(Output::Timeout(next)) if next <= at && due < 8 => {
+                    due += 1;
+                    if self.rtc.handle_input(Input::Timeout(at)).is_err() {
+                        self.closed = true;
+                        self.rtc_next = None;
+                        return;
+                    }
+                }
+                Ok(Output::Timeout(next)) => {
+                    self.rtc_next = Some(next);
                     return;
                 }
                 Ok(Output::Transmit(t)) => {
@@ -275,7 +324,7 @@ impl WebRtcTransport {
                     buf.extend_from_slice(&t.contents);
                     self.tx.push_back((t.destination, buf));
                 }
-                Ok(Output::Event(event)) => self.on_event(event),
+                Ok(Output::Event(event)) => self.on_event(event, at),
                 Err(_) => {
                     self.closed = true;
                     self.rtc_next = None;
@@ -285,13 +334,13 @@ impl WebRtcTransport {
         }
     }
 
-    fn on_event(&mut self, event: Event) {
+    fn on_event(&mut self, event: Event, at: Instant) {
         match event {
             Event::Connected => self.connected = true,
             Event::IceConnectionStateChange(IceConnectionState::Disconnected) => self.closed = true,
             Event::ChannelOpen(id, _) => {
                 self.channel = Some(id);
-                self.flush_messages();
+                self.flush_messages(at);
             }
             Event::ChannelClose(id) if self.channel == Some(id) => self.channel = None,
             Event::MediaAdded(added) if added.kind == MediaKind::Audio && self.audio.is_none() => {
@@ -316,7 +365,7 @@ impl WebRtcTransport {
     }
 
     /// Sends the queued data-channel messages while the channel is open.
-    fn flush_messages(&mut self) {
+    fn flush_messages(&mut self, at: Instant) {
         let Some(id) = self.channel else { return };
         while let Some(message) = self.messages.pop_front() {
             let Some(mut channel) = self.rtc.channel(id) else {
@@ -327,18 +376,18 @@ impl WebRtcTransport {
             if let Ok(true) = channel.write(false, message.as_bytes()) {
                 self.stats.messages_out += 1;
             }
-            self.drain();
+            self.drain(at);
         }
     }
 
     /// Queues a JSON text message for the browser's data channel (sent once it is open; at most
     /// 64 wait, the oldest dropped first).
-    pub fn send_message(&mut self, message: String) {
+    pub fn send_message(&mut self, now: Timestamp, message: String) {
         if self.messages.len() == MAX_MESSAGES {
             self.messages.pop_front();
         }
         self.messages.push_back(message);
-        self.flush_messages();
+        self.flush_messages(self.instant(now));
     }
 
     /// Carries out what the session asks at `now`: audio goes out as one Opus packet per
@@ -364,12 +413,12 @@ impl WebRtcTransport {
                 self.stats.packets_out += 1;
             }
             self.media_time += TICKS;
-            self.drain();
+            self.drain(at);
         }
         self.quiet_at = Some(now + Duration::from_millis(200));
         if !self.speaking {
             self.speaking = true;
-            self.send_message(r#"{"type":"speaking","speaking":true}"#.to_string());
+            self.send_message(now, r#"{"type":"speaking","speaking":true}"#.to_string());
         }
     }
 
@@ -387,12 +436,12 @@ impl WebRtcTransport {
             if self.rtc.handle_input(Input::Timeout(at)).is_err() {
                 self.closed = true;
             }
-            self.drain();
+            self.drain(at);
         }
         if self.quiet_at.is_some_and(|at| at <= now) {
             self.quiet_at = None;
             self.speaking = false;
-            self.send_message(r#"{"type":"speaking","speaking":false}"#.to_string());
+            self.send_message(now, r#"{"type":"speaking","speaking":false}"#.to_string());
         }
         if now.saturating_since(self.last_rx) >= SILENT_PEER {
             self.closed = true;
@@ -415,9 +464,9 @@ impl WebRtcTransport {
     }
 
     /// Closes the connection (DTLS close and SCTP abort go out with the next datagrams).
-    pub fn close(&mut self) {
+    pub fn close(&mut self, now: Timestamp) {
         self.rtc.disconnect();
-        self.drain();
+        self.drain(self.instant(now));
         self.closed = true;
     }
 
@@ -543,7 +592,7 @@ mod tests {
         let messages = pair.client.take_messages();
         assert!(messages.iter().any(|m| m.contains(r#""speaking":true"#)), "the bot's speaking state reaches the page: {messages:?}");
         assert!(messages.iter().any(|m| m.contains(r#""speaking":false"#)), "and its end: {messages:?}");
-        pair.engine.send_message(r#"{"type":"transcript","role":"bot","text":"hello"}"#.into());
+        pair.engine.send_message(pair.now, r#"{"type":"transcript","role":"bot","text":"hello"}"#.into());
         pair.shuttle();
         assert_eq!(pair.client.take_messages(), [r#"{"type":"transcript","role":"bot","text":"hello"}"#]);
     }
@@ -581,6 +630,18 @@ mod tests {
         assert!(seen.first_seen(&epoch0) && seen.first_seen(&epoch0), "epoch 0 resends are dimpl's to take");
         assert!(seen.first_seen(&[0, 1, 0, 0]) && seen.first_seen(&[0x80; 12]), "STUN and RTP pass");
         assert!(seen.first_seen(&[22, 0xfe]) && seen.first_seen(&[22, 0xfe, 0xfd, 0, 1, 0, 0, 0, 0, 0, 9, 0xff, 0xff]), "short and overlong records do not panic");
+    }
+
+    #[test]
+    fn the_answer_asks_for_narrowband_opus() {
+        let (_, offer) = WebRtcClient::new(Instant::now(), BROWSER.parse().expect("addr"), false).expect("client");
+        let (_, answer) = WebRtcTransport::accept(Timestamp::from_micros(0), Instant::now(), ENGINE.parse().expect("addr"), &offer).expect("answered");
+        let fmtp: Vec<&str> = answer.lines().filter(|l| l.starts_with("a=fmtp:")).collect();
+        assert!(fmtp.iter().any(|l| l.ends_with(";maxplaybackrate=8000;sprop-maxcapturerate=8000")), "{answer}");
+        assert!(!answer.contains("transport-wide-cc"), "no congestion feedback for one audio stream: {answer}");
+        let bare = "v=0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=rtpmap:111 opus/48000/2\r\n";
+        assert_eq!(narrowband(bare).as_deref(), Some("v=0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=rtpmap:111 opus/48000/2\r\na=fmtp:111 maxplaybackrate=8000;sprop-maxcapturerate=8000\r\n"));
+        assert_eq!(narrowband("v=0\r\na=rtpmap:0 PCMU/8000\r\n"), None);
     }
 
     #[test]

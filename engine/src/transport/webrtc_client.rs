@@ -31,6 +31,8 @@ pub struct WebRtcClient {
     rtc: Box<Rtc>,
     local: SocketAddr,
     pending: Option<SdpPendingOffer>,
+    /// The instant the client was made at (its clock never goes back before it).
+    started: Instant,
     mid: Mid,
     audio: Option<(Mid, Pt)>,
     opus: Box<Opus>,
@@ -56,7 +58,7 @@ impl WebRtcClient {
     /// A caller whose socket is at `local`, and its SDP offer. `decode`: decode what the
     /// engine sends (tests listen; a load client may only count packets).
     pub fn new(now: Instant, local: SocketAddr, decode: bool) -> Result<(WebRtcClient, String), ClientError> {
-        let mut rtc = Rtc::builder().clear_codecs().enable_opus(true, false).set_stats_interval(None).build(now);
+        let mut rtc = Rtc::builder().clear_codecs().enable_opus(true, false).set_extension_map(super::webrtc::extensions()).set_stats_interval(None).build(now);
         let candidate = Candidate::host(local, "udp").map_err(|e| ClientError::Rtc(e.to_string()))?;
         rtc.add_local_candidate(candidate);
         let mut change = rtc.sdp_api();
@@ -67,6 +69,7 @@ impl WebRtcClient {
             rtc: Box::new(rtc),
             local,
             pending: Some(pending),
+            started: now,
             mid,
             audio: None,
             opus: Box::new(Opus::new()?),
@@ -88,7 +91,7 @@ impl WebRtcClient {
         let answer = SdpAnswer::from_sdp_string(answer).map_err(|e| ClientError::Rtc(e.to_string()))?;
         let pending = self.pending.take().ok_or_else(|| ClientError::Rtc("the answer came twice".into()))?;
         self.rtc.sdp_api().accept_answer(pending, answer).map_err(|e| ClientError::Rtc(e.to_string()))?;
-        self.drain();
+        self.drain(self.started);
         let pt = self.rtc.writer(self.mid).and_then(|w| w.payload_params().find(|p| p.spec().codec == Codec::Opus).map(|p| p.pt()));
         self.audio = pt.map(|pt| (self.mid, pt));
         if self.audio.is_none() {
@@ -126,7 +129,7 @@ impl WebRtcClient {
     pub fn on_datagram(&mut self, now: Instant, from: SocketAddr, datagram: &[u8]) {
         if let Ok(receive) = Receive::new(Protocol::Udp, from, self.local, datagram) {
             let _ = self.rtc.handle_input(Input::Receive(now, receive));
-            self.drain();
+            self.drain(now);
         }
     }
 
@@ -145,7 +148,7 @@ impl WebRtcClient {
         if let Some(writer) = self.rtc.writer(mid) {
             let _ = writer.write(pt, now, time, packet.to_vec());
         }
-        self.drain();
+        self.drain(now);
     }
 
     /// When [`WebRtcClient::handle_timeout`] should next run.
@@ -157,7 +160,7 @@ impl WebRtcClient {
     pub fn handle_timeout(&mut self, now: Instant) {
         if self.next.is_some_and(|at| at <= now) {
             let _ = self.rtc.handle_input(Input::Timeout(now));
-            self.drain();
+            self.drain(now);
         }
     }
 
@@ -166,11 +169,21 @@ impl WebRtcClient {
         self.tx.pop_front()
     }
 
-    fn drain(&mut self) {
+    /// Polls str0m until it has nothing more, running what is due by `at` on the way (as the
+    /// engine's side does).
+    fn drain(&mut self, at: Instant) {
+        let mut due = 0;
         loop {
             match self.rtc.poll_output() {
-                Ok(Output::Timeout(at)) => {
-                    self.next = Some(at);
+                Ok(Output::Timeout(next)) if next <= at && due < 8 => {
+                    due += 1;
+                    if self.rtc.handle_input(Input::Timeout(at)).is_err() {
+                        self.next = None;
+                        return;
+                    }
+                }
+                Ok(Output::Timeout(next)) => {
+                    self.next = Some(next);
                     return;
                 }
                 Ok(Output::Transmit(t)) => self.tx.push_back((t.destination, t.contents.to_vec())),

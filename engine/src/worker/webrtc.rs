@@ -284,7 +284,7 @@ async fn run(worker: &Rc<Worker>, mut call: Call<WebRtcTransport>, socket: &std:
         // The live transcript's new lines go out over the data channel.
         for line in call.transcript_since(lines) {
             lines += 1;
-            call.webrtc().send_message(line);
+            call.webrtc().send_message(worker.now(), line);
         }
         send(call.webrtc(), socket);
         let stats = call.stats();
@@ -349,7 +349,7 @@ async fn run(worker: &Rc<Worker>, mut call: Call<WebRtcTransport>, socket: &std:
         }
     };
     drop(registration);
-    call.webrtc().close();
+    call.webrtc().close(worker.now());
     send(call.webrtc(), socket);
     (reason, call)
 }

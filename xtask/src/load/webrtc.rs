@@ -5,9 +5,11 @@
 //! counts the packets that come back, and hangs up with `DELETE` on the answer's `Location`.
 //!
 //! The packets are what a browser sends: the speech fixture with a quiet tone under it,
-//! resampled to 48 kHz and encoded once, up front, by libopus at 32 kbit/s (fullband VoIP, as
-//! Chromium does), so the generator spends its core on the calls, not on encoding. The k-th
-//! packet back is matched to the k-th sent for its latency; nothing is decoded.
+//! resampled to 48 kHz and encoded once, up front, by libopus as Chromium's WebRTC encodes
+//! (VoIP, 32 kbit/s fullband; 12 kbit/s narrowband when the answer's `maxplaybackrate` is
+//! 8000, as the engine's is), so the generator spends its core on the calls, not on
+//! encoding. The k-th packet back is matched to the k-th sent for its latency; nothing is
+//! decoded.
 //!
 //! Once the answer is in, a call runs in the [`Pump`](super::pump::Pump): ICE and DTLS too.
 
@@ -24,11 +26,24 @@ use cxb_engine::transport::webrtc_client::WebRtcClient;
 use super::pump::{Done, Pump, PumpCall};
 use super::{Options, Shared};
 
-/// Opus packets of 20 ms, as a browser would send them, for `seconds`.
-pub(super) fn packets(seconds: u64) -> Result<Vec<Vec<u8>>, String> {
+/// What a browser sends for `seconds`: 20 ms Opus packets, fullband and narrowband.
+pub(super) struct Packets {
+    fullband: Vec<Vec<u8>>,
+    narrowband: Vec<Vec<u8>>,
+}
+
+impl Packets {
+    pub(super) fn new(seconds: u64) -> Result<Packets, String> {
+        Ok(Packets { fullband: encode(seconds, false)?, narrowband: encode(seconds, true)? })
+    }
+}
+
+fn encode(seconds: u64, narrowband: bool) -> Result<Vec<Vec<u8>>, String> {
     let frames = super::sip::frames(seconds);
     let mut encoder = opus::Encoder::new(48_000, opus::Channels::Mono, opus::Application::Voip).map_err(|e| format!("opus: {e}"))?;
-    encoder.set_bitrate(opus::Bitrate::Bits(32_000)).map_err(|e| format!("opus: {e}"))?;
+    let (bitrate, band) = if narrowband { (12_000, opus::Bandwidth::Narrowband) } else { (32_000, opus::Bandwidth::Fullband) };
+    encoder.set_bitrate(opus::Bitrate::Bits(bitrate)).map_err(|e| format!("opus: {e}"))?;
+    encoder.set_max_bandwidth(band).map_err(|e| format!("opus: {e}"))?;
     let mut out = Vec::with_capacity(frames.len());
     let mut pcm = vec![0i16; 960];
     for frame in &frames {
@@ -69,7 +84,7 @@ async fn hang_up(addr: SocketAddr, location: &str) {
 }
 
 /// One WebRTC call of the load: the offer and answer here, the rest in `pump`.
-pub(super) async fn call(o: &Options, packets: &Rc<[Vec<u8>]>, shared: &RefCell<Shared>, pump: &Rc<Pump>) -> Result<(), String> {
+pub(super) async fn call(o: &Options, packets: &Rc<Packets>, shared: &RefCell<Shared>, pump: &Rc<Pump>) -> Result<(), String> {
     let io = |what: &str, e: std::io::Error| format!("{what}: {}", e.kind());
     let socket = std::net::UdpSocket::bind(SocketAddr::new(o.addr.ip(), 0)).map_err(|e| io("bind", e))?;
     socket.set_nonblocking(true).map_err(|e| io("nonblocking", e))?;
@@ -81,12 +96,14 @@ pub(super) async fn call(o: &Options, packets: &Rc<[Vec<u8>]>, shared: &RefCell<
         return Err(format!("offer refused: {status}"));
     }
     client.accept_answer(&answer).map_err(|e| e.to_string())?;
+    let narrowband = answer.contains("maxplaybackrate=8000");
     let done = Rc::new(Done::default());
-    let total = packets.len();
+    let total = packets.fullband.len();
     pump.add(Box::new(Media {
         socket,
         client,
         packets: packets.clone(),
+        narrowband,
         give_up: Instant::now() + Duration::from_secs(10),
         t0: None,
         next: 0,
@@ -119,7 +136,9 @@ pub(super) async fn call(o: &Options, packets: &Rc<[Vec<u8>]>, shared: &RefCell<
 struct Media {
     socket: std::net::UdpSocket,
     client: WebRtcClient,
-    packets: Rc<[Vec<u8>]>,
+    packets: Rc<Packets>,
+    /// The answer asked for narrowband.
+    narrowband: bool,
     /// When the call is abandoned if it has not connected.
     give_up: Instant,
     /// When ICE and DTLS came up: the packets' clock starts.
@@ -170,20 +189,21 @@ impl PumpCall for Media {
             self.send();
             return now >= self.give_up;
         };
-        while self.next < self.packets.len() {
+        let packets = self.packets.clone();
+        let packets = if self.narrowband { &packets.narrowband } else { &packets.fullband };
+        while self.next < packets.len() {
             let due = t0 + Duration::from_millis(20 * self.next as u64);
             if due > now {
                 break;
             }
             self.late.push(now.saturating_duration_since(due).as_micros() as u32);
             self.sent_at.push(now);
-            let packets = self.packets.clone();
             self.client.send_packet(now, &packets[self.next]);
             self.next += 1;
         }
         self.send();
         // Half a second for the last echoes.
-        now >= t0 + Duration::from_millis(20 * self.packets.len() as u64 + 500)
+        now >= t0 + Duration::from_millis(20 * packets.len() as u64 + 500)
     }
 
     fn finish(self: Box<Self>) {
