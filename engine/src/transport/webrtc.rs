@@ -102,7 +102,6 @@ pub struct WebRtcTransport {
     last_rx: Timestamp,
     messages: VecDeque<String>,
     tx: VecDeque<(SocketAddr, Vec<u8>)>,
-    spare: Vec<Vec<u8>>,
     connected: bool,
     closed: bool,
     handshake_records: HandshakeRecords,
@@ -227,7 +226,6 @@ impl WebRtcTransport {
             last_rx: now,
             messages: VecDeque::new(),
             tx: VecDeque::new(),
-            spare: Vec::new(),
             connected: false,
             closed: false,
             handshake_records: HandshakeRecords::default(),
@@ -318,12 +316,7 @@ impl WebRtcTransport {
                     self.rtc_next = Some(next);
                     return;
                 }
-                Ok(Output::Transmit(t)) => {
-                    let mut buf = self.spare.pop().unwrap_or_default();
-                    buf.clear();
-                    buf.extend_from_slice(&t.contents);
-                    self.tx.push_back((t.destination, buf));
-                }
+                Ok(Output::Transmit(t)) => self.tx.push_back((t.destination, t.contents.into())),
                 Ok(Output::Event(event)) => self.on_event(event, at),
                 Err(_) => {
                     self.closed = true;
@@ -408,7 +401,7 @@ impl WebRtcTransport {
         for frame in frames.chunks(FRAME) {
             let Ok(packet) = self.opus.encode(frame) else { continue };
             let time = MediaTime::new(self.media_time, Frequency::FORTY_EIGHT_KHZ);
-            let written = self.rtc.writer(mid).map(|w| w.write(pt, at, time, packet.to_vec()));
+            let written = self.rtc.writer(mid).map(|w| w.write(pt, at, time, packet));
             if let Some(Ok(())) = written {
                 self.stats.packets_out += 1;
             }
@@ -454,13 +447,6 @@ impl WebRtcTransport {
     /// The next datagram to send and where to.
     pub fn poll_transmit(&mut self) -> Option<(SocketAddr, Vec<u8>)> {
         self.tx.pop_front()
-    }
-
-    /// Returns a sent datagram's buffer for reuse.
-    pub fn recycle(&mut self, buf: Vec<u8>) {
-        if self.spare.len() < 8 {
-            self.spare.push(buf);
-        }
     }
 
     /// Closes the connection (DTLS close and SCTP abort go out with the next datagrams).

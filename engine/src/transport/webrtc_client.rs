@@ -146,7 +146,7 @@ impl WebRtcClient {
         let time = MediaTime::new(self.media_time, Frequency::FORTY_EIGHT_KHZ);
         self.media_time += 960;
         if let Some(writer) = self.rtc.writer(mid) {
-            let _ = writer.write(pt, now, time, packet.to_vec());
+            let _ = writer.write(pt, now, time, packet);
         }
         self.drain(now);
     }
@@ -186,7 +186,7 @@ impl WebRtcClient {
                     self.next = Some(next);
                     return;
                 }
-                Ok(Output::Transmit(t)) => self.tx.push_back((t.destination, t.contents.to_vec())),
+                Ok(Output::Transmit(t)) => self.tx.push_back((t.destination, t.contents.into())),
                 Ok(Output::Event(event)) => self.on_event(event),
                 Err(_) => {
                     self.next = None;

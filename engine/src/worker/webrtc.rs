@@ -263,7 +263,6 @@ enum Wake {
 fn send(transport: &mut WebRtcTransport, socket: &std::net::UdpSocket) {
     while let Some((to, datagram)) = transport.poll_transmit() {
         let _ = socket2::SockRef::from(socket).send_to_with_flags(&datagram, &to.into(), MSG_DONTWAIT);
-        transport.recycle(datagram);
     }
 }
 
