@@ -12,6 +12,16 @@ pub(crate) enum Full {
     AiCalls,
 }
 
+impl Full {
+    /// The error code and message a refused call gets.
+    pub(crate) fn refusal(self) -> (&'static str, &'static str) {
+        match self {
+            Full::Slots => ("busy", "every call slot on this host is taken"),
+            Full::AiCalls => ("ai_capacity", "this core carries all the AI calls it may; try another host"),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Slot {
     Free,

@@ -217,7 +217,67 @@ async fn housekeeping(worker: Rc<Worker>) {
     }
 }
 
+/// What woke a call's task.
+enum Wake {
+    /// Datagrams the pump queued for it.
+    Media,
+    /// A SIP message for its dialog.
+    Sip,
+    Timer,
+    Control(Control),
+    /// The bot's providers have something for it.
+    Events,
+}
+
+/// The first of what a call's task waits for: datagrams the media pump queued for it, a SIP
+/// message (`sip`, for SIP calls), its mailbox (`ctl`, kept across waits), its bot's provider
+/// events, its deadline.
+async fn next_wake<F: std::future::Future<Output = Control>>(
+    media: &media_pump::MediaInbox,
+    sip: Option<&sip::SipInbox>,
+    ctl: &mut std::pin::Pin<&mut F>,
+    events: Option<&cxb_pipeline::provider::Events>,
+    deadline: Option<Instant>,
+) -> Wake {
+    use std::task::Poll;
+    let mut timer = std::pin::pin!(async move {
+        match deadline {
+            Some(at) => compio::time::sleep_until(at).await,
+            None => std::future::pending().await,
+        }
+    });
+    let mut ready = std::pin::pin!(async {
+        match events {
+            Some(e) => e.ready().await,
+            None => std::future::pending().await,
+        }
+    });
+    std::future::poll_fn(|cx| {
+        if media.poll_ready(cx).is_ready() {
+            return Poll::Ready(Wake::Media);
+        }
+        if sip.is_some_and(|inbox| inbox.poll_ready(cx).is_ready()) {
+            return Poll::Ready(Wake::Sip);
+        }
+        if let Poll::Ready(c) = ctl.as_mut().poll(cx) {
+            return Poll::Ready(Wake::Control(c));
+        }
+        if ready.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(Wake::Events);
+        }
+        timer.as_mut().poll(cx).map(|()| Wake::Timer)
+    })
+    .await
+}
+
 impl Worker {
+    /// A new call's number on this worker and its id (`w{worker}-{n}`).
+    fn next_call_id(&self) -> (u64, String) {
+        let n = self.next_call.get();
+        self.next_call.set(n + 1);
+        (n, format!("w{}-{n}", self.index))
+    }
+
     fn now(&self) -> Timestamp {
         Timestamp::from_micros(self.epoch.elapsed().as_micros() as u64)
     }

@@ -257,9 +257,7 @@ async fn route(worker: Rc<Worker>, stream: TcpStream, mut wire: Wire, req: Reque
         .and_then(|c| c.reservation.clone())
         .or_else(|| query_param(req.query.as_deref(), "reservation"));
     let token = reservation.and_then(|t| u64::from_str_radix(&t, 16).ok());
-    let n = worker.next_call.get();
-    worker.next_call.set(n + 1);
-    let call_id = format!("w{}-{n}", worker.index);
+    let (_, call_id) = worker.next_call_id();
     let is_ai = agent_bot.is_some();
     if is_ai && config.results.as_ref().is_some_and(|r| !r.writable()) {
         worker.metrics().rejected_outbox.add(1);
@@ -270,10 +268,7 @@ async fn route(worker: Rc<Worker>, stream: TcpStream, mut wire: Wire, req: Reque
         Ok(slot) => slot,
         Err(full) => {
             worker.metrics().rejected_busy.add(1);
-            let (code, msg) = match full {
-                Full::Slots => ("busy", "every call slot on this host is taken"),
-                Full::AiCalls => ("ai_capacity", "this core carries all the AI calls it may; try another host"),
-            };
+            let (code, msg) = full.refusal();
             return reply(&stream, &mut wire, http::error(503, code, msg, &[("Retry-After", "1")])).await;
         }
     };

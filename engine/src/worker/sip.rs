@@ -10,7 +10,6 @@
 //! side hangs up with a BYE; a call that hears nothing for the idle timeout is hung up.
 
 use std::collections::VecDeque;
-use std::future::Future;
 use std::net::SocketAddr;
 use std::task::{Poll, Waker};
 
@@ -221,9 +220,7 @@ impl Worker {
             self.metrics().rejected_outbox.add(1);
             return Err(Refused::status(503, "Service Unavailable"));
         }
-        let n = self.next_call.get();
-        self.next_call.set(n + 1);
-        let call_id = format!("w{}-{n}", self.index);
+        let (_, call_id) = self.next_call_id();
         let bot_id = match &answerer {
             Answerer::Builtin(kind) => kind.id().to_string(),
             Answerer::Agent(bot) => bot.id.clone(),
@@ -583,17 +580,6 @@ pub(super) async fn linger<D: Dialog>(worker: &Worker, sip: &SipShared, dialog: 
     }
 }
 
-/// What woke a SIP call's task.
-enum Wake {
-    /// Datagrams on its RTP or RTCP socket.
-    Media,
-    Sip,
-    Timer,
-    Control(Control),
-    /// The bot's providers have something for it.
-    Events,
-}
-
 /// An answered SIP call's media and signalling, until either side ends it.
 pub(super) struct Media<'a, D> {
     pub(super) worker: &'a Rc<Worker>,
@@ -657,35 +643,7 @@ impl<D: Dialog> Media<'_, D> {
                 break reason;
             }
             let deadline = [call.deadline().map(|t| worker.instant(t)), sip_next.map(|at| worker.epoch + at)].into_iter().flatten().min();
-            let mut timer = std::pin::pin!(async move {
-                match deadline {
-                    Some(at) => compio::time::sleep_until(at).await,
-                    None => std::future::pending().await,
-                }
-            });
-            let inbox = self.inbox;
-            let mut ready = std::pin::pin!(async {
-                match &provider_events {
-                    Some(e) => e.ready().await,
-                    None => std::future::pending().await,
-                }
-            });
-            let wake = std::future::poll_fn(|cx| {
-                if let Poll::Ready(()) = media.poll_ready(cx) {
-                    return Poll::Ready(Wake::Media);
-                }
-                if let Poll::Ready(()) = inbox.poll_ready(cx) {
-                    return Poll::Ready(Wake::Sip);
-                }
-                if let Poll::Ready(c) = ctl.as_mut().poll(cx) {
-                    return Poll::Ready(Wake::Control(c));
-                }
-                if let Poll::Ready(()) = ready.as_mut().poll(cx) {
-                    return Poll::Ready(Wake::Events);
-                }
-                timer.as_mut().poll(cx).map(|()| Wake::Timer)
-            })
-            .await;
+            let wake = next_wake(media, Some(self.inbox), &mut ctl, provider_events.as_ref(), deadline).await;
             let now = worker.now();
             let handled = match wake {
                 Wake::Media => {

@@ -132,9 +132,7 @@ pub(super) async fn dial(worker: Rc<Worker>, stream: TcpStream, mut wire: Wire, 
     };
     let kind = builtin.unwrap_or(BotKind::Agent);
     let reservation = claims.reservation.as_deref().and_then(|t| u64::from_str_radix(t, 16).ok());
-    let n = worker.next_call.get();
-    worker.next_call.set(n + 1);
-    let call_id = format!("w{}-{n}", worker.index);
+    let (n, call_id) = worker.next_call_id();
     let slot = match worker.acquire(&call_id, kind.id(), reservation, agent_bot.is_some()) {
         Ok(slot) => slot,
         Err(_) => {

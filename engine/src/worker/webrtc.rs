@@ -9,7 +9,6 @@
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
-use std::task::Poll;
 
 use super::call_loop::finish_bot_with;
 use super::sip::random;
@@ -166,17 +165,12 @@ async fn offer(worker: Rc<Worker>, stream: TcpStream, mut wire: Wire, req: Reque
         return error(&stream, &mut wire, 503, "outbox_unavailable", "this host cannot store call results now; try another host").await;
     }
     let reservation = claims.as_ref().and_then(|c| c.reservation.as_deref()).and_then(|t| u64::from_str_radix(t, 16).ok());
-    let n = worker.next_call.get();
-    worker.next_call.set(n + 1);
-    let call_id = format!("w{}-{n}", worker.index);
+    let (_, call_id) = worker.next_call_id();
     let slot = match worker.acquire(&call_id, kind.id(), reservation, is_ai) {
         Ok(slot) => slot,
         Err(full) => {
             worker.metrics().rejected_busy.add(1);
-            let (code, msg) = match full {
-                Full::Slots => ("busy", "every call slot on this host is taken"),
-                Full::AiCalls => ("ai_capacity", "this core carries all the AI calls it may; try another host"),
-            };
+            let (code, msg) = full.refusal();
             return error(&stream, &mut wire, 503, code, msg).await;
         }
     };
@@ -250,14 +244,6 @@ async fn offer(worker: Rc<Worker>, stream: TcpStream, mut wire: Wire, req: Reque
     .await;
 }
 
-/// What woke a WebRTC call.
-enum Wake {
-    Media,
-    Timer,
-    Control(Control),
-    Events,
-}
-
 /// Sends what the call's WebRTC session has to send, without blocking (a full socket buffer
 /// drops it, as the network would).
 fn send(transport: &mut WebRtcTransport, socket: &std::net::UdpSocket) {
@@ -295,31 +281,7 @@ async fn run(worker: &Rc<Worker>, mut call: Call<WebRtcTransport>, socket: &std:
             break EndReason::PeerClosed;
         }
         let deadline = call.deadline().map(|t| worker.instant(t));
-        let mut timer = std::pin::pin!(async move {
-            match deadline {
-                Some(at) => compio::time::sleep_until(at).await,
-                None => std::future::pending().await,
-            }
-        });
-        let mut ready = std::pin::pin!(async {
-            match &provider_events {
-                Some(e) => e.ready().await,
-                None => std::future::pending().await,
-            }
-        });
-        let wake = std::future::poll_fn(|cx| {
-            if let Poll::Ready(()) = media.poll_ready(cx) {
-                return Poll::Ready(Wake::Media);
-            }
-            if let Poll::Ready(c) = ctl.as_mut().poll(cx) {
-                return Poll::Ready(Wake::Control(c));
-            }
-            if let Poll::Ready(()) = ready.as_mut().poll(cx) {
-                return Poll::Ready(Wake::Events);
-            }
-            timer.as_mut().poll(cx).map(|()| Wake::Timer)
-        })
-        .await;
+        let wake = next_wake(media, None, &mut ctl, provider_events.as_ref(), deadline).await;
         let now = worker.now();
         let handled = match wake {
             Wake::Media => {
@@ -339,6 +301,8 @@ async fn run(worker: &Rc<Worker>, mut call: Call<WebRtcTransport>, socket: &std:
                 std::panic::catch_unwind(AssertUnwindSafe(|| call.on_events(now, at, worker.metrics())))
             }
             Wake::Timer => std::panic::catch_unwind(AssertUnwindSafe(|| call.on_timeout(now, worker.metrics()))),
+            // A WebRTC call has no SIP dialog.
+            Wake::Sip => Ok(()),
             Wake::Control(Control::Hangup) => break EndReason::Hangup,
             Wake::Control(Control::Shutdown) => break EndReason::Shutdown,
             Wake::Control(Control::Idle) => break EndReason::IdleTimeout,
