@@ -9,13 +9,12 @@
 
 mod common;
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{connect, engine, tempdir};
+use common::{Captured, connect, engine, tempdir};
 use cxb_contract::call_token::Direction;
 use cxb_contract::ids::{CallId, CampaignId};
-use cxb_engine::ResultSink;
 use cxb_pipeline::testkit::deepgram::{DeepgramConfig, DeepgramServer, Reply, Step};
 use cxb_pipeline::testkit::elevenlabs::{ElevenLabsConfig, ElevenLabsServer, expected_audio};
 use base64::Engine as _;
@@ -23,19 +22,6 @@ use base64::engine::general_purpose::STANDARD;
 use serde_json::{Value, json};
 use tungstenite::Message;
 
-/// Results as the outbox would get them.
-#[derive(Debug, Default)]
-struct Captured(Mutex<Vec<(Value, Option<Vec<u8>>)>>);
-
-impl ResultSink for Captured {
-    fn submit(&self, result: cxb_engine::results::CallResult, recording: Option<Vec<u8>>) -> flume::Receiver<Result<(), String>> {
-        let result = serde_json::to_value(&result).expect("a result is JSON");
-        self.0.lock().expect("lock").push((result, recording));
-        let (tx, rx) = flume::bounded(1);
-        let _ = tx.send(Ok(()));
-        rx
-    }
-}
 
 fn speech_frames() -> Vec<Vec<u8>> {
     let pcm = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/../codecs/tests/fixtures/speech-8k.s16")).expect("fixture");

@@ -8,13 +8,13 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream, UdpSocket};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{engine, eventually, health, tempdir};
+use common::{Captured, engine, eventually, health, tempdir};
 use cxb_engine::config::WebRtcConfig;
 use cxb_engine::transport::webrtc_client::WebRtcClient;
-use cxb_engine::{Engine, ResultSink};
+use cxb_engine::Engine;
 use cxb_pipeline::testkit::deepgram::{DeepgramConfig, DeepgramServer, Reply, Step};
 use cxb_pipeline::testkit::elevenlabs::{ElevenLabsConfig, ElevenLabsServer};
 use serde_json::{Value, json};
@@ -177,19 +177,6 @@ fn offers_are_admitted_by_the_engines_rules() {
     assert_eq!((status, code(&body).as_str()), (404, "webrtc_disabled"));
 }
 
-/// Results as the outbox would get them.
-#[derive(Debug, Default)]
-struct Captured(Mutex<Vec<Value>>);
-
-impl ResultSink for Captured {
-    fn submit(&self, result: cxb_engine::results::CallResult, _recording: Option<Vec<u8>>) -> flume::Receiver<Result<(), String>> {
-        self.0.lock().expect("lock").push(serde_json::to_value(&result).expect("JSON"));
-        let (tx, rx) = flume::bounded(1);
-        let _ = tx.send(Ok(()));
-        rx
-    }
-}
-
 #[test]
 fn an_ai_bot_greets_a_browser_answers_and_streams_its_transcript() {
     const PER_CHAR: usize = 320; // 20 ms of 8 kHz linear audio per character
@@ -240,7 +227,8 @@ fn an_ai_bot_greets_a_browser_answers_and_streams_its_transcript() {
     let (status, _, _) = request(e.local_addr(), "DELETE", &browser.location, &[], "");
     assert_eq!(status, 200);
     assert!(eventually(Duration::from_secs(5), || !results.0.lock().expect("lock").is_empty()), "the result is written");
-    let result = results.0.lock().expect("lock")[0].clone();
+    let (result, recording) = results.0.lock().expect("lock")[0].clone();
+    assert!(recording.is_some_and(|wav| wav.starts_with(b"RIFF")), "the call is recorded as a phone call is");
     assert_eq!(result["metrics"]["transport"], "webrtc", "{result}");
     assert_eq!(result["end_reason"], "hangup", "{result}");
     assert!(result["metrics"]["webrtc"]["packets_in"].as_u64().is_some_and(|n| n > 200), "{result}");

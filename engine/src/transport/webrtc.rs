@@ -191,6 +191,37 @@ fn narrowband(answer: &str) -> Option<String> {
     Some(out)
 }
 
+/// One output of str0m's, for a side that polls it at `at`.
+pub(super) enum Polled {
+    /// A datagram to send.
+    Transmit(SocketAddr, Vec<u8>),
+    /// Something happened.
+    Event(Event),
+    /// Nothing more until this instant; `None` when the connection failed.
+    Next(Option<Instant>),
+}
+
+/// The next output of `rtc`. What str0m asks to run by `at` runs here too (a packet written
+/// is packetized and then paced out on two timeouts that are due at once): without it a call
+/// would wake twice more per packet, and each packet would leave a wake-up late. `due`
+/// counts those (at most 8 per drain).
+pub(super) fn poll(rtc: &mut Rtc, at: Instant, due: &mut u32) -> Polled {
+    loop {
+        match rtc.poll_output() {
+            Ok(Output::Timeout(next)) if next <= at && *due < 8 => {
+                *due += 1;
+                if rtc.handle_input(Input::Timeout(at)).is_err() {
+                    return Polled::Next(None);
+                }
+            }
+            Ok(Output::Timeout(next)) => return Polled::Next(Some(next)),
+            Ok(Output::Transmit(t)) => return Polled::Transmit(t.destination, t.contents.into()),
+            Ok(Output::Event(event)) => return Polled::Event(event),
+            Err(_) => return Polled::Next(None),
+        }
+    }
+}
+
 impl WebRtcTransport {
     /// Answers a browser's SDP `offer` at `now` (`epoch`: the instant of `Timestamp` zero):
     /// ICE-lite with one host candidate at `local` (the address the browser will send to),
@@ -296,31 +327,16 @@ impl WebRtcTransport {
     }
 
     /// Polls str0m until it has nothing more: datagrams to send, the caller's audio into
-    /// the jitter buffer and out of it decoded, the channel and connection states. What str0m
-    /// asks to run by `at` runs here too (a packet written is packetized and then paced out on
-    /// two timeouts that are due at once): without it the call would wake twice more per
-    /// packet, and each packet would leave a wake-up late.
+    /// the jitter buffer and out of it decoded, the channel and connection states.
     fn drain(&mut self, at: Instant) {
         let mut due = 0;
         loop {
-            match self.rtc.poll_output() {
-                Ok(Output::Timeout(next)) if next <= at && due < 8 => {
-                    due += 1;
-                    if self.rtc.handle_input(Input::Timeout(at)).is_err() {
-                        self.closed = true;
-                        self.rtc_next = None;
-                        return;
-                    }
-                }
-                Ok(Output::Timeout(next)) => {
-                    self.rtc_next = Some(next);
-                    return;
-                }
-                Ok(Output::Transmit(t)) => self.tx.push_back((t.destination, t.contents.into())),
-                Ok(Output::Event(event)) => self.on_event(event, at),
-                Err(_) => {
-                    self.closed = true;
-                    self.rtc_next = None;
+            match poll(&mut self.rtc, at, &mut due) {
+                Polled::Transmit(to, datagram) => self.tx.push_back((to, datagram)),
+                Polled::Event(event) => self.on_event(event, at),
+                Polled::Next(next) => {
+                    self.rtc_next = next;
+                    self.closed |= next.is_none();
                     return;
                 }
             }

@@ -11,9 +11,10 @@ use str0m::change::{SdpAnswer, SdpPendingOffer};
 use str0m::format::Codec;
 use str0m::media::{Direction, Frequency, MediaKind, MediaTime, Mid, Pt};
 use str0m::net::{Protocol, Receive};
-use str0m::{Candidate, Event, Input, Output, Rtc};
+use str0m::{Candidate, Event, Input, Rtc};
 
 use super::opus::{Opus, OpusError};
+use super::webrtc::{Polled, poll};
 
 /// Why the client could not start or take the answer.
 #[derive(Debug, thiserror::Error)]
@@ -174,22 +175,11 @@ impl WebRtcClient {
     fn drain(&mut self, at: Instant) {
         let mut due = 0;
         loop {
-            match self.rtc.poll_output() {
-                Ok(Output::Timeout(next)) if next <= at && due < 8 => {
-                    due += 1;
-                    if self.rtc.handle_input(Input::Timeout(at)).is_err() {
-                        self.next = None;
-                        return;
-                    }
-                }
-                Ok(Output::Timeout(next)) => {
-                    self.next = Some(next);
-                    return;
-                }
-                Ok(Output::Transmit(t)) => self.tx.push_back((t.destination, t.contents.into())),
-                Ok(Output::Event(event)) => self.on_event(event),
-                Err(_) => {
-                    self.next = None;
+            match poll(&mut self.rtc, at, &mut due) {
+                Polled::Transmit(to, datagram) => self.tx.push_back((to, datagram)),
+                Polled::Event(event) => self.on_event(event),
+                Polled::Next(next) => {
+                    self.next = next;
                     return;
                 }
             }

@@ -231,3 +231,17 @@ impl Carrier {
 pub fn mulaw_frame() -> Vec<u8> {
     (0..160).map(|i| cxb_codecs::g711::encode_mulaw(((i as f64 * std::f64::consts::PI / 4.0).sin() * 8000.0) as i16)).collect()
 }
+
+/// Results as the outbox would get them: each as JSON, with its recording.
+#[derive(Debug, Default)]
+pub struct Captured(pub std::sync::Mutex<Vec<(Value, Option<Vec<u8>>)>>);
+
+impl cxb_engine::ResultSink for Captured {
+    fn submit(&self, result: cxb_engine::results::CallResult, recording: Option<Vec<u8>>) -> flume::Receiver<Result<(), String>> {
+        let result = serde_json::to_value(&result).expect("a result is JSON");
+        self.0.lock().expect("lock").push((result, recording));
+        let (tx, rx) = flume::bounded(1);
+        let _ = tx.send(Ok(()));
+        rx
+    }
+}
