@@ -192,6 +192,9 @@ fn narrowband(answer: &str) -> Option<String> {
 }
 
 /// One output of str0m's, for a side that polls it at `at`.
+// Returned and matched at once, never stored: boxing the event would cost an allocation a
+// packet for nothing.
+#[allow(clippy::large_enum_variant)]
 pub(super) enum Polled {
     /// A datagram to send.
     Transmit(SocketAddr, Vec<u8>),
