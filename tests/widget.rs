@@ -369,6 +369,32 @@ async fn widget_sessions_are_refused_without_the_right_origin_key_or_pace() {
     assert_eq!(r.status().as_u16(), 404);
     assert_eq!(r.headers()["access-control-allow-origin"], "https://shop.example", "the page can read why");
 
+    // The button's settings: a page elsewhere must be allowed; the API's own page (a
+    // same-origin GET carries no Origin) reads them.
+    let config = |origin: Option<&str>, key: &str| {
+        let mut r = http.get(format!("{base}/v1/widget/config?bot_id={bot_id}&key={key}"));
+        if let Some(o) = origin {
+            r = r.header("Origin", o);
+        }
+        r.send()
+    };
+    let r = config(Some("https://shop.example"), &key).await.unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let shown: Value = r.json().await.unwrap();
+    assert_eq!((shown["button_text"].as_str(), shown["show_transcript"].as_bool()), (Some("Talk to us"), Some(true)));
+    assert_eq!(config(Some("https://evil.example"), &key).await.unwrap().status().as_u16(), 403);
+    assert_eq!(config(None, &key).await.unwrap().status().as_u16(), 200);
+    assert_eq!(config(None, "wk_wrong-key-0000000").await.unwrap().status().as_u16(), 404);
+    // The demo page embeds the widget with what it is given, escaped.
+    let page = http.get(format!("{base}/widget/demo?bot={bot_id}&key=%22%3E%3Cscript%3Ealert(1)%3C%2Fscript%3E")).send().await.unwrap();
+    assert_eq!(page.status().as_u16(), 200);
+    let html = page.text().await.unwrap();
+    assert!(html.contains(&format!("data-bot=\"{bot_id}\"")) && html.contains("/widget.js"), "{html}");
+    assert!(!html.contains("<script>alert(1)</script>") && html.contains("&lt;script&gt;"), "{html}");
+    let script = http.get(format!("{base}/widget.js")).send().await.unwrap();
+    assert_eq!(script.headers()["content-type"], "text/javascript; charset=utf-8");
+    assert!(script.text().await.unwrap().contains("/v1/widget/sessions"));
+
     // The engine joins the fleet; a session names it and admits one call.
     let deadline = Instant::now() + Duration::from_secs(10);
     let granted = loop {
