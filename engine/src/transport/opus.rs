@@ -61,6 +61,21 @@ impl Opus {
         result
     }
 
+    /// Decodes every packet `jitter` releases, in order, appending the samples to `out`
+    /// (`scratch` holds each packet); a packet it gave up on is concealed. Returns how many
+    /// would not decode (concealed too).
+    pub fn decode_released(&mut self, jitter: &mut cxb_media::jitter::JitterBuffer<u8>, scratch: &mut Vec<u8>, out: &mut Vec<u8>) -> u64 {
+        let mut malformed = 0;
+        loop {
+            scratch.clear();
+            let Some(popped) = jitter.pop(scratch) else { return malformed };
+            let packet = (!popped.lost).then_some(&scratch[..]);
+            if self.decode(packet, out).is_err() {
+                malformed += 1;
+            }
+        }
+    }
+
     /// The packet for one frame of little-endian 8 kHz samples (20 ms: 320 bytes).
     pub fn encode(&mut self, frame: &[u8]) -> Result<&[u8], OpusError> {
         self.samples.clear();

@@ -232,14 +232,7 @@ impl RtpTransport {
         self.jitter.push(sequence, packet.payload);
         match self.opus.as_mut() {
             None => while self.jitter.pop(&mut self.pending).is_some() {},
-            Some(opus) => loop {
-                self.popped.clear();
-                let Some(popped) = self.jitter.pop(&mut self.popped) else { break };
-                let packet = (!popped.lost).then_some(&self.popped[..]);
-                if opus.decode(packet, &mut self.pending).is_err() {
-                    self.stats.malformed += 1;
-                }
-            },
+            Some(opus) => self.stats.malformed += opus.decode_released(&mut self.jitter, &mut self.popped, &mut self.pending),
         }
         let after = self.jitter.stats();
         self.taken = self.pending.len() / self.frame * self.frame;

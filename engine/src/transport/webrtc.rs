@@ -96,9 +96,8 @@ pub struct WebRtcTransport {
     media_time: u64,
     /// When str0m next wants `handle_timeout`.
     rtc_next: Option<Instant>,
-    /// When the bot counts as quiet again (no audio for a period).
+    /// While the bot speaks: when it counts as quiet again (no audio for a period).
     quiet_at: Option<Timestamp>,
-    speaking: bool,
     last_rx: Timestamp,
     messages: VecDeque<String>,
     tx: VecDeque<(SocketAddr, Vec<u8>)>,
@@ -256,7 +255,6 @@ impl WebRtcTransport {
             media_time: 0,
             rtc_next: None,
             quiet_at: None,
-            speaking: false,
             last_rx: now,
             messages: VecDeque::new(),
             tx: VecDeque::new(),
@@ -363,14 +361,7 @@ impl WebRtcTransport {
                 self.stats.packets_in += 1;
                 let sequence = **data.seq_range.start();
                 self.jitter.push(sequence, &data.data);
-                loop {
-                    self.popped.clear();
-                    let Some(popped) = self.jitter.pop(&mut self.popped) else { break };
-                    let packet = (!popped.lost).then_some(&self.popped[..]);
-                    if self.opus.decode(packet, &mut self.pending).is_err() {
-                        self.stats.malformed += 1;
-                    }
-                }
+                self.stats.malformed += self.opus.decode_released(&mut self.jitter, &mut self.popped, &mut self.pending);
             }
             _ => {}
         }
@@ -427,9 +418,7 @@ impl WebRtcTransport {
             self.media_time += TICKS;
             self.drain(at);
         }
-        self.quiet_at = Some(now + Duration::from_millis(200));
-        if !self.speaking {
-            self.speaking = true;
+        if self.quiet_at.replace(now + Duration::from_millis(200)).is_none() {
             self.send_message(now, r#"{"type":"speaking","speaking":true}"#.to_string());
         }
     }
@@ -452,7 +441,6 @@ impl WebRtcTransport {
         }
         if self.quiet_at.is_some_and(|at| at <= now) {
             self.quiet_at = None;
-            self.speaking = false;
             self.send_message(now, r#"{"type":"speaking","speaking":false}"#.to_string());
         }
         if now.saturating_since(self.last_rx) >= SILENT_PEER {

@@ -270,7 +270,34 @@ async fn next_wake<F: std::future::Future<Output = Control>>(
     .await
 }
 
+/// Why a placed call's bot cannot answer it.
+enum BotRefused {
+    /// The bot belongs to another organization than the call token's.
+    WrongBot,
+    /// No such bot.
+    Unknown,
+    /// It cannot be loaded now (logged).
+    Unavailable,
+}
+
 impl Worker {
+    /// The AI bot a call to `bot_id` reaches (`None` for a built-in bot, `builtin`), when it
+    /// belongs to `org` (the call token's; without a token only a bot of no organization).
+    async fn placed_bot(&self, bot_id: &str, builtin: Option<BotKind>, org: Option<&cxb_contract::ids::OrgId>) -> Result<Option<Rc<cxb_contract::bot::BotConfig>>, BotRefused> {
+        if builtin.is_some() {
+            return Ok(None);
+        }
+        match self.shared.config.bots.resolve(bot_id).await {
+            Ok(bot) if bot.org_id.as_ref().is_none_or(|o| org.is_some_and(|c| c.as_str() == o.as_str())) => Ok(Some(bot)),
+            Ok(_) => Err(BotRefused::WrongBot),
+            Err(BotError::NotFound) => Err(BotRefused::Unknown),
+            Err(BotError::Unavailable(why)) => {
+                tracing::warn!(bot = bot_id, "bot unavailable: {why}");
+                Err(BotRefused::Unavailable)
+            }
+        }
+    }
+
     /// A new call's number on this worker and its id (`w{worker}-{n}`).
     fn next_call_id(&self) -> (u64, String) {
         let n = self.next_call.get();

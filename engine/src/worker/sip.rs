@@ -292,20 +292,24 @@ impl Worker {
     /// Binds an RTP socket on one of this worker's ports, and its RTCP socket on the next
     /// port when that one is free.
     pub(super) fn bind_rtp(&self, sip: &SipShared) -> Option<(MediaSockets, u16)> {
-        let mut ports = self.rtp_ports.borrow_mut();
-        for _ in 0..ports.len().min(16) {
-            let port = ports.pop_front()?;
-            match std::net::UdpSocket::bind((sip.local.ip(), port)) {
-                Ok(rtp) => {
-                    let rtcp = std::net::UdpSocket::bind((sip.local.ip(), port + 1)).ok();
-                    return Some((MediaSockets { rtp, rtcp }, port));
-                }
-                // Taken by someone else: tried again later.
-                Err(_) => ports.push_back(port),
-            }
-        }
-        None
+        let (rtp, port) = bind_free(&self.rtp_ports, sip.local.ip())?;
+        let rtcp = std::net::UdpSocket::bind((sip.local.ip(), port + 1)).ok();
+        Some((MediaSockets { rtp, rtcp }, port))
     }
+}
+
+/// A UDP socket on `ip` and the least recently used port of `ports` that binds (a port taken
+/// by someone else goes to the back, tried again later; at most 16 are tried).
+pub(super) fn bind_free(ports: &RefCell<VecDeque<u16>>, ip: std::net::IpAddr) -> Option<(std::net::UdpSocket, u16)> {
+    let mut ports = ports.borrow_mut();
+    for _ in 0..ports.len().min(16) {
+        let port = ports.pop_front()?;
+        match std::net::UdpSocket::bind((ip, port)) {
+            Ok(socket) => return Some((socket, port)),
+            Err(_) => ports.push_back(port),
+        }
+    }
+    None
 }
 
 /// A call's media sockets: RTP, and RTCP on the next port.

@@ -118,17 +118,11 @@ pub(super) async fn dial(worker: Rc<Worker>, stream: TcpStream, mut wire: Wire, 
     };
     let config = &worker.shared.config;
     let builtin = BotKind::lookup(bot_id, config.demo_bots, config.fault_injection);
-    let agent_bot = match builtin {
-        Some(_) => None,
-        None => match config.bots.resolve(bot_id).await {
-            Ok(bot) if bot.org_id.as_ref().is_none_or(|org| *org == claims.org_id) => Some(bot),
-            Ok(_) => return serve::refuse(&worker, &stream, &mut wire, ip, bot_id, Refusal::WrongBot).await,
-            Err(BotError::NotFound) => return error(&stream, &mut wire, 404, "unknown_bot", &format!("no bot `{bot_id}`")).await,
-            Err(BotError::Unavailable(why)) => {
-                tracing::warn!(bot = bot_id, "bot unavailable: {why}");
-                return error(&stream, &mut wire, 503, "bot_unavailable", "the bot cannot be loaded now").await;
-            }
-        },
+    let agent_bot = match worker.placed_bot(bot_id, builtin, Some(&claims.org_id)).await {
+        Ok(bot) => bot,
+        Err(BotRefused::WrongBot) => return serve::refuse(&worker, &stream, &mut wire, ip, bot_id, Refusal::WrongBot).await,
+        Err(BotRefused::Unknown) => return error(&stream, &mut wire, 404, "unknown_bot", &format!("no bot `{bot_id}`")).await,
+        Err(BotRefused::Unavailable) => return error(&stream, &mut wire, 503, "bot_unavailable", "the bot cannot be loaded now").await,
     };
     let kind = builtin.unwrap_or(BotKind::Agent);
     let reservation = claims.reservation.as_deref().and_then(|t| u64::from_str_radix(t, 16).ok());

@@ -11,10 +11,9 @@ use std::collections::VecDeque;
 use std::net::SocketAddr;
 
 use super::call_loop::finish_bot_with;
-use super::sip::random;
+use super::sip::{bind_free, random};
 use super::sip_out::read_body;
 use super::*;
-use crate::config::WebRtcConfig;
 use crate::protocol::{Start, StreamSid};
 use crate::transport::webrtc::WebRtcTransport;
 
@@ -46,22 +45,6 @@ struct Lease<'a> {
 impl Drop for Lease<'_> {
     fn drop(&mut self) {
         self.worker.webrtc_ports.borrow_mut().push_back(self.port);
-    }
-}
-
-impl Worker {
-    /// A UDP socket on a free port of this worker's share.
-    fn bind_webrtc(&self, config: &WebRtcConfig) -> Option<(std::net::UdpSocket, u16)> {
-        let mut ports = self.webrtc_ports.borrow_mut();
-        for _ in 0..ports.len().min(16) {
-            let port = ports.pop_front()?;
-            match std::net::UdpSocket::bind((config.bind, port)) {
-                Ok(socket) => return Some((socket, port)),
-                // Taken by someone else: tried again later.
-                Err(_) => ports.push_back(port),
-            }
-        }
-        None
     }
 }
 
@@ -140,23 +123,17 @@ async fn offer(worker: Rc<Worker>, stream: TcpStream, mut wire: Wire, req: Reque
     let Ok(offer) = String::from_utf8(body) else {
         return error(&stream, &mut wire, 400, "bad_offer", "the offer is not UTF-8 text").await;
     };
-    let agent_bot = match builtin {
-        Some(_) => None,
-        None => match config.bots.resolve(bot_id).await {
-            Ok(bot) if bot.org_id.as_ref().is_none_or(|org| claims.as_ref().is_some_and(|c| *org == c.org_id)) => Some(bot),
-            Ok(_) => {
-                serve::note_refusal(&worker, ip, bot_id, Refusal::WrongBot);
-                return error(&stream, &mut wire, 401, "unauthorized", Refusal::WrongBot.message()).await;
-            }
-            Err(BotError::NotFound) => {
-                worker.metrics().rejected_unknown_bot.add(1);
-                return error(&stream, &mut wire, 404, "unknown_bot", &format!("no bot `{bot_id}`")).await;
-            }
-            Err(BotError::Unavailable(why)) => {
-                tracing::warn!(bot = bot_id, "bot unavailable: {why}");
-                return error(&stream, &mut wire, 503, "bot_unavailable", "the bot cannot be loaded now").await;
-            }
-        },
+    let agent_bot = match worker.placed_bot(bot_id, builtin, claims.as_ref().map(|c| &c.org_id)).await {
+        Ok(bot) => bot,
+        Err(BotRefused::WrongBot) => {
+            serve::note_refusal(&worker, ip, bot_id, Refusal::WrongBot);
+            return error(&stream, &mut wire, 401, "unauthorized", Refusal::WrongBot.message()).await;
+        }
+        Err(BotRefused::Unknown) => {
+            worker.metrics().rejected_unknown_bot.add(1);
+            return error(&stream, &mut wire, 404, "unknown_bot", &format!("no bot `{bot_id}`")).await;
+        }
+        Err(BotRefused::Unavailable) => return error(&stream, &mut wire, 503, "bot_unavailable", "the bot cannot be loaded now").await,
     };
     let kind = builtin.unwrap_or(BotKind::Agent);
     let is_ai = agent_bot.is_some();
@@ -177,7 +154,7 @@ async fn offer(worker: Rc<Worker>, stream: TcpStream, mut wire: Wire, req: Reque
     if let Some(token) = reservation {
         worker.shared.release_elsewhere(worker.index, token);
     }
-    let Some((socket, port)) = worker.bind_webrtc(&webrtc) else {
+    let Some((socket, port)) = bind_free(&worker.webrtc_ports, webrtc.bind) else {
         worker.free_slot(slot);
         return error(&stream, &mut wire, 503, "busy", "no WebRTC port free on this host").await;
     };
