@@ -18,6 +18,7 @@ use cxb_control_plane::secrets::SecretBox;
 use cxb_control_plane::client::{Capacity, HeartbeatConfig, Host, heartbeat_loop};
 use cxb_control_plane::clock::{Clock, SystemClock};
 use cxb_control_plane::{ApiConfig, ApiServer, admin};
+use cxb_control_plane::recordings::{RecordingsConfig, S3Read};
 use cxb_dialler::carrier::Carrier;
 use cxb_dialler::carriers::Carriers;
 use cxb_dialler::simulator::{OutcomeMix, Simulator, SimulatorConfig};
@@ -129,6 +130,15 @@ enum Command {
         /// http://LISTEN); an organization's `settings.webhook_url` wins.
         #[arg(long)]
         public_url: Option<String>,
+        /// Mark the console's session cookie `Secure`: set it when people reach the API over
+        /// HTTPS (through a proxy that terminates TLS).
+        #[arg(long)]
+        secure_cookies: bool,
+        /// The folder engines on this host keep recordings below (default: DATA_DIR).
+        #[arg(long)]
+        recordings_dir: Option<PathBuf>,
+        #[command(flatten)]
+        s3: S3Args,
         #[command(flatten)]
         data: DataArgs,
         #[command(flatten)]
@@ -294,7 +304,14 @@ struct ResultArgs {
     /// DATA_DIR/bots when it exists). Local files win over the API.
     #[arg(long)]
     bots: Option<PathBuf>,
-    /// Upload recordings to this S3-compatible bucket instead of DATA_DIR/recordings.
+    #[command(flatten)]
+    s3: S3Args,
+}
+
+/// The S3-compatible bucket recordings go to (engines) and are read from (the API).
+#[derive(Args, Clone)]
+struct S3Args {
+    /// Recordings in this S3-compatible bucket instead of DATA_DIR/recordings.
     #[arg(long, env = "CXB_S3_BUCKET")]
     s3_bucket: Option<String>,
     /// The bucket's region.
@@ -309,6 +326,34 @@ struct ResultArgs {
     /// The secret access key.
     #[arg(long, env = "AWS_SECRET_ACCESS_KEY", hide_env_values = true)]
     s3_secret_access_key: Option<String>,
+}
+
+impl S3Args {
+    /// The bucket's settings, when a bucket is named (then both keys are needed).
+    fn config(&self) -> anyhow::Result<Option<S3Config>> {
+        let Some(bucket) = &self.s3_bucket else { return Ok(None) };
+        let key = |v: &Option<String>, name: &str| v.clone().with_context(|| format!("--s3-bucket needs {name}"));
+        Ok(Some(S3Config {
+            bucket: bucket.clone(),
+            region: self.s3_region.clone(),
+            endpoint: self.s3_endpoint.clone(),
+            access_key_id: key(&self.s3_access_key_id, "AWS_ACCESS_KEY_ID")?,
+            secret_access_key: key(&self.s3_secret_access_key, "AWS_SECRET_ACCESS_KEY")?,
+            allow_http: self.s3_endpoint.as_deref().is_some_and(|e| e.starts_with("http://")),
+        }))
+    }
+
+    /// Where the API reads recordings: the folder engines on this host write below, and the bucket.
+    fn recordings(&self, local_root: PathBuf) -> anyhow::Result<RecordingsConfig> {
+        let s3 = self.config()?.map(|c| S3Read {
+            bucket: c.bucket,
+            region: c.region,
+            endpoint: c.endpoint,
+            access_key_id: c.access_key_id,
+            secret_access_key: c.secret_access_key,
+        });
+        Ok(RecordingsConfig { local_root: Some(local_root), s3 })
+    }
 }
 
 /// The engine's durable outbox as the engine sees it: AI calls are admitted while it can
@@ -372,16 +417,8 @@ fn wire_results(config: &mut EngineConfig, args: &ResultArgs, data: &std::path::
     let bots = args.bots.clone().or_else(|| Some(data.join("bots")).filter(|d| d.is_dir()));
     config.bots.dir = bots;
     let mut outbox = OutboxConfig::new(data);
-    if let Some(bucket) = &args.s3_bucket {
-        let key = |v: &Option<String>, name: &str| v.clone().with_context(|| format!("--s3-bucket needs {name}"));
-        outbox.recordings = RecordingStore::S3(S3Config {
-            bucket: bucket.clone(),
-            region: args.s3_region.clone(),
-            endpoint: args.s3_endpoint.clone(),
-            access_key_id: key(&args.s3_access_key_id, "AWS_ACCESS_KEY_ID")?,
-            secret_access_key: key(&args.s3_secret_access_key, "AWS_SECRET_ACCESS_KEY")?,
-            allow_http: args.s3_endpoint.as_deref().is_some_and(|e| e.starts_with("http://")),
-        });
+    if let Some(s3) = args.s3.config()? {
+        outbox.recordings = RecordingStore::S3(s3);
     }
     if let Some((base_url, fleet_token)) = api {
         config.bots.api = Some(ApiLink { base_url: base_url.clone(), fleet_token: fleet_token.clone() });
@@ -668,14 +705,16 @@ fn main() -> anyhow::Result<()> {
             stop_engine(engine, outbox, drain);
             Ok(())
         }
-        Command::Api { listen, public_url, data, sim, egress } => tokio_runtime()?.block_on(async {
+        Command::Api { listen, public_url, secure_cookies, recordings_dir, s3, data, sim, egress } => tokio_runtime()?.block_on(async {
             let mut config = data.api_config(listen, egress.policy());
             config.allow_ws_hosts = egress.allow_ws_hosts;
+            config.secure_cookies = secure_cookies;
+            config.recordings = s3.recordings(recordings_dir.unwrap_or_else(|| data_dir(data.data_dir.as_ref())))?;
             let api = ApiServer::start(config).await?;
             let public_url = public_url.unwrap_or_else(|| format!("http://{}", api.local_addr()));
             let shared = telephony(api.state().db.clone(), public_url, &sim, egress.policy(), api.state().secrets.clone(), None, None)?;
             api.attach_telephony(Arc::new(DiallerTelephony(shared)));
-            say!("CX Bridge API on http://{}  (OpenAPI: /v1/openapi.json)", api.local_addr());
+            say!("CX Bridge API on http://{}  (console: /, OpenAPI: /v1/openapi.json)", api.local_addr());
             let _ = std::io::stdout().flush();
             stop_signal().await?;
             api.shutdown().await;
@@ -786,7 +825,10 @@ fn up(listen: SocketAddr, api_listen: SocketAddr, sip: SocketAddr, webrtc_advert
         // Webhooks to local receivers and self-hosted services on this host keep working.
         // One recorder for the API and the dialler, installed before either counts anything.
         cxb_control_plane::metrics::install();
-        let api = ApiServer::start(data.api_config(api_listen, EgressPolicy::with_loopback())).await.context("starting the API")?;
+        let mut config = data.api_config(api_listen, EgressPolicy::with_loopback());
+        // The engine below keeps its recordings in the data directory (or the bucket).
+        config.recordings = results.s3.recordings(data_dir(data.data_dir.as_ref()))?;
+        let api = ApiServer::start(config).await.context("starting the API")?;
         let db = &api.state().db;
         let now = SystemClock.now_ms();
         let first = if admin::org_count(db).await? == 0 {
@@ -815,6 +857,7 @@ fn up(listen: SocketAddr, api_listen: SocketAddr, sip: SocketAddr, webrtc_advert
         let outbox = wire_results(&mut config, results, &dir, Some((api_url.clone(), token.clone())))?;
         let engine = Engine::start(config).context("starting the engine")?;
         print_welcome(&engine);
+        say!("  console     {api_url}/   (sign in with the admin below)");
         say!("  API         {api_url}   (OpenAPI: {api_url}/v1/openapi.json)");
         say!("  database    {database}");
         say!("  dialler     {} (carrier: the built-in simulator unless settings name one)", dialler.id());

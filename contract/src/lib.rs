@@ -19,6 +19,7 @@ pub mod call_token;
 pub mod carrier;
 pub mod egress;
 pub mod fleet;
+pub mod http;
 pub mod ids;
 pub mod phone;
 pub mod result;

@@ -137,16 +137,18 @@ pub(crate) async fn get(State(s): State<AppState>, caller: Caller, Path(id): Pat
 
 #[derive(Debug, Deserialize)]
 pub(crate) struct CallQuery {
-    limit: Option<u32>,
-    cursor: Option<String>,
+    pub(crate) limit: Option<u32>,
+    pub(crate) cursor: Option<String>,
     /// Calls started at or after (RFC 3339).
-    since: Option<String>,
+    pub(crate) since: Option<String>,
     /// Calls started before (RFC 3339).
-    until: Option<String>,
-    campaign_id: Option<String>,
-    bot_id: Option<String>,
-    outcome: Option<String>,
-    direction: Option<String>,
+    pub(crate) until: Option<String>,
+    pub(crate) campaign_id: Option<String>,
+    pub(crate) bot_id: Option<String>,
+    pub(crate) outcome: Option<String>,
+    pub(crate) direction: Option<String>,
+    /// Calls from or to this number.
+    pub(crate) number: Option<String>,
 }
 
 /// Newest first; the cursor is `started_at ms:id` of the last call shown.
@@ -163,6 +165,9 @@ pub(crate) async fn list(State(s): State<AppState>, caller: Caller, Query(q): Qu
         if let Some(v) = v {
             f.and(clause, [Arg::Text(v)]);
         }
+    }
+    if let Some(n) = q.number {
+        f.and(" AND (from_number = ? OR to_number = ?)", [Arg::Text(n.clone()), Arg::Text(n)]);
     }
     if let Some(t) = &q.since {
         f.and(" AND started_at >= ?", [Arg::Int(time("since", t)?)]);

@@ -14,6 +14,7 @@ pub mod calls;
 mod campaigns;
 pub mod client;
 pub mod clock;
+mod console;
 pub mod db;
 pub mod egress;
 pub mod secrets;
@@ -23,6 +24,8 @@ pub mod fleet;
 mod knowledge;
 pub mod metrics;
 pub mod model;
+mod overview;
+pub mod recordings;
 mod resources;
 mod routes;
 mod server;
@@ -98,6 +101,11 @@ pub struct ApiConfig {
     pub widget_sessions_per_minute: usize,
     /// Let engine hosts advertise plain `ws://` to hosts that are not loopback.
     pub allow_ws_hosts: bool,
+    /// Where call recordings are read from (`GET /v1/calls/{id}/recording`).
+    pub recordings: recordings::RecordingsConfig,
+    /// Mark the console's session cookie `Secure` (the API is reached over HTTPS, usually
+    /// through a proxy that terminates TLS).
+    pub secure_cookies: bool,
     pub clock: Arc<dyn Clock>,
 }
 
@@ -126,6 +134,8 @@ impl ApiConfig {
             secret_key_file: secrets::key_file(&database, std::path::Path::new(".")),
             widget_sessions_per_minute: 10,
             allow_ws_hosts: false,
+            recordings: recordings::RecordingsConfig::default(),
+            secure_cookies: false,
             database,
             clock: Arc::new(SystemClock),
         }
@@ -153,6 +163,8 @@ pub struct Inner {
     /// The dialler's side of `POST /v1/calls` and the carriers' webhooks, attached after start
     /// ([`ApiServer::attach_telephony`]); unset, those routes answer 503.
     pub telephony: std::sync::OnceLock<Arc<dyn telephony::Telephony>>,
+    /// Where recordings are read from.
+    pub(crate) recordings: recordings::Stores,
 }
 
 impl std::ops::Deref for AppState {
@@ -211,6 +223,7 @@ impl ApiServer {
             secrets: Arc::new(secrets),
             webhook_slots: webhooks::Slots::new(config.webhook_concurrency, config.webhook_per_org),
             telephony: std::sync::OnceLock::new(),
+            recordings: recordings::Stores::open(&config.recordings).context("opening the recording stores")?,
             config,
         }));
         let app = server::app(state.clone());

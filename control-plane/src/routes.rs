@@ -696,6 +696,14 @@ impl Doc {
         self.responses.push((204, "Done", None));
         self
     }
+    /// A WAV file, whole or the byte range asked for (`Range`).
+    fn wav(mut self) -> Doc {
+        let wav = json!({ "type": "string", "format": "binary" });
+        self.responses.push((200, "The recording (WAV)", Some(("audio/wav", wav.clone()))));
+        self.responses.push((206, "The byte range the `Range` header asked for, with `Content-Range`", Some(("audio/wav", wav))));
+        self.responses.push((416, "The range starts past the end; `Content-Range: bytes */SIZE` says the size", None));
+        self
+    }
     fn text(mut self) -> Doc {
         self.responses.push((200, "Plain text", Some(("text/plain", json!({ "type": "string" })))));
         self
@@ -923,16 +931,31 @@ pub(crate) fn build() -> Routes {
         crate::attempts::stats,
         Doc::user("campaigns", "The campaign's statistics: attempts by outcome, live calls, durations, answer-to-first-audio").ok(obj()),
     );
-    let calls = Doc::user("calls", "Call records, newest first (filters: since, until, campaign_id, bot_id, outcome, direction)")
+    let calls = Doc::user("calls", "Call records, newest first (filters: since, until, campaign_id, bot_id, outcome, direction, number)")
         .list(obj())
         .query("since", "Calls started at or after (RFC 3339)", no_control(0))
         .query("until", "Calls started before (RFC 3339)", no_control(0))
         .query("campaign_id", "Calls of this campaign", no_control(0))
         .query("bot_id", "Calls of this bot", no_control(0))
         .query("outcome", "Calls that ended so", no_control(0))
-        .query("direction", "`inbound` or `outbound`", no_control(0));
+        .query("direction", "`inbound` or `outbound`", no_control(0))
+        .query("number", "Calls from or to this number", no_control(0));
     r.add("GET", "/v1/calls", calls::list, calls);
     r.add("GET", "/v1/calls/{id}", calls::get, Doc::user("calls", "One call record").ok(obj()));
+    r.add(
+        "GET",
+        "/v1/calls/{id}/recording",
+        crate::recordings::get,
+        Doc::user("calls", "The call's recording (WAV), streamed; `Range` requests answer 206 so players can seek")
+            .wav()
+            .err_says(404, "No such call, or it has no recording this API can read (`not_found`)"),
+    );
+    r.add(
+        "GET",
+        "/v1/overview",
+        crate::overview::get,
+        Doc::user("calls", "What operators look at first: calls live now, today's calls and answer rate, running campaigns with progress, recent failures; for admins the fleet's capacity").ok(obj()),
+    );
 
     named::<Settings>(&mut r.schemas);
     r.add("GET", "/v1/settings", settings::get, Doc::user("settings", "Organization settings (secrets as names only)").ok(doc("SettingsView")));

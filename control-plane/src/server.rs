@@ -47,6 +47,7 @@ pub(crate) fn app(state: AppState) -> Router {
     });
     routes::build()
         .router
+        .merge(crate::console::router())
         .layer(from_fn_with_state(limits.clone(), deadline))
         .layer(from_fn_with_state(limits, admit))
         .layer(from_fn(metrics::track))
