@@ -29,7 +29,7 @@ fn time(field: &str, t: &str) -> ApiResult<i64> {
 /// Stores a result once; the second delivery of the same call id answers 200 `duplicate`. A
 /// result outside [`bounds`] answers 422 naming the field, which the engine's outbox treats as
 /// final (the entry goes to its `dead/` folder) instead of retrying it.
-pub(crate) async fn post_result(State(s): State<AppState>, _fleet: Fleet, Body(r): Body<CallResult>) -> ApiResult<(StatusCode, Json<Value>)> {
+pub(crate) async fn post_result(State(s): State<AppState>, _fleet: Fleet, Body(mut r): Body<CallResult>) -> ApiResult<(StatusCode, Json<Value>)> {
     check_result(&r)?;
     let org = match (&r.bot_id, &r.org_id) {
         (Some(bot), given) => {
@@ -46,6 +46,7 @@ pub(crate) async fn post_result(State(s): State<AppState>, _fleet: Fleet, Body(r
         }
         (None, None) => return Err(ApiError::invalid("bot_id", "a bot_id or an org_id is required")),
     };
+    crate::analytics::price(&s, &org, &mut r).await?;
     let started = time("started_at", &r.started_at)?;
     let answered = r.answered_at.as_deref().map(|t| time("answered_at", t)).transpose()?;
     let ended = r.ended_at.as_deref().map(|t| time("ended_at", t)).transpose()?;
@@ -56,6 +57,9 @@ pub(crate) async fn post_result(State(s): State<AppState>, _fleet: Fleet, Body(r
     // A call the dialler placed already has its row: the result is merged into it.
     let value = serde_json::to_value(&r).map_err(ApiError::internal)?;
     if let Some(merged) = crate::attempts::merge_result(&mut tx, r.call_id.as_str(), &org, &value, now).await? {
+        if merged {
+            crate::analytics::record(&mut tx, &org, &r).await?;
+        }
         tx.commit().await?;
         let status = if merged { StatusCode::CREATED } else { StatusCode::OK };
         return Ok((status, Json(json!({ "call_id": r.call_id, "duplicate": !merged }))));
@@ -86,6 +90,7 @@ pub(crate) async fn post_result(State(s): State<AppState>, _fleet: Fleet, Body(r
         tx.rollback().await?;
         return Ok((StatusCode::OK, Json(json!({ "call_id": r.call_id, "duplicate": true }))));
     }
+    crate::analytics::record(&mut tx, &org, &r).await?;
     let record = fetch(&mut tx, &org, r.call_id.as_str()).await?;
     crate::webhooks::enqueue(&mut tx, &org, "call.completed", r.call_id.as_str(), &record, now).await?;
     tx.commit().await?;

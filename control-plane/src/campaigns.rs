@@ -197,31 +197,39 @@ pub(crate) struct ImportQuery {
 /// `POST /v1/campaigns/{id}/contacts/import` with a `text/csv` body.
 pub(crate) async fn import(State(s): State<AppState>, caller: Caller, Path(campaign): Path<String>, Query(q): Query<ImportQuery>, req: Request) -> ApiResult<Json<Value>> {
     caller.require(Role::Operator)?;
-    let cc = open_campaign(&s, &caller.org_id, &campaign).await?;
-    let cc = q.default_country_code.or(cc);
+    open_campaign(&s, &caller.org_id, &campaign).await?;
     let bytes = body_bytes(req, &s, "text/csv").await?;
+    import_file(&s, &caller, &campaign, q.default_country_code, &bytes).await.map(Json)
+}
+
+/// Imports a CSV file's contacts into a campaign (the import route's work, also the console's
+/// upload): the report of what was imported, merged and refused, row by row.
+pub(crate) async fn import_file(s: &AppState, caller: &Caller, campaign: &str, country_code: Option<String>, bytes: &[u8]) -> ApiResult<Value> {
+    caller.require(Role::Operator)?;
+    let cc = open_campaign(s, &caller.org_id, campaign).await?;
+    let cc = country_code.filter(|c| !c.is_empty()).or(cc);
     // A NUL would reach a text column, which PostgreSQL refuses (500): refuse the file instead.
     if bytes.contains(&0) {
         return Err(ApiError::invalid("file", "the file holds NUL bytes; is it a spreadsheet rather than CSV?"));
     }
-    let report = import_csv(&bytes, cc.as_deref()).map_err(|e| ApiError::invalid("file", e.to_string()))?;
+    let report = import_csv(bytes, cc.as_deref()).map_err(|e| ApiError::invalid("file", e.to_string()))?;
     let (mut inserted, mut updated) = (0u64, 0u64);
     let now = s.now();
     let mut tx = s.db.begin().await?;
     for contact in report.contacts {
-        match save_contact(&mut tx, &caller.org_id, &campaign, contact, now).await?.1 {
+        match save_contact(&mut tx, &caller.org_id, campaign, contact, now).await?.1 {
             Saved::Inserted => inserted += 1,
             Saved::Merged => updated += 1,
         }
     }
     tx.commit().await?;
-    Ok(Json(json!({
+    Ok(json!({
         "imported": inserted,
         "updated": updated,
         "merged_in_file": report.merged,
         "rejected": report.rejected,
         "truncated": report.truncated,
-    })))
+    }))
 }
 
 #[derive(Debug, Deserialize)]

@@ -7,6 +7,7 @@
 //! from another organization answers 404 exactly as an unknown id does.
 
 pub mod admin;
+mod analytics;
 pub mod attempts;
 pub mod auth;
 pub mod call_tokens;

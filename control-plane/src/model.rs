@@ -801,6 +801,16 @@ pub struct Settings {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(max_length = 2048)]
     pub webhook_url: Option<String>,
+    /// Unit prices by provider and cost item, e.g. `{"deepgram": {"stt_audio": 0.0000717}}`
+    /// (per second of audio); a call's cost lines get their amounts from them when its result
+    /// arrives. Items: `stt_audio` (second), `llm_prompt_tokens`, `llm_completion_tokens`
+    /// (token), `tts_characters` (character).
+    #[serde(default)]
+    pub prices: BTreeMap<String, BTreeMap<String, f64>>,
+    /// The currency of `prices` (ISO 4217, e.g. `USD`, the default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(pattern = "^[A-Z]{3}$")]
+    pub currency: Option<String>,
 }
 
 impl Settings {
@@ -818,6 +828,23 @@ impl Settings {
         }
         if let Some(url) = &self.carrier.api_base {
             check_url("carrier.api_base", url, &["http", "https"])?;
+        }
+        if self.prices.len() > 100 || self.prices.values().any(|p| p.len() > 20) {
+            return Err(ApiError::invalid("prices", "at most 100 providers of 20 items"));
+        }
+        for (provider, items) in &self.prices {
+            for (item, price) in items {
+                let name_ok = |n: &str| !n.is_empty() && n.len() <= 64 && n.bytes().all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b));
+                if !name_ok(provider) || !name_ok(item) {
+                    return Err(ApiError::invalid(format!("prices.{provider}"), "provider and item names of 1 to 64 letters, digits, '_', '-' or '.'"));
+                }
+                if !price.is_finite() || *price < 0.0 {
+                    return Err(ApiError::invalid(format!("prices.{provider}.{item}"), "a price of zero or more"));
+                }
+            }
+        }
+        if self.currency.as_deref().is_some_and(|c| c.len() != 3 || !c.bytes().all(|b| b.is_ascii_uppercase())) {
+            return Err(ApiError::invalid("currency", "an ISO 4217 code such as USD"));
         }
         if self.carrier.provider == CarrierKind::Sip {
             let Some(trunk) = &self.carrier.sip else {

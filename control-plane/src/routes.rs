@@ -952,6 +952,14 @@ pub(crate) fn build() -> Routes {
     );
     r.add(
         "GET",
+        "/v1/analytics",
+        crate::analytics::get,
+        Doc::user("calls", "Calls and outcomes per day, answer rate, answer-to-first-audio and turn latency percentiles, cost by provider per day")
+            .ok(obj())
+            .query("days", "Days back from today (UTC), today included: 1 to 90 (default 14)", json!({ "type": "integer", "minimum": 1, "maximum": 90 })),
+    );
+    r.add(
+        "GET",
         "/v1/overview",
         crate::overview::get,
         Doc::user("calls", "What operators look at first: calls live now, today's calls and answer rate, running campaigns with progress, recent failures; for admins the fleet's capacity").ok(obj()),

@@ -22,7 +22,7 @@ use crate::{AppState, metrics, routes};
 
 /// Routes that take large uploads (CSV contact imports, up to 32 MiB): their deadline is
 /// [`crate::ApiConfig::upload_timeout`] instead of [`crate::ApiConfig::request_timeout`].
-pub(crate) const UPLOADS: &[&str] = &["/v1/campaigns/{id}/contacts/import"];
+pub(crate) const UPLOADS: &[&str] = &["/v1/campaigns/{id}/contacts/import", "/campaigns/{id}/import"];
 
 /// Routes outside the in-flight limit: liveness probes and metric scrapes must keep answering
 /// while the API is saturated (a probe that fails then would restart a server that is only

@@ -11,7 +11,7 @@ use crate::error::{ApiError, ApiResult};
 use crate::extract::{JsonObject, typed};
 use crate::model::{self, Settings};
 
-async fn load(s: &AppState, org: &str) -> ApiResult<(Value, i64)> {
+pub(crate) async fn load(s: &AppState, org: &str) -> ApiResult<(Value, i64)> {
     let row: Option<(String, i64)> =
         sqlx::query_as("SELECT body, updated_at FROM settings WHERE org_id = $1").bind(org).fetch_optional(&s.db).await?;
     match row {
@@ -23,6 +23,8 @@ async fn load(s: &AppState, org: &str) -> ApiResult<(Value, i64)> {
 fn view(mut doc: Value, at: i64) -> Value {
     model::redact(&mut doc);
     if let Value::Object(map) = &mut doc {
+        // Settings stored before prices existed show an empty price list.
+        map.entry("prices").or_insert_with(|| json!({}));
         map.insert("updated_at".into(), if at == 0 { Value::Null } else { json!(rfc3339(at)) });
     }
     doc

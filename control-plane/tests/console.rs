@@ -393,3 +393,165 @@ async fn calls_show_their_transcript_latency_and_recording_with_ranges() {
     let (_, home) = me.get("/").await;
     assert!(home.contains("/calls/CA2\"") && home.contains("caller hangup"));
 }
+
+/// A multipart form body as a browser sends a file upload.
+fn multipart(fields: &[(&str, &str)], file: &[u8]) -> (String, Vec<u8>) {
+    let boundary = "----cxbconsoletest7d3f";
+    let mut body = Vec::new();
+    for (k, v) in fields {
+        body.extend_from_slice(format!("--{boundary}\r\nContent-Disposition: form-data; name=\"{k}\"\r\n\r\n{v}\r\n").as_bytes());
+    }
+    body.extend_from_slice(format!("--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"contacts.csv\"\r\nContent-Type: text/csv\r\n\r\n").as_bytes());
+    body.extend_from_slice(file);
+    body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+    (format!("multipart/form-data; boundary={boundary}"), body)
+}
+
+#[tokio::test]
+async fn a_campaign_is_built_fed_a_csv_with_a_bad_row_and_started_from_the_console() {
+    let api = Api::start().await;
+    let token = api.org("Acme").await;
+    let asst = api.post("/v1/ai-assistants", &token, json!({"name": "Agent", "kind": "websocket", "bot_id": "echo"})).await.body["id"].as_str().unwrap().to_string();
+    let me = Browser::sign_in(&api, "admin@acme.example", "a long enough password").await;
+    let csrf = me.csrf().await;
+
+    let (status, page) = me.get("/campaigns/new").await;
+    assert_eq!(status, 200);
+    assert!(page.contains(&format!("value=\"ai_assistant:{asst}\"")) && page.contains("Assistant: Agent"), "the routing targets are offered");
+    let route = format!("ai_assistant:{asst}");
+    let fields = [
+        ("_csrf", csrf.as_str()),
+        ("name", "Renewals"),
+        ("route", route.as_str()),
+        ("caller_ids", "+1 415 555 0100\n"),
+        ("cac", "3"),
+        ("cps", "0.5"),
+        ("time_zone", "America/New_York"),
+        ("contact_local_time", "on"),
+        ("w0_mon", "on"),
+        ("w0_tue", "on"),
+        ("w0_start", "09:00"),
+        ("w0_end", "17:30"),
+        ("max_attempts", "2"),
+        ("backoff_seconds", "60"),
+        ("backoff_multiplier", "2"),
+        ("max_backoff_seconds", "600"),
+        ("retry_busy", "on"),
+        ("amd_action", "hangup"),
+    ];
+    let mut bad = fields.to_vec();
+    bad.retain(|(k, _)| *k != "time_zone");
+    bad.push(("time_zone", "Mars/Olympus"));
+    let (status, page, _) = me.post("/campaigns/new", &bad).await;
+    assert_eq!(status, 422);
+    assert!(page.contains("an IANA time zone") && page.contains("value=\"Mars/Olympus\""), "the form comes back as typed");
+
+    let (status, _, location) = me.post("/campaigns/new", &fields).await;
+    assert_eq!(status, 303);
+    let id = location.unwrap().trim_start_matches("/campaigns/").split('?').next().unwrap().to_string();
+    let c = api.get(&format!("/v1/campaigns/{id}"), &token).await.body;
+    assert_eq!(c["caller_ids"], json!(["+14155550100"]));
+    assert_eq!(c["schedule"]["windows"], json!([{"days": ["mon", "tue"], "start": "09:00", "end": "17:30"}]));
+    assert_eq!(c["retry"]["retry_on"], json!(["busy"]));
+    assert_eq!((c["cac"].as_u64(), c["cps"].as_f64()), (Some(3), Some(0.5)));
+
+    // The import: one good row, one bad; the report names the bad row and why.
+    let csv = b"phone,name\n+14155550123,Ada\nnot a number,Bob\n";
+    let (content_type, body) = multipart(&[("_csrf", &csrf)], csv);
+    let r = client()
+        .post(format!("{}/campaigns/{id}/import", api.base))
+        .header(COOKIE, &me.cookie)
+        .header("content-type", &content_type)
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let page = r.text().await.unwrap();
+    assert!(page.contains("<b>1</b> new contacts"), "{page}");
+    assert!(page.contains("<tr><td>3</td><td>"), "row 3 (the header is row 1) is rejected");
+    assert!(page.contains("+14155550123"), "the contact is listed");
+    let (content_type, body) = multipart(&[], csv);
+    let r = client().post(format!("{}/campaigns/{id}/import", api.base)).header(COOKIE, &me.cookie).header("content-type", &content_type).body(body).send().await.unwrap();
+    assert_eq!(r.status(), 403, "an upload without the form token");
+
+    let (status, _, location) = me.post(&format!("/campaigns/{id}/action"), &[("_csrf", &csrf), ("action", "start")]).await;
+    assert_eq!((status, location.unwrap()), (303, format!("/campaigns/{id}?notice=start")));
+    assert_eq!(api.get(&format!("/v1/campaigns/{id}"), &token).await.body["state"], "ACTIVE");
+    let (_, page) = me.get(&format!("/campaigns/{id}")).await;
+    assert!(page.contains("id=\"action-pause\"") && !page.contains("id=\"action-start\""), "an active campaign offers pause, not start");
+    assert!(page.contains("data-live") && page.contains("<svg class=\"bars\""), "the live region and the outcome chart");
+    let (status, page, _) = me.post(&format!("/campaigns/{id}/action"), &[("_csrf", &csrf), ("action", "resume")]).await;
+    assert_eq!(status, 409, "resume an active campaign");
+    assert!(page.contains("cannot resume a ACTIVE campaign"), "{page}");
+    let (_, list) = me.get("/campaigns").await;
+    assert!(list.contains("Renewals") && list.contains("pill active") && list.contains("Assistant: Agent"));
+
+    // The do-not-call list.
+    let (status, _, location) = me.post("/dnc", &[("_csrf", &csrf), ("phone", "+1 415 555 0199"), ("note", "asked")]).await;
+    assert_eq!((status, location.as_deref()), (303, Some("/dnc?notice=dnc_added")));
+    let (_, page) = me.get("/dnc").await;
+    assert!(page.contains("+14155550199") && page.contains("asked"));
+    let (status, page, _) = me.post("/dnc", &[("_csrf", &csrf), ("phone", "12")]).await;
+    assert_eq!(status, 422);
+    assert!(page.contains("phone:"));
+    let dnc = api.get("/v1/dnc", &token).await.body["items"][0]["id"].as_str().unwrap().to_string();
+    assert_eq!(me.post("/dnc", &[("_csrf", &csrf), ("remove", &dnc)]).await.0, 303);
+    assert_eq!(api.get("/v1/dnc", &token).await.body["items"], json!([]));
+}
+
+#[tokio::test]
+async fn results_are_priced_from_settings_and_analytics_adds_them_up_by_day_and_provider() {
+    let api = Api::start().await;
+    let token = api.org("Acme").await;
+    let org = api.get("/v1/me", &token).await.body["org"]["id"].as_str().unwrap().to_string();
+    let fleet = api.fleet_token().await;
+    let bad = api.patch("/v1/settings", &token, json!({"prices": {"deepgram": {"stt_audio": -1}}})).await;
+    assert_eq!((bad.status, bad.body["error"]["field"].as_str()), (422, Some("prices.deepgram.stt_audio")));
+    let set = api.patch("/v1/settings", &token, json!({"currency": "EUR", "prices": {"deepgram": {"stt_audio": 0.01}, "openai": {"llm_prompt_tokens": 0.001}}})).await;
+    assert_eq!(set.status, 200, "{}", set.body);
+
+    for (id, day, outcome, turn) in [("C1", "2026-09-21T09:00:00Z", "completed", 500), ("C2", "2026-09-21T11:00:00Z", "completed", 900), ("C3", "2026-09-20T11:00:00Z", "no_answer", 0)] {
+        let mut r = result(id, outcome, "+14155550123", None);
+        r["org_id"] = json!(org);
+        r["started_at"] = json!(day);
+        if outcome != "completed" {
+            r.as_object_mut().unwrap().remove("answered_at");
+        }
+        r["costs"] = json!([
+            {"item": "stt_audio", "quantity": 60, "unit": "second"},
+            {"item": "llm_prompt_tokens", "quantity": 1000, "unit": "token"},
+            {"item": "tts_characters", "quantity": 100, "unit": "character"},
+        ]);
+        r["metrics"]["providers"] = json!({"stt": "deepgram", "llm": "openai", "tts": "espeak"});
+        r["metrics"]["turn_latency_ms"] = json!([{"final_transcript_ms": 100, "first_token_ms": 200, "first_audio_ms": 300, "first_frame_ms": turn}]);
+        r["metrics"]["answer_to_first_audio_ms"] = json!(turn + 100);
+        assert_eq!(api.post("/v1/runtime/results", &fleet, r).await.status, 201);
+    }
+    let call = api.get("/v1/calls/C1", &token).await.body;
+    assert_eq!(call["costs"][0]["amount"].as_f64(), Some(0.6), "60 s at 0.01");
+    assert_eq!(call["costs"][0]["currency"], "EUR");
+    assert_eq!(call["costs"][2]["amount"].as_f64(), Some(0.0), "no price for espeak");
+
+    let a = api.get("/v1/analytics?days=7", &token).await.body;
+    let days = a["days"].as_array().unwrap();
+    assert_eq!(days.len(), 7);
+    let today = &days[6];
+    assert_eq!(today["day"], "2026-09-21");
+    assert_eq!((today["calls"].as_i64(), today["answered"].as_i64()), (Some(2), Some(2)));
+    assert_eq!(today["cost"]["deepgram"].as_f64(), Some(1.2));
+    assert_eq!(today["cost"]["openai"].as_f64(), Some(2.0));
+    assert_eq!(days[5]["outcomes"]["no_answer"], 1);
+    assert_eq!(a["turn_latency_ms"]["p50"], 500);
+    assert_eq!(a["turn_latency_ms"]["p99"], 900);
+    assert_eq!(a["answer_to_first_audio_ms"]["p50"], 600);
+    assert_eq!(a["cost"]["currency"], "EUR");
+    assert_eq!(api.get("/v1/analytics?days=91", &token).await.status, 422);
+
+    let me = Browser::sign_in(&api, "admin@acme.example", "a long enough password").await;
+    let (status, page) = me.get("/analytics?days=7").await;
+    assert_eq!(status, 200);
+    assert!(page.contains("<title>09-21 deepgram: 1.2</title>"), "the cost chart has the day's deepgram column");
+    assert!(page.contains("500 ms · p95 900 ms"), "turn latency percentiles");
+    assert!(page.contains("4.80 EUR") || page.contains("4.8"), "the total cost");
+}

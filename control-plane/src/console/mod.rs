@@ -12,8 +12,11 @@
 //! session's token and is refused without it, or when the browser says it came from another
 //! origin.
 
+mod analytics;
 mod bots;
 mod calls;
+mod campaigns;
+mod charts;
 mod home;
 
 use askama::Template;
@@ -34,6 +37,10 @@ use crate::db::token_hash;
 use crate::error::ApiError;
 use crate::extract::Body;
 
+/// The largest contact file an import takes (as `POST /v1/campaigns/{id}/contacts/import`),
+/// with room for the multipart framing.
+const UPLOAD_LIMIT: usize = (32 << 20) + (64 << 10);
+
 /// The cookie holding the session token.
 const COOKIE: &str = "cxb_session";
 
@@ -52,6 +59,14 @@ pub(crate) fn router() -> Router<AppState> {
         .route("/bots/new", get(bots::new_page).post(bots::create))
         .route("/bots/{id}", get(bots::page).post(bots::save))
         .route("/bots/{id}/delete", post(bots::delete))
+        .route("/campaigns", get(campaigns::list))
+        .route("/campaigns/new", get(campaigns::new_page).post(campaigns::create))
+        .route("/campaigns/{id}", get(campaigns::page))
+        .route("/campaigns/{id}/edit", get(campaigns::edit_page).post(campaigns::save))
+        .route("/campaigns/{id}/action", post(campaigns::act))
+        .route("/campaigns/{id}/import", post(campaigns::import).layer(axum::extract::DefaultBodyLimit::max(UPLOAD_LIMIT)))
+        .route("/dnc", get(campaigns::dnc).post(campaigns::dnc_change))
+        .route("/analytics", get(analytics::page))
 }
 
 /// What every page's frame shows: who is signed in, where, and what they may do.
