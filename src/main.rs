@@ -357,9 +357,10 @@ impl S3Args {
 }
 
 /// The engine's durable outbox as the engine sees it: AI calls are admitted while it can
-/// write, and their recordings stream into it as the calls go.
+/// write, and their recordings stream into it as the calls go. Handoffs to the Agent Desk go to
+/// a second outbox of their own (`DATA_DIR/handoffs`), when there is an API to deliver to.
 #[derive(Debug)]
-struct OutboxSink(OutboxHandle);
+struct OutboxSink(OutboxHandle, Option<OutboxHandle>);
 
 /// A result as the outbox stores it and the API takes it (a typed result always serializes).
 fn result_json(result: &CallResult) -> serde_json::Value {
@@ -377,6 +378,10 @@ impl ResultSink for OutboxSink {
 
     fn submit_record(&self, url: &str, body: serde_json::Value) -> Option<flume::Receiver<Result<(), String>>> {
         Some(self.0.submit_record(url.to_string(), body))
+    }
+
+    fn submit_handoff(&self, handoff: serde_json::Value) -> Option<flume::Receiver<Result<(), String>>> {
+        self.1.as_ref().map(|h| h.submit_plain(handoff, None))
     }
 
     fn gauges(&self) -> Vec<(&'static str, &'static str, u64)> {
@@ -420,19 +425,27 @@ fn wire_results(config: &mut EngineConfig, args: &ResultArgs, data: &std::path::
     if let Some(s3) = args.s3.config()? {
         outbox.recordings = RecordingStore::S3(s3);
     }
+    let mut handoffs = None;
     if let Some((base_url, fleet_token)) = api {
         config.bots.api = Some(ApiLink { base_url: base_url.clone(), fleet_token: fleet_token.clone() });
+        let mut desk = OutboxConfig::new(data);
+        desk.dir = data.join("handoffs");
+        desk.endpoint = "/v1/runtime/handoffs".into();
+        desk.api = Some(ApiTarget { base_url: base_url.clone(), fleet_token: fleet_token.clone() });
+        handoffs = Some(Outbox::start(desk).context("starting the handoff outbox")?);
         outbox.api = Some(ApiTarget { base_url, fleet_token });
     }
     let (handle, guard) = Outbox::start(outbox).context("starting the result outbox")?;
-    config.results = Some(Arc::new(OutboxSink(handle.clone())));
-    Ok(Results { handle, guard })
+    config.results = Some(Arc::new(OutboxSink(handle.clone(), handoffs.as_ref().map(|(h, _)| h.clone()))));
+    Ok(Results { handle, guard, handoffs })
 }
 
 /// The running outbox: its handle (for its counters) and the guard that keeps its threads.
 struct Results {
     handle: OutboxHandle,
     guard: OutboxGuard,
+    /// The Agent Desk's outbox, with an API.
+    handoffs: Option<(OutboxHandle, OutboxGuard)>,
 }
 
 impl Results {
@@ -440,7 +453,8 @@ impl Results {
     /// not delivered stays on disk for the next start.
     fn finish(self, within: Duration) {
         let deadline = std::time::Instant::now() + within;
-        while self.handle.stats().pending > 0 && std::time::Instant::now() < deadline {
+        let pending = || self.handle.stats().pending + self.handoffs.as_ref().map_or(0, |(h, _)| h.stats().pending);
+        while pending() > 0 && std::time::Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(50));
         }
         let pending = self.handle.stats().pending;
@@ -448,6 +462,7 @@ impl Results {
             tracing::warn!(pending, "call results stay in the outbox for the next start");
         }
         drop(self.guard);
+        drop(self.handoffs);
     }
 }
 

@@ -105,6 +105,10 @@ pub enum ToolKind {
     /// Press keys (DTMF) on the call, to navigate a phone menu: RFC 4733 events where the
     /// call negotiated them (SIP), tones in the audio otherwise.
     SendDtmf,
+    /// Hand the caller to people (the Agent Desk): the reason, a summary and the transcript so
+    /// far go to the desk; with `transfer_to` the call is then transferred there, else the bot
+    /// tells the caller someone will follow up.
+    Handoff,
     /// A custom HTTP tool.
     Http,
 }
@@ -118,6 +122,7 @@ impl ToolKind {
             ToolKind::DetectedVoicemail => "detected_voicemail",
             ToolKind::SearchKnowledge => "search_knowledge",
             ToolKind::SendDtmf => "send_dtmf",
+            ToolKind::Handoff => "handoff",
             ToolKind::Http => "http",
         }
     }
@@ -153,7 +158,7 @@ pub struct Tool {
     /// HTTP tools: 100 to 30,000 (default 5,000).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout_ms: Option<u32>,
-    /// `transfer_call`: the default destination, a number or SIP URI.
+    /// `transfer_call`, `handoff`: the default destination, a number or SIP URI.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub transfer_to: Option<String>,
 }

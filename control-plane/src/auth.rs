@@ -27,6 +27,8 @@ use crate::AppState;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Role {
+    /// Works the Agent Desk only: reads and resolves handoffs, nothing else.
+    Agent,
     /// Reads everything in the organization.
     Viewer,
     /// Also changes bots, campaigns, contacts, routing targets, DNC and webhooks.
@@ -38,6 +40,7 @@ pub enum Role {
 impl Role {
     pub fn as_str(self) -> &'static str {
         match self {
+            Role::Agent => "agent",
             Role::Viewer => "viewer",
             Role::Operator => "operator",
             Role::Admin => "admin",
@@ -46,6 +49,7 @@ impl Role {
 
     pub fn parse(s: &str) -> Option<Role> {
         match s {
+            "agent" => Some(Role::Agent),
             "viewer" => Some(Role::Viewer),
             "operator" => Some(Role::Operator),
             "admin" => Some(Role::Admin),
@@ -176,7 +180,19 @@ impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> ApiResult<Caller> {
-        let token = bearer(&parts.headers)?;
+        let caller = Caller::of_token(bearer(&parts.headers)?, state).await?;
+        // Agents work the Agent Desk and nothing else: every other route refuses them.
+        let path = parts.uri.path();
+        if caller.role == Role::Agent && !(path.starts_with("/v1/handoffs") || path == "/v1/me" || path == "/v1/auth/logout") {
+            return Err(ApiError::forbidden("the agent role reaches only the Agent Desk (/v1/handoffs)"));
+        }
+        Ok(caller)
+    }
+}
+
+impl Caller {
+    /// The caller a session token or API key stands for.
+    async fn of_token(token: &str, state: &AppState) -> ApiResult<Caller> {
         let now = state.now();
         let hash = token_hash(token);
         if token.starts_with("cxs_") {

@@ -27,6 +27,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     (9, "fleet_scopes", include_str!("../migrations/0009_fleet_scopes.sql")),
     (10, "phone_numbers", include_str!("../migrations/0010_phone_numbers.sql")),
     (11, "analytics", include_str!("../migrations/0011_analytics.sql")),
+    (12, "handoffs", include_str!("../migrations/0012_handoffs.sql")),
 ];
 
 /// Opens (creating if needed) the database at `url` and brings its schema up to date.

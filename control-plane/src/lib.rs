@@ -22,6 +22,7 @@ pub mod secrets;
 pub mod error;
 mod extract;
 pub mod fleet;
+mod handoffs;
 mod knowledge;
 pub mod metrics;
 pub mod model;

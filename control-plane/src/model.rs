@@ -598,12 +598,16 @@ impl LoadBalancer {
 pub enum Event {
     #[serde(rename = "call.completed")]
     CallCompleted,
+    /// A bot handed a caller to people (the Agent Desk).
+    #[serde(rename = "handoff.created")]
+    HandoffCreated,
 }
 
 impl Event {
     pub fn as_str(self) -> &'static str {
         match self {
             Event::CallCompleted => "call.completed",
+            Event::HandoffCreated => "handoff.created",
         }
     }
 }

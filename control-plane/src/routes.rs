@@ -950,6 +950,31 @@ pub(crate) fn build() -> Routes {
             .wav()
             .err_says(404, "No such call, or it has no recording this API can read (`not_found`)"),
     );
+    let note = named::<crate::handoffs::Note>(&mut r.schemas);
+    let resolve = named::<crate::handoffs::Resolve>(&mut r.schemas);
+    r.add(
+        "GET",
+        "/v1/handoffs",
+        crate::handoffs::list,
+        Doc::user("agent-desk", "Handoffs from bots to people: open ones oldest first (the desk's queue), or by status")
+            .ok(page_of(obj()))
+            .query("status", "`open` (waiting and claimed; the default), `waiting`, `claimed` or `resolved`", no_control(0))
+            .query("limit", "Page size, 1 to 500 (default 50)", json!({ "type": "integer", "minimum": 1, "maximum": 500 })),
+    );
+    r.add("GET", "/v1/handoffs/{id}", crate::handoffs::get, Doc::user("agent-desk", "One handoff with the transcript up to it and its notes").ok(obj()));
+    r.add(
+        "POST",
+        "/v1/handoffs/{id}/claim",
+        crate::handoffs::claim,
+        Doc::user("agent-desk", "Take a waiting handoff (agent, operator or admin)").ok(obj()).err_says(409, "Already claimed or resolved (`invalid_state`)"),
+    );
+    r.add("POST", "/v1/handoffs/{id}/notes", crate::handoffs::note, Doc::user("agent-desk", "Add a note to a handoff").body(note).ok(obj()).err(409));
+    r.add(
+        "POST",
+        "/v1/handoffs/{id}/resolve",
+        crate::handoffs::resolve,
+        Doc::user("agent-desk", "Close a handoff: called back, ticket or no action").body(resolve).ok(obj()).err_says(409, "Already resolved (`invalid_state`)"),
+    );
     r.add(
         "GET",
         "/v1/analytics",
@@ -979,6 +1004,17 @@ pub(crate) fn build() -> Routes {
     let result = named::<CallResult>(&mut r.schemas);
     let reserved = named::<Reserved>(&mut r.schemas);
     named::<Bot>(&mut r.schemas);
+    let handoff = named::<crate::handoffs::NewHandoff>(&mut r.schemas);
+    r.add(
+        "POST",
+        "/v1/runtime/handoffs",
+        crate::handoffs::post,
+        Doc::fleet("runtime", "A bot's handoff to people, from an engine's handoff outbox: stored once per handoff id (a repeat answers 200), a `handoff.created` webhook queued")
+            .body(handoff)
+            .created(obj())
+            .answer(200, "Already stored (`duplicate`: true)", obj())
+            .err(422),
+    );
     r.add("GET", "/v1/runtime/bots/{id}", fleet::runtime_bot, Doc::fleet("runtime", "A bot's runtime config, secrets included").ok(doc("RuntimeBot")));
     r.add(
         "GET",

@@ -555,3 +555,77 @@ async fn results_are_priced_from_settings_and_analytics_adds_them_up_by_day_and_
     assert!(page.contains("500 ms · p95 900 ms"), "turn latency percentiles");
     assert!(page.contains("4.80 EUR") || page.contains("4.8"), "the total cost");
 }
+
+fn handoff(org: &str, id: &str) -> Value {
+    json!({
+        "handoff_id": id, "call_id": "CA77", "org_id": org, "caller": "+14155550123",
+        "reason": "billing dispute", "summary": "Caller disputes the May bill and wants a person.",
+        "transcript": [{"role": "bot", "text": "Hello", "at_ms": 100}, {"role": "caller", "text": "I want a person", "at_ms": 2100}],
+        "created_at": "2026-09-21T10:00:00Z",
+    })
+}
+
+#[tokio::test]
+async fn handoffs_arrive_once_wait_on_the_desk_and_agents_see_only_the_desk() {
+    let api = Api::start().await;
+    let token = api.org("Acme").await;
+    let org = api.get("/v1/me", &token).await.body["org"]["id"].as_str().unwrap().to_string();
+    let fleet = api.fleet_token().await;
+    let hook = api.post("/v1/webhooks", &token, json!({"name": "crm", "url": "http://127.0.0.1:9/hook", "events": ["handoff.created"]})).await;
+    assert_eq!(hook.status, 201, "{}", hook.body);
+    let hook = hook.body["id"].as_str().unwrap().to_string();
+
+    let first = api.post("/v1/runtime/handoffs", &fleet, handoff(&org, "CA77-h1")).await;
+    assert_eq!((first.status, &first.body["duplicate"]), (201, &json!(false)), "{}", first.body);
+    let again = api.post("/v1/runtime/handoffs", &fleet, handoff(&org, "CA77-h1")).await;
+    assert_eq!((again.status, &again.body["duplicate"]), (200, &json!(true)), "an outbox's retry is the same handoff");
+    assert_eq!(api.post("/v1/runtime/handoffs", &token, handoff(&org, "x")).await.status, 403, "people cannot post handoffs");
+    let mut bad = handoff(&org, "bad id!");
+    assert_eq!(api.post("/v1/runtime/handoffs", &fleet, bad.clone()).await.status, 422);
+    bad["handoff_id"] = json!("ok");
+    bad["org_id"] = json!("org_nope");
+    assert_eq!(api.post("/v1/runtime/handoffs", &fleet, bad).await.status, 422);
+    let deliveries = api.get(&format!("/v1/webhooks/{hook}/deliveries"), &token).await.body;
+    assert_eq!(deliveries["items"].as_array().unwrap().len(), 1, "one handoff.created for the CRM");
+    assert_eq!(deliveries["items"][0]["event"], "handoff.created");
+
+    // An agent: the desk only, in the console and the API alike.
+    let agent = api.post("/v1/users", &token, json!({"email": "ag@acme.example", "role": "agent", "password": "a long enough password"})).await;
+    assert_eq!(agent.status, 201, "{}", agent.body);
+    let agent_token = api.login("ag@acme.example", "a long enough password").await;
+    assert_eq!(api.get("/v1/bots", &agent_token).await.status, 403);
+    assert_eq!(api.get("/v1/calls", &agent_token).await.status, 403);
+    assert_eq!(api.get("/v1/handoffs", &agent_token).await.status, 200);
+    let desk = Browser { api: &api, http: client(), cookie: String::new() };
+    let r = form(&api, "/login", None, &[("email", "ag@acme.example"), ("password", "a long enough password"), ("next", "/")]).await;
+    let desk = Browser { cookie: r.headers()[SET_COOKIE].to_str().unwrap().split(';').next().unwrap().to_string(), ..desk };
+    let r = client().get(format!("{}/bots", api.base)).header(COOKIE, &desk.cookie).send().await.unwrap();
+    assert_eq!((r.status().as_u16(), r.headers()[LOCATION].to_str().unwrap()), (303, "/desk"), "an agent is sent to the desk");
+    let (status, queue) = desk.get("/desk").await;
+    assert_eq!(status, 200);
+    assert!(queue.contains("billing dispute") && queue.contains("+14155550123"), "{queue}");
+    assert!(!queue.contains("href=\"/bots\""), "the menu shows only the desk");
+
+    let (_, page) = desk.get("/desk/CA77-h1").await;
+    let at = page.find("name=\"_csrf\" value=\"").unwrap() + 20;
+    let csrf = page[at..at + 24].to_string();
+    assert!(page.contains("I want a person") && page.contains("id=\"claim\""));
+    assert_eq!(desk.post("/desk/CA77-h1", &[("_csrf", &csrf), ("action", "claim")]).await.0, 303);
+    let (status, page, _) = desk.post("/desk/CA77-h1", &[("_csrf", &csrf), ("action", "claim")]).await;
+    assert_eq!(status, 409, "claimed twice");
+    assert!(page.contains("by ag@acme.example"), "{page}");
+    assert_eq!(desk.post("/desk/CA77-h1", &[("_csrf", &csrf), ("action", "note"), ("text", "Called, no answer; will retry.")]).await.0, 303);
+    assert_eq!(desk.post("/desk/CA77-h1", &[("_csrf", &csrf), ("action", "resolve"), ("resolution", "called_back")]).await.2.as_deref(), Some("/desk"));
+    let h = api.get("/v1/handoffs/CA77-h1", &token).await.body;
+    assert_eq!((h["status"].as_str(), h["resolution"].as_str(), h["claimed_by"].as_str()), (Some("resolved"), Some("called_back"), Some("ag@acme.example")));
+    assert_eq!(h["notes"][0]["text"], "Called, no answer; will retry.");
+    assert_eq!(api.get("/v1/handoffs", &token).await.body["items"], json!([]), "nothing open");
+    assert_eq!(api.get("/v1/handoffs?status=resolved", &token).await.body["items"][0]["id"], "CA77-h1");
+
+    // A viewer reads the desk but cannot work it.
+    api.post("/v1/users", &token, json!({"email": "vi@acme.example", "role": "viewer", "password": "a long enough password"})).await;
+    let viewer = api.login("vi@acme.example", "a long enough password").await;
+    api.post("/v1/runtime/handoffs", &fleet, handoff(&org, "CA77-h2")).await;
+    assert_eq!(api.get("/v1/handoffs", &viewer).await.body["items"][0]["id"], "CA77-h2");
+    assert_eq!(api.call(reqwest::Method::POST, "/v1/handoffs/CA77-h2/claim", &viewer, None).await.status, 403);
+}

@@ -420,6 +420,13 @@ pub struct Agent {
     hello_wait: Option<HelloWait>,
     /// The caller's current turn began while the bot's audio was held.
     turn_held: bool,
+    /// Where handoffs to the Agent Desk go (the engine's handoff outbox).
+    handoff_sink: Option<Arc<dyn ResultSink>>,
+    /// The handoffs made, for the result: `{reason, queued}`.
+    handoffs: Vec<Value>,
+    /// The call's id when neither a call token nor the carrier gave one, made for a handoff
+    /// and kept for the result so the two match.
+    minted_id: Option<String>,
 }
 
 impl std::fmt::Debug for Agent {
@@ -487,10 +494,75 @@ impl Agent {
             screening: None,
             hello_wait: None,
             turn_held: false,
+            handoff_sink: None,
+            handoffs: Vec::new(),
+            minted_id: None,
             bot,
         };
         agent.conv.start(now);
         Ok(agent)
+    }
+
+    /// Sends the bot's handoffs to `sink` (the engine's outbox); without one a handoff is only
+    /// noted in the call's result.
+    pub fn with_handoffs(mut self, sink: Option<Arc<dyn ResultSink>>) -> Agent {
+        self.handoff_sink = sink;
+        self
+    }
+
+    /// The call's id as its result will carry it: the call token's, else the carrier's, else
+    /// one made here.
+    fn call_identity(&mut self) -> String {
+        if let Some(c) = &self.claims {
+            return c.call_id.to_string();
+        }
+        if let Some(sid) = self.start.as_ref().and_then(|s| s.call_sid.clone()).filter(|s| !s.is_empty()) {
+            return sid;
+        }
+        self.minted_id
+            .get_or_insert_with(|| {
+                use std::hash::BuildHasher;
+                format!("call-{:016x}", std::collections::hash_map::RandomState::new().hash_one(crate::shared::unix_ms()))
+            })
+            .clone()
+    }
+
+    /// Queues a handoff to the Agent Desk: who called, why, what they need, what was said.
+    fn hand_off(&mut self, reason: &str, summary: &str) {
+        let call_id = self.call_identity();
+        let n = self.handoffs.len() + 1;
+        let start = self.start.as_deref();
+        let caller = match (self.claims.as_ref(), start) {
+            (Some(c), _) if c.direction == Direction::Outbound => c.to.as_ref().map(ToString::to_string),
+            (Some(c), _) => c.from.as_ref().map(ToString::to_string),
+            (None, Some(s)) => s.from.as_ref().map(ToString::to_string),
+            (None, None) => None,
+        };
+        let transcript: Vec<Value> = self
+            .conv
+            .transcript()
+            .iter()
+            .map(|l| json!({ "role": l.role, "text": l.text, "at_ms": l.at_ms, "interrupted": l.interrupted }))
+            .collect();
+        let handoff = json!({
+            "handoff_id": format!("{call_id}-h{n}"),
+            "call_id": call_id,
+            "org_id": self.claims.as_ref().map(|c| c.org_id.to_string()).or_else(|| self.bot.org_id.clone()),
+            "bot_id": self.bot.id,
+            "caller": caller.unwrap_or_default(),
+            "reason": reason,
+            "summary": summary,
+            "transcript": transcript,
+            "created_at": rfc3339(crate::shared::unix_ms()),
+        });
+        let queued = match &self.handoff_sink {
+            Some(sink) => sink.submit_handoff(handoff).is_some(),
+            None => false,
+        };
+        if !queued {
+            tracing::warn!(call_id, "a handoff was made but this engine has no handoff outbox (run it with --api)");
+        }
+        self.handoffs.push(json!({ "reason": reason, "queued": queued }));
     }
 
     /// The carrier's `start`: answering-machine detection runs when the call token asks for
@@ -715,6 +787,7 @@ impl Agent {
             Action::CancelTts => self.tts_jobs.clear(),
             Action::RunTool(call) => self.run_tool(call),
             Action::Transfer { destination } => self.transfer(&destination),
+            Action::Handoff { reason, summary } => self.hand_off(&reason, &summary),
             Action::Hangup { reason } => self.end = Some(AgentEnd::Hangup(reason)),
             Action::Play(_) | Action::Mark(_) | Action::ClearPlayout | Action::SendDtmf(_) => {}
         }
@@ -803,6 +876,7 @@ impl Agent {
             "llm_requests": usage.llm_requests,
             "tools": self.tools.log().take(),
             "transfer": self.transfer,
+            "handoffs": self.handoffs,
             "amd": amd,
             "greeting_wait_ms": self.hello_wait.as_ref().and_then(|w| w.held_ms),
             "providers": { "stt": self.bot.stt.provider, "llm": self.bot.llm.provider, "tts": self.bot.tts.provider },
@@ -814,6 +888,7 @@ impl Agent {
             call_id: claims
                 .map(|c| c.call_id.clone())
                 .or_else(|| start.and_then(|s| s.call_sid.as_deref()).map(CallId::from))
+                .or_else(|| self.minted_id.as_deref().map(CallId::from))
                 .unwrap_or_else(|| CallId::from(call_id)),
             org_id: non_empty(claims.map(|c| c.org_id.clone()).or_else(|| self.bot.org_id.as_deref().map(OrgId::from))),
             direction: if claims.is_some_and(|c| c.direction == Direction::Outbound) { Direction::Outbound } else { Direction::Inbound },

@@ -37,6 +37,14 @@ pub trait ResultSink: Send + Sync + std::fmt::Debug {
         None
     }
 
+    /// Queues a handoff to the Agent Desk (the `POST /v1/runtime/handoffs` body) in the
+    /// handoff outbox, which is not the results' and delivers on its own. The receiver answers
+    /// once it is on disk. `None` (the default): the sink takes no handoffs.
+    fn submit_handoff(&self, handoff: serde_json::Value) -> Option<flume::Receiver<Result<(), String>>> {
+        let _ = handoff;
+        None
+    }
+
     /// Gauges for `/metrics` (name, help, value): the outbox's disk use and queue. Default:
     /// none.
     fn gauges(&self) -> Vec<(&'static str, &'static str, u64)> {

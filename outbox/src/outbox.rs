@@ -100,6 +100,9 @@ pub struct OutboxConfig {
     pub dir: PathBuf,
     /// `None`: results are only kept on disk (and the outbox says so when it starts).
     pub api: Option<ApiTarget>,
+    /// The API path entries are posted to: `/v1/runtime/results`, or `/v1/runtime/handoffs`
+    /// for the engine's second outbox, the Agent Desk's.
+    pub endpoint: String,
     /// Where recordings are uploaded.
     pub recordings: RecordingStore,
     /// Waits between failed deliveries.
@@ -129,6 +132,7 @@ impl OutboxConfig {
         OutboxConfig {
             dir: data_dir.join("outbox"),
             api: None,
+            endpoint: "/v1/runtime/results".into(),
             recordings: RecordingStore::Local { root: data_dir.to_path_buf() },
             retry: RetryPolicy::default(),
             request_timeout: Duration::from_secs(30),

@@ -113,7 +113,7 @@ impl Sender {
         Ok(Sender {
             runtime,
             client,
-            url: format!("{base}/v1/runtime/results"),
+            url: format!("{base}{}", config.endpoint),
             health_url: format!("{base}/health"),
             token: api.fleet_token.clone(),
             store,

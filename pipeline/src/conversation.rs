@@ -66,6 +66,14 @@ pub enum Action {
     RunTool(ToolCall),
     /// Press these keys (`0`-`9`, `*`, `#`, `A`-`D`) after the audio queued so far.
     SendDtmf(String),
+    /// Pass the caller to people (the Agent Desk) with why and what they need; the transcript
+    /// so far goes with it.
+    Handoff {
+        /// Why, as the model said.
+        reason: String,
+        /// What the caller needs, for the person who takes over.
+        summary: String,
+    },
     /// Hand the call over to `destination`, then end it.
     Transfer {
         /// A number or SIP URI.
@@ -635,6 +643,17 @@ impl Conversation {
                     _ => answer(reply, "No destination to transfer to."),
                 }
             }
+            Some((ToolKind::Handoff, default)) => {
+                let text = |k: &str| args.get(k).and_then(|v| v.as_str()).unwrap_or_default().trim().chars().take(2_000).collect::<String>();
+                self.actions.push_back(Action::Handoff { reason: text("reason"), summary: text("summary") });
+                match default.filter(|d| !d.trim().is_empty()) {
+                    Some(d) => {
+                        reply.after = After::Transfer(d);
+                        answer(reply, "The team has the request. The call will be transferred to a person after your reply: tell the caller.");
+                    }
+                    None => answer(reply, "The team has the request and will follow up. Tell the caller someone will get back to them, then ask if there is anything else."),
+                }
+            }
             Some((ToolKind::SendDtmf, _)) => {
                 let digits = args.get("digits").and_then(|d| d.as_str()).unwrap_or_default().trim();
                 if !digits.is_empty() && digits.len() <= 32 && digits.chars().all(|c| matches!(c, '0'..='9' | '*' | '#' | 'A'..='D')) {
@@ -673,7 +692,8 @@ impl Conversation {
         assistant.tool_calls = std::mem::take(&mut reply.tool_calls);
         let results = std::mem::take(&mut reply.tool_results);
         let needs_answer = assistant.tool_calls.iter().any(|c| {
-            matches!(self.tools.get(&c.name), Some((ToolKind::SearchKnowledge | ToolKind::Http, _)))
+            // A handoff without a transfer: the model then tells the caller what happens next.
+            matches!(self.tools.get(&c.name), Some((ToolKind::SearchKnowledge | ToolKind::Http, _) | (ToolKind::Handoff, None)))
         });
         reply.context_words = reply.said.split_whitespace().count();
         self.messages.push(assistant);
@@ -1122,6 +1142,34 @@ mod tests {
         let (_, request) = llm_turn(&caller_says(&mut c, 3_000, 3_800, "For sales, stay on the line."));
         let results: Vec<&str> = request.messages.iter().filter(|m| m.role == Role::Tool).map(|m| m.content.as_str()).collect();
         assert_eq!(results, ["Pressed 1#.", "`digits` must be 1 to 32 of 0-9, *, #, A-D."]);
+    }
+
+    #[test]
+    fn handoff_passes_reason_and_summary_then_transfers_when_the_tool_has_a_number() {
+        for transfer_to in [Some("+15551230000"), None] {
+            let mut b = with_tools();
+            b.tools.push(ToolConfig { kind: ToolKind::Handoff, name: None, transfer_to: transfer_to.map(str::to_string), ..b.tools[0].clone() });
+            let mut c = Conversation::new(&b, AudioFormat::Mulaw8k, Vec::new(), at(0));
+            c.start(at(0));
+            let (turn, _) = llm_turn(&caller_says(&mut c, 100, 900, "I want to speak to someone about my bill."));
+            c.on_event(at(1_700), Event::Llm { turn, event: LlmEvent::Token("Let me pass you to the team.".into()) });
+            let call = ToolCall { id: "h".into(), name: "handoff".into(), arguments: r#"{"reason":"billing dispute","summary":"Caller disputes the May bill."}"#.into() };
+            c.on_event(at(1_700), Event::Llm { turn, event: LlmEvent::ToolCall(call) });
+            c.on_event(at(1_700), Event::Llm { turn, event: LlmEvent::Done { usage: TokenUsage::default() } });
+            let actions = drain(&mut c);
+            assert!(actions.contains(&Action::Handoff { reason: "billing dispute".into(), summary: "Caller disputes the May bill.".into() }), "{actions:?}");
+            let played = speak_all(&mut c, &actions, at(1_800));
+            match transfer_to {
+                Some(number) => {
+                    assert_eq!(played.last(), Some(&Action::Transfer { destination: number.into() }));
+                    assert_eq!(c.ending(), Ending::Transferred);
+                }
+                None => {
+                    assert!(!played.iter().any(|a| matches!(a, Action::Transfer { .. } | Action::Hangup { .. })), "the bot carries on");
+                    assert!(actions.iter().any(|a| matches!(a, Action::Llm { .. })), "and asks the model what to say next");
+                }
+            }
+        }
     }
 
     #[test]

@@ -321,6 +321,7 @@ fn check_name(name: &str, field: &str) -> Result<(), ProviderError> {
 enum Tool {
     EndCall,
     Transfer { default: Option<Destination> },
+    Handoff { default: Option<Destination> },
     Voicemail,
     Search,
     SendDtmf,
@@ -355,12 +356,12 @@ impl Tools {
                 ToolKind::DetectedVoicemail => Tool::Voicemail,
                 ToolKind::SearchKnowledge => Tool::Search,
                 ToolKind::SendDtmf => Tool::SendDtmf,
-                ToolKind::TransferCall => {
+                ToolKind::TransferCall | ToolKind::Handoff => {
                     let default = match t.transfer_to.as_deref().filter(|d| !d.trim().is_empty()) {
                         Some(d) => Some(Destination::parse(d).map_err(|e| ProviderError::invalid(format!("{field}.transfer_to"), e))?),
                         None => None,
                     };
-                    Tool::Transfer { default }
+                    if t.kind == ToolKind::Handoff { Tool::Handoff { default } } else { Tool::Transfer { default } }
                 }
                 ToolKind::Http => Tool::Http(Rc::new(HttpTool::from_config(t, &field)?)),
             };
@@ -412,8 +413,8 @@ impl Tools {
                     Err(why) => ToolAction::Run(answer(call.id.clone(), ToolOutput { content: why, failed: true }, events.clone())),
                 }
             }
-            // The conversation presses the keys itself; the model's call never comes here.
-            Tool::SendDtmf => ToolAction::Run(answer(call.id.clone(), ToolOutput { content: "Keys are pressed by the call.".into(), failed: true }, events.clone())),
+            // The conversation presses the keys and hands over itself; the model's calls never come here.
+            Tool::SendDtmf | Tool::Handoff { .. } => ToolAction::Run(answer(call.id.clone(), ToolOutput { content: "Keys are pressed by the call.".into(), failed: true }, events.clone())),
             Tool::Search => ToolAction::Run(search_knowledge(self.api.clone(), &self.bot_id, call, events.clone(), self.log.clone())),
             Tool::Http(tool) => ToolAction::Run(http_tool(tool.clone(), call, events.clone(), self.log.clone())),
         }
@@ -434,6 +435,12 @@ fn default_description(tool: &Tool) -> String {
         }
         Tool::Transfer { default: None } => "Transfer the caller to another phone number or SIP address. Tell the caller first.".into(),
         Tool::Voicemail => "Call this when an answering machine or voicemail greeting answered instead of a person.".into(),
+        Tool::Handoff { default: Some(_) } => {
+            "Hand the caller to a person: when they ask for one, or you cannot help. Give the reason and a short summary of what the caller needs; tell the caller you are connecting them.".into()
+        }
+        Tool::Handoff { default: None } => {
+            "Pass the caller's request to the team, who will follow up: when they ask for a person, or you cannot help. Give the reason and a short summary of what the caller needs; tell the caller someone will get back to them.".into()
+        }
         Tool::Search => {
             "Search the knowledge base for facts to answer the caller. Use it before answering questions about policies, products, prices or procedures.".into()
         }
@@ -452,6 +459,14 @@ fn parameters(tool: &Tool) -> Value {
             json!({ "type": "object", "properties": { "destination": destination, "reason": reason }, "required": required })
         }
         Tool::Voicemail => json!({ "type": "object", "properties": {}, "required": [] }),
+        Tool::Handoff { .. } => json!({
+            "type": "object",
+            "properties": {
+                "reason": reason,
+                "summary": { "type": "string", "description": "What the caller needs and what was said so far, in two or three sentences, for the person who takes over." },
+            },
+            "required": ["reason", "summary"],
+        }),
         Tool::Search => json!({
             "type": "object",
             "properties": { "query": { "type": "string", "description": "What to look up, in a few words." } },

@@ -348,7 +348,7 @@ impl OfflineCall {
                 }
                 Action::Play(audio) => self.played += audio.len(),
                 Action::Mark(id) => self.conv.on_mark(now, id),
-                Action::ClearPlayout | Action::RunTool(_) | Action::SendDtmf(_) | Action::Transfer { .. } | Action::Hangup { .. } => {}
+                Action::ClearPlayout | Action::RunTool(_) | Action::SendDtmf(_) | Action::Handoff { .. } | Action::Transfer { .. } | Action::Hangup { .. } => {}
             }
         }
     }

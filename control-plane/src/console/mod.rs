@@ -17,7 +17,9 @@ mod bots;
 mod calls;
 mod campaigns;
 mod charts;
+mod desk;
 mod home;
+mod settings;
 
 use askama::Template;
 use axum::Router;
@@ -67,6 +69,10 @@ pub(crate) fn router() -> Router<AppState> {
         .route("/campaigns/{id}/import", post(campaigns::import).layer(axum::extract::DefaultBodyLimit::max(UPLOAD_LIMIT)))
         .route("/dnc", get(campaigns::dnc).post(campaigns::dnc_change))
         .route("/analytics", get(analytics::page))
+        .route("/desk", get(desk::queue))
+        .route("/desk/{id}", get(desk::page).post(desk::act))
+        .route("/settings", get(settings::page).post(settings::change))
+        .route("/settings/webhooks/{id}", get(settings::webhook))
 }
 
 /// What every page's frame shows: who is signed in, where, and what they may do.
@@ -84,6 +90,15 @@ pub(crate) struct Nav {
 impl Nav {
     pub(crate) fn can_edit(&self) -> bool {
         self.role >= Role::Operator
+    }
+
+    /// Agents see only the desk.
+    pub(crate) fn is_agent(&self) -> bool {
+        self.role == Role::Agent
+    }
+
+    pub(crate) fn is_admin(&self) -> bool {
+        self.role >= Role::Admin
     }
 
     pub(crate) fn role_name(&self) -> &'static str {
@@ -186,10 +201,16 @@ impl FromRequestParts<AppState> for Signed {
             Some(token) => Signed::of_session(state, token).await.map_err(|e| PageError(e).into_response())?,
             None => None,
         };
-        signed.ok_or_else(|| {
+        let signed = signed.ok_or_else(|| {
             let next = parts.uri.path_and_query().map_or("/", |p| p.as_str());
             see_other(&format!("/login?next={}", urlencode(next)))
-        })
+        })?;
+        // Agents see only the desk (the API refuses them everything else too).
+        let path = parts.uri.path();
+        if signed.caller.role == Role::Agent && !(path == "/desk" || path.starts_with("/desk/") || path == "/logout") {
+            return Err(see_other("/desk"));
+        }
+        Ok(signed)
     }
 }
 
