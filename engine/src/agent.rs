@@ -535,7 +535,7 @@ impl Agent {
         let caller = match (self.claims.as_ref(), start) {
             (Some(c), _) if c.direction == Direction::Outbound => c.to.as_ref().map(ToString::to_string),
             (Some(c), _) => c.from.as_ref().map(ToString::to_string),
-            (None, Some(s)) => s.from.as_ref().map(ToString::to_string),
+            (None, Some(s)) => s.from.clone().or_else(|| s.custom_parameters.iter().find(|(k, _)| k == "from").map(|(_, v)| v.clone())),
             (None, None) => None,
         };
         let transcript: Vec<Value> = self
