@@ -13,138 +13,14 @@
 
 mod common;
 
+use common::browser::{Browser, website};
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use cxb_pipeline::testkit::deepgram::{DeepgramConfig, DeepgramServer, Reply, Step};
 use cxb_pipeline::testkit::elevenlabs::{ElevenLabsConfig, ElevenLabsServer};
 use serde_json::{Value, json};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-/// Chromium under chromedriver, in a process group of its own so that nothing outlives the
-/// test (chromedriver's browser included).
-struct Browser {
-    driver: std::process::Child,
-    base: String,
-    session: String,
-    http: reqwest::Client,
-}
-
-impl Drop for Browser {
-    fn drop(&mut self) {
-        let _ = Command::new("kill").args(["-s", "KILL", "--", &format!("-{}", self.driver.id())]).status();
-        let _ = self.driver.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-impl Browser {
-    async fn start(dir: &Path, microphone: &Path) -> Browser {
-        use std::os::unix::process::CommandExt;
-        let port = free_port();
-        let driver = Command::new("chromedriver")
-            .arg(format!("--port={port}"))
-            .process_group(0)
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.join("chromedriver.log")).map_or(Stdio::null(), Stdio::from))
-            .spawn()
-            .expect("chromedriver (Debian's chromium-driver; .ci/run installs it)");
-        let base = format!("http://127.0.0.1:{port}");
-        let http = reqwest::Client::new();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while http.get(format!("{base}/status")).send().await.is_err() {
-            assert!(Instant::now() < deadline, "chromedriver did not start");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        let profile = dir.join("chromium-profile");
-        let args = [
-            "--headless=new".to_string(),
-            "--no-sandbox".into(),
-            "--disable-gpu".into(),
-            "--disable-dev-shm-usage".into(),
-            "--no-first-run".into(),
-            "--disable-background-networking".into(),
-            "--disable-component-update".into(),
-            "--disable-sync".into(),
-            "--disable-quic".into(),
-            "--use-fake-ui-for-media-stream".into(),
-            "--use-fake-device-for-media-stream".into(),
-            format!("--use-file-for-fake-audio-capture={}", microphone.display()),
-            "--autoplay-policy=no-user-gesture-required".into(),
-            "--disable-features=WebRtcHideLocalIpsWithMdns".into(),
-            // The engine and the page are on loopback: let ICE use it.
-            "--allow-loopback-in-peer-connection".into(),
-            format!("--user-data-dir={}", profile.display()),
-        ];
-        let caps = json!({ "capabilities": { "alwaysMatch": {
-            "browserName": "chrome",
-            "goog:chromeOptions": { "binary": "/usr/bin/chromium", "args": args },
-            "goog:loggingPrefs": { "browser": "ALL" },
-        } } });
-        let r: Value = http.post(format!("{base}/session")).json(&caps).send().await.unwrap().json().await.unwrap();
-        let session = r["value"]["sessionId"].as_str().unwrap_or_else(|| panic!("no browser session: {r}")).to_string();
-        Browser { driver, base, session, http }
-    }
-
-    async fn command(&self, path: &str, body: Value) -> Value {
-        let r: Value = self.http.post(format!("{}/session/{}/{path}", self.base, self.session)).json(&body).send().await.unwrap().json().await.unwrap();
-        r["value"].clone()
-    }
-
-    async fn go(&self, url: &str) {
-        self.command("url", json!({ "url": url })).await;
-    }
-
-    /// Runs `script` (a function body) in the page; its return value.
-    async fn run(&self, script: &str) -> Value {
-        self.command("execute/sync", json!({ "script": script, "args": [] })).await
-    }
-
-    /// The widget's text and the page's console, for a failure's message.
-    async fn diagnostics(&self) -> String {
-        let text = self.run("const w = document.querySelector('.cxb-widget'); return w ? w.dataset.state + ': ' + w.textContent : 'no widget';").await;
-        let log = self.command("se/log", json!({ "type": "browser" })).await;
-        let lines: Vec<String> = log.as_array().map(|l| l.iter().map(|e| e["message"].as_str().unwrap_or("").to_string()).collect()).unwrap_or_default();
-        format!("widget: {text}\nconsole:\n{}", lines.join("\n"))
-    }
-
-    /// Polls `script` until it returns something truthy (not null, false, 0 or "").
-    async fn until(&self, what: &str, limit: Duration, script: &str) -> Value {
-        let deadline = Instant::now() + limit;
-        loop {
-            let v = self.run(script).await;
-            let truthy = !(v.is_null() || v == false || v == 0 || v == "" || v.get("error").is_some());
-            if truthy {
-                return v;
-            }
-            assert!(Instant::now() < deadline, "{what}: still {v} after {limit:?}\n{}", self.diagnostics().await);
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-}
-
-/// A website on its own origin: every GET answers `page`.
-async fn website(page: String) -> String {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let origin = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = listener.accept().await {
-            let page = page.clone();
-            tokio::spawn(async move {
-                let mut buf = vec![0u8; 8192];
-                let _ = s.read(&mut buf).await;
-                let head = format!("HTTP/1.1 200 OK\r\nContent-Type: text/html; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", page.len());
-                let _ = s.write_all(head.as_bytes()).await;
-                let _ = s.write_all(page.as_bytes()).await;
-            });
-        }
-    });
-    origin
-}
 
 fn page(api: &str, bot: &str, key: &str) -> String {
     format!("<!doctype html><html><head><title>Shop</title></head><body><h1>Shop</h1><script src=\"{api}/widget.js\" data-bot=\"{bot}\" data-key=\"{key}\"></script></body></html>")
@@ -254,7 +130,7 @@ async fn a_visitor_calls_a_bot_from_a_web_page_in_chromium() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
-    let browser = Browser::start(dir.path(), &microphone(dir.path())).await;
+    let browser = Browser::start(dir.path(), Some(&microphone(dir.path()))).await;
     browser.go(&shop).await;
     let label = browser.until("the call button", Duration::from_secs(10), "const b = document.querySelector('.cxb-call'); return b && b.textContent;").await;
     assert_eq!(label, "Call the shop", "the button says what the bot's widget settings say");

@@ -28,6 +28,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     (10, "phone_numbers", include_str!("../migrations/0010_phone_numbers.sql")),
     (11, "analytics", include_str!("../migrations/0011_analytics.sql")),
     (12, "handoffs", include_str!("../migrations/0012_handoffs.sql")),
+    (13, "call_pages", include_str!("../migrations/0013_call_pages.sql")),
 ];
 
 /// Opens (creating if needed) the database at `url` and brings its schema up to date.

@@ -552,7 +552,7 @@ async fn results_are_priced_from_settings_and_analytics_adds_them_up_by_day_and_
     let (status, page) = me.get("/analytics?days=7").await;
     assert_eq!(status, 200);
     assert!(page.contains("<title>09-21 deepgram: 1.2</title>"), "the cost chart has the day's deepgram column");
-    assert!(page.contains("500 ms · p95 900 ms"), "turn latency percentiles");
+    assert!(page.contains("id=\"turn-p50\">500 ms<") && page.contains("p95 900 ms · p99 900 ms"), "turn latency percentiles");
     assert!(page.contains("4.80 EUR") || page.contains("4.8"), "the total cost");
 }
 
@@ -628,4 +628,74 @@ async fn handoffs_arrive_once_wait_on_the_desk_and_agents_see_only_the_desk() {
     api.post("/v1/runtime/handoffs", &fleet, handoff(&org, "CA77-h2")).await;
     assert_eq!(api.get("/v1/handoffs", &viewer).await.body["items"][0]["id"], "CA77-h2");
     assert_eq!(api.call(reqwest::Method::POST, "/v1/handoffs/CA77-h2/claim", &viewer, None).await.status, 403);
+}
+
+#[tokio::test]
+async fn routing_adds_assistants_and_load_balancers_through_the_api_and_shows_its_refusals() {
+    let api = Api::start().await;
+    let token = api.org("Acme").await;
+    let bot = api.post("/v1/bots", &token, json!({"name": "Support"})).await.body["id"].as_str().unwrap().to_string();
+    let me = Browser::sign_in(&api, "admin@acme.example", "a long enough password").await;
+    let csrf = me.csrf().await;
+    let (status, page) = me.get("/routing").await;
+    assert_eq!(status, 200);
+    assert!(page.contains("No assistant yet") && page.contains("Add an assistant"), "{page}");
+
+    let add = |name: &'static str, extra: Vec<(&'static str, &'static str)>| {
+        let mut f = vec![("op", "add_assistant"), ("name", name)];
+        f.extend(extra);
+        f
+    };
+    let mut f = add("Support line", vec![("target", "bot")]);
+    f.push(("bot_id", &bot));
+    f.push(("_csrf", &csrf));
+    let (status, _, to) = me.post("/routing", &f).await;
+    assert_eq!((status, to.as_deref()), (303, Some("/routing?notice=assistant_added")));
+    let mut f = add("Partner bot", vec![("target", "websocket"), ("url_template", "wss://bot.partner.example/s/{session}?t={auth_token}"), ("auth_token", "tok-secret-1")]);
+    f.push(("_csrf", &csrf));
+    assert_eq!(me.post("/routing", &f).await.0, 303);
+
+    // The API holds what the forms made, the token write-only.
+    let list = api.get("/v1/ai-assistants", &token).await.body;
+    let items = list["items"].as_array().unwrap();
+    assert_eq!(items.len(), 2);
+    let support = items.iter().find(|a| a["name"] == "Support line").unwrap();
+    assert_eq!((support["kind"].as_str(), support["bot_id"].as_str()), (Some("websocket"), Some(bot.as_str())));
+    let partner = items.iter().find(|a| a["name"] == "Partner bot").unwrap();
+    assert!(!list.to_string().contains("tok-secret-1"), "the auth token is write-only");
+    let (_, page) = me.get("/routing").await;
+    assert!(page.contains("Support line") && page.contains("Bot on this platform") && page.contains("wss://bot.partner.example"), "{page}");
+    assert!(!page.contains("tok-secret-1"));
+
+    // A bad URL is refused with the API's reason, on the page, and nothing is added.
+    let mut f = add("Broken", vec![("target", "websocket"), ("url_template", "http://not-a-websocket.example/")]);
+    f.push(("_csrf", &csrf));
+    let (status, page, _) = me.post("/routing", &f).await;
+    assert_eq!(status, 422);
+    assert!(page.contains("url_template"), "{page}");
+    assert_eq!(api.get("/v1/ai-assistants", &token).await.body["items"].as_array().unwrap().len(), 2);
+
+    // A weighted load balancer of both, then one assistant marked down.
+    let (s_id, p_id) = (support["id"].as_str().unwrap(), partner["id"].as_str().unwrap());
+    let (m1, w1, m2, w2) = (format!("member_{s_id}"), format!("weight_{s_id}"), format!("member_{p_id}"), format!("weight_{p_id}"));
+    let f = [("_csrf", csrf.as_str()), ("op", "add_balancer"), ("name", "Both"), ("strategy", "weighted"), (&m1, "on"), (&w1, "3"), (&m2, "on"), (&w2, "1")];
+    assert_eq!(me.post("/routing", &f).await.0, 303);
+    let lbs = api.get("/v1/load-balancers", &token).await.body;
+    let members = &lbs["items"][0]["members"];
+    assert_eq!(members.as_array().unwrap().len(), 2, "{lbs}");
+    assert!(members.as_array().unwrap().iter().any(|m| m["assistant_id"] == s_id && m["weight"] == 3));
+    let (_, page) = me.get("/routing").await;
+    assert!(page.contains("Support line ×3"), "{page}");
+    let f = [("_csrf", csrf.as_str()), ("op", "down"), ("id", p_id)];
+    assert_eq!(me.post("/routing", &f).await.2.as_deref(), Some("/routing?notice=down"));
+    assert_eq!(api.get(&format!("/v1/ai-assistants/{p_id}"), &token).await.body["down"], true);
+
+    // A viewer sees the lists but no forms, and a post from them is refused.
+    let user = api.post("/v1/users", &token, json!({"email": "vi@acme.example", "role": "viewer", "password": "a long enough password"})).await;
+    assert_eq!(user.status, 201);
+    let viewer = Browser::sign_in(&api, "vi@acme.example", "a long enough password").await;
+    let (_, page) = viewer.get("/routing").await;
+    assert!(page.contains("Support line") && !page.contains("Add an assistant") && !page.contains("Mark up"), "{page}");
+    let vcsrf = viewer.csrf().await;
+    assert_eq!(viewer.post("/routing", &[("_csrf", &vcsrf), ("op", "delete_balancer"), ("id", lbs["items"][0]["id"].as_str().unwrap())]).await.0, 403);
 }

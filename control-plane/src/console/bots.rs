@@ -6,10 +6,9 @@
 use askama::Template;
 use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
-use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
-use super::{Form, Nav, PageError, PageResult, Signed, html, see_other, show, urlencode};
+use super::{Form, Nav, Notice, PageError, PageResult, Signed, html, see_other, show, text, urlencode};
 use crate::AppState;
 use crate::error::ApiError;
 use crate::extract::{JsonObject, Query as ApiQuery};
@@ -32,10 +31,6 @@ struct BotsPage {
     notice: Option<&'static str>,
 }
 
-#[derive(Debug, Deserialize)]
-pub(crate) struct Notice {
-    notice: Option<String>,
-}
 
 /// The fixed messages a redirect may ask a page to show.
 fn notice(n: &Notice) -> Option<&'static str> {
@@ -49,9 +44,6 @@ fn notice(n: &Notice) -> Option<&'static str> {
     }
 }
 
-fn text(v: &Value) -> String {
-    v.as_str().unwrap_or_default().to_string()
-}
 
 pub(crate) async fn list(State(s): State<AppState>, signed: Signed, Query(n): Query<Notice>) -> PageResult {
     let query: crate::resources::ListQuery = crate::extract::typed(json!({ "limit": 200 }))?;
@@ -83,14 +75,17 @@ pub(crate) struct Fields {
     pub stt_model: String,
     pub stt_base_url: String,
     pub stt_key_set: bool,
+    pub stt_options: String,
     pub llm_provider: String,
     pub llm_model: String,
     pub llm_base_url: String,
     pub llm_key_set: bool,
+    pub llm_options: String,
     pub tts_provider: String,
     pub tts_model: String,
     pub tts_base_url: String,
     pub tts_key_set: bool,
+    pub tts_options: String,
     pub voice: String,
     pub recording: bool,
     pub max_call_seconds: String,
@@ -112,6 +107,17 @@ pub(crate) struct Fields {
 
 const PROVIDERS: [&str; 3] = ["stt", "llm", "tts"];
 
+/// A new bot's script (the offline language model), so it answers before any key is set.
+const STARTER_SCRIPT: &str = r#"{
+  "script": {
+    "intents": [
+      {"name": "bye", "keywords": ["bye", "goodbye"], "reply": "Thanks for calling. Goodbye!",
+       "tool": {"name": "end_call", "arguments": {}}}
+    ],
+    "fallback": "Sorry, I can only say goodbye for now."
+  }
+}"#;
+
 impl Fields {
     /// A new bot's defaults: the offline providers, so it can be tried at once.
     fn new_bot() -> Fields {
@@ -128,7 +134,10 @@ impl Fields {
             idle_max: "2".into(),
             widget_button: "Talk to us".into(),
             widget_transcript: true,
-            tools: "[]".into(),
+            tools: "[\n  {\"kind\": \"end_call\"}\n]".into(),
+            stt_options: "{}".into(),
+            llm_options: STARTER_SCRIPT.into(),
+            tts_options: "{}".into(),
             ..Fields::default()
         }
     }
@@ -138,6 +147,7 @@ impl Fields {
         let s = |v: &Value| v.as_str().unwrap_or_default().to_string();
         let n = |v: &Value| v.as_u64().map(|n| n.to_string()).unwrap_or_default();
         let key_set = |p: &str| b[p]["secrets_set"].as_array().is_some_and(|a| a.iter().any(|k| k == "api_key"));
+        let options = |p: &str| serde_json::to_string_pretty(b[p]["options"].as_object().unwrap_or(&serde_json::Map::new())).unwrap_or_default();
         Fields {
             name: s(&b["name"]),
             greeting: s(&b["greeting"]),
@@ -147,14 +157,17 @@ impl Fields {
             stt_model: s(&b["stt"]["model"]),
             stt_base_url: s(&b["stt"]["base_url"]),
             stt_key_set: key_set("stt"),
+            stt_options: options("stt"),
             llm_provider: s(&b["llm"]["provider"]),
             llm_model: s(&b["llm"]["model"]),
             llm_base_url: s(&b["llm"]["base_url"]),
             llm_key_set: key_set("llm"),
+            llm_options: options("llm"),
             tts_provider: s(&b["tts"]["provider"]),
             tts_model: s(&b["tts"]["model"]),
             tts_base_url: s(&b["tts"]["base_url"]),
             tts_key_set: key_set("tts"),
+            tts_options: options("tts"),
             voice: s(&b["voice"]),
             recording: b["recording"].as_bool().unwrap_or(true),
             max_call_seconds: n(&b["max_call_seconds"]),
@@ -186,6 +199,9 @@ impl Fields {
             stt_provider: s("stt_provider"),
             stt_model: s("stt_model"),
             stt_base_url: s("stt_base_url"),
+            stt_options: s("stt_options"),
+            llm_options: s("llm_options"),
+            tts_options: s("tts_options"),
             llm_provider: s("llm_provider"),
             llm_model: s("llm_model"),
             llm_base_url: s("llm_base_url"),
@@ -261,6 +277,12 @@ fn document(f: &Form) -> Result<Map<String, Value>, ApiError> {
         if let Some(key) = f.text(&format!("{p}_api_key")) {
             provider["secrets"] = json!({ "api_key": key });
         }
+        let options = f.get(&format!("{p}_options")).unwrap_or("").trim();
+        let options: Value = if options.is_empty() { json!({}) } else { serde_json::from_str(options).map_err(|e| ApiError::invalid(format!("{p}.options"), format!("not JSON: {e}")))? };
+        if !options.is_object() {
+            return Err(ApiError::invalid(format!("{p}.options"), "a JSON object"));
+        }
+        provider["options"] = options;
         doc[p] = provider;
     }
     let tools = f.get("tools").unwrap_or("").trim();
@@ -385,7 +407,16 @@ pub(crate) async fn save(State(s): State<AppState>, signed: Signed, Path(id): Pa
         _ => {}
     }
     let saved = match document(&form) {
-        Ok(doc) => crate::resources::update::<Bot>(State(s.clone()), signed.caller.clone(), Path(id.clone()), JsonObject(doc)).await,
+        Ok(mut doc) => {
+            // The options boxes hold whole maps: what was deleted from them is removed.
+            let axum::Json(current) = crate::resources::get::<Bot>(State(s.clone()), signed.caller.clone(), Path(id.clone())).await?;
+            for p in PROVIDERS {
+                if let Some(options) = doc.get_mut(p).and_then(|v| v.get_mut("options")) {
+                    *options = super::replacing(&current[p]["options"], options.take());
+                }
+            }
+            crate::resources::update::<Bot>(State(s.clone()), signed.caller.clone(), Path(id.clone()), JsonObject(doc)).await
+        }
         Err(e) => Err(e),
     };
     match saved {

@@ -8,7 +8,7 @@ use axum::http::HeaderMap;
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::{Nav, PageResult, Signed, html, show, urlencode};
+use super::{Nav, PageResult, Signed, html, show, text, urlencode};
 use crate::AppState;
 use crate::calls::CallQuery;
 use crate::error::ApiError;
@@ -114,9 +114,6 @@ const OUTCOMES: &[(&str, &str)] = &[
     ("in_progress", "in progress"),
 ];
 
-fn text(v: &Value) -> String {
-    v.as_str().unwrap_or_default().to_string()
-}
 
 pub(crate) async fn list(State(s): State<AppState>, signed: Signed, Query(filters): Query<Filters>) -> PageResult {
     let mut page = CallsPage { nav: signed.nav("calls"), rows: Vec::new(), next: None, outcomes: OUTCOMES, error: None, filters: Filters::default() };
@@ -179,9 +176,9 @@ pub(crate) struct Latency {
     pub label_x: u64,
 }
 
-/// Where the bars start and how wide the longest is, in the chart's 1,000 units.
-const BAR_X: u64 = 70;
-const BAR_W: u64 = 800;
+/// Where the bars start and how wide the longest is, in the chart's 460 units.
+const BAR_X: u64 = 56;
+const BAR_W: u64 = 330;
 const COLORS: [&str; 4] = ["#93c5fd", "#3b82f6", "#1d4ed8", "#1e3a8a"];
 
 pub(crate) struct Cost {

@@ -6,27 +6,16 @@
 use askama::Template;
 use axum::extract::{Multipart, Path, Query, State};
 use axum::http::HeaderMap;
-use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
-use super::{Form, Nav, PageError, PageResult, Signed, charts, html, see_other, show, urlencode};
+use super::{Form, Nav, Notice, PageError, PageResult, Signed, charts, html, items, see_other, show, text, urlencode};
 use crate::AppState;
 use crate::error::ApiError;
 use crate::extract::{JsonObject, Query as ApiQuery, typed};
 use crate::model::{AiAssistant, Campaign, LoadBalancer};
 
-fn text(v: &Value) -> String {
-    v.as_str().unwrap_or_default().to_string()
-}
 
-fn items(v: &Value) -> impl Iterator<Item = &Value> {
-    v["items"].as_array().into_iter().flatten()
-}
 
-#[derive(Debug, Deserialize)]
-pub(crate) struct Notice {
-    notice: Option<String>,
-}
 
 fn notice(n: &Notice) -> Option<&'static str> {
     match n.notice.as_deref()? {

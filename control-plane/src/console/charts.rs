@@ -11,9 +11,9 @@ fn esc(s: &str) -> String {
 /// One bar per `(label, value, color)`, longest to scale, the value after each bar.
 pub(crate) fn bars(items: &[(String, i64, &str)]) -> String {
     let max = items.iter().map(|i| i.1).max().unwrap_or(0).max(1);
-    let (row, label_w, bar_w) = (24, 130, 560);
+    let (row, label_w, bar_w) = (24, 110, 300);
     let mut svg = format!(
-        "<svg class=\"bars\" viewBox=\"0 0 760 {}\" width=\"100%\" role=\"img\" aria-label=\"{}\">",
+        "<svg class=\"bars\" viewBox=\"0 0 460 {}\" width=\"100%\" role=\"img\" aria-label=\"{}\">",
         items.len() * row + 4,
         esc(&items.iter().map(|(l, v, _)| format!("{l}: {v}")).collect::<Vec<_>>().join(", "))
     );
@@ -40,7 +40,7 @@ pub(crate) fn bars(items: &[(String, i64, &str)]) -> String {
 pub(crate) fn columns(days: &[(String, Vec<f64>)], series: &[(&str, &str)], unit: &str) -> String {
     let max = days.iter().map(|(_, v)| v.iter().sum::<f64>()).fold(0.0, f64::max);
     let max = if max > 0.0 { max } else { 1.0 };
-    let (left, top, height, width) = (48.0, 28.0, 180.0, 700.0);
+    let (left, top, height, width) = (48.0, 28.0, 140.0, 700.0);
     let step = width / days.len().max(1) as f64;
     let bar = (step * 0.7).max(1.0);
     let mut svg = format!("<svg class=\"bars\" viewBox=\"0 0 760 {}\" width=\"100%\" role=\"img\" aria-label=\"{}\">", top + height + 24.0, esc(unit));
@@ -51,7 +51,7 @@ pub(crate) fn columns(days: &[(String, Vec<f64>)], series: &[(&str, &str)], unit
     for k in 0..=2 {
         let v = max * f64::from(k) / 2.0;
         let y = top + height - height * f64::from(k) / 2.0;
-        let label = if max >= 10.0 { format!("{v:.0}") } else { format!("{v:.2}") };
+        let label = format!("{v:.2}").trim_end_matches('0').trim_end_matches('.').to_string();
         let _ = write!(svg, "<line x1=\"{left}\" x2=\"{}\" y1=\"{y}\" y2=\"{y}\" stroke=\"#e2e7ee\"/><text x=\"0\" y=\"{}\">{label}</text>", left + width, y + 4.0);
     }
     for (i, (label, values)) in days.iter().enumerate() {
@@ -79,7 +79,7 @@ mod tests {
     fn labels_are_escaped_and_bars_scale_to_the_longest() {
         let svg = bars(&[("<b>".into(), 10, "#000"), ("half".into(), 5, "#111")]);
         assert!(svg.contains("&lt;b&gt;") && !svg.contains("<b>"));
-        assert!(svg.contains("width=\"560\"") && svg.contains("width=\"280\""));
+        assert!(svg.contains("width=\"300\"") && svg.contains("width=\"150\""));
         let svg = columns(&[("12-01".into(), vec![1.0, 3.0]), ("12-02".into(), vec![0.0, 0.0])], &[("a", "#000"), ("b", "#111")], "calls");
         assert!(svg.contains("<title>12-01 b: 3</title>"));
         assert!(svg.starts_with("<svg") && svg.ends_with("</svg>"));

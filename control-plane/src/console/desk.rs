@@ -6,14 +6,11 @@ use axum::extract::{Path, State};
 use axum::http::HeaderMap;
 use serde_json::{Value, json};
 
-use super::{Form, Nav, PageResult, Signed, html, see_other, show, urlencode};
+use super::{Form, Nav, PageResult, Signed, html, see_other, show, text, urlencode};
 use crate::AppState;
 use crate::error::ApiError;
 use crate::extract::{Body, Query as ApiQuery, typed};
 
-fn text(v: &Value) -> String {
-    v.as_str().unwrap_or_default().to_string()
-}
 
 pub(crate) struct Item {
     pub id: String,

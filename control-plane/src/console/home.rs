@@ -4,7 +4,7 @@ use askama::Template;
 use axum::extract::State;
 use serde_json::Value;
 
-use super::{Nav, PageResult, Signed, html, show};
+use super::{Nav, PageResult, Signed, html, show, text};
 use crate::AppState;
 
 pub(crate) struct CampaignBar {
@@ -51,9 +51,6 @@ fn int(v: &Value) -> i64 {
     v.as_i64().unwrap_or(0)
 }
 
-fn text(v: &Value) -> String {
-    v.as_str().unwrap_or_default().to_string()
-}
 
 pub(crate) async fn page(State(s): State<AppState>, signed: Signed) -> PageResult {
     let axum::Json(o) = crate::overview::get(State(s), signed.caller.clone()).await?;

@@ -19,6 +19,7 @@ mod campaigns;
 mod charts;
 mod desk;
 mod home;
+mod routing;
 mod settings;
 
 use askama::Template;
@@ -30,6 +31,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use base64::Engine;
 use serde::Deserialize;
+use serde_json::Value;
 use sqlx::Row;
 use std::net::SocketAddr;
 
@@ -68,6 +70,7 @@ pub(crate) fn router() -> Router<AppState> {
         .route("/campaigns/{id}/action", post(campaigns::act))
         .route("/campaigns/{id}/import", post(campaigns::import).layer(axum::extract::DefaultBodyLimit::max(UPLOAD_LIMIT)))
         .route("/dnc", get(campaigns::dnc).post(campaigns::dnc_change))
+        .route("/routing", get(routing::page).post(routing::change))
         .route("/analytics", get(analytics::page))
         .route("/desk", get(desk::queue))
         .route("/desk/{id}", get(desk::page).post(desk::act))
@@ -302,6 +305,26 @@ pub(crate) fn html(page: &impl Template) -> Response {
 }
 
 /// 303 to `to` (a path on this host).
+/// A JSON value as page text: strings as they are, null as nothing, others as JSON.
+pub(crate) fn text(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Null => String::new(),
+        v => v.to_string(),
+    }
+}
+
+/// The items of a JSON API list page.
+pub(crate) fn items(v: &Value) -> impl Iterator<Item = &Value> {
+    v["items"].as_array().into_iter().flatten()
+}
+
+/// The fixed message a redirect after a change asks a page to show (`?notice=…`).
+#[derive(Debug, serde::Deserialize)]
+pub(crate) struct Notice {
+    pub notice: Option<String>,
+}
+
 pub(crate) fn see_other(to: &str) -> Response {
     (StatusCode::SEE_OTHER, [(header::LOCATION, to.to_string())]).into_response()
 }
@@ -384,6 +407,25 @@ async fn logout(State(s): State<AppState>, signed: Signed, headers: HeaderMap, f
     Ok(response)
 }
 
+/// The merge patch (RFC 7396) that turns `current` into `new`: what `new` leaves out of an
+/// object is set to `null` (removed), so a form that shows a whole map replaces it.
+pub(crate) fn replacing(current: &Value, new: Value) -> Value {
+    match (current, new) {
+        (Value::Object(old), Value::Object(new)) => {
+            let mut patch: serde_json::Map<String, Value> = old.keys().filter(|k| !new.contains_key(*k)).map(|k| (k.clone(), Value::Null)).collect();
+            for (k, v) in new {
+                let p = match old.get(&k) {
+                    Some(o) => replacing(o, v),
+                    None => v,
+                };
+                patch.insert(k, p);
+            }
+            Value::Object(patch)
+        }
+        (_, new) => new,
+    }
+}
+
 /// Display helpers the templates share.
 pub(crate) mod show {
     use crate::clock::parse_time;
@@ -458,6 +500,18 @@ mod tests {
         assert_eq!(csrf_token("cxs_a"), csrf_token("cxs_a"));
         assert_ne!(csrf_token("cxs_a"), csrf_token("cxs_b"));
         assert_eq!(csrf_token("cxs_a").len(), 24);
+    }
+
+    #[test]
+    fn a_replacing_patch_removes_what_the_new_map_leaves_out() {
+        use serde_json::json;
+        let current = json!({"a": {"x": 1, "y": 2}, "b": 3});
+        let new = json!({"a": {"x": 5}, "c": 4});
+        let patch = replacing(&current, new.clone());
+        assert_eq!(patch, json!({"a": {"x": 5, "y": null}, "b": null, "c": 4}));
+        let mut doc = current;
+        crate::model::merge_patch(&mut doc, patch);
+        assert_eq!(doc, new);
     }
 
     #[test]

@@ -5,32 +5,17 @@
 use askama::Template;
 use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
-use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{Form, Nav, PageError, PageResult, Signed, html, see_other, show};
+use super::{Form, Nav, Notice, PageError, PageResult, Signed, html, items, see_other, show, text};
 use crate::AppState;
 use crate::auth::Role;
 use crate::error::ApiError;
 use crate::extract::{Body, JsonObject, Query as ApiQuery, typed};
 use crate::model::Webhook;
 
-fn text(v: &Value) -> String {
-    match v {
-        Value::String(s) => s.clone(),
-        Value::Null => String::new(),
-        v => v.to_string(),
-    }
-}
 
-fn items(v: &Value) -> impl Iterator<Item = &Value> {
-    v["items"].as_array().into_iter().flatten()
-}
 
-#[derive(Debug, Deserialize)]
-pub(crate) struct Notice {
-    notice: Option<String>,
-}
 
 fn notice(n: &Notice) -> Option<&'static str> {
     match n.notice.as_deref()? {
@@ -237,20 +222,10 @@ pub(crate) async fn change(State(s): State<AppState>, signed: Signed, headers: H
         match form.get("section").unwrap_or("") {
             "organization" | "carrier" | "prices" => {
                 let mut patch = settings_patch(&form)?;
-                if let Some(Value::Object(prices)) = patch.remove("__prices") {
-                    // The form holds the whole list: what it left out is removed (RFC 7396).
+                if let Some(prices) = patch.remove("__prices") {
+                    // The form holds the whole list: what it left out is removed.
                     let axum::Json(current) = crate::settings::get(State(s.clone()), caller.clone()).await?;
-                    let mut merged = serde_json::Map::new();
-                    for (provider, items) in current["prices"].as_object().into_iter().flatten() {
-                        let gone: serde_json::Map<String, Value> = items.as_object().into_iter().flatten().map(|(k, _)| (k.clone(), Value::Null)).collect();
-                        merged.insert(provider.clone(), if prices.contains_key(provider) { Value::Object(gone) } else { Value::Null });
-                    }
-                    for (provider, items) in prices {
-                        let mut entry = merged.remove(&provider).and_then(|v| v.as_object().cloned()).unwrap_or_default();
-                        entry.extend(items.as_object().cloned().unwrap_or_default());
-                        merged.insert(provider, Value::Object(entry));
-                    }
-                    patch.insert("prices".into(), Value::Object(merged));
+                    patch.insert("prices".into(), super::replacing(&current["prices"], prices));
                 }
                 let _saved = crate::settings::update(State(s.clone()), caller, JsonObject(patch)).await?;
                 Ok(None)
