@@ -227,6 +227,74 @@ pub struct Inbound {
     pub secrets: Secrets,
 }
 
+/// When the caller's speech over the bot stops it (a barge-in), and what does not: short
+/// acknowledgements ("yeah", "mm-hmm") and noise let the bot go on; they are kept in the
+/// transcript and not answered while the bot speaks.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Interruptions {
+    /// Voiced speech over the bot, in ms, that stops it: 0 to 3,000 (default 500; 0: any
+    /// speech stops it at once).
+    #[serde(default = "default_min_speech_ms")]
+    #[cfg_attr(feature = "openapi", schema(maximum = 3000))]
+    pub min_speech_ms: u32,
+    /// Where the speech-to-text gives interim words: this many words that are not
+    /// acknowledgements stop the bot before `min_speech_ms`: 0 to 10 (default 1; 0: speech
+    /// length only).
+    #[serde(default = "default_min_words")]
+    #[cfg_attr(feature = "openapi", schema(maximum = 10))]
+    pub min_words: u32,
+    /// Words that acknowledge rather than interrupt, lower case (at most 100): speech made
+    /// only of these (four words at most) never stops the bot.
+    #[serde(default = "default_backchannels")]
+    #[cfg_attr(feature = "openapi", schema(max_items = 100))]
+    pub backchannels: Vec<String>,
+}
+
+impl Default for Interruptions {
+    fn default() -> Interruptions {
+        Interruptions { min_speech_ms: default_min_speech_ms(), min_words: default_min_words(), backchannels: default_backchannels() }
+    }
+}
+
+fn default_min_speech_ms() -> u32 {
+    500
+}
+
+fn default_min_words() -> u32 {
+    1
+}
+
+fn default_backchannels() -> Vec<String> {
+    [
+        "yeah", "yes", "yep", "yup", "ok", "okay", "mm-hmm", "mhm", "mm", "hmm", "uh-huh", "uh", "um", "ah", "oh", "right", "sure", "alright",
+        "all", "i", "see", "got", "it", "cool", "great", "fine", "good", "wow", "really",
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
+impl Interruptions {
+    /// Whether `text` is only acknowledgement (or nothing): at most four words, each one of
+    /// `backchannels` once lower-cased and stripped of punctuation.
+    pub fn is_backchannel(&self, text: &str) -> bool {
+        let words: Vec<String> = words(text).collect();
+        words.len() <= 4 && words.iter().all(|w| self.backchannels.iter().any(|b| b == w))
+    }
+
+    /// The words of `text` that are not acknowledgements.
+    pub fn substantive_words(&self, text: &str) -> usize {
+        words(text).filter(|w| !self.backchannels.iter().any(|b| b == w)).count()
+    }
+}
+
+/// Lower-cased words without the punctuation around them ("Okay," → "okay"; "mm-hmm" stays).
+fn words(text: &str) -> impl Iterator<Item = String> + '_ {
+    text.split_whitespace()
+        .map(|w| w.trim_matches(|c: char| !c.is_alphanumeric()).to_lowercase())
+        .filter(|w| !w.is_empty())
+}
+
 /// Silence handling: a re-prompt after `reprompt_after_seconds` of silence, at most
 /// `max_reprompts` times, then `goodbye` and a hang-up.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -310,6 +378,9 @@ pub struct BotConfig {
     /// Silence handling.
     #[serde(default)]
     pub idle: Idle,
+    /// What speech over the bot stops it.
+    #[serde(default)]
+    pub interruptions: Interruptions,
     /// Who may call the bot without a call token.
     #[serde(default)]
     pub inbound: Inbound,
@@ -377,6 +448,21 @@ mod tests {
         assert_eq!((bot.idle.reprompt_after_seconds, bot.idle.max_reprompts), (8, 2));
         assert_eq!(bot.answering_machine.action, MachineAction::Hangup);
         assert_eq!(bot.outbound_greeting, OutboundGreeting::Immediate);
+        assert_eq!((bot.interruptions.min_speech_ms, bot.interruptions.min_words), (500, 1));
+    }
+
+    #[test]
+    fn acknowledgements_are_told_from_words_that_interrupt() {
+        let i = Interruptions::default();
+        for ack in ["Mm-hmm.", "yeah", "Okay, okay!", "Uh-huh", "right, I see", "", "..."] {
+            assert!(i.is_backchannel(ack), "{ack:?}");
+        }
+        for words in ["wait", "Okay, but what about Friday?", "no", "yeah yeah yeah yeah yeah"] {
+            assert!(!i.is_backchannel(words), "{words:?}");
+        }
+        assert_eq!(i.substantive_words("Okay wait, stop"), 2);
+        let custom = Interruptions { backchannels: vec!["ja".into()], ..Interruptions::default() };
+        assert!(custom.is_backchannel("Ja.") && !custom.is_backchannel("okay"));
     }
 
     #[test]

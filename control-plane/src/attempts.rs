@@ -17,7 +17,7 @@
 use axum::Json;
 use axum::extract::{Path, State};
 use serde_json::{Value, json};
-use sqlx::{AnyConnection, AnyPool, Row};
+use sqlx::{AnyConnection, AnyPool, AssertSqlSafe, Row};
 
 use crate::AppState;
 use crate::auth::Caller;
@@ -377,13 +377,34 @@ async fn finalize_in(tx: &mut AnyConnection, call_id: &str, now: i64) -> ApiResu
     Ok(())
 }
 
-/// The `p`-th percentile (0–100) of sorted values, nearest rank.
-fn percentile(sorted: &[i64], p: f64) -> Option<i64> {
-    if sorted.is_empty() {
-        return None;
+/// The nearest rank (1-based) of the `p`-th percentile (0–100) among `n` values.
+fn nearest_rank(n: i64, p: f64) -> i64 {
+    (((p / 100.0) * n as f64).ceil() as i64).clamp(1, n.max(1))
+}
+
+/// A campaign's calls' `column` where `filter` holds (both constants of this file; `$1` is
+/// the campaign): how many, their sum, and the nearest-rank percentiles `ps`. Counted and
+/// ranked by the database, so a campaign of any size sends back a few numbers.
+async fn distribution(s: &AppState, column: &str, filter: &str, id: &str, ps: &[f64]) -> ApiResult<(i64, i64, Vec<Option<i64>>)> {
+    let where_ = format!("campaign_id = $1 AND {column} IS NOT NULL{filter}");
+    let (n, sum): (i64, Option<i64>) = sqlx::query_as(AssertSqlSafe(format!("SELECT COUNT(*), CAST(SUM({column}) AS BIGINT) FROM calls WHERE {where_}")))
+        .bind(id)
+        .fetch_one(&s.db)
+        .await?;
+    let mut out = Vec::with_capacity(ps.len());
+    for &p in ps {
+        let value: Option<i64> = if n == 0 {
+            None
+        } else {
+            sqlx::query_scalar(AssertSqlSafe(format!("SELECT {column} FROM calls WHERE {where_} ORDER BY {column} LIMIT 1 OFFSET $2")))
+                .bind(id)
+                .bind(nearest_rank(n, p) - 1)
+                .fetch_optional(&s.db)
+                .await?
+        };
+        out.push(value);
     }
-    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
-    sorted.get(rank.clamp(1, sorted.len()) - 1).copied()
+    Ok((n, sum.unwrap_or(0), out))
 }
 
 /// `GET /v1/campaigns/{id}/stats`.
@@ -406,16 +427,9 @@ pub(crate) async fn stats(State(s): State<AppState>, caller: Caller, Path(id): P
         .bind(now)
         .fetch_one(&s.db)
         .await?;
-    let mut durations: Vec<i64> = sqlx::query_scalar(
-        "SELECT duration_ms FROM calls WHERE campaign_id = $1 AND status = 'final' AND answered_at IS NOT NULL AND duration_ms IS NOT NULL",
-    )
-    .bind(&id)
-    .fetch_all(&s.db)
-    .await?;
-    durations.sort_unstable();
-    let mut first_audio: Vec<i64> =
-        sqlx::query_scalar("SELECT first_audio_ms FROM calls WHERE campaign_id = $1 AND first_audio_ms IS NOT NULL").bind(&id).fetch_all(&s.db).await?;
-    first_audio.sort_unstable();
+    let (answered_calls, talked, duration_p95) =
+        distribution(&s, "duration_ms", " AND status = 'final' AND answered_at IS NOT NULL", &id, &[95.0]).await?;
+    let (first_audio_calls, _, first_audio) = distribution(&s, "first_audio_ms", "", &id, &[50.0, 95.0]).await?;
     let contacts: Vec<(String, Option<String>, i64)> =
         sqlx::query_as("SELECT status, disposition, COUNT(*) FROM contacts WHERE campaign_id = $1 GROUP BY status, disposition")
             .bind(&id)
@@ -435,7 +449,7 @@ pub(crate) async fn stats(State(s): State<AppState>, caller: Caller, Path(id): P
     }
     let dnc_skipped = dispositions.get("dnc").and_then(Value::as_i64).unwrap_or(0);
     let finished = attempts - in_progress;
-    let average = (!durations.is_empty()).then(|| durations.iter().sum::<i64>() / durations.len() as i64);
+    let average = (answered_calls > 0).then(|| talked / answered_calls);
     Ok(Json(json!({
         "campaign_id": id,
         "state": state,
@@ -450,8 +464,8 @@ pub(crate) async fn stats(State(s): State<AppState>, caller: Caller, Path(id): P
         "dnc_skipped": dnc_skipped,
         "live_now": live,
         "answer_rate": if finished > 0 { answered as f64 / finished as f64 } else { 0.0 },
-        "duration_ms": { "average": average, "p95": percentile(&durations, 95.0) },
-        "answer_to_first_audio_ms": { "p50": percentile(&first_audio, 50.0), "p95": percentile(&first_audio, 95.0), "calls": first_audio.len() },
+        "duration_ms": { "average": average, "p95": duration_p95[0] },
+        "answer_to_first_audio_ms": { "p50": first_audio[0], "p95": first_audio[1], "calls": first_audio_calls },
         "contacts": { "total": pending + dialing + done, "pending": pending, "dialing": dialing, "done": done, "dispositions": dispositions },
     })))
 }
@@ -462,11 +476,11 @@ mod tests {
 
     #[test]
     fn nearest_rank_percentiles() {
-        let v: Vec<i64> = (1..=100).collect();
-        assert_eq!(percentile(&v, 50.0), Some(50));
-        assert_eq!(percentile(&v, 95.0), Some(95));
-        assert_eq!(percentile(&[7], 95.0), Some(7));
-        assert_eq!(percentile(&[], 50.0), None);
+        assert_eq!(nearest_rank(100, 50.0), 50);
+        assert_eq!(nearest_rank(100, 95.0), 95);
+        assert_eq!(nearest_rank(20, 95.0), 19);
+        assert_eq!(nearest_rank(1, 95.0), 1);
+        assert_eq!(nearest_rank(3, 0.0), 1);
     }
 
     #[test]

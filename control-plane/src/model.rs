@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use cxb_contacts::E164;
 use cxb_contract::bot;
-pub use cxb_contract::bot::{AnsweringMachine, Idle, Inbound, MachineAction, OutboundGreeting, Provider, Secrets, Tool, ToolKind};
+pub use cxb_contract::bot::{AnsweringMachine, Idle, Inbound, Interruptions, MachineAction, OutboundGreeting, Provider, Secrets, Tool, ToolKind};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::ToSchema;
@@ -96,6 +96,9 @@ pub struct Bot {
     /// What the bot does when the caller goes quiet.
     #[serde(default)]
     pub idle: Idle,
+    /// What speech over the bot stops it, and which acknowledgements never do.
+    #[serde(default)]
+    pub interruptions: Interruptions,
     /// Inbound calls a carrier sends on its own, without a call token: what the engine checks.
     #[serde(default)]
     pub inbound: Inbound,
@@ -120,6 +123,13 @@ impl Bot {
         }
         if !(1..=600).contains(&self.idle.reprompt_after_seconds) || self.idle.max_reprompts > 10 {
             return Err(ApiError::invalid("idle", "reprompt_after_seconds 1 to 600, max_reprompts at most 10"));
+        }
+        let i = &self.interruptions;
+        if i.min_speech_ms > 3_000 || i.min_words > 10 {
+            return Err(ApiError::invalid("interruptions", "min_speech_ms at most 3000, min_words at most 10"));
+        }
+        if i.backchannels.len() > 100 || i.backchannels.iter().any(|w| w.is_empty() || w.len() > 40 || w.chars().any(|c| c.is_whitespace() || c.is_uppercase())) {
+            return Err(ApiError::invalid("interruptions.backchannels", "at most 100 single lower-case words of up to 40 bytes"));
         }
         if let Some(name) = self.inbound.secrets.keys().find(|k| !matches!(k.as_str(), "twilio_auth_token" | "secret")) {
             return Err(ApiError::invalid(format!("inbound.secrets.{name}"), "twilio_auth_token or secret"));
@@ -971,6 +981,7 @@ mod tests {
             "answering_machine": {"detect": true, "action": "leave_voicemail", "voicemail_message": "Call us back."},
             "outbound_greeting": "after_hello", "recording": false, "max_call_seconds": 600,
             "idle": {"reprompt_after_seconds": 5, "reprompt": "Hello?", "max_reprompts": 3, "goodbye": "Bye."},
+            "interruptions": {"min_speech_ms": 300, "min_words": 2, "backchannels": ["yeah", "ja"]},
             "inbound": {"allow_unsigned": true, "secrets": {"twilio_auth_token": "tw", "secret": "0123456789abcdef"}},
             "widget": {"enabled": true, "key": "wk_0123456789abcdef", "allowed_origins": ["https://shop.example"], "button_text": "Call us", "show_transcript": false},
         });
@@ -989,8 +1000,8 @@ mod tests {
         assert_eq!(runtime.inbound.secrets.get("secret").map(String::as_str), Some("0123456789abcdef"));
         let kinds: Vec<_> = runtime.tools.iter().map(|t| t.kind).collect();
         assert_eq!(kinds, [ToolKind::EndCall, ToolKind::TransferCall, ToolKind::DetectedVoicemail, ToolKind::SearchKnowledge, ToolKind::Http]);
-        let parts = (&runtime.stt, &runtime.llm, &runtime.tts, &runtime.tools, &runtime.answering_machine, &runtime.idle, &runtime.inbound);
-        assert_eq!(parts, (&bot.stt, &bot.llm, &bot.tts, &bot.tools, &bot.answering_machine, &bot.idle, &bot.inbound));
+        let parts = (&runtime.stt, &runtime.llm, &runtime.tts, &runtime.tools, &runtime.answering_machine, &runtime.idle, &runtime.inbound, &runtime.interruptions);
+        assert_eq!(parts, (&bot.stt, &bot.llm, &bot.tts, &bot.tools, &bot.answering_machine, &bot.idle, &bot.inbound, &bot.interruptions));
         // Everything else, field by field: the engine's config is the document plus id and
         // organization.
         let mut read = serde_json::to_value(&runtime).expect("JSON");

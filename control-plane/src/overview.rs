@@ -23,8 +23,8 @@ pub(crate) async fn get(State(s): State<AppState>, caller: Caller) -> ApiResult<
         .await?;
     // Failed: the call did not happen for a reason on our side or the carrier's.
     let today = sqlx::query(
-        "SELECT COUNT(*), COALESCE(SUM(CASE WHEN answered_at IS NOT NULL THEN 1 ELSE 0 END), 0), \
-         COALESCE(SUM(CASE WHEN outcome IN ('failed', 'error') THEN 1 ELSE 0 END), 0) FROM calls WHERE org_id = $1 AND started_at >= $2",
+        "SELECT COUNT(*), CAST(COALESCE(SUM(CASE WHEN answered_at IS NOT NULL THEN 1 ELSE 0 END), 0) AS BIGINT), \
+         CAST(COALESCE(SUM(CASE WHEN outcome IN ('failed', 'error') THEN 1 ELSE 0 END), 0) AS BIGINT) FROM calls WHERE org_id = $1 AND started_at >= $2",
     )
     .bind(org)
     .bind(midnight)
@@ -81,7 +81,8 @@ pub(crate) async fn get(State(s): State<AppState>, caller: Caller) -> ApiResult<
     let fleet = if caller.role >= Role::Admin {
         let cutoff = now - s.config.host_ttl.as_millis() as i64;
         let r = sqlx::query(
-            "SELECT COUNT(*), COALESCE(SUM(slots_total), 0), COALESCE(SUM(slots_free), 0), COALESCE(SUM(live_calls), 0) FROM hosts WHERE last_seen >= $1",
+            "SELECT COUNT(*), CAST(COALESCE(SUM(slots_total), 0) AS BIGINT), CAST(COALESCE(SUM(slots_free), 0) AS BIGINT), \
+             CAST(COALESCE(SUM(live_calls), 0) AS BIGINT) FROM hosts WHERE last_seen >= $1",
         )
         .bind(cutoff)
         .fetch_one(&s.db)

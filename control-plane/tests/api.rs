@@ -211,6 +211,7 @@ async fn bot_secrets_are_write_only_and_validation_names_the_field() {
     assert_eq!(runtime.body["stt"]["secrets"]["api_key"], "dg-secret");
     assert_eq!(runtime.body["greeting"], "Hi there");
     assert_eq!(runtime.body["outbound_greeting"], "immediate", "the default");
+    assert_eq!(runtime.body["interruptions"]["min_speech_ms"], 500, "the default: {}", runtime.body);
     let patched = api.patch(&format!("/v1/bots/{bot}"), &token, json!({"outbound_greeting": "after_hello"})).await;
     assert_eq!(patched.body["outbound_greeting"], "after_hello", "{}", patched.body);
     let typo = api.patch(&format!("/v1/bots/{bot}"), &token, json!({"llm": {"temprature": 0.2}})).await;
@@ -233,6 +234,9 @@ async fn bot_secrets_are_write_only_and_validation_names_the_field() {
         (json!({"name": "x", "idle": {"snooze": 1}}), "idle.snooze"),
         (json!({"name": "x", "inbound": {"allow": true}}), "inbound.allow"),
         (json!({"name": "x", "answering_machine": {"beep": true}}), "answering_machine.beep"),
+        (json!({"name": "x", "interruptions": {"min_speech_ms": 5000}}), "interruptions"),
+        (json!({"name": "x", "interruptions": {"backchannels": ["Yeah right"]}}), "interruptions.backchannels"),
+        (json!({"name": "x", "interruptions": {"min_words": -1}}), "interruptions.min_words"),
         (json!({"name": ""}), "name"),
         (json!({"greeting": "no name"}), ""),
     ] {
@@ -624,4 +628,34 @@ async fn phone_numbers_route_sip_calls_to_bots_with_their_trunks_credentials() {
         let r = api.patch("/v1/settings", &token, trunk(sip.clone())).await;
         assert_eq!((r.status, r.body["error"]["field"].as_str()), (422, Some(field)), "{sip}: {}", r.body);
     }
+}
+
+#[tokio::test]
+async fn campaign_statistics_rank_durations_and_first_audio_in_the_database() {
+    let api = Api::start().await;
+    let token = api.org("Acme").await;
+    let fleet = api.fleet_token().await;
+    let (bot, _, _, campaign) = product(&api, &token).await;
+    let empty = api.get(&format!("/v1/campaigns/{campaign}/stats"), &token).await.body;
+    assert_eq!((&empty["duration_ms"]["average"], &empty["answer_to_first_audio_ms"]["p50"]), (&Value::Null, &Value::Null), "{empty}");
+    // 20 answered calls of 1..=20 s with first audio 100..=2000 ms, and two unanswered.
+    for i in 1..=22u32 {
+        let answered = i <= 20;
+        let mut result = json!({
+            "call_id": format!("CA{i:03}"), "direction": "outbound", "from": "+14155550100", "to": "+14155550123", "bot_id": bot, "campaign_id": campaign,
+            "started_at": "2026-09-21T10:00:00Z", "ended_at": format!("2026-09-21T10:00:{:02}Z", if answered { i } else { 30 }),
+            "outcome": if answered { "completed" } else { "no_answer" }, "end_reason": "caller_hangup",
+        });
+        if answered {
+            result["answered_at"] = json!("2026-09-21T10:00:00Z");
+            result["metrics"] = json!({"answer_to_first_audio_ms": i * 100});
+        }
+        assert_eq!(api.post("/v1/runtime/results", &fleet, result).await.status, 201);
+    }
+    let stats = api.get(&format!("/v1/campaigns/{campaign}/stats"), &token).await.body;
+    assert_eq!((stats["attempts"].as_i64(), stats["answered"].as_i64(), stats["no_answer"].as_i64()), (Some(22), Some(20), Some(2)), "{stats}");
+    // Nearest rank: the 95th percentile of 20 values is the 19th.
+    assert_eq!((stats["duration_ms"]["average"].as_i64(), stats["duration_ms"]["p95"].as_i64()), (Some(10_500), Some(19_000)), "{stats}");
+    let fa = &stats["answer_to_first_audio_ms"];
+    assert_eq!((fa["p50"].as_i64(), fa["p95"].as_i64(), fa["calls"].as_i64()), (Some(1_000), Some(1_900), Some(20)), "{stats}");
 }

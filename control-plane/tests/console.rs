@@ -65,7 +65,7 @@ impl<'a> Browser<'a> {
     /// The form token the pages carry.
     async fn csrf(&self) -> String {
         let (_, page) = self.get("/").await;
-        let at = page.find("name=\"_csrf\" value=\"").unwrap() + 20;
+        let at = page.find("name=\"_csrf\" value=\"").unwrap_or_else(|| panic!("no form token on the home page: {page}")) + 20;
         page[at..at + page[at..].find('"').unwrap()].to_string()
     }
 

@@ -620,6 +620,7 @@ impl Agent {
         if self.holds_playout() {
             return self.screen(now, frame.narrow);
         }
+        let stopped = self.conv.on_caller_frame(now, frame.voiced);
         self.stt_bytes.clear();
         match (self.stt_format, frame.encoding) {
             (AudioFormat::Mulaw8k, Encoding::Mulaw) => self.stt_bytes.extend_from_slice(frame.raw),
@@ -638,7 +639,7 @@ impl Agent {
             self.stt_audio_ms += 20;
         }
         self.stt.send_audio(&self.stt_bytes);
-        false
+        stopped
     }
 
     /// Answering-machine detection, or the wait for "Hello?", on the frame in `pcm`; whether
@@ -862,17 +863,23 @@ impl Agent {
             _ => Outcome::Completed,
         };
         let usage = self.conv.usage();
-        let transcript = self
+        let mut transcript: Vec<Turn> = self
             .conv
             .transcript()
             .iter()
             .map(|l| Turn { role: l.role.to_string(), text: l.text.clone(), at_ms: l.at_ms, interrupted: l.interrupted })
             .collect();
+        // A reply is written when it ends, after words the caller said over it.
+        transcript.sort_by_key(|t| t.at_ms);
+        let (false_barge_ins, missed_barge_ins, backchannels) = self.conv.interruption_counts();
         let metrics = json!({
             "transport": start.map(|s| s.transport),
             "turn_latency_ms": self.conv.latencies(),
             "answer_to_first_audio_ms": self.first_audio.map(|t| t.saturating_since(self.created).as_millis() as u64),
             "barge_ins": self.conv.barge_ins(),
+            "false_barge_ins": false_barge_ins,
+            "missed_barge_ins": missed_barge_ins,
+            "backchannels": backchannels,
             "llm_requests": usage.llm_requests,
             "tools": self.tools.log().take(),
             "transfer": self.transfer,

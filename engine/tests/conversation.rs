@@ -188,6 +188,64 @@ fn an_ai_call_greets_answers_yields_to_barge_in_and_hangs_up() {
     assert!(count("cxb_agent_dispatch_seconds").is_some_and(|n| n >= 3), "dispatch: {:?}", count("cxb_agent_dispatch_seconds"));
 }
 
+#[test]
+fn an_acknowledgement_over_the_answer_neither_stops_it_nor_is_answered() {
+    const PER_CHAR: usize = 160;
+    let stt = DeepgramServer::start(DeepgramConfig {
+        script: vec![
+            Step::on_finalize(Reply::Final { text: "tell me about the menu".into(), speech_final: false }),
+            Step::on_finalize(Reply::Final { text: "Mm-hmm.".into(), speech_final: false }),
+        ],
+        ..DeepgramConfig::default()
+    })
+    .expect("stt server");
+    let tts = ElevenLabsServer::start(ElevenLabsConfig { bytes_per_char: PER_CHAR, ..ElevenLabsConfig::default() }).expect("tts server");
+    let bots = tempdir();
+    let menu = "We have soups and stews. We have salads of every kind.";
+    let bot = json!({
+        "name": "Support",
+        "stt": { "provider": "deepgram", "base_url": stt.url(), "secrets": { "api_key": "dg" } },
+        "llm": { "provider": "script", "options": { "script": { "intents": [{ "name": "menu", "keywords": ["menu"], "reply": menu }], "fallback": "Sorry?" } } },
+        "tts": { "provider": "elevenlabs", "base_url": tts.url(), "secrets": { "api_key": "xi" } },
+        "voice": "voice1",
+    });
+    std::fs::write(bots.join("support.json"), bot.to_string()).expect("bot file");
+    let results = Arc::new(Captured::default());
+    let sink = results.clone();
+    let e = engine(move |c| {
+        c.bots.dir = Some(bots);
+        c.results = Some(sink);
+    });
+    let path = format!("/ws/support?token={}", common::token(&common::claims("support")));
+    let mut call = connect(e.local_addr(), &path).expect("upgrade");
+    call.start();
+    for f in speech_frames() {
+        call.media(&f);
+    }
+    let _ = call.ws.get_ref().set_read_timeout(Some(Duration::from_secs(5)));
+    while call.next_json().expect("the answer starts")["event"] != "media" {}
+    // 200 ms into the answer, "mm-hmm": 280 ms of audio (180 ms voiced), then silence.
+    std::thread::sleep(Duration::from_millis(200));
+    let speech = speech_frames();
+    for f in speech.iter().take(14).chain(std::iter::repeat_n(&vec![0xFF; 160], 60)) {
+        call.media(f);
+    }
+    let rest = listen(&mut call, Duration::from_millis(600), Duration::from_secs(10));
+    assert!(!rest.cleared, "the answer was not stopped");
+    // The whole answer was heard (less the first frame read above), sentence by sentence.
+    let frames: usize = menu.split_inclusive(". ").map(|s| (s.trim().len() * PER_CHAR).div_ceil(160)).sum();
+    assert_eq!((rest.bytes + 160).div_ceil(160), frames, "{} bytes", rest.bytes);
+    drop(call);
+    assert!(common::eventually(Duration::from_secs(5), || results.0.lock().expect("lock").len() == 1));
+    let results = results.0.lock().expect("lock");
+    let result = &results[0].0;
+    let lines: Vec<(&str, &str)> = result["transcript"].as_array().expect("transcript").iter().map(|l| (l["role"].as_str().unwrap_or(""), l["text"].as_str().unwrap_or(""))).collect();
+    assert_eq!(lines, [("caller", "tell me about the menu"), ("bot", menu), ("caller", "Mm-hmm.")], "{result}");
+    let m = &result["metrics"];
+    assert_eq!((m["barge_ins"].as_u64(), m["backchannels"].as_u64(), m["false_barge_ins"].as_u64()), (Some(0), Some(1), Some(0)), "{m}");
+    assert_eq!(m["llm_requests"], 1, "the acknowledgement was not answered");
+}
+
 /// 8 kHz 16-bit samples from a fixture file.
 fn samples(path: &str) -> Vec<i16> {
     std::fs::read(path).expect("fixture").chunks_exact(2).map(|b| i16::from_le_bytes([b[0], b[1]])).collect()

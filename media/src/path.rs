@@ -33,6 +33,8 @@ pub struct Heard {
     pub vad: Option<VadEvent>,
     /// A turn starting (a turn's end comes from [`Inbound::poll_turn`]).
     pub turn: Option<TurnEvent>,
+    /// Of the payload's 20 ms frames, how many the detector judged voiced.
+    pub voiced_frames: u32,
 }
 
 /// Settings of the inbound path.
@@ -90,7 +92,10 @@ impl Inbound {
                 // A trailing partial frame (an odd-sized payload) is padded for the detector.
                 self.frame.samples_mut().resize(per_frame, 0);
             }
-            if let Some(event) = self.vad.process(at, &self.frame)? {
+            let before = self.vad.voiced_frames();
+            let event = self.vad.process(at, &self.frame)?;
+            heard.voiced_frames += u32::from(self.vad.voiced_frames() > before);
+            if let Some(event) = event {
                 heard.vad = Some(event);
                 if let Some(turn) = self.turn.on_vad(event) {
                     heard.turn = Some(turn);

@@ -4,5 +4,5 @@
 //! keeps working against a newer API.
 
 pub use cxb_contract::bot::{
-    AnsweringMachine, BotConfig, Idle, Inbound, MachineAction, OutboundGreeting, Provider as ProviderConfig, Tool as ToolConfig, ToolKind,
+    AnsweringMachine, BotConfig, Idle, Inbound, Interruptions, MachineAction, OutboundGreeting, Provider as ProviderConfig, Tool as ToolConfig, ToolKind,
 };

@@ -16,7 +16,7 @@ use cxb_media::Timestamp;
 use cxb_media::turn::TurnEvent;
 use serde::Serialize;
 
-use crate::config::{BotConfig, ToolKind};
+use crate::config::{BotConfig, Interruptions, ToolKind};
 use crate::provider::{AudioFormat, ChatRequest, Event, LlmEvent, Message, Role, SttEvent, ToolCall, ToolSpec, TtsEvent};
 
 /// How long to wait for the final transcript after the caller's turn ended before taking
@@ -249,6 +249,23 @@ pub struct Conversation {
     keys_at: Option<Timestamp>,
     usage: Usage,
     barge_ins: u32,
+    interruptions: Interruptions,
+    /// The caller's speech over a reply, until its turn is taken.
+    overlap: Option<Overlap>,
+    /// Barge-ins whose turn turned out to be only acknowledgement or noise.
+    false_barge_ins: u32,
+    /// Turns over a reply that did not stop it, yet said more than an acknowledgement.
+    missed_barge_ins: u32,
+    /// Acknowledgements over a reply that let it go on.
+    backchannels: u32,
+}
+
+/// The caller speaking over a reply: how much voiced speech so far, and whether it stopped
+/// the reply.
+#[derive(Debug, Clone, Copy)]
+struct Overlap {
+    voiced_ms: u64,
+    barged: bool,
 }
 
 impl Conversation {
@@ -289,6 +306,11 @@ impl Conversation {
             keys_at: None,
             usage: Usage::default(),
             barge_ins: 0,
+            interruptions: bot.interruptions.clone(),
+            overlap: None,
+            false_barge_ins: 0,
+            missed_barge_ins: 0,
+            backchannels: 0,
         }
     }
 
@@ -353,6 +375,12 @@ impl Conversation {
         self.barge_ins
     }
 
+    /// Barge-ins that were only acknowledgement or noise, turns over the bot that said more
+    /// than an acknowledgement without stopping it, and acknowledgements it talked on through.
+    pub fn interruption_counts(&self) -> (u32, u32, u32) {
+        (self.false_barge_ins, self.missed_barge_ins, self.backchannels)
+    }
+
     /// Whether the bot is speaking or about to (a reply is in progress).
     pub fn bot_active(&self) -> bool {
         self.reply.is_some()
@@ -375,8 +403,9 @@ impl Conversation {
                 self.caller_speaking = true;
                 self.caller_started.get_or_insert(at);
                 self.idle_at = None;
-                if self.reply.is_some() {
-                    self.barge_in(now);
+                if self.interruptible() {
+                    self.overlap = Some(Overlap { voiced_ms: ms_between(at, now), barged: false });
+                    self.judge_overlap(now, "");
                 }
             }
             TurnEvent::Ended { speech_ended, decided_at, .. } => {
@@ -403,10 +432,14 @@ impl Conversation {
                     }
                     self.caller_text.push_str(text);
                 }
+                self.judge_overlap(now, "");
                 self.try_commit(now, end_of_turn);
             }
             Event::Stt(SttEvent::UtteranceEnd) => self.try_commit(now, true),
-            Event::Stt(SttEvent::Interim { .. }) | Event::Stt(SttEvent::Error(_)) => {}
+            Event::Stt(SttEvent::Interim { text }) => {
+                self.judge_overlap(now, &text);
+            }
+            Event::Stt(SttEvent::Error(_)) => {}
             Event::Llm { turn, event } => self.on_llm(now, turn, event),
             Event::Tts { sentence, event } => self.on_tts(now, sentence, event),
             Event::Tool { call_id, output } => {
@@ -421,6 +454,45 @@ impl Conversation {
                 self.continue_after_tools(now);
             }
         }
+    }
+
+    /// A 20 ms frame of the caller's audio, `voiced` or not: speech over a reply stops it once
+    /// it has lasted the bot's `interruptions.min_speech_ms`. Whether the reply stopped.
+    pub fn on_caller_frame(&mut self, now: Timestamp, voiced: bool) -> bool {
+        let Some(o) = self.overlap.as_mut().filter(|o| !o.barged) else { return false };
+        if voiced {
+            o.voiced_ms += 20;
+        }
+        self.judge_overlap(now, "")
+    }
+
+    /// Whether a reply is in progress that the caller's speech may stop (a goodbye, a
+    /// voicemail message or a hand-over is not stopped).
+    fn interruptible(&self) -> bool {
+        self.reply.as_ref().is_some_and(|r| r.after == After::Listen || r.llm.is_some() || r.tools_running > 0)
+    }
+
+    /// Stops the reply the caller is speaking over once their speech has lasted long enough
+    /// or said enough words that are not acknowledgements (`interim`: the STT's words not yet
+    /// final). Whether it stopped it.
+    fn judge_overlap(&mut self, now: Timestamp, interim: &str) -> bool {
+        let Some(o) = self.overlap.filter(|o| !o.barged) else { return false };
+        if !self.interruptible() {
+            return false;
+        }
+        let i = &self.interruptions;
+        let long_enough = o.voiced_ms >= u64::from(i.min_speech_ms);
+        let words = i.min_words > 0 && i.substantive_words(&self.caller_text) + i.substantive_words(interim) >= i.min_words as usize;
+        if !(long_enough || words) {
+            return false;
+        }
+        self.overlap = Some(Overlap { barged: true, ..o });
+        if !self.caller_speaking {
+            // The words came only after the caller's speech: the bot talked over all of it.
+            self.missed_barge_ins += 1;
+        }
+        self.barge_in(now);
+        true
     }
 
     /// The caller pressed a key (`0`-`9`, `*`, `#`, `A`-`D`; anything else is ignored). It
@@ -494,6 +566,10 @@ impl Conversation {
         if self.awaiting_final.is_some_and(|(_, decided)| now >= decided + FINAL_WAIT) {
             self.try_commit(now, true);
             self.awaiting_final = None;
+            // No words: speech over the bot that stopped it was noise.
+            if self.overlap.take().is_some_and(|o| o.barged) {
+                self.false_barge_ins += 1;
+            }
             // No words came (a cough, noise): the bot is still listening, and the silence
             // counts again towards a re-prompt.
             if self.reply.is_none() && !self.caller_speaking {
@@ -516,7 +592,8 @@ impl Conversation {
     /// Ends the conversation from outside (the call ended): a reply in progress is recorded
     /// as far as the caller heard it.
     pub fn finish(&mut self, now: Timestamp) {
-        if let Some(reply) = self.reply.take() {
+        if let Some(mut reply) = self.reply.take() {
+            self.hear_front(&mut reply, now);
             self.record_reply(now, reply, true);
         }
         self.hung_up = true;
@@ -541,6 +618,20 @@ impl Conversation {
         let text = std::mem::take(&mut self.caller_text);
         let at = self.caller_started.take().unwrap_or(now);
         self.transcript.push(Line { role: "caller", text: text.clone(), at_ms: ms_between(self.start, at), interrupted: false });
+        if let Some(o) = self.overlap.take() {
+            let backchannel = self.interruptions.is_backchannel(&text);
+            if o.barged && backchannel {
+                self.false_barge_ins += 1;
+            } else if !o.barged && self.interruptible() {
+                if backchannel {
+                    // "Mm-hmm" while the bot talks: in the transcript, not answered.
+                    self.backchannels += 1;
+                    return;
+                }
+                self.missed_barge_ins += 1;
+                self.barge_in(now);
+            }
+        }
         // Keys the caller pressed before these words go with them.
         let text = match std::mem::take(&mut self.keys) {
             keys if keys.is_empty() => text,
@@ -804,14 +895,20 @@ impl Conversation {
         self.barge_ins += 1;
         self.cancel(&reply);
         self.actions.push_back(Action::ClearPlayout);
+        self.hear_front(&mut reply, now);
+        reply.sentences.clear();
+        self.record_reply(now, reply, true);
+    }
+
+    /// Adds to what the caller heard the words of the sentence playing at `now`, as far as
+    /// it played.
+    fn hear_front(&self, reply: &mut Reply, now: Timestamp) {
         if let Some(front) = reply.sentences.front().filter(|s| s.started.is_some()) {
             let played = ms_between(front.started.unwrap_or(now), now);
             let total = (front.queued / self.format.bytes_per_ms(1).max(1)) as u64;
             let heard = heard_prefix(&front.text, played, total);
             push_words(&mut reply.heard, &heard);
         }
-        reply.sentences.clear();
-        self.record_reply(now, reply, true);
     }
 
     fn cancel(&mut self, reply: &Reply) {
@@ -1040,7 +1137,10 @@ mod tests {
 
     #[test]
     fn barge_in_clears_playout_cancels_and_keeps_only_what_was_heard() {
-        let mut c = Conversation::new(&bot(), AudioFormat::Mulaw8k, Vec::new(), at(0));
+        // A bot that stops at any speech.
+        let mut b = bot();
+        b.interruptions.min_speech_ms = 0;
+        let mut c = Conversation::new(&b, AudioFormat::Mulaw8k, Vec::new(), at(0));
         c.start(at(0));
         let actions = drain(&mut c);
         let first = llm_free_sentence(&actions, 0);
@@ -1063,6 +1163,112 @@ mod tests {
         let actions = caller_says(&mut c, 500, 1_500, "Stop.");
         let (_, request) = llm_turn(&actions);
         assert_eq!(request.messages[1], Message::text(Role::Assistant, "Hello"));
+    }
+
+    /// A conversation whose greeting ("Hello there!", 1 s of audio) started playing at 20 ms.
+    fn greeting_playing() -> (Conversation, u64) {
+        let mut c = Conversation::new(&bot(), AudioFormat::Mulaw8k, Vec::new(), at(0));
+        c.start(at(0));
+        let actions = drain(&mut c);
+        let first = llm_free_sentence(&actions, 0);
+        c.on_event(at(10), Event::Tts { sentence: first, event: TtsEvent::Audio(vec![0xff; 8_000]) });
+        c.on_event(at(10), Event::Tts { sentence: first, event: TtsEvent::Done });
+        drain(&mut c);
+        c.on_mark(at(20), first * 2);
+        (c, first)
+    }
+
+    /// The caller's voiced frames from `from` ms for `ms`; the actions they caused.
+    fn voiced(c: &mut Conversation, from: u64, ms: u64) -> Vec<Action> {
+        c.on_turn(at(from), TurnEvent::Started { at: at(from) });
+        let mut out = drain(c);
+        for k in 0..ms / 20 {
+            c.on_caller_frame(at(from + k * 20), true);
+            out.extend(drain(c));
+        }
+        out
+    }
+
+    #[test]
+    fn an_acknowledgement_over_the_bot_is_transcribed_but_neither_stops_it_nor_is_answered() {
+        let (mut c, _) = greeting_playing();
+        let actions = voiced(&mut c, 200, 360);
+        assert!(!actions.contains(&Action::ClearPlayout), "{actions:?}");
+        c.on_event(at(560), Event::Stt(SttEvent::Interim { text: "mm-hmm".into() }));
+        c.on_turn(at(1_260), TurnEvent::Ended { speech_started: at(200), speech_ended: at(560), decided_at: at(1_260) });
+        c.on_event(at(1_300), Event::Stt(SttEvent::Final { text: "Mm-hmm.".into(), end_of_turn: false }));
+        let actions = drain(&mut c);
+        assert!(!actions.iter().any(|a| matches!(a, Action::ClearPlayout | Action::Llm { .. } | Action::CancelTts)), "{actions:?}");
+        assert!(c.bot_active(), "the greeting goes on");
+        assert_eq!(c.transcript(), [Line { role: "caller", text: "Mm-hmm.".into(), at_ms: 200, interrupted: false }]);
+        assert_eq!((c.barge_ins(), c.interruption_counts()), (0, (0, 0, 1)));
+    }
+
+    #[test]
+    fn speech_that_lasts_stops_the_bot_once_it_has_lasted_the_bots_minimum() {
+        let (mut c, _) = greeting_playing();
+        // 500 ms by default: 480 ms of speech does not stop it, the next voiced frame does.
+        let actions = voiced(&mut c, 200, 480);
+        assert!(!actions.contains(&Action::ClearPlayout), "{actions:?}");
+        assert!(c.on_caller_frame(at(700), true));
+        assert!(drain(&mut c).contains(&Action::ClearPlayout));
+        assert_eq!(c.barge_ins(), 1);
+        // Silent frames in between do not count.
+        let (mut c, _) = greeting_playing();
+        voiced(&mut c, 200, 300);
+        for k in 0..20 {
+            assert!(!c.on_caller_frame(at(500 + k * 20), false));
+        }
+        assert_eq!(c.barge_ins(), 0);
+    }
+
+    #[test]
+    fn a_word_that_is_not_an_acknowledgement_stops_the_bot_before_the_minimum() {
+        let (mut c, _) = greeting_playing();
+        voiced(&mut c, 200, 200);
+        c.on_event(at(400), Event::Stt(SttEvent::Interim { text: "Okay".into() }));
+        assert!(!drain(&mut c).contains(&Action::ClearPlayout), "an acknowledgement");
+        c.on_event(at(420), Event::Stt(SttEvent::Interim { text: "Okay wait".into() }));
+        assert!(drain(&mut c).contains(&Action::ClearPlayout), "'wait' stops it");
+        c.on_turn(at(1_300), TurnEvent::Ended { speech_started: at(200), speech_ended: at(600), decided_at: at(1_300) });
+        c.on_event(at(1_350), Event::Stt(SttEvent::Final { text: "Okay, wait.".into(), end_of_turn: false }));
+        let (_, request) = llm_turn(&drain(&mut c));
+        assert_eq!(request.messages.last().map(|m| m.content.as_str()), Some("Okay, wait."));
+        assert_eq!(c.interruption_counts(), (0, 0, 0));
+    }
+
+    #[test]
+    fn noise_that_stopped_the_bot_is_a_false_barge_in_and_a_short_real_turn_a_missed_one() {
+        let (mut c, _) = greeting_playing();
+        voiced(&mut c, 200, 600);
+        assert_eq!(c.barge_ins(), 1);
+        c.on_turn(at(1_500), TurnEvent::Ended { speech_started: at(200), speech_ended: at(800), decided_at: at(1_500) });
+        c.on_timeout(at(1_500) + FINAL_WAIT);
+        assert_eq!(c.interruption_counts(), (1, 0, 0), "no words came");
+
+        // Words only, no interim results, too short to stop the bot: it stops when they come.
+        let mut b = bot();
+        b.interruptions.min_words = 0;
+        let mut c = Conversation::new(&b, AudioFormat::Mulaw8k, Vec::new(), at(0));
+        c.start(at(0));
+        let first = llm_free_sentence(&drain(&mut c), 0);
+        c.on_event(at(10), Event::Tts { sentence: first, event: TtsEvent::Audio(vec![0xff; 8_000]) });
+        drain(&mut c);
+        c.on_mark(at(20), first * 2);
+        voiced(&mut c, 200, 300);
+        c.on_turn(at(1_200), TurnEvent::Ended { speech_started: at(200), speech_ended: at(500), decided_at: at(1_200) });
+        c.on_event(at(1_250), Event::Stt(SttEvent::Final { text: "No.".into(), end_of_turn: false }));
+        let actions = drain(&mut c);
+        assert!(actions.contains(&Action::ClearPlayout) && actions.iter().any(|a| matches!(a, Action::Llm { .. })), "{actions:?}");
+        assert_eq!(c.interruption_counts(), (0, 1, 0));
+    }
+
+    #[test]
+    fn a_hang_up_keeps_what_the_caller_heard_of_the_sentence_playing() {
+        let (mut c, _) = greeting_playing();
+        // Half of "Hello there!" played.
+        c.finish(at(520));
+        assert_eq!(c.transcript(), [Line { role: "bot", text: "Hello".into(), at_ms: 0, interrupted: true }]);
     }
 
     fn llm_free_sentence(actions: &[Action], n: usize) -> u64 {

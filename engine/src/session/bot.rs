@@ -38,6 +38,8 @@ pub struct CallerFrame<'a> {
     pub wide: &'a Pcm<Hz16>,
     /// The caller is in a turn (from its start until its end is reported).
     pub in_turn: bool,
+    /// The voice detector judged the frame voiced.
+    pub voiced: bool,
 }
 
 /// A bot behind a call. Every method but [`Bot::wake`] runs in answer to the session's input;

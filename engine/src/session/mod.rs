@@ -213,6 +213,7 @@ impl Session {
                 narrow: self.inbound.narrow().samples(),
                 wide: self.inbound.audio(),
                 in_turn: self.inbound.in_turn(),
+                voiced: heard.voiced_frames > 0,
             };
             let mut out = Playback::new(&mut self.outbound, &mut self.queue, self.streaming, self.config.keys_out_of_band);
             self.bot.caller_frame(now, &caller, &mut out);
