@@ -114,7 +114,7 @@ impl Bot {
             return Err(ApiError::invalid("language", "a BCP 47 tag such as en-US"));
         }
         check_provider(&self.stt, "stt", &["deepgram", "wyoming", "none"])?;
-        check_provider(&self.llm, "llm", &["openai", "script"])?;
+        check_provider(&self.llm, "llm", &["openai", "anthropic", "gemini", "script"])?;
         check_provider(&self.tts, "tts", &["elevenlabs", "openai", "wyoming", "espeak"])?;
         // Which program an engine host runs is the host's choice (a local bot file), not an
         // API user's.

@@ -406,6 +406,8 @@ pub struct Agent {
     end: Option<AgentEnd>,
     created: Timestamp,
     created_unix_ms: u64,
+    /// The time the session last gave (the agent reads no clock).
+    now: Timestamp,
     /// The call token's claims, for calls the platform placed.
     claims: Option<CallClaims>,
     first_audio: Option<Timestamp>,
@@ -485,6 +487,7 @@ impl Agent {
             end: None,
             created: now,
             created_unix_ms: unix_ms,
+            now,
             claims,
             first_audio: None,
             stt_audio_ms: 0,
@@ -522,7 +525,7 @@ impl Agent {
         self.minted_id
             .get_or_insert_with(|| {
                 use std::hash::BuildHasher;
-                format!("call-{:016x}", std::collections::hash_map::RandomState::new().hash_one(crate::shared::unix_ms()))
+                format!("call-{:016x}", std::collections::hash_map::RandomState::new().hash_one(self.created_unix_ms))
             })
             .clone()
     }
@@ -553,7 +556,7 @@ impl Agent {
             "reason": reason,
             "summary": summary,
             "transcript": transcript,
-            "created_at": rfc3339(crate::shared::unix_ms()),
+            "created_at": rfc3339(self.created_unix_ms + self.now.saturating_since(self.created).as_millis() as u64),
         });
         let queued = match &self.handoff_sink {
             Some(sink) => sink.submit_handoff(handoff).is_some(),
@@ -881,6 +884,7 @@ impl Agent {
             "missed_barge_ins": missed_barge_ins,
             "backchannels": backchannels,
             "llm_requests": usage.llm_requests,
+            "llm_cache_hits": usage.cache_hits,
             "tools": self.tools.log().take(),
             "transfer": self.transfer,
             "handoffs": self.handoffs,
@@ -917,12 +921,17 @@ impl Agent {
             end_reason: end_reason.to_string(),
             transcript,
             recording: None,
-            costs: vec![
+            costs: [
                 CostLine::quantity("stt_audio", self.stt_audio_ms as f64 / 1000.0, "second"),
-                CostLine::quantity("llm_prompt_tokens", usage.prompt_tokens as f64, "token"),
+                // Prompt tokens read fresh, from the provider's cache and into it are priced apart.
+                CostLine::quantity("llm_prompt_tokens", usage.prompt_tokens.saturating_sub(usage.cached_tokens + usage.cache_write_tokens) as f64, "token"),
                 CostLine::quantity("llm_completion_tokens", usage.completion_tokens as f64, "token"),
                 CostLine::quantity("tts_characters", usage.tts_characters as f64, "character"),
-            ],
+            ]
+            .into_iter()
+            .chain((usage.cached_tokens > 0).then(|| CostLine::quantity("llm_cached_tokens", usage.cached_tokens as f64, "token")))
+            .chain((usage.cache_write_tokens > 0).then(|| CostLine::quantity("llm_cache_write_tokens", usage.cache_write_tokens as f64, "token")))
+            .collect(),
             metrics: match metrics {
                 Value::Object(map) => map,
                 _ => serde_json::Map::new(),
@@ -955,6 +964,7 @@ impl Bot for Agent {
     }
 
     fn caller_frame(&mut self, now: Timestamp, frame: &CallerFrame<'_>, out: &mut Playback<'_>) {
+        self.now = now;
         if self.hear(now, frame) {
             self.act(out, None);
         }
@@ -963,6 +973,7 @@ impl Bot for Agent {
     /// While answering-machine detection runs, the caller's turns are not the conversation's
     /// (a machine's greeting is not a turn to answer).
     fn turn(&mut self, now: Timestamp, event: TurnEvent, out: &mut Playback<'_>) {
+        self.now = now;
         if self.admits_turn(&event) {
             self.conv.on_turn(now, event);
             self.act(out, None);
@@ -970,11 +981,13 @@ impl Bot for Agent {
     }
 
     fn dtmf(&mut self, now: Timestamp, digit: char, out: &mut Playback<'_>) {
+        self.now = now;
         self.conv.on_dtmf(now, digit);
         self.act(out, None);
     }
 
     fn mark_played(&mut self, now: Timestamp, id: u64, out: &mut Playback<'_>) {
+        self.now = now;
         if id & KEY_MARK != 0 {
             // A key's place in the bot's audio: it is pressed now, out of band.
             if let Some(key) = char::from_u32((id & 0xff) as u32) {
@@ -987,11 +1000,13 @@ impl Bot for Agent {
     }
 
     fn timeout(&mut self, now: Timestamp, out: &mut Playback<'_>) {
+        self.now = now;
         self.conv.on_timeout(now);
         self.act(out, None);
     }
 
     fn wake(&mut self, now: Timestamp, out: &mut Playback<'_>) {
+        self.now = now;
         while let Some((arrived, event)) = self.events.pop() {
             self.conv.on_event(now, event);
             if self.act(out, Some(arrived)) {

@@ -119,6 +119,12 @@ pub struct Usage {
     pub prompt_tokens: u64,
     /// Language model tokens written.
     pub completion_tokens: u64,
+    /// Of the tokens read, those served from the provider's prompt cache.
+    pub cached_tokens: u64,
+    /// Of the tokens read, those written into the provider's prompt cache.
+    pub cache_write_tokens: u64,
+    /// Requests that read from the prompt cache.
+    pub cache_hits: u64,
     /// Characters sent to text-to-speech.
     pub tts_characters: u64,
     /// Language model requests.
@@ -686,6 +692,9 @@ impl Conversation {
             LlmEvent::Done { usage } => {
                 self.usage.prompt_tokens += usage.prompt_tokens;
                 self.usage.completion_tokens += usage.completion_tokens;
+                self.usage.cached_tokens += usage.cached_tokens;
+                self.usage.cache_write_tokens += usage.cache_write_tokens;
+                self.usage.cache_hits += u64::from(usage.cached_tokens > 0);
                 reply.llm = None;
                 self.cut_sentences(true);
                 self.continue_after_tools(now);
@@ -1114,7 +1123,7 @@ mod tests {
         for token in ["We are ", "open nine", " to five. ", "Anything else?"] {
             c.on_event(at(3_000), Event::Llm { turn, event: LlmEvent::Token(token.into()) });
         }
-        c.on_event(at(3_100), Event::Llm { turn, event: LlmEvent::Done { usage: TokenUsage { prompt_tokens: 20, completion_tokens: 9 } } });
+        c.on_event(at(3_100), Event::Llm { turn, event: LlmEvent::Done { usage: TokenUsage { prompt_tokens: 20, completion_tokens: 9, ..TokenUsage::default() } } });
         let actions = drain(&mut c);
         let sentences: Vec<(u64, String)> = actions.iter().filter_map(|a| if let Action::Synthesize { sentence, text } = a { Some((*sentence, text.clone())) } else { None }).collect();
         assert_eq!(sentences.iter().map(|s| s.1.as_str()).collect::<Vec<_>>(), ["We are open nine to five.", "Anything else?"]);

@@ -122,6 +122,12 @@ pub struct TokenUsage {
     pub prompt_tokens: u64,
     /// Tokens written.
     pub completion_tokens: u64,
+    /// Of the tokens read, those the provider served from its prompt cache.
+    #[serde(default)]
+    pub cached_tokens: u64,
+    /// Of the tokens read, those the provider wrote into its prompt cache.
+    #[serde(default)]
+    pub cache_write_tokens: u64,
 }
 
 /// Who said a message in the language model's context.

@@ -96,7 +96,7 @@ fn tokens_stream_then_done_with_usage() {
     server.push_reply(ChatReply::Stream {
         text: "Hello there, caller.".into(),
         tool_calls: Vec::new(),
-        usage: Some(TokenUsage { prompt_tokens: 12, completion_tokens: 5 }),
+        usage: Some(TokenUsage { prompt_tokens: 12, completion_tokens: 5, ..TokenUsage::default() }),
     });
     let events = Events::new();
     let got = run(async {
@@ -109,7 +109,7 @@ fn tokens_stream_then_done_with_usage() {
             LlmEvent::Token("Hello ".into()),
             LlmEvent::Token("there, ".into()),
             LlmEvent::Token("caller.".into()),
-            LlmEvent::Done { usage: TokenUsage { prompt_tokens: 12, completion_tokens: 5 } },
+            LlmEvent::Done { usage: TokenUsage { prompt_tokens: 12, completion_tokens: 5, ..TokenUsage::default() } },
         ]
     );
 }

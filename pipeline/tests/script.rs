@@ -40,7 +40,7 @@ fn text_of(events: &[LlmEvent]) -> String {
     events.iter().filter_map(|e| if let LlmEvent::Token(t) = e { Some(t.as_str()) } else { None }).collect()
 }
 
-const DONE: LlmEvent = LlmEvent::Done { usage: TokenUsage { prompt_tokens: 0, completion_tokens: 0 } };
+const DONE: LlmEvent = LlmEvent::Done { usage: TokenUsage { prompt_tokens: 0, completion_tokens: 0, cached_tokens: 0, cache_write_tokens: 0 } };
 
 #[test]
 fn first_matching_intent_replies_word_by_word() {

@@ -5,9 +5,11 @@ use std::rc::Rc;
 use crate::config::BotConfig;
 use crate::provider::{LlmProvider, ProviderError, SttProvider, TtsProvider};
 
+pub mod anthropic;
 pub mod deepgram;
 pub mod elevenlabs;
 pub mod espeak;
+pub mod gemini;
 pub mod none;
 pub mod openai;
 pub mod script;
@@ -29,6 +31,9 @@ pub fn stt(bot: &BotConfig) -> Result<Rc<dyn SttProvider>, ProviderError> {
 pub fn llm(bot: &BotConfig) -> Result<Rc<dyn LlmProvider>, ProviderError> {
     Ok(match bot.llm.provider.as_str() {
         "openai" => Rc::new(openai::OpenAiChat::from_config(bot)?),
+        "anthropic" => Rc::new(anthropic::AnthropicMessages::from_config(bot)?),
+        // The request task shares the adapter (its cached content is looked up per request).
+        "gemini" => Rc::new(Rc::new(gemini::Gemini::from_config(bot)?)),
         "script" => Rc::new(script::Script::from_config(bot)?),
         other => return Err(ProviderError::Unknown { kind: "llm", name: other.to_string() }),
     })

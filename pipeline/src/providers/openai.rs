@@ -60,53 +60,66 @@ const DRAIN_LIMIT: usize = 4096;
 /// delays `Done` by this much and loses its connection).
 const DRAIN_TIME: std::time::Duration = std::time::Duration::from_millis(200);
 /// The most tool calls one reply may make.
-const MAX_TOOL_CALLS: usize = 128;
+pub(crate) const MAX_TOOL_CALLS: usize = 128;
 /// The most bytes of arguments one tool call may have.
-const MAX_ARGUMENTS: usize = 1 << 20;
+pub(crate) const MAX_ARGUMENTS: usize = 1 << 20;
 
-/// An API endpoint and its key.
+/// An API endpoint and the headers that authenticate to it.
 #[derive(Debug)]
-struct Endpoint {
-    url: String,
-    api_key: Option<String>,
+pub(crate) struct Endpoint {
+    pub(crate) url: String,
+    headers: Vec<(&'static str, String)>,
 }
 
 impl Endpoint {
-    /// `path` under the config's `base_url` (OpenAI's when unset, which then needs a key).
+    /// `path` under the config's `base_url` (OpenAI's when unset, which then needs a key);
+    /// the key goes as a bearer token.
     fn new(config: &ProviderConfig, kind: &str, path: &str) -> Result<Endpoint, ProviderError> {
-        let base = config.base_url.as_deref().unwrap_or(OPENAI_BASE_URL).trim_end_matches('/');
+        let (url, key) = Endpoint::resolve(config, kind, OPENAI_BASE_URL, path)?;
+        Ok(Endpoint { url, headers: key.map(|k| ("authorization", format!("Bearer {k}"))).into_iter().collect() })
+    }
+
+    /// `path` under the config's `base_url` or `default_base`, and the config's key, which
+    /// the default (a vendor's own service) requires.
+    pub(crate) fn resolve(config: &ProviderConfig, kind: &str, default_base: &str, path: &str) -> Result<(String, Option<String>), ProviderError> {
+        let base = config.base_url.as_deref().unwrap_or(default_base).trim_end_matches('/');
         if !(base.starts_with("http://") || base.starts_with("https://")) {
-            return Err(ProviderError::invalid(
-                format!("{kind}.base_url"),
-                "must be an http:// or https:// URL",
-            ));
+            return Err(ProviderError::invalid(format!("{kind}.base_url"), "must be an http:// or https:// URL"));
         }
         let api_key = config.api_key().filter(|k| !k.is_empty()).map(str::to_string);
         if config.base_url.is_none() && api_key.is_none() {
-            return Err(ProviderError::invalid(
-                format!("{kind}.secrets.api_key"),
-                "required for api.openai.com",
-            ));
+            let host = default_base.split('/').nth(2).unwrap_or(default_base);
+            return Err(ProviderError::invalid(format!("{kind}.secrets.api_key"), format!("required for {host}")));
         }
-        Ok(Endpoint { url: format!("{base}{path}"), api_key })
+        Ok((format!("{base}{path}"), api_key))
+    }
+
+    /// An endpoint at `url` sending `headers` with every request.
+    pub(crate) fn with_headers(url: String, headers: Vec<(&'static str, String)>) -> Endpoint {
+        Endpoint { url, headers }
     }
 
     /// POSTs `body` (JSON); a non-2xx answer becomes its error message.
-    async fn post(&self, accept: &str, body: Vec<u8>) -> Result<cyper::Response, String> {
+    pub(crate) async fn post(&self, accept: &str, body: Vec<u8>) -> Result<cyper::Response, String> {
+        self.post_to(&self.url, accept, body).await
+    }
+
+    /// POSTs `body` (JSON) to `url` with this endpoint's headers.
+    pub(crate) async fn post_to(&self, url: &str, accept: &str, body: Vec<u8>) -> Result<cyper::Response, String> {
         let client = crate::egress::http()?;
         let mut request = client
-            .post(self.url.as_str())
+            .post(url)
             .and_then(|r| r.header("content-type", "application/json"))
             .and_then(|r| r.header("accept", accept))
             .map_err(|e| crate::egress::error_chain(&e))?;
-        if let Some(key) = &self.api_key {
-            request = request.bearer_auth(key).map_err(|e| crate::egress::error_chain(&e))?;
+        for (name, value) in &self.headers {
+            request = request.header(*name, value.as_str()).map_err(|e| crate::egress::error_chain(&e))?;
         }
         let response = request
             .body(body)
             .send()
             .await
-            .map_err(|e| format!("POST {}: {}", self.url, crate::egress::error_chain(&e)))?;
+            .map_err(|e| format!("POST {url}: {}", crate::egress::error_chain(&e)))?;
         let status = response.status();
         if status.is_success() {
             return Ok(response);
@@ -118,12 +131,12 @@ impl Endpoint {
 
 /// An error and its causes, on one line.
 /// Up to `limit` bytes of a response's body (less if reading it fails).
-async fn read_limited(response: cyper::Response, limit: usize) -> Vec<u8> {
+pub(crate) async fn read_limited(response: cyper::Response, limit: usize) -> Vec<u8> {
     read_limited_stream(std::pin::pin!(response.bytes_stream()), limit).await
 }
 
 /// Up to `limit` bytes of the rest of a body.
-async fn read_limited_stream<S, B, E>(mut body: std::pin::Pin<&mut S>, limit: usize) -> Vec<u8>
+pub(crate) async fn read_limited_stream<S, B, E>(mut body: std::pin::Pin<&mut S>, limit: usize) -> Vec<u8>
 where
     S: futures_util::Stream<Item = Result<B, E>> + ?Sized,
     B: AsRef<[u8]>,
@@ -157,7 +170,7 @@ pub fn error_message(body: &[u8]) -> String {
 }
 
 /// The human-readable message in an error object, in the shapes servers use.
-fn message_in(error: &Value) -> Option<&str> {
+pub(crate) fn message_in(error: &Value) -> Option<&str> {
     error
         .pointer("/error/message")
         .or_else(|| error.get("message"))
@@ -166,8 +179,14 @@ fn message_in(error: &Value) -> Option<&str> {
         .or_else(|| error.as_str())
 }
 
+/// Whether the bot turned the prompt cache on (`llm.options.prompt_cache: true`): its static
+/// system prompt and tool definitions are served from the provider's cache.
+pub(crate) fn prompt_cache(bot: &BotConfig) -> bool {
+    bot.llm.options.get("prompt_cache").and_then(Value::as_bool).unwrap_or(false)
+}
+
 /// Copies the `allowed` options that are set.
-fn pass_options(into: &mut Map<String, Value>, options: &Map<String, Value>, allowed: &[&str]) {
+pub(crate) fn pass_options(into: &mut Map<String, Value>, options: &Map<String, Value>, allowed: &[&str]) {
     for name in allowed {
         if let Some(value) = options.get(*name) {
             into.insert((*name).to_string(), value.clone());
@@ -181,6 +200,9 @@ pub struct OpenAiChat {
     endpoint: Rc<Endpoint>,
     model: String,
     options: Map<String, Value>,
+    /// `prompt_cache_key` when the bot turned the prompt cache on: one per bot, so its calls
+    /// share the cached prefix (system prompt and tools).
+    cache_key: Option<String>,
 }
 
 impl OpenAiChat {
@@ -194,6 +216,7 @@ impl OpenAiChat {
             endpoint: Rc::new(Endpoint::new(llm, "llm", "/chat/completions")?),
             model: llm.model.clone().unwrap_or_else(|| DEFAULT_CHAT_MODEL.to_string()),
             options: llm.options.clone(),
+            cache_key: prompt_cache(bot).then(|| format!("cxb-{}", if bot.id.is_empty() { &bot.name } else { &bot.id })),
         })
     }
 
@@ -212,6 +235,9 @@ impl OpenAiChat {
         }
         body.insert("stream".into(), json!(true));
         body.insert("stream_options".into(), json!({"include_usage": true}));
+        if let Some(key) = &self.cache_key {
+            body.insert("prompt_cache_key".into(), json!(key));
+        }
         pass_options(&mut body, &self.options, CHAT_OPTIONS);
         Value::Object(body)
     }
@@ -247,33 +273,69 @@ impl LlmProvider for OpenAiChat {
         let endpoint = self.endpoint.clone();
         compio::runtime::spawn(async move {
             let emit = |event| events.push(Event::Llm { turn, event });
-            let response = match endpoint.post("text/event-stream", body).await {
-                Ok(response) => response,
-                Err(message) => return emit(LlmEvent::Error(message)),
-            };
-            let mut body = std::pin::pin!(response.bytes_stream());
-            let mut decoder = ChatDecoder::new();
-            let mut ended = false;
-            while !decoder.is_finished() {
-                match body.next().await {
-                    Some(Ok(bytes)) => decoder.push(&bytes),
-                    Some(Err(e)) => decoder.fail(format!("reading the stream: {}", crate::egress::error_chain(&e))),
-                    None => {
-                        ended = true;
-                        decoder.end();
-                    }
-                }
-                while let Some(event) = decoder.next_event() {
-                    if matches!(event, LlmEvent::Done { .. }) && !ended {
-                        // The chunked body's end follows `[DONE]` at once: read it, so the
-                        // connection is back in the pool before the turn is reported done.
-                        let rest = read_limited_stream(body.as_mut(), DRAIN_LIMIT);
-                        let _ = compio::time::timeout(DRAIN_TIME, rest).await;
-                    }
-                    emit(event);
-                }
+            match endpoint.post("text/event-stream", body).await {
+                Ok(response) => stream_reply(response, ChatDecoder::new(), emit).await,
+                Err(message) => emit(LlmEvent::Error(message)),
             }
         })
+    }
+}
+
+/// A sans-IO decoder of a streamed language-model reply: body bytes in, [`LlmEvent`]s out,
+/// ending with one `Done` or `Error`.
+pub trait ReplyDecoder {
+    /// Takes the next bytes of the body.
+    fn push(&mut self, bytes: &[u8]);
+    /// The body ended.
+    fn end(&mut self);
+    /// The request failed for `reason` (reported unless the reply already ended).
+    fn fail(&mut self, reason: String);
+    /// Whether the reply has ended (`Done` or `Error` queued); later input is ignored.
+    fn is_finished(&self) -> bool;
+    /// The next event to report.
+    fn next_event(&mut self) -> Option<LlmEvent>;
+}
+
+/// Reads a streamed reply's body through `decoder`, reporting its events with `emit`.
+pub(crate) async fn stream_reply(response: cyper::Response, mut decoder: impl ReplyDecoder, emit: impl Fn(LlmEvent)) {
+    let mut body = std::pin::pin!(response.bytes_stream());
+    let mut ended = false;
+    while !decoder.is_finished() {
+        match body.next().await {
+            Some(Ok(bytes)) => decoder.push(&bytes),
+            Some(Err(e)) => decoder.fail(format!("reading the stream: {}", crate::egress::error_chain(&e))),
+            None => {
+                ended = true;
+                decoder.end();
+            }
+        }
+        while let Some(event) = decoder.next_event() {
+            if matches!(event, LlmEvent::Done { .. }) && !ended {
+                // The chunked body's end follows the last event at once: read it, so the
+                // connection is back in the pool before the turn is reported done.
+                let rest = read_limited_stream(body.as_mut(), DRAIN_LIMIT);
+                let _ = compio::time::timeout(DRAIN_TIME, rest).await;
+            }
+            emit(event);
+        }
+    }
+}
+
+impl ReplyDecoder for ChatDecoder {
+    fn push(&mut self, bytes: &[u8]) {
+        ChatDecoder::push(self, bytes);
+    }
+    fn end(&mut self) {
+        ChatDecoder::end(self);
+    }
+    fn fail(&mut self, reason: String) {
+        ChatDecoder::fail(self, reason);
+    }
+    fn is_finished(&self) -> bool {
+        ChatDecoder::is_finished(self)
+    }
+    fn next_event(&mut self) -> Option<LlmEvent> {
+        ChatDecoder::next_event(self)
     }
 }
 
@@ -339,6 +401,12 @@ struct FunctionDelta {
 struct Usage {
     prompt_tokens: Option<u64>,
     completion_tokens: Option<u64>,
+    prompt_tokens_details: Option<PromptDetails>,
+}
+
+#[derive(Deserialize)]
+struct PromptDetails {
+    cached_tokens: Option<u64>,
 }
 
 impl ChatDecoder {
@@ -410,6 +478,8 @@ impl ChatDecoder {
             self.usage = Some(TokenUsage {
                 prompt_tokens: usage.prompt_tokens.unwrap_or(0),
                 completion_tokens: usage.completion_tokens.unwrap_or(0),
+                cached_tokens: usage.prompt_tokens_details.and_then(|d| d.cached_tokens).unwrap_or(0),
+                cache_write_tokens: 0,
             });
         }
         for choice in chunk.choices.unwrap_or_default() {

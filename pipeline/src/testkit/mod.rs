@@ -4,5 +4,6 @@ pub mod deepgram;
 pub mod elevenlabs;
 pub mod openai;
 pub mod tools;
+pub mod vendors;
 pub mod ws;
 pub mod wyoming;

@@ -135,7 +135,7 @@ struct Shared {
 }
 
 /// Locks a mutex; a thread that panicked while holding it left data that is still usable.
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
@@ -244,13 +244,13 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
 }
 
 /// A parsed request.
-struct Request {
-    recorded: RecordedRequest,
-    close: bool,
+pub(crate) struct Request {
+    pub(crate) recorded: RecordedRequest,
+    pub(crate) close: bool,
 }
 
 /// The client went away.
-struct Gone;
+pub(crate) struct Gone;
 
 async fn serve(mut stream: TcpStream, shared: Arc<Shared>) {
     let mut pending = Vec::new();
@@ -268,7 +268,7 @@ async fn serve(mut stream: TcpStream, shared: Arc<Shared>) {
 
 /// Reads one request; `None` when the client closed or sent something unreadable (answered
 /// with 400).
-async fn read_request(stream: &mut TcpStream, pending: &mut Vec<u8>) -> Option<Request> {
+pub(crate) async fn read_request(stream: &mut TcpStream, pending: &mut Vec<u8>) -> Option<Request> {
     loop {
         let mut headers = [httparse::EMPTY_HEADER; 64];
         let mut parsed = httparse::Request::new(&mut headers);
@@ -331,12 +331,12 @@ async fn read_more(stream: &mut TcpStream, pending: &mut Vec<u8>) -> bool {
     }
 }
 
-async fn write(stream: &mut TcpStream, bytes: Vec<u8>) -> Result<(), Gone> {
+pub(crate) async fn write(stream: &mut TcpStream, bytes: Vec<u8>) -> Result<(), Gone> {
     let BufResult(result, _) = stream.write_all(bytes).await;
     result.map_err(|_| Gone)
 }
 
-fn reason(status: u16) -> &'static str {
+pub(crate) fn reason(status: u16) -> &'static str {
     match status {
         200 => "OK",
         400 => "Bad Request",
@@ -553,7 +553,7 @@ fn chat_events(
     events.push(head.event(json!({}), Some(finish)));
     if head.include_usage {
         let deltas = events.len() as u64 - 2;
-        let usage = usage.unwrap_or(TokenUsage { prompt_tokens, completion_tokens: deltas });
+        let usage = usage.unwrap_or(TokenUsage { prompt_tokens, completion_tokens: deltas, ..TokenUsage::default() });
         let usage = json!({
             "prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens,
             "total_tokens": usage.prompt_tokens + usage.completion_tokens,
