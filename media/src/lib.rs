@@ -11,6 +11,7 @@
 pub mod amd;
 pub mod resample;
 pub mod jitter;
+pub mod mel;
 pub mod path;
 pub mod playout;
 pub mod time;

@@ -402,6 +402,11 @@ fn a_whole_call_runs_with_no_speech_service() {
         assert!(call.conv.bot_active() && call.tts_jobs.iter().any(|j| !j.is_finished()));
         call.conv.on_turn(ms(5_800), TurnEvent::Started { at: ms(5_750) });
         call.act(ms(5_800));
+        assert_eq!(call.cancels, 0, "not before the caller has spoken for the bot's minimum (500 ms)");
+        for k in 0..25 {
+            call.conv.on_caller_frame(ms(5_800 + k * 20), true);
+        }
+        call.act(ms(6_300));
         assert_eq!((call.tts_jobs.len(), call.cancels), (0, 1), "barge-in cancels the synthesis");
         assert_eq!(call.conv.barge_ins(), 1);
         let ended = TurnEvent::Ended { speech_started: ms(5_750), speech_ended: ms(6_500), decided_at: ms(7_200) };

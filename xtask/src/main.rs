@@ -1,5 +1,5 @@
 //! Developer workflows: `cargo xtask fuzz`, `cargo xtask load`, `cargo xtask converse`,
-//! `cargo xtask e2e-local`.
+//! `cargo xtask e2e-local`, `cargo xtask turn-model`.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
@@ -8,6 +8,7 @@ mod converse;
 mod e2e;
 mod fuzz;
 mod load;
+mod turn;
 
 const USAGE: &str = "\
 usage: cargo xtask <command>
@@ -29,6 +30,9 @@ commands:
         AI calls under load: local Deepgram, ElevenLabs and OpenAI test servers,
         `cxb core --workers 1` started with a bot using them, the engine's own
         latency from its /metrics (`cargo xtask converse --help` for every option)
+  turn-model [--dir DIR]
+        fetch the turn-completion model (Smart Turn v3.2, in the pipecat-ai wheel) and
+        ONNX Runtime's library (the onnxruntime wheel) from PyPI into target/turn-model
 ";
 
 fn main() -> ExitCode {
@@ -38,6 +42,7 @@ fn main() -> ExitCode {
         Some("load") => load::run(&args[1..]),
         Some("e2e-local") => e2e::run(&args[1..]),
         Some("converse") => converse::run(&args[1..]),
+        Some("turn-model") => turn::run(&args[1..]),
         Some("help" | "--help" | "-h") | None => {
             eprint!("{USAGE}");
             return ExitCode::SUCCESS;
