@@ -304,6 +304,10 @@ struct ResultArgs {
     /// DATA_DIR/bots when it exists). Local files win over the API.
     #[arg(long)]
     bots: Option<PathBuf>,
+    /// The turn-completion model for bots whose `turn_detection.mode` is `model`: the
+    /// directory `cargo xtask turn-model` fills (Smart Turn v3.2 and ONNX Runtime's library).
+    #[arg(long, env = "CXB_TURN_MODEL")]
+    turn_model: Option<PathBuf>,
     #[command(flatten)]
     s3: S3Args,
 }
@@ -421,6 +425,11 @@ impl ResultSink for OutboxSink {
 fn wire_results(config: &mut EngineConfig, args: &ResultArgs, data: &std::path::Path, api: Option<(String, String)>) -> anyhow::Result<Results> {
     let bots = args.bots.clone().or_else(|| Some(data.join("bots")).filter(|d| d.is_dir()));
     config.bots.dir = bots;
+    if let Some(dir) = &args.turn_model {
+        let model = cxb_engine::turn_model::SmartTurn::load(dir).map_err(anyhow::Error::msg)?;
+        tracing::info!(dir = %dir.display(), "turn-completion model loaded");
+        config.turn_model = Some(Arc::new(model));
+    }
     let mut outbox = OutboxConfig::new(data);
     if let Some(s3) = args.s3.config()? {
         outbox.recordings = RecordingStore::S3(s3);

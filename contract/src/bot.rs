@@ -227,6 +227,101 @@ pub struct Inbound {
     pub secrets: Secrets,
 }
 
+/// How the end of the caller's turn is decided.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum TurnMode {
+    /// After `silence_ms` of silence.
+    #[default]
+    Silence,
+    /// The turn-completion model decides at each pause of `model_after_ms`; a pause of
+    /// `max_silence_ms` ends the turn whatever it says.
+    Model,
+    /// The speech-to-text's own endpointing (Deepgram's `speech_final`, `UtteranceEnd`); a
+    /// pause of `max_silence_ms` ends the turn if it says nothing.
+    Stt,
+}
+
+/// Turn detection: when the caller has finished speaking.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct TurnDetection {
+    #[serde(default)]
+    pub mode: TurnMode,
+    /// `silence`: the pause that ends a turn, ms (200 to 5,000; default 700).
+    #[serde(default = "default_silence_ms")]
+    #[cfg_attr(feature = "openapi", schema(minimum = 200, maximum = 5000))]
+    pub silence_ms: u32,
+    /// `model`: the pause at which the model is asked, ms (100 to 2,000; default 200).
+    #[serde(default = "default_model_after_ms")]
+    #[cfg_attr(feature = "openapi", schema(minimum = 100, maximum = 2000))]
+    pub model_after_ms: u32,
+    /// `model` and `stt`: the pause that ends a turn anyway, ms (300 to 10,000; default 2,000).
+    #[serde(default = "default_max_silence_ms")]
+    #[cfg_attr(feature = "openapi", schema(minimum = 300, maximum = 10000))]
+    pub max_silence_ms: u32,
+    /// `model`: the probability of "done" at or above which the turn ends (0.05 to 0.95;
+    /// default 0.5).
+    #[serde(default = "default_threshold")]
+    pub threshold: f32,
+}
+
+impl Default for TurnDetection {
+    fn default() -> TurnDetection {
+        TurnDetection {
+            mode: TurnMode::default(),
+            silence_ms: default_silence_ms(),
+            model_after_ms: default_model_after_ms(),
+            max_silence_ms: default_max_silence_ms(),
+            threshold: default_threshold(),
+        }
+    }
+}
+
+fn default_silence_ms() -> u32 {
+    700
+}
+
+fn default_model_after_ms() -> u32 {
+    200
+}
+
+fn default_max_silence_ms() -> u32 {
+    2000
+}
+
+fn default_threshold() -> f32 {
+    0.5
+}
+
+impl TurnDetection {
+    /// The pause after which the turn detector ends a turn by itself.
+    pub fn end_silence_ms(&self) -> u32 {
+        match self.mode {
+            TurnMode::Silence => self.silence_ms,
+            TurnMode::Model | TurnMode::Stt => self.max_silence_ms,
+        }
+    }
+
+    /// What is out of range, if anything: the field and why.
+    pub fn problem(&self) -> Option<(&'static str, &'static str)> {
+        if !(200..=5_000).contains(&self.silence_ms) {
+            return Some(("turn_detection.silence_ms", "between 200 and 5000"));
+        }
+        if !(100..=2_000).contains(&self.model_after_ms) {
+            return Some(("turn_detection.model_after_ms", "between 100 and 2000"));
+        }
+        if !(300..=10_000).contains(&self.max_silence_ms) || self.max_silence_ms <= self.model_after_ms {
+            return Some(("turn_detection.max_silence_ms", "between 300 and 10000, and above model_after_ms"));
+        }
+        if !(0.05..=0.95).contains(&self.threshold) {
+            return Some(("turn_detection.threshold", "between 0.05 and 0.95"));
+        }
+        None
+    }
+}
+
 /// When the caller's speech over the bot stops it (a barge-in), and what does not: short
 /// acknowledgements ("yeah", "mm-hmm") and noise let the bot go on; they are kept in the
 /// transcript and not answered while the bot speaks.
@@ -378,6 +473,9 @@ pub struct BotConfig {
     /// Silence handling.
     #[serde(default)]
     pub idle: Idle,
+    /// When the caller's turn ends.
+    #[serde(default)]
+    pub turn_detection: TurnDetection,
     /// What speech over the bot stops it.
     #[serde(default)]
     pub interruptions: Interruptions,

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use cxb_contacts::E164;
 use cxb_contract::bot;
-pub use cxb_contract::bot::{AnsweringMachine, Idle, Inbound, Interruptions, MachineAction, OutboundGreeting, Provider, Secrets, Tool, ToolKind};
+pub use cxb_contract::bot::{AnsweringMachine, Idle, Inbound, Interruptions, MachineAction, TurnDetection, OutboundGreeting, Provider, Secrets, Tool, ToolKind};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::ToSchema;
@@ -96,6 +96,10 @@ pub struct Bot {
     /// What the bot does when the caller goes quiet.
     #[serde(default)]
     pub idle: Idle,
+    /// When the caller's turn ends: after a silence, by the turn-completion model, or by
+    /// the speech-to-text's endpointing.
+    #[serde(default)]
+    pub turn_detection: TurnDetection,
     /// What speech over the bot stops it, and which acknowledgements never do.
     #[serde(default)]
     pub interruptions: Interruptions,
@@ -123,6 +127,9 @@ impl Bot {
         }
         if !(1..=600).contains(&self.idle.reprompt_after_seconds) || self.idle.max_reprompts > 10 {
             return Err(ApiError::invalid("idle", "reprompt_after_seconds 1 to 600, max_reprompts at most 10"));
+        }
+        if let Some((field, why)) = self.turn_detection.problem() {
+            return Err(ApiError::invalid(field, why));
         }
         let i = &self.interruptions;
         if i.min_speech_ms > 3_000 || i.min_words > 10 {
@@ -981,6 +988,7 @@ mod tests {
             "answering_machine": {"detect": true, "action": "leave_voicemail", "voicemail_message": "Call us back."},
             "outbound_greeting": "after_hello", "recording": false, "max_call_seconds": 600,
             "idle": {"reprompt_after_seconds": 5, "reprompt": "Hello?", "max_reprompts": 3, "goodbye": "Bye."},
+            "turn_detection": {"mode": "model", "silence_ms": 800, "model_after_ms": 250, "max_silence_ms": 1800, "threshold": 0.6},
             "interruptions": {"min_speech_ms": 300, "min_words": 2, "backchannels": ["yeah", "ja"]},
             "inbound": {"allow_unsigned": true, "secrets": {"twilio_auth_token": "tw", "secret": "0123456789abcdef"}},
             "widget": {"enabled": true, "key": "wk_0123456789abcdef", "allowed_origins": ["https://shop.example"], "button_text": "Call us", "show_transcript": false},
@@ -1000,8 +1008,8 @@ mod tests {
         assert_eq!(runtime.inbound.secrets.get("secret").map(String::as_str), Some("0123456789abcdef"));
         let kinds: Vec<_> = runtime.tools.iter().map(|t| t.kind).collect();
         assert_eq!(kinds, [ToolKind::EndCall, ToolKind::TransferCall, ToolKind::DetectedVoicemail, ToolKind::SearchKnowledge, ToolKind::Http]);
-        let parts = (&runtime.stt, &runtime.llm, &runtime.tts, &runtime.tools, &runtime.answering_machine, &runtime.idle, &runtime.inbound, &runtime.interruptions);
-        assert_eq!(parts, (&bot.stt, &bot.llm, &bot.tts, &bot.tools, &bot.answering_machine, &bot.idle, &bot.inbound, &bot.interruptions));
+        let parts = (&runtime.stt, &runtime.llm, &runtime.tts, &runtime.tools, &runtime.answering_machine, &runtime.idle, &runtime.inbound, &runtime.interruptions, &runtime.turn_detection);
+        assert_eq!(parts, (&bot.stt, &bot.llm, &bot.tts, &bot.tools, &bot.answering_machine, &bot.idle, &bot.inbound, &bot.interruptions, &bot.turn_detection));
         // Everything else, field by field: the engine's config is the document plus id and
         // organization.
         let mut read = serde_json::to_value(&runtime).expect("JSON");

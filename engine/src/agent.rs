@@ -36,6 +36,9 @@ use crate::error::EndReason;
 use crate::protocol::Start;
 use crate::results::{Recording, ResultSink};
 use crate::session::{Bot, CallerFrame, Playback, PlayoutRoom, SessionEvent};
+use crate::turn_model::{ModelTurns, TurnJudge};
+use cxb_contract::bot::TurnMode;
+use cxb_pipeline::provider::{Event, SttEvent};
 use cxb_contract::call_token::{CallClaims, Direction};
 use cxb_contract::ids::{BotId, CallId, OrgId};
 use cxb_contract::phone::PhoneNumber;
@@ -429,6 +432,14 @@ pub struct Agent {
     /// The call's id when neither a call token nor the carrier gave one, made for a handoff
     /// and kept for the result so the two match.
     minted_id: Option<String>,
+    /// The turn-completion model's view of the call, when the bot's turns end by it.
+    turns: Option<ModelTurns>,
+    /// Tasks waiting for the model's answers.
+    verdict_jobs: Vec<Job>,
+    /// The bot's turns end by the model, but this engine has none: they end by silence.
+    model_missing: bool,
+    /// The speech-to-text's endpointing ended the caller's turn (`stt` turn detection).
+    stt_turn_end: bool,
 }
 
 impl std::fmt::Debug for Agent {
@@ -500,6 +511,10 @@ impl Agent {
             handoff_sink: None,
             handoffs: Vec::new(),
             minted_id: None,
+            turns: None,
+            verdict_jobs: Vec::new(),
+            model_missing: false,
+            stt_turn_end: false,
             bot,
         };
         agent.conv.start(now);
@@ -511,6 +526,33 @@ impl Agent {
     pub fn with_handoffs(mut self, sink: Option<Arc<dyn ResultSink>>) -> Agent {
         self.handoff_sink = sink;
         self
+    }
+
+    /// Judges the caller's pauses with `judge` when the bot's turns end by the model; with
+    /// none, they end after the bot's `silence_ms` (the result says so).
+    pub fn with_turn_model(mut self, judge: Option<Arc<dyn TurnJudge>>) -> Agent {
+        if self.bot.turn_detection.mode == TurnMode::Model {
+            match judge {
+                Some(judge) => self.turns = Some(ModelTurns::new(judge, &self.bot.turn_detection)),
+                None => {
+                    tracing::warn!(bot = %self.bot.id, "the bot's turns end by the model, but this engine has none (--turn-model); they end by silence");
+                    self.model_missing = true;
+                }
+            }
+        }
+        self
+    }
+
+    /// Asks the model about the caller's pause when it is due; its answer comes back as an
+    /// event.
+    fn ask_model(&mut self, now: Timestamp) {
+        let Some((pause, answer)) = self.turns.as_mut().and_then(|t| t.poll(now)) else { return };
+        let events = self.events.clone();
+        self.verdict_jobs.retain(|j| !j.is_finished());
+        self.verdict_jobs.push(compio::runtime::spawn(async move {
+            let probability = answer.recv_async().await.ok().flatten();
+            events.push(Event::TurnVerdict { pause, probability });
+        }));
     }
 
     /// The call's id as its result will carry it: the call token's, else the carrier's, else
@@ -620,6 +662,10 @@ impl Agent {
         if let Some(r) = self.recorder.as_mut() {
             r.append(Channel::Caller, frame.narrow);
         }
+        if let Some(turns) = self.turns.as_mut() {
+            turns.frame(frame.wide.samples(), frame.paused_since);
+        }
+        self.ask_model(now);
         if self.holds_playout() {
             return self.screen(now, frame.narrow);
         }
@@ -885,6 +931,13 @@ impl Agent {
             "backchannels": backchannels,
             "llm_requests": usage.llm_requests,
             "llm_cache_hits": usage.cache_hits,
+            "turn_detection": match (self.bot.turn_detection.mode, self.model_missing) {
+                (TurnMode::Model, true) => "silence (no turn model on the engine)",
+                (TurnMode::Model, false) => "model",
+                (TurnMode::Stt, _) => "stt",
+                (TurnMode::Silence, _) => "silence",
+            },
+            "turn_model": self.turns.as_ref().map(ModelTurns::summary),
             "tools": self.tools.log().take(),
             "transfer": self.transfer,
             "handoffs": self.handoffs,
@@ -1001,6 +1054,7 @@ impl Bot for Agent {
 
     fn timeout(&mut self, now: Timestamp, out: &mut Playback<'_>) {
         self.now = now;
+        self.ask_model(now);
         self.conv.on_timeout(now);
         self.act(out, None);
     }
@@ -1008,6 +1062,18 @@ impl Bot for Agent {
     fn wake(&mut self, now: Timestamp, out: &mut Playback<'_>) {
         self.now = now;
         while let Some((arrived, event)) = self.events.pop() {
+            match &event {
+                Event::TurnVerdict { pause, probability } => {
+                    if let Some(turns) = self.turns.as_mut() {
+                        turns.verdict(*pause, *probability, now);
+                    }
+                    continue;
+                }
+                Event::Stt(SttEvent::Final { end_of_turn: true, .. } | SttEvent::UtteranceEnd) if self.bot.turn_detection.mode == TurnMode::Stt => {
+                    self.stt_turn_end = true;
+                }
+                _ => {}
+            }
             self.conv.on_event(now, event);
             if self.act(out, Some(arrived)) {
                 out.event(SessionEvent::Dispatched(arrived));
@@ -1031,7 +1097,19 @@ impl Bot for Agent {
     }
 
     fn deadline(&self) -> Option<Timestamp> {
-        self.conv.deadline()
+        let ask = self.turns.as_ref().and_then(ModelTurns::deadline);
+        [self.conv.deadline(), ask].into_iter().flatten().min()
+    }
+
+    fn end_of_turn(&self) -> Option<Duration> {
+        let t = &self.bot.turn_detection;
+        let ms = if self.model_missing { t.silence_ms } else { t.end_silence_ms() };
+        Some(Duration::from_millis(u64::from(ms)))
+    }
+
+    fn take_turn_end(&mut self) -> bool {
+        let model = self.turns.as_mut().is_some_and(ModelTurns::take_end);
+        model | std::mem::take(&mut self.stt_turn_end)
     }
 
     fn end(&self) -> Option<EndReason> {

@@ -57,6 +57,8 @@ pub struct EngineConfig {
     /// Where finished AI calls go (the durable outbox); without one, results are logged and
     /// dropped.
     pub results: Option<std::sync::Arc<dyn ResultSink>>,
+    /// The turn-completion model, for bots whose turn detection is `model`.
+    pub turn_model: Option<std::sync::Arc<dyn crate::turn_model::TurnJudge>>,
     /// Speak SIP (UDP) with RTP media, as well as the carriers' WebSockets.
     pub sip: Option<crate::sip::SipConfig>,
     /// Take browsers' calls over WebRTC (`POST /webrtc/BOT`).
@@ -113,6 +115,7 @@ impl EngineConfig {
                 ..Default::default()
             },
             results: None,
+            turn_model: None,
             sip: None,
             webrtc: None,
         }

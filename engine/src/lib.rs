@@ -46,6 +46,7 @@ mod sip_front;
 mod slots;
 pub mod tls;
 pub mod transport;
+pub mod turn_model;
 mod worker;
 pub mod ws;
 

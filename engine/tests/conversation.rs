@@ -246,6 +246,61 @@ fn an_acknowledgement_over_the_answer_neither_stops_it_nor_is_answered() {
     assert_eq!(m["llm_requests"], 1, "the acknowledgement was not answered");
 }
 
+/// One question to a bot whose turns end by the turn model, judged by `judge`; the result.
+fn model_turn_call(judge: Option<f32>) -> Value {
+    let stt = DeepgramServer::start(DeepgramConfig {
+        script: vec![Step::on_finalize(Reply::Final { text: "what are your opening hours".into(), speech_final: false })],
+        ..DeepgramConfig::default()
+    })
+    .expect("stt server");
+    let tts = ElevenLabsServer::start(ElevenLabsConfig { bytes_per_char: 160, ..ElevenLabsConfig::default() }).expect("tts server");
+    let bots = tempdir();
+    let bot = json!({
+        "name": "Support",
+        "stt": { "provider": "deepgram", "base_url": stt.url(), "secrets": { "api_key": "dg" } },
+        "llm": { "provider": "script", "options": { "script": { "intents": [{ "name": "hours", "keywords": ["hours"], "reply": "Nine to five." }], "fallback": "Sorry?" } } },
+        "tts": { "provider": "elevenlabs", "base_url": tts.url(), "secrets": { "api_key": "xi" } },
+        "voice": "voice1",
+        "turn_detection": { "mode": "model", "model_after_ms": 200, "max_silence_ms": 2500 },
+    });
+    std::fs::write(bots.join("support.json"), bot.to_string()).expect("bot file");
+    let results = Arc::new(Captured::default());
+    let sink = results.clone();
+    let e = engine(move |c| {
+        c.bots.dir = Some(bots);
+        c.results = Some(sink);
+        c.turn_model = Some(Arc::new(cxb_engine::turn_model::FixedJudge(judge)));
+    });
+    let path = format!("/ws/support?token={}", common::token(&common::claims("support")));
+    let mut call = connect(e.local_addr(), &path).expect("upgrade");
+    call.start();
+    for f in speech_frames() {
+        call.media(&f);
+    }
+    let answer = listen(&mut call, Duration::from_millis(400), Duration::from_secs(8));
+    assert!(answer.bytes > 0, "the question was answered");
+    drop(call);
+    assert!(common::eventually(Duration::from_secs(5), || results.0.lock().expect("lock").len() == 1));
+    let results = results.0.lock().expect("lock");
+    results[0].0.clone()
+}
+
+#[test]
+fn the_turn_model_ends_a_turn_it_judges_done_and_a_pause_it_judges_unfinished_waits_for_the_cap() {
+    let done = model_turn_call(Some(0.9));
+    let m = &done["metrics"];
+    assert_eq!(m["turn_detection"], "model", "{m}");
+    assert_eq!((m["turn_model"]["decisions"].as_u64(), m["turn_model"]["ended_turns"].as_u64()), (Some(1), Some(1)), "{m}");
+    let waited = m["turn_latency_ms"][0]["final_transcript_ms"].as_u64().expect("a turn's latency");
+    assert!(waited < 2_500, "ended by the model, not the 2.5 s cap: {waited} ms");
+
+    let unfinished = model_turn_call(Some(0.1));
+    let m = &unfinished["metrics"];
+    assert_eq!((m["turn_model"]["decisions"].as_u64(), m["turn_model"]["ended_turns"].as_u64()), (Some(1), Some(0)), "{m}");
+    let waited = m["turn_latency_ms"][0]["final_transcript_ms"].as_u64().expect("a turn's latency");
+    assert!(waited >= 2_500, "the caller was judged unfinished: the turn ended at the cap ({waited} ms)");
+}
+
 /// 8 kHz 16-bit samples from a fixture file.
 fn samples(path: &str) -> Vec<i16> {
     std::fs::read(path).expect("fixture").chunks_exact(2).map(|b| i16::from_le_bytes([b[0], b[1]])).collect()

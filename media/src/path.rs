@@ -136,6 +136,21 @@ impl Inbound {
     pub fn in_turn(&self) -> bool {
         self.turn.in_turn()
     }
+
+    /// While the caller pauses within a turn: when their speech stopped.
+    pub fn paused_since(&self) -> Option<Timestamp> {
+        self.turn.paused_since()
+    }
+
+    /// Ends turns after `end_silence` of silence from now on.
+    pub fn set_end_of_turn(&mut self, end_silence: Duration) {
+        self.turn.set_end_silence(end_silence);
+    }
+
+    /// Ends the caller's turn now if they are pausing (a model judged them done).
+    pub fn end_turn_now(&mut self, now: Timestamp) -> Option<TurnEvent> {
+        self.turn.end_now(now)
+    }
 }
 
 /// 16 kHz pipeline audio in, carrier-encoded frames out on the playout clock.

@@ -90,6 +90,27 @@ impl TurnDetector {
     pub fn in_turn(&self) -> bool {
         self.state != State::Idle
     }
+
+    /// Ends turns after `end_silence` from now on (a turn already pausing included).
+    pub fn set_end_silence(&mut self, end_silence: Duration) {
+        self.end_silence = end_silence;
+    }
+
+    /// While the caller pauses within a turn: when their speech stopped.
+    pub fn paused_since(&self) -> Option<Timestamp> {
+        match self.state {
+            State::Pausing { ended, .. } => Some(ended),
+            _ => None,
+        }
+    }
+
+    /// Ends the turn at `now` if the caller is pausing (someone else decided they are done:
+    /// a turn-completion model); its end, as [`TurnDetector::poll`] would report it.
+    pub fn end_now(&mut self, now: Timestamp) -> Option<TurnEvent> {
+        let State::Pausing { started, ended } = self.state else { return None };
+        self.state = State::Idle;
+        Some(TurnEvent::Ended { speech_started: started, speech_ended: ended, decided_at: now })
+    }
 }
 
 #[cfg(test)]
@@ -98,6 +119,20 @@ mod tests {
 
     fn ms(n: u64) -> Timestamp {
         Timestamp::from_millis(n)
+    }
+
+    #[test]
+    fn a_pause_can_be_ended_early_and_the_silence_changed() {
+        let mut t = TurnDetector::new(Duration::from_millis(700));
+        assert_eq!(t.end_now(ms(50)), None, "no turn");
+        t.on_vad(VadEvent::SpeechStarted { at: ms(100) });
+        assert_eq!((t.paused_since(), t.end_now(ms(150))), (None, None), "still speaking");
+        t.on_vad(VadEvent::SpeechStopped { at: ms(900) });
+        assert_eq!(t.paused_since(), Some(ms(900)));
+        t.set_end_silence(Duration::from_millis(2000));
+        assert_eq!(t.deadline(), Some(ms(2900)));
+        assert_eq!(t.end_now(ms(1150)), Some(TurnEvent::Ended { speech_started: ms(100), speech_ended: ms(900), decided_at: ms(1150) }));
+        assert!(!t.in_turn() && t.poll(ms(5000)).is_none(), "ended once");
     }
 
     #[test]

@@ -445,7 +445,8 @@ impl Conversation {
             Event::Stt(SttEvent::Interim { text }) => {
                 self.judge_overlap(now, &text);
             }
-            Event::Stt(SttEvent::Error(_)) => {}
+            // The engine's turn detection reads these before the conversation does.
+            Event::Stt(SttEvent::Error(_)) | Event::TurnVerdict { .. } => {}
             Event::Llm { turn, event } => self.on_llm(now, turn, event),
             Event::Tts { sentence, event } => self.on_tts(now, sentence, event),
             Event::Tool { call_id, output } => {

@@ -57,6 +57,14 @@ pub enum Event {
         /// What happened.
         event: TtsEvent,
     },
+    /// The turn-completion model's answer about the caller's pause number `pause`: the
+    /// probability that they are done, or `None` when it could not tell (busy, failed).
+    TurnVerdict {
+        /// Which pause it was asked about.
+        pause: u64,
+        /// The probability that the caller finished their turn.
+        probability: Option<f32>,
+    },
     /// A tool the language model called has finished.
     Tool {
         /// The id the language model gave the call.

@@ -20,14 +20,18 @@ const ONNXRUNTIME: &str = "onnxruntime==1.32.0";
 const MODEL: (&str, &str) = ("pipecat/audio/turn/smart_turn/data/smart-turn-v3.2-cpu.onnx", "smart-turn-v3.2-cpu.onnx");
 const RUNTIME: (&str, &str) = ("onnxruntime/capi/libonnxruntime.so.1.32.0", "libonnxruntime.so");
 
-const USAGE: &str = "usage: cargo xtask turn-model [--dir DIR]   (default: target/turn-model)";
+const USAGE: &str = "usage: cargo xtask turn-model [--dir DIR] [--check]   (default: target/turn-model)
+  --check   run the model on a few sentences spoken by espeak-ng, whole and cut off, and print
+            its probability that the speaker is done, and the time each decision took";
 
 pub(crate) fn run(args: &[String]) -> Result<(), String> {
     let mut dir = crate::root().join("target/turn-model");
+    let mut check = false;
     let mut args = args.iter();
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--dir" => dir = PathBuf::from(args.next().ok_or(USAGE)?),
+            "--check" => check = true,
             "--help" | "-h" => {
                 eprintln!("{USAGE}");
                 return Ok(());
@@ -38,7 +42,51 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
     let (model, runtime) = fetch(&dir)?;
     eprintln!("model   {} ({} bytes)", model.display(), size(&model));
     eprintln!("runtime {} ({} bytes)", runtime.display(), size(&runtime));
+    if check {
+        self::check(&dir)?;
+    }
     Ok(())
+}
+
+/// Sentences, whole (the speaker is done) and cut off (they are not).
+const SENTENCES: &[(bool, &str)] = &[
+    (true, "What time do you open tomorrow?"),
+    (true, "I would like to book a table for two on Friday evening."),
+    (true, "No, that is all, thank you."),
+    (false, "I would like to book a table for"),
+    (false, "My account number is one two three and"),
+    (false, "Could you tell me whether the"),
+];
+
+/// Runs the model on [`SENTENCES`] spoken by espeak-ng, each followed by the 200 ms pause at
+/// which the engine asks.
+fn check(dir: &Path) -> Result<(), String> {
+    use cxb_engine::turn_model::TurnJudge;
+    let model = cxb_engine::turn_model::SmartTurn::load(dir)?;
+    let wav = dir.join("check.wav");
+    let mut right = 0;
+    for (done, text) in SENTENCES {
+        crate::run_command(Command::new("espeak-ng").arg("-w").arg(&wav).arg(text))?;
+        let mut audio = to_16k(&std::fs::read(&wav).map_err(|e| format!("{}: {e}", wav.display()))?)?;
+        audio.extend(std::iter::repeat_n(0, 3_200));
+        let started = std::time::Instant::now();
+        let p = model.judge(audio).recv().ok().flatten().ok_or("the model gave no answer")?;
+        let took = started.elapsed().as_millis();
+        right += usize::from((p >= 0.5) == *done);
+        eprintln!("{:9} p(done) = {p:.3}  {took:>3} ms  {text}", if *done { "whole" } else { "cut off" });
+    }
+    eprintln!("{right} of {} judged right at 0.5", SENTENCES.len());
+    let _ = std::fs::remove_file(&wav);
+    Ok(())
+}
+
+/// espeak-ng's WAV (22,050 Hz, 16-bit mono) as 16 kHz samples.
+fn to_16k(wav: &[u8]) -> Result<Vec<i16>, String> {
+    let at = wav.windows(4).position(|w| w == b"data").ok_or("no data chunk in espeak-ng's WAV")? + 8;
+    let samples: Vec<i16> = wav.get(at..).unwrap_or_default().chunks_exact(2).map(|b| i16::from_le_bytes([b[0], b[1]])).collect();
+    let mut out = Vec::new();
+    cxb_media::resample::Polyphase::new(cxb_codecs::SampleRate::Hz22050, cxb_codecs::SampleRate::Hz16000).process(&samples, &mut out);
+    Ok(out)
 }
 
 fn size(path: &Path) -> u64 {

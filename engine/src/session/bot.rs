@@ -40,6 +40,8 @@ pub struct CallerFrame<'a> {
     pub in_turn: bool,
     /// The voice detector judged the frame voiced.
     pub voiced: bool,
+    /// While the caller pauses within a turn: when their speech stopped.
+    pub paused_since: Option<Timestamp>,
 }
 
 /// A bot behind a call. Every method but [`Bot::wake`] runs in answer to the session's input;
@@ -51,6 +53,18 @@ pub trait Bot {
     /// Whether the end of the caller's turn needs a timer (bots that answer turns).
     fn uses_turn_timer(&self) -> bool {
         true
+    }
+
+    /// The silence that ends the caller's turn, when the bot has its own (else the
+    /// session's).
+    fn end_of_turn(&self) -> Option<Duration> {
+        None
+    }
+
+    /// Whether the bot decided that the caller's pause ends their turn (asked after every
+    /// input; the session then ends the turn and reports it through [`Bot::turn`]).
+    fn take_turn_end(&mut self) -> bool {
+        false
     }
 
     /// The stream began.

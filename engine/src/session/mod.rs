@@ -144,7 +144,7 @@ impl Session {
     /// otherwise.
     pub fn new(config: SessionConfig, encoding: Encoding, bot: Box<dyn Bot>) -> Session {
         Session {
-            inbound: Self::inbound(&config, encoding),
+            inbound: Self::inbound(&config, encoding, bot.as_ref()),
             outbound: Self::outbound(&config, encoding, bot.playout_room()),
             config,
             encoding,
@@ -158,8 +158,8 @@ impl Session {
         }
     }
 
-    fn inbound(config: &SessionConfig, encoding: Encoding) -> Inbound {
-        Inbound::new(InboundConfig { encoding, vad: config.vad, end_of_turn: config.end_of_turn })
+    fn inbound(config: &SessionConfig, encoding: Encoding, bot: &dyn Bot) -> Inbound {
+        Inbound::new(InboundConfig { encoding, vad: config.vad, end_of_turn: bot.end_of_turn().unwrap_or(config.end_of_turn) })
     }
 
     fn outbound(config: &SessionConfig, encoding: Encoding, room: PlayoutRoom) -> Outbound<u64> {
@@ -184,7 +184,7 @@ impl Session {
         }
         if encoding != self.encoding {
             self.encoding = encoding;
-            self.inbound = Self::inbound(&self.config, encoding);
+            self.inbound = Self::inbound(&self.config, encoding, self.bot.as_ref());
             self.outbound = Self::outbound(&self.config, encoding, self.bot.playout_room());
         }
         self.streaming = true;
@@ -214,6 +214,7 @@ impl Session {
                 wide: self.inbound.audio(),
                 in_turn: self.inbound.in_turn(),
                 voiced: heard.voiced_frames > 0,
+                paused_since: self.inbound.paused_since(),
             };
             let mut out = Playback::new(&mut self.outbound, &mut self.queue, self.streaming, self.config.keys_out_of_band);
             self.bot.caller_frame(now, &caller, &mut out);
@@ -306,6 +307,12 @@ impl Session {
     /// After an input: the bot fills the playout, what is due at `now` is released, the
     /// marks it passed go to the bot, and a bot that is done ends the call.
     fn settle(&mut self, now: Timestamp) {
+        if self.bot.take_turn_end()
+            && let Some(ended) = self.inbound.end_turn_now(now)
+        {
+            let (bot, mut out) = self.parts();
+            bot.turn(now, ended, &mut out);
+        }
         let (bot, mut out) = self.parts();
         bot.feed(&mut out);
         if self.streaming {

@@ -167,7 +167,7 @@ async fn offer(worker: Rc<Worker>, stream: TcpStream, mut wire: Wire, req: Reque
             return error(&stream, &mut wire, 400, "bad_offer", &why.to_string()).await;
         }
     };
-    let agent = match agent_bot.map(|bot| Agent::new(bot, config.bots.api.clone(), claims.clone(), worker.now(), unix_ms()).map(|a| a.with_handoffs(config.results.clone()))) {
+    let agent = match agent_bot.map(|bot| Agent::new(bot, config.bots.api.clone(), claims.clone(), worker.now(), unix_ms()).map(|a| a.with_handoffs(config.results.clone()).with_turn_model(config.turn_model.clone()))) {
         Some(Ok(agent)) => Some(agent),
         Some(Err(why)) => {
             worker.free_slot(slot);
