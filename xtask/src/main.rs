@@ -9,6 +9,7 @@ mod e2e;
 mod fuzz;
 mod load;
 mod turn;
+mod turn_eval;
 
 const USAGE: &str = "\
 usage: cargo xtask <command>
@@ -33,6 +34,10 @@ commands:
   turn-model [--dir DIR]
         fetch the turn-completion model (Smart Turn v3.2, in the pipecat-ai wheel) and
         ONNX Runtime's library (the onnxruntime wheel) from PyPI into target/turn-model
+  turn-eval [--limit N] [--threshold P]
+        the labelled utterances of eval/turns.json, spoken by Piper (e2e-local's), through
+        the engine's turn detection: cut-ins and delays for silence and for the model,
+        false and missed barge-ins for the barge-in rules
 ";
 
 fn main() -> ExitCode {
@@ -43,6 +48,7 @@ fn main() -> ExitCode {
         Some("e2e-local") => e2e::run(&args[1..]),
         Some("converse") => converse::run(&args[1..]),
         Some("turn-model") => turn::run(&args[1..]),
+        Some("turn-eval") => turn_eval::run(&args[1..]),
         Some("help" | "--help" | "-h") | None => {
             eprint!("{USAGE}");
             return ExitCode::SUCCESS;
