@@ -20,7 +20,7 @@
 //! tool, which caches all tools before it): Anthropic keeps that prefix for five minutes from
 //! its last use, so every call of the bot reads it from the cache.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 use std::rc::Rc;
 
 use serde::Deserialize;
@@ -28,7 +28,7 @@ use serde_json::{Map, Value, json};
 
 use crate::config::BotConfig;
 use crate::provider::{ChatRequest, Events, Job, LlmEvent, LlmProvider, Message, ProviderError, Role, TokenUsage, ToolCall};
-use crate::providers::openai::{Endpoint, MAX_ARGUMENTS, MAX_TOOL_CALLS, ReplyDecoder, message_in, pass_options, prompt_cache, stream_reply};
+use crate::providers::openai::{Endpoint, MAX_ARGUMENTS, MAX_TOOL_CALLS, ReplyDecoder, ReplyEvents, message_in, pass_options, prompt_cache, stream_reply};
 use crate::providers::sse::SseParser;
 
 /// Where Anthropic's API is when the config names no `base_url`.
@@ -156,8 +156,7 @@ pub struct MessagesDecoder {
     calls: BTreeMap<u64, ToolCall>,
     usage: TokenUsage,
     stopped: bool,
-    finished: bool,
-    out: VecDeque<LlmEvent>,
+    out: ReplyEvents,
 }
 
 #[derive(Deserialize)]
@@ -236,7 +235,7 @@ impl MessagesDecoder {
                     }
                     "text" => {
                         if let Some(text) = block.text.filter(|t| !t.is_empty()) {
-                            self.out.push_back(LlmEvent::Token(text));
+                            self.out.push(LlmEvent::Token(text));
                         }
                     }
                     _ => {}
@@ -245,7 +244,7 @@ impl MessagesDecoder {
             "content_block_delta" => {
                 let Some(delta) = data.delta else { return };
                 if let Some(text) = delta.text.filter(|t| !t.is_empty()) {
-                    self.out.push_back(LlmEvent::Token(text));
+                    self.out.push(LlmEvent::Token(text));
                 }
                 if let (Some(piece), Some(call)) = (delta.partial_json, data.index.and_then(|i| self.calls.get_mut(&i))) {
                     if call.arguments.len() + piece.len() > MAX_ARGUMENTS {
@@ -260,7 +259,7 @@ impl MessagesDecoder {
                         return self.fail_with(format!("tool call {} has no name", call.id));
                     }
                     let arguments = if call.arguments.trim().is_empty() { "{}".to_string() } else { call.arguments };
-                    self.out.push_back(LlmEvent::ToolCall(ToolCall { arguments, ..call }));
+                    self.out.push(LlmEvent::ToolCall(ToolCall { arguments, ..call }));
                 }
             }
             "message_delta" => {
@@ -286,30 +285,24 @@ impl MessagesDecoder {
     }
 
     fn done(&mut self) {
-        if !self.finished {
-            self.finished = true;
-            self.out.push_back(LlmEvent::Done { usage: self.usage });
-        }
+        self.out.done(self.usage);
     }
 
     fn fail_with(&mut self, reason: String) {
-        if !self.finished {
-            self.finished = true;
-            self.calls.clear();
-            self.out.push_back(LlmEvent::Error(reason));
-        }
+        self.calls.clear();
+        self.out.fail(reason);
     }
 }
 
 impl ReplyDecoder for MessagesDecoder {
     fn push(&mut self, bytes: &[u8]) {
-        if self.finished {
+        if self.out.is_finished() {
             return;
         }
         if let Err(e) = self.sse.push(bytes) {
             return self.fail_with(e.to_string());
         }
-        while !self.finished {
+        while !self.out.is_finished() {
             let Some(event) = self.sse.next_event() else { break };
             self.on_event(&event.event, &event.data);
         }
@@ -328,11 +321,11 @@ impl ReplyDecoder for MessagesDecoder {
     }
 
     fn is_finished(&self) -> bool {
-        self.finished
+        self.out.is_finished()
     }
 
     fn next_event(&mut self) -> Option<LlmEvent> {
-        self.out.pop_front()
+        self.out.next()
     }
 }
 

@@ -19,7 +19,7 @@
 //! makes it, and it is made again before it expires. A bot whose prompt is too small for the
 //! API's minimum, or any other refusal, is served without the cache for a while.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -30,7 +30,7 @@ use serde_json::{Map, Value, json};
 use crate::config::BotConfig;
 use crate::provider::{ChatRequest, Events, Job, LlmEvent, LlmProvider, Message, ProviderError, Role, TokenUsage, ToolCall, ToolSpec};
 use crate::providers::anthropic::CALL_CONNECTED;
-use crate::providers::openai::{Endpoint, MAX_TOOL_CALLS, ReplyDecoder, message_in, prompt_cache, read_limited, stream_reply};
+use crate::providers::openai::{Endpoint, MAX_TOOL_CALLS, ReplyDecoder, ReplyEvents, message_in, prompt_cache, read_limited, stream_reply};
 use crate::providers::sse::SseParser;
 
 /// Where the Gemini API is when the config names no `base_url`.
@@ -233,8 +233,7 @@ pub struct GeminiDecoder {
     calls: usize,
     usage: TokenUsage,
     finish_seen: bool,
-    finished: bool,
-    out: VecDeque<LlmEvent>,
+    out: ReplyEvents,
 }
 
 #[derive(Deserialize)]
@@ -285,7 +284,7 @@ struct UsageMetadata {
 impl GeminiDecoder {
     /// A decoder for the answer to request `turn`.
     pub fn new(turn: u64) -> GeminiDecoder {
-        GeminiDecoder { sse: SseParser::new(), turn, calls: 0, usage: TokenUsage::default(), finish_seen: false, finished: false, out: VecDeque::new() }
+        GeminiDecoder { sse: SseParser::new(), turn, calls: 0, usage: TokenUsage::default(), finish_seen: false, out: ReplyEvents::default() }
     }
 
     fn on_data(&mut self, data: &str) {
@@ -314,7 +313,7 @@ impl GeminiDecoder {
                 continue;
             }
             if let Some(text) = part.text.filter(|t| !t.is_empty()) {
-                self.out.push_back(LlmEvent::Token(text));
+                self.out.push(LlmEvent::Token(text));
             }
             if let Some(call) = part.function_call {
                 let Some(name) = call.name.filter(|n| !n.is_empty()) else { return self.fail_with("a function call has no name".to_string()) };
@@ -324,7 +323,7 @@ impl GeminiDecoder {
                 let id = call.id.filter(|i| !i.is_empty()).unwrap_or_else(|| format!("call_{}_{}", self.turn, self.calls));
                 self.calls += 1;
                 let arguments = call.args.filter(|a| a.is_object()).unwrap_or_else(|| json!({})).to_string();
-                self.out.push_back(LlmEvent::ToolCall(ToolCall { id, name, arguments }));
+                self.out.push(LlmEvent::ToolCall(ToolCall { id, name, arguments }));
             }
         }
         if candidate.finish_reason.is_some_and(|r| !r.is_empty()) {
@@ -333,22 +332,19 @@ impl GeminiDecoder {
     }
 
     fn fail_with(&mut self, reason: String) {
-        if !self.finished {
-            self.finished = true;
-            self.out.push_back(LlmEvent::Error(reason));
-        }
+        self.out.fail(reason);
     }
 }
 
 impl ReplyDecoder for GeminiDecoder {
     fn push(&mut self, bytes: &[u8]) {
-        if self.finished {
+        if self.out.is_finished() {
             return;
         }
         if let Err(e) = self.sse.push(bytes) {
             return self.fail_with(e.to_string());
         }
-        while !self.finished {
+        while !self.out.is_finished() {
             let Some(event) = self.sse.next_event() else { break };
             if event.event == "message" {
                 self.on_data(&event.data);
@@ -357,12 +353,8 @@ impl ReplyDecoder for GeminiDecoder {
     }
 
     fn end(&mut self) {
-        if self.finished {
-            return;
-        }
         if self.finish_seen {
-            self.finished = true;
-            self.out.push_back(LlmEvent::Done { usage: self.usage });
+            self.out.done(self.usage);
         } else {
             self.fail_with("the stream ended before the reply was complete".to_string());
         }
@@ -373,11 +365,11 @@ impl ReplyDecoder for GeminiDecoder {
     }
 
     fn is_finished(&self) -> bool {
-        self.finished
+        self.out.is_finished()
     }
 
     fn next_event(&mut self) -> Option<LlmEvent> {
-        self.out.pop_front()
+        self.out.next()
     }
 }
 

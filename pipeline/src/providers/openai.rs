@@ -296,6 +296,48 @@ pub trait ReplyDecoder {
     fn next_event(&mut self) -> Option<LlmEvent>;
 }
 
+/// A decoder's events not yet taken, and whether its reply ended (after which nothing more
+/// is queued).
+#[derive(Debug, Default)]
+pub(crate) struct ReplyEvents {
+    finished: bool,
+    out: VecDeque<LlmEvent>,
+}
+
+impl ReplyEvents {
+    /// Queues a token or a tool call, unless the reply ended.
+    pub(crate) fn push(&mut self, event: LlmEvent) {
+        if !self.finished {
+            self.out.push_back(event);
+        }
+    }
+
+    /// Ends the reply with `Done` with `usage` (once).
+    pub(crate) fn done(&mut self, usage: TokenUsage) {
+        self.end_with(LlmEvent::Done { usage });
+    }
+
+    /// Ends the reply with an error (once).
+    pub(crate) fn fail(&mut self, reason: String) {
+        self.end_with(LlmEvent::Error(reason));
+    }
+
+    fn end_with(&mut self, event: LlmEvent) {
+        if !self.finished {
+            self.finished = true;
+            self.out.push_back(event);
+        }
+    }
+
+    pub(crate) fn is_finished(&self) -> bool {
+        self.finished
+    }
+
+    pub(crate) fn next(&mut self) -> Option<LlmEvent> {
+        self.out.pop_front()
+    }
+}
+
 /// Reads a streamed reply's body through `decoder`, reporting its events with `emit`.
 pub(crate) async fn stream_reply(response: cyper::Response, mut decoder: impl ReplyDecoder, emit: impl Fn(LlmEvent)) {
     let mut body = std::pin::pin!(response.bytes_stream());
