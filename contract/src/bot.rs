@@ -264,7 +264,7 @@ pub struct TurnDetection {
     /// `model`: the probability of "done" at or above which the turn ends (0.05 to 0.95;
     /// default 0.5).
     #[serde(default = "default_threshold")]
-    pub threshold: f32,
+    pub threshold: f64,
 }
 
 impl Default for TurnDetection {
@@ -291,7 +291,7 @@ fn default_max_silence_ms() -> u32 {
     2000
 }
 
-fn default_threshold() -> f32 {
+fn default_threshold() -> f64 {
     0.5
 }
 

@@ -161,7 +161,7 @@ const WINDOW: usize = cxb_media::mel::SAMPLES;
 pub struct ModelTurns {
     judge: Arc<dyn TurnJudge>,
     after: Duration,
-    threshold: f32,
+    threshold: f64,
     audio: Vec<i16>,
     /// The pause the caller is in: when their speech stopped.
     paused: Option<cxb_media::Timestamp>,
@@ -234,7 +234,7 @@ impl ModelTurns {
             return false;
         };
         self.decisions += 1;
-        let done = p >= self.threshold && self.paused == Some(paused);
+        let done = f64::from(p) >= self.threshold && self.paused == Some(paused);
         if done {
             self.done += 1;
             self.end = true;

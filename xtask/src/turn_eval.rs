@@ -46,7 +46,7 @@ const FRAME: usize = 160;
 
 struct Options {
     limit: usize,
-    threshold: f32,
+    threshold: f64,
     model_dir: PathBuf,
 }
 
@@ -189,7 +189,7 @@ impl TurnJudge for TimedJudge {
 /// When a turn first ended, in ms, with the model asked at each pause (its answer counts
 /// only after the time it really took) and a 2 s cap; how many times it was asked, and how
 /// long each answer took.
-fn model_decision(t: &Timeline, model: &TimedJudge, threshold: f32) -> (Option<u64>, u32, Vec<u64>) {
+fn model_decision(t: &Timeline, model: &TimedJudge, threshold: f64) -> (Option<u64>, u32, Vec<u64>) {
     let judge: Arc<dyn TurnJudge> = Arc::new(model.clone());
     let settings = cxb_contract::bot::TurnDetection { model_after_ms: 200, max_silence_ms: 2_000, threshold, ..Default::default() };
     let mut turns = ModelTurns::new(judge, &settings);
@@ -271,7 +271,7 @@ impl Policy {
 }
 
 impl Tally {
-    fn add(&mut self, paused: bool, t: &Timeline, model: &TimedJudge, threshold: f32) {
+    fn add(&mut self, paused: bool, t: &Timeline, model: &TimedJudge, threshold: f64) {
         self.silence.add(paused, t, silence_decision(t, 700));
         let (decision, asked, took) = model_decision(t, model, threshold);
         self.asked += asked;
@@ -279,7 +279,7 @@ impl Tally {
         self.model.add(paused, t, decision);
     }
 
-    fn report(&self, threshold: f32) {
+    fn report(&self, threshold: f64) {
         eprintln!("\nturn ends (complete and paused utterances; delay from the real end of speech):");
         self.silence.line("silence 700");
         self.model.line(&format!("model p>={threshold}"));
