@@ -66,6 +66,10 @@ pub struct CallClaims {
     /// The campaign's answering-machine action (`hangup`, `continue`, `leave_voicemail`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub amd: Option<String>,
+    /// A person on the Agent Desk takes over the live call `call_id` (its handoff): the token
+    /// admits only that, at the engine's `POST /webrtc/takeover`, and no new call.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub takeover: bool,
 }
 
 /// One signing key.

@@ -44,7 +44,8 @@ impl Outcome {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Turn {
-    /// `caller`, `bot`, `tool` or `dtmf` (a key the caller pressed; `text` is the key).
+    /// `caller`, `bot`, `agent` (a person from the Agent Desk who took the call over), `tool`
+    /// or `dtmf` (a key the caller pressed; `text` is the key).
     #[cfg_attr(feature = "openapi", schema(max_length = 128))]
     pub role: String,
     #[cfg_attr(feature = "openapi", schema(max_length = 65536))]

@@ -29,6 +29,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     (11, "analytics", include_str!("../migrations/0011_analytics.sql")),
     (12, "handoffs", include_str!("../migrations/0012_handoffs.sql")),
     (13, "call_pages", include_str!("../migrations/0013_call_pages.sql")),
+    (14, "handoff_takeover", include_str!("../migrations/0014_handoff_takeover.sql")),
 ];
 
 /// Opens (creating if needed) the database at `url` and brings its schema up to date.

@@ -47,6 +47,10 @@ pub(crate) struct NewHandoff {
     /// When the bot handed off (RFC 3339).
     #[serde(default)]
     pub(crate) created_at: Option<String>,
+    /// The call stays up for a person to take over from the desk (the engine takes WebRTC and
+    /// the handoff did not transfer the call).
+    #[serde(default)]
+    pub(crate) live: bool,
 }
 
 fn bounded(field: &str, s: &str, max: usize) -> ApiResult<()> {
@@ -57,7 +61,7 @@ fn bounded(field: &str, s: &str, max: usize) -> ApiResult<()> {
 }
 
 /// `POST /v1/runtime/handoffs` (fleet token): stores the handoff once; a repeat answers 200.
-pub(crate) async fn post(State(s): State<AppState>, _fleet: Fleet, Body(h): Body<NewHandoff>) -> ApiResult<(StatusCode, Json<Value>)> {
+pub(crate) async fn post(State(s): State<AppState>, fleet: Fleet, Body(h): Body<NewHandoff>) -> ApiResult<(StatusCode, Json<Value>)> {
     if h.handoff_id.is_empty() || h.handoff_id.len() > 160 || !h.handoff_id.bytes().all(|b| b.is_ascii_alphanumeric() || b"._:-".contains(&b)) {
         return Err(ApiError::invalid("handoff_id", "1 to 160 letters, digits, '.', '_', ':' or '-'"));
     }
@@ -89,8 +93,8 @@ pub(crate) async fn post(State(s): State<AppState>, _fleet: Fleet, Body(h): Body
     let created = h.created_at.as_deref().and_then(parse_time).unwrap_or(now);
     let mut tx = s.db.begin().await?;
     let done = sqlx::query(
-        "INSERT INTO handoffs (id, org_id, call_id, bot_id, caller, reason, summary, transcript, status, notes, created_at, updated_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'waiting', '[]', $9, $10) ON CONFLICT (id) DO NOTHING",
+        "INSERT INTO handoffs (id, org_id, call_id, bot_id, caller, reason, summary, transcript, status, notes, created_at, updated_at, live, host_id) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'waiting', '[]', $9, $10, $11, $12) ON CONFLICT (id) DO NOTHING",
     )
     .bind(&h.handoff_id)
     .bind(&org)
@@ -102,6 +106,8 @@ pub(crate) async fn post(State(s): State<AppState>, _fleet: Fleet, Body(h): Body
     .bind(&transcript)
     .bind(created)
     .bind(now)
+    .bind(i64::from(h.live))
+    .bind(&fleet.host_id)
     .execute(&mut *tx)
     .await?;
     if done.rows_affected() == 0 {
@@ -115,7 +121,9 @@ pub(crate) async fn post(State(s): State<AppState>, _fleet: Fleet, Body(h): Body
     Ok((StatusCode::CREATED, Json(json!({ "handoff_id": h.handoff_id, "duplicate": false }))))
 }
 
-const COLUMNS: &str = "id, call_id, bot_id, caller, reason, summary, transcript, status, claimed_by, claimed_at, resolution, resolved_at, notes, created_at, updated_at";
+/// A handoff is live while its call is: kept up for the desk, and no result has ended it.
+const COLUMNS: &str = "id, call_id, bot_id, caller, reason, summary, transcript, status, claimed_by, claimed_at, resolution, resolved_at, notes, created_at, updated_at, \
+     CASE WHEN live = 1 AND status <> 'resolved' AND NOT EXISTS (SELECT 1 FROM calls c WHERE c.id = handoffs.call_id AND c.ended_at IS NOT NULL) THEN 1 ELSE 0 END AS live_now";
 
 fn view(row: &sqlx::any::AnyRow) -> ApiResult<Value> {
     let parse = |c: &str| -> ApiResult<Value> { serde_json::from_str(&row.try_get::<String, _>(c)?).map_err(ApiError::internal) };
@@ -136,6 +144,7 @@ fn view(row: &sqlx::any::AnyRow) -> ApiResult<Value> {
         "notes": parse("notes")?,
         "created_at": time("created_at")?,
         "updated_at": time("updated_at")?,
+        "live": row.try_get::<i64, _>("live_now")? == 1,
     }))
 }
 
@@ -245,6 +254,66 @@ pub(crate) async fn note(State(s): State<AppState>, caller: Caller, Path(id): Pa
     let out = fetch(&mut tx, &caller.org_id, &id).await?;
     tx.commit().await?;
     Ok(Json(out))
+}
+
+/// The engine host carrying handoff `id`'s call (its id and address), while it reports to the
+/// API.
+pub(crate) async fn engine_host(s: &AppState, org: &str, id: &str) -> ApiResult<Option<(String, String)>> {
+    let fresh = s.now() - s.config.host_ttl.as_millis() as i64;
+    Ok(sqlx::query_as("SELECT h.id, h.address FROM handoffs o JOIN hosts h ON h.id = o.host_id WHERE o.id = $1 AND o.org_id = $2 AND h.last_seen >= $3")
+        .bind(id)
+        .bind(org)
+        .bind(fresh)
+        .fetch_optional(&s.db)
+        .await?)
+}
+
+/// How long a takeover token admits its person: they join at once.
+const TAKEOVER_SECONDS: u64 = 60;
+
+/// `POST /v1/handoffs/{id}/takeover`: a person on the desk joins the handoff's call, still
+/// live, from the browser. Answers a one-use takeover token and the WebRTC URL of the engine
+/// host carrying the call (`POST` an SDP offer there with the token, as the widget does); the
+/// handoff becomes this person's.
+pub(crate) async fn takeover(State(s): State<AppState>, caller: Caller, Path(id): Path<String>) -> ApiResult<Json<Value>> {
+    desk(&caller)?;
+    let who = actor(&s, &caller).await?;
+    let now = s.now();
+    let mut conn = s.db.acquire().await?;
+    let current = fetch(&mut conn, &caller.org_id, &id).await?;
+    if current["live"] != true {
+        return Err(ApiError::conflict("not_live", "the call is over, or its bot did not keep it up for the desk"));
+    }
+    if current["status"] == "claimed" && current["claimed_by"].as_str() != Some(who.as_str()) {
+        return Err(ApiError::conflict("invalid_state", format!("the handoff is claimed by {}", current["claimed_by"].as_str().unwrap_or("someone"))));
+    }
+    let (host, address) = engine_host(&s, &caller.org_id, &id).await?.ok_or_else(|| ApiError::conflict("host_gone", "the engine host carrying the call no longer reports to the API"))?;
+    sqlx::query("UPDATE handoffs SET status = 'claimed', claimed_by = $1, claimed_at = $2, updated_at = $2 WHERE id = $3 AND org_id = $4 AND status = 'waiting'")
+        .bind(&who)
+        .bind(now)
+        .bind(&id)
+        .bind(&caller.org_id)
+        .execute(&mut *conn)
+        .await?;
+    let exp = now.max(0) as u64 / 1000 + TAKEOVER_SECONDS;
+    let claims = cxb_contract::call_token::CallClaims {
+        bot_id: current["bot_id"].as_str().unwrap_or_default().into(),
+        call_id: current["call_id"].as_str().unwrap_or_default().into(),
+        org_id: caller.org_id.as_str().into(),
+        exp,
+        host_id: Some(host),
+        direction: cxb_contract::call_token::Direction::Inbound,
+        takeover: true,
+        ..Default::default()
+    };
+    let token = crate::call_tokens::issue(&s.db, &s.secrets, now, claims).await?;
+    let handoff = fetch(&mut conn, &caller.org_id, &id).await?;
+    Ok(Json(json!({
+        "token": token,
+        "webrtc_url": format!("{}/webrtc/takeover", crate::widget::engine_http(&address)),
+        "expires_at": rfc3339(exp as i64 * 1000),
+        "handoff": handoff,
+    })))
 }
 
 #[derive(Debug, Deserialize, ToSchema)]

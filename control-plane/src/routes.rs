@@ -968,6 +968,14 @@ pub(crate) fn build() -> Routes {
         crate::handoffs::claim,
         Doc::user("agent-desk", "Take a waiting handoff (agent, operator or admin)").ok(obj()).err_says(409, "Already claimed or resolved (`invalid_state`)"),
     );
+    r.add(
+        "POST",
+        "/v1/handoffs/{id}/takeover",
+        crate::handoffs::takeover,
+        Doc::user("agent-desk", "Join a handed-off call that is still live, from the browser: a one-use token and the engine's WebRTC URL to offer SDP to (agent, operator or admin)")
+            .ok(obj())
+            .err_says(409, "The call is over (`not_live`), its host is gone (`host_gone`) or someone else has the handoff (`invalid_state`)"),
+    );
     r.add("POST", "/v1/handoffs/{id}/notes", crate::handoffs::note, Doc::user("agent-desk", "Add a note to a handoff").body(note).ok(obj()).err(409));
     r.add(
         "POST",

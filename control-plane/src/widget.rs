@@ -206,7 +206,7 @@ pub(crate) async fn create_session(State(s): State<AppState>, ConnectInfo(peer):
 }
 
 /// An engine host's HTTP base URL from the address it announces (`ws://` or `wss://`).
-fn engine_http(address: &str) -> String {
+pub(crate) fn engine_http(address: &str) -> String {
     let address = address.trim_end_matches('/');
     match address.split_once("://") {
         Some(("wss", rest)) => format!("https://{rest}"),

@@ -631,6 +631,57 @@ async fn handoffs_arrive_once_wait_on_the_desk_and_agents_see_only_the_desk() {
 }
 
 #[tokio::test]
+async fn a_live_handoff_gives_the_desk_a_takeover_token_until_its_call_ends() {
+    let api = Api::start().await;
+    let token = api.org("Acme").await;
+    let org = api.get("/v1/me", &token).await.body["org"]["id"].as_str().unwrap().to_string();
+    let fleet = api.fleet_token().await;
+    let beat = json!({"host_id": "h1", "address": "ws://127.0.0.1:8090", "workers": 1, "slots_total": 10, "slots_free": 10, "live_calls": 1, "applied": []});
+    assert_eq!(api.post("/v1/runtime/hosts/heartbeat", &fleet, beat).await.status, 200);
+    let mut live = handoff(&org, "CA78-h1");
+    live["call_id"] = json!("CA78");
+    live["live"] = json!(true);
+    assert_eq!(api.post("/v1/runtime/handoffs", &fleet, live).await.status, 201);
+    assert_eq!(api.post("/v1/runtime/handoffs", &fleet, handoff(&org, "CA77-h1")).await.status, 201);
+    assert_eq!(api.get("/v1/handoffs/CA78-h1", &token).await.body["live"], true);
+    assert_eq!(api.get("/v1/handoffs/CA77-h1", &token).await.body["live"], false, "a handoff the engine did not keep up");
+
+    let grant = api.call(reqwest::Method::POST, "/v1/handoffs/CA78-h1/takeover", &token, None).await;
+    assert_eq!(grant.status, 200, "{}", grant.body);
+    assert_eq!(grant.body["webrtc_url"], "http://127.0.0.1:8090/webrtc/takeover", "the engine host carrying the call");
+    assert!(grant.body["token"].as_str().is_some_and(|t| t.len() > 40), "{}", grant.body);
+    assert_eq!(grant.body["handoff"]["status"], "claimed", "the handoff is the taker's");
+    let refused = api.call(reqwest::Method::POST, "/v1/handoffs/CA77-h1/takeover", &token, None).await;
+    assert_eq!((refused.status, refused.body["error"]["code"].as_str()), (409, Some("not_live")));
+    api.post("/v1/users", &token, json!({"email": "vi@acme.example", "role": "viewer", "password": "a long enough password"})).await;
+    let viewer = api.login("vi@acme.example", "a long enough password").await;
+    assert_eq!(api.call(reqwest::Method::POST, "/v1/handoffs/CA78-h1/takeover", &viewer, None).await.status, 403);
+
+    // The console: the button, the engine allowed in the page's policy, the form token checked.
+    let me = Browser::sign_in(&api, "admin@acme.example", "a long enough password").await;
+    let r = client().get(format!("{}/desk/CA78-h1", api.base)).header(COOKIE, &me.cookie).send().await.unwrap();
+    let policy = r.headers()["content-security-policy"].to_str().unwrap().to_string();
+    assert!(policy.contains("connect-src 'self' http://127.0.0.1:8090"), "{policy}");
+    let page = r.text().await.unwrap();
+    assert!(page.contains("id=\"take-call\"") && page.contains("/desk.js"), "{page}");
+    let csrf = me.csrf().await;
+    let (status, body, _) = me.post("/desk/CA78-h1/takeover", &[("_csrf", &csrf)]).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(serde_json::from_str::<Value>(&body).unwrap()["token"].is_string());
+    assert_eq!(me.post("/desk/CA78-h1/takeover", &[("_csrf", "forged")]).await.0, 403);
+    let (status, script) = me.get("/desk.js").await;
+    assert!(status == 200 && script.contains("RTCPeerConnection"));
+
+    // The call's result ends it: no takeover after.
+    let mut ended = result("CA78", "completed", "+14155550123", None);
+    ended["org_id"] = json!(org);
+    assert_eq!(api.post("/v1/runtime/results", &fleet, ended).await.status, 201);
+    assert_eq!(api.get("/v1/handoffs/CA78-h1", &token).await.body["live"], false);
+    let late = api.call(reqwest::Method::POST, "/v1/handoffs/CA78-h1/takeover", &token, None).await;
+    assert_eq!((late.status, late.body["error"]["code"].as_str()), (409, Some("not_live")));
+}
+
+#[tokio::test]
 async fn routing_adds_assistants_and_load_balancers_through_the_api_and_shows_its_refusals() {
     let api = Api::start().await;
     let token = api.org("Acme").await;

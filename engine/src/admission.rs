@@ -150,12 +150,32 @@ impl Gate {
         self.keys.read().is_ok_and(|k| !k.is_empty())
     }
 
-    /// Checks a call token for `bot_id` at `now_s` (Unix seconds) and marks it used.
+    /// Checks a call token for `bot_id` at `now_s` (Unix seconds) and marks it used. A
+    /// takeover token admits no call.
     pub fn check_token(&self, token: &str, bot_id: &str, now_s: u64) -> Result<CallClaims, Refusal> {
-        let claims = self.keys.read().map_err(|_| Refusal::Token(TokenError::UnknownKey))?.verify(token, now_s).map_err(Refusal::Token)?;
-        if claims.bot_id != bot_id {
+        let claims = self.verify(token, now_s)?;
+        if claims.bot_id != bot_id || claims.takeover {
             return Err(Refusal::WrongBot);
         }
+        self.admit(claims, now_s)
+    }
+
+    /// Checks a takeover token (a person on the Agent Desk joining the live call its claims
+    /// name) at `now_s` and marks it used.
+    pub fn check_takeover(&self, token: &str, now_s: u64) -> Result<CallClaims, Refusal> {
+        let claims = self.verify(token, now_s)?;
+        if !claims.takeover {
+            return Err(Refusal::WrongBot);
+        }
+        self.admit(claims, now_s)
+    }
+
+    fn verify(&self, token: &str, now_s: u64) -> Result<CallClaims, Refusal> {
+        self.keys.read().map_err(|_| Refusal::Token(TokenError::UnknownKey))?.verify(token, now_s).map_err(Refusal::Token)
+    }
+
+    /// The host and replay checks every token passes.
+    fn admit(&self, claims: CallClaims, now_s: u64) -> Result<CallClaims, Refusal> {
         if let (Some(want), Some(me)) = (&claims.host_id, &self.host_id)
             && want != me
         {

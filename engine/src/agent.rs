@@ -32,6 +32,7 @@ use cxb_pipeline::tools::{CarrierLink, Destination, ToolAction, Tools};
 use cxb_codecs::wav::{Channel, RecordingSink, RecordingWriter};
 use serde_json::{Value, json};
 
+use crate::desk::{CallerSide, Change};
 use crate::error::EndReason;
 use crate::protocol::Start;
 use crate::results::{Recording, ResultSink};
@@ -427,6 +428,10 @@ pub struct Agent {
     turn_held: bool,
     /// Where handoffs to the Agent Desk go (the engine's handoff outbox).
     handoff_sink: Option<Arc<dyn ResultSink>>,
+    /// A person on the desk may take a handed-off call over (the engine takes WebRTC).
+    takeover: bool,
+    /// The call's line to the desk, once handed off with `takeover`.
+    desk: Option<CallerSide>,
     /// The handoffs made, for the result: `{reason, queued}`.
     handoffs: Vec<Value>,
     /// The call's id when neither a call token nor the carrier gave one, made for a handoff
@@ -509,6 +514,8 @@ impl Agent {
             hello_wait: None,
             turn_held: false,
             handoff_sink: None,
+            takeover: false,
+            desk: None,
             handoffs: Vec::new(),
             minted_id: None,
             turns: None,
@@ -522,9 +529,11 @@ impl Agent {
     }
 
     /// Sends the bot's handoffs to `sink` (the engine's outbox); without one a handoff is only
-    /// noted in the call's result.
-    pub fn with_handoffs(mut self, sink: Option<Arc<dyn ResultSink>>) -> Agent {
+    /// noted in the call's result. With `takeover` (the engine takes WebRTC), a call handed off
+    /// without a transfer stays live for a person on the desk to take over from the browser.
+    pub fn with_handoffs(mut self, sink: Option<Arc<dyn ResultSink>>, takeover: bool) -> Agent {
         self.handoff_sink = sink;
+        self.takeover = takeover;
         self
     }
 
@@ -589,8 +598,15 @@ impl Agent {
             .iter()
             .map(|l| json!({ "role": l.role, "text": l.text, "at_ms": l.at_ms, "interrupted": l.interrupted }))
             .collect();
+        // A handoff that transfers the call leaves nothing live to take over.
+        let transfers = self.bot.tools.iter().any(|t| t.kind == cxb_pipeline::config::ToolKind::Handoff && t.transfer_to.is_some());
+        let live = self.takeover && !transfers;
+        if live && self.desk.is_none() {
+            self.desk = Some(CallerSide::open(&call_id));
+        }
         let handoff = json!({
             "handoff_id": format!("{call_id}-h{n}"),
+            "live": live,
             "call_id": call_id,
             "org_id": self.claims.as_ref().map(|c| c.org_id.to_string()).or_else(|| self.bot.org_id.clone()),
             "bot_id": self.bot.id,
@@ -607,7 +623,7 @@ impl Agent {
         if !queued {
             tracing::warn!(call_id, "a handoff was made but this engine has no handoff outbox (run it with --api)");
         }
-        self.handoffs.push(json!({ "reason": reason, "queued": queued }));
+        self.handoffs.push(json!({ "reason": reason, "queued": queued, "live": live }));
     }
 
     /// The carrier's `start`: answering-machine detection runs when the call token asks for
@@ -689,6 +705,36 @@ impl Agent {
         }
         self.stt.send_audio(&self.stt_bytes);
         stopped
+    }
+
+    /// The caller's frame `pcm` on a handed-off call: the bot falls silent when a person takes
+    /// the call and listens again when they leave; meanwhile the person's audio plays to the
+    /// caller (at most 200 ms of it waits) and their words go into the transcript. Whether
+    /// there is something to act on.
+    fn desk_frame(&mut self, now: Timestamp, pcm: &[i16]) -> bool {
+        let Some(desk) = self.desk.as_mut() else { return false };
+        let change = desk.frame(now, pcm, &self.bot);
+        match change {
+            Some(Change::Joined) => self.conv.human_joined(now),
+            Some(Change::Left) => self.conv.human_left(now),
+            None => {}
+        }
+        while let Some((at, words)) = desk.words(now) {
+            self.conv.human_said(at, &words);
+        }
+        let heard = desk.heard();
+        if heard.is_empty() {
+            return change.is_some();
+        }
+        if self.stt_billed {
+            self.stt_audio_ms += 20;
+        }
+        self.backlog.extend(heard);
+        self.backlog_in += heard.len() as u64;
+        let over = self.backlog.len().saturating_sub(1_600);
+        self.backlog.drain(..over);
+        self.backlog_out += over as u64;
+        true
     }
 
     /// Answering-machine detection, or the wait for "Hello?", on the frame in `pcm`; whether
@@ -890,6 +936,12 @@ impl Agent {
         let start = self.start.as_deref();
         self.conv.finish(now);
         self.stt.send(SttCommand::Close);
+        if let Some(desk) = self.desk.as_mut() {
+            desk.close();
+            if let Some(last) = self.handoffs.last_mut() {
+                last["talked_ms"] = json!(desk.talked(now).as_millis() as u64);
+            }
+        }
         self.llm_job = None;
         self.tts_jobs.clear();
         self.tool_jobs.clear();
@@ -1018,7 +1070,8 @@ impl Bot for Agent {
 
     fn caller_frame(&mut self, now: Timestamp, frame: &CallerFrame<'_>, out: &mut Playback<'_>) {
         self.now = now;
-        if self.hear(now, frame) {
+        let heard = self.hear(now, frame);
+        if self.desk_frame(now, frame.narrow) | heard {
             self.act(out, None);
         }
     }

@@ -88,7 +88,7 @@ pub struct Call<T = WsTransport> {
 }
 
 /// The bot a call's config names: a built-in one, or the AI agent given.
-fn bot_for(config: &CallConfig, agent: Option<Agent>) -> Box<dyn crate::session::Bot> {
+pub(crate) fn bot_for(config: &CallConfig, agent: Option<Agent>) -> Box<dyn crate::session::Bot> {
     match agent {
         Some(agent) => Box::new(agent),
         None => crate::bots::builtin(config.bot, config.max_utterance),
@@ -198,11 +198,11 @@ impl Call<RtpTransport> {
 }
 
 impl Call<WebRtcTransport> {
-    /// A browser's call over `transport` (its offer answered), its bot started at `now`:
+    /// A browser's call over `transport` (its offer answered), `bot` started at `now`:
     /// the session hears and speaks 8 kHz linear samples, which Opus carries.
-    pub fn over_webrtc(now: Timestamp, config: CallConfig, agent: Option<Agent>, transport: WebRtcTransport, start: &crate::protocol::Start) -> Call<WebRtcTransport> {
+    pub fn over_webrtc(now: Timestamp, config: CallConfig, bot: Box<dyn crate::session::Bot>, transport: WebRtcTransport, start: &crate::protocol::Start) -> Call<WebRtcTransport> {
         let encoding = cxb_codecs::Encoding::L16;
-        let mut call = Call::with_transport(transport, Session::new(config.session(), encoding, bot_for(&config, agent)));
+        let mut call = Call::with_transport(transport, Session::new(config.session(), encoding, bot));
         call.session.start(now, encoding, start);
         call
     }

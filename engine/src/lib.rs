@@ -31,6 +31,7 @@ pub mod agent;
 pub mod bots;
 pub mod call;
 pub mod config;
+pub mod desk;
 pub mod error;
 pub mod http;
 pub mod limits;

@@ -233,3 +233,146 @@ fn an_ai_bot_greets_a_browser_answers_and_streams_its_transcript() {
     assert_eq!(result["end_reason"], "hangup", "{result}");
     assert!(result["metrics"]["webrtc"]["packets_in"].as_u64().is_some_and(|n| n > 200), "{result}");
 }
+
+/// Runs two browsers side by side for `limit` in real time, each sending what `each` gives
+/// for its frame index every 20 ms.
+fn run_both(a: &mut Browser, b: &mut Browser, limit: Duration, mut each: impl FnMut(usize, usize) -> (Vec<u8>, Vec<u8>), frame: &mut usize) {
+    let start = Instant::now();
+    let mut next = start;
+    let mut buf = [0u8; 2048];
+    while start.elapsed() < limit {
+        let now = Instant::now();
+        if now >= next {
+            let (fa, fb) = each(*frame, *frame);
+            let _ = a.client.send_frame(now, &fa);
+            let _ = b.client.send_frame(now, &fb);
+            *frame += 1;
+            next += Duration::from_millis(20);
+        }
+        for x in [&mut *a, &mut *b] {
+            x.client.handle_timeout(Instant::now());
+            while let Some((to, d)) = x.client.poll_transmit() {
+                let _ = x.socket.send_to(&d, to);
+            }
+            x.socket.set_read_timeout(Some(Duration::from_millis(1))).expect("timeout");
+            if let Ok((n, from)) = x.socket.recv_from(&mut buf) {
+                x.client.on_datagram(Instant::now(), from, &buf[..n]);
+            }
+        }
+    }
+}
+
+#[test]
+fn a_person_on_the_desk_takes_over_a_handed_off_call_while_the_bot_stays_silent() {
+    const PER_CHAR: usize = 320;
+    let stt = DeepgramServer::start(DeepgramConfig {
+        script: vec![
+            Step::on_finalize(Reply::Final { text: "I need a person".into(), speech_final: false }),
+            Step::on_finalize(Reply::Final { text: "it is about my bill".into(), speech_final: false }),
+        ],
+        ..DeepgramConfig::default()
+    })
+    .expect("stt server");
+    let tts = ElevenLabsServer::start(ElevenLabsConfig { bytes_per_char: PER_CHAR, ..ElevenLabsConfig::default() }).expect("tts server");
+    let bots = tempdir();
+    let bot = json!({
+        "name": "Support",
+        "greeting": "Hello.",
+        "stt": { "provider": "deepgram", "base_url": stt.url(), "secrets": { "api_key": "dg" } },
+        "llm": { "provider": "script", "options": { "script": {
+            "intents": [ { "name": "person", "keywords": ["person"], "reply": "One moment.",
+                           "tool": { "name": "handoff", "arguments": { "reason": "asked for a person", "summary": "Wants a person." } },
+                           "after_tool": "A colleague will join you." } ],
+            "fallback": "Sorry?"
+        } } },
+        "tts": { "provider": "elevenlabs", "base_url": tts.url(), "secrets": { "api_key": "xi" } },
+        "voice": "voice1",
+        "tools": [ { "kind": "handoff" } ],
+        "idle": { "reprompt_after_seconds": 1, "max_reprompts": 5 },
+    });
+    std::fs::write(bots.join("support.json"), bot.to_string()).expect("bot file");
+    let results = Arc::new(Captured::default());
+    let sink = results.clone();
+    let e = webrtc_engine(move |c| {
+        c.bots.dir = Some(bots);
+        c.results = Some(sink);
+    });
+    let addr = e.local_addr();
+    let mut claims = common::claims("support");
+    claims.call_id = "cl-takeover".into();
+    let mut caller = Browser::call(addr, "support", &[("Authorization", &format!("Bearer {}", common::token(&claims)))]);
+    let speech = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/../codecs/tests/fixtures/speech-8k.s16")).expect("fixture");
+    let speech_frame = |j: usize| speech[(j % 60) * 320..(j % 60 + 1) * 320].to_vec();
+    // The greeting, then "I need a person": the bot hands off and says so.
+    caller.run(Duration::from_secs(5), |c, i| {
+        let frame = match i.checked_sub(50) {
+            Some(j) if j < 60 => speech_frame(j),
+            _ => vec![0; 320],
+        };
+        let _ = c.send_frame(Instant::now(), &frame);
+    });
+    let _ = caller.client.take_heard();
+
+    // Refusals: a call token is no takeover token, and a takeover token takes no new call.
+    let (_, offer) = WebRtcClient::new(Instant::now(), "127.0.0.1:9".parse().expect("addr"), false).expect("client");
+    let sdp = ("Content-Type", "application/sdp");
+    let plain = format!("Bearer {}", common::token(&common::claims("support")));
+    assert_eq!(request(addr, "POST", "/webrtc/takeover", &[sdp, ("Authorization", &plain)], &offer).0, 401);
+    let mut other = common::claims("support");
+    other.takeover = true;
+    other.call_id = "cl-elsewhere".into();
+    let (status, _, body) = request(addr, "POST", "/webrtc/takeover", &[sdp, ("Authorization", &format!("Bearer {}", common::token(&other)))], &offer);
+    assert_eq!(status, 404, "no such live call here: {body}");
+    let mut misuse = common::claims("support");
+    misuse.takeover = true;
+    assert_eq!(request(addr, "POST", "/webrtc/support", &[sdp, ("Authorization", &format!("Bearer {}", common::token(&misuse)))], &offer).0, 401);
+
+    // The person joins and both talk: each hears the other; the bot says nothing.
+    let mut take = common::claims("support");
+    take.takeover = true;
+    take.call_id = "cl-takeover".into();
+    let bearer = format!("Bearer {}", common::token(&take));
+    let socket = UdpSocket::bind("127.0.0.1:0").expect("bind");
+    let (mut client, offer) = WebRtcClient::new(Instant::now(), socket.local_addr().expect("addr"), true).expect("client");
+    let (status, head, answer) = request(addr, "POST", "/webrtc/takeover", &[sdp, ("Authorization", &bearer)], &offer);
+    assert_eq!(status, 201, "{head}\n{answer}");
+    client.accept_answer(&answer).expect("answer");
+    let location = header(&head, "Location").expect("a Location").to_string();
+    let mut person = Browser { socket, client, location };
+    let mut second = common::claims("support");
+    second.takeover = true;
+    second.call_id = "cl-takeover".into();
+    let (status, _, body) = request(addr, "POST", "/webrtc/takeover", &[sdp, ("Authorization", &format!("Bearer {}", common::token(&second)))], &offer);
+    assert_eq!(status, 409, "one person at a time: {body}");
+
+    let mut frame = 0;
+    // The caller is quiet while the person speaks (a tone, then a pause the STT finalizes).
+    run_both(&mut caller, &mut person, Duration::from_secs(4), |i, _| (vec![0; 320], if i < 75 { tone(440.0, i) } else { vec![0; 320] }), &mut frame);
+    let to_caller = caller.client.take_heard();
+    assert!(rms(&to_caller[to_caller.len() / 4..]) > 1_000.0, "the caller hears the person: rms {:.0}", rms(&to_caller));
+    // Then the caller speaks, long past the bot's idle re-prompt: the person hears them, and
+    // the bot answers nothing.
+    let _ = person.client.take_heard();
+    run_both(&mut caller, &mut person, Duration::from_secs(4), |i, _| (tone(300.0, i), vec![0; 320]), &mut frame);
+    let to_person = person.client.take_heard();
+    assert!(rms(&to_person[to_person.len() / 2..]) > 1_000.0, "the person hears the caller: rms {:.0}", rms(&to_person));
+    let to_caller = caller.client.take_heard();
+    assert!(rms(&to_caller[to_caller.len() / 2..]) < 100.0, "the bot stays silent while the person has the call: rms {:.0}", rms(&to_caller));
+
+    // The person hangs up; the caller's call goes on with the bot; then the caller hangs up.
+    assert_eq!(request(addr, "DELETE", &person.location, &[], "").0, 200);
+    caller.run(Duration::from_secs(1), |c, _| {
+        let _ = c.send_frame(Instant::now(), &[0; 320]);
+    });
+    assert_eq!(health(addr)["live_calls"], 1, "the caller's call outlives the person's leg");
+    assert_eq!(request(addr, "DELETE", &caller.location, &[], "").0, 200);
+    assert!(eventually(Duration::from_secs(5), || !results.0.lock().expect("lock").is_empty()), "the result is written");
+    let (result, _) = results.0.lock().expect("lock")[0].clone();
+    let lines: Vec<(String, String)> = result["transcript"].as_array().into_iter().flatten().map(|l| (l["role"].as_str().unwrap_or("").to_string(), l["text"].as_str().unwrap_or("").to_string())).collect();
+    assert!(lines.iter().any(|(r, t)| r == "caller" && t == "I need a person"), "{lines:?}");
+    assert!(lines.iter().any(|(r, t)| r == "agent" && t == "I need a person"), "the person's words are transcribed, marked by speaker: {lines:?}");
+    let handoff = &result["metrics"]["handoffs"][0];
+    assert_eq!(handoff["live"], true, "{result}");
+    assert!(handoff["talked_ms"].as_u64().is_some_and(|ms| ms >= 7_000), "{handoff}");
+    assert!(eventually(Duration::from_secs(5), || health(addr)["live_calls"] == 0));
+}

@@ -89,7 +89,8 @@ pub enum Action {
 /// One line of the transcript.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Line {
-    /// `caller`, `bot` or `dtmf` (a key the caller pressed: `text` is the digit).
+    /// `caller`, `bot`, `agent` (a person from the Agent Desk who took the call over) or
+    /// `dtmf` (a key the caller pressed: `text` is the digit).
     pub role: &'static str,
     /// What was said (for the bot: what the caller heard).
     pub text: String,
@@ -264,6 +265,8 @@ pub struct Conversation {
     missed_barge_ins: u32,
     /// Acknowledgements over a reply that let it go on.
     backchannels: u32,
+    /// A person from the Agent Desk is talking with the caller: the bot is silent.
+    human: bool,
 }
 
 /// The caller speaking over a reply: how much voiced speech so far, and whether it stopped
@@ -317,6 +320,7 @@ impl Conversation {
             false_barge_ins: 0,
             missed_barge_ins: 0,
             backchannels: 0,
+            human: false,
         }
     }
 
@@ -395,7 +399,7 @@ impl Conversation {
     /// When [`Conversation::on_timeout`] should next run.
     pub fn deadline(&self) -> Option<Timestamp> {
         let waiting = self.awaiting_final.map(|(_, decided)| decided + FINAL_WAIT);
-        let idle = self.idle_at.filter(|_| self.reply.is_none() && !self.caller_speaking);
+        let idle = self.idle_at.filter(|_| self.reply.is_none() && !self.caller_speaking && !self.human);
         [Some(self.max_end), waiting, idle, self.keys_at].into_iter().flatten().filter(|_| !self.hung_up).min()
     }
 
@@ -583,7 +587,7 @@ impl Conversation {
                 self.idle_at = Some(now + self.reprompt_after());
             }
         }
-        if self.reply.is_none() && !self.caller_speaking && self.idle_at.is_some_and(|at| now >= at) {
+        if self.reply.is_none() && !self.caller_speaking && !self.human && self.idle_at.is_some_and(|at| now >= at) {
             self.idle_at = None;
             if self.reprompts < self.idle.max_reprompts {
                 self.reprompts += 1;
@@ -604,6 +608,52 @@ impl Conversation {
             self.record_reply(now, reply, true);
         }
         self.hung_up = true;
+    }
+
+    /// A person from the Agent Desk joined the call: the bot stops at once (what the caller
+    /// heard of its reply stays in the transcript) and says nothing, re-prompts nothing, until
+    /// they leave. The caller's words still go into the transcript and the model's context.
+    pub fn human_joined(&mut self, now: Timestamp) {
+        if self.hung_up || self.human {
+            return;
+        }
+        self.human = true;
+        self.idle_at = None;
+        self.overlap = None;
+        if let Some(mut reply) = self.reply.take() {
+            self.cancel(&reply);
+            self.actions.push_back(Action::ClearPlayout);
+            self.hear_front(&mut reply, now);
+            self.record_reply(now, reply, true);
+        }
+    }
+
+    /// What the person from the Agent Desk said (their speech-to-text's final words), begun
+    /// at `at`: a transcript line of role `agent`, and the model's context should the bot take
+    /// the call back.
+    pub fn human_said(&mut self, at: Timestamp, text: &str) {
+        let text = text.trim();
+        if !self.human || text.is_empty() {
+            return;
+        }
+        self.transcript.push(Line { role: "agent", text: text.to_string(), at_ms: ms_between(self.start, at), interrupted: false });
+        self.messages.push(Message::text(Role::Assistant, text.to_string()));
+    }
+
+    /// The person left while the caller stays: the bot listens again.
+    pub fn human_left(&mut self, now: Timestamp) {
+        if !self.human {
+            return;
+        }
+        self.human = false;
+        if !self.hung_up && !self.caller_speaking {
+            self.idle_at = Some(now + self.reprompt_after());
+        }
+    }
+
+    /// Whether a person from the Agent Desk has the call.
+    pub fn human(&self) -> bool {
+        self.human
     }
 
     fn reprompt_after(&self) -> Duration {
@@ -654,6 +704,10 @@ impl Conversation {
     /// one answering everything).
     fn answer(&mut self, now: Timestamp, text: String) {
         self.messages.push(Message::text(Role::User, text));
+        if self.human {
+            // The person on the call answers, not the bot.
+            return;
+        }
         self.reprompts = 0;
         self.idle_at = None;
         if let Some(old) = self.reply.take() {
@@ -1279,6 +1333,33 @@ mod tests {
         // Half of "Hello there!" played.
         c.finish(at(520));
         assert_eq!(c.transcript(), [Line { role: "bot", text: "Hello".into(), at_ms: 0, interrupted: true }]);
+    }
+
+    #[test]
+    fn a_person_who_takes_the_call_silences_the_bot_until_they_leave() {
+        let (mut c, _) = greeting_playing();
+        // The person joins 500 ms into the greeting: it stops where the caller heard it.
+        c.human_joined(at(520));
+        let actions = drain(&mut c);
+        assert!(actions.contains(&Action::ClearPlayout) && actions.contains(&Action::CancelTts), "{actions:?}");
+        assert!(c.human());
+        assert_eq!(c.barge_ins(), 0, "not the caller's barge-in");
+        // The caller's words are transcribed and not answered; the person's are transcribed.
+        let actions = caller_says(&mut c, 1_000, 2_000, "I was double charged");
+        assert!(!actions.iter().any(|a| matches!(a, Action::Llm { .. })), "the bot stays silent: {actions:?}");
+        c.human_said(at(2_500), "I can refund that now.");
+        // No re-prompts while the person has the call, however long the silence.
+        c.on_timeout(at(60_000));
+        assert!(drain(&mut c).is_empty());
+        assert!(c.deadline().is_none_or(|d| d > at(60_000)), "no deadline stays in the past");
+        let roles: Vec<(&str, &str)> = c.transcript().iter().map(|l| (l.role, l.text.as_str())).collect();
+        assert_eq!(roles, [("bot", "Hello"), ("caller", "I was double charged"), ("agent", "I can refund that now.")]);
+        // They leave: the bot answers again, with what was said in its context.
+        c.human_left(at(61_000));
+        let actions = caller_says(&mut c, 62_000, 63_000, "Thanks, bye");
+        let (_, request) = llm_turn(&actions);
+        assert!(request.messages.iter().any(|m| m.role == Role::Assistant && m.content == "I can refund that now."), "{:?}", request.messages);
+        assert!(request.messages.iter().any(|m| m.role == Role::User && m.content == "I was double charged"));
     }
 
     fn llm_free_sentence(actions: &[Action], n: usize) -> u64 {

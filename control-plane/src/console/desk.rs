@@ -6,7 +6,9 @@ use axum::extract::{Path, State};
 use axum::http::HeaderMap;
 use serde_json::{Value, json};
 
-use super::{Form, Nav, PageResult, Signed, html, see_other, show, text, urlencode};
+use axum::response::{IntoResponse, Response};
+
+use super::{Form, Nav, PageResult, Signed, html, html_connecting, see_other, show, text, urlencode};
 use crate::AppState;
 use crate::error::ApiError;
 use crate::extract::{Body, Query as ApiQuery, typed};
@@ -21,6 +23,8 @@ pub(crate) struct Item {
     pub status: String,
     pub claimed_by: String,
     pub resolution: String,
+    /// The call is still up for a person to take over.
+    pub live: bool,
 }
 
 fn item(h: &Value) -> Item {
@@ -33,6 +37,7 @@ fn item(h: &Value) -> Item {
         status: text(&h["status"]),
         claimed_by: text(&h["claimed_by"]),
         resolution: show::words(h["resolution"].as_str().unwrap_or("")),
+        live: h["live"] == true,
     }
 }
 
@@ -77,7 +82,10 @@ struct HandoffPage {
 }
 
 pub(crate) async fn page(State(s): State<AppState>, signed: Signed, Path(id): Path<String>) -> PageResult {
-    let axum::Json(h) = crate::handoffs::get(State(s), signed.caller.clone(), Path(id)).await?;
+    let axum::Json(h) = crate::handoffs::get(State(s.clone()), signed.caller.clone(), Path(id)).await?;
+    // A live call's page may talk to the engine carrying it (the takeover's signalling).
+    let engine = if h["live"] == true { crate::handoffs::engine_host(&s, &signed.caller.org_id, text(&h["id"]).as_str()).await?.map(|(_, address)| address) } else { None };
+    let engine = engine.and_then(|a| reqwest::Url::parse(&crate::widget::engine_http(&a)).ok()).map(|u| u.origin().ascii_serialization());
     let lines = h["transcript"]
         .as_array()
         .into_iter()
@@ -94,14 +102,27 @@ pub(crate) async fn page(State(s): State<AppState>, signed: Signed, Path(id): Pa
         .map(|n| NoteView { by: text(&n["by"]), at: show::time(n["at"].as_str()), text: text(&n["text"]) })
         .collect();
     let role = signed.caller.role;
-    Ok(html(&HandoffPage {
+    let page = HandoffPage {
         nav: signed.nav("desk"),
         call_id: text(&h["call_id"]),
         h: item(&h),
         lines,
         notes,
         works_desk: role == crate::auth::Role::Agent || role >= crate::auth::Role::Operator,
-    }))
+    };
+    Ok(html_connecting(&page, engine.as_deref()))
+}
+
+/// `POST /desk/{id}/takeover` (the page's script, with the form token): the takeover grant
+/// of `POST /v1/handoffs/{id}/takeover`, or its JSON error.
+pub(crate) async fn takeover(State(s): State<AppState>, signed: Signed, Path(id): Path<String>, headers: HeaderMap, form: Form) -> Response {
+    if let Err(e) = signed.check_form(&headers, &form) {
+        return e.0.into_response();
+    }
+    match crate::handoffs::takeover(State(s), signed.caller.clone(), Path(id)).await {
+        Ok(grant) => grant.into_response(),
+        Err(e) => e.into_response(),
+    }
 }
 
 pub(crate) async fn act(State(s): State<AppState>, signed: Signed, Path(id): Path<String>, headers: HeaderMap, form: Form) -> PageResult {

@@ -74,6 +74,8 @@ pub(crate) fn router() -> Router<AppState> {
         .route("/analytics", get(analytics::page))
         .route("/desk", get(desk::queue))
         .route("/desk/{id}", get(desk::page).post(desk::act))
+        .route("/desk/{id}/takeover", post(desk::takeover))
+        .route("/desk.js", get(|| async { asset("text/javascript; charset=utf-8", include_str!("../../assets/desk.js")) }))
         .route("/settings", get(settings::page).post(settings::change))
         .route("/settings/webhooks/{id}", get(settings::webhook))
 }
@@ -287,6 +289,12 @@ pub(crate) type PageResult = Result<Response, PageError>;
 /// A rendered page with the console's headers: no caching, no framing, scripts and styles
 /// only from this origin.
 pub(crate) fn html(page: &impl Template) -> Response {
+    html_connecting(page, None)
+}
+
+/// [`html`] for a page whose script also talks to `origin` (an engine host's WebRTC
+/// signalling).
+pub(crate) fn html_connecting(page: &impl Template, origin: Option<&str>) -> Response {
     let body = match page.render() {
         Ok(body) => body,
         Err(e) => return PageError(ApiError::internal(format!("rendering a page: {e}"))).into_response(),
@@ -294,10 +302,12 @@ pub(crate) fn html(page: &impl Template) -> Response {
     let mut response = ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], body).into_response();
     let h = response.headers_mut();
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    h.insert(
-        header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static("default-src 'self'; img-src 'self' data:; object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"),
-    );
+    const POLICY: &str = "default-src 'self'; img-src 'self' data:; object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'";
+    let policy = match origin {
+        Some(origin) => HeaderValue::from_str(&format!("{POLICY}; connect-src 'self' {origin}")).unwrap_or(HeaderValue::from_static(POLICY)),
+        None => HeaderValue::from_static(POLICY),
+    };
+    h.insert(header::CONTENT_SECURITY_POLICY, policy);
     h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
     h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
     h.insert(header::REFERRER_POLICY, HeaderValue::from_static("same-origin"));

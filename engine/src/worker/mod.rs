@@ -299,6 +299,13 @@ impl Worker {
     }
 
     /// A new call's number on this worker and its id (`w{worker}-{n}`).
+    /// An AI agent for `bot` on this host: its handoffs, the desk's takeover (when the engine
+    /// takes WebRTC) and the turn model as configured.
+    fn agent(&self, bot: Rc<cxb_contract::bot::BotConfig>, claims: Option<cxb_contract::call_token::CallClaims>) -> Result<Agent, String> {
+        let config = &self.shared.config;
+        Agent::new(bot, config.bots.api.clone(), claims, self.now(), unix_ms()).map(|a| a.with_handoffs(config.results.clone(), config.webrtc.is_some()).with_turn_model(config.turn_model.clone()))
+    }
+
     fn next_call_id(&self) -> (u64, String) {
         let n = self.next_call.get();
         self.next_call.set(n + 1);

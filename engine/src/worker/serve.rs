@@ -279,7 +279,7 @@ async fn route(worker: Rc<Worker>, stream: TcpStream, mut wire: Wire, req: Reque
     let config = CallConfig::new(protocol, bot);
     let call = match agent_bot {
         // The providers start connecting (and the greeting synthesising) before the upgrade.
-        Some(bot) => match Agent::new(bot, worker.shared.config.bots.api.clone(), admitted.claims().cloned(), worker.now(), unix_ms()).map(|a| a.with_handoffs(worker.shared.config.results.clone()).with_turn_model(worker.shared.config.turn_model.clone())) {
+        Some(bot) => match worker.agent(bot, admitted.claims().cloned()) {
             Ok(agent) => Call::with_agent(config, agent),
             Err(why) => {
                 worker.free_slot(slot);

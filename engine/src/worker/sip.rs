@@ -501,7 +501,7 @@ async fn inbound(worker: Rc<Worker>, peer: SipPeer, invite: Vec<u8>, inbox: Rc<S
     let negotiated = accepted.negotiated;
     let started = match accepted.answerer {
         Answerer::Builtin(kind) => Ok((kind, None)),
-        Answerer::Agent(bot) => Agent::new(bot, worker.shared.config.bots.api.clone(), None, worker.now(), unix_ms()).map(|a| a.with_handoffs(worker.shared.config.results.clone()).with_turn_model(worker.shared.config.turn_model.clone())).map(|agent| (BotKind::Agent, Some(agent))).map_err(|why| format!("bot failed to start: {why}")),
+        Answerer::Agent(bot) => worker.agent(bot, None).map(|agent| (BotKind::Agent, Some(agent))).map_err(|why| format!("bot failed to start: {why}")),
     }
     .and_then(|(kind, agent)| {
         let call = Call::over_rtp(worker.now(), unix_ms(), CallConfig::new(Protocol::Twilio, kind), agent, rtp_config(&negotiated), &start);

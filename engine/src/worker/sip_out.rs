@@ -307,7 +307,7 @@ fn connect(worker: &Worker, answer: &str, agent_bot: Option<Rc<cxb_contract::bot
         tracing::warn!("the callee's SDP answer has no codec the engine speaks; hanging up");
         return None;
     };
-    let agent = match agent_bot.map(|bot| Agent::new(bot, worker.shared.config.bots.api.clone(), Some(claims.clone()), worker.now(), unix_ms()).map(|a| a.with_handoffs(worker.shared.config.results.clone()).with_turn_model(worker.shared.config.turn_model.clone()))) {
+    let agent = match agent_bot.map(|bot| worker.agent(bot, Some(claims.clone()))) {
         Some(Ok(agent)) => Some(agent),
         Some(Err(why)) => {
             tracing::warn!("bot failed to start: {why}");

@@ -14,6 +14,8 @@ use super::call_loop::finish_bot_with;
 use super::sip::{bind_free, random};
 use super::sip_out::read_body;
 use super::*;
+use cxb_contract::call_token::CallClaims;
+
 use crate::protocol::{Start, StreamSid};
 use crate::transport::webrtc::WebRtcTransport;
 
@@ -66,6 +68,7 @@ pub(super) async fn route(worker: Rc<Worker>, stream: TcpStream, mut wire: Wire,
     }
     match (req.method.as_str(), rest.strip_prefix("calls/")) {
         ("DELETE", Some(resource)) => hang_up(&worker, &stream, &mut wire, resource).await,
+        ("POST", None) if rest == "takeover" => takeover(worker, stream, wire, req, leftover, ip).await,
         ("POST", None) if !rest.is_empty() && !rest.contains('/') => offer(worker, stream, wire, req, leftover, ip, &rest).await,
         (_, Some(_)) => error(&stream, &mut wire, 405, "method_not_allowed", "DELETE hangs up").await,
         _ => error(&stream, &mut wire, 405, "method_not_allowed", "POST an SDP offer to /webrtc/BOT").await,
@@ -93,9 +96,32 @@ fn token(req: &Request) -> Option<String> {
     bearer.or_else(|| query_param(req.query.as_deref(), "token")).filter(|t| !t.is_empty())
 }
 
+/// The offer in the request's body, UTF-8 and at most [`MAX_OFFER`]; `None` once the error
+/// is answered.
+async fn read_offer(stream: &TcpStream, wire: &mut Wire, req: &Request, leftover: Vec<u8>) -> Option<String> {
+    let length = match req.content_length {
+        Some(n) if n <= MAX_OFFER => n,
+        Some(_) => {
+            error(stream, wire, 413, "payload_too_large", "the offer is larger than 64 KiB").await;
+            return None;
+        }
+        None => {
+            error(stream, wire, 400, "bad_request", "POST the SDP offer as the body, with Content-Length").await;
+            return None;
+        }
+    };
+    let body = read_body(stream, wire, leftover, length).await?;
+    match String::from_utf8(body) {
+        Ok(offer) => Some(offer),
+        Err(_) => {
+            error(stream, wire, 400, "bad_offer", "the offer is not UTF-8 text").await;
+            None
+        }
+    }
+}
+
 /// `POST /webrtc/BOT`: admits the offer, answers it and runs the call.
 async fn offer(worker: Rc<Worker>, stream: TcpStream, mut wire: Wire, req: Request, leftover: Vec<u8>, ip: std::net::IpAddr, bot_id: &str) {
-    let Some(webrtc) = worker.shared.config.webrtc else { return };
     let config = &worker.shared.config;
     let builtin = BotKind::lookup(bot_id, config.demo_bots, config.fault_injection);
     // A call token admits every call; without one only the demo bots of an engine that
@@ -114,15 +140,7 @@ async fn offer(worker: Rc<Worker>, stream: TcpStream, mut wire: Wire, req: Reque
             return error(&stream, &mut wire, 401, "unauthorized", Refusal::Missing.message()).await;
         }
     };
-    let length = match req.content_length {
-        Some(n) if n <= MAX_OFFER => n,
-        Some(_) => return error(&stream, &mut wire, 413, "payload_too_large", "the offer is larger than 64 KiB").await,
-        None => return error(&stream, &mut wire, 400, "bad_request", "POST the SDP offer as the body, with Content-Length").await,
-    };
-    let Some(body) = read_body(&stream, &mut wire, leftover, length).await else { return };
-    let Ok(offer) = String::from_utf8(body) else {
-        return error(&stream, &mut wire, 400, "bad_offer", "the offer is not UTF-8 text").await;
-    };
+    let Some(offer) = read_offer(&stream, &mut wire, &req, leftover).await else { return };
     let agent_bot = match worker.placed_bot(bot_id, builtin, claims.as_ref().map(|c| &c.org_id)).await {
         Ok(bot) => bot,
         Err(BotRefused::WrongBot) => {
@@ -154,20 +172,7 @@ async fn offer(worker: Rc<Worker>, stream: TcpStream, mut wire: Wire, req: Reque
     if let Some(token) = reservation {
         worker.shared.release_elsewhere(worker.index, token);
     }
-    let Some((socket, port)) = bind_free(&worker.webrtc_ports, webrtc.bind) else {
-        worker.free_slot(slot);
-        return error(&stream, &mut wire, 503, "busy", "no WebRTC port free on this host").await;
-    };
-    let lease = Lease { worker: &worker, port };
-    let local = SocketAddr::new(webrtc.advertise, port);
-    let (transport, answer) = match WebRtcTransport::accept(worker.now(), worker.epoch, local, &offer) {
-        Ok(accepted) => accepted,
-        Err(why) => {
-            worker.free_slot(slot);
-            return error(&stream, &mut wire, 400, "bad_offer", &why.to_string()).await;
-        }
-    };
-    let agent = match agent_bot.map(|bot| Agent::new(bot, config.bots.api.clone(), claims.clone(), worker.now(), unix_ms()).map(|a| a.with_handoffs(config.results.clone()).with_turn_model(config.turn_model.clone()))) {
+    let agent = match agent_bot.map(|bot| worker.agent(bot, claims.clone())) {
         Some(Ok(agent)) => Some(agent),
         Some(Err(why)) => {
             worker.free_slot(slot);
@@ -175,6 +180,73 @@ async fn offer(worker: Rc<Worker>, stream: TcpStream, mut wire: Wire, req: Reque
             return error(&stream, &mut wire, 503, "bot_unavailable", &why).await;
         }
         None => None,
+    };
+    let bot = crate::call::bot_for(&CallConfig::new(Protocol::Twilio, kind), agent);
+    let leg = Leg { call_id, slot, bot, bot_id: bot_id.to_string(), claims };
+    answer(worker, stream, wire, &offer, leg).await;
+}
+
+/// `POST /webrtc/takeover`: a person on the Agent Desk joins a live call its bot handed off
+/// (the takeover token names it), on this host; the bot falls silent while they talk.
+async fn takeover(worker: Rc<Worker>, stream: TcpStream, mut wire: Wire, req: Request, leftover: Vec<u8>, ip: std::net::IpAddr) {
+    let checked = match token(&req) {
+        Some(token) => worker.shared.gate.check_takeover(&token, unix_ms() / 1000),
+        None => Err(Refusal::Missing),
+    };
+    let claims = match checked {
+        Ok(claims) => claims,
+        Err(why) => {
+            serve::note_refusal(&worker, ip, "takeover", why);
+            return error(&stream, &mut wire, 401, "unauthorized", why.message()).await;
+        }
+    };
+    let Some(offer) = read_offer(&stream, &mut wire, &req, leftover).await else { return };
+    let Some(line) = crate::desk::find(claims.call_id.as_str()) else {
+        return error(&stream, &mut wire, 404, "not_live", "the call is not live on this host (it ended, or its bot did not hand it off here)").await;
+    };
+    if !line.take() {
+        return error(&stream, &mut wire, 409, "taken", "someone on the desk has this call already").await;
+    }
+    // From here the desk's bot gives the line back when it goes, however the leg ends.
+    let bot: Box<dyn crate::session::Bot> = Box::new(crate::desk::DeskBot::new(line));
+    let (_, call_id) = worker.next_call_id();
+    let slot = match worker.acquire(&call_id, "desk", None, false) {
+        Ok(slot) => slot,
+        Err(full) => {
+            worker.metrics().rejected_busy.add(1);
+            let (code, msg) = full.refusal();
+            return error(&stream, &mut wire, 503, code, msg).await;
+        }
+    };
+    let leg = Leg { call_id, slot, bot, bot_id: "desk".to_string(), claims: Some(claims) };
+    answer(worker, stream, wire, &offer, leg).await;
+}
+
+/// A call admitted on this worker, its slot held, waiting for its offer's answer.
+struct Leg {
+    call_id: String,
+    slot: usize,
+    bot: Box<dyn crate::session::Bot>,
+    bot_id: String,
+    claims: Option<CallClaims>,
+}
+
+/// Answers `offer` for `leg` on a port of this worker's and runs the call until it ends.
+async fn answer(worker: Rc<Worker>, stream: TcpStream, mut wire: Wire, offer: &str, leg: Leg) {
+    let Some(webrtc) = worker.shared.config.webrtc else { return };
+    let Leg { call_id, slot, bot, bot_id, claims } = leg;
+    let Some((socket, port)) = bind_free(&worker.webrtc_ports, webrtc.bind) else {
+        worker.free_slot(slot);
+        return error(&stream, &mut wire, 503, "busy", "no WebRTC port free on this host").await;
+    };
+    let lease = Lease { worker: &worker, port };
+    let local = SocketAddr::new(webrtc.advertise, port);
+    let (transport, answer) = match WebRtcTransport::accept(worker.now(), worker.epoch, local, offer) {
+        Ok(accepted) => accepted,
+        Err(why) => {
+            worker.free_slot(slot);
+            return error(&stream, &mut wire, 400, "bad_offer", &why.to_string()).await;
+        }
     };
     let guard = CallGuard { worker: worker.clone(), slot, call_id: call_id.clone(), reason: EndReason::PeerClosed };
     let resource = format!("{call_id}-{:016x}", random());
@@ -194,7 +266,7 @@ async fn offer(worker: Rc<Worker>, stream: TcpStream, mut wire: Wire, req: Reque
         custom_parameters: Vec::new(),
         media_format: None,
     };
-    let call = Call::over_webrtc(worker.now(), CallConfig::new(Protocol::Twilio, kind), agent, transport, &start);
+    let call = Call::over_webrtc(worker.now(), CallConfig::new(Protocol::Twilio, BotKind::Agent), bot, transport, &start);
     let mailbox = Rc::new(Mailbox { message: Cell::new(None), waker: Cell::new(None), last_rx: Cell::new(Instant::now()) });
     worker.calls.borrow_mut().insert(call_id.clone(), mailbox.clone());
     worker.webrtc_calls.borrow_mut().insert(resource.clone(), call_id.clone());
