@@ -19,11 +19,9 @@ mod common;
 
 use common::{caller_turn, hear};
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_handoff_made_while_the_api_is_down_arrives_once_when_it_is_back() {
-    let dir = tempfile::tempdir().unwrap();
-    let (api, base, fleet, token) = common::api_with_org(dir.path()).await;
-    let http = reqwest::Client::new();
+/// Fake Deepgram and ElevenLabs servers and a bot that hands any caller asking for a person to
+/// the Agent Desk ("Let me pass you on."), re-prompting after `idle_seconds` of silence.
+fn desk_bot(idle_seconds: u32) -> (DeepgramServer, ElevenLabsServer, Value) {
     let stt = DeepgramServer::start(DeepgramConfig {
         script: vec![Step::on_finalize(Reply::Final { text: "I want to talk to a person".into(), speech_final: true })],
         ..DeepgramConfig::default()
@@ -42,9 +40,32 @@ async fn a_handoff_made_while_the_api_is_down_arrives_once_when_it_is_back() {
         "tts": { "provider": "elevenlabs", "base_url": tts.url(), "secrets": { "api_key": "xi-secret" } },
         "voice": "v1",
         "tools": [{ "kind": "handoff" }],
-        "idle": { "reprompt_after_seconds": 30 },
+        "idle": { "reprompt_after_seconds": idle_seconds, "max_reprompts": 10 },
         "inbound": { "secrets": { "twilio_auth_token": "twilio-auth-token" } },
     });
+    (stt, tts, bot)
+}
+
+/// A caller over the Twilio protocol to `bot_id` on the engine at `port`, its stream started
+/// (call `CA{n}`, stream `MZ{n}`).
+fn twilio_caller(port: u16, bot_id: &str, n: u32) -> tungstenite::WebSocket<TcpStream> {
+    use tungstenite::client::IntoClientRequest;
+    let url = format!("ws://127.0.0.1:{port}/ws/{bot_id}");
+    let mut request = url.as_str().into_client_request().unwrap();
+    request.headers_mut().insert("X-Twilio-Signature", cxb_contract::carrier::twilio_signature("twilio-auth-token", &url, &[]).parse().unwrap());
+    let (mut ws, _) = tungstenite::client(request, TcpStream::connect(("127.0.0.1", port)).unwrap()).unwrap();
+    ws.send(Message::text(json!({"event":"connected","protocol":"Call","version":"1.0.0"}).to_string())).unwrap();
+    let start = json!({"event":"start","sequenceNumber":"1","streamSid":format!("MZ{n}"),"start":{"accountSid":format!("AC{n}"),"streamSid":format!("MZ{n}"),"callSid":format!("CA{n}"),"tracks":["inbound"],"customParameters":{"from":"+15550001111","to":"+15550002222"},"mediaFormat":{"encoding":"audio/x-mulaw","sampleRate":8000,"channels":1}}});
+    ws.send(Message::text(start.to_string())).unwrap();
+    ws
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handoff_made_while_the_api_is_down_arrives_once_when_it_is_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let (api, base, fleet, token) = common::api_with_org(dir.path()).await;
+    let http = reqwest::Client::new();
+    let (_stt, _tts, bot) = desk_bot(30);
     let r = http.post(format!("{base}/v1/bots")).bearer_auth(&token).json(&bot).send().await.unwrap();
     assert_eq!(r.status().as_u16(), 201, "{}", r.text().await.unwrap());
     let hook = http.post(format!("{base}/v1/webhooks")).bearer_auth(&token).json(&json!({"name": "crm", "url": "http://127.0.0.1:9/h", "events": ["handoff.created"]})).send().await.unwrap();
@@ -57,15 +78,8 @@ async fn a_handoff_made_while_the_api_is_down_arrives_once_when_it_is_back() {
     let listen = api.local_addr();
 
     // The call starts (the engine reads the bot from the API), then the API goes away.
-    let url = format!("ws://127.0.0.1:{port}/ws/{bot_id}");
     let (mut ws, greeting) = tokio::task::spawn_blocking(move || {
-        use tungstenite::client::IntoClientRequest;
-        let mut request = url.as_str().into_client_request().unwrap();
-        request.headers_mut().insert("X-Twilio-Signature", cxb_contract::carrier::twilio_signature("twilio-auth-token", &url, &[]).parse().unwrap());
-        let (mut ws, _) = tungstenite::client(request, TcpStream::connect(("127.0.0.1", port)).unwrap()).unwrap();
-        ws.send(Message::text(json!({"event":"connected","protocol":"Call","version":"1.0.0"}).to_string())).unwrap();
-        let start = json!({"event":"start","sequenceNumber":"1","streamSid":"MZ7","start":{"accountSid":"AC7","streamSid":"MZ7","callSid":"CA7","tracks":["inbound"],"customParameters":{"from":"+15550001111","to":"+15550002222"},"mediaFormat":{"encoding":"audio/x-mulaw","sampleRate":8000,"channels":1}}});
-        ws.send(Message::text(start.to_string())).unwrap();
+        let mut ws = twilio_caller(port, &bot_id, 7);
         let greeting = hear(&mut ws, Duration::from_millis(400), Duration::from_secs(10));
         (ws, greeting)
     })
@@ -158,27 +172,7 @@ async fn a_person_on_the_desk_talks_with_a_live_caller_from_chromium() {
     let dir = tempfile::tempdir().unwrap();
     let (api, base, fleet, token) = common::api_with_org(dir.path()).await;
     let http = reqwest::Client::new();
-    let stt = DeepgramServer::start(DeepgramConfig {
-        script: vec![Step::on_finalize(Reply::Final { text: "I want to talk to a person".into(), speech_final: true })],
-        ..DeepgramConfig::default()
-    })
-    .unwrap();
-    let tts = ElevenLabsServer::start(ElevenLabsConfig { bytes_per_char: 160, ..ElevenLabsConfig::default() }).unwrap();
-    let bot = json!({
-        "name": "Front desk",
-        "greeting": "Hello!",
-        "stt": { "provider": "deepgram", "base_url": stt.url(), "secrets": { "api_key": "dg-secret" } },
-        "llm": { "provider": "script", "options": { "script": { "intents": [{
-            "name": "person", "keywords": ["person"], "reply": "One moment.",
-            "tool": { "name": "handoff", "arguments": { "reason": "asked for a person", "summary": "The caller wants someone." } },
-            "after_tool": "A colleague will join you."
-        }] } } },
-        "tts": { "provider": "elevenlabs", "base_url": tts.url(), "secrets": { "api_key": "xi-secret" } },
-        "voice": "v1",
-        "tools": [{ "kind": "handoff" }],
-        "idle": { "reprompt_after_seconds": 2, "max_reprompts": 10 },
-        "inbound": { "secrets": { "twilio_auth_token": "twilio-auth-token" } },
-    });
+    let (_stt, _tts, bot) = desk_bot(2);
     let r = http.post(format!("{base}/v1/bots")).bearer_auth(&token).json(&bot).send().await.unwrap();
     assert_eq!(r.status().as_u16(), 201, "{}", r.text().await.unwrap());
     let bot_id = serde_json::from_slice::<Value>(&r.bytes().await.unwrap()).unwrap()["id"].as_str().unwrap().to_string();
@@ -188,17 +182,10 @@ async fn a_person_on_the_desk_talks_with_a_live_caller_from_chromium() {
     // silence every 20 ms and noting the loudness of each 20 ms it hears (until told to stop).
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let heard = std::sync::Arc::new(std::sync::Mutex::new(Vec::<(Instant, f64)>::new()));
-    let url = format!("ws://127.0.0.1:{port}/ws/{bot_id}");
     let caller = {
-        let (stop, heard) = (stop.clone(), heard.clone());
+        let (stop, heard, bot_id) = (stop.clone(), heard.clone(), bot_id.clone());
         std::thread::spawn(move || {
-            use tungstenite::client::IntoClientRequest;
-            let mut request = url.as_str().into_client_request().unwrap();
-            request.headers_mut().insert("X-Twilio-Signature", cxb_contract::carrier::twilio_signature("twilio-auth-token", &url, &[]).parse().unwrap());
-            let (mut ws, _) = tungstenite::client(request, TcpStream::connect(("127.0.0.1", port)).unwrap()).unwrap();
-            ws.send(Message::text(json!({"event":"connected","protocol":"Call","version":"1.0.0"}).to_string())).unwrap();
-            let start = json!({"event":"start","sequenceNumber":"1","streamSid":"MZ8","start":{"accountSid":"AC8","streamSid":"MZ8","callSid":"CA8","tracks":["inbound"],"customParameters":{"from":"+15550001111","to":"+15550002222"},"mediaFormat":{"encoding":"audio/x-mulaw","sampleRate":8000,"channels":1}}});
-            ws.send(Message::text(start.to_string())).unwrap();
+            let mut ws = twilio_caller(port, &bot_id, 8);
             ws.get_ref().set_read_timeout(Some(Duration::from_millis(5))).unwrap();
             let speech = common::caller_turn();
             let begin = Instant::now();

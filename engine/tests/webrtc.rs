@@ -177,27 +177,25 @@ fn offers_are_admitted_by_the_engines_rules() {
     assert_eq!((status, code(&body).as_str()), (404, "webrtc_disabled"));
 }
 
-#[test]
-fn an_ai_bot_greets_a_browser_answers_and_streams_its_transcript() {
-    const PER_CHAR: usize = 320; // 20 ms of 8 kHz linear audio per character
-    let stt = DeepgramServer::start(DeepgramConfig {
-        script: vec![Step::on_finalize(Reply::Final { text: "what are your opening hours".into(), speech_final: false })],
-        ..DeepgramConfig::default()
-    })
-    .expect("stt server");
-    let tts = ElevenLabsServer::start(ElevenLabsConfig { bytes_per_char: PER_CHAR, ..ElevenLabsConfig::default() }).expect("tts server");
+/// Fake Deepgram (answering `heard`, one line per finalize) and ElevenLabs (20 ms of audio a
+/// character) servers, and an engine whose bot `support` uses them, greets with `greeting` and
+/// thinks with the script `script`, plus the fields of `extra`; its results captured.
+fn support_engine(heard: &[&str], greeting: &str, script: Value, extra: Value) -> (DeepgramServer, ElevenLabsServer, Engine, Arc<Captured>) {
+    let steps = heard.iter().map(|t| Step::on_finalize(Reply::Final { text: (*t).into(), speech_final: false })).collect();
+    let stt = DeepgramServer::start(DeepgramConfig { script: steps, ..DeepgramConfig::default() }).expect("stt server");
+    let tts = ElevenLabsServer::start(ElevenLabsConfig { bytes_per_char: 320, ..ElevenLabsConfig::default() }).expect("tts server");
     let bots = tempdir();
-    let bot = json!({
+    let mut bot = json!({
         "name": "Support",
-        "greeting": "Hello, thanks for calling.",
+        "greeting": greeting,
         "stt": { "provider": "deepgram", "base_url": stt.url(), "secrets": { "api_key": "dg" } },
-        "llm": { "provider": "script", "options": { "script": {
-            "intents": [ { "name": "hours", "keywords": ["hours"], "reply": "We are open nine to five." } ],
-            "fallback": "Sorry?"
-        } } },
+        "llm": { "provider": "script", "options": { "script": script } },
         "tts": { "provider": "elevenlabs", "base_url": tts.url(), "secrets": { "api_key": "xi" } },
         "voice": "voice1",
     });
+    for (k, v) in extra.as_object().into_iter().flatten() {
+        bot[k] = v.clone();
+    }
     std::fs::write(bots.join("support.json"), bot.to_string()).expect("bot file");
     let results = Arc::new(Captured::default());
     let sink = results.clone();
@@ -205,6 +203,16 @@ fn an_ai_bot_greets_a_browser_answers_and_streams_its_transcript() {
         c.bots.dir = Some(bots);
         c.results = Some(sink);
     });
+    (stt, tts, e, results)
+}
+
+#[test]
+fn an_ai_bot_greets_a_browser_answers_and_streams_its_transcript() {
+    let script = json!({
+        "intents": [ { "name": "hours", "keywords": ["hours"], "reply": "We are open nine to five." } ],
+        "fallback": "Sorry?"
+    });
+    let (_stt, _tts, e, results) = support_engine(&["what are your opening hours"], "Hello, thanks for calling.", script, json!({}));
     let token = common::token(&common::claims("support"));
     let mut browser = Browser::call(e.local_addr(), "support", &[("Authorization", &format!("Bearer {token}"))]);
     let speech = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/../codecs/tests/fixtures/speech-8k.s16")).expect("fixture");
@@ -264,39 +272,14 @@ fn run_both(a: &mut Browser, b: &mut Browser, limit: Duration, mut each: impl Fn
 
 #[test]
 fn a_person_on_the_desk_takes_over_a_handed_off_call_while_the_bot_stays_silent() {
-    const PER_CHAR: usize = 320;
-    let stt = DeepgramServer::start(DeepgramConfig {
-        script: vec![
-            Step::on_finalize(Reply::Final { text: "I need a person".into(), speech_final: false }),
-            Step::on_finalize(Reply::Final { text: "it is about my bill".into(), speech_final: false }),
-        ],
-        ..DeepgramConfig::default()
-    })
-    .expect("stt server");
-    let tts = ElevenLabsServer::start(ElevenLabsConfig { bytes_per_char: PER_CHAR, ..ElevenLabsConfig::default() }).expect("tts server");
-    let bots = tempdir();
-    let bot = json!({
-        "name": "Support",
-        "greeting": "Hello.",
-        "stt": { "provider": "deepgram", "base_url": stt.url(), "secrets": { "api_key": "dg" } },
-        "llm": { "provider": "script", "options": { "script": {
-            "intents": [ { "name": "person", "keywords": ["person"], "reply": "One moment.",
-                           "tool": { "name": "handoff", "arguments": { "reason": "asked for a person", "summary": "Wants a person." } },
-                           "after_tool": "A colleague will join you." } ],
-            "fallback": "Sorry?"
-        } } },
-        "tts": { "provider": "elevenlabs", "base_url": tts.url(), "secrets": { "api_key": "xi" } },
-        "voice": "voice1",
-        "tools": [ { "kind": "handoff" } ],
-        "idle": { "reprompt_after_seconds": 1, "max_reprompts": 5 },
+    let script = json!({
+        "intents": [ { "name": "person", "keywords": ["person"], "reply": "One moment.",
+                       "tool": { "name": "handoff", "arguments": { "reason": "asked for a person", "summary": "Wants a person." } },
+                       "after_tool": "A colleague will join you." } ],
+        "fallback": "Sorry?"
     });
-    std::fs::write(bots.join("support.json"), bot.to_string()).expect("bot file");
-    let results = Arc::new(Captured::default());
-    let sink = results.clone();
-    let e = webrtc_engine(move |c| {
-        c.bots.dir = Some(bots);
-        c.results = Some(sink);
-    });
+    let extra = json!({ "tools": [ { "kind": "handoff" } ], "idle": { "reprompt_after_seconds": 1, "max_reprompts": 5 } });
+    let (_stt, _tts, e, results) = support_engine(&["I need a person", "it is about my bill"], "Hello.", script, extra);
     let addr = e.local_addr();
     let mut claims = common::claims("support");
     claims.call_id = "cl-takeover".into();
