@@ -191,6 +191,11 @@ struct DataArgs {
     /// `sqlite://PATH` or `postgres://…` (default: sqlite://DATA_DIR/cxb.db).
     #[arg(long)]
     database: Option<String>,
+    /// The built-in embedding model for knowledge search, the directory `cargo xtask
+    /// embed-model` fills (default: DATA_DIR/embed-model, else ./target/embed-model, when
+    /// either holds it; without one, knowledge bases are searched by keywords alone).
+    #[arg(long, env = "CXB_EMBED_MODEL")]
+    embed_model: Option<PathBuf>,
 }
 
 impl DataArgs {
@@ -204,6 +209,8 @@ impl DataArgs {
         let mut config = ApiConfig::new(listen, self.database());
         config.secret_key_file = self.secret_key_file();
         config.egress = egress;
+        let found = [data_dir(self.data_dir.as_ref()).join("embed-model"), PathBuf::from("target/embed-model")];
+        config.embed_model = self.embed_model.clone().or_else(|| found.into_iter().find(|d| d.join(cxb_control_plane::EMBED_WEIGHTS_FILE).is_file()));
         config
     }
 

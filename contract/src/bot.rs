@@ -322,6 +322,46 @@ impl TurnDetection {
     }
 }
 
+/// How the bot's `search_knowledge` tool searches its knowledge base (the API applies it).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct Knowledge {
+    /// Passages a search answers, 1 to 20 (default 3); a request's `limit` wins.
+    #[serde(default = "default_top_k")]
+    #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 20))]
+    pub top_k: u32,
+    /// Passages less similar to the question than this (cosine, 0 to 1) are left out, so a
+    /// question the base cannot answer finds nothing (default 0.05).
+    #[serde(default = "default_min_similarity")]
+    #[cfg_attr(feature = "openapi", schema(minimum = 0.0, maximum = 1.0))]
+    pub min_similarity: f64,
+}
+
+fn default_top_k() -> u32 {
+    3
+}
+
+fn default_min_similarity() -> f64 {
+    0.05
+}
+
+impl Default for Knowledge {
+    fn default() -> Knowledge {
+        Knowledge { top_k: default_top_k(), min_similarity: default_min_similarity() }
+    }
+}
+
+impl Knowledge {
+    /// What is out of range, if anything: the field and why.
+    pub fn problem(&self) -> Option<(&'static str, &'static str)> {
+        if !(1..=20).contains(&self.top_k) || !(0.0..=1.0).contains(&self.min_similarity) {
+            return Some(("knowledge", "top_k 1 to 20, min_similarity 0 to 1"));
+        }
+        None
+    }
+}
+
 /// When the caller's speech over the bot stops it (a barge-in), and what does not: short
 /// acknowledgements ("yeah", "mm-hmm") and noise let the bot go on; they are kept in the
 /// transcript and not answered while the bot speaks.
@@ -485,6 +525,9 @@ pub struct BotConfig {
     /// The web call widget.
     #[serde(default)]
     pub widget: Widget,
+    /// How its knowledge base is searched.
+    #[serde(default)]
+    pub knowledge: Knowledge,
 }
 
 /// The web call widget: a page that embeds `/widget.js` with the bot's id and key gets a call

@@ -30,6 +30,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     (12, "handoffs", include_str!("../migrations/0012_handoffs.sql")),
     (13, "call_pages", include_str!("../migrations/0013_call_pages.sql")),
     (14, "handoff_takeover", include_str!("../migrations/0014_handoff_takeover.sql")),
+    (15, "knowledge_vectors", include_str!("../migrations/0015_knowledge_vectors.sql")),
 ];
 
 /// Opens (creating if needed) the database at `url` and brings its schema up to date.

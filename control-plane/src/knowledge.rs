@@ -1,10 +1,20 @@
-//! Bots' knowledge bases. People add documents to a bot; each is split into chunks of about
-//! 500 characters on paragraph and sentence boundaries and stored. During a call the engine's
-//! `search_knowledge` tool asks `POST /v1/runtime/knowledge/search`, which ranks the bot's
-//! chunks by BM25 over their terms, computed here in Rust so the SQL stays plain and the same
-//! on SQLite and PostgreSQL.
+//! Bots' knowledge bases. People add documents to a bot; each is cut into passages that follow
+//! its structure (`cxb_knowledge::chunk`: headings, paragraphs, sentences, a sentence of
+//! overlap), embedded by the built-in model when the API has one, and stored with its heading
+//! path and position. During a call the engine's `search_knowledge` tool asks
+//! `POST /v1/runtime/knowledge/search`, which ranks the bot's passages by BM25 and vector
+//! similarity fused (`cxb_knowledge::search`), over an index in memory per knowledge base. The
+//! index is rebuilt when the base's documents changed, also by another API process (the
+//! documents' count and newest time are read with each search), so the SQL stays plain and the
+//! same on SQLite and PostgreSQL.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use base64::Engine as _;
+use cxb_knowledge::chunk::{Chunk, chunk};
+use cxb_knowledge::model::{MODEL_NAME, StaticModel};
+use cxb_knowledge::search::{Fusion, Index, Mode};
 
 use axum::Json;
 use axum::extract::{Path, State};
@@ -26,10 +36,8 @@ use crate::resources::exists;
 pub(crate) const MAX_DOCUMENT_BYTES: usize = 200 * 1024;
 /// The most text one bot's documents may have together, in bytes: every search reads them all.
 pub(crate) const MAX_BOT_BYTES: i64 = 5 * 1024 * 1024;
-/// A chunk's most characters.
-pub(crate) const CHUNK_CHARS: usize = 500;
-/// At a paragraph break, a chunk this long is closed rather than filled further.
-const CHUNK_MIN_CHARS: usize = 200;
+/// Knowledge bases whose indexes are kept in memory at once.
+const CACHED_BASES: usize = 64;
 
 /// A document to add to a bot's knowledge base.
 #[derive(Debug, Deserialize, ToSchema)]
@@ -51,25 +59,115 @@ pub(crate) struct Search {
     /// What to look for, 1 to 1000 characters, not only spaces.
     #[schema(min_length = 1, max_length = 1000, pattern = r"\S")]
     pub(crate) query: String,
-    /// How many matches, 1 to 20 (default 3).
+    /// How many matches, 1 to 20 (default: the bot's `knowledge.top_k`, 3 unless set).
     #[serde(default)]
     #[schema(minimum = 1, maximum = 20)]
     pub(crate) limit: Option<u32>,
 }
 
-/// One chunk that matched, best first.
-#[derive(Debug, Serialize, ToSchema)]
+/// One passage that matched, best first.
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub(crate) struct Match {
     pub(crate) document_id: String,
     pub(crate) title: String,
     pub(crate) text: String,
+    /// What it was ranked by (the fused score, or BM25 when searched by keywords alone).
     pub(crate) score: f64,
+    /// Its cosine similarity to the query (absent without vectors).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) similarity: Option<f64>,
+    /// Its BM25 score (0 when no keyword matched).
+    pub(crate) bm25: f64,
+    /// Where it comes from: the document's title, the headings it sits under and its place.
+    pub(crate) citation: Citation,
+}
+
+/// Where a passage comes from.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub(crate) struct Citation {
+    pub(crate) document_id: String,
+    pub(crate) title: String,
+    /// The headings it sits under, outermost first.
+    pub(crate) heading: Vec<String>,
+    /// Its place in the document, from 0.
+    pub(crate) position: u32,
+    /// For people: `Title › Heading › Heading (passage N)`.
+    pub(crate) label: String,
 }
 
 /// The answer to a search.
 #[derive(Debug, Serialize, ToSchema)]
 pub(crate) struct Matches {
     pub(crate) matches: Vec<Match>,
+    /// How the passages were ranked: `hybrid` (keywords and vectors) or `bm25` (keywords alone:
+    /// the API has no embedding model).
+    pub(crate) mode: &'static str,
+}
+
+/// A bot's knowledge search settings (`knowledge` in the bot).
+pub(crate) use cxb_contract::bot::Knowledge as KnowledgeSettings;
+
+/// A passage as searches return it.
+#[derive(Debug)]
+struct Passage {
+    document_id: String,
+    title: String,
+    heading: Vec<String>,
+    position: u32,
+    text: String,
+}
+
+/// One knowledge base in memory.
+#[derive(Debug)]
+struct Base {
+    passages: Vec<Passage>,
+    index: Index,
+}
+
+/// Searches knowledge bases: the embedding model, if any, and the bases' indexes, each with
+/// the version (documents, newest document) it was built from.
+#[derive(Debug)]
+pub(crate) struct Searcher {
+    model: Option<Arc<StaticModel>>,
+    bases: Mutex<HashMap<String, (Version, Arc<Base>)>>,
+}
+
+/// What a knowledge base's index was built from: its documents' count and newest time.
+type Version = (i64, i64);
+
+impl Searcher {
+    /// With the model in `dir` (an error names what is missing), or keywords only.
+    pub(crate) fn new(dir: Option<&std::path::Path>) -> Result<Searcher, String> {
+        let model = match dir {
+            Some(dir) => {
+                let model = StaticModel::load(dir)?;
+                tracing::info!(model = MODEL_NAME, dimensions = model.dim(), "knowledge bases are searched by keywords and vectors");
+                Some(Arc::new(model))
+            }
+            None => {
+                tracing::warn!("no embedding model (--embed-model DIR, from `cargo xtask embed-model`): knowledge bases are searched by keywords alone");
+                None
+            }
+        };
+        Ok(Searcher { model, bases: Mutex::default() })
+    }
+
+    /// The passages' vectors, as stored.
+    fn embed(&self, chunks: &[Chunk]) -> Vec<Option<String>> {
+        chunks.iter().map(|c| self.model.as_ref().map(|m| encode(&m.embed(&c.for_embedding())))).collect()
+    }
+}
+
+/// A vector as stored: base64 of its little-endian float32s.
+fn encode(v: &[f32]) -> String {
+    let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+/// A stored vector of `dim` values, if it is one.
+fn decode(text: &str, dim: usize) -> Option<Vec<f32>> {
+    let bytes = base64::engine::general_purpose::STANDARD.decode(text).ok()?;
+    (bytes.len() == dim * 4).then(|| bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect())
 }
 
 const DOCUMENT_COLUMNS: &str = "id, bot_id, title, bytes, chunks, created_at";
@@ -118,6 +216,7 @@ pub(crate) async fn add(State(s): State<AppState>, caller: Caller, Path(bot): Pa
         return Err(ApiError::invalid("text", format!("at most {MAX_DOCUMENT_BYTES} bytes")));
     }
     let chunks = chunk(&doc.text);
+    let vectors = s.knowledge.embed(&chunks);
     if chunks.is_empty() {
         return Err(ApiError::invalid("text", "the document has no text"));
     }
@@ -143,13 +242,15 @@ pub(crate) async fn add(State(s): State<AppState>, caller: Caller, Path(bot): Pa
         .bind(now)
         .execute(&mut *tx)
         .await?;
-    // Many rows per statement (portable multi-row VALUES), 4 parameters each.
+    // Many rows per statement (portable multi-row VALUES), 7 parameters each.
+    let model = vectors.first().and_then(Option::as_ref).map(|_| MODEL_NAME);
     for (batch_no, batch) in chunks.chunks(100).enumerate() {
-        let rows: Vec<String> = (0..batch.len()).map(|i| format!("(${}, ${}, ${}, ${})", 4 * i + 1, 4 * i + 2, 4 * i + 3, 4 * i + 4)).collect();
-        let sql = format!("INSERT INTO knowledge_chunks (document_id, bot_id, seq, text) VALUES {}", rows.join(", "));
+        let rows: Vec<String> = (0..batch.len()).map(|i| format!("({})", (1..=7).map(|k| format!("${}", 7 * i + k)).collect::<Vec<_>>().join(", "))).collect();
+        let sql = format!("INSERT INTO knowledge_chunks (document_id, bot_id, seq, text, heading, embedding, model) VALUES {}", rows.join(", "));
         let mut q = sqlx::query(AssertSqlSafe(sql));
-        for (i, text) in batch.iter().enumerate() {
-            q = q.bind(&id).bind(&bot).bind((batch_no * 100 + i) as i64).bind(text.as_str());
+        for (i, c) in batch.iter().enumerate() {
+            let n = batch_no * 100 + i;
+            q = q.bind(&id).bind(&bot).bind(n as i64).bind(c.text.as_str()).bind(c.heading.join(" > ")).bind(vectors[n].clone()).bind(model);
         }
         q.execute(&mut *tx).await?;
     }
@@ -180,215 +281,112 @@ pub(crate) async fn search(State(s): State<AppState>, _fleet: Fleet, Body(q): Bo
     if query.is_empty() || query.chars().count() > 1000 {
         return Err(ApiError::invalid("query", "1 to 1000 characters"));
     }
-    let limit = match q.limit {
-        None => 3,
-        Some(n @ 1..=20) => n as usize,
+    let requested = match q.limit {
+        None => None,
+        Some(n @ 1..=20) => Some(n as usize),
         Some(_) => return Err(ApiError::invalid("limit", "between 1 and 20")),
     };
-    let bot: Option<String> = sqlx::query_scalar("SELECT id FROM bots WHERE id = $1").bind(&q.bot_id).fetch_optional(&s.db).await?;
-    if bot.is_none() {
-        return Err(ApiError::not_found("bot"));
+    let body: Option<String> = sqlx::query_scalar("SELECT body FROM bots WHERE id = $1").bind(&q.bot_id).fetch_optional(&s.db).await?;
+    let body = body.ok_or_else(|| ApiError::not_found("bot"))?;
+    let settings: KnowledgeSettings = serde_json::from_str::<Value>(&body).ok().and_then(|b| serde_json::from_value(b["knowledge"].clone()).ok()).unwrap_or_default();
+    let limit = requested.unwrap_or(settings.top_k as usize);
+    let base = base(&s, &q.bot_id).await?;
+    let model = s.knowledge.model.clone();
+    let query = query.to_string();
+    let min_similarity = settings.min_similarity as f32;
+    let (hits, hybrid) = tokio::task::spawn_blocking({
+        let base = base.clone();
+        move || {
+            let vector = model.as_ref().map(|m| m.embed(&query));
+            let hybrid = vector.is_some() && base.index.has_vectors();
+            (base.index.search(&query, vector.as_deref(), Mode::Hybrid(Fusion::DEFAULT), limit, min_similarity), hybrid)
+        }
+    })
+    .await
+    .map_err(ApiError::internal)?;
+    metrics::counter!("cxb_api_knowledge_searches_total").increment(1);
+    let round = |x: f64| (x * 10_000.0).round() / 10_000.0;
+    let matches = hits
+        .iter()
+        .filter_map(|h| {
+            let p = base.passages.get(h.index)?;
+            let mut label = p.title.clone();
+            for h in &p.heading {
+                label.push_str(" › ");
+                label.push_str(h);
+            }
+            label.push_str(&format!(" (passage {})", p.position + 1));
+            Some(Match {
+                document_id: p.document_id.clone(),
+                title: p.title.clone(),
+                text: p.text.clone(),
+                score: round(h.score),
+                similarity: hybrid.then(|| round(f64::from(h.similarity))),
+                bm25: round(h.bm25),
+                citation: Citation { document_id: p.document_id.clone(), title: p.title.clone(), heading: p.heading.clone(), position: p.position, label },
+            })
+        })
+        .collect();
+    Ok(Json(Matches { matches, mode: if hybrid { "hybrid" } else { "bm25" } }))
+}
+
+/// The bot's knowledge base in memory, built again when its documents changed since.
+async fn base(s: &AppState, bot: &str) -> ApiResult<Arc<Base>> {
+    let (count, newest): (i64, i64) = sqlx::query_as("SELECT COUNT(*), CAST(COALESCE(MAX(created_at), 0) AS BIGINT) FROM knowledge_documents WHERE bot_id = $1")
+        .bind(bot)
+        .fetch_one(&s.db)
+        .await?;
+    let cached = s.knowledge.bases.lock().unwrap_or_else(PoisonError::into_inner).get(bot).filter(|(v, _)| *v == (count, newest)).map(|(_, b)| b.clone());
+    if let Some(base) = cached {
+        return Ok(base);
     }
     let rows = sqlx::query(
-        "SELECT c.document_id, d.title, c.text FROM knowledge_chunks c JOIN knowledge_documents d ON d.id = c.document_id \
-         WHERE c.bot_id = $1 ORDER BY c.document_id, c.seq",
+        "SELECT c.document_id, d.title, c.heading, c.seq, c.text, c.embedding, c.model FROM knowledge_chunks c \
+         JOIN knowledge_documents d ON d.id = c.document_id WHERE c.bot_id = $1 ORDER BY c.document_id, c.seq",
     )
-    .bind(&q.bot_id)
+    .bind(bot)
     .fetch_all(&s.db)
     .await?;
-    let mut chunks = Vec::with_capacity(rows.len());
+    let mut passages = Vec::with_capacity(rows.len());
+    let mut stored = Vec::with_capacity(rows.len());
     for row in &rows {
-        chunks.push((row.try_get::<String, _>(0)?, row.try_get::<String, _>(1)?, row.try_get::<String, _>(2)?));
+        let heading: String = row.try_get(2)?;
+        passages.push(Passage {
+            document_id: row.try_get(0)?,
+            title: row.try_get(1)?,
+            heading: heading.split(" > ").filter(|h| !h.is_empty()).map(str::to_string).collect(),
+            position: u32::try_from(row.try_get::<i64, _>(3)?).unwrap_or(0),
+            text: row.try_get(4)?,
+        });
+        let model: Option<String> = row.try_get(6)?;
+        stored.push(row.try_get::<Option<String>, _>(5)?.filter(|_| model.as_deref() == Some(MODEL_NAME)));
     }
-    let texts: Vec<&str> = chunks.iter().map(|(_, _, text)| text.as_str()).collect();
-    let ranked = rank(query, &texts);
-    metrics::counter!("cxb_api_knowledge_searches_total").increment(1);
-    let matches = ranked
-        .into_iter()
-        .take(limit)
-        .filter_map(|(i, score)| {
-            let (document_id, title, text) = chunks.get(i)?;
-            Some(Match { document_id: document_id.clone(), title: title.clone(), text: text.clone(), score: (score * 10_000.0).round() / 10_000.0 })
-        })
-        .collect();
-    Ok(Json(Matches { matches }))
-}
-
-/// Splits `text` into chunks of at most [`CHUNK_CHARS`] characters. Whitespace is collapsed;
-/// blank lines separate paragraphs. A chunk ends at a paragraph break once it has
-/// [`CHUNK_MIN_CHARS`], otherwise at the sentence that would not fit; a sentence longer than
-/// a chunk is cut between words, and a word longer than a chunk between characters.
-pub(crate) fn chunk(text: &str) -> Vec<String> {
-    let mut chunks = Vec::new();
-    let mut current = String::new();
-    let mut chars = 0;
-    let flush = |current: &mut String, chars: &mut usize, chunks: &mut Vec<String>| {
-        if !current.is_empty() {
-            chunks.push(std::mem::take(current));
-        }
-        *chars = 0;
-    };
-    for paragraph in paragraphs(text) {
-        if chars >= CHUNK_MIN_CHARS {
-            flush(&mut current, &mut chars, &mut chunks);
-        }
-        let mut separator = "\n\n";
-        for sentence in sentences(&paragraph) {
-            for piece in pieces(sentence, CHUNK_CHARS) {
-                let n = piece.chars().count();
-                if chars > 0 && chars + separator.len() + n > CHUNK_CHARS {
-                    flush(&mut current, &mut chars, &mut chunks);
-                }
-                if chars > 0 {
-                    current.push_str(separator);
-                    chars += separator.len();
-                }
-                current.push_str(piece);
-                chars += n;
-                separator = " ";
+    let model = s.knowledge.model.clone();
+    let base = tokio::task::spawn_blocking(move || {
+        let texts: Vec<&str> = passages.iter().map(|p| p.text.as_str()).collect();
+        let (dim, vectors) = match &model {
+            Some(m) => {
+                // Passages embedded by another model (or none) are embedded again here.
+                let vectors = passages
+                    .iter()
+                    .zip(&stored)
+                    .flat_map(|(p, v)| v.as_deref().and_then(|v| decode(v, m.dim())).unwrap_or_else(|| m.embed(&Chunk { text: p.text.clone(), heading: p.heading.clone(), position: p.position as usize }.for_embedding())))
+                    .collect();
+                (m.dim(), vectors)
             }
-        }
+            None => (0, Vec::new()),
+        };
+        let index = Index::new(&texts, dim, vectors);
+        Arc::new(Base { passages, index })
+    })
+    .await
+    .map_err(ApiError::internal)?;
+    let mut bases = s.knowledge.bases.lock().unwrap_or_else(PoisonError::into_inner);
+    if bases.len() >= CACHED_BASES {
+        bases.clear();
     }
-    flush(&mut current, &mut chars, &mut chunks);
-    chunks
-}
-
-/// Paragraphs (runs of non-blank lines) with their whitespace collapsed to single spaces.
-fn paragraphs(text: &str) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut words: Vec<&str> = Vec::new();
-    for line in text.lines() {
-        if line.trim().is_empty() {
-            if !words.is_empty() {
-                out.push(words.join(" "));
-                words.clear();
-            }
-        } else {
-            words.extend(line.split_whitespace());
-        }
-    }
-    if !words.is_empty() {
-        out.push(words.join(" "));
-    }
-    out
-}
-
-/// Sentences of a paragraph: each ends after `.`, `!` or `?` followed by a space.
-fn sentences(paragraph: &str) -> Vec<&str> {
-    let mut out = Vec::new();
-    let mut start = 0;
-    let mut prev_end = false;
-    for (i, c) in paragraph.char_indices() {
-        if c == ' ' && prev_end {
-            out.push(&paragraph[start..i]);
-            start = i + 1;
-        }
-        prev_end = matches!(c, '.' | '!' | '?');
-    }
-    out.push(&paragraph[start..]);
-    out.retain(|s| !s.is_empty());
-    out
-}
-
-/// `s` cut into pieces of at most `max` characters, between words where it can.
-fn pieces(s: &str, max: usize) -> Vec<&str> {
-    if s.chars().count() <= max {
-        return vec![s];
-    }
-    let mut out = Vec::new();
-    let mut start = 0;
-    let mut chars = 0;
-    let mut last_space = None;
-    for (i, c) in s.char_indices() {
-        if chars == max {
-            let cut = last_space.filter(|&sp| sp > start).unwrap_or(i);
-            out.push(s[start..cut].trim());
-            start = if s[cut..].starts_with(' ') { cut + 1 } else { cut };
-            chars = s[start..i].chars().count();
-            last_space = None;
-        }
-        if c == ' ' {
-            last_space = Some(i);
-        }
-        chars += 1;
-    }
-    out.push(s[start..].trim());
-    out.retain(|p| !p.is_empty());
-    out
-}
-
-const STOPWORDS: &[&str] = &[
-    "a", "an", "and", "are", "as", "at", "be", "by", "can", "do", "does", "for", "from", "how", "i", "in", "is", "it", "its", "me", "my", "of",
-    "on", "or", "our", "so", "that", "the", "their", "there", "this", "to", "was", "we", "what", "when", "where", "which", "who", "will",
-    "with", "you", "your",
-];
-
-/// The terms of `text`: lowercase words (letters and digits), stop words dropped, plurals
-/// reduced (`policies` → `policy`, `refunds` → `refund`).
-pub(crate) fn terms(text: &str) -> Vec<String> {
-    text.split(|c: char| !c.is_alphanumeric())
-        .filter(|w| !w.is_empty())
-        .map(str::to_lowercase)
-        .filter(|w| !STOPWORDS.contains(&w.as_str()))
-        .map(|mut w| {
-            if w.len() > 4 && w.ends_with("ies") {
-                w.truncate(w.len() - 3);
-                w.push('y');
-            } else if w.len() > 3 && w.ends_with('s') && !w.ends_with("ss") {
-                w.pop();
-            }
-            w
-        })
-        .collect()
-}
-
-/// BM25 (k1 = 1.2, b = 0.75) of each chunk for `query`: `(index, score)` of the chunks that
-/// share a term with it, best first (ties keep chunk order).
-pub(crate) fn rank(query: &str, chunks: &[&str]) -> Vec<(usize, f64)> {
-    const K1: f64 = 1.2;
-    const B: f64 = 0.75;
-    let wanted: HashSet<String> = terms(query).into_iter().collect();
-    if wanted.is_empty() || chunks.is_empty() {
-        return Vec::new();
-    }
-    let mut lengths = Vec::with_capacity(chunks.len());
-    let mut freqs: Vec<HashMap<&str, f64>> = Vec::with_capacity(chunks.len());
-    let mut df: HashMap<&str, f64> = HashMap::new();
-    for text in chunks {
-        let words = terms(text);
-        lengths.push(words.len() as f64);
-        let mut tf: HashMap<&str, f64> = HashMap::new();
-        for w in &words {
-            if let Some(term) = wanted.get(w) {
-                *tf.entry(term.as_str()).or_default() += 1.0;
-            }
-        }
-        for term in tf.keys() {
-            *df.entry(term).or_default() += 1.0;
-        }
-        freqs.push(tf);
-    }
-    let n = chunks.len() as f64;
-    let average = (lengths.iter().sum::<f64>() / n).max(1.0);
-    let mut scored: Vec<(usize, f64)> = freqs
-        .iter()
-        .zip(&lengths)
-        .enumerate()
-        .filter(|(_, (tf, _))| !tf.is_empty())
-        .map(|(i, (tf, &len))| {
-            let score = tf
-                .iter()
-                .map(|(term, &f)| {
-                    let n_t = df.get(term).copied().unwrap_or(0.0);
-                    let idf = (1.0 + (n - n_t + 0.5) / (n_t + 0.5)).ln();
-                    idf * f * (K1 + 1.0) / (f + K1 * (1.0 - B + B * len / average))
-                })
-                .sum();
-            (i, score)
-        })
-        .collect();
-    scored.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
-    scored
+    bases.insert(bot.to_string(), ((count, newest), base.clone()));
+    Ok(base)
 }
 
 #[cfg(test)]
@@ -396,64 +394,22 @@ mod tests {
     use super::*;
 
     #[test]
-    fn chunks_break_at_paragraphs_and_sentences_and_keep_every_word() {
-        let sentence = "Refunds are issued within fourteen days of a return being received.";
-        let long_paragraph = [sentence; 12].join(" ");
-        let text = format!("Opening hours\n\nWe open at nine.\r\nWe close at five.\n\n\n{long_paragraph}\n\nShort tail.");
-        let chunks = chunk(&text);
-        assert!(chunks.iter().all(|c| !c.is_empty() && c.chars().count() <= CHUNK_CHARS), "{chunks:?}");
-        // Small paragraphs share a chunk, separated by a blank line; single newlines are spaces.
-        assert!(chunks[0].starts_with("Opening hours\n\nWe open at nine. We close at five."), "{:?}", chunks[0]);
-        // Chunks end at sentence ends.
-        assert!(chunks[..chunks.len() - 1].iter().all(|c| c.ends_with('.')), "{chunks:?}");
-        let words = |s: &str| s.split_whitespace().map(String::from).collect::<Vec<_>>();
-        assert_eq!(words(&chunks.join(" ")), words(&text));
-        assert!(chunks.len() >= 3);
+    fn stored_vectors_round_trip_and_a_wrong_size_is_refused() {
+        let v = [0.25f32, -1.5, 3.0e-7];
+        assert_eq!(decode(&encode(&v), 3).as_deref(), Some(&v[..]));
+        assert_eq!(decode(&encode(&v), 4), None);
+        assert_eq!(decode("not base64!", 3), None);
     }
 
     #[test]
-    fn overlong_sentences_and_words_are_cut() {
-        let text = format!("{} {}", "word ".repeat(300), "x".repeat(1200));
-        let chunks = chunk(&text);
-        assert!(chunks.iter().all(|c| c.chars().count() <= CHUNK_CHARS), "{:?}", chunks.iter().map(|c| c.len()).collect::<Vec<_>>());
-        assert_eq!(chunks.iter().map(|c| c.matches('x').count()).sum::<usize>(), 1200);
-        assert_eq!(chunks.iter().map(|c| c.matches("word").count()).sum::<usize>(), 300);
-        // Multi-byte text is cut on character boundaries.
-        let chunks = chunk(&"é".repeat(1001));
-        assert_eq!(chunks.iter().map(|c| c.chars().count()).collect::<Vec<_>>(), vec![500, 500, 1]);
-        assert!(chunk("  \n\n \t ").is_empty());
-    }
-
-    #[test]
-    fn arbitrary_text_never_panics() {
-        let mut seed = 0x2545_f491_4f6c_dd1du64;
-        let alphabet: Vec<char> = "ab .!?\n\r\t é日\u{0}x".chars().collect();
-        for _ in 0..300 {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            let len = (seed % 1500) as usize;
-            let text: String = (0..len).map(|i| alphabet[((seed >> (i % 50)) as usize + i * 7) % alphabet.len()]).collect();
-            for c in chunk(&text) {
-                assert!(!c.is_empty() && c.chars().count() <= CHUNK_CHARS);
-            }
-            let _ = rank(&text, &[&text, "a b"]);
+    fn settings_default_and_refuse_what_is_out_of_range() {
+        let s: KnowledgeSettings = serde_json::from_value(json!({})).expect("defaults");
+        assert_eq!((s.top_k, s.min_similarity), (3, 0.05));
+        assert!(s.problem().is_none());
+        for bad in [json!({"top_k": 0}), json!({"top_k": 21}), json!({"min_similarity": 1.5})] {
+            let s: KnowledgeSettings = serde_json::from_value(bad).expect("parses");
+            assert_eq!(s.problem().map(|p| p.0), Some("knowledge"));
         }
-    }
-
-    #[test]
-    fn ranking_prefers_rare_terms_and_dense_chunks() {
-        assert_eq!(terms("The Policies on REFUNDS, and class"), vec!["policy", "refund", "class"]);
-        let chunks = [
-            "Our shipping policy: parcels leave the warehouse within two days.",
-            "Refunds: a refund is paid to the original card within fourteen days of the return.",
-            "Returns are free. Refund questions go to the billing team.",
-            "Opening hours are nine to five on weekdays.",
-        ];
-        let ranked = rank("How do refunds work?", &chunks);
-        assert_eq!(ranked.iter().map(|r| r.0).collect::<Vec<_>>(), vec![1, 2]);
-        assert!(ranked[0].1 > ranked[1].1);
-        assert!(rank("the and of", &chunks).is_empty(), "stop words alone match nothing");
-        assert!(rank("zebra", &chunks).is_empty());
+        assert!(serde_json::from_value::<KnowledgeSettings>(json!({"k": 3})).is_err(), "unknown fields are refused");
     }
 }

@@ -24,6 +24,8 @@ mod extract;
 pub mod fleet;
 mod handoffs;
 mod knowledge;
+/// The file that marks a directory holding the built-in embedding model.
+pub use cxb_knowledge::model::WEIGHTS_FILE as EMBED_WEIGHTS_FILE;
 pub mod metrics;
 pub mod model;
 mod overview;
@@ -108,6 +110,9 @@ pub struct ApiConfig {
     /// Mark the console's session cookie `Secure` (the API is reached over HTTPS, usually
     /// through a proxy that terminates TLS).
     pub secure_cookies: bool,
+    /// The built-in embedding model's directory (`cargo xtask embed-model` fills it); without
+    /// one, knowledge bases are searched by keywords alone.
+    pub embed_model: Option<std::path::PathBuf>,
     pub clock: Arc<dyn Clock>,
 }
 
@@ -131,6 +136,7 @@ impl ApiConfig {
             header_read_timeout: Duration::from_secs(10),
             request_timeout: Duration::from_secs(30),
             upload_timeout: Duration::from_secs(120),
+            embed_model: None,
             max_in_flight: 1024,
             egress: cxb_contract::egress::EgressPolicy::public_only(),
             secret_key_file: secrets::key_file(&database, std::path::Path::new(".")),
@@ -167,6 +173,8 @@ pub struct Inner {
     pub telephony: std::sync::OnceLock<Arc<dyn telephony::Telephony>>,
     /// Where recordings are read from.
     pub(crate) recordings: recordings::Stores,
+    /// Knowledge bases' search: the embedding model and the indexes in memory.
+    pub(crate) knowledge: knowledge::Searcher,
 }
 
 impl std::ops::Deref for AppState {
@@ -226,6 +234,7 @@ impl ApiServer {
             webhook_slots: webhooks::Slots::new(config.webhook_concurrency, config.webhook_per_org),
             telephony: std::sync::OnceLock::new(),
             recordings: recordings::Stores::open(&config.recordings).context("opening the recording stores")?,
+            knowledge: knowledge::Searcher::new(config.embed_model.as_deref()).map_err(anyhow::Error::msg)?,
             config,
         }));
         let app = server::app(state.clone());

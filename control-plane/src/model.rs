@@ -109,6 +109,10 @@ pub struct Bot {
     /// The web call widget: on or off, its key, the origins whose pages may embed it.
     #[serde(default)]
     pub widget: bot::Widget,
+    /// How the `search_knowledge` tool searches the bot's knowledge base: passages per search
+    /// and the least similarity a passage needs.
+    #[serde(default)]
+    pub knowledge: bot::Knowledge,
 }
 
 impl Bot {
@@ -129,6 +133,9 @@ impl Bot {
             return Err(ApiError::invalid("idle", "reprompt_after_seconds 1 to 600, max_reprompts at most 10"));
         }
         if let Some((field, why)) = self.turn_detection.problem() {
+            return Err(ApiError::invalid(field, why));
+        }
+        if let Some((field, why)) = self.knowledge.problem() {
             return Err(ApiError::invalid(field, why));
         }
         let i = &self.interruptions;
@@ -992,6 +999,7 @@ mod tests {
             "interruptions": {"min_speech_ms": 300, "min_words": 2, "backchannels": ["yeah", "ja"]},
             "inbound": {"allow_unsigned": true, "secrets": {"twilio_auth_token": "tw", "secret": "0123456789abcdef"}},
             "widget": {"enabled": true, "key": "wk_0123456789abcdef", "allowed_origins": ["https://shop.example"], "button_text": "Call us", "show_transcript": false},
+            "knowledge": {"top_k": 4, "min_similarity": 0.2},
         });
         let bot: Bot = crate::extract::typed_strict(document.clone()).expect("a bot");
         bot.check().expect("a valid bot");
@@ -1008,8 +1016,8 @@ mod tests {
         assert_eq!(runtime.inbound.secrets.get("secret").map(String::as_str), Some("0123456789abcdef"));
         let kinds: Vec<_> = runtime.tools.iter().map(|t| t.kind).collect();
         assert_eq!(kinds, [ToolKind::EndCall, ToolKind::TransferCall, ToolKind::DetectedVoicemail, ToolKind::SearchKnowledge, ToolKind::Http]);
-        let parts = (&runtime.stt, &runtime.llm, &runtime.tts, &runtime.tools, &runtime.answering_machine, &runtime.idle, &runtime.inbound, &runtime.interruptions, &runtime.turn_detection);
-        assert_eq!(parts, (&bot.stt, &bot.llm, &bot.tts, &bot.tools, &bot.answering_machine, &bot.idle, &bot.inbound, &bot.interruptions, &bot.turn_detection));
+        let parts = (&runtime.stt, &runtime.llm, &runtime.tts, &runtime.tools, &runtime.answering_machine, &runtime.idle, &runtime.inbound, &runtime.interruptions, &runtime.turn_detection, &runtime.knowledge);
+        assert_eq!(parts, (&bot.stt, &bot.llm, &bot.tts, &bot.tools, &bot.answering_machine, &bot.idle, &bot.inbound, &bot.interruptions, &bot.turn_detection, &bot.knowledge));
         // Everything else, field by field: the engine's config is the document plus id and
         // organization.
         let mut read = serde_json::to_value(&runtime).expect("JSON");

@@ -41,11 +41,11 @@ async fn documents_are_added_chunked_listed_and_deleted() {
     assert_eq!(created.body["bot_id"], bot.as_str());
     assert_eq!(created.body["bytes"], long.len());
     let chunks = created.body["chunks"].as_i64().unwrap();
-    assert!(chunks >= 5, "{chunks} chunks for {} bytes", long.len());
+    assert!(chunks >= 4, "{chunks} chunks for {} bytes", long.len());
     let first = created.body["id"].as_str().unwrap().to_string();
     assert_eq!(chunk_count(&api, &first).await, chunks);
     let texts: Vec<String> = sqlx::query_scalar("SELECT text FROM knowledge_chunks WHERE document_id = $1 ORDER BY seq").bind(&first).fetch_all(api.db()).await.unwrap();
-    assert!(texts.iter().all(|t| t.chars().count() <= 500 && t.ends_with('.')), "{texts:?}");
+    assert!(texts.iter().all(|t| t.chars().count() <= 700 && t.ends_with('.')), "{texts:?}");
 
     let second = add(&api, &admin, &bot, "Hours", "We open at nine.").await;
     let listed = api.get(&format!("/v1/bots/{bot}/knowledge"), &admin).await;
@@ -141,8 +141,10 @@ async fn search_ranks_the_bots_chunks_for_fleet_tokens_only() {
     assert!(scores[0] > scores[1], "{scores:?}");
     let r = search(json!({"bot_id": bot, "query": "express shipping for a refund", "limit": 1})).await;
     assert_eq!(r.body["matches"].as_array().unwrap().len(), 1);
-    assert_eq!(search(json!({"bot_id": bot, "query": "zebra crossing"})).await.body, json!({"matches": []}));
-    assert_eq!(search(json!({"bot_id": other_bot, "query": "opening hours"})).await.body, json!({"matches": []}));
+    assert_eq!(search(json!({"bot_id": bot, "query": "zebra crossing"})).await.body, json!({"matches": [], "mode": "bm25"}), "no model: keywords alone");
+    assert_eq!(search(json!({"bot_id": other_bot, "query": "opening hours"})).await.body, json!({"matches": [], "mode": "bm25"}));
+    // Everyday words of a spoken question match nothing by themselves.
+    assert_eq!(search(json!({"bot_id": bot, "query": "what's up, I need to come over"})).await.body["matches"], json!([]));
 
     // People cannot search the runtime endpoint; fleet tokens cannot manage documents.
     let r = api.post("/v1/runtime/knowledge/search", &token, json!({"bot_id": bot, "query": "refund"})).await;
@@ -229,4 +231,114 @@ async fn a_bots_knowledge_has_a_total_size_cap() {
     let full = api.post(&format!("/v1/bots/{bot}/knowledge"), &token, json!({"title": "one more", "text": text})).await;
     assert_eq!((full.status, full.code()), (409, "limit_reached"), "{}", full.body);
     assert_eq!(api.get(&format!("/v1/bots/{bot}/knowledge?limit=100"), &token).await.body["items"].as_array().unwrap().len(), 25);
+}
+
+/// A tiny embedding model in the built-in model's files: whole words are tokens (each spelled
+/// by merges from its letters), and the table gives words of one topic one direction, so
+/// "dog", "pet" and "animals" are alike while sharing no letters that BM25 would see.
+fn tiny_model(dir: &std::path::Path) {
+    let topics: [(&str, [f32; 3]); 11] = [
+        ("dog", [1.0, 0.0, 0.0]),
+        ("pets", [1.0, 0.0, 0.0]),
+        ("animals", [0.9, 0.1, 0.0]),
+        ("companion", [0.8, 0.0, 0.2]),
+        ("money", [0.0, 1.0, 0.0]),
+        ("refunds", [0.0, 1.0, 0.0]),
+        ("Refunds", [0.0, 1.0, 0.0]),
+        ("back", [0.1, 0.9, 0.0]),
+        ("parking", [0.0, 0.0, 1.0]),
+        ("garage", [0.0, 0.0, 1.0]),
+        ("Parking", [0.0, 0.0, 1.0]),
+    ];
+    let mut vocab = serde_json::Map::new();
+    let mut rows: Vec<[f32; 3]> = Vec::new();
+    let mut merges = Vec::new();
+    let token = |t: &str, v: [f32; 3], vocab: &mut serde_json::Map<String, Value>, rows: &mut Vec<[f32; 3]>| {
+        if !vocab.contains_key(t) {
+            vocab.insert(t.to_string(), json!(rows.len()));
+            rows.push(v);
+        }
+    };
+    token("<unk>", [0.0; 3], &mut vocab, &mut rows);
+    token("▁", [0.0; 3], &mut vocab, &mut rows);
+    for c in ('a'..='z').chain('A'..='Z') {
+        token(&c.to_string(), [0.0; 3], &mut vocab, &mut rows);
+    }
+    for (word, v) in topics {
+        let spelled = format!("▁{word}");
+        let chars: Vec<char> = spelled.chars().collect();
+        for n in 2..=chars.len() {
+            let (left, right): (String, String) = (chars[..n - 1].iter().collect(), chars[n - 1].to_string());
+            merges.push(format!("{left} {right}"));
+            token(&format!("{left}{right}"), if n == chars.len() { v } else { [0.0; 3] }, &mut vocab, &mut rows);
+        }
+    }
+    let tokenizer = json!({"model": {"type": "BPE", "unk_token": "<unk>", "vocab": vocab, "merges": merges}});
+    std::fs::write(dir.join("l2_supercat_tokenizer_config.json"), tokenizer.to_string()).unwrap();
+    let data: Vec<u8> = rows.iter().flatten().flat_map(|v| v.to_le_bytes()).collect();
+    let header = format!(r#"{{"embedding.weight":{{"dtype":"F32","shape":[{},3],"data_offsets":[0,{}]}}}}"#, rows.len(), data.len());
+    let mut file = (header.len() as u64).to_le_bytes().to_vec();
+    file.extend_from_slice(header.as_bytes());
+    file.extend_from_slice(&data);
+    std::fs::write(dir.join("l2_supercat_256.safetensors"), file).unwrap();
+}
+
+#[tokio::test]
+async fn with_an_embedding_model_a_paraphrase_finds_its_passage_with_a_citation() {
+    let models = tempfile::tempdir().unwrap();
+    tiny_model(models.path());
+    let dir = models.path().to_path_buf();
+    let api = Api::start_with(move |c| c.embed_model = Some(dir)).await;
+    let token = api.org("Acme").await;
+    let fleet = api.fleet_token().await;
+    let bot = new_bot(&api, &token, "Front desk").await;
+    let policies = "# House rules\n\n## Companion animals\n\nCompanion animals are welcome in every room.\n\n## Parking\n\nThe garage under the hotel is open all night.\n\n## Refunds\n\nRefunds reach the card within a week.";
+    let doc = add(&api, &token, &bot, "Hotel policies", policies).await;
+    let stored: Vec<(String, Option<String>, Option<String>)> = sqlx::query_as("SELECT heading, embedding, model FROM knowledge_chunks WHERE document_id = $1 ORDER BY seq").bind(&doc).fetch_all(api.db()).await.unwrap();
+    assert_eq!(stored.len(), 3, "a passage per section");
+    assert_eq!(stored[0].0, "House rules > Companion animals");
+    assert!(stored.iter().all(|(_, e, m)| e.is_some() && m.as_deref() == Some("wordllama-l2-supercat-256")), "embedded when added");
+
+    let search = |body: Value| api.post("/v1/runtime/knowledge/search", &fleet, body);
+    // "dog" is in no passage; its vector is the animals passage's.
+    let r = search(json!({"bot_id": bot, "query": "can I bring my dog", "limit": 1})).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.body["mode"], "hybrid");
+    let m = &r.body["matches"][0];
+    assert!(m["text"].as_str().unwrap().starts_with("Companion animals"), "{}", r.body);
+    assert_eq!(m["citation"]["heading"], json!(["House rules", "Companion animals"]));
+    assert_eq!(m["citation"]["label"], "Hotel policies › House rules › Companion animals (passage 1)");
+    assert_eq!((m["citation"]["document_id"].as_str(), m["citation"]["position"].as_u64()), (Some(doc.as_str()), Some(0)));
+    assert!(m["similarity"].as_f64().unwrap() > 0.9 && m["bm25"].as_f64() == Some(0.0), "{m}");
+
+    // The bot's settings: passages per search, and a floor on similarity.
+    let r = search(json!({"bot_id": bot, "query": "money back"})).await;
+    assert!(r.body["matches"][0]["text"].as_str().unwrap().starts_with("Refunds"), "{}", r.body);
+    assert_eq!(r.body["matches"].as_array().unwrap().len(), 2, "top_k 3 by default, but parking is not similar at all (below the default floor)");
+    let patch = api.call(Method::PATCH, &format!("/v1/bots/{bot}"), &token, Some(json!({"knowledge": {"top_k": 2, "min_similarity": 0.5}}))).await;
+    assert_eq!(patch.status, 200, "{}", patch.body);
+    let r = search(json!({"bot_id": bot, "query": "money back"})).await;
+    assert_eq!(r.body["matches"].as_array().unwrap().len(), 1, "only the passage similar enough: {}", r.body);
+    let bad = api.call(Method::PATCH, &format!("/v1/bots/{bot}"), &token, Some(json!({"knowledge": {"top_k": 50}}))).await;
+    assert_eq!((bad.status, bad.body["error"]["field"].as_str()), (422, Some("knowledge")));
+
+    // Passages stored without a vector (added before the model, or by another) are embedded
+    // when the base is next read; the index follows documents added since.
+    sqlx::query("UPDATE knowledge_chunks SET embedding = NULL, model = NULL").execute(api.db()).await.unwrap();
+    add(&api, &token, &bot, "Getting here", "Visitors leave cars in the garage.").await;
+    let r = search(json!({"bot_id": bot, "query": "pets", "limit": 1})).await;
+    assert!(r.body["matches"][0]["text"].as_str().unwrap().starts_with("Companion animals"), "{}", r.body);
+    let r = search(json!({"bot_id": bot, "query": "parking", "limit": 3})).await;
+    let titles: Vec<&str> = r.body["matches"].as_array().unwrap().iter().map(|m| m["title"].as_str().unwrap()).collect();
+    assert!(titles.contains(&"Getting here") && titles.contains(&"Hotel policies"), "{}", r.body);
+}
+
+#[tokio::test]
+async fn an_embedding_model_that_is_missing_stops_the_api_with_its_name() {
+    let empty = tempfile::tempdir().unwrap();
+    let mut config = cxb_control_plane::ApiConfig::new("127.0.0.1:0".parse().unwrap(), format!("sqlite://{}/cxb.db", empty.path().display()));
+    config.secret_key_file = empty.path().join("secret.key");
+    config.embed_model = Some(empty.path().to_path_buf());
+    let err = cxb_control_plane::ApiServer::start(config).await.unwrap_err().to_string();
+    assert!(err.contains("l2_supercat_tokenizer_config.json") && err.contains("cargo xtask embed-model"), "{err}");
 }

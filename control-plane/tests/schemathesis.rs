@@ -136,6 +136,12 @@ expected-statuses = ["400", "401", "403", "404", "405", "406", "409", "413", "41
 include-path = "/v1/dnc/{{id}}"
 checks.ensure_resource_availability.enabled = false
 
+# Deleting a bot deletes its knowledge documents with it: a scenario that made a document,
+# then deleted its bot, holds the id of a document that is gone, and answers 404 as it should.
+[[operations]]
+include-path = "/v1/bots/{{id}}/knowledge/{{doc_id}}"
+checks.ensure_resource_availability.enabled = false
+
 [[operations]]
 include-path = "/v1/api-keys/{{id}}"
 include-method = "DELETE"

@@ -30,6 +30,11 @@ pub trait TurnJudge: Send + Sync + std::fmt::Debug {
     /// Asks about `audio` (16 kHz, the caller's last seconds, at most 8 s are read): the
     /// probability that they are done, or `None` when it cannot tell.
     fn judge(&self, audio: Vec<i16>) -> flume::Receiver<Option<f32>>;
+
+    /// Its counters for `/metrics`: (name, help, value).
+    fn counters(&self) -> Vec<(&'static str, &'static str, u64)> {
+        Vec::new()
+    }
 }
 
 /// What the model thread did, for `/metrics`.
@@ -93,6 +98,16 @@ impl TurnJudge for SmartTurn {
         // The thread is gone only when the process is ending; the caller then hears `None`.
         let _ = self.jobs.send(Job { audio, queued: Instant::now(), reply });
         answer
+    }
+
+    fn counters(&self) -> Vec<(&'static str, &'static str, u64)> {
+        let s = &self.stats;
+        vec![
+            ("cxb_turn_model_decisions_total", "Pauses the turn-completion model judged.", s.decisions.load(Ordering::Relaxed)),
+            ("cxb_turn_model_skipped_total", "Pauses given up unjudged (waited past 400 ms in the model's queue) or failed: those turns ended at the silence cap.", s.skipped.load(Ordering::Relaxed)),
+            ("cxb_turn_model_busy_microseconds_total", "Time the model's thread spent judging (features and inference).", s.busy_micros.load(Ordering::Relaxed)),
+            ("cxb_turn_model_queued", "Pauses waiting for the model now.", self.jobs.len() as u64),
+        ]
     }
 }
 

@@ -31,8 +31,6 @@ pub const MAX_TIMEOUT: Duration = Duration::from_millis(30_000);
 pub const TWILIO_API: &str = "https://api.twilio.com";
 /// How long the knowledge search and a carrier's transfer request may take.
 const PLATFORM_TIMEOUT: Duration = Duration::from_secs(10);
-/// How many chunks `search_knowledge` asks for.
-const KNOWLEDGE_MATCHES: u32 = 3;
 /// The largest knowledge-search answer read.
 const MAX_SEARCH_BYTES: usize = 256 * 1024;
 
@@ -646,6 +644,15 @@ struct FoundMatch {
     title: String,
     #[serde(default)]
     text: String,
+    #[serde(default)]
+    citation: Option<Citation>,
+}
+
+/// Where a passage comes from, as the API labels it (`Title › Heading (passage N)`).
+#[derive(Deserialize)]
+struct Citation {
+    #[serde(default)]
+    label: String,
 }
 
 /// Runs `search_knowledge` for `call`: asks the control plane for the bot's best chunks for
@@ -674,7 +681,8 @@ pub fn search_knowledge(api: Option<Rc<ApiLink>>, bot_id: &str, call: &ToolCall,
 async fn ask_knowledge(api: &ApiLink, bot_id: &str, query: &str) -> Result<(ToolOutput, u16), String> {
     let client = crate::providers::http()?;
     let url = format!("{}/v1/runtime/knowledge/search", api.base_url.trim_end_matches('/'));
-    let body = json!({ "bot_id": bot_id, "query": query, "limit": KNOWLEDGE_MATCHES }).to_string();
+    // As many passages as the bot's `knowledge.top_k` (the API's default for it).
+    let body = json!({ "bot_id": bot_id, "query": query }).to_string();
     let response = client
         .post(url)
         .and_then(|r| r.bearer_auth(&api.fleet_token))
@@ -697,7 +705,10 @@ async fn ask_knowledge(api: &ApiLink, bot_id: &str, query: &str) -> Result<(Tool
         .matches
         .iter()
         .enumerate()
-        .map(|(i, m)| format!("[{}] {}\n{}", i + 1, m.title, m.text))
+        .map(|(i, m)| {
+            let source = m.citation.as_ref().map(|c| c.label.as_str()).filter(|l| !l.is_empty()).unwrap_or(&m.title);
+            format!("[{}] {source}\n{}", i + 1, m.text)
+        })
         .collect::<Vec<_>>()
         .join("\n\n");
     Ok((ToolOutput { content, failed: false }, status))

@@ -389,7 +389,7 @@ fn search_knowledge_asks_the_control_plane() {
         let link = ApiLink { base_url: format!("{}/", api.base), fleet_token: api.fleet.clone() };
         let tools = Tools::new(&config, Some(link.clone())).unwrap();
         let out = run_tool(&tools, &call("search_knowledge", r#"{"query":"when do I get my refund?"}"#)).await;
-        assert_eq!(out, ToolOutput { content: format!("[1] Refund policy\n{text}"), failed: false });
+        assert_eq!(out, ToolOutput { content: format!("[1] Refund policy (passage 1)\n{text}"), failed: false }, "the passage with where it comes from");
         let out = run_tool(&tools, &call("search_knowledge", r#"{"query":"zebra crossings"}"#)).await;
         assert_eq!(out, ToolOutput { content: "Nothing in the knowledge base matches.".into(), failed: false });
         let out = run_tool(&tools, &call("search_knowledge", r#"{"query":"  "}"#)).await;

@@ -57,6 +57,8 @@ usage: cargo xtask converse [options]
   --no-recording        the bot does not record calls
   --barge-every K       every Kth caller turn barges in (default 3; 0: never)
   --pin CPU             the generator's and test servers' CPU (default 1)
+  --turn-model DIR      the bot's turns end by the turn-completion model, run by the engine
+                        from DIR (`cargo xtask turn-model` fetches it); reports its decisions
 ";
 
 /// Engine-added latency bar: p99 of both histograms at or below this.
@@ -96,6 +98,7 @@ struct Options {
     recording: bool,
     barge_every: usize,
     pin: usize,
+    turn_model: Option<PathBuf>,
 }
 
 fn default_cxb() -> PathBuf {
@@ -115,6 +118,7 @@ fn parse(args: &[String]) -> Result<Options, String> {
         recording: true,
         barge_every: 3,
         pin: 1,
+        turn_model: None,
     };
     let mut it = args.iter();
     while let Some(flag) = it.next() {
@@ -139,6 +143,7 @@ fn parse(args: &[String]) -> Result<Options, String> {
             "--no-recording" => o.recording = false,
             "--barge-every" => o.barge_every = num(value()?)? as usize,
             "--pin" => o.pin = num(value()?)? as usize,
+            "--turn-model" => o.turn_model = Some(PathBuf::from(value()?)),
             "--help" | "-h" => return Err(USAGE.to_string()),
             other => return Err(format!("unknown option `{other}`\n\n{USAGE}")),
         }
@@ -199,6 +204,7 @@ impl Engine {
             .arg(dir.join("bots"))
             .arg("--data-dir")
             .arg(dir.join("data"))
+            .args(o.turn_model.iter().flat_map(|d| [std::ffi::OsStr::new("--turn-model"), d.as_os_str()]))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(stderr)
@@ -418,6 +424,7 @@ fn bot(o: &Options, stt: &str, tts: &str, llm: Option<&str>) -> serde_json::Valu
         "tts": { "provider": "elevenlabs", "base_url": tts, "secrets": { "api_key": "xi-load" } },
         "voice": "voice1",
         "recording": o.recording,
+        "turn_detection": { "mode": if o.turn_model.is_some() { "model" } else { "silence" } },
         // The load generator dials in as a carrier would without signing: the engine checks the
         // bot's setting, not a credential (a token check per call is one HMAC, not measured here).
         "inbound": { "allow_unsigned": true },
@@ -478,6 +485,9 @@ struct Report {
     playout: Vec<(f64, u64)>,
     engine_late_frames: f64,
     engine_lost_frames: f64,
+    /// The turn model over the steady part: decisions, given up, busy seconds, as the
+    /// engine's /metrics count them.
+    turn_model: Option<(f64, f64, f64)>,
     engine_frames_in: f64,
     engine_cpu_pct: f64,
     generator_cpu_pct: f64,
@@ -611,6 +621,14 @@ impl Report {
                 "BAR NOT MET (every call completed; engine-added p99 <= 20 ms, wire and dispatch)"
             },
         );
+        if let Some((judged, skipped, busy)) = self.turn_model {
+            eprintln!(
+                "  turn model, steady part: {judged:.0} pauses judged, {skipped:.0} given up (those turns ended at the silence cap); \
+                 {busy:.1} s busy: {:.1} ms a decision, {:.0}% of its thread",
+                busy * 1e3 / judged.max(1.0),
+                busy / self.steady_seconds.max(1e-9) * 100.0
+            );
+        }
     }
 }
 
@@ -795,6 +813,13 @@ fn generate(o: &Options, addr: SocketAddr, pid: &str, bots: &Path) -> Result<Rep
         report.engine_late_frames = after.value_delta(&before, "cxb_late_frames_total");
         report.engine_lost_frames = after.value_delta(&before, "cxb_lost_frames_total");
         report.engine_frames_in = after.value_delta(&before, "cxb_frames_in_total");
+        if o.turn_model.is_some() {
+            report.turn_model = Some((
+                after.value_delta(&before, "cxb_turn_model_decisions_total"),
+                after.value_delta(&before, "cxb_turn_model_skipped_total"),
+                after.value_delta(&before, "cxb_turn_model_busy_microseconds_total") / 1e6,
+            ));
+        }
         for h in handles {
             let _ = h.await;
         }

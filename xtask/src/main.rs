@@ -1,13 +1,16 @@
 //! Developer workflows: `cargo xtask fuzz`, `cargo xtask load`, `cargo xtask converse`,
-//! `cargo xtask e2e-local`, `cargo xtask turn-model`.
+//! `cargo xtask e2e-local`, `cargo xtask turn-model`, `cargo xtask embed-model`.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 
 mod converse;
 mod e2e;
+mod embed;
 mod fuzz;
+mod knowledge_eval;
 mod load;
+mod pypi;
 mod turn;
 mod turn_eval;
 
@@ -34,6 +37,12 @@ commands:
   turn-model [--dir DIR]
         fetch the turn-completion model (Smart Turn v3.2, in the pipecat-ai wheel) and
         ONNX Runtime's library (the onnxruntime wheel) from PyPI into target/turn-model
+  embed-model [--dir DIR] [--check]
+        fetch the built-in sentence-embedding model (WordLlama, in the wordllama wheel)
+        from PyPI into target/embed-model; --check compares it with the Python reference
+  knowledge-eval [--model DIR] [--min-similarity S]
+        the labelled questions of eval/knowledge/ over its documents: recall@1, recall@5
+        and MRR for BM25, vectors (the built-in model) and both fused
   turn-eval [--limit N] [--threshold P]
         the labelled utterances of eval/turns.json, spoken by Piper (e2e-local's), through
         the engine's turn detection: cut-ins and delays for silence and for the model,
@@ -49,6 +58,8 @@ fn main() -> ExitCode {
         Some("converse") => converse::run(&args[1..]),
         Some("turn-model") => turn::run(&args[1..]),
         Some("turn-eval") => turn_eval::run(&args[1..]),
+        Some("embed-model") => embed::run(&args[1..]),
+        Some("knowledge-eval") => knowledge_eval::run(&args[1..]),
         Some("help" | "--help" | "-h") | None => {
             eprint!("{USAGE}");
             return ExitCode::SUCCESS;

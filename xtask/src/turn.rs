@@ -76,6 +76,12 @@ fn check(dir: &Path) -> Result<(), String> {
         eprintln!("{:9} p(done) = {p:.3}  {took:>3} ms  {text}", if *done { "whole" } else { "cut off" });
     }
     eprintln!("{right} of {} judged right at 0.5", SENTENCES.len());
+    // What the engine's /metrics shows of the model.
+    let counters = model.counters();
+    let decisions = counters.iter().find(|(name, ..)| *name == "cxb_turn_model_decisions_total").map(|c| c.2);
+    if decisions != Some(SENTENCES.len() as u64) {
+        return Err(format!("the model counted {decisions:?} decisions for {} sentences", SENTENCES.len()));
+    }
     let _ = std::fs::remove_file(&wav);
     Ok(())
 }
@@ -95,35 +101,12 @@ fn size(path: &Path) -> u64 {
 
 /// Fetches both files into `dir` unless they are there; their paths.
 pub(crate) fn fetch(dir: &Path) -> Result<(PathBuf, PathBuf), String> {
-    let (model, runtime) = (dir.join(MODEL.1), dir.join(RUNTIME.1));
-    if size(&model) > 0 && size(&runtime) > 0 {
-        return Ok((model, runtime));
-    }
-    std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    let venv = dir.join("venv");
-    if !venv.join("bin/pip").exists() {
-        crate::run_command(Command::new("python3").args(["-m", "venv"]).arg(&venv))?;
-    }
-    let wheels = dir.join("wheels");
-    eprintln!("turn-model: fetching {PIPECAT} and {ONNXRUNTIME} from PyPI");
-    crate::run_command(
-        Command::new(venv.join("bin/pip"))
-            .args(["download", "--quiet", "--disable-pip-version-check", "--no-input", "--no-deps", "--only-binary=:all:"])
-            .args(["--python-version", "3.11", "--platform", "manylinux_2_28_x86_64", "--dest"])
-            .arg(&wheels)
-            .args([PIPECAT, ONNXRUNTIME]),
+    crate::pypi::fetch(
+        dir,
+        &[
+            crate::pypi::Wheel { spec: PIPECAT, prefix: "pipecat_ai-", files: &[MODEL] },
+            crate::pypi::Wheel { spec: ONNXRUNTIME, prefix: "onnxruntime-", files: &[RUNTIME] },
+        ],
     )?;
-    for (prefix, (member, name)) in [("pipecat_ai-", MODEL), ("onnxruntime-", RUNTIME)] {
-        let wheel = std::fs::read_dir(&wheels)
-            .map_err(|e| format!("{}: {e}", wheels.display()))?
-            .filter_map(Result::ok)
-            .map(|e| e.path())
-            .find(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with(prefix) && n.ends_with(".whl")))
-            .ok_or_else(|| format!("no {prefix}*.whl in {}", wheels.display()))?;
-        // A wheel is a zip file; Python's zipfile takes the one member out.
-        let script = "import sys, zipfile; open(sys.argv[3], 'wb').write(zipfile.ZipFile(sys.argv[1]).read(sys.argv[2]))";
-        crate::run_command(Command::new(venv.join("bin/python")).args(["-c", script]).arg(&wheel).arg(member).arg(dir.join(name)))?;
-    }
-    let _ = std::fs::remove_dir_all(&wheels);
-    Ok((model, runtime))
+    Ok((dir.join(MODEL.1), dir.join(RUNTIME.1)))
 }

@@ -163,6 +163,9 @@ async fn route(worker: Rc<Worker>, stream: TcpStream, mut wire: Wire, req: Reque
             if let Some(results) = &worker.shared.config.results {
                 crate::metrics::render_gauges(&mut body, &results.gauges());
             }
+            if let Some(model) = &worker.shared.config.turn_model {
+                crate::metrics::render_gauges(&mut body, &model.counters());
+            }
             if let Some(sip) = &worker.shared.sip {
                 use std::sync::atomic::Ordering::Relaxed;
                 let counters = [
