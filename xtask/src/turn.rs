@@ -25,20 +25,7 @@ const USAGE: &str = "usage: cargo xtask turn-model [--dir DIR] [--check]   (defa
             its probability that the speaker is done, and the time each decision took";
 
 pub(crate) fn run(args: &[String]) -> Result<(), String> {
-    let mut dir = crate::root().join("target/turn-model");
-    let mut check = false;
-    let mut args = args.iter();
-    while let Some(arg) = args.next() {
-        match arg.as_str() {
-            "--dir" => dir = PathBuf::from(args.next().ok_or(USAGE)?),
-            "--check" => check = true,
-            "--help" | "-h" => {
-                eprintln!("{USAGE}");
-                return Ok(());
-            }
-            other => return Err(format!("unknown option `{other}`\n{USAGE}")),
-        }
-    }
+    let Some((dir, check)) = crate::pypi::options(args, "turn-model", USAGE)? else { return Ok(()) };
     let (model, runtime) = fetch(&dir)?;
     eprintln!("model   {} ({} bytes)", model.display(), size(&model));
     eprintln!("runtime {} ({} bytes)", runtime.display(), size(&runtime));
