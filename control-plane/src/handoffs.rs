@@ -123,7 +123,7 @@ pub(crate) async fn post(State(s): State<AppState>, fleet: Fleet, Body(h): Body<
 
 /// A handoff is live while its call is: kept up for the desk, and no result has ended it.
 const COLUMNS: &str = "id, call_id, bot_id, caller, reason, summary, transcript, status, claimed_by, claimed_at, resolution, resolved_at, notes, created_at, updated_at, \
-     CASE WHEN live = 1 AND status <> 'resolved' AND NOT EXISTS (SELECT 1 FROM calls c WHERE c.id = handoffs.call_id AND c.ended_at IS NOT NULL) THEN 1 ELSE 0 END AS live_now";
+     CAST(CASE WHEN live = 1 AND status <> 'resolved' AND NOT EXISTS (SELECT 1 FROM calls c WHERE c.id = handoffs.call_id AND c.ended_at IS NOT NULL) THEN 1 ELSE 0 END AS BIGINT) AS live_now";
 
 fn view(row: &sqlx::any::AnyRow) -> ApiResult<Value> {
     let parse = |c: &str| -> ApiResult<Value> { serde_json::from_str(&row.try_get::<String, _>(c)?).map_err(ApiError::internal) };
