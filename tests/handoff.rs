@@ -241,6 +241,8 @@ async fn a_person_on_the_desk_talks_with_a_live_caller_from_chromium() {
     let state = browser.until("on the call", Duration::from_secs(15), "const s = document.querySelector('#takeover').dataset.state; return (s === 'live' || s === 'error') && s;").await;
     assert_eq!(state, "live", "{}: {}", browser.run("return document.querySelector('#take-state').textContent;").await, browser.diagnostics().await);
     let joined = Instant::now();
+    // The page while the person talks, for the README (1280×800, as the console's other pages).
+    browser.screenshot(&std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/console/takeover.png")).await;
     tokio::time::sleep(Duration::from_secs(6)).await;
     // The person's tone reached the caller: a second of it in every two.
     let loud = loud_since(joined + Duration::from_secs(1));

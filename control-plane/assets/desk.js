@@ -56,6 +56,11 @@
       var res = await fetch("/desk/" + encodeURIComponent(box.getAttribute("data-handoff")) + "/takeover", { method: "POST", credentials: "same-origin", body: form });
       if (!res.ok) await failed(res);
       var grant = await res.json();
+      // Taking the call claims the handoff.
+      var pill = document.getElementById("status");
+      if (pill && grant.handoff) pill.textContent = grant.handoff.status;
+      var claim = document.getElementById("claim");
+      if (claim) claim.hidden = true;
       pc = new RTCPeerConnection({ iceServers: [] });
       pc.addTransceiver(mic.getAudioTracks()[0], { direction: "sendrecv" });
       pc.ontrack = function (ev) {
